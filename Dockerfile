@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# Dockerfile — multi-stage build of llm-api and llm-worker (one image, both binaries).
+#   docker build -t llm-service .
+#   docker run --rm -e SECRET_KEY=... -e DATABASE_URL=... -e REDIS_URL=... llm-service          # api
+#   docker run --rm -e ... llm-service llm-worker                                                 # worker
+# The api listens on 0.0.0.0:8100 here, so SECRET_KEY (32+ bytes) is required.
+# No HEALTHCHECK in the image: the worker shares it and has no HTTP port; compose.yaml checks
+# the api with curl (installed below) on /health/ready.
+
+# ---- builder ---------------------------------------------------------------------------------
+# sqlx 0.9 needs rustc >= 1.94; this matches the toolchain the project is developed with.
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /src
+ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
+
+# 1) Dependencies only: manifests plus stub sources, so this layer is rebuilt only when a
+#    Cargo.toml, Cargo.lock or .cargo/config.toml changes.
+COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
+COPY api/Cargo.toml api/
+COPY worker/Cargo.toml worker/
+COPY shared/Cargo.toml shared/
+COPY tests/Cargo.toml tests/
+RUN mkdir -p api/src worker/src shared/src tests/support tests/integration \
+ && echo 'fn main() {}' > api/src/main.rs \
+ && echo 'fn main() {}' > worker/src/main.rs \
+ && touch shared/src/lib.rs tests/support/mod.rs tests/integration/main.rs \
+ && cargo build --release --bins --locked \
+ && rm -rf api/src worker/src shared/src tests/support tests/integration
+
+# 2) The real sources (see .dockerignore). Touch the crate roots so cargo never mistakes the
+#    stubs' build for an up-to-date one.
+COPY . .
+RUN touch api/src/main.rs worker/src/main.rs shared/src/lib.rs \
+ && cargo build --release --bins --locked \
+ && install -m 0755 target/release/llm-api target/release/llm-worker /usr/local/bin/
+
+# ---- runtime ---------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+COPY --from=builder /usr/local/bin/llm-api /usr/local/bin/llm-worker /usr/local/bin/
+COPY migrations /app/migrations
+COPY prompts /app/prompts
+WORKDIR /app
+USER app
+ENV API_LISTEN=0.0.0.0:8100
+EXPOSE 8100
+STOPSIGNAL SIGTERM
+CMD ["llm-api", "serve"]

@@ -1,0 +1,157 @@
+//! `llm-api`: the HTTP front of the LLM service. Parses configuration, builds the state and
+//! serves; everything else lives in `llm_shared`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use llm_shared::auth::JwtKeys;
+use llm_shared::config::{self, ApiConfig, CommonConfig};
+use llm_shared::http::{AppState, Limits};
+use llm_shared::models::ModelRegistry;
+use llm_shared::notify::Completions;
+use llm_shared::{db, telemetry};
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llm-api",
+    version,
+    about = "HTTP API of the LLM service (durable generation jobs)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Parser)]
+struct ServeDefaults {
+    #[command(flatten)]
+    config: ApiConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ApiConfig),
+    /// Print a JWT for a user, signed with SECRET_KEY (local development and tests).
+    Token {
+        #[command(flatten)]
+        common: CommonConfig,
+        /// The user's UUID (the token's `sub`).
+        #[arg(long)]
+        user: Uuid,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: i64,
+        /// Role claim, e.g. `admin`.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate(CommonConfig),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve(config)) => serve(config).await,
+        // No subcommand: serve, configured from the environment alone.
+        None => serve(ServeDefaults::parse_from(["llm-api"]).config).await,
+        Some(Command::Token {
+            common,
+            user,
+            ttl_secs,
+            role,
+        }) => {
+            let secret = config::signing_secret(&common)?;
+            let token = JwtKeys::new(&secret).issue(user, ttl_secs, role.as_deref())?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+            Ok(())
+        }
+        Some(Command::Migrate(common)) => {
+            telemetry::init(&common);
+            let pool = db::connect(&common)
+                .await
+                .context("connecting to PostgreSQL")?;
+            db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: ApiConfig) -> anyhow::Result<()> {
+    telemetry::init(&config.common);
+    let secret = config.jwt_secret()?;
+    if config.common.secret_key.is_none() {
+        tracing::warn!("SECRET_KEY is not set: using the local development key (loopback only)");
+    }
+    let pool = db::connect(&config.common)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await?;
+    let redis = redis::Client::open(config.common.redis_url.expose_secret())
+        .context("parsing REDIS_URL")?;
+
+    let completions = Completions::default();
+    tokio::spawn(completions.clone().listen(pool.clone()));
+    let state = AppState {
+        pool,
+        redis,
+        jwt: JwtKeys::new(&secret),
+        models: Arc::new(ModelRegistry::builtin(&config.common.default_model)),
+        completions,
+        limits: Limits {
+            max_body_bytes: config.max_body_bytes,
+            max_wait: Duration::from_secs(config.max_wait_secs),
+            job_max_attempts: config.common.job_max_attempts,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "api listening");
+    axum::serve(listener, llm_shared::http::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
+}

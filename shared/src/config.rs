@@ -1,0 +1,217 @@
+//! Typed configuration, loaded once at start from flags and environment variables (clap).
+//!
+//! Every setting has a safe local default so both binaries start on a developer machine with
+//! nothing set. The one setting that is unsafe to default in production, `SECRET_KEY`, is
+//! defaulted only while the api listens on a loopback address (see [`ApiConfig::jwt_secret`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Signing key used when `SECRET_KEY` is unset and the api only listens on loopback.
+const DEV_SECRET_KEY: &str = "local-development-secret-key-do-not-use-in-production";
+/// HS256 keys shorter than this are refused: they can be brute-forced offline from any token.
+pub const MIN_SECRET_KEY_BYTES: usize = 32;
+
+/// Settings both binaries share.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// PostgreSQL connection string (requests, queue, cache tables).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/llm_service"
+    )]
+    pub database_url: SecretString,
+
+    /// Maximum connections in this process's PostgreSQL pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+
+    /// Redis connection string (stream relay, cache, rate limits).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: SecretString,
+
+    /// Base URL of the message hub that receives this service's events.
+    #[arg(long, env = "MESSAGE_HUB_URL", default_value = "http://127.0.0.1:8200")]
+    pub message_hub_url: String,
+
+    /// HS256 key of the shared auth system's JWTs (at least 32 bytes).
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<SecretString>,
+
+    /// Log filter: a level (`info`) or a tracing directive list (`info,llm_shared=debug`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Model used when a request names none.
+    #[arg(long, env = "DEFAULT_MODEL", default_value = "mock")]
+    pub default_model: String,
+
+    /// Lifetime of cached responses, in seconds.
+    #[arg(long, env = "CACHE_TTL", default_value_t = 3600)]
+    pub cache_ttl: u64,
+
+    /// Requests per minute allowed per user.
+    #[arg(long, env = "RATE_LIMIT_RPM", default_value_t = 60)]
+    pub rate_limit_rpm: u32,
+
+    /// OpenAI API key; without it OpenAI models are unavailable.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<SecretString>,
+
+    /// Anthropic API key; without it Anthropic models are unavailable.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub anthropic_api_key: Option<SecretString>,
+
+    /// Ollama base URL.
+    #[arg(long, env = "OLLAMA_URL", default_value = "http://127.0.0.1:11434")]
+    pub ollama_url: String,
+
+    /// Attempts (worker claims) a request gets before it ends `failed`.
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 5)]
+    pub job_max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of the api binary.
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8100")]
+    pub listen: SocketAddr,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest `?wait=` a poll may ask for, in seconds.
+    #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
+    pub max_wait_secs: u64,
+}
+
+impl ApiConfig {
+    /// The JWT key, or why the api must not start.
+    pub fn jwt_secret(&self) -> Result<SecretString, ConfigError> {
+        resolve_secret(
+            self.common.secret_key.as_ref(),
+            self.listen.ip().is_loopback(),
+        )
+    }
+}
+
+/// Settings of the worker binary.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Jobs this process runs at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// Unique worker name; defaults to host, pid and a random suffix (a reused name would keep
+    /// a dead process's jobs locked).
+    #[arg(long, env = "WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Seconds between queue heartbeats; a worker silent for three of them is presumed dead and
+    /// its jobs go back to the queue.
+    #[arg(long, env = "WORKER_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+
+    /// Seconds a claim on a request lasts without renewal (renewed every third of it).
+    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 15)]
+    pub lease_secs: u64,
+
+    /// Fallback poll interval in milliseconds, for jobs no notification announced (retries,
+    /// scheduled jobs, notifications lost while reconnecting).
+    #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+
+    /// Upper bound on one provider call, in seconds.
+    #[arg(long, env = "PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
+    pub provider_timeout_secs: u64,
+
+    /// Seconds in-flight jobs get to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Lets the mock provider's `crash` behaviour abort this process (chaos tests only).
+    #[arg(long, env = "MOCK_ALLOW_CRASH", default_value_t = false)]
+    pub mock_allow_crash: bool,
+}
+
+impl WorkerConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(3))
+    }
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "SECRET_KEY is not set and the api listens on a non-loopback address: set SECRET_KEY to \
+         the auth system's key (at least {MIN_SECRET_KEY_BYTES} bytes)"
+    )]
+    MissingSecretKey,
+    #[error("SECRET_KEY is {0} bytes long; it must be at least {MIN_SECRET_KEY_BYTES} bytes")]
+    WeakSecretKey(usize),
+}
+
+fn resolve_secret(
+    configured: Option<&SecretString>,
+    loopback_only: bool,
+) -> Result<SecretString, ConfigError> {
+    match configured {
+        Some(key) if key.expose_secret().len() < MIN_SECRET_KEY_BYTES => {
+            Err(ConfigError::WeakSecretKey(key.expose_secret().len()))
+        }
+        Some(key) => Ok(key.clone()),
+        None if loopback_only => Ok(SecretString::from(DEV_SECRET_KEY)),
+        None => Err(ConfigError::MissingSecretKey),
+    }
+}
+
+/// The key tools such as `llm-api token` use: the configured one, else the local default.
+pub fn signing_secret(common: &CommonConfig) -> Result<SecretString, ConfigError> {
+    resolve_secret(common.secret_key.as_ref(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_key_defaults_only_on_loopback() {
+        assert!(resolve_secret(None, true).is_ok());
+        assert_eq!(
+            resolve_secret(None, false).err(),
+            Some(ConfigError::MissingSecretKey)
+        );
+        let short = SecretString::from("short");
+        assert_eq!(
+            resolve_secret(Some(&short), true).err(),
+            Some(ConfigError::WeakSecretKey(5))
+        );
+        let good = SecretString::from("x".repeat(32));
+        assert!(resolve_secret(Some(&good), false).is_ok());
+    }
+}

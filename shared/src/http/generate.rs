@@ -1,0 +1,152 @@
+//! `POST /api/v1/generate` (durable submit) and `GET /api/v1/generate/{request_id}` (poll,
+//! optionally long-poll with `?wait=N`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{AppState, JsonBody, QueryParams};
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub request_id: Uuid,
+    pub status: Status,
+    pub poll_url: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent_replay: bool,
+}
+
+pub async fn submit(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<GenerateBody>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = match headers.get(IDEMPOTENCY_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+                .to_owned(),
+        ),
+    };
+    let new = NewRequest::validate(
+        body,
+        user.id,
+        idempotency_key,
+        &state.models,
+        state.limits.job_max_attempts,
+    )?;
+    let submitted = requests::submit(&state.pool, new).await?;
+    if !submitted.replayed {
+        tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
+    }
+    let poll_url = format!("/api/v1/generate/{}", submitted.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            request_id: submitted.id,
+            status: submitted.status,
+            poll_url: poll_url.clone(),
+            idempotent_replay: submitted.replayed,
+        }),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&poll_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if submitted.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollQuery {
+    /// Seconds to hold the answer until the request finishes (capped by `MAX_WAIT_SECS`).
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PollResponse {
+    #[serde(flatten)]
+    pub request: RequestView,
+    pub attempt_history: Vec<AttemptView>,
+}
+
+pub async fn poll(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(request_id): Path<String>,
+    QueryParams(query): QueryParams<PollQuery>,
+) -> Result<Json<PollResponse>, ApiError> {
+    let id = Uuid::parse_str(&request_id)
+        .map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))?;
+    let wait = match query.wait {
+        None => Duration::ZERO,
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::from_secs_f64(secs).min(state.limits.max_wait)
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "wait must be a non-negative number of seconds".into(),
+            ));
+        }
+    };
+
+    let request = if wait.is_zero() {
+        find(&state, id, user.id).await?
+    } else {
+        wait_until_final(&state, id, user.id, wait).await?
+    };
+    let attempt_history = requests::attempts_of(&state.pool, id).await?;
+    Ok(Json(PollResponse {
+        request,
+        attempt_history,
+    }))
+}
+
+async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<RequestView, ApiError> {
+    requests::find_for_user(&state.pool, id, user)
+        .await?
+        .ok_or(ApiError::NotFound("no such generation request"))
+}
+
+/// Answers as soon as the request is final, or when `wait` is up. The subscription is taken
+/// before the row is read, so a completion between the read and the wait is not missed.
+async fn wait_until_final(
+    state: &AppState,
+    id: Uuid,
+    user: Uuid,
+    wait: Duration,
+) -> Result<RequestView, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let subscription = state.completions.subscribe(id);
+    loop {
+        let notified = subscription.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let request = find(state, id, user).await?;
+        if request.status.is_final() {
+            return Ok(request);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return find(state, id, user).await;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The HTTP API: router, shared state and extractors. Handlers live one file per area.
+//!
+//! **Invariant:** handlers never call a provider; they persist and enqueue, or read.
+
+mod generate;
+mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+
+use crate::auth::JwtKeys;
+use crate::error::ApiError;
+use crate::models::ModelRegistry;
+use crate::notify::Completions;
+
+/// Everything handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub redis: redis::Client,
+    pub jwt: JwtKeys,
+    pub models: Arc<ModelRegistry>,
+    pub completions: Completions,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_wait: Duration,
+    pub job_max_attempts: u32,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .route("/health", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/api/v1/generate", post(generate::submit))
+        .route("/api/v1/generate/{request_id}", get(generate::poll))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this method is not allowed on this route")
+}
+
+/// `axum::Json` whose rejections are answered in the service's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection, state.limits.max_body_bytes)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(max_body_bytes),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+            "expected a body with Content-Type: application/json".into(),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Validation {
+            field: None,
+            message: rejection.body_text(),
+        },
+        _ => ApiError::BadRequest(rejection.body_text()),
+    }
+}
+
+/// `axum::extract::Query` with rejections in the service's error shape.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection: QueryRejection| ApiError::BadRequest(rejection.body_text()))
+    }
+}

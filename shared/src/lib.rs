@@ -1,0 +1,17 @@
+//! The LLM service's library: everything the `llm-api` and `llm-worker` binaries do lives here,
+//! one module per concern. The binaries only parse configuration, build state and run.
+//!
+//! Read `docs/ARCHITECTURE.md` for the map and the invariants.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod models;
+pub mod notify;
+pub mod providers;
+pub mod queue;
+pub mod requests;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,199 @@
+//! The built-in `mock` provider: deterministic text derived from the prompt, with latency and
+//! failures controllable per request, so the service runs, is tested and is benchmarked with
+//! no API key and no network. It goes through the same trait and worker path as real providers.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{GenerationInput, GenerationOutput, Provider, ProviderError, estimate_tokens};
+
+/// Per-request controls (the request body's `mock` object).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockBehaviour {
+    /// Delay before answering, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// How attempts fail: `transient` (retryable), `permanent`, or `crash` (aborts the worker
+    /// process; only honoured when the worker runs with `MOCK_ALLOW_CRASH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<MockFailure>,
+    /// Only the first N attempts fail; absent means every attempt fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MockFailure {
+    Transient,
+    Permanent,
+    Crash,
+}
+
+/// Upper bound on mock latency, so a request cannot park a worker slot for long.
+pub const MAX_MOCK_LATENCY_MS: u64 = 60_000;
+const DEFAULT_COMPLETION_WORDS: u32 = 24;
+const WORDS: &[&str] = &[
+    "the", "dragon", "ranger", "tavern", "sword", "ancient", "elf", "dwarf", "quest", "shadow",
+    "ember", "rune", "keep", "storm", "wizard", "oath", "silver", "forest", "crypt", "bard",
+    "goblin", "crown", "moon", "river", "paladin", "whisper", "tower", "gold", "mist", "hero",
+    "of", "and",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct MockProvider {
+    allow_crash: bool,
+}
+
+impl MockProvider {
+    pub fn new(allow_crash: bool) -> Self {
+        Self { allow_crash }
+    }
+}
+
+impl Provider for MockProvider {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
+        let behaviour = input.mock.clone().unwrap_or_default();
+        if behaviour.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(
+                behaviour.latency_ms.min(MAX_MOCK_LATENCY_MS),
+            ))
+            .await;
+        }
+        let failing = behaviour.fail_attempts.is_none_or(|n| input.attempt <= n);
+        match behaviour.fail {
+            Some(MockFailure::Transient) if failing => {
+                return Err(ProviderError::Transient {
+                    message: format!("mock transient failure on attempt {}", input.attempt),
+                    http_status: Some(503),
+                    retry_after: None,
+                });
+            }
+            Some(MockFailure::Permanent) if failing => {
+                return Err(ProviderError::Permanent {
+                    message: "mock permanent failure".into(),
+                    http_status: Some(400),
+                });
+            }
+            Some(MockFailure::Crash) if failing => {
+                if self.allow_crash {
+                    tracing::error!(
+                        attempt = input.attempt,
+                        "mock provider crashing the worker on request"
+                    );
+                    std::process::abort();
+                }
+                return Err(ProviderError::Permanent {
+                    message: "mock crash requested but this worker does not allow it".into(),
+                    http_status: None,
+                });
+            }
+            _ => {}
+        }
+        let words = input
+            .params
+            .max_tokens
+            .unwrap_or(DEFAULT_COMPLETION_WORDS)
+            .clamp(1, 4096);
+        let text = deterministic_text(&input.prompt, words);
+        Ok(GenerationOutput {
+            prompt_tokens: estimate_tokens(&input.prompt),
+            completion_tokens: words,
+            finish_reason: "stop".into(),
+            upstream_model: input.upstream_model.clone(),
+            text,
+        })
+    }
+}
+
+/// `words` words chosen by a seeded xorshift over the prompt's FNV-1a hash: same prompt, same
+/// text, on every machine and every run.
+fn deterministic_text(prompt: &str, words: u32) -> String {
+    let mut state = prompt.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    let mut out = String::with_capacity(words as usize * 7);
+    for i in 0..words {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::GenerationParams;
+
+    fn input(prompt: &str, attempt: u32, mock: Option<MockBehaviour>) -> GenerationInput {
+        GenerationInput {
+            prompt: prompt.into(),
+            params: GenerationParams {
+                max_tokens: Some(8),
+                ..Default::default()
+            },
+            upstream_model: "mock-1".into(),
+            attempt,
+            mock,
+        }
+    }
+
+    #[tokio::test]
+    async fn output_is_deterministic_and_prompt_dependent() {
+        let p = MockProvider::default();
+        let a = p.generate(&input("a hero", 1, None)).await.unwrap();
+        let b = p.generate(&input("a hero", 1, None)).await.unwrap();
+        let c = p.generate(&input("a villain", 1, None)).await.unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.text, c.text);
+        assert_eq!(a.text.split(' ').count(), 8);
+        assert_eq!(a.completion_tokens, 8);
+    }
+
+    #[tokio::test]
+    async fn failures_follow_the_requested_behaviour() {
+        let p = MockProvider::default();
+        let flaky = MockBehaviour {
+            fail: Some(MockFailure::Transient),
+            fail_attempts: Some(1),
+            ..Default::default()
+        };
+        let err = p
+            .generate(&input("x", 1, Some(flaky.clone())))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable());
+        assert!(p.generate(&input("x", 2, Some(flaky))).await.is_ok());
+        let broken = MockBehaviour {
+            fail: Some(MockFailure::Permanent),
+            ..Default::default()
+        };
+        assert!(
+            !p.generate(&input("x", 9, Some(broken)))
+                .await
+                .unwrap_err()
+                .is_retryable()
+        );
+        let crash = MockBehaviour {
+            fail: Some(MockFailure::Crash),
+            ..Default::default()
+        };
+        assert!(
+            !p.generate(&input("x", 1, Some(crash)))
+                .await
+                .unwrap_err()
+                .is_retryable()
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The durable queue: apalis-postgres jobs in the `apalis` schema, one job per request.
+//!
+//! A job carries only the request id; the request row is the source of truth. Its id is a
+//! ULID derived from the request's UUIDv7 (same 128 bits), so the job of any request can be
+//! found without a lookup, and both sort by creation time.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis::prelude::{PollSnapshot, PollStrategy, TaskBuilder, TaskId};
+use apalis_postgres::Pubsub;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use ulid::Ulid;
+use uuid::Uuid;
+
+/// The apalis queue (its `job_type`) of generation jobs.
+pub const QUEUE: &str = "llm::generation";
+/// apalis' own attempt budget: above ours, so our guard (which records why) always acts first;
+/// the headroom covers database hiccups, which apalis retries.
+const QUEUE_EXTRA_ATTEMPTS: i32 = 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerationJob {
+    pub request_id: Uuid,
+}
+
+pub fn job_id_for(request_id: Uuid) -> Ulid {
+    Ulid::from(request_id.as_u128())
+}
+
+/// Pushes the job of a request on the caller's connection (normally inside the transaction
+/// that inserts the request row).
+pub async fn push_generation(
+    conn: &mut PgConnection,
+    request_id: Uuid,
+    max_attempts: i32,
+) -> Result<(), sqlx::Error> {
+    let args = serde_json::to_vec(&GenerationJob { request_id })
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let budget =
+        usize::try_from(max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS)).unwrap_or(usize::MAX);
+    let task = TaskBuilder::new(args)
+        .task_id(TaskId::from(job_id_for(request_id)))
+        .max_attempts(budget)
+        .build();
+    apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task])
+        .await
+        .map_err(|e| match e {
+            apalis_postgres::Error::Database(db) => db,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })
+}
+
+/// Puts a request's job back in the queue to run after `delay`. Clearing `lock_by` also makes
+/// the running worker's pending acknowledgement of this run a no-op.
+pub async fn reschedule(
+    conn: &mut PgConnection,
+    request_id: Uuid,
+    delay: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE apalis.jobs
+         SET status = 'Pending', run_at = NOW() + make_interval(secs => $2),
+             lock_by = NULL, lock_at = NULL, done_at = NULL
+         WHERE id = $1",
+    )
+    .bind(job_id_for(request_id).to_string())
+    .bind(delay.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Re-queues the jobs of unfinished requests that nothing will run any more: the request is
+/// `pending`, or `running` with an expired lease, while its job is finished or out of
+/// attempts (e.g. an acknowledgement raced a reschedule). Returns how many it re-queued.
+/// Idempotent; any worker may run it at any time.
+pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx::Error> {
+    let rescued = sqlx::query(
+        "WITH stranded AS (
+             SELECT j.id
+             FROM generation_requests r
+             JOIN apalis.jobs j ON j.id = r.job_id
+             WHERE (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at < NOW()))
+               AND r.updated_at < NOW() - make_interval(secs => $1)
+               AND (j.status IN ('Done', 'Killed')
+                    OR (j.status = 'Failed' AND j.attempts >= j.max_attempts))
+             FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE apalis.jobs j
+         SET status = 'Pending', run_at = NOW(), lock_by = NULL, lock_at = NULL, done_at = NULL,
+             attempts = LEAST(j.attempts, j.max_attempts - 1)
+         FROM stranded WHERE j.id = stranded.id",
+    )
+    .bind(grace.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(rescued.rows_affected())
+}
+
+/// When a worker looks for jobs: on every insert notification (LISTEN/NOTIFY, ~ms), and on a
+/// fixed tick for what no notification announces (rescheduled and rescued jobs, notifications
+/// missed while the listener reconnects). The tick re-arms itself every time it fires (the
+/// built-in interval strategy does not, and loses wake-ups).
+pub struct WakeStrategy {
+    pool: PgPool,
+    notifications: Pubsub,
+    tick: Pin<Box<tokio::time::Sleep>>,
+    period: Duration,
+}
+
+impl WakeStrategy {
+    pub fn new(pool: PgPool, period: Duration) -> Self {
+        Self {
+            notifications: Pubsub::new(pool.clone(), QUEUE.to_owned()),
+            pool,
+            tick: Box::pin(tokio::time::sleep(period)),
+            period,
+        }
+    }
+}
+
+impl Clone for WakeStrategy {
+    fn clone(&self) -> Self {
+        Self::new(self.pool.clone(), self.period)
+    }
+}
+
+impl PollStrategy for WakeStrategy {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let mut woken = false;
+        loop {
+            match Pin::new(&mut self.notifications).poll_next(cx) {
+                Poll::Ready(Some(_)) => woken = true,
+                // The listener gave up (connection lost): listen again from the next tick on.
+                Poll::Ready(None) => {
+                    if self.tick.as_mut().poll(cx).is_ready() {
+                        self.notifications = Pubsub::new(self.pool.clone(), QUEUE.to_owned());
+                    }
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.tick.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + self.period;
+            self.tick.as_mut().reset(next);
+            // Poll the re-armed timer once so that it registers this task's waker.
+            let _ = self.tick.as_mut().poll(cx);
+            woken = true;
+        }
+        if woken {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_keeps_the_request_ids_bits() {
+        let id = Uuid::now_v7();
+        let job = job_id_for(id);
+        assert_eq!(job.0, id.as_u128());
+        assert_eq!(job.to_string().len(), 26);
+    }
+}

@@ -1,0 +1,680 @@
+//! Generation requests: the `generation_requests` row is the durable record of a request from
+//! submit to final state, and `generation_attempts` holds one row per provider call.
+//!
+//! This module owns both tables. The api creates rows (with their job, in one transaction) and
+//! reads them; the worker claims, completes and fails them through the functions here, each
+//! guarded so that a second delivery of the same job can neither run nor finish it twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::models::ModelRegistry;
+use crate::providers::{GenerationOutput, GenerationParams, MockBehaviour, ProviderError};
+use crate::queue;
+
+/// Longest prompt accepted, in characters.
+pub const MAX_PROMPT_CHARS: usize = 100_000;
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+// Stored in the seed's `status VARCHAR(50)` column, so it decodes from any text type.
+impl sqlx::Type<Postgres> for Status {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<Postgres>>::type_info()
+    }
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Status {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        match <&str as sqlx::Decode<Postgres>>::decode(value)? {
+            "pending" => Ok(Self::Pending),
+            "running" => Ok(Self::Running),
+            "completed" => Ok(Self::Completed),
+            "failed" => Ok(Self::Failed),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(format!("unknown request status `{other}`").into()),
+        }
+    }
+}
+
+/// The body of `POST /api/v1/generate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    pub prompt: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub context: Option<Value>,
+    #[serde(default)]
+    pub parameters: Option<GenerationParams>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// Controls of the mock provider (tests, benchmarks); refused for other models.
+    #[serde(default)]
+    pub mock: Option<MockBehaviour>,
+}
+
+/// A validated request, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub prompt: String,
+    pub model: String,
+    pub context: Value,
+    pub parameters: Value,
+    pub metadata: Value,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: i32,
+}
+
+impl NewRequest {
+    /// Checks a submitted body against the rules and the model registry.
+    pub fn validate(
+        body: GenerateBody,
+        user_id: Uuid,
+        idempotency_key: Option<String>,
+        models: &ModelRegistry,
+        max_attempts: u32,
+    ) -> Result<Self, ApiError> {
+        if body.prompt.trim().is_empty() {
+            return Err(ApiError::validation("prompt", "prompt must not be empty"));
+        }
+        if body.prompt.chars().count() > MAX_PROMPT_CHARS {
+            return Err(ApiError::validation(
+                "prompt",
+                format!("prompt is longer than {MAX_PROMPT_CHARS} characters"),
+            ));
+        }
+        let model_id = body
+            .model
+            .unwrap_or_else(|| models.default_model().to_owned());
+        let Some(model) = models.get(&model_id) else {
+            let known: Vec<_> = models.ids().collect();
+            return Err(ApiError::validation(
+                "model",
+                format!(
+                    "unknown model `{}`; available: {}",
+                    truncate(&model_id, 60),
+                    known.join(", ")
+                ),
+            ));
+        };
+        let params = body.parameters.unwrap_or_default();
+        validate_params(&params, model.max_output_tokens)?;
+        let context = object_or_empty(body.context, "context")?;
+        let mut metadata = match object_or_empty(body.metadata, "metadata")? {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        if let Some(mock) = body.mock {
+            if model.provider != "mock" {
+                return Err(ApiError::validation(
+                    "mock",
+                    "`mock` controls apply only to mock models",
+                ));
+            }
+            metadata.insert(
+                "mock".into(),
+                serde_json::to_value(mock).map_err(ApiError::internal)?,
+            );
+        }
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+                return Err(ApiError::BadRequest(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+                )));
+            }
+        }
+        Ok(Self {
+            id: Uuid::now_v7(),
+            user_id,
+            prompt: body.prompt,
+            model: model.id.to_owned(),
+            context,
+            parameters: serde_json::to_value(params).map_err(ApiError::internal)?,
+            metadata: Value::Object(metadata),
+            idempotency_key,
+            max_attempts: i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX),
+        })
+    }
+}
+
+fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), ApiError> {
+    if let Some(n) = params.max_tokens {
+        if n == 0 || n > max_output {
+            return Err(ApiError::validation(
+                "parameters.max_tokens",
+                format!("max_tokens must be between 1 and {max_output} for this model"),
+            ));
+        }
+    }
+    if let Some(t) = params.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::validation(
+                "parameters.temperature",
+                "temperature must be between 0 and 2",
+            ));
+        }
+    }
+    if let Some(p) = params.top_p {
+        if !(0.0..=1.0).contains(&p) || p == 0.0 {
+            return Err(ApiError::validation(
+                "parameters.top_p",
+                "top_p must be in (0, 1]",
+            ));
+        }
+    }
+    if let Some(stop) = &params.stop {
+        if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 64) {
+            return Err(ApiError::validation(
+                "parameters.stop",
+                "stop takes at most 4 non-empty strings of up to 64 bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn object_or_empty(value: Option<Value>, field: &'static str) -> Result<Value, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(_) => Err(ApiError::validation(
+            field,
+            format!("{field} must be a JSON object"),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
+/// Outcome of a submit.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitted {
+    pub id: Uuid,
+    pub status: Status,
+    /// True when an earlier request with the same `Idempotency-Key` was returned instead.
+    pub replayed: bool,
+}
+
+/// Stores the request and its job in one transaction, then commits. The transaction runs in a
+/// task of its own: if the client disconnects, axum drops the handler's future, and a
+/// transaction dropped mid-flight could go back to the pool still open (sqlx 0.9.0).
+pub async fn submit(pool: &PgPool, new: NewRequest) -> Result<Submitted, ApiError> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut tx = pool.begin().await?;
+        let submitted = insert_with_job(&mut tx, &new).await?;
+        tx.commit().await?;
+        Ok(submitted)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Inserts the row and pushes its job inside the caller's transaction: commit both or neither.
+pub async fn insert_with_job(
+    tx: &mut Transaction<'static, Postgres>,
+    new: &NewRequest,
+) -> Result<Submitted, ApiError> {
+    let job_id = queue::job_id_for(new.id);
+    let inserted: Option<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO generation_requests
+             (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts, idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(new.id)
+    .bind(&new.prompt)
+    .bind(&new.context)
+    .bind(&new.model)
+    .bind(new.user_id)
+    .bind(&new.metadata)
+    .bind(&new.parameters)
+    .bind(job_id.to_string())
+    .bind(new.max_attempts)
+    .bind(&new.idempotency_key)
+    .fetch_optional(&mut **tx)
+    .await?;
+
+    if inserted.is_some() {
+        queue::push_generation(&mut **tx, new.id, new.max_attempts).await?;
+        return Ok(Submitted {
+            id: new.id,
+            status: Status::Pending,
+            replayed: false,
+        });
+    }
+    // The key was used before by this user: same request → same answer; different → conflict.
+    let (id, status, same): (Uuid, Status, bool) = sqlx::query_as(
+        "SELECT id, status, (prompt = $3 AND model = $4 AND parameters = $5 AND context = $6) AS same
+         FROM generation_requests WHERE user_id = $1 AND idempotency_key = $2",
+    )
+    .bind(new.user_id)
+    .bind(&new.idempotency_key)
+    .bind(&new.prompt)
+    .bind(&new.model)
+    .bind(&new.parameters)
+    .bind(&new.context)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !same {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was already used for a different request".into(),
+        ));
+    }
+    Ok(Submitted {
+        id,
+        status,
+        replayed: true,
+    })
+}
+
+/// A request as its owner sees it.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct RequestView {
+    pub id: Uuid,
+    pub status: Status,
+    pub model: String,
+    pub prompt: String,
+    pub context: Value,
+    pub parameters: Value,
+    pub metadata: Value,
+    pub result: Option<String>,
+    pub provider: Option<String>,
+    pub provider_model: Option<String>,
+    pub tokens_used: Option<i32>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub finish_reason: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One provider call, as shown with the request.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub worker: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub latency_ms: Option<i32>,
+    pub outcome: String,
+    pub error_kind: Option<String>,
+    pub http_status: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+/// The request if it exists and belongs to `user_id` (another user's request is "not found").
+pub async fn find_for_user(
+    pool: &PgPool,
+    id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<RequestView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, model, prompt, context, parameters, metadata, result, provider,
+                provider_model, tokens_used, prompt_tokens, completion_tokens, finish_reason,
+                error_code, error_message, attempts, max_attempts, created_at, started_at,
+                completed_at, updated_at
+         FROM generation_requests WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn attempts_of(pool: &PgPool, id: Uuid) -> Result<Vec<AttemptView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT attempt, worker, provider, model, started_at, finished_at, latency_ms, outcome,
+                error_kind, http_status, error_message
+         FROM generation_attempts WHERE request_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+// ---- worker side -------------------------------------------------------------------------
+
+/// A request claimed by a worker: what it needs to run it, and the claim's identity.
+#[derive(Debug, Clone, FromRow)]
+pub struct ClaimedRequest {
+    pub id: Uuid,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub prompt: String,
+    pub model: String,
+    pub parameters: Value,
+    pub metadata: Value,
+}
+
+#[derive(Debug)]
+pub enum Claim {
+    /// This worker now holds the request: run it.
+    Claimed(ClaimedRequest),
+    /// Finished already (a duplicate delivery): nothing to do.
+    Finished,
+    /// Another live worker holds it until the given time.
+    HeldElsewhere {
+        until: DateTime<Utc>,
+    },
+    /// Every attempt was used up (earlier claims died with their workers): now `failed`.
+    Exhausted,
+    NotFound,
+}
+
+/// Takes the request for this worker: `pending` rows, and `running` rows whose holder's lease
+/// ran out (its worker died). Each claim is a new attempt; earlier unfinished attempts are
+/// marked `abandoned`.
+pub async fn claim(
+    pool: &PgPool,
+    id: Uuid,
+    worker: &str,
+    lease: Duration,
+    route: impl Fn(&str) -> Option<(&'static str, String)>,
+) -> Result<Claim, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let claimed: Option<ClaimedRequest> = sqlx::query_as(
+        "UPDATE generation_requests
+         SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, NOW()),
+             updated_at = NOW(), claimed_by = $2,
+             lease_expires_at = NOW() + make_interval(secs => $3)
+         WHERE id = $1
+           AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
+         RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let Some(claimed) = claimed else {
+        let row: Option<(Status, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT status, lease_expires_at FROM generation_requests WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        return Ok(match row {
+            None => Claim::NotFound,
+            Some((status, _)) if status.is_final() => Claim::Finished,
+            Some((_, until)) => Claim::HeldElsewhere {
+                until: until.unwrap_or_else(Utc::now),
+            },
+        });
+    };
+
+    sqlx::query(
+        "UPDATE generation_attempts
+         SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
+             error_message = 'the worker running this attempt stopped before finishing it'
+         WHERE request_id = $1 AND outcome = 'running'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+
+    if claimed.attempts > claimed.max_attempts {
+        finish_failed_in(
+            &mut tx,
+            id,
+            worker,
+            claimed.attempts,
+            "attempts_exhausted",
+            &format!(
+                "gave up after {} attempts: the workers running it stopped before finishing",
+                claimed.max_attempts
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Claim::Exhausted);
+    }
+
+    sqlx::query(
+        "INSERT INTO generation_attempts (request_id, attempt, worker, provider, model)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(claimed.attempts)
+    .bind(worker)
+    .bind(route(&claimed.model).map(|(provider, _)| provider))
+    .bind(route(&claimed.model).map(|(_, upstream)| upstream))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Claim::Claimed(claimed))
+}
+
+/// Whether a finishing write still held the claim. `false` means the lease ran out and another
+/// worker took the request: this worker's result is discarded.
+pub type StillHeld = bool;
+
+/// Records a successful attempt and completes the request, in one transaction.
+pub async fn complete(
+    pool: &PgPool,
+    claimed: &ClaimedRequest,
+    worker: &str,
+    provider: &str,
+    output: &GenerationOutput,
+    latency: Duration,
+) -> Result<StillHeld, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let prompt_tokens = to_i32(output.prompt_tokens);
+    let completion_tokens = to_i32(output.completion_tokens);
+    let updated = sqlx::query(
+        "UPDATE generation_requests
+         SET status = 'completed', result = $4, provider = $5, provider_model = $6,
+             prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
+             finish_reason = $9, error_code = NULL, error_message = NULL,
+             completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
+    )
+    .bind(claimed.id)
+    .bind(worker)
+    .bind(claimed.attempts)
+    .bind(&output.text)
+    .bind(provider)
+    .bind(&output.upstream_model)
+    .bind(prompt_tokens)
+    .bind(completion_tokens)
+    .bind(&output.finish_reason)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE generation_attempts
+         SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $3,
+             prompt_tokens = $4, completion_tokens = $5
+         WHERE request_id = $1 AND attempt = $2",
+    )
+    .bind(claimed.id)
+    .bind(claimed.attempts)
+    .bind(millis(latency))
+    .bind(prompt_tokens)
+    .bind(completion_tokens)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// What becomes of a request whose attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AfterFailure {
+    /// Back to `pending`; its job runs again after the delay.
+    RetryAfter(Duration),
+    /// Final: the request is `failed`.
+    Fail,
+}
+
+/// Records a failed attempt and either puts the request back in the queue or fails it, in one
+/// transaction.
+pub async fn record_failure(
+    pool: &PgPool,
+    claimed: &ClaimedRequest,
+    worker: &str,
+    error: &ProviderError,
+    latency: Duration,
+    next: AfterFailure,
+) -> Result<StillHeld, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let message = error.to_string();
+    let held = match next {
+        AfterFailure::RetryAfter(delay) => {
+            let released = sqlx::query(
+                "UPDATE generation_requests
+                 SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL,
+                     error_code = $4, error_message = $5, updated_at = NOW()
+                 WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
+            )
+            .bind(claimed.id)
+            .bind(worker)
+            .bind(claimed.attempts)
+            .bind(error.kind())
+            .bind(&message)
+            .execute(&mut *tx)
+            .await?;
+            if released.rows_affected() == 1 {
+                queue::reschedule(&mut tx, claimed.id, delay).await?;
+            }
+            released.rows_affected() == 1
+        }
+        AfterFailure::Fail => {
+            finish_failed_in(
+                &mut tx,
+                claimed.id,
+                worker,
+                claimed.attempts,
+                error.kind(),
+                &message,
+            )
+            .await?
+        }
+    };
+    if !held {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE generation_attempts
+         SET outcome = 'failed', finished_at = NOW(), latency_ms = $3, error_kind = $4,
+             http_status = $5, error_message = $6
+         WHERE request_id = $1 AND attempt = $2",
+    )
+    .bind(claimed.id)
+    .bind(claimed.attempts)
+    .bind(millis(latency))
+    .bind(error.kind())
+    .bind(error.http_status().map(i32::from))
+    .bind(&message)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn finish_failed_in(
+    tx: &mut PgConnection,
+    id: Uuid,
+    worker: &str,
+    attempt: i32,
+    code: &str,
+    message: &str,
+) -> Result<StillHeld, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE generation_requests
+         SET status = 'failed', error_code = $4, error_message = $5, completed_at = NOW(),
+             updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(attempt)
+    .bind(code)
+    .bind(message)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Extends the leases of the requests this worker is running (its liveness signal).
+pub async fn renew_leases(
+    pool: &PgPool,
+    worker: &str,
+    ids: &[Uuid],
+    lease: Duration,
+) -> Result<u64, sqlx::Error> {
+    let renewed = sqlx::query(
+        "UPDATE generation_requests SET lease_expires_at = NOW() + make_interval(secs => $3)
+         WHERE id = ANY($1) AND claimed_by = $2 AND status = 'running'",
+    )
+    .bind(ids)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected())
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,327 @@
+//! The worker: claims requests from the queue, calls their provider, records the outcome.
+//!
+//! Every job is safe to run more than once. The request row is claimed (pending → running, or
+//! running with an expired lease → running) before the provider is called, and every final
+//! write is guarded by that claim, so a second delivery of a job can neither run a request
+//! that is running elsewhere nor finish one twice. A claim is a lease that this process
+//! renews while it runs the request: when the process dies, the lease runs out and the next
+//! delivery of the job (apalis re-queues a dead worker's jobs) claims it again.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data, Monitor, PollWith, WorkerBuilder, WorkerBuilderExt};
+use apalis_postgres::{Config as QueueConfig, PostgresStorage};
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::WorkerConfig;
+use crate::models::ModelRegistry;
+use crate::providers::{
+    GenerationInput, GenerationParams, MockBehaviour, MockProvider, Provider, ProviderClient,
+    ProviderError,
+};
+use crate::queue::{self, GenerationJob, WakeStrategy};
+use crate::requests::{self, AfterFailure, Claim, ClaimedRequest};
+
+/// Everything a job handler needs; shared by all jobs of the process.
+pub struct WorkerState {
+    pub pool: PgPool,
+    pub name: String,
+    pub lease: Duration,
+    pub provider_timeout: Duration,
+    pub models: ModelRegistry,
+    pub mock: MockProvider,
+    /// Requests this process is running now (their leases are renewed).
+    running: Mutex<HashSet<Uuid>>,
+}
+
+impl WorkerState {
+    pub fn new(pool: PgPool, name: String, config: &WorkerConfig) -> Self {
+        Self {
+            pool,
+            name,
+            lease: config.lease(),
+            provider_timeout: Duration::from_secs(config.provider_timeout_secs.max(1)),
+            models: ModelRegistry::builtin(&config.common.default_model),
+            mock: MockProvider::new(config.mock_allow_crash),
+            running: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn running_ids(&self) -> Vec<Uuid> {
+        self.running
+            .lock()
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn provider_for(&self, model: &str) -> Option<(ProviderClient, String)> {
+        let info = self.models.get(model)?;
+        match info.provider {
+            "mock" => Some((
+                ProviderClient::Mock(self.mock.clone()),
+                info.upstream_model.to_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Marks a request as running in this process for as long as it lives.
+struct RunningGuard<'a> {
+    state: &'a WorkerState,
+    id: Uuid,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn new(state: &'a WorkerState, id: Uuid) -> Self {
+        if let Ok(mut set) = state.running.lock() {
+            set.insert(id);
+        }
+        Self { state, id }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.state.running.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+/// The apalis job handler. `Ok` means "nothing left for this delivery to do"; an `Err` (only
+/// for database failures) lets apalis deliver the job again.
+pub async fn handle_generation(
+    job: GenerationJob,
+    state: Data<Arc<WorkerState>>,
+) -> Result<(), BoxDynError> {
+    process(&state, job.request_id).await.map_err(Into::into)
+}
+
+/// Runs one delivery of a request's job to its end.
+pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::Error> {
+    let claimed = match claim_waiting_for_lease(state, request_id).await? {
+        Some(claimed) => claimed,
+        None => return Ok(()),
+    };
+    let span =
+        tracing::info_span!("generation", request.id = %request_id, attempt = claimed.attempts);
+    run_claimed(state, claimed).instrument(span).await
+}
+
+async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(), sqlx::Error> {
+    let request_id = claimed.id;
+    let _guard = RunningGuard::new(state, request_id);
+
+    let Some((provider, upstream_model)) = state.provider_for(&claimed.model) else {
+        let err = ProviderError::Permanent {
+            message: format!("model `{}` has no provider configured", claimed.model),
+            http_status: None,
+        };
+        requests::record_failure(
+            &state.pool,
+            &claimed,
+            &state.name,
+            &err,
+            Duration::ZERO,
+            AfterFailure::Fail,
+        )
+        .await?;
+        return Ok(());
+    };
+    let input = GenerationInput {
+        prompt: claimed.prompt.clone(),
+        params: serde_json::from_value::<GenerationParams>(claimed.parameters.clone())
+            .unwrap_or_default(),
+        upstream_model,
+        attempt: u32::try_from(claimed.attempts).unwrap_or(u32::MAX),
+        mock: claimed
+            .metadata
+            .get("mock")
+            .and_then(|m| serde_json::from_value::<MockBehaviour>(m.clone()).ok()),
+    };
+
+    let started = Instant::now();
+    let outcome =
+        match tokio::time::timeout(state.provider_timeout, provider.generate(&input)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::Timeout(state.provider_timeout)),
+        };
+    let latency = started.elapsed();
+
+    let held = match &outcome {
+        Ok(output) => {
+            requests::complete(
+                &state.pool,
+                &claimed,
+                &state.name,
+                provider.name(),
+                output,
+                latency,
+            )
+            .await?
+        }
+        Err(err) => {
+            let next = after_failure(&claimed, err);
+            if let AfterFailure::RetryAfter(delay) = next {
+                tracing::warn!(request.id = %request_id, attempt = claimed.attempts, error = %err, retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying");
+            } else {
+                tracing::warn!(request.id = %request_id, attempt = claimed.attempts, error = %err, "generation failed");
+            }
+            requests::record_failure(&state.pool, &claimed, &state.name, err, latency, next).await?
+        }
+    };
+    if !held {
+        tracing::warn!(request.id = %request_id, attempt = claimed.attempts, "lost the claim while running; result discarded");
+    } else if outcome.is_ok() {
+        tracing::info!(request.id = %request_id, attempt = claimed.attempts, provider = provider.name(), latency_ms = latency.as_millis() as u64, "generation completed");
+    }
+    Ok(())
+}
+
+/// Claims the request; if another worker's lease on it is still valid, waits for it to run out
+/// (a holder that is alive renews it, and will finish the request itself).
+async fn claim_waiting_for_lease(
+    state: &WorkerState,
+    request_id: Uuid,
+) -> Result<Option<ClaimedRequest>, sqlx::Error> {
+    let give_up_at = Instant::now() + state.lease * 2;
+    loop {
+        let route = |model: &str| {
+            state
+                .models
+                .get(model)
+                .map(|m| (m.provider, m.upstream_model.to_owned()))
+        };
+        match requests::claim(&state.pool, request_id, &state.name, state.lease, route).await? {
+            Claim::Claimed(claimed) => return Ok(Some(claimed)),
+            Claim::Finished | Claim::NotFound => return Ok(None),
+            Claim::Exhausted => {
+                tracing::error!(request.id = %request_id, "request failed: attempts exhausted by lost workers");
+                return Ok(None);
+            }
+            Claim::HeldElsewhere { until } => {
+                if Instant::now() >= give_up_at {
+                    tracing::info!(request.id = %request_id, "request is held by a live worker; leaving it to that worker");
+                    return Ok(None);
+                }
+                let wait =
+                    (until - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
+                tokio::time::sleep(wait.min(state.lease)).await;
+            }
+        }
+    }
+}
+
+/// Retry transient failures with exponential backoff and jitter while attempts remain.
+fn after_failure(claimed: &ClaimedRequest, err: &ProviderError) -> AfterFailure {
+    if !err.is_retryable() || claimed.attempts >= claimed.max_attempts {
+        return AfterFailure::Fail;
+    }
+    let exp = 250u64.saturating_mul(1 << claimed.attempts.clamp(0, 10));
+    let base = Duration::from_millis(exp.min(30_000));
+    let jitter = Duration::from_millis(
+        u64::from(Utc::now().timestamp_subsec_micros()) % (base.as_millis() as u64 / 4 + 1),
+    );
+    AfterFailure::RetryAfter(err.retry_after().unwrap_or(base + jitter))
+}
+
+/// Name that no other process (and no earlier run of this one) uses.
+pub fn unique_worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &ulid::Ulid::generate().to_string()[20..]
+    )
+}
+
+/// Runs the worker until `shutdown` resolves, then drains in-flight jobs for up to the grace
+/// period.
+pub async fn run(
+    config: WorkerConfig,
+    pool: PgPool,
+    shutdown: impl Future<Output = std::io::Result<()>> + Send + 'static,
+) -> Result<(), BoxDynError> {
+    let name = config.name.clone().unwrap_or_else(unique_worker_name);
+    let state = Arc::new(WorkerState::new(pool.clone(), name.clone(), &config));
+    let background = CancellationToken::new();
+    let renewer = tokio::spawn(renew_leases(state.clone(), background.clone()));
+    let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));
+
+    let queue_config = QueueConfig::default()
+        .queue(queue::QUEUE)
+        .batch_size(config.concurrency.clamp(1, 10))
+        .heartbeat_interval(config.heartbeat())
+        .missed_heartbeats(3)
+        .lock_tasks(false);
+    let concurrency = config.concurrency.max(1);
+    let poll = Duration::from_millis(config.poll_ms.max(50));
+    tracing::info!(worker = %name, concurrency, "worker starting");
+
+    let monitor = Monitor::new()
+        .register(move |restarts| {
+            // A restarted worker must not reuse its name: jobs locked under it would stay locked.
+            let worker_name = if restarts == 0 { name.clone() } else { format!("{name}-r{restarts}") };
+            let storage = PostgresStorage::<GenerationJob>::new(&pool).with_config(queue_config.clone());
+            let backend = PollWith::new(storage, WakeStrategy::new(pool.clone(), poll));
+            WorkerBuilder::new(worker_name)
+                .backend(backend)
+                .data(state.clone())
+                .concurrency(concurrency)
+                .build(handle_generation)
+        })
+        .should_restart(|ctx, err| {
+            tracing::error!(worker = %ctx.name(), error = %err, "worker stopped with an error; restarting");
+            true
+        })
+        .shutdown_timeout(Duration::from_secs(config.shutdown_grace_secs));
+
+    let result = monitor.run_with_signal(shutdown).await;
+    background.cancel();
+    let _ = renewer.await;
+    let _ = rescuer.await;
+    result.map_err(Into::into)
+}
+
+async fn renew_leases(state: Arc<WorkerState>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(state.lease / 3);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let ids = state.running_ids();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(err) = requests::renew_leases(&state.pool, &state.name, &ids, state.lease).await
+        {
+            tracing::warn!(error = %err, "could not renew leases");
+        }
+    }
+}
+
+async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(state.lease);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match queue::rescue_stranded(&state.pool, state.lease).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                "re-queued jobs of unfinished requests that nothing would run"
+            ),
+            Err(err) => tracing::warn!(error = %err, "could not look for stranded requests"),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `llm-worker`: runs generation jobs from the shared PostgreSQL queue. Parses configuration,
+//! connects and runs; everything else lives in `llm_shared`.
+
+use anyhow::Context;
+use clap::Parser;
+use llm_shared::config::WorkerConfig;
+use llm_shared::{db, telemetry, worker};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llm-worker",
+    version,
+    about = "Worker of the LLM service: executes queued generation jobs"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: WorkerConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli { config } = Cli::parse();
+    telemetry::init(&config.common);
+    let pool = db::connect(&config.common)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await?;
+    worker::run(config, pool, shutdown_signal())
+        .await
+        .map_err(|e| anyhow::anyhow!("worker stopped with an error: {e}"))?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C: the worker then stops fetching and drains in-flight jobs.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            res = tokio::signal::ctrl_c() => res,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
+}
