@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: ApiConfig) -> anyhow::Result<()> {
     telemetry::init(&config.common);
     let secret = config.jwt_secret()?;
-    if config.common.secret_key.is_none() {
+    if config::present(&config.common.secret_key).is_none() {
         tracing::warn!("SECRET_KEY is not set: using the local development key (loopback only)");
     }
     let pool = db::connect(&config.common)

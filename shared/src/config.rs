@@ -176,6 +176,11 @@ pub enum ConfigError {
     WeakSecretKey(usize),
 }
 
+/// A secret given as an empty string (as compose does for unset variables) counts as absent.
+pub fn present(secret: &Option<SecretString>) -> Option<&SecretString> {
+    secret.as_ref().filter(|s| !s.expose_secret().is_empty())
+}
+
 fn resolve_secret(
     configured: Option<&SecretString>,
     loopback_only: bool,
@@ -192,7 +197,7 @@ fn resolve_secret(
 
 /// The key tools such as `llm-api token` use: the configured one, else the local default.
 pub fn signing_secret(common: &CommonConfig) -> Result<SecretString, ConfigError> {
-    resolve_secret(common.secret_key.as_ref(), true)
+    resolve_secret(present(&common.secret_key), true)
 }
 
 #[cfg(test)]
@@ -210,6 +215,11 @@ mod tests {
         assert_eq!(
             resolve_secret(Some(&short), true).err(),
             Some(ConfigError::WeakSecretKey(5))
+        );
+        let empty = Some(SecretString::from(""));
+        assert_eq!(
+            resolve_secret(present(&empty), false).err(),
+            Some(ConfigError::MissingSecretKey)
         );
         let good = SecretString::from("x".repeat(32));
         assert!(resolve_secret(Some(&good), false).is_ok());

@@ -155,12 +155,12 @@ impl NewRequest {
                 serde_json::to_value(mock).map_err(ApiError::internal)?,
             );
         }
-        if let Some(key) = &idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-                return Err(ApiError::BadRequest(format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
-                )));
-            }
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+            )));
         }
         Ok(Self {
             id: Uuid::now_v7(),
@@ -177,37 +177,37 @@ impl NewRequest {
 }
 
 fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), ApiError> {
-    if let Some(n) = params.max_tokens {
-        if n == 0 || n > max_output {
-            return Err(ApiError::validation(
-                "parameters.max_tokens",
-                format!("max_tokens must be between 1 and {max_output} for this model"),
-            ));
-        }
+    if let Some(n) = params.max_tokens
+        && (n == 0 || n > max_output)
+    {
+        return Err(ApiError::validation(
+            "parameters.max_tokens",
+            format!("max_tokens must be between 1 and {max_output} for this model"),
+        ));
     }
-    if let Some(t) = params.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::validation(
-                "parameters.temperature",
-                "temperature must be between 0 and 2",
-            ));
-        }
+    if let Some(t) = params.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(ApiError::validation(
+            "parameters.temperature",
+            "temperature must be between 0 and 2",
+        ));
     }
-    if let Some(p) = params.top_p {
-        if !(0.0..=1.0).contains(&p) || p == 0.0 {
-            return Err(ApiError::validation(
-                "parameters.top_p",
-                "top_p must be in (0, 1]",
-            ));
-        }
+    if let Some(p) = params.top_p
+        && (!(0.0..=1.0).contains(&p) || p == 0.0)
+    {
+        return Err(ApiError::validation(
+            "parameters.top_p",
+            "top_p must be in (0, 1]",
+        ));
     }
-    if let Some(stop) = &params.stop {
-        if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 64) {
-            return Err(ApiError::validation(
-                "parameters.stop",
-                "stop takes at most 4 non-empty strings of up to 64 bytes",
-            ));
-        }
+    if let Some(stop) = &params.stop
+        && (stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 64))
+    {
+        return Err(ApiError::validation(
+            "parameters.stop",
+            "stop takes at most 4 non-empty strings of up to 64 bytes",
+        ));
     }
     Ok(())
 }
@@ -278,7 +278,7 @@ pub async fn insert_with_job(
     .await?;
 
     if inserted.is_some() {
-        queue::push_generation(&mut **tx, new.id, new.max_attempts).await?;
+        queue::push_generation(tx, new.id, new.max_attempts).await?;
         return Ok(Submitted {
             id: new.id,
             status: Status::Pending,

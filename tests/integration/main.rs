@@ -1,1 +1,9 @@
+//! Integration tests: the real router over HTTP and the real binaries as processes, against
+//! real PostgreSQL and Redis. Each test has a database of its own, so they run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
+mod bad_input;
+mod generate;
+mod health;
+mod processes;

@@ -1,1 +1,339 @@
+//! Test harness: a fresh PostgreSQL database per test, the real router served on a random
+//! port, in-process workers, and the real `llm-api` / `llm-worker` binaries as processes.
+//!
+//! `TEST_DATABASE_URL` (an admin connection, default the local `postgres` database) and
+//! `TEST_REDIS_URL` say where the servers are; `scripts/test.sh` sets both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use llm_shared::auth::JwtKeys;
+use llm_shared::config::WorkerConfig;
+use llm_shared::http::{AppState, Limits};
+use llm_shared::models::ModelRegistry;
+use llm_shared::notify::Completions;
+use llm_shared::{db, worker};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub const TEST_SECRET: &str = "integration-test-secret-key-of-enough-length";
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database of its own for one test, migrated, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("llmtest_{}", Uuid::now_v7().simple());
+        let admin = db::connect_url(&admin_url(), 1)
+            .await
+            .expect("connect to TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = with_database(&admin_url(), &name);
+        let pool = db::connect_url(&url, 20).await.unwrap();
+        db::migrate(&pool).await.unwrap();
+        Self { name, url, pool }
+    }
+
+    /// Runs a test's own counting query (test code only: the SQL is the test's literal).
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async clean-up on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(admin) = db::connect_url(&admin_url(), 1).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database URL with a path");
+    format!("{base}/{name}")
+}
+
+/// The real router on a random local port, against its own database.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub db: TestDb,
+    pub jwt: JwtKeys,
+    pub user: Uuid,
+    pub http: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(redis_url()).await
+}
+
+pub async fn spawn_app_with(redis: String) -> TestApp {
+    let db = TestDb::new().await;
+    let jwt = JwtKeys::new(&SecretString::from(TEST_SECRET));
+    let completions = Completions::default();
+    tokio::spawn(completions.clone().listen(db.pool.clone()));
+    let state = AppState {
+        pool: db.pool.clone(),
+        redis: redis::Client::open(redis).unwrap(),
+        jwt: jwt.clone(),
+        models: Arc::new(ModelRegistry::builtin("mock")),
+        completions,
+        limits: Limits {
+            max_body_bytes: 64 * 1024,
+            max_wait: Duration::from_secs(30),
+            job_max_attempts: 5,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, llm_shared::http::router(state)).await });
+    TestApp {
+        addr,
+        db,
+        jwt,
+        user: Uuid::now_v7(),
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn token_for(&self, user: Uuid) -> String {
+        self.jwt.issue(user, 3600, None).unwrap()
+    }
+
+    pub fn token(&self) -> String {
+        self.token_for(self.user)
+    }
+
+    /// `POST /api/v1/generate` as the test's user; returns status and JSON body.
+    pub async fn submit(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url("/api/v1/generate"))
+            .bearer_auth(self.token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Submits and returns the request id, asserting the 202.
+    pub async fn submit_ok(&self, body: Value) -> Uuid {
+        let (status, json) = self.submit(body).await;
+        assert_eq!(status, 202, "{json}");
+        json["request_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn poll(&self, id: Uuid, wait_secs: u64) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/v1/generate/{id}?wait={wait_secs}")))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Polls until the request is final or `within` passes; returns the last body.
+    pub async fn wait_final(&self, id: Uuid, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, body) = self.poll(id, 5).await;
+            assert_eq!(status, 200, "{body}");
+            let state = body["status"].as_str().unwrap_or_default();
+            if matches!(state, "completed" | "failed" | "cancelled")
+                || tokio::time::Instant::now() >= deadline
+            {
+                return body;
+            }
+        }
+    }
+}
+
+#[derive(Parser)]
+struct WorkerArgs {
+    #[command(flatten)]
+    config: WorkerConfig,
+}
+
+/// Worker configuration for tests: short heartbeats and leases so that recovery is quick.
+pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
+    let mut args = vec![
+        "llm-worker",
+        "--database-url",
+        database_url,
+        "--heartbeat-secs",
+        "1",
+        "--lease-secs",
+        "3",
+        "--poll-ms",
+        "200",
+        "--shutdown-grace-secs",
+        "10",
+        "--concurrency",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    WorkerArgs::try_parse_from(args).unwrap().config
+}
+
+/// A worker running inside the test process.
+pub struct InProcessWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn start_worker(db: &TestDb, extra: &[&str]) -> InProcessWorker {
+    let config = worker_config(&db.url, extra);
+    let pool = db.pool.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+            Ok(())
+        };
+        worker::run(config, pool, shutdown).await.unwrap();
+    });
+    InProcessWorker {
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl InProcessWorker {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
+    }
+}
+
+/// Path of a workspace binary built by `cargo build --workspace --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A real `llm-worker` process against the test database.
+pub fn spawn_worker_process(db: &TestDb, env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(binary("llm-worker"));
+    cmd.env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("LOG_LEVEL", "warn")
+        .env("WORKER_HEARTBEAT_SECS", "1")
+        .env("WORKER_LEASE_SECS", "3")
+        .env("WORKER_POLL_MS", "200")
+        .env("WORKER_CONCURRENCY", "8")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn llm-worker")
+}
+
+/// A real `llm-api` process on a free port; returns it with its base URL once it is ready.
+pub async fn spawn_api_process(db: &TestDb) -> (Child, String) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut cmd = Command::new(binary("llm-api"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("SECRET_KEY", TEST_SECRET)
+        .env("LOG_LEVEL", "warn")
+        .env("API_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("spawn llm-api");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await
+            && r.status().is_success()
+        {
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("llm-api did not become healthy");
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    let pid = child.id().expect("child still running") as i32;
+    let rc = unsafe_kill(pid, sig);
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) }
+}

@@ -1,0 +1,229 @@
+//! Bad input gets a clear 4xx in the one JSON error shape; nothing is stored.
+
+use llm_tests::spawn_app;
+use serde_json::{Value, json};
+
+async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_bodies_are_rejected() {
+    let app = spawn_app().await;
+    let post = || {
+        app.http
+            .post(app.url("/api/v1/generate"))
+            .bearer_auth(app.token())
+    };
+    let raw = |body: &'static str| {
+        post()
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    expect_error(raw("{not json").await.unwrap(), 400, "bad_request").await;
+    expect_error(raw("").await.unwrap(), 400, "bad_request").await;
+    let body = expect_error(
+        raw(r#"{"model": "mock"}"#).await.unwrap(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt"),
+        "{body}"
+    );
+    expect_error(
+        raw(r#"{"prompt": 42}"#).await.unwrap(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    expect_error(
+        raw(r#"{"prompt": "x", "surprise": 1}"#).await.unwrap(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    expect_error(
+        post()
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .unwrap(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+
+    let cases = [
+        (json!({"prompt": "   "}), "prompt"),
+        (json!({"prompt": "x", "model": "gpt-17"}), "model"),
+        (
+            json!({"prompt": "x", "parameters": {"temperature": 7}}),
+            "parameters.temperature",
+        ),
+        (
+            json!({"prompt": "x", "parameters": {"max_tokens": 0}}),
+            "parameters.max_tokens",
+        ),
+        (
+            json!({"prompt": "x", "parameters": {"max_tokens": 1000000}}),
+            "parameters.max_tokens",
+        ),
+        (
+            json!({"prompt": "x", "parameters": {"top_p": 0}}),
+            "parameters.top_p",
+        ),
+        (json!({"prompt": "x", "context": [1, 2]}), "context"),
+        (json!({"prompt": "x", "metadata": "tag"}), "metadata"),
+        (json!({"prompt": "x".repeat(100_001)}), "prompt"),
+    ];
+    for (payload, field) in cases {
+        let response = post().json(&payload).send().await.unwrap();
+        let status = response.status().as_u16();
+        if field == "prompt" && status == 413 {
+            continue; // the 100k-character prompt may exceed the body limit first
+        }
+        let body = expect_error(response, 422, "validation_failed").await;
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let unknown = post()
+        .json(&json!({"prompt": "x", "model": "gpt-17"}))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(unknown, 422, "validation_failed").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("available: mock"),
+        "{body}"
+    );
+
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let app = spawn_app().await; // body limit: 64 KiB
+    let response = app
+        .http
+        .post(app.url("/api/v1/generate"))
+        .bearer_auth(app.token())
+        .json(&json!({"prompt": "y".repeat(100 * 1024)}))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(response, 413, "payload_too_large").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("65536"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_ids_queries_routes_and_methods() {
+    let app = spawn_app().await;
+    let get = |path: &str| app.http.get(app.url(path)).bearer_auth(app.token()).send();
+
+    let body = expect_error(
+        get("/api/v1/generate/not-a-uuid").await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    assert_eq!(body["error"]["message"], "request_id must be a UUID");
+    let id = uuid::Uuid::now_v7();
+    expect_error(
+        get(&format!("/api/v1/generate/{id}")).await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        get(&format!("/api/v1/generate/{id}?wait=soon"))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        get(&format!("/api/v1/generate/{id}?wait=-1"))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        get(&format!("/api/v1/generate/{id}?colour=red"))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(get("/api/v1/nothing-here").await.unwrap(), 404, "not_found").await;
+    expect_error(
+        app.http
+            .delete(app.url("/api/v1/generate"))
+            .bearer_auth(app.token())
+            .send()
+            .await
+            .unwrap(),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+
+    // Bad Idempotency-Key values.
+    let long_key = "k".repeat(300);
+    let response = app
+        .http
+        .post(app.url("/api/v1/generate"))
+        .bearer_auth(app.token())
+        .header("Idempotency-Key", long_key)
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 400, "bad_request").await;
+}
+
+#[tokio::test]
+async fn mock_controls_are_refused_for_real_models_and_bad_values() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .submit(json!({"prompt": "x", "mock": {"fail": "sometimes"}}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+}

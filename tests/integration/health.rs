@@ -1,0 +1,36 @@
+//! Liveness and readiness.
+
+use llm_tests::{spawn_app, spawn_app_with};
+use serde_json::Value;
+
+#[tokio::test]
+async fn liveness_and_readiness_report_dependencies() {
+    let app = spawn_app().await;
+    let live = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.json::<Value>().await.unwrap()["status"], "ok");
+
+    let ready = app.http.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    assert_eq!(body["checks"]["redis"]["ok"], true);
+}
+
+#[tokio::test]
+async fn readiness_fails_when_redis_is_unreachable_but_submits_still_work() {
+    // Port 1 on loopback: nothing listens there.
+    let app = spawn_app_with("redis://127.0.0.1:1".into()).await;
+    let ready = app.http.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    assert_eq!(body["checks"]["redis"]["ok"], false);
+
+    let live = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    app.submit_ok(serde_json::json!({"prompt": "durable without redis"}))
+        .await;
+}

@@ -1,0 +1,245 @@
+//! The real binaries as processes: end to end, a worker killed with SIGKILL mid-flight, a
+//! request that keeps killing its workers, and a graceful SIGTERM drain.
+
+use std::time::{Duration, Instant};
+
+use llm_tests::{
+    TEST_SECRET, TestApp, binary, signal, spawn_api_process, spawn_app, spawn_worker_process,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn wait_for(app: &TestApp, what: &str, sql: &str, at_least: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = app.db.count(sql).await;
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {n} < {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binaries_serve_a_request_end_to_end() {
+    let app = spawn_app().await; // only for its database
+    let (_api, base) = spawn_api_process(&app.db).await;
+    let _worker = spawn_worker_process(&app.db, &[]);
+
+    // A token minted the documented way: `llm-api token --user <uuid>`.
+    let user = Uuid::now_v7();
+    let out = tokio::process::Command::new(binary("llm-api"))
+        .args(["token", "--user", &user.to_string(), "--ttl-secs", "600"])
+        .env_clear()
+        .env("SECRET_KEY", TEST_SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let http = reqwest::Client::new();
+    let accepted: Value = http
+        .post(format!("{base}/api/v1/generate"))
+        .bearer_auth(&token)
+        .json(&json!({"prompt": "A tiefling warlock's pact"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let poll_url = format!("{base}{}?wait=20", accepted["poll_url"].as_str().unwrap());
+    let done: Value = http
+        .get(poll_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(!done["result"].as_str().unwrap().is_empty());
+
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+/// Bound stated for recovery after a SIGKILL: lease (3 s) and dead-worker detection
+/// (3 missed 1 s heartbeats) plus the jobs themselves; 60 s leaves ample margin on 2 cores.
+const RECOVERY_BOUND: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_worker_killed_mid_flight_loses_no_job_and_none_runs_twice() {
+    let app = spawn_app().await;
+    let mut victim = spawn_worker_process(&app.db, &[("WORKER_NAME", "victim")]);
+    let _w2 = spawn_worker_process(&app.db, &[("WORKER_NAME", "survivor-1")]);
+    let _w3 = spawn_worker_process(&app.db, &[("WORKER_NAME", "survivor-2")]);
+
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(
+            app.submit_ok(json!({"prompt": format!("npc {i}"), "mock": {"latency_ms": 1500}}))
+                .await,
+        );
+    }
+    wait_for(
+        &app,
+        "the victim to hold running requests",
+        "SELECT COUNT(*) FROM generation_requests WHERE claimed_by = 'victim' AND status = 'running'",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    signal(&victim, libc::SIGKILL);
+    let killed_at = Instant::now();
+    let status = victim.wait().await.unwrap();
+    assert!(!status.success());
+
+    wait_for(
+        &app,
+        "every request to complete",
+        "SELECT COUNT(*) FROM generation_requests WHERE status = 'completed'",
+        60,
+        RECOVERY_BOUND,
+    )
+    .await;
+    eprintln!(
+        "all 60 completed {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+
+    // Exactly once: one successful provider call per request; the victim's calls abandoned.
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'succeeded'")
+            .await,
+        60
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM (SELECT request_id FROM generation_attempts WHERE outcome = 'succeeded' GROUP BY request_id HAVING COUNT(*) > 1) s")
+            .await,
+        0
+    );
+    let abandoned = app
+        .db
+        .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'abandoned' AND worker = 'victim'")
+        .await;
+    assert!(
+        abandoned >= 3,
+        "the kill should have interrupted in-flight attempts, saw {abandoned}"
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'succeeded' AND worker = 'victim' AND request_id IN (SELECT request_id FROM generation_attempts WHERE outcome = 'abandoned')")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_killing_its_worker_ends_failed() {
+    let app = spawn_app().await;
+    let id = app
+        .submit_ok(json!({"prompt": "poison pill", "mock": {"fail": "crash"}}))
+        .await;
+    sqlx::query("UPDATE generation_requests SET max_attempts = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut crashes = 0;
+    loop {
+        let (_, body) = app.poll(id, 0).await;
+        if body["status"] == "failed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after {crashes} crashes",
+            body["status"]
+        );
+        let mut worker = spawn_worker_process(&app.db, &[("MOCK_ALLOW_CRASH", "true")]);
+        tokio::select! {
+            status = worker.wait() => {
+                assert!(!status.unwrap().success());
+                crashes += 1;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                // This worker survived: it must have failed the request instead of running it.
+                let _ = worker.kill().await;
+            }
+        }
+    }
+    let (_, body) = app.poll(id, 0).await;
+    assert_eq!(body["error_code"], "attempts_exhausted", "{body}");
+    assert_eq!(crashes, 2);
+    let outcomes: Vec<_> = body["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, vec![json!("abandoned"), json!("abandoned")]);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_jobs_then_exits_cleanly() {
+    let app = spawn_app().await;
+    let mut worker = spawn_worker_process(
+        &app.db,
+        &[("WORKER_NAME", "drainer"), ("SHUTDOWN_GRACE_SECS", "20")],
+    );
+    for i in 0..4 {
+        app.submit_ok(json!({"prompt": format!("drain {i}"), "mock": {"latency_ms": 2000}}))
+            .await;
+    }
+    wait_for(
+        &app,
+        "four running jobs",
+        "SELECT COUNT(*) FROM generation_requests WHERE claimed_by = 'drainer' AND status = 'running'",
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+    signal(&worker, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(25), worker.wait())
+        .await
+        .expect("the worker exits within its grace period")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests WHERE status = 'completed'")
+            .await,
+        4
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome <> 'succeeded'")
+            .await,
+        0
+    );
+
+    // Work submitted after the worker left waits for the next worker, and is not lost.
+    let late = app.submit_ok(json!({"prompt": "after shutdown"})).await;
+    let _next = spawn_worker_process(&app.db, &[]);
+    let done = app.wait_final(late, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed");
+}
