@@ -1,0 +1,421 @@
+//! `llm-bench`: the project's one benchmark command (`scripts/bench.sh`).
+//!
+//! Starts the real stack itself on a fresh database — the release `llm-api` and `llm-worker`
+//! binaries, mock provider at 0 ms — drives it over loopback HTTP, and prints one table (also
+//! written as JSON to `.bench/results.json`):
+//! - durable submit: requests/s and latency percentiles at several concurrencies (no worker
+//!   running, so the figure is the api + PostgreSQL alone);
+//! - end to end with 1 and 2 workers: jobs/s, submit → completed and queue pickup latency
+//!   (committed → running), read from the rows' own timestamps.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use llm_shared::auth::JwtKeys;
+use llm_shared::db;
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const SECRET: &str = "benchmark-secret-key-of-sufficient-length!";
+
+#[derive(Debug, Parser)]
+#[command(name = "llm-bench", about = "Benchmark the LLM service end to end on this machine")]
+struct Args {
+    /// Admin connection used to create (and drop) the benchmark's own database.
+    #[arg(long, env = "BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    admin_database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Submit concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    concurrency: Vec<usize>,
+    /// Seconds each submit measurement runs.
+    #[arg(long, default_value_t = 10)]
+    submit_secs: u64,
+    /// Jobs per end-to-end run.
+    #[arg(long, default_value_t = 5000)]
+    e2e_jobs: usize,
+    /// Requests sent one at a time (100 per second) to measure unloaded latency.
+    #[arg(long, default_value_t = 500)]
+    unloaded_jobs: usize,
+    /// Where the JSON results go.
+    #[arg(long, default_value = ".bench/results.json")]
+    output: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Latencies {
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Latencies {
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i]
+        };
+        Self { p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: at(1.0) }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SubmitResult {
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    requests_per_sec: f64,
+    latency: Latencies,
+}
+
+#[derive(Debug, Serialize)]
+struct EndToEndResult {
+    workers: usize,
+    jobs: usize,
+    jobs_per_sec: f64,
+    submit_to_completed: Latencies,
+    pickup: Latencies,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    started_at: String,
+    submit: Vec<SubmitResult>,
+    end_to_end: Vec<EndToEndResult>,
+    /// One request at a time (paced), 1 worker: the latency the service itself adds.
+    unloaded: EndToEndResult,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+    for name in ["llm-api", "llm-worker"] {
+        if !bin_dir.join(name).exists() {
+            bail!("{} missing: build with `cargo build --release --bins` (scripts/bench.sh does)", bin_dir.join(name).display());
+        }
+    }
+    let machine = machine_description();
+    println!("llm-bench on {machine}");
+
+    let bench_db = BenchDb::create(&args.admin_database_url).await?;
+    let result = run(&args, &bin_dir, &bench_db, machine).await;
+    bench_db.drop_it(&args.admin_database_url).await;
+    let report = result?;
+
+    print_report(&report);
+    if let Some(dir) = args.output.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nJSON written to {}", args.output.display());
+    Ok(())
+}
+
+async fn run(args: &Args, bin_dir: &std::path::Path, bench_db: &BenchDb, machine: String) -> anyhow::Result<Report> {
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("DATABASE_URL", bench_db.url.clone()),
+        ("REDIS_URL", args.redis_url.clone()),
+        ("SECRET_KEY", SECRET.to_owned()),
+        ("LOG_LEVEL", "warn".to_owned()),
+    ];
+    let mut api = spawn(bin_dir.join("llm-api"), &["serve"], &env, &[("API_LISTEN", format!("127.0.0.1:{port}"))])?;
+    wait_healthy(&base).await?;
+
+    let token = JwtKeys::new(&SecretString::from(SECRET)).issue(Uuid::now_v7(), 3600, None)?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+
+    let mut submit = Vec::new();
+    for &c in &args.concurrency {
+        let r = measure_submit(&client, &base, &token, c, Duration::from_secs(args.submit_secs)).await;
+        println!("  submit c={c}: {:.0} req/s, p99 {:.2} ms", r.requests_per_sec, r.latency.p99_ms);
+        submit.push(r);
+    }
+    // The submit phase left its jobs queued: clear them so the end-to-end runs start empty.
+    sqlx::query("TRUNCATE generation_requests CASCADE").execute(&bench_db.pool).await?;
+    sqlx::query("TRUNCATE apalis.jobs").execute(&bench_db.pool).await?;
+
+    let unloaded = {
+        let mut worker = spawn(bin_dir.join("llm-worker"), &[], &env, &[("WORKER_NAME", "bench-unloaded".to_owned())])?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in 0..args.unloaded_jobs {
+            let _ = client
+                .post(format!("{base}/api/v1/generate"))
+                .bearer_auth(&token)
+                .json(&json!({"prompt": format!("unloaded bench {n}")}))
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = collect_end_to_end(&bench_db.pool, args.unloaded_jobs, 1).await?;
+        println!("  unloaded: e2e p50 {:.2} ms, p99 {:.2} ms", r.submit_to_completed.p50_ms, r.submit_to_completed.p99_ms);
+        stop(&mut worker).await;
+        sqlx::query("TRUNCATE generation_requests CASCADE").execute(&bench_db.pool).await?;
+        sqlx::query("TRUNCATE apalis.jobs").execute(&bench_db.pool).await?;
+        r
+    };
+
+    let mut end_to_end = Vec::new();
+    for workers in [1usize, 2] {
+        let mut children = Vec::new();
+        for i in 0..workers {
+            children.push(spawn(bin_dir.join("llm-worker"), &[], &env, &[("WORKER_NAME", format!("bench-{workers}-{i}"))])?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = measure_end_to_end(&client, &base, &token, &bench_db.pool, args.e2e_jobs, workers).await?;
+        println!("  end to end, {workers} worker(s): {:.0} jobs/s, p50 {:.1} ms", r.jobs_per_sec, r.submit_to_completed.p50_ms);
+        end_to_end.push(r);
+        for child in &mut children {
+            stop(child).await;
+        }
+        sqlx::query("TRUNCATE generation_requests CASCADE").execute(&bench_db.pool).await?;
+        sqlx::query("TRUNCATE apalis.jobs").execute(&bench_db.pool).await?;
+    }
+    stop(&mut api).await;
+    Ok(Report { machine, started_at, submit, end_to_end, unloaded })
+}
+
+async fn measure_submit(client: &reqwest::Client, base: &str, token: &str, concurrency: usize, run_for: Duration) -> SubmitResult {
+    let deadline = Instant::now() + run_for;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let client = client.clone();
+            let url = format!("{base}/api/v1/generate");
+            let token = token.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0usize;
+                let mut n = 0usize;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let t = Instant::now();
+                    let ok = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"prompt": format!("submit bench {worker}/{n}")}))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().as_u16() == 202);
+                    if ok {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in futures::future::join_all(tasks).await.into_iter().flatten() {
+        all.extend(task.0);
+        errors += task.1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    SubmitResult {
+        concurrency,
+        requests: all.len(),
+        errors,
+        requests_per_sec: all.len() as f64 / elapsed,
+        latency: Latencies::of(all),
+    }
+}
+
+async fn measure_end_to_end(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    pool: &PgPool,
+    jobs: usize,
+    workers: usize,
+) -> anyhow::Result<EndToEndResult> {
+    let per_task = jobs.div_ceil(50);
+    let tasks: Vec<_> = (0..50)
+        .map(|t| {
+            let client = client.clone();
+            let url = format!("{base}/api/v1/generate");
+            let token = token.to_owned();
+            tokio::spawn(async move {
+                for n in 0..per_task {
+                    let _ = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"prompt": format!("e2e bench {t}/{n}")}))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
+    collect_end_to_end(pool, jobs.div_ceil(50) * 50, workers).await
+}
+
+/// Waits for `total` requests to finish, then reads throughput and latencies from the rows.
+async fn collect_end_to_end(pool: &PgPool, total: usize, workers: usize) -> anyhow::Result<EndToEndResult> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM generation_requests WHERE status IN ('completed', 'failed')")
+            .fetch_one(pool)
+            .await?;
+        if done as usize >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {total} jobs finished within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (span_secs,): (f64,) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM (MAX(completed_at) - MIN(created_at)))::float8 FROM generation_requests",
+    )
+    .fetch_one(pool)
+    .await?;
+    let rows: Vec<(f64, f64)> = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM (completed_at - created_at))::float8 * 1000,
+                EXTRACT(EPOCH FROM (started_at - created_at))::float8 * 1000
+         FROM generation_requests WHERE status = 'completed'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(EndToEndResult {
+        workers,
+        jobs: total,
+        jobs_per_sec: total as f64 / span_secs,
+        submit_to_completed: Latencies::of(rows.iter().map(|r| r.0).collect()),
+        pickup: Latencies::of(rows.iter().map(|r| r.1).collect()),
+    })
+}
+
+fn print_report(report: &Report) {
+    let u = &report.unloaded;
+    println!("\nunloaded end to end (1 worker, one request at a time, {} requests)", u.jobs);
+    println!(
+        "  submit -> completed p50 {:.2} ms, p99 {:.2} ms; pickup (committed -> running) p50 {:.2} ms, p99 {:.2} ms",
+        u.submit_to_completed.p50_ms, u.submit_to_completed.p99_ms, u.pickup.p50_ms, u.pickup.p99_ms
+    );
+    println!("\n== llm-bench  ({})", report.machine);
+    println!("\ndurable submit (api + PostgreSQL, no worker running)");
+    println!("{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}", "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors");
+    for r in &report.submit {
+        println!(
+            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+            r.concurrency, r.requests, r.requests_per_sec, r.latency.p50_ms, r.latency.p95_ms, r.latency.p99_ms, r.errors
+        );
+    }
+    println!("\nend to end (mock provider at 0 ms; submitted at concurrency 50)");
+    println!(
+        "{:>8} {:>7} {:>9} {:>13} {:>13} {:>13} {:>13}",
+        "workers", "jobs", "jobs/s", "e2e p50 ms", "e2e p99 ms", "pickup p50", "pickup p99"
+    );
+    for r in &report.end_to_end {
+        println!(
+            "{:>8} {:>7} {:>9.0} {:>13.1} {:>13.1} {:>13.1} {:>13.1}",
+            r.workers,
+            r.jobs,
+            r.jobs_per_sec,
+            r.submit_to_completed.p50_ms,
+            r.submit_to_completed.p99_ms,
+            r.pickup.p50_ms,
+            r.pickup.p99_ms
+        );
+    }
+}
+
+struct BenchDb {
+    name: String,
+    url: String,
+    pool: PgPool,
+}
+
+impl BenchDb {
+    async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("llmbench_{}", Uuid::now_v7().simple());
+        let admin = db::connect_url(admin_url, 1).await.context("connecting to BENCH_DATABASE_URL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+        admin.close().await;
+        let (base, _) = admin_url.rsplit_once('/').context("database URL without a path")?;
+        let url = format!("{base}/{name}");
+        let pool = db::connect_url(&url, 4).await?;
+        db::migrate(&pool).await?;
+        Ok(Self { name, url, pool })
+    }
+
+    async fn drop_it(self, admin_url: &str) {
+        self.pool.close().await;
+        if let Ok(admin) = db::connect_url(admin_url, 1).await {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+        }
+    }
+}
+
+fn spawn(path: PathBuf, args: &[&str], env: &[(&str, String)], extra: &[(&str, String)]) -> anyhow::Result<Child> {
+    Command::new(&path)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", path.display()))
+}
+
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+async fn wait_healthy(base: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("llm-api did not become healthy")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cores} cores, {mem_gib:.0} GiB, {cpu}")
+}

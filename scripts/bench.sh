@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — the benchmark command: builds release binaries, then llm-bench starts the
+# stack itself (api + workers, mock provider) on a fresh database and prints its table
+# (also written to .bench/results.json). Extra arguments go to llm-bench (see --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+cargo build --release --bins
+exec target/release/llm-bench "$@"
