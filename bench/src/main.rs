@@ -27,10 +27,17 @@ use uuid::Uuid;
 const SECRET: &str = "benchmark-secret-key-of-sufficient-length!";
 
 #[derive(Debug, Parser)]
-#[command(name = "llm-bench", about = "Benchmark the LLM service end to end on this machine")]
+#[command(
+    name = "llm-bench",
+    about = "Benchmark the LLM service end to end on this machine"
+)]
 struct Args {
     /// Admin connection used to create (and drop) the benchmark's own database.
-    #[arg(long, env = "BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     admin_database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -69,7 +76,12 @@ impl Latencies {
             let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
             samples[i]
         };
-        Self { p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: at(1.0) }
+        Self {
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
     }
 }
 
@@ -104,10 +116,16 @@ struct Report {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
     for name in ["llm-api", "llm-worker"] {
         if !bin_dir.join(name).exists() {
-            bail!("{} missing: build with `cargo build --release --bins` (scripts/bench.sh does)", bin_dir.join(name).display());
+            bail!(
+                "{} missing: build with `cargo build --release --bins` (scripts/bench.sh does)",
+                bin_dir.join(name).display()
+            );
         }
     }
     let machine = machine_description();
@@ -127,7 +145,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, bin_dir: &std::path::Path, bench_db: &BenchDb, machine: String) -> anyhow::Result<Report> {
+async fn run(
+    args: &Args,
+    bin_dir: &std::path::Path,
+    bench_db: &BenchDb,
+    machine: String,
+) -> anyhow::Result<Report> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -137,24 +160,50 @@ async fn run(args: &Args, bin_dir: &std::path::Path, bench_db: &BenchDb, machine
         ("SECRET_KEY", SECRET.to_owned()),
         ("LOG_LEVEL", "warn".to_owned()),
     ];
-    let mut api = spawn(bin_dir.join("llm-api"), &["serve"], &env, &[("API_LISTEN", format!("127.0.0.1:{port}"))])?;
+    let mut api = spawn(
+        bin_dir.join("llm-api"),
+        &["serve"],
+        &env,
+        &[("API_LISTEN", format!("127.0.0.1:{port}"))],
+    )?;
     wait_healthy(&base).await?;
 
     let token = JwtKeys::new(&SecretString::from(SECRET)).issue(Uuid::now_v7(), 3600, None)?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
 
     let mut submit = Vec::new();
     for &c in &args.concurrency {
-        let r = measure_submit(&client, &base, &token, c, Duration::from_secs(args.submit_secs)).await;
-        println!("  submit c={c}: {:.0} req/s, p99 {:.2} ms", r.requests_per_sec, r.latency.p99_ms);
+        let r = measure_submit(
+            &client,
+            &base,
+            &token,
+            c,
+            Duration::from_secs(args.submit_secs),
+        )
+        .await;
+        println!(
+            "  submit c={c}: {:.0} req/s, p99 {:.2} ms",
+            r.requests_per_sec, r.latency.p99_ms
+        );
         submit.push(r);
     }
     // The submit phase left its jobs queued: clear them so the end-to-end runs start empty.
-    sqlx::query("TRUNCATE generation_requests CASCADE").execute(&bench_db.pool).await?;
-    sqlx::query("TRUNCATE apalis.jobs").execute(&bench_db.pool).await?;
+    sqlx::query("TRUNCATE generation_requests CASCADE")
+        .execute(&bench_db.pool)
+        .await?;
+    sqlx::query("TRUNCATE apalis.jobs")
+        .execute(&bench_db.pool)
+        .await?;
 
     let unloaded = {
-        let mut worker = spawn(bin_dir.join("llm-worker"), &[], &env, &[("WORKER_NAME", "bench-unloaded".to_owned())])?;
+        let mut worker = spawn(
+            bin_dir.join("llm-worker"),
+            &[],
+            &env,
+            &[("WORKER_NAME", "bench-unloaded".to_owned())],
+        )?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for n in 0..args.unloaded_jobs {
             let _ = client
@@ -166,10 +215,17 @@ async fn run(args: &Args, bin_dir: &std::path::Path, bench_db: &BenchDb, machine
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let r = collect_end_to_end(&bench_db.pool, args.unloaded_jobs, 1).await?;
-        println!("  unloaded: e2e p50 {:.2} ms, p99 {:.2} ms", r.submit_to_completed.p50_ms, r.submit_to_completed.p99_ms);
+        println!(
+            "  unloaded: e2e p50 {:.2} ms, p99 {:.2} ms",
+            r.submit_to_completed.p50_ms, r.submit_to_completed.p99_ms
+        );
         stop(&mut worker).await;
-        sqlx::query("TRUNCATE generation_requests CASCADE").execute(&bench_db.pool).await?;
-        sqlx::query("TRUNCATE apalis.jobs").execute(&bench_db.pool).await?;
+        sqlx::query("TRUNCATE generation_requests CASCADE")
+            .execute(&bench_db.pool)
+            .await?;
+        sqlx::query("TRUNCATE apalis.jobs")
+            .execute(&bench_db.pool)
+            .await?;
         r
     };
 
@@ -177,23 +233,55 @@ async fn run(args: &Args, bin_dir: &std::path::Path, bench_db: &BenchDb, machine
     for workers in [1usize, 2] {
         let mut children = Vec::new();
         for i in 0..workers {
-            children.push(spawn(bin_dir.join("llm-worker"), &[], &env, &[("WORKER_NAME", format!("bench-{workers}-{i}"))])?);
+            children.push(spawn(
+                bin_dir.join("llm-worker"),
+                &[],
+                &env,
+                &[("WORKER_NAME", format!("bench-{workers}-{i}"))],
+            )?);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = measure_end_to_end(&client, &base, &token, &bench_db.pool, args.e2e_jobs, workers).await?;
-        println!("  end to end, {workers} worker(s): {:.0} jobs/s, p50 {:.1} ms", r.jobs_per_sec, r.submit_to_completed.p50_ms);
+        let r = measure_end_to_end(
+            &client,
+            &base,
+            &token,
+            &bench_db.pool,
+            args.e2e_jobs,
+            workers,
+        )
+        .await?;
+        println!(
+            "  end to end, {workers} worker(s): {:.0} jobs/s, p50 {:.1} ms",
+            r.jobs_per_sec, r.submit_to_completed.p50_ms
+        );
         end_to_end.push(r);
         for child in &mut children {
             stop(child).await;
         }
-        sqlx::query("TRUNCATE generation_requests CASCADE").execute(&bench_db.pool).await?;
-        sqlx::query("TRUNCATE apalis.jobs").execute(&bench_db.pool).await?;
+        sqlx::query("TRUNCATE generation_requests CASCADE")
+            .execute(&bench_db.pool)
+            .await?;
+        sqlx::query("TRUNCATE apalis.jobs")
+            .execute(&bench_db.pool)
+            .await?;
     }
     stop(&mut api).await;
-    Ok(Report { machine, started_at, submit, end_to_end, unloaded })
+    Ok(Report {
+        machine,
+        started_at,
+        submit,
+        end_to_end,
+        unloaded,
+    })
 }
 
-async fn measure_submit(client: &reqwest::Client, base: &str, token: &str, concurrency: usize, run_for: Duration) -> SubmitResult {
+async fn measure_submit(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    concurrency: usize,
+    run_for: Duration,
+) -> SubmitResult {
     let deadline = Instant::now() + run_for;
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -272,12 +360,18 @@ async fn measure_end_to_end(
 }
 
 /// Waits for `total` requests to finish, then reads throughput and latencies from the rows.
-async fn collect_end_to_end(pool: &PgPool, total: usize, workers: usize) -> anyhow::Result<EndToEndResult> {
+async fn collect_end_to_end(
+    pool: &PgPool,
+    total: usize,
+    workers: usize,
+) -> anyhow::Result<EndToEndResult> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM generation_requests WHERE status IN ('completed', 'failed')")
-            .fetch_one(pool)
-            .await?;
+        let done: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM generation_requests WHERE status IN ('completed', 'failed')",
+        )
+        .fetch_one(pool)
+        .await?;
         if done as usize >= total {
             break;
         }
@@ -309,18 +403,33 @@ async fn collect_end_to_end(pool: &PgPool, total: usize, workers: usize) -> anyh
 
 fn print_report(report: &Report) {
     let u = &report.unloaded;
-    println!("\nunloaded end to end (1 worker, one request at a time, {} requests)", u.jobs);
+    println!(
+        "\nunloaded end to end (1 worker, one request at a time, {} requests)",
+        u.jobs
+    );
     println!(
         "  submit -> completed p50 {:.2} ms, p99 {:.2} ms; pickup (committed -> running) p50 {:.2} ms, p99 {:.2} ms",
-        u.submit_to_completed.p50_ms, u.submit_to_completed.p99_ms, u.pickup.p50_ms, u.pickup.p99_ms
+        u.submit_to_completed.p50_ms,
+        u.submit_to_completed.p99_ms,
+        u.pickup.p50_ms,
+        u.pickup.p99_ms
     );
     println!("\n== llm-bench  ({})", report.machine);
     println!("\ndurable submit (api + PostgreSQL, no worker running)");
-    println!("{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}", "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors");
+    println!(
+        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
+    );
     for r in &report.submit {
         println!(
             "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
-            r.concurrency, r.requests, r.requests_per_sec, r.latency.p50_ms, r.latency.p95_ms, r.latency.p99_ms, r.errors
+            r.concurrency,
+            r.requests,
+            r.requests_per_sec,
+            r.latency.p50_ms,
+            r.latency.p95_ms,
+            r.latency.p99_ms,
+            r.errors
         );
     }
     println!("\nend to end (mock provider at 0 ms; submitted at concurrency 50)");
@@ -351,10 +460,16 @@ struct BenchDb {
 impl BenchDb {
     async fn create(admin_url: &str) -> anyhow::Result<Self> {
         let name = format!("llmbench_{}", Uuid::now_v7().simple());
-        let admin = db::connect_url(admin_url, 1).await.context("connecting to BENCH_DATABASE_URL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+        let admin = db::connect_url(admin_url, 1)
+            .await
+            .context("connecting to BENCH_DATABASE_URL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
         admin.close().await;
-        let (base, _) = admin_url.rsplit_once('/').context("database URL without a path")?;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .context("database URL without a path")?;
         let url = format!("{base}/{name}");
         let pool = db::connect_url(&url, 4).await?;
         db::migrate(&pool).await?;
@@ -370,7 +485,12 @@ impl BenchDb {
     }
 }
 
-fn spawn(path: PathBuf, args: &[&str], env: &[(&str, String)], extra: &[(&str, String)]) -> anyhow::Result<Child> {
+fn spawn(
+    path: PathBuf,
+    args: &[&str],
+    env: &[(&str, String)],
+    extra: &[(&str, String)],
+) -> anyhow::Result<Child> {
     Command::new(&path)
         .args(args)
         .env_clear()
@@ -385,16 +505,25 @@ fn spawn(path: PathBuf, args: &[&str], env: &[(&str, String)], extra: &[(&str, S
 
 async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
     }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
 
 async fn wait_healthy(base: &str) -> anyhow::Result<()> {
     for _ in 0..100 {
-        if reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(format!("{base}/health"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -403,18 +532,31 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     format!("{cores} cores, {mem_gib:.0} GiB, {cpu}")

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -414,28 +414,37 @@ pub enum Claim {
 
 /// Takes the request for this worker: `pending` rows, and `running` rows whose holder's lease
 /// ran out (its worker died). Each claim is a new attempt; earlier unfinished attempts are
-/// marked `abandoned`.
+/// marked `abandoned`. One statement, so one round trip and atomic.
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
     worker: &str,
     lease: Duration,
-    route: impl Fn(&str) -> Option<(&'static str, String)>,
 ) -> Result<Claim, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let claimed: Option<ClaimedRequest> = sqlx::query_as(
-        "UPDATE generation_requests
-         SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, NOW()),
-             updated_at = NOW(), claimed_by = $2,
-             lease_expires_at = NOW() + make_interval(secs => $3)
-         WHERE id = $1
-           AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
-         RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata",
+        "WITH claimed AS (
+             UPDATE generation_requests
+             SET status = 'running', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, NOW()), updated_at = NOW(), claimed_by = $2,
+                 lease_expires_at = NOW() + make_interval(secs => $3)
+             WHERE id = $1
+               AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
+             RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata
+         ), abandoned AS (
+             UPDATE generation_attempts
+             SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
+                 error_message = 'the worker running this attempt stopped before finishing it'
+             WHERE request_id = $1 AND outcome = 'running' AND EXISTS (SELECT 1 FROM claimed)
+         ), attempt AS (
+             INSERT INTO generation_attempts (request_id, attempt, worker)
+             SELECT id, attempts, $2 FROM claimed WHERE attempts <= max_attempts
+         )
+         SELECT * FROM claimed",
     )
     .bind(id)
     .bind(worker)
     .bind(lease.as_secs_f64())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(pool)
     .await?;
 
     let Some(claimed) = claimed else {
@@ -443,9 +452,8 @@ pub async fn claim(
             "SELECT status, lease_expires_at FROM generation_requests WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(pool)
         .await?;
-        tx.rollback().await?;
         return Ok(match row {
             None => Claim::NotFound,
             Some((status, _)) if status.is_final() => Claim::Finished,
@@ -455,45 +463,22 @@ pub async fn claim(
         });
     };
 
-    sqlx::query(
-        "UPDATE generation_attempts
-         SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
-             error_message = 'the worker running this attempt stopped before finishing it'
-         WHERE request_id = $1 AND outcome = 'running'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-
     if claimed.attempts > claimed.max_attempts {
-        finish_failed_in(
-            &mut tx,
+        let message = format!(
+            "gave up after {} attempts: the workers running it stopped before finishing",
+            claimed.max_attempts
+        );
+        finish_failed(
+            pool,
             id,
             worker,
             claimed.attempts,
             "attempts_exhausted",
-            &format!(
-                "gave up after {} attempts: the workers running it stopped before finishing",
-                claimed.max_attempts
-            ),
+            &message,
         )
         .await?;
-        tx.commit().await?;
         return Ok(Claim::Exhausted);
     }
-
-    sqlx::query(
-        "INSERT INTO generation_attempts (request_id, attempt, worker, provider, model)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(claimed.attempts)
-    .bind(worker)
-    .bind(route(&claimed.model).map(|(provider, _)| provider))
-    .bind(route(&claimed.model).map(|(_, upstream)| upstream))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(Claim::Claimed(claimed))
 }
 
@@ -501,7 +486,7 @@ pub async fn claim(
 /// worker took the request: this worker's result is discarded.
 pub type StillHeld = bool;
 
-/// Records a successful attempt and completes the request, in one transaction.
+/// Completes the request and records its successful attempt, in one statement.
 pub async fn complete(
     pool: &PgPool,
     claimed: &ClaimedRequest,
@@ -510,16 +495,20 @@ pub async fn complete(
     output: &GenerationOutput,
     latency: Duration,
 ) -> Result<StillHeld, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let prompt_tokens = to_i32(output.prompt_tokens);
-    let completion_tokens = to_i32(output.completion_tokens);
-    let updated = sqlx::query(
-        "UPDATE generation_requests
-         SET status = 'completed', result = $4, provider = $5, provider_model = $6,
-             prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
-             finish_reason = $9, error_code = NULL, error_message = NULL,
-             completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
+    let done = sqlx::query(
+        "WITH done AS (
+             UPDATE generation_requests
+             SET status = 'completed', result = $4, provider = $5, provider_model = $6,
+                 prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
+                 finish_reason = $9, error_code = NULL, error_message = NULL,
+                 completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
+             RETURNING id
+         )
+         UPDATE generation_attempts a
+         SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $10, provider = $5,
+             model = $6, prompt_tokens = $7, completion_tokens = $8
+         FROM done WHERE a.request_id = done.id AND a.attempt = $3",
     )
     .bind(claimed.id)
     .bind(worker)
@@ -527,30 +516,13 @@ pub async fn complete(
     .bind(&output.text)
     .bind(provider)
     .bind(&output.upstream_model)
-    .bind(prompt_tokens)
-    .bind(completion_tokens)
+    .bind(to_i32(output.prompt_tokens))
+    .bind(to_i32(output.completion_tokens))
     .bind(&output.finish_reason)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    sqlx::query(
-        "UPDATE generation_attempts
-         SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $3,
-             prompt_tokens = $4, completion_tokens = $5
-         WHERE request_id = $1 AND attempt = $2",
-    )
-    .bind(claimed.id)
-    .bind(claimed.attempts)
     .bind(millis(latency))
-    .bind(prompt_tokens)
-    .bind(completion_tokens)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(done.rows_affected() == 1)
 }
 
 /// What becomes of a request whose attempt failed.
@@ -562,74 +534,70 @@ pub enum AfterFailure {
     Fail,
 }
 
-/// Records a failed attempt and either puts the request back in the queue or fails it, in one
-/// transaction.
+/// Records a failed attempt and either puts the request back in the queue (rescheduling its
+/// job) or fails it, in one transaction.
 pub async fn record_failure(
     pool: &PgPool,
     claimed: &ClaimedRequest,
     worker: &str,
-    error: &ProviderError,
-    latency: Duration,
+    attempt: &AttemptFailure<'_>,
     next: AfterFailure,
 ) -> Result<StillHeld, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let message = error.to_string();
-    let held = match next {
-        AfterFailure::RetryAfter(delay) => {
-            let released = sqlx::query(
-                "UPDATE generation_requests
-                 SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL,
-                     error_code = $4, error_message = $5, updated_at = NOW()
-                 WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
-            )
-            .bind(claimed.id)
-            .bind(worker)
-            .bind(claimed.attempts)
-            .bind(error.kind())
-            .bind(&message)
-            .execute(&mut *tx)
-            .await?;
-            if released.rows_affected() == 1 {
-                queue::reschedule(&mut tx, claimed.id, delay).await?;
-            }
-            released.rows_affected() == 1
-        }
-        AfterFailure::Fail => {
-            finish_failed_in(
-                &mut tx,
-                claimed.id,
-                worker,
-                claimed.attempts,
-                error.kind(),
-                &message,
-            )
-            .await?
-        }
+    let (status, completed) = match next {
+        AfterFailure::RetryAfter(_) => ("pending", false),
+        AfterFailure::Fail => ("failed", true),
     };
-    if !held {
+    let message = attempt.error.to_string();
+    let released = sqlx::query(
+        "WITH released AS (
+             UPDATE generation_requests
+             SET status = $4, error_code = $5, error_message = $6, updated_at = NOW(),
+                 completed_at = CASE WHEN $7 THEN NOW() END,
+                 claimed_by = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
+             RETURNING id
+         )
+         UPDATE generation_attempts a
+         SET outcome = 'failed', finished_at = NOW(), latency_ms = $8, error_kind = $5,
+             http_status = $9, error_message = $6, provider = $10, model = $11
+         FROM released WHERE a.request_id = released.id AND a.attempt = $3",
+    )
+    .bind(claimed.id)
+    .bind(worker)
+    .bind(claimed.attempts)
+    .bind(status)
+    .bind(attempt.error.kind())
+    .bind(&message)
+    .bind(completed)
+    .bind(millis(attempt.latency))
+    .bind(attempt.error.http_status().map(i32::from))
+    .bind(attempt.provider)
+    .bind(attempt.upstream_model)
+    .execute(&mut *tx)
+    .await?;
+    if released.rows_affected() != 1 {
         tx.rollback().await?;
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE generation_attempts
-         SET outcome = 'failed', finished_at = NOW(), latency_ms = $3, error_kind = $4,
-             http_status = $5, error_message = $6
-         WHERE request_id = $1 AND attempt = $2",
-    )
-    .bind(claimed.id)
-    .bind(claimed.attempts)
-    .bind(millis(latency))
-    .bind(error.kind())
-    .bind(error.http_status().map(i32::from))
-    .bind(&message)
-    .execute(&mut *tx)
-    .await?;
+    if let AfterFailure::RetryAfter(delay) = next {
+        queue::reschedule(&mut tx, claimed.id, delay).await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
 
-async fn finish_failed_in(
-    tx: &mut PgConnection,
+/// A failed provider call, as recorded in the attempt history.
+#[derive(Debug)]
+pub struct AttemptFailure<'a> {
+    pub error: &'a ProviderError,
+    pub latency: Duration,
+    pub provider: Option<&'a str>,
+    pub upstream_model: Option<&'a str>,
+}
+
+async fn finish_failed(
+    pool: &PgPool,
     id: Uuid,
     worker: &str,
     attempt: i32,
@@ -647,7 +615,7 @@ async fn finish_failed_in(
     .bind(attempt)
     .bind(code)
     .bind(message)
-    .execute(tx)
+    .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -26,7 +26,7 @@ use crate::providers::{
     ProviderError,
 };
 use crate::queue::{self, GenerationJob, WakeStrategy};
-use crate::requests::{self, AfterFailure, Claim, ClaimedRequest};
+use crate::requests::{self, AfterFailure, AttemptFailure, Claim, ClaimedRequest};
 
 /// Everything a job handler needs; shared by all jobs of the process.
 pub struct WorkerState {
@@ -120,16 +120,21 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
     let _guard = RunningGuard::new(state, request_id);
 
     let Some((provider, upstream_model)) = state.provider_for(&claimed.model) else {
-        let err = ProviderError::Permanent {
+        let error = ProviderError::Permanent {
             message: format!("model `{}` has no provider configured", claimed.model),
             http_status: None,
+        };
+        let failure = AttemptFailure {
+            error: &error,
+            latency: Duration::ZERO,
+            provider: None,
+            upstream_model: None,
         };
         requests::record_failure(
             &state.pool,
             &claimed,
             &state.name,
-            &err,
-            Duration::ZERO,
+            &failure,
             AfterFailure::Fail,
         )
         .await?;
@@ -174,7 +179,13 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
             } else {
                 tracing::warn!(request.id = %request_id, attempt = claimed.attempts, error = %err, "generation failed");
             }
-            requests::record_failure(&state.pool, &claimed, &state.name, err, latency, next).await?
+            let failure = AttemptFailure {
+                error: err,
+                latency,
+                provider: Some(provider.name()),
+                upstream_model: Some(&input.upstream_model),
+            };
+            requests::record_failure(&state.pool, &claimed, &state.name, &failure, next).await?
         }
     };
     if !held {
@@ -193,13 +204,7 @@ async fn claim_waiting_for_lease(
 ) -> Result<Option<ClaimedRequest>, sqlx::Error> {
     let give_up_at = Instant::now() + state.lease * 2;
     loop {
-        let route = |model: &str| {
-            state
-                .models
-                .get(model)
-                .map(|m| (m.provider, m.upstream_model.to_owned()))
-        };
-        match requests::claim(&state.pool, request_id, &state.name, state.lease, route).await? {
+        match requests::claim(&state.pool, request_id, &state.name, state.lease).await? {
             Claim::Claimed(claimed) => return Ok(Some(claimed)),
             Claim::Finished | Claim::NotFound => return Ok(None),
             Claim::Exhausted => {
