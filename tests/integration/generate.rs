@@ -366,3 +366,28 @@ async fn a_request_whose_workers_keep_dying_ends_failed() {
     assert_eq!(done["status"], "failed");
     assert_eq!(done["error_code"], "attempts_exhausted");
 }
+
+#[tokio::test]
+async fn provider_calls_time_out_inside_the_handler() {
+    let app = spawn_app().await;
+    let id = app
+        .submit_ok(json!({"prompt": "too slow", "mock": {"latency_ms": 10000}}))
+        .await;
+    sqlx::query("UPDATE generation_requests SET max_attempts = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let worker = start_worker(&app.db, &["--provider-timeout-secs", "1"]);
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error_code"], "timeout");
+    let history = done["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    for attempt in history {
+        assert_eq!(attempt["error_kind"], "timeout");
+        let latency = attempt["latency_ms"].as_i64().unwrap();
+        assert!((1000..3000).contains(&latency), "latency {latency} ms");
+    }
+    worker.stop().await;
+}

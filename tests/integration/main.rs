@@ -6,4 +6,5 @@ mod auth;
 mod bad_input;
 mod generate;
 mod health;
+mod migrations;
 mod processes;

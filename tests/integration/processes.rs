@@ -219,6 +219,8 @@ async fn sigterm_drains_in_flight_jobs_then_exits_cleanly() {
     )
     .await;
     signal(&worker, libc::SIGTERM);
+    // Submitted while the worker drains: it must not start it.
+    let late = app.submit_ok(json!({"prompt": "after shutdown"})).await;
     let status = tokio::time::timeout(Duration::from_secs(25), worker.wait())
         .await
         .expect("the worker exits within its grace period")
@@ -236,9 +238,11 @@ async fn sigterm_drains_in_flight_jobs_then_exits_cleanly() {
             .await,
         0
     );
+    let (_, pending) = app.poll(late, 0).await;
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["attempts"], 0);
 
     // Work submitted after the worker left waits for the next worker, and is not lost.
-    let late = app.submit_ok(json!({"prompt": "after shutdown"})).await;
     let _next = spawn_worker_process(&app.db, &[]);
     let done = app.wait_final(late, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "completed");
