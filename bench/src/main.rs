@@ -104,11 +104,20 @@ struct EndToEndResult {
 }
 
 #[derive(Debug, Serialize)]
+struct DrainResult {
+    workers: usize,
+    jobs: usize,
+    jobs_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     machine: String,
     started_at: String,
     submit: Vec<SubmitResult>,
     end_to_end: Vec<EndToEndResult>,
+    /// Queue drain: jobs submitted first, then workers started; jobs/s of the workers alone.
+    drain: Vec<DrainResult>,
     /// One request at a time (paced), 1 worker: the latency the service itself adds.
     unloaded: EndToEndResult,
 }
@@ -265,12 +274,46 @@ async fn run(
             .execute(&bench_db.pool)
             .await?;
     }
+    let mut drain = Vec::new();
+    for workers in [1usize, 2] {
+        submit_burst(&client, &base, &token, args.e2e_jobs).await;
+        let mut children = Vec::new();
+        for i in 0..workers {
+            let name = ("WORKER_NAME", format!("drain-{workers}-{i}"));
+            children.push(spawn(bin_dir.join("llm-worker"), &[], &env, &[name])?);
+        }
+        let total = args.e2e_jobs.div_ceil(50) * 50;
+        wait_finished(&bench_db.pool, total).await?;
+        let (secs,): (f64,) = sqlx::query_as(
+            "SELECT EXTRACT(EPOCH FROM (MAX(completed_at) - MIN(started_at)))::float8
+             FROM generation_requests",
+        )
+        .fetch_one(&bench_db.pool)
+        .await?;
+        let r = DrainResult {
+            workers,
+            jobs: total,
+            jobs_per_sec: total as f64 / secs,
+        };
+        println!("  drain, {workers} worker(s): {:.0} jobs/s", r.jobs_per_sec);
+        drain.push(r);
+        for child in &mut children {
+            stop(child).await;
+        }
+        sqlx::query("TRUNCATE generation_requests CASCADE")
+            .execute(&bench_db.pool)
+            .await?;
+        sqlx::query("TRUNCATE apalis.jobs")
+            .execute(&bench_db.pool)
+            .await?;
+    }
     stop(&mut api).await;
     Ok(Report {
         machine,
         started_at,
         submit,
         end_to_end,
+        drain,
         unloaded,
     })
 }
@@ -337,6 +380,12 @@ async fn measure_end_to_end(
     jobs: usize,
     workers: usize,
 ) -> anyhow::Result<EndToEndResult> {
+    submit_burst(client, base, token, jobs).await;
+    collect_end_to_end(pool, jobs.div_ceil(50) * 50, workers).await
+}
+
+/// Submits `jobs` requests (rounded up to a multiple of 50) from 50 concurrent clients.
+async fn submit_burst(client: &reqwest::Client, base: &str, token: &str, jobs: usize) {
     let per_task = jobs.div_ceil(50);
     let tasks: Vec<_> = (0..50)
         .map(|t| {
@@ -356,15 +405,10 @@ async fn measure_end_to_end(
         })
         .collect();
     futures::future::join_all(tasks).await;
-    collect_end_to_end(pool, jobs.div_ceil(50) * 50, workers).await
 }
 
-/// Waits for `total` requests to finish, then reads throughput and latencies from the rows.
-async fn collect_end_to_end(
-    pool: &PgPool,
-    total: usize,
-    workers: usize,
-) -> anyhow::Result<EndToEndResult> {
+/// Waits (bounded) until `total` requests are final.
+async fn wait_finished(pool: &PgPool, total: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done: i64 = sqlx::query_scalar(
@@ -373,13 +417,22 @@ async fn collect_end_to_end(
         .fetch_one(pool)
         .await?;
         if done as usize >= total {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("only {done} of {total} jobs finished within 300 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits for `total` requests to finish, then reads throughput and latencies from the rows.
+async fn collect_end_to_end(
+    pool: &PgPool,
+    total: usize,
+    workers: usize,
+) -> anyhow::Result<EndToEndResult> {
+    wait_finished(pool, total).await?;
     let (span_secs,): (f64,) = sqlx::query_as(
         "SELECT EXTRACT(EPOCH FROM (MAX(completed_at) - MIN(created_at)))::float8 FROM generation_requests",
     )
@@ -402,18 +455,6 @@ async fn collect_end_to_end(
 }
 
 fn print_report(report: &Report) {
-    let u = &report.unloaded;
-    println!(
-        "\nunloaded end to end (1 worker, one request at a time, {} requests)",
-        u.jobs
-    );
-    println!(
-        "  submit -> completed p50 {:.2} ms, p99 {:.2} ms; pickup (committed -> running) p50 {:.2} ms, p99 {:.2} ms",
-        u.submit_to_completed.p50_ms,
-        u.submit_to_completed.p99_ms,
-        u.pickup.p50_ms,
-        u.pickup.p99_ms
-    );
     println!("\n== llm-bench  ({})", report.machine);
     println!("\ndurable submit (api + PostgreSQL, no worker running)");
     println!(
@@ -449,6 +490,23 @@ fn print_report(report: &Report) {
             r.pickup.p99_ms
         );
     }
+    println!("\nqueue drain (jobs queued first, then the workers started)");
+    println!("{:>8} {:>7} {:>9}", "workers", "jobs", "jobs/s");
+    for r in &report.drain {
+        println!("{:>8} {:>7} {:>9.0}", r.workers, r.jobs, r.jobs_per_sec);
+    }
+    let u = &report.unloaded;
+    println!(
+        "\nunloaded end to end (1 worker, one request at a time, {} requests)",
+        u.jobs
+    );
+    println!(
+        "  submit -> completed p50 {:.2} ms, p99 {:.2} ms; pickup (committed -> running) p50 {:.2} ms, p99 {:.2} ms",
+        u.submit_to_completed.p50_ms,
+        u.submit_to_completed.p99_ms,
+        u.pickup.p50_ms,
+        u.pickup.p99_ms
+    );
 }
 
 struct BenchDb {

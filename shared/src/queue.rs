@@ -101,15 +101,21 @@ pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx
     Ok(rescued.rows_affected())
 }
 
-/// When a worker looks for jobs: on every insert notification (LISTEN/NOTIFY, ~ms), and on a
-/// fixed tick for what no notification announces (rescheduled and rescued jobs, notifications
-/// missed while the listener reconnects). The tick re-arms itself every time it fires (the
-/// built-in interval strategy does not, and loses wake-ups).
+/// How long after a notification the worker looks again, in case the notification arrived
+/// while a fetch that started before the job's commit was in flight (that fetch finds nothing
+/// and the notification is spent).
+const RECHECK_AFTER: Duration = Duration::from_millis(15);
+
+/// When a worker looks for jobs: on every insert notification (LISTEN/NOTIFY, ~ms), once more
+/// shortly after it, and on a fixed tick for what no notification announces (rescheduled and
+/// rescued jobs, notifications missed while the listener reconnects). The tick re-arms itself
+/// every time it fires (the built-in interval strategy does not, and loses wake-ups).
 pub struct WakeStrategy {
     pool: PgPool,
     notifications: Pubsub,
     tick: Pin<Box<tokio::time::Sleep>>,
     period: Duration,
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl WakeStrategy {
@@ -119,6 +125,7 @@ impl WakeStrategy {
             pool,
             tick: Box::pin(tokio::time::sleep(period)),
             period,
+            recheck: None,
         }
     }
 }
@@ -132,9 +139,22 @@ impl Clone for WakeStrategy {
 impl PollStrategy for WakeStrategy {
     fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
         let mut woken = false;
+        if let Some(recheck) = self.recheck.as_mut()
+            && recheck.as_mut().poll(cx).is_ready()
+        {
+            self.recheck = None;
+            woken = true;
+        }
         loop {
             match Pin::new(&mut self.notifications).poll_next(cx) {
-                Poll::Ready(Some(_)) => woken = true,
+                Poll::Ready(Some(_)) => {
+                    woken = true;
+                    if self.recheck.is_none() {
+                        let mut recheck = Box::pin(tokio::time::sleep(RECHECK_AFTER));
+                        let _ = recheck.as_mut().poll(cx);
+                        self.recheck = Some(recheck);
+                    }
+                }
                 // The listener gave up (connection lost): listen again from the next tick on.
                 Poll::Ready(None) => {
                     if self.tick.as_mut().poll(cx).is_ready() {
