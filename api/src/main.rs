@@ -97,6 +97,16 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     db::migrate(&pool).await?;
+    let models = ModelRegistry::load(&config.common)?;
+    for model in models.all() {
+        if let Some(reason) = models.unavailable_reason(model) {
+            tracing::info!(model = %model.id, reason, "model unavailable");
+        }
+    }
+    tracing::info!(
+        default_model = models.default_model(),
+        "model registry loaded"
+    );
     let redis = redis::Client::open(config.common.redis_url.expose_secret())
         .context("parsing REDIS_URL")?;
 
@@ -106,7 +116,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         pool,
         redis,
         jwt: JwtKeys::new(&secret),
-        models: Arc::new(ModelRegistry::builtin(&config.common.default_model)),
+        models: Arc::new(models),
         completions,
         limits: Limits {
             max_body_bytes: config.max_body_bytes,

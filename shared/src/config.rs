@@ -50,9 +50,15 @@ pub struct CommonConfig {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Model used when a request names none.
-    #[arg(long, env = "DEFAULT_MODEL", default_value = "mock")]
-    pub default_model: String,
+    /// Model used when a request names none. Unset: the first model of a configured provider
+    /// in the registry, else `mock`.
+    #[arg(long, env = "DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+
+    /// Model registry file (models, prices, fallback chains, retry and circuit policies).
+    /// Unset: the `config/models.toml` built into the binary.
+    #[arg(long, env = "MODELS_FILE")]
+    pub models_file: Option<String>,
 
     /// Lifetime of cached responses, in seconds.
     #[arg(long, env = "CACHE_TTL", default_value_t = 3600)]
@@ -70,9 +76,17 @@ pub struct CommonConfig {
     #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
     pub anthropic_api_key: Option<SecretString>,
 
-    /// Ollama base URL.
-    #[arg(long, env = "OLLAMA_URL", default_value = "http://127.0.0.1:11434")]
-    pub ollama_url: String,
+    /// OpenAI API base URL (default from the registry: https://api.openai.com/v1).
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+
+    /// Anthropic API base URL (default from the registry: https://api.anthropic.com).
+    #[arg(long, env = "ANTHROPIC_BASE_URL")]
+    pub anthropic_base_url: Option<String>,
+
+    /// Ollama base URL, e.g. http://127.0.0.1:11434; without it Ollama models are unavailable.
+    #[arg(long, env = "OLLAMA_URL")]
+    pub ollama_url: Option<String>,
 
     /// Attempts (worker claims) a request gets before it ends `failed`.
     #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 5)]

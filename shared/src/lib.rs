@@ -4,9 +4,11 @@
 //! Read `docs/ARCHITECTURE.md` for the map and the invariants.
 
 pub mod auth;
+pub mod circuit;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod execution;
 pub mod http;
 pub mod models;
 pub mod notify;
@@ -14,4 +16,5 @@ pub mod providers;
 pub mod queue;
 pub mod requests;
 pub mod telemetry;
+pub mod validation;
 pub mod worker;

@@ -1,59 +1,366 @@
-//! The model registry: which model ids exist, which provider serves each, and its limits.
+//! The model registry: which model ids exist, which provider serves each, its limits, prices,
+//! capabilities and fallback chain, plus the retry and circuit-breaker policies.
 //!
-//! For now the registry holds the built-in `mock` models; the providers issue grows it into a
-//! config file with real upstream models, prices and fallback chains.
+//! Read once at start from `config/models.toml` (embedded in the binaries; `MODELS_FILE`
+//! points to another file). Provider credentials and base URLs come from the configuration
+//! (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OLLAMA_URL`, `*_BASE_URL`): a model whose provider
+//! lacks them stays listed, as unavailable with the reason, and is skipped in fallback chains.
 
-use serde::Serialize;
+use std::collections::HashSet;
+use std::time::Duration;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ModelInfo {
-    pub id: &'static str,
-    pub provider: &'static str,
-    pub upstream_model: &'static str,
-    pub context_window: u32,
-    pub max_output_tokens: u32,
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CommonConfig, present};
+
+/// The registry file the binaries carry with them.
+const EMBEDDED: &str = include_str!("../../config/models.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+    Ollama,
+    Mock,
 }
 
-const BUILTIN: &[ModelInfo] = &[
-    ModelInfo {
-        id: "mock",
-        provider: "mock",
-        upstream_model: "mock-1",
-        context_window: 32_768,
-        max_output_tokens: 4_096,
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Ollama => "ollama",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Streaming,
+    Json,
+}
+
+/// One model, as the registry file declares it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub id: String,
+    pub provider: ProviderKind,
+    /// The provider's own name for the model.
+    pub upstream: String,
+    pub context_window: u32,
+    pub max_output_tokens: u32,
+    /// USD per million input tokens.
+    pub input_price: f64,
+    /// USD per million output tokens.
+    pub output_price: f64,
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Models tried, in order, when this one keeps failing.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+impl ModelSpec {
+    pub fn supports(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub attempts_per_model: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub reschedule_after_secs: u64,
+}
+
+impl RetryPolicy {
+    pub fn reschedule_after(&self) -> Duration {
+        Duration::from_secs(self.reschedule_after_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitPolicy {
+    pub failure_threshold: u32,
+    pub cooldown_secs: u64,
+}
+
+/// Timeouts of one upstream.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Timeouts {
+    pub connect_timeout_ms: u64,
+    pub request_timeout_secs: u64,
+    pub first_token_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn request(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn first_token(&self) -> Duration {
+        Duration::from_secs(self.first_token_timeout_secs)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ProviderFile {
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(flatten)]
+    timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvidersFile {
+    openai: ProviderFile,
+    anthropic: ProviderFile,
+    ollama: ProviderFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    retry: RetryPolicy,
+    circuit: CircuitPolicy,
+    providers: ProvidersFile,
+    models: Vec<ModelSpec>,
+}
+
+/// How to reach one upstream, or why it cannot be reached.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    /// `anthropic-version` header.
+    pub version: Option<String>,
+    pub timeouts: Timeouts,
+    /// `None` when usable; otherwise why not.
+    pub unavailable: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub openai: UpstreamSettings,
+    pub anthropic: UpstreamSettings,
+    pub ollama: UpstreamSettings,
+}
+
+impl Upstreams {
+    pub fn get(&self, kind: ProviderKind) -> Option<&UpstreamSettings> {
+        match kind {
+            ProviderKind::OpenAi => Some(&self.openai),
+            ProviderKind::Anthropic => Some(&self.anthropic),
+            ProviderKind::Ollama => Some(&self.ollama),
+            ProviderKind::Mock => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read the model registry {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
     },
-    ModelInfo {
-        id: "mock-large",
-        provider: "mock",
-        upstream_model: "mock-large-1",
-        context_window: 200_000,
-        max_output_tokens: 8_192,
-    },
-];
+    #[error("the model registry {path} is invalid: {message}")]
+    Invalid { path: String, message: String },
+    #[error("DEFAULT_MODEL `{0}` is not in the model registry")]
+    UnknownDefault(String),
+}
 
 #[derive(Debug, Clone)]
 pub struct ModelRegistry {
-    models: Vec<ModelInfo>,
+    models: Vec<ModelSpec>,
     default_model: String,
+    pub upstreams: Upstreams,
+    pub retry: RetryPolicy,
+    pub circuit: CircuitPolicy,
 }
 
 impl ModelRegistry {
-    pub fn builtin(default_model: &str) -> Self {
-        Self {
-            models: BUILTIN.to_vec(),
-            default_model: default_model.to_owned(),
-        }
+    /// Loads the registry named by the configuration (or the embedded one) and resolves
+    /// provider availability and the default model.
+    pub fn load(config: &CommonConfig) -> Result<Self, RegistryError> {
+        let (path, text) = match &config.models_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (path.clone(), text)
+            }
+            None => (
+                "config/models.toml (embedded)".to_owned(),
+                EMBEDDED.to_owned(),
+            ),
+        };
+        Self::from_toml(&path, &text, config)
     }
 
-    pub fn get(&self, id: &str) -> Option<&ModelInfo> {
+    pub fn from_toml(path: &str, text: &str, config: &CommonConfig) -> Result<Self, RegistryError> {
+        let invalid = |message: String| RegistryError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let file: RegistryFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut seen = HashSet::new();
+        for model in &file.models {
+            if !seen.insert(model.id.as_str()) {
+                return Err(invalid(format!("model `{}` is declared twice", model.id)));
+            }
+            if model.id.len() > 50 {
+                return Err(invalid(format!(
+                    "model id `{}` is longer than 50 characters",
+                    model.id
+                )));
+            }
+        }
+        for model in &file.models {
+            if let Some(unknown) = model.fallback.iter().find(|f| !seen.contains(f.as_str())) {
+                return Err(invalid(format!(
+                    "model `{}` falls back to unknown model `{unknown}`",
+                    model.id
+                )));
+            }
+        }
+        let upstreams = resolve_upstreams(&file.providers, config);
+        let default_model = match &config.default_model {
+            Some(id) if !id.is_empty() => {
+                if !seen.contains(id.as_str()) {
+                    return Err(RegistryError::UnknownDefault(id.clone()));
+                }
+                id.clone()
+            }
+            _ => pick_default(&file.models, &upstreams),
+        };
+        Ok(Self {
+            models: file.models,
+            default_model,
+            upstreams,
+            retry: file.retry,
+            circuit: file.circuit,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ModelSpec> {
         self.models.iter().find(|m| m.id == id)
+    }
+
+    pub fn all(&self) -> &[ModelSpec] {
+        &self.models
     }
 
     pub fn default_model(&self) -> &str {
         &self.default_model
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.models.iter().map(|m| m.id)
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.models.iter().map(|m| m.id.as_str())
     }
+
+    /// Why the model cannot be used now, if it cannot.
+    pub fn unavailable_reason(&self, model: &ModelSpec) -> Option<&str> {
+        self.upstreams
+            .get(model.provider)
+            .and_then(|u| u.unavailable.as_deref())
+    }
+
+    /// The model followed by its fallbacks, without repeats, in order.
+    pub fn chain(&self, id: &str) -> Vec<&ModelSpec> {
+        let mut chain = Vec::new();
+        let mut seen = HashSet::new();
+        if let Some(first) = self.get(id) {
+            seen.insert(first.id.as_str());
+            chain.push(first);
+            for next in &first.fallback {
+                if let Some(model) = self.get(next)
+                    && seen.insert(model.id.as_str())
+                {
+                    chain.push(model);
+                }
+            }
+        }
+        chain
+    }
+}
+
+fn resolve_upstreams(file: &ProvidersFile, config: &CommonConfig) -> Upstreams {
+    let keyed =
+        |settings: &ProviderFile, base: &Option<String>, key: &Option<SecretString>, var: &str| {
+            let api_key = present(key).cloned();
+            UpstreamSettings {
+                base_url: base
+                    .clone()
+                    .filter(|b| !b.is_empty())
+                    .or_else(|| settings.base_url.clone())
+                    .unwrap_or_default(),
+                unavailable: api_key.is_none().then(|| format!("{var} is not set")),
+                api_key,
+                version: settings.version.clone(),
+                timeouts: settings.timeouts,
+            }
+        };
+    let ollama_url = config.ollama_url.clone().filter(|u| !u.is_empty());
+    Upstreams {
+        openai: keyed(
+            &file.openai,
+            &config.openai_base_url,
+            &config.openai_api_key,
+            "OPENAI_API_KEY",
+        ),
+        anthropic: keyed(
+            &file.anthropic,
+            &config.anthropic_base_url,
+            &config.anthropic_api_key,
+            "ANTHROPIC_API_KEY",
+        ),
+        ollama: UpstreamSettings {
+            unavailable: ollama_url
+                .is_none()
+                .then(|| "OLLAMA_URL is not set".to_owned()),
+            base_url: ollama_url
+                .or_else(|| file.ollama.base_url.clone())
+                .unwrap_or_default(),
+            api_key: None,
+            version: None,
+            timeouts: file.ollama.timeouts,
+        },
+    }
+}
+
+/// Without `DEFAULT_MODEL`: the first model (in file order) of a configured real provider,
+/// else the first mock model, so a machine with no keys runs on the mock provider.
+fn pick_default(models: &[ModelSpec], upstreams: &Upstreams) -> String {
+    let usable = |m: &&ModelSpec| {
+        upstreams
+            .get(m.provider)
+            .is_some_and(|u| u.unavailable.is_none())
+    };
+    models
+        .iter()
+        .find(usable)
+        .or_else(|| models.iter().find(|m| m.provider == ProviderKind::Mock))
+        .or(models.first())
+        .map(|m| m.id.clone())
+        .unwrap_or_default()
 }

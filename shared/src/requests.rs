@@ -14,9 +14,10 @@ use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::models::ModelRegistry;
+use crate::models::{Capability, ModelRegistry, ProviderKind};
 use crate::providers::{GenerationOutput, GenerationParams, MockBehaviour, ProviderError};
 use crate::queue;
+use crate::validation;
 
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 100_000;
@@ -130,21 +131,51 @@ impl NewRequest {
             return Err(ApiError::validation(
                 "model",
                 format!(
-                    "unknown model `{}`; available: {}",
+                    "unknown model `{}`; known models: {}",
                     truncate(&model_id, 60),
                     known.join(", ")
                 ),
             ));
         };
+        if models
+            .chain(&model.id)
+            .iter()
+            .all(|m| models.unavailable_reason(m).is_some())
+        {
+            let reason = models.unavailable_reason(model).unwrap_or("unavailable");
+            return Err(ApiError::validation(
+                "model",
+                format!(
+                    "model `{}` is unavailable ({reason}) and so is every fallback",
+                    model.id
+                ),
+            ));
+        }
         let params = body.parameters.unwrap_or_default();
         validate_params(&params, model.max_output_tokens)?;
+        if let Some(schema) = params.json_output() {
+            if !model.supports(Capability::Json) {
+                return Err(ApiError::validation(
+                    "parameters.response_format",
+                    format!("model `{}` does not support JSON output", model.id),
+                ));
+            }
+            if let Some(schema) = schema {
+                validation::check_schema(schema).map_err(|e| {
+                    ApiError::validation(
+                        "parameters.response_format.schema",
+                        format!("invalid JSON Schema: {e}"),
+                    )
+                })?;
+            }
+        }
         let context = object_or_empty(body.context, "context")?;
         let mut metadata = match object_or_empty(body.metadata, "metadata")? {
             Value::Object(map) => map,
             _ => Map::new(),
         };
         if let Some(mock) = body.mock {
-            if model.provider != "mock" {
+            if model.provider != ProviderKind::Mock {
                 return Err(ApiError::validation(
                     "mock",
                     "`mock` controls apply only to mock models",
@@ -166,7 +197,7 @@ impl NewRequest {
             id: Uuid::now_v7(),
             user_id,
             prompt: body.prompt,
-            model: model.id.to_owned(),
+            model: model.id.clone(),
             context,
             parameters: serde_json::to_value(params).map_err(ApiError::internal)?,
             metadata: Value::Object(metadata),
@@ -341,6 +372,8 @@ pub struct RequestView {
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct AttemptView {
     pub attempt: i32,
+    /// Which claim (run) of the request made this call.
+    pub run: Option<i32>,
     pub worker: String,
     pub provider: Option<String>,
     pub model: Option<String>,
@@ -374,7 +407,7 @@ pub async fn find_for_user(
 
 pub async fn attempts_of(pool: &PgPool, id: Uuid) -> Result<Vec<AttemptView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT attempt, worker, provider, model, started_at, finished_at, latency_ms, outcome,
+        "SELECT attempt, run, worker, provider, model, started_at, finished_at, latency_ms, outcome,
                 error_kind, http_status, error_message
          FROM generation_attempts WHERE request_id = $1 ORDER BY attempt",
     )
@@ -389,12 +422,16 @@ pub async fn attempts_of(pool: &PgPool, id: Uuid) -> Result<Vec<AttemptView>, sq
 #[derive(Debug, Clone, FromRow)]
 pub struct ClaimedRequest {
     pub id: Uuid,
+    /// Claims so far, this one included (the run number).
     pub attempts: i32,
     pub max_attempts: i32,
     pub prompt: String,
     pub model: String,
     pub parameters: Value,
     pub metadata: Value,
+    pub fallback_index: i32,
+    /// The attempt row the claim opened for this run's first provider call.
+    pub first_attempt: i32,
 }
 
 #[derive(Debug)]
@@ -429,17 +466,21 @@ pub async fn claim(
                  lease_expires_at = NOW() + make_interval(secs => $3)
              WHERE id = $1
                AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
-             RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata
+             RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index
          ), abandoned AS (
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
                  error_message = 'the worker running this attempt stopped before finishing it'
              WHERE request_id = $1 AND outcome = 'running' AND EXISTS (SELECT 1 FROM claimed)
-         ), attempt AS (
-             INSERT INTO generation_attempts (request_id, attempt, worker)
-             SELECT id, attempts, $2 FROM claimed WHERE attempts <= max_attempts
+         ), opened AS (
+             INSERT INTO generation_attempts (request_id, attempt, run, worker)
+             SELECT id,
+                    (SELECT COALESCE(MAX(attempt), 0) + 1 FROM generation_attempts WHERE request_id = $1),
+                    attempts, $2
+             FROM claimed WHERE attempts <= max_attempts
+             RETURNING attempt
          )
-         SELECT * FROM claimed",
+         SELECT claimed.*, COALESCE((SELECT attempt FROM opened), 0) AS first_attempt FROM claimed",
     )
     .bind(id)
     .bind(worker)
@@ -491,6 +532,7 @@ pub async fn complete(
     pool: &PgPool,
     claimed: &ClaimedRequest,
     worker: &str,
+    attempt: i32,
     provider: &str,
     output: &GenerationOutput,
     latency: Duration,
@@ -508,7 +550,7 @@ pub async fn complete(
          UPDATE generation_attempts a
          SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $10, provider = $5,
              model = $6, prompt_tokens = $7, completion_tokens = $8
-         FROM done WHERE a.request_id = done.id AND a.attempt = $3",
+         FROM done WHERE a.request_id = done.id AND a.attempt = $11",
     )
     .bind(claimed.id)
     .bind(worker)
@@ -520,71 +562,10 @@ pub async fn complete(
     .bind(to_i32(output.completion_tokens))
     .bind(&output.finish_reason)
     .bind(millis(latency))
+    .bind(attempt)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
-}
-
-/// What becomes of a request whose attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum AfterFailure {
-    /// Back to `pending`; its job runs again after the delay.
-    RetryAfter(Duration),
-    /// Final: the request is `failed`.
-    Fail,
-}
-
-/// Records a failed attempt and either puts the request back in the queue (rescheduling its
-/// job) or fails it, in one transaction.
-pub async fn record_failure(
-    pool: &PgPool,
-    claimed: &ClaimedRequest,
-    worker: &str,
-    attempt: &AttemptFailure<'_>,
-    next: AfterFailure,
-) -> Result<StillHeld, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let (status, completed) = match next {
-        AfterFailure::RetryAfter(_) => ("pending", false),
-        AfterFailure::Fail => ("failed", true),
-    };
-    let message = attempt.error.to_string();
-    let released = sqlx::query(
-        "WITH released AS (
-             UPDATE generation_requests
-             SET status = $4, error_code = $5, error_message = $6, updated_at = NOW(),
-                 completed_at = CASE WHEN $7 THEN NOW() END,
-                 claimed_by = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
-             RETURNING id
-         )
-         UPDATE generation_attempts a
-         SET outcome = 'failed', finished_at = NOW(), latency_ms = $8, error_kind = $5,
-             http_status = $9, error_message = $6, provider = $10, model = $11
-         FROM released WHERE a.request_id = released.id AND a.attempt = $3",
-    )
-    .bind(claimed.id)
-    .bind(worker)
-    .bind(claimed.attempts)
-    .bind(status)
-    .bind(attempt.error.kind())
-    .bind(&message)
-    .bind(completed)
-    .bind(millis(attempt.latency))
-    .bind(attempt.error.http_status().map(i32::from))
-    .bind(attempt.provider)
-    .bind(attempt.upstream_model)
-    .execute(&mut *tx)
-    .await?;
-    if released.rows_affected() != 1 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    if let AfterFailure::RetryAfter(delay) = next {
-        queue::reschedule(&mut tx, claimed.id, delay).await?;
-    }
-    tx.commit().await?;
-    Ok(true)
 }
 
 /// A failed provider call, as recorded in the attempt history.
@@ -594,6 +575,97 @@ pub struct AttemptFailure<'a> {
     pub latency: Duration,
     pub provider: Option<&'a str>,
     pub upstream_model: Option<&'a str>,
+}
+
+/// Opens the attempt row of another provider call of the current run; returns its number.
+pub async fn start_attempt(
+    pool: &PgPool,
+    id: Uuid,
+    run: i32,
+    worker: &str,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO generation_attempts (request_id, attempt, run, worker)
+         SELECT $1, COALESCE(MAX(attempt), 0) + 1, $2, $3 FROM generation_attempts WHERE request_id = $1
+         RETURNING attempt",
+    )
+    .bind(id)
+    .bind(run)
+    .bind(worker)
+    .fetch_one(pool)
+    .await
+}
+
+/// Records the failure of one provider call.
+pub async fn fail_attempt(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    failure: &AttemptFailure<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE generation_attempts
+         SET outcome = 'failed', finished_at = NOW(), latency_ms = $3, error_kind = $4,
+             http_status = $5, error_message = $6, provider = $7, model = $8
+         WHERE request_id = $1 AND attempt = $2 AND outcome = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(millis(failure.latency))
+    .bind(failure.error.kind())
+    .bind(failure.error.http_status().map(i32::from))
+    .bind(failure.error.to_string())
+    .bind(failure.provider)
+    .bind(failure.upstream_model)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Ends the request `failed` (its attempts are already recorded).
+pub async fn fail(
+    pool: &PgPool,
+    claimed: &ClaimedRequest,
+    worker: &str,
+    code: &str,
+    message: &str,
+) -> Result<StillHeld, sqlx::Error> {
+    finish_failed(pool, claimed.id, worker, claimed.attempts, code, message).await
+}
+
+/// Hands the request back to the queue: `pending` again, its job rescheduled after `delay`,
+/// resuming at `fallback_index` of its chain. One transaction.
+pub async fn release_for_retry(
+    pool: &PgPool,
+    claimed: &ClaimedRequest,
+    worker: &str,
+    delay: Duration,
+    fallback_index: i32,
+    code: &str,
+    message: &str,
+) -> Result<StillHeld, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let released = sqlx::query(
+        "UPDATE generation_requests
+         SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL, fallback_index = $4,
+             error_code = $5, error_message = $6, updated_at = NOW()
+         WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
+    )
+    .bind(claimed.id)
+    .bind(worker)
+    .bind(claimed.attempts)
+    .bind(fallback_index)
+    .bind(code)
+    .bind(message)
+    .execute(&mut *tx)
+    .await?;
+    if released.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    queue::reschedule(&mut tx, claimed.id, delay).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn finish_failed(

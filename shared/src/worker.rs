@@ -20,35 +20,39 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::WorkerConfig;
+use crate::execution::{Executor, Outcome};
 use crate::models::ModelRegistry;
-use crate::providers::{
-    GenerationInput, GenerationParams, MockBehaviour, MockProvider, Provider, ProviderClient,
-    ProviderError,
-};
+use crate::providers::MockProvider;
 use crate::queue::{self, GenerationJob, WakeStrategy};
-use crate::requests::{self, AfterFailure, AttemptFailure, Claim, ClaimedRequest};
+use crate::requests::{self, Claim, ClaimedRequest};
 
 /// Everything a job handler needs; shared by all jobs of the process.
 pub struct WorkerState {
     pub pool: PgPool,
     pub name: String,
     pub lease: Duration,
-    pub provider_timeout: Duration,
-    pub models: ModelRegistry,
-    pub mock: MockProvider,
+    pub executor: Executor,
     /// Requests this process is running now (their leases are renewed).
     running: Mutex<HashSet<Uuid>>,
 }
 
 impl WorkerState {
-    pub fn new(pool: PgPool, name: String, config: &WorkerConfig) -> Self {
+    pub fn new(
+        pool: PgPool,
+        name: String,
+        config: &WorkerConfig,
+        registry: Arc<ModelRegistry>,
+    ) -> Self {
+        let call_timeout = Duration::from_secs(config.provider_timeout_secs.max(1));
         Self {
             pool,
             name,
             lease: config.lease(),
-            provider_timeout: Duration::from_secs(config.provider_timeout_secs.max(1)),
-            models: ModelRegistry::builtin(&config.common.default_model),
-            mock: MockProvider::new(config.mock_allow_crash),
+            executor: Executor::new(
+                registry,
+                MockProvider::new(config.mock_allow_crash),
+                call_timeout,
+            ),
             running: Mutex::new(HashSet::new()),
         }
     }
@@ -58,17 +62,6 @@ impl WorkerState {
             .lock()
             .map(|set| set.iter().copied().collect())
             .unwrap_or_default()
-    }
-
-    fn provider_for(&self, model: &str) -> Option<(ProviderClient, String)> {
-        let info = self.models.get(model)?;
-        match info.provider {
-            "mock" => Some((
-                ProviderClient::Mock(self.mock.clone()),
-                info.upstream_model.to_owned(),
-            )),
-            _ => None,
-        }
     }
 }
 
@@ -118,80 +111,57 @@ pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::
 async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(), sqlx::Error> {
     let request_id = claimed.id;
     let _guard = RunningGuard::new(state, request_id);
-
-    let Some((provider, upstream_model)) = state.provider_for(&claimed.model) else {
-        let error = ProviderError::Permanent {
-            message: format!("model `{}` has no provider configured", claimed.model),
-            http_status: None,
-        };
-        let failure = AttemptFailure {
-            error: &error,
-            latency: Duration::ZERO,
-            provider: None,
-            upstream_model: None,
-        };
-        requests::record_failure(
-            &state.pool,
-            &claimed,
-            &state.name,
-            &failure,
-            AfterFailure::Fail,
-        )
+    let outcome = state
+        .executor
+        .execute(&state.pool, &claimed, &state.name)
         .await?;
-        return Ok(());
-    };
-    let input = GenerationInput {
-        prompt: claimed.prompt.clone(),
-        params: serde_json::from_value::<GenerationParams>(claimed.parameters.clone())
-            .unwrap_or_default(),
-        upstream_model,
-        attempt: u32::try_from(claimed.attempts).unwrap_or(u32::MAX),
-        mock: claimed
-            .metadata
-            .get("mock")
-            .and_then(|m| serde_json::from_value::<MockBehaviour>(m.clone()).ok()),
-    };
-
-    let started = Instant::now();
-    let outcome =
-        match tokio::time::timeout(state.provider_timeout, provider.generate(&input)).await {
-            Ok(result) => result,
-            Err(_) => Err(ProviderError::Timeout(state.provider_timeout)),
-        };
-    let latency = started.elapsed();
-
     let held = match &outcome {
-        Ok(output) => {
-            requests::complete(
+        Outcome::Completed {
+            output,
+            provider,
+            attempt,
+            latency,
+        } => {
+            let held = requests::complete(
                 &state.pool,
                 &claimed,
                 &state.name,
-                provider.name(),
+                *attempt,
+                provider,
                 output,
-                latency,
+                *latency,
+            )
+            .await?;
+            if held {
+                tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
+            }
+            held
+        }
+        Outcome::Failed { code, message } => {
+            tracing::warn!(request.id = %request_id, error.code = code, error = %message, "generation failed");
+            requests::fail(&state.pool, &claimed, &state.name, code, message).await?
+        }
+        Outcome::Reschedule {
+            delay,
+            fallback_index,
+            code,
+            message,
+        } => {
+            tracing::info!(request.id = %request_id, retry_in_ms = delay.as_millis() as u64, "rescheduled");
+            requests::release_for_retry(
+                &state.pool,
+                &claimed,
+                &state.name,
+                *delay,
+                *fallback_index,
+                code,
+                message,
             )
             .await?
         }
-        Err(err) => {
-            let next = after_failure(&claimed, err);
-            if let AfterFailure::RetryAfter(delay) = next {
-                tracing::warn!(request.id = %request_id, attempt = claimed.attempts, error = %err, retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying");
-            } else {
-                tracing::warn!(request.id = %request_id, attempt = claimed.attempts, error = %err, "generation failed");
-            }
-            let failure = AttemptFailure {
-                error: err,
-                latency,
-                provider: Some(provider.name()),
-                upstream_model: Some(&input.upstream_model),
-            };
-            requests::record_failure(&state.pool, &claimed, &state.name, &failure, next).await?
-        }
     };
     if !held {
-        tracing::warn!(request.id = %request_id, attempt = claimed.attempts, "lost the claim while running; result discarded");
-    } else if outcome.is_ok() {
-        tracing::info!(request.id = %request_id, attempt = claimed.attempts, provider = provider.name(), latency_ms = latency.as_millis() as u64, "generation completed");
+        tracing::warn!(request.id = %request_id, run = claimed.attempts, "lost the claim while running; outcome discarded");
     }
     Ok(())
 }
@@ -224,19 +194,6 @@ async fn claim_waiting_for_lease(
     }
 }
 
-/// Retry transient failures with exponential backoff and jitter while attempts remain.
-fn after_failure(claimed: &ClaimedRequest, err: &ProviderError) -> AfterFailure {
-    if !err.is_retryable() || claimed.attempts >= claimed.max_attempts {
-        return AfterFailure::Fail;
-    }
-    let exp = 250u64.saturating_mul(1 << claimed.attempts.clamp(0, 10));
-    let base = Duration::from_millis(exp.min(30_000));
-    let jitter = Duration::from_millis(
-        u64::from(Utc::now().timestamp_subsec_micros()) % (base.as_millis() as u64 / 4 + 1),
-    );
-    AfterFailure::RetryAfter(err.retry_after().unwrap_or(base + jitter))
-}
-
 /// Name that no other process (and no earlier run of this one) uses.
 pub fn unique_worker_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
@@ -255,7 +212,13 @@ pub async fn run(
     shutdown: impl Future<Output = std::io::Result<()>> + Send + 'static,
 ) -> Result<(), BoxDynError> {
     let name = config.name.clone().unwrap_or_else(unique_worker_name);
-    let state = Arc::new(WorkerState::new(pool.clone(), name.clone(), &config));
+    let registry = Arc::new(ModelRegistry::load(&config.common)?);
+    let state = Arc::new(WorkerState::new(
+        pool.clone(),
+        name.clone(),
+        &config,
+        registry,
+    ));
     let background = CancellationToken::new();
     let renewer = tokio::spawn(renew_leases(state.clone(), background.clone()));
     let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));

@@ -118,7 +118,7 @@ async fn malformed_and_invalid_bodies_are_rejected() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("available: mock"),
+            .contains("known models: gpt-4o"),
         "{body}"
     );
 

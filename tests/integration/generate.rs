@@ -1,14 +1,14 @@
 //! Submit → worker → poll through the real router, with in-process workers.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use llm_shared::models::ModelRegistry;
 use llm_shared::providers::{GenerationInput, GenerationParams, MockProvider, Provider};
 use llm_shared::requests::{self, GenerateBody, NewRequest};
 use llm_shared::worker::{self, WorkerState};
-use llm_tests::{spawn_app, start_worker, worker_config};
+use llm_tests::{registry, spawn_app, start_worker, worker_config};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -224,7 +224,7 @@ async fn two_hundred_concurrent_submits_all_complete_exactly_once() {
 
 fn new_request(user: Uuid, prompt: &str) -> NewRequest {
     let body: GenerateBody = serde_json::from_value(json!({"prompt": prompt})).unwrap();
-    NewRequest::validate(body, user, None, &ModelRegistry::builtin("mock"), 5).unwrap()
+    NewRequest::validate(body, user, None, &registry(&[]), 5).unwrap()
 }
 
 #[tokio::test]
@@ -279,8 +279,14 @@ async fn a_duplicate_delivery_does_not_run_the_request_twice() {
         .submit_ok(json!({"prompt": "twice?", "mock": {"latency_ms": 500}}))
         .await;
     let config = worker_config(&app.db.url, &[]);
-    let a = WorkerState::new(app.db.pool.clone(), "worker-a".into(), &config);
-    let b = WorkerState::new(app.db.pool.clone(), "worker-b".into(), &config);
+    let models = Arc::new(registry(&[]));
+    let a = WorkerState::new(
+        app.db.pool.clone(),
+        "worker-a".into(),
+        &config,
+        models.clone(),
+    );
+    let b = WorkerState::new(app.db.pool.clone(), "worker-b".into(), &config, models);
 
     // The same job delivered to two workers at once, then once more after it finished.
     let (ra, rb) = tokio::join!(worker::process(&a, id), worker::process(&b, id));
@@ -303,7 +309,8 @@ async fn transient_failures_are_retried_and_recorded() {
         .await;
     let done = app.wait_final(id, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["attempts"], 3);
+    // Retried inside one run (one claim), each provider call recorded.
+    assert_eq!(done["attempts"], 1);
     let outcomes: Vec<_> = done["attempt_history"]
         .as_array()
         .unwrap()
@@ -329,17 +336,19 @@ async fn permanent_failures_fail_at_once_with_the_error() {
     let done = app.wait_final(id, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["attempts"], 1);
-    assert_eq!(done["error_code"], "permanent");
+    assert_eq!(done["error_code"], "rejected");
     assert_eq!(done["error_message"], "mock permanent failure");
     assert!(done["result"].is_null());
 
-    // Transient failures that never stop end `failed` once the attempts are used up.
+    // Transient failures that never stop end `failed` once the model's calls are used up
+    // (three per model; the mock model has no fallback).
     let id = app
         .submit_ok(json!({"prompt": "always down", "mock": {"fail": "transient"}}))
         .await;
     let done = app.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(done["attempts"], 5);
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["attempt_history"].as_array().unwrap().len(), 3);
     assert_eq!(done["error_code"], "transient");
     worker.stop().await;
 }
@@ -359,7 +368,12 @@ async fn a_request_whose_workers_keep_dying_ends_failed() {
     .await
     .unwrap();
     let config = worker_config(&app.db.url, &[]);
-    let state = WorkerState::new(app.db.pool.clone(), "survivor".into(), &config);
+    let state = WorkerState::new(
+        app.db.pool.clone(),
+        "survivor".into(),
+        &config,
+        Arc::new(registry(&[])),
+    );
     worker::process(&state, id).await.unwrap();
 
     let done = app.wait_final(id, Duration::from_secs(5)).await;
@@ -373,17 +387,16 @@ async fn provider_calls_time_out_inside_the_handler() {
     let id = app
         .submit_ok(json!({"prompt": "too slow", "mock": {"latency_ms": 10000}}))
         .await;
-    sqlx::query("UPDATE generation_requests SET max_attempts = 2 WHERE id = $1")
-        .bind(id)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
     let worker = start_worker(&app.db, &["--provider-timeout-secs", "1"]);
     let done = app.wait_final(id, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error_code"], "timeout");
     let history = done["attempt_history"].as_array().unwrap();
-    assert_eq!(history.len(), 2);
+    assert_eq!(
+        history.len(),
+        3,
+        "three calls to the model, each cut at 1 s"
+    );
     for attempt in history {
         assert_eq!(attempt["error_kind"], "timeout");
         let latency = attempt["latency_ms"].as_i64().unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use llm_shared::auth::JwtKeys;
-use llm_shared::config::WorkerConfig;
+use llm_shared::config::{CommonConfig, WorkerConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::ModelRegistry;
 use llm_shared::notify::Completions;
@@ -117,7 +117,7 @@ pub async fn spawn_app_with(redis: String) -> TestApp {
         pool: db.pool.clone(),
         redis: redis::Client::open(redis).unwrap(),
         jwt: jwt.clone(),
-        models: Arc::new(ModelRegistry::builtin("mock")),
+        models: Arc::new(registry(&[])),
         completions,
         limits: Limits {
             max_body_bytes: 64 * 1024,
@@ -204,6 +204,29 @@ impl TestApp {
 }
 
 #[derive(Parser)]
+struct CommonArgs {
+    #[command(flatten)]
+    config: CommonConfig,
+}
+
+/// Flags that pin the provider settings, so that keys or URLs in the developer's environment
+/// never leak into a test.
+const NO_PROVIDERS: [&str; 3] = ["--openai-api-key=", "--anthropic-api-key=", "--ollama-url="];
+
+/// Common configuration for tests: no provider configured unless `extra` configures one.
+pub fn common_config(extra: &[&str]) -> CommonConfig {
+    let mut args = vec!["test"];
+    args.extend_from_slice(&NO_PROVIDERS);
+    args.extend_from_slice(extra);
+    CommonArgs::try_parse_from(args).unwrap().config
+}
+
+/// The model registry as the binaries load it, for the given configuration flags.
+pub fn registry(extra: &[&str]) -> ModelRegistry {
+    ModelRegistry::load(&common_config(extra)).unwrap()
+}
+
+#[derive(Parser)]
 struct WorkerArgs {
     #[command(flatten)]
     config: WorkerConfig,
@@ -211,8 +234,9 @@ struct WorkerArgs {
 
 /// Worker configuration for tests: short heartbeats and leases so that recovery is quick.
 pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
-    let mut args = vec![
-        "llm-worker",
+    let mut args = vec!["llm-worker"];
+    args.extend_from_slice(&NO_PROVIDERS);
+    args.extend_from_slice(&[
         "--database-url",
         database_url,
         "--heartbeat-secs",
@@ -225,7 +249,7 @@ pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
         "10",
         "--concurrency",
         "16",
-    ];
+    ]);
     args.extend_from_slice(extra);
     WorkerArgs::try_parse_from(args).unwrap().config
 }

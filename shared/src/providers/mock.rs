@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{GenerationInput, GenerationOutput, Provider, ProviderError, estimate_tokens};
+use futures::StreamExt;
+
+use super::{
+    ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, StreamEvent,
+    estimate_tokens,
+};
 
 /// Per-request controls (the request body's `mock` object).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +35,8 @@ pub enum MockFailure {
     Transient,
     Permanent,
     Crash,
+    /// Answers text that is not JSON (to exercise response validation).
+    InvalidJson,
 }
 
 /// Upper bound on mock latency, so a request cannot park a worker slot for long.
@@ -59,6 +66,32 @@ impl Provider for MockProvider {
     }
 
     async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
+        self.answer(input).await
+    }
+
+    async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
+        let output = self.answer(input).await?;
+        let mut events: Vec<Result<StreamEvent, ProviderError>> = Vec::new();
+        for (i, word) in output.text.split(' ').enumerate() {
+            let piece = if i == 0 {
+                word.to_owned()
+            } else {
+                format!(" {word}")
+            };
+            events.push(Ok(StreamEvent::Delta(piece)));
+        }
+        events.push(Ok(StreamEvent::Finished {
+            finish_reason: output.finish_reason,
+            prompt_tokens: Some(output.prompt_tokens),
+            completion_tokens: Some(output.completion_tokens),
+        }));
+        Ok(futures::stream::iter(events).boxed())
+    }
+}
+
+impl MockProvider {
+    /// The whole answer (or the requested failure) after the requested latency.
+    async fn answer(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
         let behaviour = input.mock.clone().unwrap_or_default();
         if behaviour.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(
@@ -76,7 +109,7 @@ impl Provider for MockProvider {
                 });
             }
             Some(MockFailure::Permanent) if failing => {
-                return Err(ProviderError::Permanent {
+                return Err(ProviderError::Rejected {
                     message: "mock permanent failure".into(),
                     http_status: Some(400),
                 });
@@ -89,7 +122,7 @@ impl Provider for MockProvider {
                     );
                     std::process::abort();
                 }
-                return Err(ProviderError::Permanent {
+                return Err(ProviderError::Rejected {
                     message: "mock crash requested but this worker does not allow it".into(),
                     http_status: None,
                 });
@@ -101,7 +134,15 @@ impl Provider for MockProvider {
             .max_tokens
             .unwrap_or(DEFAULT_COMPLETION_WORDS)
             .clamp(1, 4096);
-        let text = deterministic_text(&input.prompt, words);
+        let prose = deterministic_text(&input.prompt, words);
+        let text = match input.params.json_output() {
+            Some(_) if behaviour.fail == Some(MockFailure::InvalidJson) && failing => {
+                format!("Sure! Here it is: {prose}")
+            }
+            Some(Some(schema)) => instance_of(schema, &prose).to_string(),
+            Some(None) => serde_json::json!({ "text": prose }).to_string(),
+            None => prose,
+        };
         Ok(GenerationOutput {
             prompt_tokens: estimate_tokens(&input.prompt),
             completion_tokens: words,
@@ -109,6 +150,84 @@ impl Provider for MockProvider {
             upstream_model: input.upstream_model.clone(),
             text,
         })
+    }
+}
+
+/// A deterministic value that matches `schema` (the subset `validation` supports), built from
+/// the mock's words.
+fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let Some(map) = schema.as_object() else {
+        return json!({});
+    };
+    if let Some(value) = map.get("const") {
+        return value.clone();
+    }
+    if let Some(first) = map
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = map
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|e| e.first())
+        {
+            return instance_of(first, words);
+        }
+    }
+    let kind = match map.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(list)) => list.first().and_then(Value::as_str).unwrap_or("object"),
+        _ if map.contains_key("properties") => "object",
+        _ => "string",
+    };
+    let number = |default: f64| {
+        map.get("minimum")
+            .and_then(Value::as_f64)
+            .or_else(|| map.get("maximum").and_then(Value::as_f64))
+            .unwrap_or(default)
+    };
+    match kind {
+        "object" => {
+            let mut object = serde_json::Map::new();
+            if let Some(props) = map.get("properties").and_then(Value::as_object) {
+                for (name, sub) in props {
+                    object.insert(name.clone(), instance_of(sub, words));
+                }
+            }
+            Value::Object(object)
+        }
+        "array" => {
+            let count = map
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1);
+            let item = map
+                .get("items")
+                .map_or(json!(words), |s| instance_of(s, words));
+            Value::Array(vec![item; count as usize])
+        }
+        "integer" => json!(number(1.0).ceil() as i64),
+        "number" => json!(number(1.0)),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        _ => {
+            let max = map
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX) as usize;
+            let min = map.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let mut text: String = words.chars().take(max).collect();
+            while text.chars().count() < min {
+                text.push('!');
+            }
+            json!(text)
+        }
     }
 }
 

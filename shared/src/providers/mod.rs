@@ -1,16 +1,30 @@
 //! Providers: who turns a prompt into text. One file per upstream, all behind [`Provider`],
-//! dispatched through the [`ProviderClient`] enum (no boxing needed for a handful of them).
+//! dispatched through the [`ProviderClient`] enum (no boxing needed for a handful of them);
+//! `wire` holds what the HTTP ones share.
 //!
-//! A provider call's failure is a [`ProviderError`], which knows whether trying again can help
-//! ([`ProviderError::is_retryable`]); the worker decides what to do with that.
+//! A provider call's failure is a [`ProviderError`], which knows what can help: trying the same
+//! provider again ([`ProviderError::is_retryable`]), trying the next model of the fallback chain
+//! ([`ProviderError::falls_back`]), or nothing (the request itself was refused).
 
+pub mod anthropic;
 pub mod mock;
+pub mod ollama;
+pub mod openai;
+pub mod wire;
 
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+pub use anthropic::AnthropicProvider;
 pub use mock::{MockBehaviour, MockProvider};
+pub use ollama::OllamaProvider;
+pub use openai::OpenAiProvider;
+
+use crate::models::{ModelRegistry, ProviderKind, UpstreamSettings};
 
 /// Generation parameters a client may set; providers map them onto their wire formats.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -26,6 +40,28 @@ pub struct GenerationParams {
     pub stop: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Text (default), any JSON object, or JSON matching a schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { schema: Value },
+}
+
+impl GenerationParams {
+    /// The JSON Schema the output must match, `Some(None)` for "any JSON", `None` for text.
+    pub fn json_output(&self) -> Option<Option<&Value>> {
+        match &self.response_format {
+            Some(ResponseFormat::JsonObject) => Some(None),
+            Some(ResponseFormat::JsonSchema { schema }) => Some(Some(schema)),
+            Some(ResponseFormat::Text) | None => None,
+        }
+    }
 }
 
 /// What a provider is asked to do.
@@ -35,7 +71,7 @@ pub struct GenerationInput {
     pub params: GenerationParams,
     /// Upstream model name (the registry maps our model id onto it).
     pub upstream_model: String,
-    /// 1 for the first claim of the request, 2 for the next, ...
+    /// Number of this provider call within the request (1, 2, ...).
     pub attempt: u32,
     /// Test and benchmark controls, honoured by the mock provider only.
     pub mock: Option<MockBehaviour>,
@@ -47,49 +83,84 @@ pub struct GenerationOutput {
     pub text: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// `stop`, `length` (cut by the token limit), `content_filter`, or the provider's own.
     pub finish_reason: String,
     pub upstream_model: String,
 }
 
+/// One piece of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Delta(String),
+    /// The end marker, with usage when the provider reports it.
+    Finished {
+        finish_reason: String,
+        prompt_tokens: Option<u32>,
+        completion_tokens: Option<u32>,
+    },
+}
+
+pub type ChunkStream = BoxStream<'static, Result<StreamEvent, ProviderError>>;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
-    /// Worth another try: connect errors, timeouts, 429, 5xx, cut streams.
+    /// Worth another try: connect errors, 408/409/429/5xx/529, malformed answers, cut streams.
     #[error("{message}")]
     Transient {
         message: String,
         http_status: Option<u16>,
         retry_after: Option<Duration>,
     },
-    /// Trying again cannot help: 4xx, refused content, misconfiguration.
+    #[error("the provider did not answer in time")]
+    Timeout(Duration),
+    /// This provider cannot serve the request (bad key, unknown model, not configured):
+    /// no retry, but the next model of the chain may.
     #[error("{message}")]
-    Permanent {
+    Unavailable {
         message: String,
         http_status: Option<u16>,
     },
-    #[error("the provider did not answer within {0:?}")]
-    Timeout(Duration),
+    /// The request itself was refused (400, 413, 422, refused content): nobody will take it.
+    #[error("{message}")]
+    Rejected {
+        message: String,
+        http_status: Option<u16>,
+    },
+    /// The answer came but fails validation (empty, not the JSON asked for).
+    #[error("{message}")]
+    InvalidOutput { message: String },
 }
 
 impl ProviderError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Permanent { .. })
+        matches!(
+            self,
+            Self::Transient { .. } | Self::Timeout(_) | Self::InvalidOutput { .. }
+        )
+    }
+
+    /// Whether the next model of the fallback chain should be tried after this error.
+    pub fn falls_back(&self) -> bool {
+        !matches!(self, Self::Rejected { .. })
     }
 
     /// Short, stable name of the error class (stored with each attempt).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Transient { .. } => "transient",
-            Self::Permanent { .. } => "permanent",
             Self::Timeout(_) => "timeout",
+            Self::Unavailable { .. } => "provider_unavailable",
+            Self::Rejected { .. } => "rejected",
+            Self::InvalidOutput { .. } => "invalid_output",
         }
     }
 
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            Self::Transient { http_status, .. } | Self::Permanent { http_status, .. } => {
-                *http_status
-            }
-            Self::Timeout(_) => None,
+            Self::Transient { http_status, .. }
+            | Self::Unavailable { http_status, .. }
+            | Self::Rejected { http_status, .. } => *http_status,
+            Self::Timeout(_) | Self::InvalidOutput { .. } => None,
         }
     }
 
@@ -106,28 +177,104 @@ pub trait Provider {
     /// Name stored with results and attempts (`openai`, `anthropic`, `ollama`, `mock`).
     fn name(&self) -> &'static str;
 
+    /// The whole answer at once.
     fn generate(
         &self,
         input: &GenerationInput,
     ) -> impl Future<Output = Result<GenerationOutput, ProviderError>> + Send;
+
+    /// The answer as it is produced. The stream ends with exactly one `Finished` event, or
+    /// with an error (a stream that stops without its end marker is an error, never success).
+    fn stream(
+        &self,
+        input: &GenerationInput,
+    ) -> impl Future<Output = Result<ChunkStream, ProviderError>> + Send;
 }
 
-/// Every configured provider, dispatched without dynamic boxing.
+/// Every provider, dispatched without dynamic boxing.
 #[derive(Debug, Clone)]
 pub enum ProviderClient {
     Mock(MockProvider),
+    OpenAi(OpenAiProvider),
+    Anthropic(AnthropicProvider),
+    Ollama(OllamaProvider),
+}
+
+impl ProviderClient {
+    /// The client of a provider kind, built from its upstream settings.
+    pub fn new(kind: ProviderKind, registry: &ModelRegistry, mock: &MockProvider) -> Option<Self> {
+        let settings: Option<&UpstreamSettings> = registry.upstreams.get(kind);
+        Some(match kind {
+            ProviderKind::Mock => Self::Mock(mock.clone()),
+            ProviderKind::OpenAi => Self::OpenAi(OpenAiProvider::new(settings?)),
+            ProviderKind::Anthropic => Self::Anthropic(AnthropicProvider::new(settings?)),
+            ProviderKind::Ollama => Self::Ollama(OllamaProvider::new(settings?)),
+        })
+    }
 }
 
 impl Provider for ProviderClient {
     fn name(&self) -> &'static str {
         match self {
             Self::Mock(p) => p.name(),
+            Self::OpenAi(p) => p.name(),
+            Self::Anthropic(p) => p.name(),
+            Self::Ollama(p) => p.name(),
         }
     }
 
     async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
         match self {
             Self::Mock(p) => p.generate(input).await,
+            Self::OpenAi(p) => p.generate(input).await,
+            Self::Anthropic(p) => p.generate(input).await,
+            Self::Ollama(p) => p.generate(input).await,
+        }
+    }
+
+    async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
+        match self {
+            Self::Mock(p) => p.stream(input).await,
+            Self::OpenAi(p) => p.stream(input).await,
+            Self::Anthropic(p) => p.stream(input).await,
+            Self::Ollama(p) => p.stream(input).await,
+        }
+    }
+}
+
+/// Reads a stream to its end marker into one output, with a time limit for the first event
+/// and for every gap between events.
+pub async fn collect_stream(
+    mut stream: ChunkStream,
+    upstream_model: &str,
+    prompt: &str,
+    first_event: Duration,
+    idle: Duration,
+) -> Result<GenerationOutput, ProviderError> {
+    let mut text = String::new();
+    let mut limit = first_event;
+    loop {
+        let next = tokio::time::timeout(limit, stream.next())
+            .await
+            .map_err(|_| ProviderError::Timeout(limit))?;
+        limit = idle;
+        match next {
+            Some(Ok(StreamEvent::Delta(delta))) => text.push_str(&delta),
+            Some(Ok(StreamEvent::Finished {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            })) => {
+                return Ok(GenerationOutput {
+                    prompt_tokens: prompt_tokens.unwrap_or_else(|| estimate_tokens(prompt)),
+                    completion_tokens: completion_tokens.unwrap_or_else(|| estimate_tokens(&text)),
+                    finish_reason,
+                    upstream_model: upstream_model.to_owned(),
+                    text,
+                });
+            }
+            Some(Err(err)) => return Err(err),
+            None => return Err(wire::cut_stream()),
         }
     }
 }
@@ -135,4 +282,14 @@ impl Provider for ProviderClient {
 /// Rough token count for providers that report none (about four characters a token).
 pub fn estimate_tokens(text: &str) -> u32 {
     u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// The finish reasons of the providers, in our words.
+pub fn normalise_finish_reason(reason: &str) -> String {
+    match reason {
+        "stop" | "end_turn" | "stop_sequence" => "stop".into(),
+        "length" | "max_tokens" => "length".into(),
+        "content_filter" | "refusal" => "content_filter".into(),
+        other => other.into(),
+    }
 }

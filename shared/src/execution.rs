@@ -1,0 +1,237 @@
+//! Runs one claimed request along its model's fallback chain: for each model, up to
+//! `attempts_per_model` provider calls with exponential backoff and jitter (`backon`),
+//! honouring `Retry-After`; a wait longer than `reschedule_after_secs` hands the request back
+//! to the queue instead of holding a worker slot. Every provider call is one row of the
+//! attempt history. Providers whose circuit is open are skipped.
+//!
+//! What ends the request is the caller's to write (`worker`), in one statement with the
+//! request row; failed calls are recorded here as they happen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::PgPool;
+
+use crate::circuit::CircuitBreakers;
+use crate::models::{ModelRegistry, ModelSpec, ProviderKind};
+use crate::providers::{
+    GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider, Provider,
+    ProviderClient, ProviderError,
+};
+use crate::requests::{self, AttemptFailure, ClaimedRequest};
+use crate::validation::validate_output;
+
+/// How a run of a request ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Completed {
+        output: GenerationOutput,
+        provider: &'static str,
+        attempt: i32,
+        latency: Duration,
+    },
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Hand the request back to the queue, to run again after `delay` from `fallback_index`.
+    Reschedule {
+        delay: Duration,
+        fallback_index: i32,
+        code: &'static str,
+        message: String,
+    },
+}
+
+pub struct Executor {
+    pub registry: Arc<ModelRegistry>,
+    clients: HashMap<ProviderKind, ProviderClient>,
+    pub circuits: CircuitBreakers,
+    /// Upper bound on any one provider call.
+    call_timeout: Duration,
+}
+
+impl Executor {
+    pub fn new(registry: Arc<ModelRegistry>, mock: MockProvider, call_timeout: Duration) -> Self {
+        let clients = [
+            ProviderKind::Mock,
+            ProviderKind::OpenAi,
+            ProviderKind::Anthropic,
+            ProviderKind::Ollama,
+        ]
+        .into_iter()
+        .filter_map(|kind| ProviderClient::new(kind, &registry, &mock).map(|c| (kind, c)))
+        .collect();
+        Self {
+            circuits: CircuitBreakers::new(registry.circuit),
+            registry,
+            clients,
+            call_timeout,
+        }
+    }
+
+    fn timeout_for(&self, model: &ModelSpec) -> Duration {
+        match self.registry.upstreams.get(model.provider) {
+            Some(upstream) => upstream.timeouts.request().min(self.call_timeout),
+            None => self.call_timeout,
+        }
+    }
+
+    pub async fn execute(
+        &self,
+        pool: &PgPool,
+        claimed: &ClaimedRequest,
+        worker: &str,
+    ) -> Result<Outcome, sqlx::Error> {
+        let params: GenerationParams =
+            serde_json::from_value(claimed.parameters.clone()).unwrap_or_default();
+        let mock: Option<MockBehaviour> = claimed
+            .metadata
+            .get("mock")
+            .and_then(|m| serde_json::from_value(m.clone()).ok());
+        let policy = self.registry.retry;
+        let chain = self.registry.chain(&claimed.model);
+        let start = usize::try_from(claimed.fallback_index).unwrap_or(0);
+        let mut first_attempt = Some(claimed.first_attempt);
+        let mut notes: Vec<String> = Vec::new();
+        let mut reopen_in: Option<Duration> = None;
+        let mut called = false;
+        let mut last_kind: Option<&'static str> = None;
+
+        for (index, model) in chain.iter().enumerate().skip(start) {
+            if let Some(reason) = self.registry.unavailable_reason(model) {
+                notes.push(format!("{}: unavailable ({reason})", model.id));
+                continue;
+            }
+            let Some(client) = self.clients.get(&model.provider) else {
+                notes.push(format!(
+                    "{}: no client for provider {}",
+                    model.id,
+                    model.provider.as_str()
+                ));
+                continue;
+            };
+            let mut delays = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(policy.base_delay_ms))
+                .with_max_delay(Duration::from_millis(policy.max_delay_ms))
+                .with_jitter()
+                .without_max_times()
+                .build();
+            for try_no in 1..=policy.attempts_per_model.max(1) {
+                if let Err(wait) = self.circuits.admit(model.provider) {
+                    notes.push(format!(
+                        "{}: skipped, {} circuit open",
+                        model.id,
+                        model.provider.as_str()
+                    ));
+                    reopen_in = Some(reopen_in.map_or(wait, |w| w.min(wait)));
+                    break;
+                }
+                called = true;
+                let attempt = match first_attempt.take() {
+                    Some(a) => a,
+                    None => {
+                        requests::start_attempt(pool, claimed.id, claimed.attempts, worker).await?
+                    }
+                };
+                let input = GenerationInput {
+                    prompt: claimed.prompt.clone(),
+                    params: params.clone(),
+                    upstream_model: model.upstream.clone(),
+                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                    mock: mock.clone(),
+                };
+                let started = Instant::now();
+                let limit = self.timeout_for(model);
+                let result = match tokio::time::timeout(limit, client.generate(&input)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ProviderError::Timeout(limit)),
+                }
+                .and_then(|output| {
+                    validate_output(&output, &params)
+                        .map(|text| GenerationOutput { text, ..output })
+                });
+                let latency = started.elapsed();
+
+                let err = match result {
+                    Ok(output) => {
+                        self.circuits.record(model.provider, true);
+                        return Ok(Outcome::Completed {
+                            output,
+                            provider: client.name(),
+                            attempt,
+                            latency,
+                        });
+                    }
+                    Err(err) => err,
+                };
+                if matches!(
+                    err,
+                    ProviderError::Transient { .. }
+                        | ProviderError::Timeout(_)
+                        | ProviderError::Unavailable { .. }
+                ) {
+                    self.circuits.record(model.provider, false);
+                }
+                let failure = AttemptFailure {
+                    error: &err,
+                    latency,
+                    provider: Some(client.name()),
+                    upstream_model: Some(&model.upstream),
+                };
+                requests::fail_attempt(pool, claimed.id, attempt, &failure).await?;
+                tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, error.kind = err.kind(), error = %err, "provider call failed");
+
+                if !err.falls_back() {
+                    return Ok(Outcome::Failed {
+                        code: err.kind(),
+                        message: err.to_string(),
+                    });
+                }
+                if err.is_retryable() && try_no < policy.attempts_per_model {
+                    let delay = err
+                        .retry_after()
+                        .unwrap_or_else(|| delays.next().unwrap_or_default());
+                    if delay > policy.reschedule_after() {
+                        return Ok(Outcome::Reschedule {
+                            delay,
+                            fallback_index: i32::try_from(index).unwrap_or(0),
+                            code: err.kind(),
+                            message: err.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                notes.push(format!("{}: {err}", model.id));
+                last_kind = Some(err.kind());
+                break;
+            }
+        }
+
+        if !called && let Some(wait) = reopen_in {
+            return Ok(Outcome::Reschedule {
+                delay: wait,
+                fallback_index: claimed.fallback_index,
+                code: "circuit_open",
+                message: notes.join("; "),
+            });
+        }
+        let message = if notes.is_empty() {
+            format!("model `{}` has no usable provider", claimed.model)
+        } else {
+            format!(
+                "every model of the fallback chain failed: {}",
+                notes.join("; ")
+            )
+        };
+        let code = match last_kind {
+            Some(kind) if chain.len() - start <= 1 => kind,
+            _ if chain.len() - start > 1 => "fallback_exhausted",
+            _ => "provider_unavailable",
+        };
+        Ok(Outcome::Failed { code, message })
+    }
+}
