@@ -8,3 +8,4 @@ mod generate;
 mod health;
 mod migrations;
 mod processes;
+mod providers;

@@ -5,6 +5,8 @@
 //! `TEST_REDIS_URL` say where the servers are; `scripts/test.sh` sets both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fake_upstream;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -109,6 +111,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(redis: String) -> TestApp {
+    spawn_app_configured(redis, &[]).await
+}
+
+/// The app with provider configuration flags (e.g. `--openai-api-key`), so that it accepts
+/// requests for those providers' models.
+pub async fn spawn_app_with_providers(flags: &[String]) -> TestApp {
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    spawn_app_configured(redis_url(), &args).await
+}
+
+async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp {
     let db = TestDb::new().await;
     let jwt = JwtKeys::new(&SecretString::from(TEST_SECRET));
     let completions = Completions::default();
@@ -117,7 +130,7 @@ pub async fn spawn_app_with(redis: String) -> TestApp {
         pool: db.pool.clone(),
         redis: redis::Client::open(redis).unwrap(),
         jwt: jwt.clone(),
-        models: Arc::new(registry(&[])),
+        models: Arc::new(registry(registry_flags)),
         completions,
         limits: Limits {
             max_body_bytes: 64 * 1024,
@@ -204,6 +217,7 @@ impl TestApp {
 }
 
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct CommonArgs {
     #[command(flatten)]
     config: CommonConfig,
@@ -227,6 +241,7 @@ pub fn registry(extra: &[&str]) -> ModelRegistry {
 }
 
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct WorkerArgs {
     #[command(flatten)]
     config: WorkerConfig,

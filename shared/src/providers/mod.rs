@@ -164,6 +164,44 @@ impl ProviderError {
         }
     }
 
+    /// The same error with every occurrence of `secret` in its message replaced: providers
+    /// echo (parts of) API keys in their error bodies, and messages are stored and shown.
+    pub fn redact(self, secret: &str) -> Self {
+        if secret.len() < 8 {
+            return self;
+        }
+        let clean = |m: String| m.replace(secret, "[redacted]");
+        match self {
+            Self::Transient {
+                message,
+                http_status,
+                retry_after,
+            } => Self::Transient {
+                message: clean(message),
+                http_status,
+                retry_after,
+            },
+            Self::Unavailable {
+                message,
+                http_status,
+            } => Self::Unavailable {
+                message: clean(message),
+                http_status,
+            },
+            Self::Rejected {
+                message,
+                http_status,
+            } => Self::Rejected {
+                message: clean(message),
+                http_status,
+            },
+            Self::InvalidOutput { message } => Self::InvalidOutput {
+                message: clean(message),
+            },
+            other @ Self::Timeout(_) => other,
+        }
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,

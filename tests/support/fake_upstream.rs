@@ -1,0 +1,391 @@
+//! Fake provider upstreams for tests: a local HTTP server that answers each request with the
+//! next scripted reply, in the providers' real wire formats (JSON bodies, server-sent events,
+//! newline-delimited JSON), including their failures, and records what it was sent.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A JSON body with a status and extra headers.
+    Json {
+        status: u16,
+        body: Value,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// Any body, as is (malformed answers).
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// A streamed body: each piece is written in turn; `cut` closes the connection abruptly
+    /// after the pieces (a body error instead of a clean end).
+    Stream {
+        content_type: &'static str,
+        pieces: Vec<String>,
+        gap: Duration,
+        cut: bool,
+    },
+    /// Waits this long before answering with the inner reply.
+    Delayed(Duration, Box<Reply>),
+}
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub base_url: String,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    fallback: Arc<Mutex<Option<Reply>>>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl FakeUpstream {
+    /// Starts a fake on a random local port; `path_prefix` is appended to its base URL (e.g.
+    /// `/v1` for OpenAI-style base URLs).
+    pub async fn start(path_prefix: &str) -> Self {
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let fallback = Arc::new(Mutex::new(None));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let state = (script.clone(), fallback.clone(), received.clone());
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let (script, fallback, received) = state.clone();
+                async move {
+                    let body_json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    received.lock().unwrap().push(Received {
+                        path: uri.path().to_owned(),
+                        headers,
+                        body: body_json,
+                    });
+                    let reply = script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .or_else(|| fallback.lock().unwrap().clone());
+                    respond(reply.unwrap_or(Reply::Raw {
+                        status: 599,
+                        content_type: "text/plain",
+                        body: "fake upstream: no reply scripted".into(),
+                    }))
+                    .await
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base_url: format!("http://{addr}{path_prefix}"),
+            script,
+            fallback,
+            received,
+        }
+    }
+
+    /// Queues replies, answered in order.
+    pub fn then(&self, reply: Reply) -> &Self {
+        self.script.lock().unwrap().push_back(reply);
+        self
+    }
+
+    /// The reply once the script is used up.
+    pub fn always(&self, reply: Reply) -> &Self {
+        *self.fallback.lock().unwrap() = Some(reply);
+        self
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn respond(reply: Reply) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> {
+    Box::pin(async move {
+        match reply {
+            Reply::Delayed(wait, inner) => {
+                tokio::time::sleep(wait).await;
+                respond(*inner).await
+            }
+            Reply::Json {
+                status,
+                body,
+                headers,
+            } => {
+                let mut builder = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json");
+                for (k, v) in headers {
+                    builder = builder.header(k, v);
+                }
+                builder.body(Body::from(body.to_string())).unwrap()
+            }
+            Reply::Raw {
+                status,
+                content_type,
+                body,
+            } => Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Body::from(body))
+                .unwrap(),
+            Reply::Stream {
+                content_type,
+                pieces,
+                gap,
+                cut,
+            } => {
+                let stream = futures::stream::unfold(
+                    (pieces.into_iter(), false, false),
+                    move |(mut it, first_sent, ended)| async move {
+                        if ended {
+                            return None;
+                        }
+                        match it.next() {
+                            Some(piece) => {
+                                if first_sent {
+                                    tokio::time::sleep(gap).await;
+                                }
+                                Some((
+                                    Ok::<Bytes, std::io::Error>(Bytes::from(piece)),
+                                    (it, true, false),
+                                ))
+                            }
+                            None if cut => Some((
+                                Err(std::io::Error::other("connection cut")),
+                                (it, true, true),
+                            )),
+                            None => None,
+                        }
+                    },
+                );
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", content_type)
+                    .body(Body::from_stream(stream))
+                    .unwrap()
+            }
+        }
+    })
+}
+
+/// Replies in OpenAI's Chat Completions formats.
+pub mod openai {
+    use super::*;
+
+    pub fn success(text: &str, prompt_tokens: u32, completion_tokens: u32) -> Reply {
+        Reply::Json {
+            status: 200,
+            body: json!({
+                "id": "chatcmpl-123", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+            }),
+            headers: vec![],
+        }
+    }
+
+    pub fn stream(
+        pieces: &[&str],
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        complete: bool,
+    ) -> Reply {
+        let chunk = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-123", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06",
+                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+            )
+        };
+        let mut out = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        out.extend(
+            pieces
+                .iter()
+                .map(|p| chunk(json!({"content": p}), Value::Null)),
+        );
+        if complete {
+            out.push(chunk(json!({}), json!("stop")));
+            out.push(format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-123", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06", "choices": [],
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}})
+            ));
+            out.push("data: [DONE]\n\n".into());
+        }
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: out,
+            gap: Duration::from_millis(5),
+            cut: !complete,
+        }
+    }
+
+    pub fn error(status: u16, message: &str, retry_after: Option<&str>) -> Reply {
+        let kind = match status {
+            429 => "rate_limit_exceeded",
+            401 => "invalid_api_key",
+            _ => "server_error",
+        };
+        Reply::Json {
+            status,
+            body: json!({"error": {"message": message, "type": kind, "param": null, "code": kind}}),
+            headers: retry_after
+                .map(|r| vec![("retry-after", r.to_owned())])
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Replies in Anthropic's Messages formats.
+pub mod anthropic {
+    use super::*;
+
+    pub fn success(text: &str, input_tokens: u32, output_tokens: u32) -> Reply {
+        Reply::Json {
+            status: 200,
+            body: json!({
+                "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}
+            }),
+            headers: vec![],
+        }
+    }
+
+    pub fn stream(pieces: &[&str], input_tokens: u32, output_tokens: u32, complete: bool) -> Reply {
+        let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let mut out = vec![
+            event(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_01", "type": "message", "role": "assistant", "content": [], "model": "claude-sonnet-4-5-20250929", "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            event("ping", json!({"type": "ping"})),
+        ];
+        out.extend(pieces.iter().map(|p| {
+            event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}))
+        }));
+        if complete {
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+            out.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+            out.push(event("message_stop", json!({"type": "message_stop"})));
+        }
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: out,
+            gap: Duration::from_millis(5),
+            cut: !complete,
+        }
+    }
+
+    pub fn stream_error(pieces: &[&str]) -> Reply {
+        let Reply::Stream { mut pieces, .. } = stream(pieces, 10, 0, false) else {
+            unreachable!()
+        };
+        pieces.push(format!(
+            "event: error\ndata: {}\n\n",
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        ));
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces,
+            gap: Duration::from_millis(5),
+            cut: false,
+        }
+    }
+
+    pub fn error(status: u16, message: &str, retry_after: Option<&str>) -> Reply {
+        let kind = match status {
+            429 => "rate_limit_error",
+            401 => "authentication_error",
+            400 => "invalid_request_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        Reply::Json {
+            status,
+            body: json!({"type": "error", "error": {"type": kind, "message": message}}),
+            headers: retry_after
+                .map(|r| vec![("retry-after", r.to_owned())])
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Replies in Ollama's `/api/chat` formats.
+pub mod ollama {
+    use super::*;
+
+    fn line(content: &str, done: bool, prompt_eval: u32, eval: u32) -> Value {
+        let mut v = json!({"model": "llama3.1:8b", "created_at": "2026-11-25T12:00:00.000000Z",
+                           "message": {"role": "assistant", "content": content}, "done": done});
+        if done {
+            let extra = json!({"done_reason": "stop", "total_duration": 5_000_000_u64, "load_duration": 1_000_000_u64,
+                               "prompt_eval_count": prompt_eval, "prompt_eval_duration": 1_000_000_u64,
+                               "eval_count": eval, "eval_duration": 3_000_000_u64});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+        }
+        v
+    }
+
+    pub fn success(text: &str, prompt_eval: u32, eval: u32) -> Reply {
+        Reply::Json {
+            status: 200,
+            body: line(text, true, prompt_eval, eval),
+            headers: vec![],
+        }
+    }
+
+    pub fn stream(pieces: &[&str], prompt_eval: u32, eval: u32, complete: bool) -> Reply {
+        let mut out: Vec<String> = pieces
+            .iter()
+            .map(|p| format!("{}\n", line(p, false, 0, 0)))
+            .collect();
+        if complete {
+            out.push(format!("{}\n", line("", true, prompt_eval, eval)));
+        }
+        Reply::Stream {
+            content_type: "application/x-ndjson",
+            pieces: out,
+            gap: Duration::from_millis(5),
+            cut: !complete,
+        }
+    }
+
+    pub fn error(status: u16, message: &str, retry_after: Option<&str>) -> Reply {
+        Reply::Json {
+            status,
+            body: json!({"error": message}),
+            headers: retry_after
+                .map(|r| vec![("retry-after", r.to_owned())])
+                .unwrap_or_default(),
+        }
+    }
+}
