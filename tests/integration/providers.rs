@@ -648,3 +648,38 @@ async fn submits_for_models_with_no_usable_provider_are_refused() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "parameters.response_format.schema");
 }
+
+#[tokio::test]
+async fn an_open_circuit_skips_the_failing_provider_until_its_cooldown() {
+    let t = two_providers().await; // circuit: 5 consecutive failures open it for 30 s
+    t.openai.always(fake_upstream::openai::error(
+        503,
+        "Service Unavailable",
+        None,
+    ));
+    t.anthropic
+        .always(fake_upstream::anthropic::success("Steady.", 5, 1));
+    for _ in 0..2 {
+        let view = run(&t.app, &t.state, json!({"prompt": "x", "model": "gpt-4o"})).await;
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+    assert_eq!(
+        t.openai.received().len(),
+        5,
+        "the fifth failure opened the circuit"
+    );
+    let view = run(&t.app, &t.state, json!({"prompt": "x", "model": "gpt-4o"})).await;
+    assert_eq!(view["status"], "completed");
+    assert_eq!(
+        t.openai.received().len(),
+        5,
+        "an open circuit is not called"
+    );
+    let history = view["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["provider"], "anthropic");
+    assert_eq!(
+        t.state.executor.circuits.state(ProviderKind::OpenAi),
+        llm_shared::circuit::CircuitState::Open
+    );
+}
