@@ -21,18 +21,20 @@ COPY api/Cargo.toml api/
 COPY worker/Cargo.toml worker/
 COPY shared/Cargo.toml shared/
 COPY tests/Cargo.toml tests/
-RUN mkdir -p api/src worker/src shared/src tests/support tests/integration \
+COPY bench/Cargo.toml bench/
+RUN mkdir -p api/src worker/src shared/src tests/support tests/integration bench/src \
  && echo 'fn main() {}' > api/src/main.rs \
  && echo 'fn main() {}' > worker/src/main.rs \
+ && echo 'fn main() {}' > bench/src/main.rs \
  && touch shared/src/lib.rs tests/support/mod.rs tests/integration/main.rs \
- && cargo build --release --bins --locked \
- && rm -rf api/src worker/src shared/src tests/support tests/integration
+ && cargo build --release --locked --bin llm-api --bin llm-worker \
+ && rm -rf api/src worker/src shared/src tests/support tests/integration bench/src
 
 # 2) The real sources (see .dockerignore). Touch the crate roots so cargo never mistakes the
 #    stubs' build for an up-to-date one.
 COPY . .
 RUN touch api/src/main.rs worker/src/main.rs shared/src/lib.rs \
- && cargo build --release --bins --locked \
+ && cargo build --release --locked --bin llm-api --bin llm-worker \
  && install -m 0755 target/release/llm-api target/release/llm-worker /usr/local/bin/
 
 # ---- runtime ---------------------------------------------------------------------------------
@@ -44,6 +46,7 @@ RUN apt-get update \
 COPY --from=builder /usr/local/bin/llm-api /usr/local/bin/llm-worker /usr/local/bin/
 COPY migrations /app/migrations
 COPY prompts /app/prompts
+COPY config /app/config
 WORKDIR /app
 USER app
 ENV API_LISTEN=0.0.0.0:8100
