@@ -11,6 +11,7 @@ use llm_shared::config::{self, ApiConfig, CommonConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::ModelRegistry;
 use llm_shared::notify::Completions;
+use llm_shared::relay::RelayHub;
 use llm_shared::{db, telemetry};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -112,9 +113,12 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
 
     let completions = Completions::default();
     tokio::spawn(completions.clone().listen(pool.clone()));
+    let hub = RelayHub::new(config.common.relay().context("parsing REDIS_URL")?);
+    tokio::spawn(hub.clone().run());
     let state = AppState {
         pool,
         redis,
+        hub,
         jwt: JwtKeys::new(&secret),
         models: Arc::new(models),
         completions,

@@ -34,6 +34,15 @@ pub struct CommonConfig {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: SecretString,
 
+    /// Prefix of every Redis key and channel this service uses (lets several deployments, or
+    /// tests, share one Redis).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "llm:")]
+    pub redis_key_prefix: String,
+
+    /// How long a request's relayed stream events stay available for late subscribers.
+    #[arg(long, env = "STREAM_LOG_TTL_SECS", default_value_t = 3600)]
+    pub stream_log_ttl_secs: u64,
+
     /// Base URL of the message hub that receives this service's events.
     #[arg(long, env = "MESSAGE_HUB_URL", default_value = "http://127.0.0.1:8200")]
     pub message_hub_url: String,
@@ -116,6 +125,15 @@ pub struct ApiConfig {
     /// Longest `?wait=` a poll may ask for, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,
+}
+
+impl CommonConfig {
+    /// The stream relay over `REDIS_URL` (connects lazily).
+    pub fn relay(&self) -> Result<crate::relay::Relay, redis::RedisError> {
+        let client = redis::Client::open(self.redis_url.expose_secret())?;
+        let ttl = Duration::from_secs(self.stream_log_ttl_secs);
+        crate::relay::Relay::new(client, &self.redis_key_prefix, ttl)
+    }
 }
 
 impl ApiConfig {

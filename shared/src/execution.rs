@@ -15,11 +15,14 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 
 use crate::circuit::CircuitBreakers;
-use crate::models::{ModelRegistry, ModelSpec, ProviderKind};
+use uuid::Uuid;
+
+use crate::models::{Capability, ModelRegistry, ModelSpec, ProviderKind};
 use crate::providers::{
-    GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider, Provider,
-    ProviderClient, ProviderError,
+    DeltaSink, GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider,
+    Provider, ProviderClient, ProviderError, collect_stream_into,
 };
+use crate::relay::{Relay, RelayKind};
 use crate::requests::{self, AttemptFailure, ClaimedRequest};
 use crate::validation::validate_output;
 
@@ -47,6 +50,8 @@ pub enum Outcome {
 
 pub struct Executor {
     pub registry: Arc<ModelRegistry>,
+    /// Where streamed requests' tokens go; `None` when streaming is not wired (tests, tools).
+    pub relay: Option<Relay>,
     clients: HashMap<ProviderKind, ProviderClient>,
     pub circuits: CircuitBreakers,
     /// Upper bound on any one provider call.
@@ -54,7 +59,12 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(registry: Arc<ModelRegistry>, mock: MockProvider, call_timeout: Duration) -> Self {
+    pub fn new(
+        registry: Arc<ModelRegistry>,
+        mock: MockProvider,
+        call_timeout: Duration,
+        relay: Option<Relay>,
+    ) -> Self {
         let clients = [
             ProviderKind::Mock,
             ProviderKind::OpenAi,
@@ -67,8 +77,17 @@ impl Executor {
         Self {
             circuits: CircuitBreakers::new(registry.circuit),
             registry,
+            relay,
             clients,
             call_timeout,
+        }
+    }
+
+    /// Time limits of a streamed call: for the first event, and between two events.
+    fn stream_limits(&self, model: &ModelSpec) -> (Duration, Duration) {
+        match self.registry.upstreams.get(model.provider) {
+            Some(upstream) => (upstream.timeouts.first_token(), upstream.timeouts.idle()),
+            None => (self.call_timeout, self.call_timeout),
         }
     }
 
@@ -98,6 +117,10 @@ impl Executor {
         let mut notes: Vec<String> = Vec::new();
         let mut reopen_in: Option<Duration> = None;
         let mut called = false;
+        let mut relay = match (&self.relay, claimed.stream) {
+            (Some(relay), true) => Some(RelaySink::start(relay, claimed.id).await),
+            _ => None,
+        };
         let mut last_kind: Option<&'static str> = None;
 
         for (index, model) in chain.iter().enumerate().skip(start) {
@@ -145,7 +168,26 @@ impl Executor {
                 };
                 let started = Instant::now();
                 let limit = self.timeout_for(model);
-                let result = match tokio::time::timeout(limit, client.generate(&input)).await {
+                let (first_token, idle) = self.stream_limits(model);
+                let call = async {
+                    match relay.as_mut() {
+                        Some(sink) if model.supports(Capability::Streaming) => {
+                            sink.begin_attempt(format!("attempt {attempt} on {}", model.id));
+                            let stream = client.stream(&input).await?;
+                            collect_stream_into(
+                                stream,
+                                sink,
+                                &model.upstream,
+                                &input.prompt,
+                                first_token,
+                                idle,
+                            )
+                            .await
+                        }
+                        _ => client.generate(&input).await,
+                    }
+                };
+                let result = match tokio::time::timeout(limit, call).await {
                     Ok(result) => result,
                     Err(_) => Err(ProviderError::Timeout(limit)),
                 }
@@ -233,5 +275,67 @@ impl Executor {
             _ => "provider_unavailable",
         };
         Ok(Outcome::Failed { code, message })
+    }
+}
+
+/// Relays a streamed request's tokens. Tokens of an earlier attempt (or an earlier run, by a
+/// worker that died) are followed by a `restart` before the next attempt's first token, so the
+/// tokens since the last restart are always the current attempt's output. Relay failures never
+/// fail the generation: the api falls back to the stored result.
+struct RelaySink<'a> {
+    relay: &'a Relay,
+    id: Uuid,
+    /// Tokens were relayed since the last restart.
+    dirty: bool,
+    restart_reason: Option<String>,
+    broken: bool,
+}
+
+impl<'a> RelaySink<'a> {
+    async fn start(relay: &'a Relay, id: Uuid) -> Self {
+        let (dirty, broken) = match relay.has_events(id).await {
+            Ok(any) => (any, false),
+            Err(err) => {
+                tracing::warn!(request.id = %id, error = %err, "stream relay unavailable; tokens will not be relayed");
+                (false, true)
+            }
+        };
+        Self {
+            relay,
+            id,
+            dirty,
+            restart_reason: None,
+            broken,
+        }
+    }
+
+    fn begin_attempt(&mut self, reason: String) {
+        self.restart_reason = Some(reason);
+    }
+
+    async fn publish(&mut self, kind: RelayKind) {
+        if let Err(err) = self.relay.publish(self.id, &kind).await {
+            tracing::warn!(request.id = %self.id, error = %err, "stream relay failed; tokens will not be relayed");
+            self.broken = true;
+        }
+    }
+}
+
+impl DeltaSink for RelaySink<'_> {
+    async fn delta(&mut self, text: &str) {
+        if self.broken {
+            return;
+        }
+        if let Some(reason) = self.restart_reason.take()
+            && self.dirty
+        {
+            self.publish(RelayKind::Restart { reason }).await;
+            self.dirty = false;
+        }
+        self.publish(RelayKind::Token {
+            text: text.to_owned(),
+        })
+        .await;
+        self.dirty = true;
     }
 }

@@ -14,6 +14,7 @@ pub mod models;
 pub mod notify;
 pub mod providers;
 pub mod queue;
+pub mod relay;
 pub mod requests;
 pub mod telemetry;
 pub mod validation;

@@ -103,6 +103,8 @@ pub struct NewRequest {
     pub metadata: Value,
     pub idempotency_key: Option<String>,
     pub max_attempts: i32,
+    /// Submitted on the streaming endpoint: the worker relays its tokens.
+    pub stream: bool,
 }
 
 impl NewRequest {
@@ -203,6 +205,7 @@ impl NewRequest {
             metadata: Value::Object(metadata),
             idempotency_key,
             max_attempts: i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX),
+            stream: false,
         })
     }
 }
@@ -290,8 +293,9 @@ pub async fn insert_with_job(
     let job_id = queue::job_id_for(new.id);
     let inserted: Option<(Uuid,)> = sqlx::query_as(
         "INSERT INTO generation_requests
-             (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
+              idempotency_key, stream)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -305,6 +309,7 @@ pub async fn insert_with_job(
     .bind(job_id.to_string())
     .bind(new.max_attempts)
     .bind(&new.idempotency_key)
+    .bind(new.stream)
     .fetch_optional(&mut **tx)
     .await?;
 
@@ -430,6 +435,7 @@ pub struct ClaimedRequest {
     pub parameters: Value,
     pub metadata: Value,
     pub fallback_index: i32,
+    pub stream: bool,
     /// The attempt row the claim opened for this run's first provider call.
     pub first_attempt: i32,
 }
@@ -466,7 +472,8 @@ pub async fn claim(
                  lease_expires_at = NOW() + make_interval(secs => $3)
              WHERE id = $1
                AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
-             RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index
+             RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index,
+                       stream
          ), abandoned AS (
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
@@ -690,6 +697,49 @@ async fn finish_failed(
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Outcome of a cancellation.
+#[derive(Debug)]
+pub enum Cancelled {
+    Done(RequestView),
+    AlreadyFinished(Status),
+    NotFound,
+}
+
+/// Cancels a pending or running request of `user_id`. A pending one never runs (its claim will
+/// find it final); a running one's worker is told through the completion notice and stops.
+pub async fn cancel(pool: &PgPool, id: Uuid, user_id: Uuid) -> Result<Cancelled, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE generation_requests
+         SET status = 'cancelled', completed_at = NOW(), updated_at = NOW(), error_code = 'cancelled',
+             error_message = 'the request was cancelled', claimed_by = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND user_id = $2 AND status IN ('pending', 'running')",
+    )
+    .bind(id)
+    .bind(user_id)
+    .execute(pool)
+    .await?;
+    let view = find_for_user(pool, id, user_id).await?;
+    Ok(match view {
+        None => Cancelled::NotFound,
+        Some(view) if updated.rows_affected() == 1 => Cancelled::Done(view),
+        Some(view) => Cancelled::AlreadyFinished(view.status),
+    })
+}
+
+/// Closes the running attempt rows of a request that was cancelled under its worker.
+pub async fn close_cancelled_attempts(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE generation_attempts
+         SET outcome = 'failed', finished_at = NOW(), error_kind = 'cancelled',
+             error_message = 'the request was cancelled while this call ran'
+         WHERE request_id = $1 AND outcome = 'running'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Extends the leases of the requests this worker is running (its liveness signal).

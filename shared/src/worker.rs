@@ -22,8 +22,10 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Outcome};
 use crate::models::ModelRegistry;
+use crate::notify::Completions;
 use crate::providers::MockProvider;
 use crate::queue::{self, GenerationJob, WakeStrategy};
+use crate::relay::Relay;
 use crate::requests::{self, Claim, ClaimedRequest};
 
 /// Everything a job handler needs; shared by all jobs of the process.
@@ -32,27 +34,30 @@ pub struct WorkerState {
     pub name: String,
     pub lease: Duration,
     pub executor: Executor,
+    /// Notices of requests reaching a final state: a running request cancelled under us.
+    pub completions: Completions,
     /// Requests this process is running now (their leases are renewed).
     running: Mutex<HashSet<Uuid>>,
 }
 
 impl WorkerState {
+    /// The state of a worker; `relay` carries streamed requests' tokens. Completion notices
+    /// reach `completions` only once [`Completions::listen`] runs (as [`run`] does).
     pub fn new(
         pool: PgPool,
         name: String,
         config: &WorkerConfig,
         registry: Arc<ModelRegistry>,
+        relay: Option<Relay>,
     ) -> Self {
         let call_timeout = Duration::from_secs(config.provider_timeout_secs.max(1));
+        let mock = MockProvider::new(config.mock_allow_crash);
         Self {
             pool,
             name,
             lease: config.lease(),
-            executor: Executor::new(
-                registry,
-                MockProvider::new(config.mock_allow_crash),
-                call_timeout,
-            ),
+            executor: Executor::new(registry, mock, call_timeout, relay),
+            completions: Completions::default(),
             running: Mutex::new(HashSet::new()),
         }
     }
@@ -111,10 +116,11 @@ pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::
 async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(), sqlx::Error> {
     let request_id = claimed.id;
     let _guard = RunningGuard::new(state, request_id);
-    let outcome = state
-        .executor
-        .execute(&state.pool, &claimed, &state.name)
-        .await?;
+    let Some(outcome) = execute_unless_cancelled(state, &claimed).await? else {
+        tracing::info!(request.id = %request_id, "cancelled while running; provider call stopped");
+        requests::close_cancelled_attempts(&state.pool, request_id).await?;
+        return Ok(());
+    };
     let held = match &outcome {
         Outcome::Completed {
             output,
@@ -166,6 +172,35 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
     Ok(())
 }
 
+/// Runs the request, unless it is cancelled meanwhile (then `None`: the provider call is
+/// dropped mid-flight).
+async fn execute_unless_cancelled(
+    state: &WorkerState,
+    claimed: &ClaimedRequest,
+) -> Result<Option<Outcome>, sqlx::Error> {
+    let finished = state.completions.subscribe(claimed.id);
+    let execution = state.executor.execute(&state.pool, claimed, &state.name);
+    tokio::pin!(execution);
+    loop {
+        let notified = finished.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        tokio::select! {
+            outcome = &mut execution => return outcome.map(Some),
+            _ = &mut notified => {
+                let status: Option<requests::Status> =
+                    sqlx::query_scalar("SELECT status FROM generation_requests WHERE id = $1")
+                        .bind(claimed.id)
+                        .fetch_optional(&state.pool)
+                        .await?;
+                if status == Some(requests::Status::Cancelled) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
 /// Claims the request; if another worker's lease on it is still valid, waits for it to run out
 /// (a holder that is alive renews it, and will finish the request itself).
 async fn claim_waiting_for_lease(
@@ -213,12 +248,15 @@ pub async fn run(
 ) -> Result<(), BoxDynError> {
     let name = config.name.clone().unwrap_or_else(unique_worker_name);
     let registry = Arc::new(ModelRegistry::load(&config.common)?);
+    let relay = config.common.relay()?;
     let state = Arc::new(WorkerState::new(
         pool.clone(),
         name.clone(),
         &config,
         registry,
+        Some(relay),
     ));
+    let listener = tokio::spawn(state.completions.clone().listen(pool.clone()));
     let background = CancellationToken::new();
     let renewer = tokio::spawn(renew_leases(state.clone(), background.clone()));
     let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));
@@ -255,6 +293,7 @@ pub async fn run(
     background.cancel();
     let _ = renewer.await;
     let _ = rescuer.await;
+    listener.abort();
     result.map_err(Into::into)
 }
 

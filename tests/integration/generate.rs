@@ -285,8 +285,15 @@ async fn a_duplicate_delivery_does_not_run_the_request_twice() {
         "worker-a".into(),
         &config,
         models.clone(),
+        None,
     );
-    let b = WorkerState::new(app.db.pool.clone(), "worker-b".into(), &config, models);
+    let b = WorkerState::new(
+        app.db.pool.clone(),
+        "worker-b".into(),
+        &config,
+        models,
+        None,
+    );
 
     // The same job delivered to two workers at once, then once more after it finished.
     let (ra, rb) = tokio::join!(worker::process(&a, id), worker::process(&b, id));
@@ -373,6 +380,7 @@ async fn a_request_whose_workers_keep_dying_ends_failed() {
         "survivor".into(),
         &config,
         Arc::new(registry(&[])),
+        None,
     );
     worker::process(&state, id).await.unwrap();
 

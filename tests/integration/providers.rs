@@ -99,7 +99,13 @@ fn state(app: &TestApp, provider_flags: &[String], worker_flags: &[&str]) -> Wor
     args.extend_from_slice(worker_flags);
     let config = worker_config(&app.db.url, &args);
     let models = Arc::new(llm_shared::models::ModelRegistry::load(&config.common).unwrap());
-    WorkerState::new(app.db.pool.clone(), "conformance".into(), &config, models)
+    WorkerState::new(
+        app.db.pool.clone(),
+        "conformance".into(),
+        &config,
+        models,
+        None,
+    )
 }
 
 /// Submits a request for `model` directly into the database and runs one delivery of its job.

@@ -18,6 +18,7 @@ use llm_shared::config::{CommonConfig, WorkerConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::ModelRegistry;
 use llm_shared::notify::Completions;
+use llm_shared::relay::{Relay, RelayHub};
 use llm_shared::{db, worker};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -61,6 +62,11 @@ impl TestDb {
     }
 
     /// Runs a test's own counting query (test code only: the SQL is the test's literal).
+    /// The Redis key prefix of this test (its keys and channels never meet another test's).
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.name)
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)
@@ -126,9 +132,14 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
     let jwt = JwtKeys::new(&SecretString::from(TEST_SECRET));
     let completions = Completions::default();
     tokio::spawn(completions.clone().listen(db.pool.clone()));
+    let client = redis::Client::open(redis).unwrap();
+    let relay = Relay::new(client.clone(), &db.redis_prefix(), Duration::from_secs(600)).unwrap();
+    let hub = RelayHub::new(relay);
+    tokio::spawn(hub.clone().run());
     let state = AppState {
         pool: db.pool.clone(),
-        redis: redis::Client::open(redis).unwrap(),
+        redis: client,
+        hub,
         jwt: jwt.clone(),
         models: Arc::new(registry(registry_flags)),
         completions,
@@ -249,7 +260,15 @@ struct WorkerArgs {
 
 /// Worker configuration for tests: short heartbeats and leases so that recovery is quick.
 pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
-    let mut args = vec!["llm-worker"];
+    let prefix = format!("{}:", database_url.rsplit('/').next().unwrap_or("llmtest"));
+    let redis = redis_url();
+    let mut args = vec![
+        "llm-worker",
+        "--redis-key-prefix",
+        &prefix,
+        "--redis-url",
+        &redis,
+    ];
     args.extend_from_slice(&NO_PROVIDERS);
     args.extend_from_slice(&[
         "--database-url",
@@ -321,6 +340,7 @@ pub fn spawn_worker_process(db: &TestDb, env: &[(&str, &str)]) -> Child {
     cmd.env_clear()
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis_url())
+        .env("REDIS_KEY_PREFIX", db.redis_prefix())
         .env("LOG_LEVEL", "warn")
         .env("WORKER_HEARTBEAT_SECS", "1")
         .env("WORKER_LEASE_SECS", "3")
@@ -344,6 +364,7 @@ pub async fn spawn_api_process(db: &TestDb) -> (Child, String) {
         .env_clear()
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis_url())
+        .env("REDIS_KEY_PREFIX", db.redis_prefix())
         .env("SECRET_KEY", TEST_SECRET)
         .env("LOG_LEVEL", "warn")
         .env("API_LISTEN", format!("127.0.0.1:{port}"))

@@ -32,15 +32,7 @@ pub async fn submit(
     headers: HeaderMap,
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let idempotency_key = match headers.get(IDEMPOTENCY_HEADER) {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
-                .to_owned(),
-        ),
-    };
+    let idempotency_key = idempotency_key(&headers)?;
     let new = NewRequest::validate(
         body,
         user.id,
@@ -74,6 +66,23 @@ pub async fn submit(
     Ok(response)
 }
 
+/// The `Idempotency-Key` header, if any.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))
+        })
+        .transpose()
+}
+
+pub(super) fn parse_request_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollQuery {
@@ -95,8 +104,7 @@ pub async fn poll(
     Path(request_id): Path<String>,
     QueryParams(query): QueryParams<PollQuery>,
 ) -> Result<Json<PollResponse>, ApiError> {
-    let id = Uuid::parse_str(&request_id)
-        .map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))?;
+    let id = parse_request_id(&request_id)?;
     let wait = match query.wait {
         None => Duration::ZERO,
         Some(secs) if secs.is_finite() && secs >= 0.0 => {

@@ -4,6 +4,7 @@
 
 mod generate;
 mod health;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +22,14 @@ use crate::auth::JwtKeys;
 use crate::error::ApiError;
 use crate::models::ModelRegistry;
 use crate::notify::Completions;
+use crate::relay::RelayHub;
 
 /// Everything handlers share; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub redis: redis::Client,
+    pub hub: RelayHub,
     pub jwt: JwtKeys,
     pub models: Arc<ModelRegistry>,
     pub completions: Completions,
@@ -46,7 +49,12 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/api/v1/generate", post(generate::submit))
-        .route("/api/v1/generate/{request_id}", get(generate::poll))
+        .route("/api/v1/generate/stream", post(stream::submit_stream))
+        .route(
+            "/api/v1/generate/{request_id}",
+            get(generate::poll).delete(stream::cancel),
+        )
+        .route("/api/v1/generate/{request_id}/stream", get(stream::attach))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

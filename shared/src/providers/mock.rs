@@ -24,6 +24,9 @@ pub struct MockBehaviour {
     /// process; only honoured when the worker runs with `MOCK_ALLOW_CRASH`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail: Option<MockFailure>,
+    /// When streaming, the pause between two tokens, in milliseconds.
+    #[serde(default)]
+    pub token_delay_ms: u64,
     /// Only the first N attempts fail; absent means every attempt fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_attempts: Option<u32>,
@@ -85,7 +88,22 @@ impl Provider for MockProvider {
             prompt_tokens: Some(output.prompt_tokens),
             completion_tokens: Some(output.completion_tokens),
         }));
-        Ok(futures::stream::iter(events).boxed())
+        let delay = Duration::from_millis(
+            input
+                .mock
+                .as_ref()
+                .map_or(0, |m| m.token_delay_ms.min(MAX_MOCK_LATENCY_MS)),
+        );
+        let stream = futures::stream::iter(events);
+        if delay.is_zero() {
+            return Ok(stream.boxed());
+        }
+        Ok(stream
+            .then(move |event| async move {
+                tokio::time::sleep(delay).await;
+                event
+            })
+            .boxed())
     }
 }
 

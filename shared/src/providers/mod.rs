@@ -280,10 +280,32 @@ impl Provider for ProviderClient {
     }
 }
 
+/// Where the pieces of a streamed answer go as they arrive (besides being collected).
+pub trait DeltaSink: Send {
+    fn delta(&mut self, text: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Collecting only.
+impl DeltaSink for () {
+    async fn delta(&mut self, _: &str) {}
+}
+
 /// Reads a stream to its end marker into one output, with a time limit for the first event
 /// and for every gap between events.
 pub async fn collect_stream(
+    stream: ChunkStream,
+    upstream_model: &str,
+    prompt: &str,
+    first_event: Duration,
+    idle: Duration,
+) -> Result<GenerationOutput, ProviderError> {
+    collect_stream_into(stream, &mut (), upstream_model, prompt, first_event, idle).await
+}
+
+/// [`collect_stream`], handing each piece to `sink` as it arrives.
+pub async fn collect_stream_into(
     mut stream: ChunkStream,
+    sink: &mut impl DeltaSink,
     upstream_model: &str,
     prompt: &str,
     first_event: Duration,
@@ -297,7 +319,10 @@ pub async fn collect_stream(
             .map_err(|_| ProviderError::Timeout(limit))?;
         limit = idle;
         match next {
-            Some(Ok(StreamEvent::Delta(delta))) => text.push_str(&delta),
+            Some(Ok(StreamEvent::Delta(delta))) => {
+                sink.delta(&delta).await;
+                text.push_str(&delta);
+            }
             Some(Ok(StreamEvent::Finished {
                 finish_reason,
                 prompt_tokens,

@@ -1,0 +1,396 @@
+//! Streaming over SSE: `POST /api/v1/generate/stream` (submit, then follow) and
+//! `GET /api/v1/generate/{request_id}/stream` (attach at any time, resuming after
+//! `Last-Event-ID`), plus `DELETE /api/v1/generate/{request_id}` (cancel).
+//!
+//! Events: `start` (request id, model), `token` (`id:` = relay seq, data `{"text"}`),
+//! `restart` (the output starts over: drop what you have), and exactly one terminal event,
+//! `done` (finish reason, usage, cached) or `error` (code, message; `cancelled` for a cancelled
+//! request). The terminal event is written from the request row, after the relay's log has been
+//! drained, and the tokens sent since the last `restart` always equal the stored result.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use super::generate::{idempotency_key, parse_request_id};
+use super::{AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::relay::{HubMessage, HubSubscription, RelayEvent, RelayKind};
+use crate::requests::{self, GenerateBody, NewRequest, RequestView, Status};
+
+/// How often a follower re-reads the row when no notice came (a missed notice costs at most
+/// this much delay, never a hang).
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
+
+type EventStream = Sse<
+    axum::response::sse::KeepAliveStream<
+        futures::stream::BoxStream<'static, Result<Event, Infallible>>,
+    >,
+>;
+
+pub async fn submit_stream(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<GenerateBody>,
+) -> Result<EventStream, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let mut new = NewRequest::validate(
+        body,
+        user.id,
+        key,
+        &state.models,
+        state.limits.job_max_attempts,
+    )?;
+    new.stream = true;
+    // Subscribed before the job exists, so that not even the first token can be missed.
+    let subscription = state
+        .hub
+        .subscribe(new.id)
+        .await
+        .map_err(|_| relay_unavailable())?;
+    let submitted = requests::submit(&state.pool, new).await?;
+    let subscription = if submitted.replayed {
+        drop(subscription);
+        state
+            .hub
+            .subscribe(submitted.id)
+            .await
+            .map_err(|_| relay_unavailable())?
+    } else {
+        tracing::info!(request.id = %submitted.id, user.id = %user.id, "streaming generation accepted");
+        subscription
+    };
+    Ok(follow(state, submitted.id, user.id, subscription, 0))
+}
+
+pub async fn attach(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(request_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<EventStream, ApiError> {
+    let id = parse_request_id(&request_id)?;
+    let last_seen = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
+            })?,
+    };
+    requests::find_for_user(&state.pool, id, user.id)
+        .await?
+        .ok_or(ApiError::NotFound("no such generation request"))?;
+    let subscription = state
+        .hub
+        .subscribe(id)
+        .await
+        .map_err(|_| relay_unavailable())?;
+    Ok(follow(state, id, user.id, subscription, last_seen))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(request_id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let id = parse_request_id(&request_id)?;
+    match requests::cancel(&state.pool, id, user.id).await? {
+        requests::Cancelled::Done(view) => {
+            tracing::info!(request.id = %id, "generation cancelled");
+            Ok(Json(view))
+        }
+        requests::Cancelled::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
+            "the request is already {} and cannot be cancelled",
+            status.as_str()
+        ))),
+        requests::Cancelled::NotFound => Err(ApiError::NotFound("no such generation request")),
+    }
+}
+
+fn relay_unavailable() -> ApiError {
+    ApiError::Unavailable(
+        "streaming is unavailable right now (the relay is down); submit and poll instead",
+    )
+}
+
+/// The SSE response: a task follows the request and feeds the body; it ends with the terminal
+/// event, or when the client goes away (the generation itself carries on).
+fn follow(
+    state: AppState,
+    id: Uuid,
+    user: Uuid,
+    subscription: HubSubscription,
+    last_seen: u64,
+) -> EventStream {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        // A client resuming after an event id has output we cannot see until the log is read.
+        let tokens = usize::from(last_seen > 0);
+        let mut follower = Follower {
+            state,
+            id,
+            user,
+            tx,
+            last_seen,
+            text: String::new(),
+            tokens,
+        };
+        if let Err(err) = follower.run(subscription).await {
+            tracing::debug!(request.id = %id, error = %err, "stream follower stopped");
+        }
+    });
+    let body = futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    );
+    let body: futures::stream::BoxStream<'static, Result<Event, Infallible>> = Box::pin(body);
+    Sse::new(body).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("the client went away")]
+    Gone,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+struct Follower {
+    state: AppState,
+    id: Uuid,
+    user: Uuid,
+    tx: mpsc::Sender<Event>,
+    /// Highest relay seq the client has.
+    last_seen: u64,
+    /// Output since the last `restart`, as the client has it (replayed or sent).
+    text: String,
+    /// Token events in `text`.
+    tokens: usize,
+}
+
+impl Follower {
+    async fn send(&self, event: Event) -> Result<(), FollowError> {
+        self.tx.send(event).await.map_err(|_| FollowError::Gone)
+    }
+
+    async fn run(&mut self, mut subscription: HubSubscription) -> Result<(), FollowError> {
+        let completion = self.state.completions.subscribe(self.id);
+        let Some(row) = requests::find_for_user(&self.state.pool, self.id, self.user).await? else {
+            return Ok(());
+        };
+        let start = json!({"request_id": self.id, "model": row.model, "status": row.status});
+        self.send(Event::default().event("start").data(start.to_string()))
+            .await?;
+        self.catch_up().await?;
+        if row.status.is_final() {
+            return self.finish().await;
+        }
+        loop {
+            let notified = completion.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            tokio::select! {
+                message = subscription.receiver.recv() => match message {
+                    Ok(HubMessage::Event(event)) => self.forward(event).await?,
+                    Ok(HubMessage::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await?,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // The hub dropped us (relay lost): carry on from the database alone.
+                        subscription = match self.state.hub.subscribe(self.id).await {
+                            Ok(s) => s,
+                            Err(_) => return self.wait_and_finish(&completion).await,
+                        };
+                    }
+                },
+                _ = &mut notified => {
+                    if self.row_is_final().await? {
+                        return self.finish().await;
+                    }
+                }
+                _ = tokio::time::sleep(RECHECK_EVERY) => {
+                    if self.row_is_final().await? {
+                        return self.finish().await;
+                    }
+                }
+                _ = self.tx.closed() => return Err(FollowError::Gone),
+            }
+        }
+    }
+
+    async fn row_is_final(&self) -> Result<bool, FollowError> {
+        Ok(
+            requests::find_for_user(&self.state.pool, self.id, self.user)
+                .await?
+                .is_some_and(|r| r.status.is_final()),
+        )
+    }
+
+    /// Without a relay: wait for the request to end, then send its result.
+    async fn wait_and_finish(
+        &mut self,
+        completion: &crate::notify::Subscription,
+    ) -> Result<(), FollowError> {
+        loop {
+            if self.row_is_final().await? {
+                return self.finish().await;
+            }
+            let _ = tokio::time::timeout(RECHECK_EVERY, completion.notify().notified()).await;
+        }
+    }
+
+    /// Replays the relay's log: events the client lacks are sent; all are tracked.
+    async fn catch_up(&mut self) -> Result<(), FollowError> {
+        let Ok(log) = self.state.hub.relay.log(self.id).await else {
+            return Ok(());
+        };
+        let (mut text, mut tokens) = (String::new(), 0);
+        for event in &log {
+            match &event.kind {
+                RelayKind::Token { text: t } => {
+                    text.push_str(t);
+                    tokens += 1;
+                }
+                RelayKind::Restart { .. } => {
+                    text.clear();
+                    tokens = 0;
+                }
+            }
+            if event.seq > self.last_seen {
+                self.send(to_sse(event)).await?;
+                self.last_seen = event.seq;
+            }
+        }
+        if log.last().is_some_and(|e| e.seq >= self.last_seen) {
+            self.text = text;
+            self.tokens = tokens;
+        }
+        Ok(())
+    }
+
+    async fn forward(&mut self, event: RelayEvent) -> Result<(), FollowError> {
+        if event.seq <= self.last_seen {
+            return Ok(());
+        }
+        if event.seq > self.last_seen + 1 {
+            // A gap (missed live message): the log has it.
+            return self.catch_up().await;
+        }
+        match &event.kind {
+            RelayKind::Token { text } => {
+                self.text.push_str(text);
+                self.tokens += 1;
+            }
+            RelayKind::Restart { .. } => {
+                self.text.clear();
+                self.tokens = 0;
+            }
+        }
+        self.last_seen = event.seq;
+        self.send(to_sse(&event)).await
+    }
+
+    /// The request is final: drain the log, make the output equal the stored result, and send
+    /// the one terminal event.
+    async fn finish(&mut self) -> Result<(), FollowError> {
+        self.catch_up().await?;
+        let Some(row) = requests::find_for_user(&self.state.pool, self.id, self.user).await? else {
+            return Ok(());
+        };
+        let mut next_id = self.last_seen + 1;
+        match row.status {
+            Status::Completed => {
+                let result = row.result.clone().unwrap_or_default();
+                if self.text != result {
+                    if self.tokens > 0 {
+                        let data = json!({"reason": "resync"});
+                        self.send(
+                            Event::default()
+                                .event("restart")
+                                .id(next_id.to_string())
+                                .data(data.to_string()),
+                        )
+                        .await?;
+                        next_id += 1;
+                    }
+                    let data = json!({"text": result});
+                    self.send(
+                        Event::default()
+                            .event("token")
+                            .id(next_id.to_string())
+                            .data(data.to_string()),
+                    )
+                    .await?;
+                    next_id += 1;
+                }
+                let data = json!({
+                    "finish_reason": row.finish_reason,
+                    "usage": {
+                        "prompt_tokens": row.prompt_tokens,
+                        "completion_tokens": row.completion_tokens,
+                        "total_tokens": row.tokens_used,
+                    },
+                    "cached": row.metadata.get("cached").and_then(|c| c.as_bool()).unwrap_or(false),
+                    "provider": row.provider,
+                    "model": row.provider_model,
+                });
+                self.send(
+                    Event::default()
+                        .event("done")
+                        .id(next_id.to_string())
+                        .data(data.to_string()),
+                )
+                .await
+            }
+            Status::Failed | Status::Cancelled => {
+                let (code, message) = if row.status == Status::Cancelled {
+                    (
+                        "cancelled".to_owned(),
+                        "the request was cancelled".to_owned(),
+                    )
+                } else {
+                    (
+                        row.error_code.clone().unwrap_or_else(|| "failed".into()),
+                        row.error_message
+                            .clone()
+                            .unwrap_or_else(|| "the generation failed".into()),
+                    )
+                };
+                let data = json!({"code": code, "message": message});
+                self.send(
+                    Event::default()
+                        .event("error")
+                        .id(next_id.to_string())
+                        .data(data.to_string()),
+                )
+                .await
+            }
+            Status::Pending | Status::Running => Ok(()),
+        }
+    }
+}
+
+fn to_sse(event: &RelayEvent) -> Event {
+    let (name, data) = match &event.kind {
+        RelayKind::Token { text } => ("token", json!({"text": text})),
+        RelayKind::Restart { reason } => ("restart", json!({"reason": reason})),
+    };
+    Event::default()
+        .event(name)
+        .id(event.seq.to_string())
+        .data(data.to_string())
+}
