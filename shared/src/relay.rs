@@ -156,7 +156,12 @@ impl Relay {
 pub struct RelayHub {
     pub relay: Relay,
     state: Arc<Mutex<HubState>>,
+    /// Whether the pub/sub connection is up (subscribers wait briefly for it at start-up).
+    connected: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// How long a subscriber waits for the pub/sub connection before answering "unavailable".
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct HubState {
@@ -206,14 +211,18 @@ impl Drop for HubSubscription {
 
 impl RelayHub {
     pub fn new(relay: Relay) -> Self {
+        let (connected, _) = tokio::sync::watch::channel(false);
         Self {
             relay,
             state: Arc::new(Mutex::new(HubState::default())),
+            connected: Arc::new(connected),
         }
     }
 
     /// Subscribes to a request's live events. Fails when Redis is unreachable.
     pub async fn subscribe(&self, id: Uuid) -> Result<HubSubscription, RelayError> {
+        let mut connected = self.connected.subscribe();
+        let _ = tokio::time::timeout(CONNECT_WAIT, connected.wait_for(|up| *up)).await;
         let channel = self.relay.channel(id);
         let (receiver, new_channel, sink) = {
             let mut state = self.state.lock().map_err(|_| RelayError::Unavailable)?;
@@ -263,6 +272,7 @@ impl RelayHub {
                                 let _ = tx.send(HubMessage::Resync);
                             }
                         }
+                        self.connected.send_replace(true);
                         while let Some(msg) = stream.next().await {
                             let channel = msg.get_channel_name().to_owned();
                             let Ok(payload) = msg.get_payload::<String>() else {
@@ -285,6 +295,7 @@ impl RelayHub {
             if let Ok(mut state) = self.state.lock() {
                 state.sink = None;
             }
+            self.connected.send_replace(false);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

@@ -702,7 +702,7 @@ async fn finish_failed(
 /// Outcome of a cancellation.
 #[derive(Debug)]
 pub enum Cancelled {
-    Done(RequestView),
+    Done(Box<RequestView>),
     AlreadyFinished(Status),
     NotFound,
 }
@@ -723,7 +723,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid, user_id: Uuid) -> Result<Cancelled,
     let view = find_for_user(pool, id, user_id).await?;
     Ok(match view {
         None => Cancelled::NotFound,
-        Some(view) if updated.rows_affected() == 1 => Cancelled::Done(view),
+        Some(view) if updated.rows_affected() == 1 => Cancelled::Done(Box::new(view)),
         Some(view) => Cancelled::AlreadyFinished(view.status),
     })
 }

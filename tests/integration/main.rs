@@ -9,3 +9,4 @@ mod health;
 mod migrations;
 mod processes;
 mod providers;
+mod streaming;

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_upstream;
+pub mod sse;
 
 use std::path::PathBuf;
 use std::process::Stdio;

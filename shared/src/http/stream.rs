@@ -109,7 +109,7 @@ pub async fn cancel(
     match requests::cancel(&state.pool, id, user.id).await? {
         requests::Cancelled::Done(view) => {
             tracing::info!(request.id = %id, "generation cancelled");
-            Ok(Json(view))
+            Ok(Json(*view))
         }
         requests::Cancelled::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
             "the request is already {} and cannot be cancelled",
