@@ -414,3 +414,50 @@ async fn without_redis_streams_answer_503_and_submits_still_work() {
     let (status, _) = app.poll(id, 0).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_provider_stream_cut_midway_restarts_the_output_on_the_retry() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        .then(fake_upstream::openai::stream(&["Half ", "a "], 5, 2, false))
+        .then(fake_upstream::openai::stream(
+            &["A ", "whole ", "answer."],
+            5,
+            3,
+            true,
+        ));
+    let flags: Vec<String> = [
+        "--openai-base-url",
+        &openai.base_url,
+        "--openai-api-key",
+        "sk-test-0123456789",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let app = spawn_app_with_providers(&flags).await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
+    let mut stream = open_stream(&app, json!({"prompt": "x", "model": "gpt-4o"})).await;
+    let messages = stream.until_terminal(LONG).await;
+    let id = request_id(&messages[0]);
+    // Whatever of the cut stream got through comes first (the cut may swallow its last
+    // bytes), then one restart, then the retry's three tokens.
+    let events: Vec<&str> = messages.iter().map(|m| m.event.as_str()).collect();
+    let restart = events
+        .iter()
+        .position(|e| *e == "restart")
+        .expect("a restart event");
+    assert!(
+        restart >= 2 && events[1..restart].iter().all(|e| *e == "token"),
+        "{events:?}"
+    );
+    assert_eq!(
+        events[restart + 1..],
+        ["token", "token", "token", "done"],
+        "{events:?}"
+    );
+    assert_eq!(output_of(&messages), "A whole answer.");
+    assert_streamed_result(&app, id, &messages).await;
+    worker.stop().await;
+}
