@@ -53,6 +53,12 @@ struct Args {
     /// Requests sent one at a time (100 per second) to measure unloaded latency.
     #[arg(long, default_value_t = 500)]
     unloaded_jobs: usize,
+    /// Streams measured one at a time for time to first token.
+    #[arg(long, default_value_t = 200)]
+    ttft_streams: usize,
+    /// Concurrent streams held open on one api process.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
     /// Where the JSON results go.
     #[arg(long, default_value = ".bench/results.json")]
     output: PathBuf,
@@ -104,6 +110,22 @@ struct EndToEndResult {
 }
 
 #[derive(Debug, Serialize)]
+struct StreamingResult {
+    /// Client-observed time to the first token (mock provider: first token at 0 ms), so all of
+    /// it is the service's own overhead: submit, commit, queue pickup, relay.
+    ttft: Latencies,
+    streams: usize,
+    tokens_per_stream: usize,
+    /// api resident memory with no stream open, and with all of them open.
+    api_rss_idle_mb: f64,
+    api_rss_open_mb: f64,
+    api_rss_per_stream_kb: f64,
+    /// api CPU time spent while relaying every stream to its end, per relayed token.
+    api_cpu_us_per_token: f64,
+    all_streams_done_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
 struct DrainResult {
     workers: usize,
     jobs: usize,
@@ -120,6 +142,7 @@ struct Report {
     drain: Vec<DrainResult>,
     /// One request at a time (paced), 1 worker: the latency the service itself adds.
     unloaded: EndToEndResult,
+    streaming: StreamingResult,
 }
 
 #[tokio::main]
@@ -274,6 +297,24 @@ async fn run(
             .execute(&bench_db.pool)
             .await?;
     }
+    let streaming = measure_streaming(
+        args,
+        bin_dir,
+        &env,
+        &client,
+        &base,
+        &token,
+        &api,
+        &bench_db.pool,
+    )
+    .await?;
+    sqlx::query("TRUNCATE generation_requests CASCADE")
+        .execute(&bench_db.pool)
+        .await?;
+    sqlx::query("TRUNCATE apalis.jobs")
+        .execute(&bench_db.pool)
+        .await?;
+
     let mut drain = Vec::new();
     for workers in [1usize, 2] {
         submit_burst(&client, &base, &token, args.e2e_jobs).await;
@@ -315,6 +356,7 @@ async fn run(
         end_to_end,
         drain,
         unloaded,
+        streaming,
     })
 }
 
@@ -454,6 +496,187 @@ async fn collect_end_to_end(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn measure_streaming(
+    args: &Args,
+    bin_dir: &std::path::Path,
+    env: &[(&str, String)],
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    api: &Child,
+    pool: &PgPool,
+) -> anyhow::Result<StreamingResult> {
+    let url = format!("{base}/api/v1/generate/stream");
+    // 1. Time to first token, one stream at a time, one worker.
+    let mut worker = spawn(
+        bin_dir.join("llm-worker"),
+        &[],
+        env,
+        &[("WORKER_NAME", "bench-ttft".to_owned())],
+    )?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ttft = Vec::new();
+    for n in 0..args.ttft_streams {
+        let started = Instant::now();
+        let body = json!({"prompt": format!("ttft {n}"), "parameters": {"max_tokens": 8}});
+        let response = client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        let mut events = SseCounter::new(response);
+        if events.next_token().await {
+            ttft.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        events.until_done().await;
+    }
+    stop(&mut worker).await;
+    sqlx::query("TRUNCATE generation_requests CASCADE")
+        .execute(pool)
+        .await?;
+    sqlx::query("TRUNCATE apalis.jobs").execute(pool).await?;
+
+    // 2. Many concurrent streams on one api process: open them all (no worker yet), then let
+    //    workers produce every token.
+    let pid = api.id().context("api pid")?;
+    let rss_idle = rss_mb(pid);
+    let tokens = 50usize;
+    let mut open = Vec::new();
+    for chunk in 0..args.streams.div_ceil(100) {
+        let batch = (0..100.min(args.streams - chunk * 100)).map(|i| {
+            let body = json!({"prompt": format!("stream {chunk}/{i}"), "parameters": {"max_tokens": tokens},
+                              "mock": {"token_delay_ms": 20}});
+            client.post(&url).bearer_auth(token).json(&body).send()
+        });
+        for response in futures::future::join_all(batch).await {
+            open.push(SseCounter::new(response?));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_open = rss_mb(pid);
+    let cpu_before = cpu_secs(pid);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let extra = [
+            ("WORKER_NAME", format!("bench-streams-{i}")),
+            ("WORKER_CONCURRENCY", "600".to_owned()),
+        ];
+        workers.push(spawn(bin_dir.join("llm-worker"), &[], env, &extra)?);
+    }
+    let counts = futures::future::join_all(
+        open.into_iter()
+            .map(|mut s| async move { s.until_done().await }),
+    )
+    .await;
+    let done_secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - cpu_before;
+    let relayed: usize = counts.iter().sum();
+    for worker in &mut workers {
+        stop(worker).await;
+    }
+    Ok(StreamingResult {
+        ttft: Latencies::of(ttft),
+        streams: args.streams,
+        tokens_per_stream: tokens,
+        api_rss_idle_mb: rss_idle,
+        api_rss_open_mb: rss_open,
+        api_rss_per_stream_kb: (rss_open - rss_idle) * 1024.0 / args.streams.max(1) as f64,
+        api_cpu_us_per_token: cpu * 1e6 / relayed.max(1) as f64,
+        all_streams_done_secs: done_secs,
+    })
+}
+
+/// Counts the token events of an SSE response.
+struct SseCounter {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    tokens: usize,
+}
+
+impl SseCounter {
+    fn new(response: reqwest::Response) -> Self {
+        use futures::StreamExt;
+        Self {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+            tokens: 0,
+        }
+    }
+
+    /// The next event's name, or `None` at the end.
+    async fn next_event(&mut self) -> Option<String> {
+        use futures::StreamExt;
+        loop {
+            if let Some(pos) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..pos + 2).collect();
+                if let Some(name) = block.lines().find_map(|l| l.strip_prefix("event: ")) {
+                    return Some(name.to_owned());
+                }
+                continue;
+            }
+            let chunk = self.body.next().await?.ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    async fn next_token(&mut self) -> bool {
+        while let Some(event) = self.next_event().await {
+            if event == "token" {
+                self.tokens += 1;
+                return true;
+            }
+            if event == "done" || event == "error" {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Reads to the terminal event; returns the tokens seen.
+    async fn until_done(&mut self) -> usize {
+        while let Some(event) = self.next_event().await {
+            match event.as_str() {
+                "token" => self.tokens += 1,
+                "done" | "error" => break,
+                _ => {}
+            }
+        }
+        self.tokens
+    }
+}
+
+fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    proc_status(pid)
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn print_report(report: &Report) {
     println!("\n== llm-bench  ({})", report.machine);
     println!("\ndurable submit (api + PostgreSQL, no worker running)");
@@ -506,6 +729,23 @@ fn print_report(report: &Report) {
         u.submit_to_completed.p99_ms,
         u.pickup.p50_ms,
         u.pickup.p99_ms
+    );
+    let st = &report.streaming;
+    println!("\nstreaming (SSE through the Redis relay, mock provider: first token at 0 ms)");
+    println!(
+        "  time to first token, one stream at a time: p50 {:.2} ms, p99 {:.2} ms (all of it service overhead)",
+        st.ttft.p50_ms, st.ttft.p99_ms
+    );
+    println!(
+        "  {} concurrent streams x {} tokens on one api: RSS {:.1} MB idle -> {:.1} MB open ({:.1} KB per stream); \
+         api CPU {:.1} us per relayed token; all done in {:.1} s",
+        st.streams,
+        st.tokens_per_stream,
+        st.api_rss_idle_mb,
+        st.api_rss_open_mb,
+        st.api_rss_per_stream_kb,
+        st.api_cpu_us_per_token,
+        st.all_streams_done_secs
     );
 }
 
