@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use llm_shared::auth::JwtKeys;
 use llm_shared::config::{self, ApiConfig, CommonConfig};
@@ -132,6 +133,10 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, "api listening");
+    // Small writes (SSE events, short JSON answers) go out at once, not after a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, llm_shared::http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

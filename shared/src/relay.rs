@@ -23,7 +23,7 @@ use uuid::Uuid;
 /// Events kept per request for replay.
 const LOG_MAX_EVENTS: usize = 20_000;
 /// Live events buffered per local subscriber before it must re-read the log.
-const LOCAL_BUFFER: usize = 1024;
+const LOCAL_BUFFER: usize = 128;
 
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[2])

@@ -134,7 +134,7 @@ fn follow(
     subscription: HubSubscription,
     last_seen: u64,
 ) -> EventStream {
-    let (tx, rx) = mpsc::channel::<Event>(64);
+    let (tx, rx) = mpsc::channel::<Event>(16);
     tokio::spawn(async move {
         // A client resuming after an event id has output we cannot see until the log is read.
         let tokens = usize::from(last_seen > 0);
