@@ -41,23 +41,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_jso
 
 async fn check_postgres(state: &AppState) -> Check {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
-    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-        Ok(Ok(_)) => Check {
-            ok: true,
-            error: None,
-        },
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness: PostgreSQL check failed");
-            Check {
-                ok: false,
-                error: Some("unreachable"),
-            }
-        }
-        Err(_) => Check {
-            ok: false,
-            error: Some("timed out"),
-        },
-    }
+    check("PostgreSQL", probe).await
 }
 
 async fn check_redis(state: &AppState) -> Check {
@@ -65,13 +49,21 @@ async fn check_redis(state: &AppState) -> Check {
         let mut conn = state.redis.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     };
+    check("Redis", probe).await
+}
+
+/// Runs one dependency probe with the time limit; the error is logged, not shown.
+async fn check<T, E: std::fmt::Display>(
+    what: &str,
+    probe: impl Future<Output = Result<T, E>>,
+) -> Check {
     match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(Ok(_)) => Check {
             ok: true,
             error: None,
         },
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness: Redis check failed");
+            tracing::warn!(dependency = what, error = %err, "readiness check failed");
             Check {
                 ok: false,
                 error: Some("unreachable"),

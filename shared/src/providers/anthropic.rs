@@ -30,13 +30,6 @@ pub struct AnthropicProvider {
 }
 
 impl AnthropicProvider {
-    fn redact(&self, err: ProviderError) -> ProviderError {
-        match &self.api_key {
-            Some(key) => err.redact(key.expose_secret()),
-            None => err,
-        }
-    }
-
     pub fn new(settings: &UpstreamSettings) -> Self {
         Self {
             http: wire::client(&settings.timeouts),
@@ -257,17 +250,13 @@ impl Provider for AnthropicProvider {
     }
 
     async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
-        let response = wire::send(self.request(input, false)?)
-            .await
-            .map_err(|e| self.redact(e))?;
+        let response = wire::send_keyed(self.request(input, false)?, self.api_key.as_ref()).await?;
         let body: MessagesResponse = wire::json_body(response).await?;
         GenerationOutput::try_from((body, input))
     }
 
     async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
-        let response = wire::send(self.request(input, true)?)
-            .await
-            .map_err(|e| self.redact(e))?;
+        let response = wire::send_keyed(self.request(input, true)?, self.api_key.as_ref()).await?;
         let events = wire::sse_events(response.bytes_stream());
         // State: input tokens (from message_start), output tokens and stop reason (message_delta).
         let stream = events

@@ -22,13 +22,6 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
-    fn redact(&self, err: ProviderError) -> ProviderError {
-        match &self.api_key {
-            Some(key) => err.redact(key.expose_secret()),
-            None => err,
-        }
-    }
-
     pub fn new(settings: &UpstreamSettings) -> Self {
         Self {
             http: wire::client(&settings.timeouts),
@@ -213,17 +206,13 @@ impl Provider for OpenAiProvider {
     }
 
     async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
-        let response = wire::send(self.request(input, false)?)
-            .await
-            .map_err(|e| self.redact(e))?;
+        let response = wire::send_keyed(self.request(input, false)?, self.api_key.as_ref()).await?;
         let body: ChatResponse = wire::json_body(response).await?;
         GenerationOutput::try_from((body, input))
     }
 
     async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
-        let response = wire::send(self.request(input, true)?)
-            .await
-            .map_err(|e| self.redact(e))?;
+        let response = wire::send_keyed(self.request(input, true)?, self.api_key.as_ref()).await?;
         let events = wire::sse_events(response.bytes_stream());
         // State: the finish reason seen so far; the end comes with `[DONE]`.
         let stream = events

@@ -122,6 +122,19 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response,
     Err(status_error(status, &headers, error_message(&body)))
 }
 
+/// [`send`] for providers with an API key: the key is redacted from any error message
+/// (providers echo keys in their 401 bodies).
+pub async fn send_keyed(
+    request: reqwest::RequestBuilder,
+    key: Option<&secrecy::SecretString>,
+) -> Result<reqwest::Response, ProviderError> {
+    use secrecy::ExposeSecret;
+    send(request).await.map_err(|err| match key {
+        Some(key) => err.redact(key.expose_secret()),
+        None => err,
+    })
+}
+
 /// Parses a whole JSON answer; a body that does not parse is a (retryable) malformed answer.
 pub async fn json_body<T: DeserializeOwned>(
     response: reqwest::Response,
