@@ -91,6 +91,15 @@ pub struct AuthUser {
     pub role: Option<String>,
 }
 
+/// The role claim that grants the admin endpoints.
+pub const ADMIN_ROLE: &str = "admin";
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some(ADMIN_ROLE)
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 

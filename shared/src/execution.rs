@@ -32,6 +32,9 @@ pub enum Outcome {
     Completed {
         output: GenerationOutput,
         provider: &'static str,
+        /// The registry id of the model that answered (the requested one or a fallback).
+        served_model: String,
+        cost_usd: f64,
         attempt: i32,
         latency: Duration,
     },
@@ -201,8 +204,11 @@ impl Executor {
                     Ok(output) => {
                         self.circuits.record(model.provider, true);
                         return Ok(Outcome::Completed {
+                            cost_usd: model
+                                .cost_usd(output.prompt_tokens, output.completion_tokens),
                             output,
                             provider: client.name(),
+                            served_model: model.id.clone(),
                             attempt,
                             latency,
                         });

@@ -17,5 +17,6 @@ pub mod queue;
 pub mod relay;
 pub mod requests;
 pub mod telemetry;
+pub mod usage;
 pub mod validation;
 pub mod worker;

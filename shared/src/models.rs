@@ -70,6 +70,13 @@ impl ModelSpec {
     pub fn supports(&self, capability: Capability) -> bool {
         self.capabilities.contains(&capability)
     }
+
+    /// Estimated cost in USD of a call with these token counts, at the registry's prices.
+    pub fn cost_usd(&self, prompt_tokens: u32, completion_tokens: u32) -> f64 {
+        (f64::from(prompt_tokens) * self.input_price
+            + f64::from(completion_tokens) * self.output_price)
+            / 1e6
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -359,10 +359,16 @@ pub struct RequestView {
     pub result: Option<String>,
     pub provider: Option<String>,
     pub provider_model: Option<String>,
+    /// The registry model that answered (the requested one, or a fallback).
+    pub served_model: Option<String>,
     pub tokens_used: Option<i32>,
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
     pub finish_reason: Option<String>,
+    /// Estimated cost in USD (registry prices; 0 for cache hits).
+    pub cost_usd: Option<f64>,
+    /// Answered from the response cache, without a provider call.
+    pub cached: bool,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub attempts: i32,
@@ -399,9 +405,9 @@ pub async fn find_for_user(
 ) -> Result<Option<RequestView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, status, model, prompt, context, parameters, metadata, result, provider,
-                provider_model, tokens_used, prompt_tokens, completion_tokens, finish_reason,
-                error_code, error_message, attempts, max_attempts, created_at, started_at,
-                completed_at, updated_at
+                provider_model, served_model, tokens_used, prompt_tokens, completion_tokens,
+                finish_reason, cost_usd, cached, error_code, error_message, attempts, max_attempts,
+                created_at, started_at, completed_at, updated_at
          FROM generation_requests WHERE id = $1 AND user_id = $2",
     )
     .bind(id)
@@ -539,20 +545,27 @@ pub async fn complete(
     pool: &PgPool,
     claimed: &ClaimedRequest,
     worker: &str,
-    attempt: i32,
-    provider: &str,
-    output: &GenerationOutput,
-    latency: Duration,
+    completion: &Completion<'_>,
 ) -> Result<StillHeld, sqlx::Error> {
+    let output = completion.output;
     let done = sqlx::query(
         "WITH done AS (
              UPDATE generation_requests
              SET status = 'completed', result = $4, provider = $5, provider_model = $6,
                  prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
-                 finish_reason = $9, error_code = NULL, error_message = NULL,
+                 finish_reason = $9, served_model = $12, cost_usd = $13,
+                 error_code = NULL, error_message = NULL,
                  completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
              WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
-             RETURNING id
+             RETURNING id, user_id
+         ), usage AS (
+             INSERT INTO usage_daily AS u (user_id, day, model, requests, prompt_tokens, completion_tokens, cost_usd)
+             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, $12, 1, $7, $8, $13 FROM done
+             ON CONFLICT (user_id, day, model) DO UPDATE
+             SET requests = u.requests + 1,
+                 prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+                 completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+                 cost_usd = u.cost_usd + EXCLUDED.cost_usd
          )
          UPDATE generation_attempts a
          SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $10, provider = $5,
@@ -563,16 +576,29 @@ pub async fn complete(
     .bind(worker)
     .bind(claimed.attempts)
     .bind(&output.text)
-    .bind(provider)
+    .bind(completion.provider)
     .bind(&output.upstream_model)
     .bind(to_i32(output.prompt_tokens))
     .bind(to_i32(output.completion_tokens))
     .bind(&output.finish_reason)
-    .bind(millis(latency))
-    .bind(attempt)
+    .bind(millis(completion.latency))
+    .bind(completion.attempt)
+    .bind(completion.served_model)
+    .bind(completion.cost_usd)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// What a successful run produced, as [`complete`] records it.
+#[derive(Debug)]
+pub struct Completion<'a> {
+    pub attempt: i32,
+    pub provider: &'a str,
+    pub served_model: &'a str,
+    pub output: &'a GenerationOutput,
+    pub latency: Duration,
+    pub cost_usd: f64,
 }
 
 /// A failed provider call, as recorded in the attempt history.

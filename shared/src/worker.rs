@@ -125,19 +125,20 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
         Outcome::Completed {
             output,
             provider,
+            served_model,
+            cost_usd,
             attempt,
             latency,
         } => {
-            let held = requests::complete(
-                &state.pool,
-                &claimed,
-                &state.name,
-                *attempt,
+            let completion = requests::Completion {
+                attempt: *attempt,
                 provider,
+                served_model,
                 output,
-                *latency,
-            )
-            .await?;
+                latency: *latency,
+                cost_usd: *cost_usd,
+            };
+            let held = requests::complete(&state.pool, &claimed, &state.name, &completion).await?;
             if held {
                 tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
             }

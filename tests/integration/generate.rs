@@ -305,6 +305,12 @@ async fn a_duplicate_delivery_does_not_run_the_request_twice() {
     assert_eq!(done["status"], "completed");
     assert_eq!(done["attempts"], 1);
     assert_eq!(done["attempt_history"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.db
+            .count("SELECT SUM(requests)::bigint FROM usage_daily")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]

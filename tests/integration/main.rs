@@ -10,3 +10,4 @@ mod migrations;
 mod processes;
 mod providers;
 mod streaming;
+mod usage;

@@ -135,6 +135,21 @@ async fn a_worker_killed_mid_flight_loses_no_job_and_none_runs_twice() {
             .await,
         0
     );
+    // Usage counts each request once, although some ran twice.
+    assert_eq!(
+        app.db
+            .count("SELECT COALESCE(SUM(requests), 0)::bigint FROM usage_daily")
+            .await,
+        60
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT COALESCE(SUM(prompt_tokens), 0)::bigint FROM usage_daily")
+            .await,
+        app.db
+            .count("SELECT COALESCE(SUM(prompt_tokens), 0)::bigint FROM generation_requests")
+            .await
+    );
     let abandoned = app
         .db
         .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'abandoned' AND worker = 'victim'")

@@ -5,6 +5,7 @@
 mod generate;
 mod health;
 mod stream;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub fn router(state: AppState) -> Router {
             get(generate::poll).delete(stream::cancel),
         )
         .route("/api/v1/generate/{request_id}/stream", get(stream::attach))
+        .route("/api/v1/usage", get(usage::mine))
+        .route("/api/v1/usage/{user_id}", get(usage::of_user))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

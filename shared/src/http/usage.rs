@@ -1,0 +1,59 @@
+//! `GET /api/v1/usage` (the caller's) and `GET /api/v1/usage/{user_id}` (an admin, or the user
+//! themself).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::NaiveDate;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{AppState, QueryParams};
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::usage::{self, GroupBy, UsageReport};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// First day (UTC, `YYYY-MM-DD`), default 30 days before `to`.
+    pub from: Option<NaiveDate>,
+    /// Last day, default today.
+    pub to: Option<NaiveDate>,
+    #[serde(default)]
+    pub group_by: GroupBy,
+}
+
+pub async fn mine(
+    State(state): State<AppState>,
+    user: AuthUser,
+    QueryParams(query): QueryParams<UsageQuery>,
+) -> Result<Json<UsageReport>, ApiError> {
+    report(&state, user.id, query).await
+}
+
+pub async fn of_user(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(user_id): Path<String>,
+    QueryParams(query): QueryParams<UsageQuery>,
+) -> Result<Json<UsageReport>, ApiError> {
+    let target = Uuid::parse_str(&user_id)
+        .map_err(|_| ApiError::BadRequest("user_id must be a UUID".into()))?;
+    if target != user.id && !user.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only an admin may read another user's usage",
+        ));
+    }
+    report(&state, target, query).await
+}
+
+async fn report(
+    state: &AppState,
+    user: Uuid,
+    query: UsageQuery,
+) -> Result<Json<UsageReport>, ApiError> {
+    let (from, to) = usage::range(query.from, query.to).map_err(ApiError::BadRequest)?;
+    Ok(Json(
+        usage::report(&state.pool, user, from, to, query.group_by).await?,
+    ))
+}
