@@ -120,6 +120,10 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         pool,
         redis,
         hub,
+        cache: config
+            .common
+            .response_cache()
+            .context("parsing REDIS_URL")?,
         jwt: JwtKeys::new(&secret),
         models: Arc::new(models),
         completions,

@@ -136,6 +136,18 @@ impl CommonConfig {
     }
 }
 
+impl CommonConfig {
+    /// The response cache over `REDIS_URL` (connects lazily), with `CACHE_TTL`.
+    pub fn response_cache(&self) -> Result<crate::cache::ResponseCache, redis::RedisError> {
+        let client = redis::Client::open(self.redis_url.expose_secret())?;
+        crate::cache::ResponseCache::new(
+            client,
+            &self.redis_key_prefix,
+            Duration::from_secs(self.cache_ttl),
+        )
+    }
+}
+
 impl ApiConfig {
     /// The JWT key, or why the api must not start.
     pub fn jwt_secret(&self) -> Result<SecretString, ConfigError> {

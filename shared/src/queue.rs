@@ -106,6 +106,26 @@ pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx
 /// and the notification is spent).
 const RECHECK_AFTER: Duration = Duration::from_millis(15);
 
+/// Gives a job of its own to every waiting request whose identical "leader" ended without
+/// answering it (failed, cancelled, or finished just before it attached). Returns how many.
+pub async fn rescue_orphaned_followers(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let orphans: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE generation_requests f SET coalesced_into = NULL, updated_at = NOW()
+         FROM generation_requests l
+         WHERE f.coalesced_into = l.id AND f.status = 'pending'
+           AND l.status IN ('completed', 'failed', 'cancelled')
+         RETURNING f.id, f.max_attempts",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, max_attempts) in &orphans {
+        push_generation(&mut tx, *id, *max_attempts).await?;
+    }
+    tx.commit().await?;
+    Ok(orphans.len() as u64)
+}
+
 /// When a worker looks for jobs: on every insert notification (LISTEN/NOTIFY, ~ms), once more
 /// shortly after it, and on a fixed tick for what no notification announces (rescheduled and
 /// rescued jobs, notifications missed while the listener reconnects). The tick re-arms itself

@@ -13,14 +13,20 @@ use serde_json::{Map, Value};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::cache::{self, CachePolicy, CachedResponse, ResponseCache};
 use crate::error::ApiError;
 use crate::models::{Capability, ModelRegistry, ProviderKind};
-use crate::providers::{GenerationOutput, GenerationParams, MockBehaviour, ProviderError};
+use crate::providers::{
+    GenerationOutput, GenerationParams, MockBehaviour, ProviderError, estimate_tokens,
+};
 use crate::queue;
+use crate::usage;
 use crate::validation;
 
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 100_000;
+/// Output tokens a request without `max_tokens` is assumed to use, for rate limiting.
+const DEFAULT_OUTPUT_ESTIMATE: u32 = 1024;
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -89,6 +95,9 @@ pub struct GenerateBody {
     /// Controls of the mock provider (tests, benchmarks); refused for other models.
     #[serde(default)]
     pub mock: Option<MockBehaviour>,
+    /// Response cache controls: `no_cache`, `no_store`, `ttl_secs`.
+    #[serde(default)]
+    pub cache: Option<CachePolicy>,
 }
 
 /// A validated request, ready to be stored.
@@ -105,6 +114,11 @@ pub struct NewRequest {
     pub max_attempts: i32,
     /// Submitted on the streaming endpoint: the worker relays its tokens.
     pub stream: bool,
+    /// `None` when the request neither reads nor writes the cache.
+    pub cache_key: Option<String>,
+    pub cache_policy: CachePolicy,
+    /// Tokens the request may consume (prompt estimate + output limit), for rate limits.
+    pub estimated_tokens: i32,
 }
 
 impl NewRequest {
@@ -195,17 +209,40 @@ impl NewRequest {
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
             )));
         }
+        let cache_policy = body.cache.unwrap_or_default();
+        if cache_policy
+            .ttl_secs
+            .is_some_and(|t| t == 0 || t > cache::MAX_TTL_SECS)
+        {
+            return Err(ApiError::validation(
+                "cache.ttl_secs",
+                format!("ttl_secs must be between 1 and {}", cache::MAX_TTL_SECS),
+            ));
+        }
+        let estimated_tokens = estimate_tokens(&body.prompt)
+            .saturating_add(params.system.as_deref().map_or(0, estimate_tokens))
+            .saturating_add(
+                params
+                    .max_tokens
+                    .unwrap_or(DEFAULT_OUTPUT_ESTIMATE.min(model.max_output_tokens)),
+            );
+        let parameters = serde_json::to_value(params).map_err(ApiError::internal)?;
+        let cache_key = (!(cache_policy.no_cache && cache_policy.no_store))
+            .then(|| cache::cache_key(&model.id, &body.prompt, &parameters, metadata.get("mock")));
         Ok(Self {
             id: Uuid::now_v7(),
             user_id,
             prompt: body.prompt,
             model: model.id.clone(),
             context,
-            parameters: serde_json::to_value(params).map_err(ApiError::internal)?,
+            parameters,
             metadata: Value::Object(metadata),
             idempotency_key,
             max_attempts: i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX),
             stream: false,
+            cache_key,
+            cache_policy,
+            estimated_tokens: i32::try_from(estimated_tokens).unwrap_or(i32::MAX),
         })
     }
 }
@@ -270,14 +307,31 @@ pub struct Submitted {
     pub replayed: bool,
 }
 
-/// Stores the request and its job in one transaction, then commits. The transaction runs in a
-/// task of its own: if the client disconnects, axum drops the handler's future, and a
-/// transaction dropped mid-flight could go back to the pool still open (sqlx 0.9.0).
-pub async fn submit(pool: &PgPool, new: NewRequest) -> Result<Submitted, ApiError> {
+/// Stores a request, then commits: answered from the cache (a completed row, counted as a
+/// cache hit, no job), attached to an identical request already in flight (no job: that one's
+/// completion completes it), or with its job. The transaction runs in a task of its own: if the
+/// client disconnects, axum drops the handler's future, and a transaction dropped mid-flight
+/// could go back to the pool still open (sqlx 0.9.0).
+pub async fn submit(
+    pool: &PgPool,
+    cache: Option<&ResponseCache>,
+    new: NewRequest,
+) -> Result<Submitted, ApiError> {
     let pool = pool.clone();
+    let cache = cache.cloned();
     tokio::spawn(async move {
+        let mut how = Insert::WithJob;
+        if let (Some(cache), Some(key)) = (&cache, &new.cache_key)
+            && !new.cache_policy.no_cache
+        {
+            if let Some(hit) = cache.get(&pool, key).await? {
+                how = Insert::CacheHit(hit);
+            } else if let Some(leader) = in_flight_with_key(&pool, key).await? {
+                how = Insert::Follower(leader);
+            }
+        }
         let mut tx = pool.begin().await?;
-        let submitted = insert_with_job(&mut tx, &new).await?;
+        let submitted = insert(&mut tx, &new, &how).await?;
         tx.commit().await?;
         Ok(submitted)
     })
@@ -285,17 +339,59 @@ pub async fn submit(pool: &PgPool, new: NewRequest) -> Result<Submitted, ApiErro
     .map_err(ApiError::internal)?
 }
 
+/// How a new request is stored.
+#[derive(Debug)]
+pub enum Insert {
+    /// Pending, with its job.
+    WithJob,
+    /// Completed at once from the cache.
+    CacheHit(CachedResponse),
+    /// Pending, completed by the identical in-flight request's completion.
+    Follower(Uuid),
+}
+
+async fn in_flight_with_key(pool: &PgPool, key: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM generation_requests
+         WHERE cache_key = $1 AND status IN ('pending', 'running') AND coalesced_into IS NULL
+               AND NOT (cache_policy @> '{\"no_store\": true}')
+         ORDER BY created_at LIMIT 1",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Inserts the row and pushes its job inside the caller's transaction: commit both or neither.
 pub async fn insert_with_job(
     tx: &mut Transaction<'static, Postgres>,
     new: &NewRequest,
 ) -> Result<Submitted, ApiError> {
+    insert(tx, new, &Insert::WithJob).await
+}
+
+/// Inserts the row as `how` says, inside the caller's transaction, with what goes with it (the
+/// job, or a cache hit's usage).
+pub async fn insert(
+    tx: &mut Transaction<'static, Postgres>,
+    new: &NewRequest,
+    how: &Insert,
+) -> Result<Submitted, ApiError> {
     let job_id = queue::job_id_for(new.id);
+    let (status, hit, leader) = match how {
+        Insert::WithJob => (Status::Pending, None, None),
+        Insert::CacheHit(hit) => (Status::Completed, Some(hit), None),
+        Insert::Follower(leader) => (Status::Pending, None, Some(*leader)),
+    };
     let inserted: Option<(Uuid,)> = sqlx::query_as(
         "INSERT INTO generation_requests
              (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
-              idempotency_key, stream)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+              idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
+              coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
+              completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
+                 CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -310,14 +406,32 @@ pub async fn insert_with_job(
     .bind(new.max_attempts)
     .bind(&new.idempotency_key)
     .bind(new.stream)
+    .bind(&new.cache_key)
+    .bind(serde_json::to_value(&new.cache_policy).map_err(ApiError::internal)?)
+    .bind(new.estimated_tokens)
+    .bind(status.as_str())
+    .bind(leader)
+    .bind(hit.map(|h| &h.response))
+    .bind(hit.and_then(|h| h.provider.as_deref()))
+    .bind(hit.and_then(|h| h.provider_model.as_deref()))
+    .bind(hit.and_then(|h| h.served_model.as_deref()))
+    .bind(hit.and_then(|h| h.prompt_tokens))
+    .bind(hit.and_then(|h| h.completion_tokens))
+    .bind(hit.and_then(|h| h.finish_reason.as_deref()))
     .fetch_optional(&mut **tx)
     .await?;
 
     if inserted.is_some() {
-        queue::push_generation(tx, new.id, new.max_attempts).await?;
+        match how {
+            Insert::WithJob => queue::push_generation(tx, new.id, new.max_attempts).await?,
+            Insert::CacheHit(_) => {
+                usage::record_cache_hit(tx, new.user_id, &new.model).await?
+            }
+            Insert::Follower(_) => {}
+        }
         return Ok(Submitted {
             id: new.id,
-            status: Status::Pending,
+            status,
             replayed: false,
         });
     }
@@ -442,6 +556,8 @@ pub struct ClaimedRequest {
     pub metadata: Value,
     pub fallback_index: i32,
     pub stream: bool,
+    pub cache_key: Option<String>,
+    pub cache_policy: sqlx::types::Json<CachePolicy>,
     /// The attempt row the claim opened for this run's first provider call.
     pub first_attempt: i32,
 }
@@ -479,7 +595,7 @@ pub async fn claim(
              WHERE id = $1
                AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
              RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index,
-                       stream
+                       stream, cache_key, cache_policy
          ), abandoned AS (
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
@@ -548,6 +664,16 @@ pub async fn complete(
     completion: &Completion<'_>,
 ) -> Result<StillHeld, sqlx::Error> {
     let output = completion.output;
+    // What the cache stores, unless the request said `no_store`.
+    let store_key = claimed
+        .cache_key
+        .as_deref()
+        .filter(|_| !claimed.cache_policy.no_store);
+    let ttl_secs = completion.cache_ttl.as_secs_f64();
+    let metadata = cache::metadata_of(
+        &completion.cached_response(),
+        claimed.metadata.get("template_id").and_then(Value::as_str),
+    );
     let done = sqlx::query(
         "WITH done AS (
              UPDATE generation_requests
@@ -557,15 +683,40 @@ pub async fn complete(
                  error_code = NULL, error_message = NULL,
                  completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
              WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
-             RETURNING id, user_id
+             RETURNING id, user_id, prompt, model
+         ), followers AS (
+             -- identical requests that waited for this one: answered with it, as cache hits
+             UPDATE generation_requests f
+             SET status = 'completed', result = $4, provider = $5, provider_model = $6,
+                 prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
+                 finish_reason = $9, served_model = $12, cost_usd = 0, cached = true,
+                 completed_at = NOW(), updated_at = NOW()
+             FROM done WHERE f.coalesced_into = done.id AND f.status = 'pending'
+             RETURNING f.user_id, f.model
          ), usage AS (
-             INSERT INTO usage_daily AS u (user_id, day, model, requests, prompt_tokens, completion_tokens, cost_usd)
-             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, $12, 1, $7, $8, $13 FROM done
+             INSERT INTO usage_daily AS u
+                 (user_id, day, model, requests, cached_requests, prompt_tokens, completion_tokens, cost_usd)
+             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, SUM(requests), SUM(cached),
+                    SUM(prompt_tokens), SUM(completion_tokens), SUM(cost)
+             FROM (SELECT user_id, $12::varchar AS model, 1 AS requests, 0 AS cached,
+                          $7::bigint AS prompt_tokens, $8::bigint AS completion_tokens, $13::float8 AS cost
+                   FROM done
+                   UNION ALL
+                   SELECT user_id, model, 1, 1, 0, 0, 0 FROM followers) counted
+             GROUP BY user_id, model
              ON CONFLICT (user_id, day, model) DO UPDATE
-             SET requests = u.requests + 1,
+             SET requests = u.requests + EXCLUDED.requests,
+                 cached_requests = u.cached_requests + EXCLUDED.cached_requests,
                  prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
                  completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
                  cost_usd = u.cost_usd + EXCLUDED.cost_usd
+         ), stored AS (
+             INSERT INTO response_cache (cache_key, response, prompt, model, expires_at, metadata)
+             SELECT $14, $4, prompt, model, NOW() + make_interval(secs => $15), $16 FROM done
+             WHERE $14::text IS NOT NULL
+             ON CONFLICT (cache_key) DO UPDATE
+             SET response = EXCLUDED.response, expires_at = EXCLUDED.expires_at,
+                 metadata = EXCLUDED.metadata, created_at = NOW()
          )
          UPDATE generation_attempts a
          SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $10, provider = $5,
@@ -585,6 +736,9 @@ pub async fn complete(
     .bind(completion.attempt)
     .bind(completion.served_model)
     .bind(completion.cost_usd)
+    .bind(store_key)
+    .bind(ttl_secs)
+    .bind(metadata)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -599,6 +753,23 @@ pub struct Completion<'a> {
     pub output: &'a GenerationOutput,
     pub latency: Duration,
     pub cost_usd: f64,
+    /// How long the response cache keeps the result.
+    pub cache_ttl: Duration,
+}
+
+impl Completion<'_> {
+    /// The result as a cache entry.
+    pub fn cached_response(&self) -> CachedResponse {
+        CachedResponse {
+            response: self.output.text.clone(),
+            provider: Some(self.provider.to_owned()),
+            provider_model: Some(self.output.upstream_model.clone()),
+            served_model: Some(self.served_model.to_owned()),
+            prompt_tokens: Some(to_i32(self.output.prompt_tokens)),
+            completion_tokens: Some(to_i32(self.output.completion_tokens)),
+            finish_reason: Some(self.output.finish_reason.clone()),
+        }
+    }
 }
 
 /// A failed provider call, as recorded in the attempt history.

@@ -57,6 +57,26 @@ pub fn range(
     Ok((from, to))
 }
 
+/// Counts a request answered from the cache (no provider tokens, no cost), inside the
+/// transaction that stores it.
+pub async fn record_cache_hit(
+    conn: &mut sqlx::PgConnection,
+    user_id: Uuid,
+    model: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_daily AS u (user_id, day, model, requests, cached_requests)
+         VALUES ($1, (NOW() AT TIME ZONE 'UTC')::date, $2, 1, 1)
+         ON CONFLICT (user_id, day, model) DO UPDATE
+         SET requests = u.requests + 1, cached_requests = u.cached_requests + 1",
+    )
+    .bind(user_id)
+    .bind(model)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn report(
     pool: &PgPool,
     user_id: Uuid,

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::cache::{self, ResponseCache};
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Outcome};
 use crate::models::ModelRegistry;
@@ -36,6 +37,9 @@ pub struct WorkerState {
     pub executor: Executor,
     /// Notices of requests reaching a final state: a running request cancelled under us.
     pub completions: Completions,
+    /// The fast copy of the response cache (the table is written with the result).
+    pub cache: Option<ResponseCache>,
+    default_cache_ttl: Duration,
     /// Requests this process is running now (their leases are renewed).
     running: Mutex<HashSet<Uuid>>,
 }
@@ -49,6 +53,7 @@ impl WorkerState {
         config: &WorkerConfig,
         registry: Arc<ModelRegistry>,
         relay: Option<Relay>,
+        cache: Option<ResponseCache>,
     ) -> Self {
         let call_timeout = Duration::from_secs(config.provider_timeout_secs.max(1));
         let mock = MockProvider::new(config.mock_allow_crash);
@@ -58,7 +63,32 @@ impl WorkerState {
             lease: config.lease(),
             executor: Executor::new(registry, mock, call_timeout, relay),
             completions: Completions::default(),
+            cache,
+            default_cache_ttl: Duration::from_secs(config.common.cache_ttl),
             running: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn cache_ttl(&self, claimed: &ClaimedRequest) -> Duration {
+        match (&self.cache, claimed.cache_policy.ttl_secs) {
+            (Some(cache), _) => cache.ttl(&claimed.cache_policy),
+            (None, Some(secs)) => Duration::from_secs(secs),
+            (None, None) => self.default_cache_ttl,
+        }
+    }
+
+    /// After the result is committed (and stored in the table): the Redis copy.
+    async fn fill_redis_cache(
+        &self,
+        claimed: &ClaimedRequest,
+        completion: &requests::Completion<'_>,
+    ) {
+        if let (Some(cache), Some(key)) = (&self.cache, &claimed.cache_key)
+            && !claimed.cache_policy.no_store
+        {
+            cache
+                .put_redis(key, &completion.cached_response(), completion.cache_ttl)
+                .await;
         }
     }
 
@@ -137,10 +167,12 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
                 output,
                 latency: *latency,
                 cost_usd: *cost_usd,
+                cache_ttl: state.cache_ttl(&claimed),
             };
             let held = requests::complete(&state.pool, &claimed, &state.name, &completion).await?;
             if held {
                 tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
+                state.fill_redis_cache(&claimed, &completion).await;
             }
             held
         }
@@ -250,12 +282,14 @@ pub async fn run(
     let name = config.name.clone().unwrap_or_else(unique_worker_name);
     let registry = Arc::new(ModelRegistry::load(&config.common)?);
     let relay = config.common.relay()?;
+    let cache = config.common.response_cache()?;
     let state = Arc::new(WorkerState::new(
         pool.clone(),
         name.clone(),
         &config,
         registry,
         Some(relay),
+        Some(cache),
     ));
     let listener = tokio::spawn(state.completions.clone().listen(pool.clone()));
     let background = CancellationToken::new();
@@ -330,6 +364,17 @@ async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
                 "re-queued jobs of unfinished requests that nothing would run"
             ),
             Err(err) => tracing::warn!(error = %err, "could not look for stranded requests"),
+        }
+        match queue::rescue_orphaned_followers(&state.pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                requests = n,
+                "gave jobs to requests whose identical leader ended without them"
+            ),
+            Err(err) => tracing::warn!(error = %err, "could not look for orphaned followers"),
+        }
+        if let Err(err) = cache::purge_expired(&state.pool).await {
+            tracing::warn!(error = %err, "could not purge expired cache entries");
         }
     }
 }

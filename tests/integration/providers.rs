@@ -105,6 +105,7 @@ fn state(app: &TestApp, provider_flags: &[String], worker_flags: &[&str]) -> Wor
         &config,
         models,
         None,
+        None,
     )
 }
 
@@ -665,8 +666,13 @@ async fn an_open_circuit_skips_the_failing_provider_until_its_cooldown() {
     ));
     t.anthropic
         .always(fake_upstream::anthropic::success("Steady.", 5, 1));
-    for _ in 0..2 {
-        let view = run(&t.app, &t.state, json!({"prompt": "x", "model": "gpt-4o"})).await;
+    for n in 0..2 {
+        let view = run(
+            &t.app,
+            &t.state,
+            json!({"prompt": format!("x{n}"), "model": "gpt-4o"}),
+        )
+        .await;
         assert_eq!(view["status"], "completed", "{view}");
     }
     assert_eq!(
@@ -674,7 +680,7 @@ async fn an_open_circuit_skips_the_failing_provider_until_its_cooldown() {
         5,
         "the fifth failure opened the circuit"
     );
-    let view = run(&t.app, &t.state, json!({"prompt": "x", "model": "gpt-4o"})).await;
+    let view = run(&t.app, &t.state, json!({"prompt": "x2", "model": "gpt-4o"})).await;
     assert_eq!(view["status"], "completed");
     assert_eq!(
         t.openai.received().len(),

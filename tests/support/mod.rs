@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use llm_shared::auth::JwtKeys;
+use llm_shared::cache::ResponseCache;
 use llm_shared::config::{CommonConfig, WorkerConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::ModelRegistry;
@@ -137,10 +138,17 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
     let relay = Relay::new(client.clone(), &db.redis_prefix(), Duration::from_secs(600)).unwrap();
     let hub = RelayHub::new(relay);
     tokio::spawn(hub.clone().run());
+    let cache = ResponseCache::new(
+        client.clone(),
+        &db.redis_prefix(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
     let state = AppState {
         pool: db.pool.clone(),
         redis: client,
         hub,
+        cache,
         jwt: jwt.clone(),
         models: Arc::new(registry(registry_flags)),
         completions,

@@ -40,13 +40,19 @@ pub async fn submit(
         &state.models,
         state.limits.job_max_attempts,
     )?;
-    let submitted = requests::submit(&state.pool, new).await?;
+    let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
     if !submitted.replayed {
         tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
     }
     let poll_url = format!("/api/v1/generate/{}", submitted.id);
+    // Answered from the cache: already complete, so 200 rather than "accepted for later".
+    let code = if submitted.status == Status::Completed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let mut response = (
-        StatusCode::ACCEPTED,
+        code,
         Json(Accepted {
             request_id: submitted.id,
             status: submitted.status,

@@ -2,6 +2,7 @@
 //!
 //! **Invariant:** handlers never call a provider; they persist and enqueue, or read.
 
+mod admin;
 mod generate;
 mod health;
 mod stream;
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 
 use crate::auth::JwtKeys;
+use crate::cache::ResponseCache;
 use crate::error::ApiError;
 use crate::models::ModelRegistry;
 use crate::notify::Completions;
@@ -31,6 +33,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub redis: redis::Client,
     pub hub: RelayHub,
+    pub cache: ResponseCache,
     pub jwt: JwtKeys,
     pub models: Arc<ModelRegistry>,
     pub completions: Completions,
@@ -57,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/generate/{request_id}/stream", get(stream::attach))
         .route("/api/v1/usage", get(usage::mine))
+        .route(
+            "/api/v1/admin/cache/invalidate",
+            post(admin::invalidate_cache),
+        )
         .route("/api/v1/usage/{user_id}", get(usage::of_user))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

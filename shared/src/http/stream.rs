@@ -57,7 +57,7 @@ pub async fn submit_stream(
         .subscribe(new.id)
         .await
         .map_err(|_| relay_unavailable())?;
-    let submitted = requests::submit(&state.pool, new).await?;
+    let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
     let subscription = if submitted.replayed {
         drop(subscription);
         state

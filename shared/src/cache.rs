@@ -1,0 +1,263 @@
+//! The response cache: identical requests (same model, prompt, system prompt and generation
+//! parameters) are answered from an earlier result. Redis (`{prefix}cache:{key}`) answers
+//! fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
+//! outage. The worker writes the table in the statement that completes the request, then
+//! Redis; the api reads Redis, then the table (refilling Redis).
+//!
+//! Per request: `no_cache` skips the read, `no_store` skips the write, `ttl_secs` overrides
+//! `CACHE_TTL`.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+/// Bumped when the key's recipe changes, so old entries are never misread.
+const KEY_VERSION: &str = "v1";
+/// Longest TTL a request may ask for.
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// A request's cache controls (the body's `cache` object).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicy {
+    /// Do not answer from the cache (the result may still be stored).
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Do not store this result.
+    #[serde(default)]
+    pub no_store: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// What a cache entry holds besides the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedResponse {
+    pub response: String,
+    pub provider: Option<String>,
+    pub provider_model: Option<String>,
+    pub served_model: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub finish_reason: Option<String>,
+}
+
+/// The key of what determines the output: model, prompt, generation parameters (which hold the
+/// system prompt and the response format), and the mock's controls. Nothing volatile.
+pub fn cache_key(model: &str, prompt: &str, parameters: &Value, mock: Option<&Value>) -> String {
+    // serde_json maps keep their keys sorted, so equal requests serialise equally.
+    let canonical =
+        json!({"model": model, "prompt": prompt, "parameters": parameters, "mock": mock});
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{KEY_VERSION}:{hex}")
+}
+
+/// What to invalidate; every given field must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateFilter {
+    pub model: Option<String>,
+    pub key_prefix: Option<String>,
+    pub template_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ResponseCache {
+    conn: ConnectionManager,
+    prefix: String,
+    pub default_ttl: Duration,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl ResponseCache {
+    /// Connects lazily: a Redis that is down leaves the durable table serving.
+    pub fn new(
+        client: redis::Client,
+        prefix: &str,
+        default_ttl: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(0);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            default_ttl,
+        })
+    }
+
+    fn redis_key(&self, key: &str) -> String {
+        format!("{}cache:{key}", self.prefix)
+    }
+
+    pub fn ttl(&self, policy: &CachePolicy) -> Duration {
+        policy.ttl_secs.map_or(self.default_ttl, |s| {
+            Duration::from_secs(s.min(MAX_TTL_SECS))
+        })
+    }
+
+    /// A live entry: Redis first, then the table (refilling Redis for the rest of its life).
+    pub async fn get(
+        &self,
+        pool: &PgPool,
+        key: &str,
+    ) -> Result<Option<CachedResponse>, sqlx::Error> {
+        let mut conn = self.conn.clone();
+        match conn.get::<_, Option<String>>(self.redis_key(key)).await {
+            Ok(Some(raw)) => {
+                if let Ok(hit) = serde_json::from_str(&raw) {
+                    return Ok(Some(hit));
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "response cache: Redis unavailable, using the table")
+            }
+        }
+        let row: Option<(String, Value, Option<f64>)> = sqlx::query_as(
+            "SELECT response, metadata, EXTRACT(EPOCH FROM (expires_at - NOW()))::float8
+             FROM response_cache
+             WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > NOW())",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+        let Some((response, metadata, remaining)) = row else {
+            return Ok(None);
+        };
+        let hit = from_row(response, &metadata);
+        let ttl = remaining.map_or(self.default_ttl, |s| Duration::from_secs_f64(s.max(1.0)));
+        self.put_redis(key, &hit, ttl).await;
+        Ok(Some(hit))
+    }
+
+    /// Best effort: Redis is only the fast copy.
+    pub async fn put_redis(&self, key: &str, hit: &CachedResponse, ttl: Duration) {
+        let Ok(raw) = serde_json::to_string(hit) else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let secs = ttl.as_secs().max(1);
+        if let Err(err) = conn
+            .set_ex::<_, _, ()>(self.redis_key(key), raw, secs)
+            .await
+        {
+            tracing::debug!(error = %err, "response cache: could not write Redis");
+        }
+    }
+
+    /// Deletes matching entries from the table and Redis; returns how many.
+    pub async fn invalidate(
+        &self,
+        pool: &PgPool,
+        filter: &InvalidateFilter,
+    ) -> Result<u64, sqlx::Error> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM response_cache
+             WHERE ($1::text IS NULL OR model = $1)
+               AND ($2::text IS NULL OR starts_with(cache_key, $2))
+               AND ($3::text IS NULL OR metadata->>'template_id' = $3)
+             RETURNING cache_key",
+        )
+        .bind(&filter.model)
+        .bind(&filter.key_prefix)
+        .bind(&filter.template_id)
+        .fetch_all(pool)
+        .await?;
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(500) {
+            let redis_keys: Vec<String> = chunk.iter().map(|k| self.redis_key(k)).collect();
+            if let Err(err) = conn.del::<_, ()>(redis_keys).await {
+                tracing::warn!(error = %err, "response cache: could not delete Redis copies; they expire on their own");
+            }
+        }
+        Ok(keys.len() as u64)
+    }
+}
+
+/// Deletes expired entries (a worker does this periodically).
+pub async fn purge_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let purged = sqlx::query(
+        "DELETE FROM response_cache WHERE ctid IN (
+             SELECT ctid FROM response_cache WHERE expires_at < NOW() LIMIT 10000)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(purged.rows_affected())
+}
+
+/// The table's `metadata` of an entry.
+pub fn metadata_of(hit: &CachedResponse, template_id: Option<&str>) -> Value {
+    json!({
+        "provider": hit.provider,
+        "provider_model": hit.provider_model,
+        "served_model": hit.served_model,
+        "prompt_tokens": hit.prompt_tokens,
+        "completion_tokens": hit.completion_tokens,
+        "finish_reason": hit.finish_reason,
+        "template_id": template_id,
+    })
+}
+
+fn from_row(response: String, metadata: &Value) -> CachedResponse {
+    let text = |k: &str| metadata.get(k).and_then(Value::as_str).map(str::to_owned);
+    let int = |k: &str| {
+        metadata
+            .get(k)
+            .and_then(Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok())
+    };
+    CachedResponse {
+        response,
+        provider: text("provider"),
+        provider_model: text("provider_model"),
+        served_model: text("served_model"),
+        prompt_tokens: int("prompt_tokens"),
+        completion_tokens: int("completion_tokens"),
+        finish_reason: text("finish_reason"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_what_determines_the_output_only() {
+        let params = json!({"temperature": 0.2, "max_tokens": 10});
+        let reordered = json!({"max_tokens": 10, "temperature": 0.2});
+        let a = cache_key("mock", "hello", &params, None);
+        assert_eq!(a, cache_key("mock", "hello", &reordered, None));
+        assert!(a.starts_with("v1:") && a.len() == 3 + 64);
+        assert_ne!(a, cache_key("mock", "hello!", &params, None));
+        assert_ne!(a, cache_key("gpt-4o", "hello", &params, None));
+        assert_ne!(
+            a,
+            cache_key(
+                "mock",
+                "hello",
+                &json!({"temperature": 0.3, "max_tokens": 10}),
+                None
+            )
+        );
+        assert_ne!(
+            a,
+            cache_key("mock", "hello", &params, Some(&json!({"latency_ms": 5})))
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The response cache: hits without a provider call (from Redis or, when Redis lost them, from
+//! the table), TTL, invalidation, per-request controls, and coalescing of identical requests.
+
+use std::time::Duration;
+
+use llm_tests::fake_upstream::{self, FakeUpstream, Reply};
+use llm_tests::{TestApp, redis_url, spawn_app_with, spawn_app_with_providers, start_worker};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn openai_app() -> (FakeUpstream, TestApp, Vec<String>) {
+    let openai = FakeUpstream::start("/v1").await;
+    openai.always(fake_upstream::openai::success("A cached answer.", 12, 4));
+    let flags: Vec<String> = [
+        "--openai-base-url",
+        &openai.base_url,
+        "--openai-api-key",
+        "sk-test-0123456789",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let app = spawn_app_with_providers(&flags).await;
+    (openai, app, flags)
+}
+
+/// Submits and waits for the final state; returns the submit status and the final view.
+async fn ask(app: &TestApp, body: Value) -> (u16, Value) {
+    let (status, accepted) = app.submit(body).await;
+    assert!(status == 200 || status == 202, "{accepted}");
+    let id: Uuid = accepted["request_id"].as_str().unwrap().parse().unwrap();
+    (status, app.wait_final(id, WAIT).await)
+}
+
+async fn flush_redis(app: &TestApp) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", app.db.redis_prefix()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_identical_request_is_answered_from_the_cache_without_a_provider_call() {
+    let (openai, app, flags) = openai_app().await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
+    let body =
+        json!({"prompt": "Name a bard", "model": "gpt-4o", "parameters": {"temperature": 0.2}});
+
+    let (status, first) = ask(&app, body.clone()).await;
+    assert_eq!(status, 202);
+    assert_eq!(first["cached"], false);
+    assert_eq!(openai.received().len(), 1);
+
+    let (status, second) = ask(&app, body.clone()).await;
+    assert_eq!(status, 200, "a hit is complete at once");
+    assert_eq!(second["status"], "completed");
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["result"], "A cached answer.");
+    assert_eq!(second["cost_usd"], 0.0);
+    assert_ne!(second["id"], first["id"], "a hit still gets its own row");
+    assert_eq!(openai.received().len(), 1, "no provider call for a hit");
+
+    // Redis loses everything: the table still answers, and refills Redis.
+    flush_redis(&app).await;
+    let (status, third) = ask(&app, body.clone()).await;
+    assert_eq!((status, third["cached"].clone()), (200, json!(true)));
+    assert_eq!(openai.received().len(), 1);
+
+    // Different parameters are a different request.
+    let (_, other) = ask(
+        &app,
+        json!({"prompt": "Name a bard", "model": "gpt-4o", "parameters": {"temperature": 0.9}}),
+    )
+    .await;
+    assert_eq!(other["cached"], false);
+    assert_eq!(openai.received().len(), 2);
+
+    // Billed as cache hits.
+    let (requests, cached): (i64, i64) = sqlx::query_as(
+        "SELECT SUM(requests)::bigint, SUM(cached_requests)::bigint FROM usage_daily",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((requests, cached), (4, 2));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn entries_expire_and_can_be_invalidated() {
+    let (openai, app, flags) = openai_app().await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
+
+    let short = json!({"prompt": "fleeting", "model": "gpt-4o", "cache": {"ttl_secs": 1}});
+    ask(&app, short.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, again) = ask(&app, short).await;
+    assert_eq!(again["cached"], false, "expired entries are not served");
+    assert_eq!(openai.received().len(), 2);
+
+    let body = json!({"prompt": "lasting", "model": "gpt-4o"});
+    ask(&app, body.clone()).await;
+    assert_eq!(ask(&app, body.clone()).await.1["cached"], true);
+
+    let invalidate = |token: String, filter: Value| {
+        app.http
+            .post(app.url("/api/v1/admin/cache/invalidate"))
+            .bearer_auth(token)
+            .json(&filter)
+            .send()
+    };
+    let denied = invalidate(app.token(), json!({"model": "gpt-4o"}))
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let admin = app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
+    let empty = invalidate(admin.clone(), json!({})).await.unwrap();
+    assert_eq!(empty.status(), 422);
+    let done = invalidate(admin, json!({"model": "gpt-4o"})).await.unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(
+        done.json::<Value>().await.unwrap()["invalidated"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
+    let calls = openai.received().len();
+    let (_, after) = ask(&app, body).await;
+    assert_eq!(after["cached"], false, "invalidated entries are not served");
+    assert_eq!(openai.received().len(), calls + 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn no_cache_and_no_store_are_honoured() {
+    let (openai, app, flags) = openai_app().await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
+
+    let not_stored = json!({"prompt": "secret", "model": "gpt-4o", "cache": {"no_store": true}});
+    ask(&app, not_stored.clone()).await;
+    assert_eq!(
+        ask(&app, json!({"prompt": "secret", "model": "gpt-4o"}))
+            .await
+            .1["cached"],
+        false
+    );
+    assert_eq!(openai.received().len(), 2);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM response_cache").await,
+        1,
+        "only the second was stored"
+    );
+
+    let (_, fresh) = ask(
+        &app,
+        json!({"prompt": "secret", "model": "gpt-4o", "cache": {"no_cache": true}}),
+    )
+    .await;
+    assert_eq!(fresh["cached"], false, "no_cache skips the read");
+    assert_eq!(openai.received().len(), 3);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn identical_requests_in_flight_share_one_provider_call() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai.always(Reply::Delayed(
+        Duration::from_millis(1500),
+        Box::new(fake_upstream::openai::success("Shared.", 12, 4)),
+    ));
+    let flags: Vec<String> = [
+        "--openai-base-url",
+        &openai.base_url,
+        "--openai-api-key",
+        "sk-test-0123456789",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let app = spawn_app_with_providers(&flags).await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
+
+    let body = json!({"prompt": "at the same time", "model": "gpt-4o"});
+    let leader = app.submit_ok(body.clone()).await;
+    let followers: Vec<Uuid> =
+        futures::future::join_all((0..3).map(|_| app.submit_ok(body.clone()))).await;
+    for id in std::iter::once(&leader).chain(&followers) {
+        let done = app.wait_final(*id, WAIT).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["result"], "Shared.");
+    }
+    assert_eq!(
+        openai.received().len(),
+        1,
+        "one provider call for four identical requests"
+    );
+    let (_, f) = app.poll(followers[0], 0).await;
+    assert_eq!(f["cached"], true);
+    assert_eq!(
+        app.db
+            .count("SELECT SUM(cached_requests)::bigint FROM usage_daily")
+            .await,
+        3
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn with_redis_down_the_table_still_serves_hits() {
+    let app = spawn_app_with("redis://127.0.0.1:1".into()).await;
+    let worker = start_worker(&app.db, &["--redis-url", "redis://127.0.0.1:1"]);
+    let body = json!({"prompt": "durable cache", "model": "mock"});
+    let (status, first) = ask(&app, body.clone()).await;
+    assert_eq!((status, first["cached"].clone()), (202, json!(false)));
+    let (status, second) = ask(&app, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["result"], first["result"]);
+    worker.stop().await;
+}
