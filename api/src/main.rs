@@ -116,14 +116,17 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
     tokio::spawn(completions.clone().listen(pool.clone()));
     let hub = RelayHub::new(config.common.relay().context("parsing REDIS_URL")?);
     tokio::spawn(hub.clone().run());
+    let cache = config
+        .common
+        .response_cache()
+        .context("parsing REDIS_URL")?;
+    let limiter = config.common.rate_limiter().context("parsing REDIS_URL")?;
     let state = AppState {
         pool,
         redis,
         hub,
-        cache: config
-            .common
-            .response_cache()
-            .context("parsing REDIS_URL")?,
+        cache,
+        limiter,
         jwt: JwtKeys::new(&secret),
         models: Arc::new(models),
         completions,

@@ -77,6 +77,15 @@ pub struct CommonConfig {
     #[arg(long, env = "RATE_LIMIT_RPM", default_value_t = 60)]
     pub rate_limit_rpm: u32,
 
+    /// Tokens per minute allowed per user (estimated at submit, reconciled on completion).
+    #[arg(long, env = "RATE_LIMIT_TPM", default_value_t = 200_000)]
+    pub rate_limit_tpm: u32,
+
+    /// What rate limiting does when Redis is unreachable: let requests through (`open`) or
+    /// refuse them with 503 (`closed`).
+    #[arg(long, env = "RATE_LIMIT_FAIL_MODE", value_enum, default_value_t = FailMode::Open)]
+    pub rate_limit_fail_mode: FailMode,
+
     /// OpenAI API key; without it OpenAI models are unavailable.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub openai_api_key: Option<SecretString>,
@@ -100,6 +109,12 @@ pub struct CommonConfig {
     /// Attempts (worker claims) a request gets before it ends `failed`.
     #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 5)]
     pub job_max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailMode {
+    Open,
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,6 +152,17 @@ impl CommonConfig {
 }
 
 impl CommonConfig {
+    /// The rate limiter over `REDIS_URL` (connects lazily), with the default limits.
+    pub fn rate_limiter(&self) -> Result<crate::ratelimit::RateLimiter, redis::RedisError> {
+        let client = redis::Client::open(self.redis_url.expose_secret())?;
+        let defaults = crate::ratelimit::Limits {
+            requests_per_minute: self.rate_limit_rpm,
+            tokens_per_minute: self.rate_limit_tpm,
+        };
+        let fail_open = self.rate_limit_fail_mode == FailMode::Open;
+        crate::ratelimit::RateLimiter::new(client, &self.redis_key_prefix, defaults, fail_open)
+    }
+
     /// The response cache over `REDIS_URL` (connects lazily), with `CACHE_TTL`.
     pub fn response_cache(&self) -> Result<crate::cache::ResponseCache, redis::RedisError> {
         let client = redis::Client::open(self.redis_url.expose_secret())?;

@@ -38,6 +38,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     MethodNotAllowed(&'static str),
+    /// Over a rate limit: retry after the given seconds.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u32,
+        state: Option<crate::ratelimit::RateState>,
+    },
     /// A dependency (PostgreSQL, Redis) is unreachable: the client may retry.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -69,6 +76,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -86,6 +94,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
         }
@@ -128,6 +137,19 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::RateLimited {
+            retry_after_secs,
+            state,
+            ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            if let Some(state) = state {
+                response.extensions_mut().insert(*state);
+            }
         }
         response
     }

@@ -15,6 +15,7 @@ pub mod models;
 pub mod notify;
 pub mod providers;
 pub mod queue;
+pub mod ratelimit;
 pub mod relay;
 pub mod requests;
 pub mod telemetry;

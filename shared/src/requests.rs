@@ -424,9 +424,7 @@ pub async fn insert(
     if inserted.is_some() {
         match how {
             Insert::WithJob => queue::push_generation(tx, new.id, new.max_attempts).await?,
-            Insert::CacheHit(_) => {
-                usage::record_cache_hit(tx, new.user_id, &new.model).await?
-            }
+            Insert::CacheHit(_) => usage::record_cache_hit(tx, new.user_id, &new.model).await?,
             Insert::Follower(_) => {}
         }
         return Ok(Submitted {
@@ -558,6 +556,9 @@ pub struct ClaimedRequest {
     pub stream: bool,
     pub cache_key: Option<String>,
     pub cache_policy: sqlx::types::Json<CachePolicy>,
+    pub user_id: Uuid,
+    pub estimated_tokens: Option<i32>,
+    pub created_at: DateTime<Utc>,
     /// The attempt row the claim opened for this run's first provider call.
     pub first_attempt: i32,
 }
@@ -565,7 +566,7 @@ pub struct ClaimedRequest {
 #[derive(Debug)]
 pub enum Claim {
     /// This worker now holds the request: run it.
-    Claimed(ClaimedRequest),
+    Claimed(Box<ClaimedRequest>),
     /// Finished already (a duplicate delivery): nothing to do.
     Finished,
     /// Another live worker holds it until the given time.
@@ -595,7 +596,7 @@ pub async fn claim(
              WHERE id = $1
                AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
              RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index,
-                       stream, cache_key, cache_policy
+                       stream, cache_key, cache_policy, user_id, estimated_tokens, created_at
          ), abandoned AS (
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
@@ -649,7 +650,7 @@ pub async fn claim(
         .await?;
         return Ok(Claim::Exhausted);
     }
-    Ok(Claim::Claimed(claimed))
+    Ok(Claim::Claimed(Box::new(claimed)))
 }
 
 /// Whether a finishing write still held the claim. `false` means the lease ran out and another

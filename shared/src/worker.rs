@@ -24,8 +24,10 @@ use crate::config::WorkerConfig;
 use crate::execution::{Executor, Outcome};
 use crate::models::ModelRegistry;
 use crate::notify::Completions;
+use crate::providers::GenerationOutput;
 use crate::providers::MockProvider;
 use crate::queue::{self, GenerationJob, WakeStrategy};
+use crate::ratelimit::RateLimiter;
 use crate::relay::Relay;
 use crate::requests::{self, Claim, ClaimedRequest};
 
@@ -39,6 +41,8 @@ pub struct WorkerState {
     pub completions: Completions,
     /// The fast copy of the response cache (the table is written with the result).
     pub cache: Option<ResponseCache>,
+    /// Where the tokens estimated at submit are corrected with the actual usage.
+    pub limiter: Option<RateLimiter>,
     default_cache_ttl: Duration,
     /// Requests this process is running now (their leases are renewed).
     running: Mutex<HashSet<Uuid>>,
@@ -54,6 +58,7 @@ impl WorkerState {
         registry: Arc<ModelRegistry>,
         relay: Option<Relay>,
         cache: Option<ResponseCache>,
+        limiter: Option<RateLimiter>,
     ) -> Self {
         let call_timeout = Duration::from_secs(config.provider_timeout_secs.max(1));
         let mock = MockProvider::new(config.mock_allow_crash);
@@ -64,6 +69,7 @@ impl WorkerState {
             executor: Executor::new(registry, mock, call_timeout, relay),
             completions: Completions::default(),
             cache,
+            limiter,
             default_cache_ttl: Duration::from_secs(config.common.cache_ttl),
             running: Mutex::new(HashSet::new()),
         }
@@ -74,6 +80,17 @@ impl WorkerState {
             (Some(cache), _) => cache.ttl(&claimed.cache_policy),
             (None, Some(secs)) => Duration::from_secs(secs),
             (None, None) => self.default_cache_ttl,
+        }
+    }
+
+    /// The tokens-per-minute counter of the request's submit window, corrected to the actual use.
+    async fn reconcile_tokens(&self, claimed: &ClaimedRequest, output: &GenerationOutput) {
+        if let (Some(limiter), Some(estimated)) = (&self.limiter, claimed.estimated_tokens) {
+            let actual = i64::from(output.prompt_tokens) + i64::from(output.completion_tokens);
+            let window = claimed.created_at.timestamp().div_euclid(60);
+            limiter
+                .reconcile(claimed.user_id, window, actual - i64::from(estimated))
+                .await;
         }
     }
 
@@ -173,6 +190,7 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
             if held {
                 tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
                 state.fill_redis_cache(&claimed, &completion).await;
+                state.reconcile_tokens(&claimed, output).await;
             }
             held
         }
@@ -243,7 +261,7 @@ async fn claim_waiting_for_lease(
     let give_up_at = Instant::now() + state.lease * 2;
     loop {
         match requests::claim(&state.pool, request_id, &state.name, state.lease).await? {
-            Claim::Claimed(claimed) => return Ok(Some(claimed)),
+            Claim::Claimed(claimed) => return Ok(Some(*claimed)),
             Claim::Finished | Claim::NotFound => return Ok(None),
             Claim::Exhausted => {
                 tracing::error!(request.id = %request_id, "request failed: attempts exhausted by lost workers");
@@ -283,6 +301,7 @@ pub async fn run(
     let registry = Arc::new(ModelRegistry::load(&config.common)?);
     let relay = config.common.relay()?;
     let cache = config.common.response_cache()?;
+    let limiter = config.common.rate_limiter()?;
     let state = Arc::new(WorkerState::new(
         pool.clone(),
         name.clone(),
@@ -290,6 +309,7 @@ pub async fn run(
         registry,
         Some(relay),
         Some(cache),
+        Some(limiter),
     ));
     let listener = tokio::spawn(state.completions.clone().listen(pool.clone()));
     let background = CancellationToken::new();

@@ -288,12 +288,14 @@ async fn a_duplicate_delivery_does_not_run_the_request_twice() {
         models.clone(),
         None,
         None,
+        None,
     );
     let b = WorkerState::new(
         app.db.pool.clone(),
         "worker-b".into(),
         &config,
         models,
+        None,
         None,
         None,
     );
@@ -389,6 +391,7 @@ async fn a_request_whose_workers_keep_dying_ends_failed() {
         "survivor".into(),
         &config,
         Arc::new(registry(&[])),
+        None,
         None,
         None,
     );

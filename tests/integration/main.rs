@@ -10,5 +10,6 @@ mod health;
 mod migrations;
 mod processes;
 mod providers;
+mod ratelimits;
 mod streaming;
 mod usage;

@@ -106,6 +106,7 @@ fn state(app: &TestApp, provider_flags: &[String], worker_flags: &[&str]) -> Wor
         models,
         None,
         None,
+        None,
     )
 }
 

@@ -20,6 +20,7 @@ use llm_shared::config::{CommonConfig, WorkerConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::ModelRegistry;
 use llm_shared::notify::Completions;
+use llm_shared::ratelimit::{self, RateLimiter};
 use llm_shared::relay::{Relay, RelayHub};
 use llm_shared::{db, worker};
 use secrecy::SecretString;
@@ -144,11 +145,18 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
         Duration::from_secs(3600),
     )
     .unwrap();
+    // Limits far above what tests send; the rate-limit tests set their own.
+    let limits = ratelimit::Limits {
+        requests_per_minute: 10_000,
+        tokens_per_minute: 100_000_000,
+    };
+    let limiter = RateLimiter::new(client.clone(), &db.redis_prefix(), limits, true).unwrap();
     let state = AppState {
         pool: db.pool.clone(),
         redis: client,
         hub,
         cache,
+        limiter,
         jwt: jwt.clone(),
         models: Arc::new(registry(registry_flags)),
         completions,
@@ -364,6 +372,11 @@ pub fn spawn_worker_process(db: &TestDb, env: &[(&str, &str)]) -> Child {
 
 /// A real `llm-api` process on a free port; returns it with its base URL once it is ready.
 pub async fn spawn_api_process(db: &TestDb) -> (Child, String) {
+    spawn_api_process_with(db, &[]).await
+}
+
+/// [`spawn_api_process`] with extra environment variables.
+pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child, String) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
@@ -377,6 +390,7 @@ pub async fn spawn_api_process(db: &TestDb) -> (Child, String) {
         .env("SECRET_KEY", TEST_SECRET)
         .env("LOG_LEVEL", "warn")
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);

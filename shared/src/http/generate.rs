@@ -40,7 +40,16 @@ pub async fn submit(
         &state.models,
         state.limits.job_max_attempts,
     )?;
+    let estimated = new.estimated_tokens;
+    let rate = super::limits::enforce(&state, &user, estimated).await?;
     let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
+    if let Some(rate) = rate
+        && submitted.status == Status::Completed
+    {
+        // Answered without a provider call: its tokens go back.
+        let refund = -i64::from(estimated);
+        state.limiter.reconcile(user.id, rate.window, refund).await;
+    }
     if !submitted.replayed {
         tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
     }

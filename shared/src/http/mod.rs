@@ -5,6 +5,7 @@
 mod admin;
 mod generate;
 mod health;
+mod limits;
 mod stream;
 mod usage;
 
@@ -25,6 +26,7 @@ use crate::cache::ResponseCache;
 use crate::error::ApiError;
 use crate::models::ModelRegistry;
 use crate::notify::Completions;
+use crate::ratelimit::RateLimiter;
 use crate::relay::RelayHub;
 
 /// Everything handlers share; cheap to clone.
@@ -34,6 +36,7 @@ pub struct AppState {
     pub redis: redis::Client,
     pub hub: RelayHub,
     pub cache: ResponseCache,
+    pub limiter: RateLimiter,
     pub jwt: JwtKeys,
     pub models: Arc<ModelRegistry>,
     pub completions: Completions,
@@ -49,9 +52,7 @@ pub struct Limits {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
-    Router::new()
-        .route("/health", get(health::live))
-        .route("/health/ready", get(health::ready))
+    let api = Router::new()
         .route("/api/v1/generate", post(generate::submit))
         .route("/api/v1/generate/stream", post(stream::submit_stream))
         .route(
@@ -60,11 +61,24 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/generate/{request_id}/stream", get(stream::attach))
         .route("/api/v1/usage", get(usage::mine))
+        .route("/api/v1/usage/{user_id}", get(usage::of_user))
+        .route("/api/v1/rate_limits", get(limits::mine))
         .route(
             "/api/v1/admin/cache/invalidate",
             post(admin::invalidate_cache),
         )
-        .route("/api/v1/usage/{user_id}", get(usage::of_user))
+        .route(
+            "/api/v1/admin/rate_limits/{user_id}",
+            axum::routing::put(limits::set_override).delete(limits::clear_override),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::headers,
+        ));
+    Router::new()
+        .route("/health", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

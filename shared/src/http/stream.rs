@@ -51,6 +51,7 @@ pub async fn submit_stream(
         state.limits.job_max_attempts,
     )?;
     new.stream = true;
+    super::limits::enforce(&state, &user, new.estimated_tokens).await?;
     // Subscribed before the job exists, so that not even the first token can be missed.
     let subscription = state
         .hub

@@ -1,0 +1,165 @@
+//! Rate limits over HTTP: enforcement at submit, the `X-RateLimit-*` headers on every
+//! `/api/v1` answer, `GET /api/v1/rate_limits`, and the admin overrides.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::ratelimit::{Decision, Exceeded, RateState};
+
+/// Counts a submit against the caller's limits; `Err` is the 429 (or 503 in closed mode).
+pub(super) async fn enforce(
+    state: &AppState,
+    user: &AuthUser,
+    tokens: i32,
+) -> Result<Option<RateState>, ApiError> {
+    let tokens = u32::try_from(tokens.max(0)).unwrap_or(u32::MAX);
+    match state.limiter.take(&state.pool, user.id, tokens).await? {
+        Decision::Allowed(rate) => Ok(Some(rate)),
+        Decision::Unchecked => Ok(None),
+        Decision::Unavailable => Err(ApiError::Unavailable(
+            "rate limiting is unavailable right now; retry shortly",
+        )),
+        Decision::TooLarge { tokens, limit } => Err(ApiError::validation(
+            "parameters.max_tokens",
+            format!(
+                "this request may use about {tokens} tokens, more than your limit of {limit} tokens per minute"
+            ),
+        )),
+        Decision::Refused { by, state: rate } => {
+            let what = match by {
+                Exceeded::Requests => format!("{} requests per minute", rate.requests.limit),
+                Exceeded::Tokens => format!("{} tokens per minute", rate.tokens.limit),
+            };
+            tracing::info!(user.id = %user.id, limit = %what, "rate limited");
+            Err(ApiError::RateLimited {
+                message: format!(
+                    "rate limit exceeded: {what}; retry in {} s",
+                    rate.requests.reset_secs
+                ),
+                retry_after_secs: rate.requests.reset_secs.max(1),
+                state: Some(rate),
+            })
+        }
+    }
+}
+
+/// Adds the caller's rate-limit state to every answer: from the submit that counted it, or
+/// read (without counting) for other routes.
+pub async fn headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let mut response = next.run(request).await;
+    let rate = match response.extensions().get::<RateState>() {
+        Some(rate) => Some(*rate),
+        None => match bearer.and_then(|t| state.jwt.verify(&t).ok()) {
+            Some(claims) => match state.limiter.peek(&state.pool, claims.sub).await {
+                Ok(Decision::Allowed(rate) | Decision::Refused { state: rate, .. }) => Some(rate),
+                _ => None,
+            },
+            None => None,
+        },
+    };
+    if let Some(rate) = rate {
+        set_headers(response.headers_mut(), &rate);
+    }
+    response
+}
+
+fn set_headers(headers: &mut HeaderMap, rate: &RateState) {
+    let mut put = |name: &'static str, value: u32| {
+        headers.insert(name, HeaderValue::from(value));
+    };
+    put("x-ratelimit-limit", rate.requests.limit);
+    put("x-ratelimit-remaining", rate.requests.remaining);
+    put("x-ratelimit-reset", rate.requests.reset_secs);
+    put("x-ratelimit-limit-requests", rate.requests.limit);
+    put("x-ratelimit-remaining-requests", rate.requests.remaining);
+    put("x-ratelimit-reset-requests", rate.requests.reset_secs);
+    put("x-ratelimit-limit-tokens", rate.tokens.limit);
+    put("x-ratelimit-remaining-tokens", rate.tokens.remaining);
+    put("x-ratelimit-reset-tokens", rate.tokens.reset_secs);
+}
+
+/// `GET /api/v1/rate_limits`: the caller's limits and what is left of them this minute.
+pub async fn mine(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    let limits = state.limiter.limits(&state.pool, user.id).await?;
+    let body = match state.limiter.peek(&state.pool, user.id).await? {
+        Decision::Allowed(rate) | Decision::Refused { state: rate, .. } => {
+            json!({"requests": rate.requests, "tokens": rate.tokens})
+        }
+        _ => json!({
+            "requests": {"limit": limits.requests_per_minute, "remaining": null, "reset_secs": null},
+            "tokens": {"limit": limits.tokens_per_minute, "remaining": null, "reset_secs": null},
+            "note": "the rate limiter is unavailable",
+        }),
+    };
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// `PUT /api/v1/admin/rate_limits/{user_id}`: sets a user's limits (absent = the default).
+pub async fn set_override(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(target): Path<String>,
+    JsonBody(body): JsonBody<Override>,
+) -> Result<Json<Value>, ApiError> {
+    super::admin::require_admin(&user)?;
+    let target = parse_user(&target)?;
+    let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+    sqlx::query(
+        "INSERT INTO rate_limit_overrides (user_id, requests_per_minute, tokens_per_minute)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE
+         SET requests_per_minute = $2, tokens_per_minute = $3, updated_at = NOW()",
+    )
+    .bind(target)
+    .bind(as_i32(body.requests_per_minute))
+    .bind(as_i32(body.tokens_per_minute))
+    .execute(&state.pool)
+    .await?;
+    state.limiter.forget(target);
+    let limits = state.limiter.limits(&state.pool, target).await?;
+    tracing::info!(admin.id = %user.id, user.id = %target, "rate limits overridden");
+    Ok(Json(json!({"user_id": target, "limits": limits})))
+}
+
+/// `DELETE /api/v1/admin/rate_limits/{user_id}`: back to the defaults.
+pub async fn clear_override(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(target): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    super::admin::require_admin(&user)?;
+    let target = parse_user(&target)?;
+    sqlx::query("DELETE FROM rate_limit_overrides WHERE user_id = $1")
+        .bind(target)
+        .execute(&state.pool)
+        .await?;
+    state.limiter.forget(target);
+    let limits = state.limiter.limits(&state.pool, target).await?;
+    Ok(Json(json!({"user_id": target, "limits": limits})))
+}
+
+fn parse_user(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest("user_id must be a UUID".into()))
+}

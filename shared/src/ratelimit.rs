@@ -1,0 +1,267 @@
+//! Per-user rate limits: requests per minute and tokens per minute, counted in Redis in fixed
+//! one-minute windows (Redis' clock) by one Lua script, so the limit is exact across any number
+//! of api replicas. Tokens are estimated at submit (prompt + output limit) and reconciled with
+//! the actual usage when the request completes. Admins may override a user's limits.
+//!
+//! Redis down: `RATE_LIMIT_FAIL_MODE=open` (default) lets requests through with a warning;
+//! `closed` refuses them with 503.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// How long overrides read from the database are trusted.
+const OVERRIDES_TTL: Duration = Duration::from_secs(10);
+
+const CHECK_SCRIPT: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local window = math.floor(now / 60)
+local rkey = KEYS[1] .. ':r:' .. window
+local tkey = KEYS[1] .. ':t:' .. window
+local r = tonumber(redis.call('GET', rkey) or '0')
+local t = tonumber(redis.call('GET', tkey) or '0')
+local rl, tl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local reset = 60 - (now % 60)
+if ARGV[4] == 'take' then
+  if r + 1 > rl then return {0, 1, r, t, reset, window} end
+  if t + n > tl then return {0, 2, r, t, reset, window} end
+  r = redis.call('INCR', rkey)
+  redis.call('EXPIRE', rkey, 120)
+  t = redis.call('INCRBY', tkey, n)
+  redis.call('EXPIRE', tkey, 120)
+end
+return {1, 0, r, t, reset, window}
+";
+
+/// A user's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub requests_per_minute: u32,
+    pub tokens_per_minute: u32,
+}
+
+/// One dimension's state in the current window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Window {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset_secs: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RateState {
+    pub requests: Window,
+    pub tokens: Window,
+    /// The one-minute window (Unix minutes) these counts belong to.
+    #[serde(skip)]
+    pub window: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    Requests,
+    Tokens,
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    Allowed(RateState),
+    Refused {
+        by: Exceeded,
+        state: RateState,
+    },
+    /// A single request larger than the whole tokens-per-minute limit.
+    TooLarge {
+        tokens: u32,
+        limit: u32,
+    },
+    /// Redis unreachable and the fail mode is open.
+    Unchecked,
+    /// Redis unreachable and the fail mode is closed.
+    Unavailable,
+}
+
+/// Per user: the override read from the database (`None`: no override) and when it was read.
+type OverrideCache = HashMap<Uuid, (Option<Limits>, Instant)>;
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    conn: ConnectionManager,
+    prefix: String,
+    defaults: Limits,
+    fail_open: bool,
+    script: Arc<redis::Script>,
+    overrides: Arc<Mutex<OverrideCache>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("defaults", &self.defaults)
+            .finish()
+    }
+}
+
+impl RateLimiter {
+    pub fn new(
+        client: redis::Client,
+        prefix: &str,
+        defaults: Limits,
+        fail_open: bool,
+    ) -> Result<Self, redis::RedisError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(0);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            defaults,
+            fail_open,
+            script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
+            overrides: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn user_key(&self, user: Uuid) -> String {
+        format!("{}ratelimit:{user}", self.prefix)
+    }
+
+    /// The user's limits: an admin's override, else the defaults.
+    pub async fn limits(&self, pool: &PgPool, user: Uuid) -> Result<Limits, sqlx::Error> {
+        let cached = self
+            .overrides
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&user).copied());
+        let stored = match cached {
+            Some((limits, at)) if at.elapsed() < OVERRIDES_TTL => limits,
+            _ => {
+                let row: Option<(Option<i32>, Option<i32>)> = sqlx::query_as(
+                    "SELECT requests_per_minute, tokens_per_minute FROM rate_limit_overrides WHERE user_id = $1",
+                )
+                .bind(user)
+                .fetch_optional(pool)
+                .await?;
+                let limits = row.map(|(rpm, tpm)| Limits {
+                    requests_per_minute: rpm
+                        .map_or(self.defaults.requests_per_minute, |v| v.max(0) as u32),
+                    tokens_per_minute: tpm
+                        .map_or(self.defaults.tokens_per_minute, |v| v.max(0) as u32),
+                });
+                if let Ok(mut map) = self.overrides.lock() {
+                    map.insert(user, (limits, Instant::now()));
+                }
+                limits
+            }
+        };
+        Ok(stored.unwrap_or(self.defaults))
+    }
+
+    /// Forgets a user's cached override (after an admin changed it).
+    pub fn forget(&self, user: Uuid) {
+        if let Ok(mut map) = self.overrides.lock() {
+            map.remove(&user);
+        }
+    }
+
+    /// Counts one request of `tokens` estimated tokens against the user's limits, if it fits.
+    pub async fn take(
+        &self,
+        pool: &PgPool,
+        user: Uuid,
+        tokens: u32,
+    ) -> Result<Decision, sqlx::Error> {
+        let limits = self.limits(pool, user).await?;
+        if tokens > limits.tokens_per_minute {
+            return Ok(Decision::TooLarge {
+                tokens,
+                limit: limits.tokens_per_minute,
+            });
+        }
+        Ok(self.run(user, limits, tokens, true).await)
+    }
+
+    /// The user's current state, without counting anything.
+    pub async fn peek(&self, pool: &PgPool, user: Uuid) -> Result<Decision, sqlx::Error> {
+        let limits = self.limits(pool, user).await?;
+        Ok(self.run(user, limits, 0, false).await)
+    }
+
+    async fn run(&self, user: Uuid, limits: Limits, tokens: u32, take: bool) -> Decision {
+        let mut conn = self.conn.clone();
+        let result: Result<(i64, i64, i64, i64, i64, i64), _> = self
+            .script
+            .key(self.user_key(user))
+            .arg(limits.requests_per_minute)
+            .arg(limits.tokens_per_minute)
+            .arg(tokens)
+            .arg(if take { "take" } else { "peek" })
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Ok((allowed, by, requests, used_tokens, reset, window)) => {
+                let reset = u32::try_from(reset).unwrap_or(60);
+                let left = |limit: u32, used: i64| {
+                    limit.saturating_sub(u32::try_from(used.max(0)).unwrap_or(u32::MAX))
+                };
+                let state = RateState {
+                    requests: Window {
+                        limit: limits.requests_per_minute,
+                        remaining: left(limits.requests_per_minute, requests),
+                        reset_secs: reset,
+                    },
+                    tokens: Window {
+                        limit: limits.tokens_per_minute,
+                        remaining: left(limits.tokens_per_minute, used_tokens),
+                        reset_secs: reset,
+                    },
+                    window,
+                };
+                if allowed == 1 {
+                    Decision::Allowed(state)
+                } else {
+                    let by = if by == 1 {
+                        Exceeded::Requests
+                    } else {
+                        Exceeded::Tokens
+                    };
+                    Decision::Refused { by, state }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, fail_open = self.fail_open, "rate limiter: Redis unavailable");
+                if self.fail_open {
+                    Decision::Unchecked
+                } else {
+                    Decision::Unavailable
+                }
+            }
+        }
+    }
+
+    /// Corrects the tokens counted for a request once its actual usage is known (only while
+    /// its window is still kept).
+    pub async fn reconcile(&self, user: Uuid, window: i64, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let key = format!("{}:t:{window}", self.user_key(user));
+        let mut conn = self.conn.clone();
+        let exists: Result<bool, _> = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
+        if exists.unwrap_or(false) {
+            let _: Result<i64, _> = redis::cmd("INCRBY")
+                .arg(&key)
+                .arg(delta)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+}
