@@ -126,6 +126,15 @@ struct StreamingResult {
 }
 
 #[derive(Debug, Serialize)]
+struct CacheResult {
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    requests_per_sec: f64,
+    latency: Latencies,
+}
+
+#[derive(Debug, Serialize)]
 struct DrainResult {
     workers: usize,
     jobs: usize,
@@ -143,6 +152,9 @@ struct Report {
     /// One request at a time (paced), 1 worker: the latency the service itself adds.
     unloaded: EndToEndResult,
     streaming: StreamingResult,
+    cache_hits: CacheResult,
+    /// Round trip of the rate limiter's check (what it adds to every submit).
+    rate_limiter: Latencies,
 }
 
 #[tokio::main]
@@ -191,6 +203,10 @@ async fn run(
         ("REDIS_URL", args.redis_url.clone()),
         ("SECRET_KEY", SECRET.to_owned()),
         ("LOG_LEVEL", "warn".to_owned()),
+        // The benchmark is one user sending far more than a user may: lift its limits (the
+        // limiter still runs on every submit).
+        ("RATE_LIMIT_RPM", "4000000000".to_owned()),
+        ("RATE_LIMIT_TPM", "4000000000".to_owned()),
     ];
     let mut api = spawn(
         bin_dir.join("llm-api"),
@@ -315,6 +331,17 @@ async fn run(
         .execute(&bench_db.pool)
         .await?;
 
+    let cache_hits = measure_cache_hits(args, bin_dir, &env, &client, &base, &token).await?;
+    println!(
+        "  cache hits: {:.0} req/s, p99 {:.2} ms",
+        cache_hits.requests_per_sec, cache_hits.latency.p99_ms
+    );
+    let rate_limiter = measure_rate_limiter(&args.redis_url, &bench_db.pool).await?;
+    println!(
+        "  rate limiter: p50 {:.3} ms, p99 {:.3} ms",
+        rate_limiter.p50_ms, rate_limiter.p99_ms
+    );
+
     let mut drain = Vec::new();
     for workers in [1usize, 2] {
         submit_burst(&client, &base, &token, args.e2e_jobs).await;
@@ -357,6 +384,8 @@ async fn run(
         drain,
         unloaded,
         streaming,
+        cache_hits,
+        rate_limiter,
     })
 }
 
@@ -494,6 +523,98 @@ async fn collect_end_to_end(
         submit_to_completed: Latencies::of(rows.iter().map(|r| r.0).collect()),
         pickup: Latencies::of(rows.iter().map(|r| r.1).collect()),
     })
+}
+
+/// One answer cached, then the same request at concurrency 50: every one a hit.
+async fn measure_cache_hits(
+    args: &Args,
+    bin_dir: &std::path::Path,
+    env: &[(&str, String)],
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<CacheResult> {
+    let url = format!("{base}/api/v1/generate");
+    let body = json!({"prompt": "a cached question", "parameters": {"max_tokens": 16}});
+    let mut worker = spawn(
+        bin_dir.join("llm-worker"),
+        &[],
+        env,
+        &[("WORKER_NAME", "bench-cache".to_owned())],
+    )?;
+    let first: serde_json::Value = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let poll = format!(
+        "{base}{}?wait=10",
+        first["poll_url"].as_str().unwrap_or_default()
+    );
+    client.get(poll).bearer_auth(token).send().await?;
+    stop(&mut worker).await;
+
+    let concurrency = 50;
+    let deadline = Instant::now() + Duration::from_secs(args.submit_secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, token, body) =
+                (client.clone(), url.clone(), token.to_owned(), body.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0usize);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let hit = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await;
+                    if hit.is_ok_and(|r| r.status().as_u16() == 200) {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for (latencies, errs) in futures::future::join_all(tasks).await.into_iter().flatten() {
+        all.extend(latencies);
+        errors += errs;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(CacheResult {
+        concurrency,
+        requests: all.len(),
+        errors,
+        requests_per_sec: all.len() as f64 / elapsed,
+        latency: Latencies::of(all),
+    })
+}
+
+/// The limiter's check on its own, one at a time, as a submit runs it.
+async fn measure_rate_limiter(redis_url: &str, pool: &PgPool) -> anyhow::Result<Latencies> {
+    let client = redis::Client::open(redis_url)?;
+    let limits = llm_shared::ratelimit::Limits {
+        requests_per_minute: u32::MAX,
+        tokens_per_minute: u32::MAX,
+    };
+    let limiter = llm_shared::ratelimit::RateLimiter::new(client, "llmbench:", limits, true)?;
+    let user = Uuid::now_v7();
+    let mut samples = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let t = Instant::now();
+        limiter.take(pool, user, 100).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(Latencies::of(samples))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -729,6 +850,20 @@ fn print_report(report: &Report) {
         u.submit_to_completed.p99_ms,
         u.pickup.p50_ms,
         u.pickup.p99_ms
+    );
+    let c = &report.cache_hits;
+    println!(
+        "\ncache hits (identical request, concurrency {}): {:.0} req/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, errors {}",
+        c.concurrency,
+        c.requests_per_sec,
+        c.latency.p50_ms,
+        c.latency.p95_ms,
+        c.latency.p99_ms,
+        c.errors
+    );
+    println!(
+        "rate limiter check (added to every submit): p50 {:.3} ms, p99 {:.3} ms",
+        report.rate_limiter.p50_ms, report.rate_limiter.p99_ms
     );
     let st = &report.streaming;
     println!("\nstreaming (SSE through the Redis relay, mock provider: first token at 0 ms)");
