@@ -206,6 +206,8 @@ async fn run(
         // The benchmark is one user sending far more than a user may: lift its limits (the
         // limiter still runs on every submit).
         ("RATE_LIMIT_RPM", "4000000000".to_owned()),
+        // Its own Redis namespace: nothing shared with another run or a local deployment.
+        ("REDIS_KEY_PREFIX", format!("{}:", bench_db.name)),
         ("RATE_LIMIT_TPM", "4000000000".to_owned()),
     ];
     let mut api = spawn(
@@ -457,18 +459,21 @@ async fn measure_end_to_end(
 
 /// Submits `jobs` requests (rounded up to a multiple of 50) from 50 concurrent clients.
 async fn submit_burst(client: &reqwest::Client, base: &str, token: &str, jobs: usize) {
+    // Prompts unique to this burst, so that no request is a cache hit of an earlier one.
+    let run = Uuid::now_v7().simple().to_string();
     let per_task = jobs.div_ceil(50);
     let tasks: Vec<_> = (0..50)
         .map(|t| {
             let client = client.clone();
             let url = format!("{base}/api/v1/generate");
             let token = token.to_owned();
+            let run = run.clone();
             tokio::spawn(async move {
                 for n in 0..per_task {
                     let _ = client
                         .post(&url)
                         .bearer_auth(&token)
-                        .json(&json!({"prompt": format!("e2e bench {t}/{n}")}))
+                        .json(&json!({"prompt": format!("e2e bench {run} {t}/{n}")}))
                         .send()
                         .await;
                 }
@@ -505,14 +510,15 @@ async fn collect_end_to_end(
 ) -> anyhow::Result<EndToEndResult> {
     wait_finished(pool, total).await?;
     let (span_secs,): (f64,) = sqlx::query_as(
-        "SELECT EXTRACT(EPOCH FROM (MAX(completed_at) - MIN(created_at)))::float8 FROM generation_requests",
+        "SELECT EXTRACT(EPOCH FROM (MAX(completed_at) - MIN(created_at)))::float8
+         FROM generation_requests",
     )
     .fetch_one(pool)
     .await?;
     let rows: Vec<(f64, f64)> = sqlx::query_as(
         "SELECT EXTRACT(EPOCH FROM (completed_at - created_at))::float8 * 1000,
                 EXTRACT(EPOCH FROM (started_at - created_at))::float8 * 1000
-         FROM generation_requests WHERE status = 'completed'",
+         FROM generation_requests WHERE status = 'completed' AND started_at IS NOT NULL",
     )
     .fetch_all(pool)
     .await?;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -89,11 +89,7 @@ impl ResponseCache {
         prefix: &str,
         default_ttl: Duration,
     ) -> Result<Self, redis::RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = crate::kv::lazy_connection(client, Duration::from_millis(500))?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),

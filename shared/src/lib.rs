@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod execution;
 pub mod http;
+pub mod kv;
 pub mod models;
 pub mod notify;
 pub mod providers;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -115,11 +115,7 @@ impl RateLimiter {
         defaults: Limits,
         fail_open: bool,
     ) -> Result<Self, redis::RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = crate::kv::lazy_connection(client, Duration::from_millis(500))?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),

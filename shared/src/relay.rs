@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, PubSubSink};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -86,13 +86,7 @@ impl Relay {
         prefix: &str,
         log_ttl: Duration,
     ) -> Result<Self, redis::RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config);
-        let conn = conn?;
+        let conn = crate::kv::lazy_connection(client.clone(), Duration::from_secs(2))?;
         let script = Arc::new(redis::Script::new(PUBLISH_SCRIPT));
         Ok(Self {
             client,
