@@ -1,16 +1,20 @@
 -- Usage and cost per user, per model, per day (written in the statement that completes a
 -- request, so each request counts exactly once); per-user rate-limit overrides; and what the
 -- cache and coalescing need on the request row.
+--
+-- A user's completions would all update the same usage row and queue on its lock: each
+-- request adds to one of 16 shard rows (picked from its id), and reads sum the shards.
 CREATE TABLE usage_daily (
     user_id UUID NOT NULL,
     day DATE NOT NULL,
     model VARCHAR(50) NOT NULL,
+    shard SMALLINT NOT NULL DEFAULT 0 CHECK (shard BETWEEN 0 AND 15),
     requests BIGINT NOT NULL DEFAULT 0,
     cached_requests BIGINT NOT NULL DEFAULT 0,
     prompt_tokens BIGINT NOT NULL DEFAULT 0,
     completion_tokens BIGINT NOT NULL DEFAULT 0,
     cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
-    PRIMARY KEY (user_id, day, model)
+    PRIMARY KEY (user_id, day, model, shard)
 );
 
 CREATE TABLE rate_limit_overrides (

@@ -320,15 +320,14 @@ pub async fn submit(
     let pool = pool.clone();
     let cache = cache.cloned();
     tokio::spawn(async move {
-        let mut how = Insert::WithJob;
+        let mut how = Insert::Queued;
         if let (Some(cache), Some(key)) = (&cache, &new.cache_key)
             && !new.cache_policy.no_cache
         {
-            if let Some(hit) = cache.get(&pool, key).await? {
-                how = Insert::CacheHit(hit);
-            } else if let Some(leader) = in_flight_with_key(&pool, key).await? {
-                how = Insert::Follower(leader);
-            }
+            how = match cache.get(&pool, key).await? {
+                Some(hit) => Insert::CacheHit(hit),
+                None => Insert::QueuedOrFollower,
+            };
         }
         let mut tx = pool.begin().await?;
         let submitted = insert(&mut tx, &new, &how).await?;
@@ -343,23 +342,12 @@ pub async fn submit(
 #[derive(Debug)]
 pub enum Insert {
     /// Pending, with its job.
-    WithJob,
+    Queued,
+    /// Pending; if an identical request is in flight, as its follower (no job: the leader's
+    /// completion completes it), else with its job. Decided inside the insert itself.
+    QueuedOrFollower,
     /// Completed at once from the cache.
     CacheHit(CachedResponse),
-    /// Pending, completed by the identical in-flight request's completion.
-    Follower(Uuid),
-}
-
-async fn in_flight_with_key(pool: &PgPool, key: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM generation_requests
-         WHERE cache_key = $1 AND status IN ('pending', 'running') AND coalesced_into IS NULL
-               AND NOT (cache_policy @> '{\"no_store\": true}')
-         ORDER BY created_at LIMIT 1",
-    )
-    .bind(key)
-    .fetch_optional(pool)
-    .await
 }
 
 /// Inserts the row and pushes its job inside the caller's transaction: commit both or neither.
@@ -367,7 +355,7 @@ pub async fn insert_with_job(
     tx: &mut Transaction<'static, Postgres>,
     new: &NewRequest,
 ) -> Result<Submitted, ApiError> {
-    insert(tx, new, &Insert::WithJob).await
+    insert(tx, new, &Insert::Queued).await
 }
 
 /// Inserts the row as `how` says, inside the caller's transaction, with what goes with it (the
@@ -378,22 +366,28 @@ pub async fn insert(
     how: &Insert,
 ) -> Result<Submitted, ApiError> {
     let job_id = queue::job_id_for(new.id);
-    let (status, hit, leader) = match how {
-        Insert::WithJob => (Status::Pending, None, None),
+    let (status, hit, follow_key) = match how {
+        Insert::Queued => (Status::Pending, None, None),
+        Insert::QueuedOrFollower => (Status::Pending, None, new.cache_key.as_deref()),
         Insert::CacheHit(hit) => (Status::Completed, Some(hit), None),
-        Insert::Follower(leader) => (Status::Pending, None, Some(*leader)),
     };
-    let inserted: Option<(Uuid,)> = sqlx::query_as(
+    let inserted: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(
         "INSERT INTO generation_requests
              (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
               idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
               coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
               completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                 -- the identical request in flight, if this one may follow it
+                 (SELECT id FROM generation_requests
+                  WHERE $16::text IS NOT NULL AND cache_key = $16
+                    AND status IN ('pending', 'running') AND coalesced_into IS NULL
+                    AND NOT (cache_policy @> '{\"no_store\": true}')
+                  ORDER BY created_at LIMIT 1),
+                 $17, $18, $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
                  CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id",
+         RETURNING id, coalesced_into",
     )
     .bind(new.id)
     .bind(&new.prompt)
@@ -410,7 +404,7 @@ pub async fn insert(
     .bind(serde_json::to_value(&new.cache_policy).map_err(ApiError::internal)?)
     .bind(new.estimated_tokens)
     .bind(status.as_str())
-    .bind(leader)
+    .bind(follow_key)
     .bind(hit.map(|h| &h.response))
     .bind(hit.and_then(|h| h.provider.as_deref()))
     .bind(hit.and_then(|h| h.provider_model.as_deref()))
@@ -421,11 +415,14 @@ pub async fn insert(
     .fetch_optional(&mut **tx)
     .await?;
 
-    if inserted.is_some() {
-        match how {
-            Insert::WithJob => queue::push_generation(tx, new.id, new.max_attempts).await?,
-            Insert::CacheHit(_) => usage::record_cache_hit(tx, new.user_id, &new.model).await?,
-            Insert::Follower(_) => {}
+    if let Some((_, leader)) = inserted {
+        match (how, leader) {
+            (Insert::CacheHit(_), _) => {
+                usage::record_cache_hit(tx, new.id, new.user_id, &new.model).await?
+            }
+            // A follower: its leader's completion completes it.
+            (_, Some(_)) => {}
+            (_, None) => queue::push_generation(tx, new.id, new.max_attempts).await?,
         }
         return Ok(Submitted {
             id: new.id,
@@ -696,16 +693,17 @@ pub async fn complete(
              RETURNING f.user_id, f.model
          ), usage AS (
              INSERT INTO usage_daily AS u
-                 (user_id, day, model, requests, cached_requests, prompt_tokens, completion_tokens, cost_usd)
-             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, SUM(requests), SUM(cached),
-                    SUM(prompt_tokens), SUM(completion_tokens), SUM(cost)
+                 (user_id, day, model, shard, requests, cached_requests, prompt_tokens,
+                  completion_tokens, cost_usd)
+             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, get_byte(uuid_send($1), 15) % 16,
+                    SUM(requests), SUM(cached), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost)
              FROM (SELECT user_id, $12::varchar AS model, 1 AS requests, 0 AS cached,
                           $7::bigint AS prompt_tokens, $8::bigint AS completion_tokens, $13::float8 AS cost
                    FROM done
                    UNION ALL
                    SELECT user_id, model, 1, 1, 0, 0, 0 FROM followers) counted
              GROUP BY user_id, model
-             ON CONFLICT (user_id, day, model) DO UPDATE
+             ON CONFLICT (user_id, day, model, shard) DO UPDATE
              SET requests = u.requests + EXCLUDED.requests,
                  cached_requests = u.cached_requests + EXCLUDED.cached_requests,
                  prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,

@@ -61,17 +61,19 @@ pub fn range(
 /// transaction that stores it.
 pub async fn record_cache_hit(
     conn: &mut sqlx::PgConnection,
+    request_id: Uuid,
     user_id: Uuid,
     model: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO usage_daily AS u (user_id, day, model, requests, cached_requests)
-         VALUES ($1, (NOW() AT TIME ZONE 'UTC')::date, $2, 1, 1)
-         ON CONFLICT (user_id, day, model) DO UPDATE
+        "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
+         VALUES ($1, (NOW() AT TIME ZONE 'UTC')::date, $2, get_byte(uuid_send($3), 15) % 16, 1, 1)
+         ON CONFLICT (user_id, day, model, shard) DO UPDATE
          SET requests = u.requests + 1, cached_requests = u.cached_requests + 1",
     )
     .bind(user_id)
     .bind(model)
+    .bind(request_id)
     .execute(conn)
     .await?;
     Ok(())
