@@ -24,6 +24,9 @@ pub enum ApiError {
         field: Option<&'static str>,
         message: String,
     },
+    /// Items of a batch that break the rules, each with its index.
+    #[error("{} of the items are invalid", .0.len())]
+    InvalidItems(Vec<ItemError>),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -68,7 +71,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation { .. } | Self::InvalidItems(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -86,7 +89,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
-            Self::Validation { .. } => "validation_failed",
+            Self::Validation { .. } | Self::InvalidItems(_) => "validation_failed",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
@@ -113,6 +116,18 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<&'static str>,
+    /// For a batch: every invalid item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ItemError>>,
+}
+
+/// One invalid item of a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemError {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -125,11 +140,16 @@ impl IntoResponse for ApiError {
             Self::Validation { field, .. } => *field,
             _ => None,
         };
+        let items = match &self {
+            Self::InvalidItems(items) => Some(items.clone()),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
                 field,
+                items,
             },
         };
         let mut response = (status, Json(body)).into_response();
@@ -174,5 +194,5 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-    ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || (c.starts_with("08") && c != "08P01")))
 }

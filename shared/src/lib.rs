@@ -4,6 +4,7 @@
 //! Read `docs/ARCHITECTURE.md` for the map and the invariants.
 
 pub mod auth;
+pub mod batches;
 pub mod cache;
 pub mod circuit;
 pub mod config;

@@ -31,6 +31,11 @@ pub fn job_id_for(request_id: Uuid) -> Ulid {
     Ulid::from(request_id.as_u128())
 }
 
+/// Priority of interactive requests' jobs: workers take them before batch jobs.
+pub const INTERACTIVE_PRIORITY: usize = 10;
+/// Priority of batch items' jobs, so that a large batch never starves interactive users.
+pub const BATCH_PRIORITY: usize = 0;
+
 /// Pushes the job of a request on the caller's connection (normally inside the transaction
 /// that inserts the request row).
 pub async fn push_generation(
@@ -38,15 +43,30 @@ pub async fn push_generation(
     request_id: Uuid,
     max_attempts: i32,
 ) -> Result<(), sqlx::Error> {
-    let args = serde_json::to_vec(&GenerationJob { request_id })
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let budget =
-        usize::try_from(max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS)).unwrap_or(usize::MAX);
-    let task = TaskBuilder::new(args)
-        .task_id(TaskId::from(job_id_for(request_id)))
-        .max_attempts(budget)
-        .build();
-    apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task])
+    push_generations(conn, &[(request_id, max_attempts)], INTERACTIVE_PRIORITY).await
+}
+
+/// Pushes the jobs of many requests in one statement.
+pub async fn push_generations(
+    conn: &mut PgConnection,
+    requests: &[(Uuid, i32)],
+    priority: usize,
+) -> Result<(), sqlx::Error> {
+    let mut tasks = Vec::with_capacity(requests.len());
+    for &(request_id, max_attempts) in requests {
+        let args = serde_json::to_vec(&GenerationJob { request_id })
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let budget = usize::try_from(max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS))
+            .unwrap_or(usize::MAX);
+        tasks.push(
+            TaskBuilder::new(args)
+                .task_id(TaskId::from(job_id_for(request_id)))
+                .max_attempts(budget)
+                .priority(priority)
+                .build(),
+        );
+    }
+    apalis_postgres::queries::push_tasks(conn, QUEUE, tasks)
         .await
         .map_err(|e| match e {
             apalis_postgres::Error::Database(db) => db,

@@ -4,6 +4,7 @@
 
 mod auth;
 mod bad_input;
+mod batches;
 mod cache;
 mod generate;
 mod health;

@@ -3,6 +3,7 @@
 //! **Invariant:** handlers never call a provider; they persist and enqueue, or read.
 
 mod admin;
+mod batch;
 mod generate;
 mod health;
 mod limits;
@@ -50,11 +51,21 @@ pub struct Limits {
     pub job_max_attempts: u32,
 }
 
+/// A batch body may be this many times the size of a single request's.
+const BATCH_BODY_FACTOR: usize = 32;
+
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
     let api = Router::new()
         .route("/api/v1/generate", post(generate::submit))
         .route("/api/v1/generate/stream", post(stream::submit_stream))
+        .route(
+            "/api/v1/generate/batch",
+            post(batch::submit).layer(DefaultBodyLimit::max(
+                max_body.saturating_mul(BATCH_BODY_FACTOR),
+            )),
+        )
+        .route("/api/v1/generate/batch/{batch_id}", get(batch::status))
         .route(
             "/api/v1/generate/{request_id}",
             get(generate::poll).delete(stream::cancel),

@@ -1,0 +1,223 @@
+//! Batches: many generation requests submitted at once. The batch is validated as a whole (one
+//! bad item rejects it, naming every bad item's index, and nothing is created); then one
+//! transaction creates the batch, every request row (one bulk insert) and every job (one bulk
+//! push, at [`queue::BATCH_PRIORITY`] so interactive requests go first).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ItemError};
+use crate::models::ModelRegistry;
+use crate::queue;
+use crate::requests::{GenerateBody, NewRequest, Status};
+
+/// Most items one batch may hold.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub items: Vec<Value>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// A validated batch, ready to be stored.
+#[derive(Debug)]
+pub struct NewBatch {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub metadata: Value,
+    pub items: Vec<NewRequest>,
+}
+
+impl NewBatch {
+    /// Validates every item (as a single submit would be) and reports all bad ones at once.
+    pub fn validate(
+        body: BatchBody,
+        user_id: Uuid,
+        models: &ModelRegistry,
+        max_attempts: u32,
+    ) -> Result<Self, ApiError> {
+        if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
+            return Err(ApiError::validation(
+                "items",
+                format!("a batch holds 1 to {MAX_BATCH_ITEMS} items"),
+            ));
+        }
+        let metadata = match body.metadata {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(v @ Value::Object(_)) => v,
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "metadata",
+                    "metadata must be a JSON object",
+                ));
+            }
+        };
+        let mut items = Vec::with_capacity(body.items.len());
+        let mut errors = Vec::new();
+        for (index, raw) in body.items.into_iter().enumerate() {
+            let parsed = serde_json::from_value::<GenerateBody>(raw)
+                .map_err(|e| ApiError::Validation {
+                    field: None,
+                    message: e.to_string(),
+                })
+                .and_then(|item| NewRequest::validate(item, user_id, None, models, max_attempts));
+            match parsed {
+                Ok(item) => items.push(item),
+                Err(ApiError::Validation { field, message }) => errors.push(ItemError {
+                    index,
+                    field,
+                    message,
+                }),
+                Err(ApiError::BadRequest(message)) => errors.push(ItemError {
+                    index,
+                    field: None,
+                    message,
+                }),
+                Err(other) => return Err(other),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::InvalidItems(errors));
+        }
+        Ok(Self {
+            id: Uuid::now_v7(),
+            user_id,
+            metadata,
+            items,
+        })
+    }
+}
+
+/// Stores the batch, its requests and their jobs in one transaction (in a task of its own, so
+/// a client that disconnects cannot cancel it halfway).
+pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, ApiError> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO generation_batches (id, user_id, item_count, metadata) VALUES ($1, $2, $3, $4)")
+            .bind(batch.id)
+            .bind(batch.user_id)
+            .bind(i32::try_from(batch.items.len()).unwrap_or(i32::MAX))
+            .bind(&batch.metadata)
+            .execute(&mut *tx)
+            .await?;
+        let items = &batch.items;
+        let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+        let json = |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();
+        sqlx::query(
+            "INSERT INTO generation_requests
+                 (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
+                  cache_key, cache_policy, estimated_tokens, batch_id, batch_index)
+             SELECT t.id, t.prompt, t.context, t.model, $12, t.metadata, t.parameters, t.job_id,
+                    t.max_attempts, t.cache_key, t.cache_policy, t.estimated_tokens, $13, t.ord - 1
+             FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::jsonb[],
+                         $7::text[], $8::int4[], $9::text[], $10::jsonb[], $11::int4[])
+                  WITH ORDINALITY
+                  AS t(id, prompt, context, model, metadata, parameters, job_id, max_attempts,
+                       cache_key, cache_policy, estimated_tokens, ord)",
+        )
+        .bind(&ids)
+        .bind(items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>())
+        .bind(json(|i| &i.context))
+        .bind(items.iter().map(|i| i.model.clone()).collect::<Vec<_>>())
+        .bind(json(|i| &i.metadata))
+        .bind(json(|i| &i.parameters))
+        .bind(ids.iter().map(|id| queue::job_id_for(*id).to_string()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.max_attempts).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.cache_key.clone()).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|i| serde_json::to_value(&i.cache_policy).unwrap_or(Value::Null))
+                .collect::<Vec<_>>(),
+        )
+        .bind(items.iter().map(|i| i.estimated_tokens).collect::<Vec<_>>())
+        .bind(batch.user_id)
+        .bind(batch.id)
+        .execute(&mut *tx)
+        .await?;
+        let jobs: Vec<(Uuid, i32)> = items.iter().map(|i| (i.id, i.max_attempts)).collect();
+        queue::push_generations(&mut tx, &jobs, queue::BATCH_PRIORITY).await?;
+        tx.commit().await?;
+        Ok(ids)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// One item of a batch, as its owner sees it.
+#[derive(Debug, Serialize, FromRow)]
+pub struct BatchItem {
+    pub index: i32,
+    pub request_id: Uuid,
+    pub status: Status,
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub tokens_used: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchView {
+    pub batch_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub metadata: Value,
+    pub total: i64,
+    pub counts: Map<String, Value>,
+    /// Finished items (completed, failed or cancelled) over all items.
+    pub progress: f64,
+    pub done: bool,
+    pub items: Vec<BatchItem>,
+}
+
+/// The batch if it exists and belongs to `user_id`.
+pub async fn find_for_user(
+    pool: &PgPool,
+    id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<BatchView>, sqlx::Error> {
+    let batch: Option<(DateTime<Utc>, Value, i32)> = sqlx::query_as(
+        "SELECT created_at, metadata, item_count FROM generation_batches WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((created_at, metadata, item_count)) = batch else {
+        return Ok(None);
+    };
+    let items: Vec<BatchItem> = sqlx::query_as(
+        "SELECT batch_index AS index, id AS request_id, status, result, error_code, error_message, tokens_used
+         FROM generation_requests WHERE batch_id = $1 ORDER BY batch_index",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let mut counts = Map::new();
+    for status in ["pending", "running", "completed", "failed", "cancelled"] {
+        let n = items.iter().filter(|i| i.status.as_str() == status).count();
+        counts.insert(status.to_owned(), Value::from(n));
+    }
+    let finished = items.iter().filter(|i| i.status.is_final()).count();
+    let total = i64::from(item_count);
+    Ok(Some(BatchView {
+        batch_id: id,
+        created_at,
+        metadata,
+        total,
+        counts,
+        progress: if total == 0 {
+            1.0
+        } else {
+            finished as f64 / total as f64
+        },
+        done: finished as i64 == total,
+        items,
+    }))
+}

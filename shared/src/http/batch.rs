@@ -1,0 +1,45 @@
+//! `POST /api/v1/generate/batch` and `GET /api/v1/generate/batch/{batch_id}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::batches::{self, BatchBody, BatchView, NewBatch};
+use crate::error::ApiError;
+
+/// A batch counts as one request against the caller's rate limit; its tokens are not counted
+/// (batches are background work, run after interactive requests).
+pub async fn submit(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let batch = NewBatch::validate(body, user.id, &state.models, state.limits.job_max_attempts)?;
+    super::limits::enforce(&state, &user, 0).await?;
+    let batch_id = batch.id;
+    let request_ids = batches::create(&state.pool, batch).await?;
+    tracing::info!(batch.id = %batch_id, user.id = %user.id, items = request_ids.len(), "batch accepted");
+    let body = json!({
+        "batch_id": batch_id,
+        "request_ids": request_ids,
+        "poll_url": format!("/api/v1/generate/batch/{batch_id}"),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(batch_id): Path<String>,
+) -> Result<Json<BatchView>, ApiError> {
+    let id = Uuid::parse_str(&batch_id)
+        .map_err(|_| ApiError::BadRequest("batch_id must be a UUID".into()))?;
+    batches::find_for_user(&state.pool, id, user.id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("no such batch"))
+}
