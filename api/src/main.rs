@@ -1,7 +1,6 @@
 //! `llm-api`: the HTTP front of the LLM service. Parses configuration, builds the state and
 //! serves; everything else lives in `llm_shared`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +9,7 @@ use clap::{Parser, Subcommand};
 use llm_shared::auth::JwtKeys;
 use llm_shared::config::{self, ApiConfig, CommonConfig};
 use llm_shared::http::{AppState, Limits};
-use llm_shared::models::ModelRegistry;
+use llm_shared::models::{ModelRegistry, Models};
 use llm_shared::notify::Completions;
 use llm_shared::relay::RelayHub;
 use llm_shared::{db, telemetry};
@@ -128,7 +127,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         cache,
         limiter,
         jwt: JwtKeys::new(&secret),
-        models: Arc::new(models),
+        models: Models::new(models, config.common.clone()),
         completions,
         limits: Limits {
             max_body_bytes: config.max_body_bytes,

@@ -371,3 +371,188 @@ fn pick_default(models: &[ModelSpec], upstreams: &Upstreams) -> String {
         .map(|m| m.id.clone())
         .unwrap_or_default()
 }
+
+/// The registry in use, replaceable while the process runs (an admin reload, or the
+/// `model.updated` event). Readers take a snapshot; a reload never blocks them for long.
+#[derive(Debug, Clone)]
+pub struct Models {
+    current: std::sync::Arc<std::sync::RwLock<std::sync::Arc<ModelRegistry>>>,
+    config: CommonConfig,
+}
+
+impl Models {
+    pub fn new(registry: ModelRegistry, config: CommonConfig) -> Self {
+        Self {
+            current: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(registry))),
+            config,
+        }
+    }
+
+    /// The registry as it is now.
+    pub fn current(&self) -> std::sync::Arc<ModelRegistry> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the registry file again; on error the registry in use stays.
+    pub fn reload(&self) -> Result<std::sync::Arc<ModelRegistry>, RegistryError> {
+        let fresh = std::sync::Arc::new(ModelRegistry::load(&self.config)?);
+        match self.current.write() {
+            Ok(mut guard) => *guard = fresh.clone(),
+            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
+        }
+        Ok(fresh)
+    }
+}
+
+/// What a caller needs from a model (`POST /api/v1/models/select`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    /// Smallest context window acceptable, in tokens.
+    #[serde(default)]
+    pub min_context: Option<u32>,
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Highest acceptable price per million input / output tokens.
+    #[serde(default)]
+    pub max_input_price: Option<f64>,
+    #[serde(default)]
+    pub max_output_price: Option<f64>,
+    /// Providers to favour, in order of preference.
+    #[serde(default)]
+    pub preferred_providers: Vec<ProviderKind>,
+    /// Size of the prompt, in tokens (or give `prompt` and it is estimated).
+    #[serde(default)]
+    pub prompt_tokens: Option<u32>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Output expected, in tokens (for the cost estimate and the output limit).
+    #[serde(default)]
+    pub expected_output_tokens: Option<u32>,
+}
+
+/// A model that fits, with why it ranks where it does.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub model: String,
+    pub provider: ProviderKind,
+    pub estimated_cost_usd: f64,
+    pub reason: String,
+}
+
+/// A model that does not fit, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub model: String,
+    pub reason: String,
+}
+
+/// Ranks the models that meet the requirements: available ones only; preferred providers
+/// first (in the given order), then the cheapest estimate for this prompt, then the lower
+/// prices, then the larger context window. The mock provider only wins when no real model fits.
+pub fn select(
+    registry: &ModelRegistry,
+    req: &Requirements,
+) -> Result<Vec<Candidate>, Vec<Rejected>> {
+    let prompt_tokens = req
+        .prompt_tokens
+        .or_else(|| req.prompt.as_deref().map(crate::providers::estimate_tokens))
+        .unwrap_or(0);
+    let output = req.expected_output_tokens.unwrap_or(0);
+    let mut fits = Vec::new();
+    let mut rejected = Vec::new();
+    for model in registry.all() {
+        let reject = |reason: String| Rejected {
+            model: model.id.clone(),
+            reason,
+        };
+        if let Some(reason) = registry.unavailable_reason(model) {
+            rejected.push(reject(format!("unavailable: {reason}")));
+        } else if req
+            .min_context
+            .is_some_and(|min| model.context_window < min)
+        {
+            rejected.push(reject(format!(
+                "context window {} is below {}",
+                model.context_window,
+                req.min_context.unwrap_or(0)
+            )));
+        } else if prompt_tokens.saturating_add(output) > model.context_window {
+            rejected.push(reject(format!(
+                "prompt and output ({} tokens) exceed the context window {}",
+                prompt_tokens.saturating_add(output),
+                model.context_window
+            )));
+        } else if output > model.max_output_tokens {
+            rejected.push(reject(format!(
+                "expected output {output} exceeds its limit {}",
+                model.max_output_tokens
+            )));
+        } else if let Some(missing) = req.capabilities.iter().find(|c| !model.supports(**c)) {
+            rejected.push(reject(
+                format!("lacks the {missing:?} capability").to_lowercase(),
+            ));
+        } else if req
+            .max_input_price
+            .is_some_and(|max| model.input_price > max)
+        {
+            rejected.push(reject(format!(
+                "input price {} is above {}",
+                model.input_price,
+                req.max_input_price.unwrap_or(0.0)
+            )));
+        } else if req
+            .max_output_price
+            .is_some_and(|max| model.output_price > max)
+        {
+            rejected.push(reject(format!(
+                "output price {} is above {}",
+                model.output_price,
+                req.max_output_price.unwrap_or(0.0)
+            )));
+        } else {
+            fits.push(model);
+        }
+    }
+    if fits.is_empty() {
+        return Err(rejected);
+    }
+    let preference = |m: &ModelSpec| {
+        req.preferred_providers
+            .iter()
+            .position(|p| *p == m.provider)
+            .unwrap_or(usize::MAX)
+    };
+    fits.sort_by(|a, b| {
+        (a.provider == ProviderKind::Mock)
+            .cmp(&(b.provider == ProviderKind::Mock))
+            .then(preference(a).cmp(&preference(b)))
+            .then(
+                a.cost_usd(prompt_tokens, output)
+                    .total_cmp(&b.cost_usd(prompt_tokens, output)),
+            )
+            .then((a.input_price + a.output_price).total_cmp(&(b.input_price + b.output_price)))
+            .then(b.context_window.cmp(&a.context_window))
+    });
+    Ok(fits
+        .into_iter()
+        .map(|m| {
+            let cost = m.cost_usd(prompt_tokens, output);
+            let mut why = Vec::new();
+            if preference(m) != usize::MAX {
+                why.push(format!("preferred provider {}", m.provider.as_str()));
+            }
+            why.push(format!("estimated ${cost:.6} for this request"));
+            why.push(format!("{} tokens of context", m.context_window));
+            Candidate {
+                model: m.id.clone(),
+                provider: m.provider,
+                estimated_cost_usd: cost,
+                reason: why.join(", "),
+            }
+        })
+        .collect())
+}

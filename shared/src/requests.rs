@@ -964,3 +964,45 @@ fn to_i32(n: u32) -> i32 {
 fn millis(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
+
+/// Recent provider calls of one upstream model, from the attempt history.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct CallStats {
+    pub provider: String,
+    pub model: String,
+    pub calls: i64,
+    pub failures: i64,
+    pub p50_latency_ms: Option<f64>,
+    /// Whether the latest calls (as many as the circuit threshold) all failed.
+    pub latest_all_failed: bool,
+    pub last_call_at: Option<DateTime<Utc>>,
+}
+
+/// Per (provider, upstream model): calls finished in the last `window`, with their failures
+/// and median latency, and whether the most recent `streak` calls all failed.
+pub async fn recent_call_stats(
+    pool: &PgPool,
+    window: Duration,
+    streak: i64,
+) -> Result<Vec<CallStats>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH recent AS (
+             SELECT provider, model, outcome, latency_ms, finished_at,
+                    ROW_NUMBER() OVER (PARTITION BY provider, model ORDER BY finished_at DESC) AS nth
+             FROM generation_attempts
+             WHERE finished_at > NOW() - make_interval(secs => $1)
+               AND outcome IN ('succeeded', 'failed') AND provider IS NOT NULL AND model IS NOT NULL
+         )
+         SELECT provider, model, COUNT(*) AS calls,
+                COUNT(*) FILTER (WHERE outcome = 'failed') AS failures,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::float8 AS p50_latency_ms,
+                (COUNT(*) FILTER (WHERE nth <= $2) >= $2
+                 AND BOOL_AND(outcome = 'failed') FILTER (WHERE nth <= $2)) AS latest_all_failed,
+                MAX(finished_at) AS last_call_at
+         FROM recent GROUP BY provider, model",
+    )
+    .bind(window.as_secs_f64())
+    .bind(streak)
+    .fetch_all(pool)
+    .await
+}

@@ -9,6 +9,7 @@ mod cache;
 mod generate;
 mod health;
 mod migrations;
+mod models;
 mod processes;
 mod providers;
 mod ratelimits;

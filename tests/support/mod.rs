@@ -10,7 +10,6 @@ pub mod sse;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,7 +17,7 @@ use llm_shared::auth::JwtKeys;
 use llm_shared::cache::ResponseCache;
 use llm_shared::config::{CommonConfig, WorkerConfig};
 use llm_shared::http::{AppState, Limits};
-use llm_shared::models::ModelRegistry;
+use llm_shared::models::{ModelRegistry, Models};
 use llm_shared::notify::Completions;
 use llm_shared::ratelimit::{self, RateLimiter};
 use llm_shared::relay::{Relay, RelayHub};
@@ -158,7 +157,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
         cache,
         limiter,
         jwt: jwt.clone(),
-        models: Arc::new(registry(registry_flags)),
+        models: Models::new(registry(registry_flags), common_config(registry_flags)),
         completions,
         limits: Limits {
             max_body_bytes: 64 * 1024,

@@ -18,7 +18,12 @@ pub async fn submit(
     user: AuthUser,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let batch = NewBatch::validate(body, user.id, &state.models, state.limits.job_max_attempts)?;
+    let batch = NewBatch::validate(
+        body,
+        user.id,
+        &state.models.current(),
+        state.limits.job_max_attempts,
+    )?;
     super::limits::enforce(&state, &user, 0).await?;
     let batch_id = batch.id;
     let request_ids = batches::create(&state.pool, batch).await?;

@@ -37,7 +37,7 @@ pub async fn submit(
         body,
         user.id,
         idempotency_key,
-        &state.models,
+        &state.models.current(),
         state.limits.job_max_attempts,
     )?;
     let estimated = new.estimated_tokens;

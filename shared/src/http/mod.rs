@@ -7,10 +7,10 @@ mod batch;
 mod generate;
 mod health;
 mod limits;
+mod models;
 mod stream;
 mod usage;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use crate::auth::JwtKeys;
 use crate::cache::ResponseCache;
 use crate::error::ApiError;
-use crate::models::ModelRegistry;
+use crate::models::Models;
 use crate::notify::Completions;
 use crate::ratelimit::RateLimiter;
 use crate::relay::RelayHub;
@@ -39,7 +39,7 @@ pub struct AppState {
     pub cache: ResponseCache,
     pub limiter: RateLimiter,
     pub jwt: JwtKeys,
-    pub models: Arc<ModelRegistry>,
+    pub models: Models,
     pub completions: Completions,
     pub limits: Limits,
 }
@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/usage", get(usage::mine))
         .route("/api/v1/usage/{user_id}", get(usage::of_user))
         .route("/api/v1/rate_limits", get(limits::mine))
+        .route("/api/v1/models", get(models::list))
+        .route("/api/v1/models/select", post(models::select))
+        .route("/api/v1/models/{model_id}", get(models::show))
+        .route("/api/v1/admin/models/reload", post(models::reload))
         .route(
             "/api/v1/admin/cache/invalidate",
             post(admin::invalidate_cache),

@@ -47,7 +47,7 @@ pub async fn submit_stream(
         body,
         user.id,
         key,
-        &state.models,
+        &state.models.current(),
         state.limits.job_max_attempts,
     )?;
     new.stream = true;
