@@ -11,6 +11,7 @@ use llm_shared::config::{self, ApiConfig, CommonConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::{ModelRegistry, Models};
 use llm_shared::notify::Completions;
+use llm_shared::prompts::PromptLibrary;
 use llm_shared::relay::RelayHub;
 use llm_shared::{db, telemetry};
 use secrecy::ExposeSecret;
@@ -99,6 +100,8 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         .context("connecting to PostgreSQL")?;
     db::migrate(&pool).await?;
     let models = ModelRegistry::load(&config.common)?;
+    let prompts = PromptLibrary::load(&config.common.prompts_dir)?;
+    tracing::info!(templates = prompts.list().count(), dir = %config.common.prompts_dir.display(), "prompt templates loaded");
     for model in models.all() {
         if let Some(reason) = models.unavailable_reason(model) {
             tracing::info!(model = %model.id, reason, "model unavailable");
@@ -128,6 +131,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         limiter,
         jwt: JwtKeys::new(&secret),
         models: Models::new(models, config.common.clone()),
+        prompts: std::sync::Arc::new(prompts),
         completions,
         limits: Limits {
             max_body_bytes: config.max_body_bytes,

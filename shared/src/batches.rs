@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ItemError};
 use crate::models::ModelRegistry;
+use crate::prompts::PromptLibrary;
 use crate::queue;
 use crate::requests::{GenerateBody, NewRequest, Status};
 
@@ -40,6 +41,7 @@ impl NewBatch {
         body: BatchBody,
         user_id: Uuid,
         models: &ModelRegistry,
+        prompts: &PromptLibrary,
         max_attempts: u32,
     ) -> Result<Self, ApiError> {
         if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
@@ -66,6 +68,7 @@ impl NewBatch {
                     field: None,
                     message: e.to_string(),
                 })
+                .and_then(|item| item.resolve_template(prompts, models))
                 .and_then(|item| NewRequest::validate(item, user_id, None, models, max_attempts));
             match parsed {
                 Ok(item) => items.push(item),

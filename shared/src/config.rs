@@ -64,6 +64,10 @@ pub struct CommonConfig {
     #[arg(long, env = "DEFAULT_MODEL")]
     pub default_model: Option<String>,
 
+    /// Directory of the prompt templates (`character/`, `campaign/`, `common/`).
+    #[arg(long, env = "PROMPTS_DIR", default_value = "prompts")]
+    pub prompts_dir: std::path::PathBuf,
+
     /// Model registry file (models, prices, fallback chains, retry and circuit policies).
     /// Unset: the `config/models.toml` built into the binary.
     #[arg(long, env = "MODELS_FILE")]

@@ -15,6 +15,7 @@ pub mod http;
 pub mod kv;
 pub mod models;
 pub mod notify;
+pub mod prompts;
 pub mod providers;
 pub mod queue;
 pub mod ratelimit;

@@ -16,8 +16,10 @@ use uuid::Uuid;
 use crate::cache::{self, CachePolicy, CachedResponse, ResponseCache};
 use crate::error::ApiError;
 use crate::models::{Capability, ModelRegistry, ProviderKind};
+use crate::prompts::{OutputFormat, PromptLibrary, RenderError};
 use crate::providers::{
-    GenerationOutput, GenerationParams, MockBehaviour, ProviderError, estimate_tokens,
+    GenerationOutput, GenerationParams, MockBehaviour, ProviderError, ResponseFormat,
+    estimate_tokens,
 };
 use crate::queue;
 use crate::usage;
@@ -83,7 +85,13 @@ impl<'r> sqlx::Decode<'r, Postgres> for Status {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
-    pub prompt: String,
+    /// The prompt; or give `template_id` and `params` to render one of `prompts/`.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub template_id: Option<String>,
+    #[serde(default)]
+    pub params: Option<Map<String, Value>>,
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]
@@ -98,6 +106,75 @@ pub struct GenerateBody {
     /// Response cache controls: `no_cache`, `no_store`, `ttl_secs`.
     #[serde(default)]
     pub cache: Option<CachePolicy>,
+}
+
+impl GenerateBody {
+    /// Renders the body's template, if it names one: the rendered text becomes the prompt, the
+    /// template id and version go into the metadata, the template's default model applies when
+    /// none is given (and it can run), and its JSON output turns on JSON validation.
+    pub fn resolve_template(
+        mut self,
+        library: &PromptLibrary,
+        models: &ModelRegistry,
+    ) -> Result<Self, ApiError> {
+        let Some(template_id) = self.template_id.take() else {
+            if self.params.is_some() {
+                return Err(ApiError::validation("params", "params go with template_id"));
+            }
+            return Ok(self);
+        };
+        if self.prompt.is_some() {
+            return Err(ApiError::validation(
+                "prompt",
+                "give either prompt or template_id, not both",
+            ));
+        }
+        let params = self.params.take().unwrap_or_default();
+        let rendered = library.render(&template_id, &params).map_err(|e| match e {
+            RenderError::UnknownTemplate(_) => ApiError::validation("template_id", e.to_string()),
+            RenderError::Params(_) | RenderError::Render(_) => {
+                ApiError::validation("params", e.to_string())
+            }
+        })?;
+        let mut metadata = match self.metadata.take() {
+            Some(Value::Object(map)) => map,
+            None | Some(Value::Null) => Map::new(),
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "metadata",
+                    "metadata must be a JSON object",
+                ));
+            }
+        };
+        metadata.insert(
+            "template_id".into(),
+            Value::from(rendered.template_id.clone()),
+        );
+        metadata.insert("template_version".into(), Value::from(rendered.version));
+        self.metadata = Some(Value::Object(metadata));
+        if self.model.is_none()
+            && let Some(default) = rendered.default_model.as_deref()
+            && models
+                .chain(default)
+                .iter()
+                .any(|m| models.unavailable_reason(m).is_none())
+        {
+            self.model = Some(default.to_owned());
+        }
+        if rendered.output == OutputFormat::Json {
+            let params = self
+                .parameters
+                .get_or_insert_with(GenerationParams::default);
+            if params.response_format.is_none() {
+                params.response_format = Some(match rendered.output_schema {
+                    Some(schema) => ResponseFormat::JsonSchema { schema },
+                    None => ResponseFormat::JsonObject,
+                });
+            }
+        }
+        self.prompt = Some(rendered.prompt);
+        Ok(self)
+    }
 }
 
 /// A validated request, ready to be stored.
@@ -130,10 +207,21 @@ impl NewRequest {
         models: &ModelRegistry,
         max_attempts: u32,
     ) -> Result<Self, ApiError> {
-        if body.prompt.trim().is_empty() {
+        if body.template_id.is_some() {
+            return Err(ApiError::internal(std::io::Error::other(
+                "template not rendered before validation",
+            )));
+        }
+        let Some(prompt) = body.prompt else {
+            return Err(ApiError::validation(
+                "prompt",
+                "prompt is required (or template_id with params)",
+            ));
+        };
+        if prompt.trim().is_empty() {
             return Err(ApiError::validation("prompt", "prompt must not be empty"));
         }
-        if body.prompt.chars().count() > MAX_PROMPT_CHARS {
+        if prompt.chars().count() > MAX_PROMPT_CHARS {
             return Err(ApiError::validation(
                 "prompt",
                 format!("prompt is longer than {MAX_PROMPT_CHARS} characters"),
@@ -219,7 +307,7 @@ impl NewRequest {
                 format!("ttl_secs must be between 1 and {}", cache::MAX_TTL_SECS),
             ));
         }
-        let estimated_tokens = estimate_tokens(&body.prompt)
+        let estimated_tokens = estimate_tokens(&prompt)
             .saturating_add(params.system.as_deref().map_or(0, estimate_tokens))
             .saturating_add(
                 params
@@ -228,11 +316,11 @@ impl NewRequest {
             );
         let parameters = serde_json::to_value(params).map_err(ApiError::internal)?;
         let cache_key = (!(cache_policy.no_cache && cache_policy.no_store))
-            .then(|| cache::cache_key(&model.id, &body.prompt, &parameters, metadata.get("mock")));
+            .then(|| cache::cache_key(&model.id, &prompt, &parameters, metadata.get("mock")));
         Ok(Self {
             id: Uuid::now_v7(),
             user_id,
-            prompt: body.prompt,
+            prompt,
             model: model.id.clone(),
             context,
             parameters,

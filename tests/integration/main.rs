@@ -11,6 +11,7 @@ mod health;
 mod migrations;
 mod models;
 mod processes;
+mod prompts;
 mod providers;
 mod ratelimits;
 mod streaming;

@@ -19,6 +19,7 @@ use llm_shared::config::{CommonConfig, WorkerConfig};
 use llm_shared::http::{AppState, Limits};
 use llm_shared::models::{ModelRegistry, Models};
 use llm_shared::notify::Completions;
+use llm_shared::prompts::PromptLibrary;
 use llm_shared::ratelimit::{self, RateLimiter};
 use llm_shared::relay::{Relay, RelayHub};
 use llm_shared::{db, worker};
@@ -158,6 +159,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
         limiter,
         jwt: jwt.clone(),
         models: Models::new(registry(registry_flags), common_config(registry_flags)),
+        prompts: std::sync::Arc::new(PromptLibrary::load(&prompts_dir()).unwrap()),
         completions,
         limits: Limits {
             max_body_bytes: 64 * 1024,
@@ -336,6 +338,11 @@ impl InProcessWorker {
     }
 }
 
+/// The repository's `prompts/` directory.
+pub fn prompts_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../prompts"))
+}
+
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     // tests run from target/<profile>/deps/<test-binary>
@@ -387,6 +394,7 @@ pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child
         .env("REDIS_URL", redis_url())
         .env("REDIS_KEY_PREFIX", db.redis_prefix())
         .env("SECRET_KEY", TEST_SECRET)
+        .env("PROMPTS_DIR", prompts_dir())
         .env("LOG_LEVEL", "warn")
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .envs(env.iter().copied())

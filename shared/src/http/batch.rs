@@ -18,12 +18,9 @@ pub async fn submit(
     user: AuthUser,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let batch = NewBatch::validate(
-        body,
-        user.id,
-        &state.models.current(),
-        state.limits.job_max_attempts,
-    )?;
+    let models = state.models.current();
+    let max_attempts = state.limits.job_max_attempts;
+    let batch = NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts)?;
     super::limits::enforce(&state, &user, 0).await?;
     let batch_id = batch.id;
     let request_ids = batches::create(&state.pool, batch).await?;

@@ -33,6 +33,7 @@ pub async fn submit(
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
+    let body = body.resolve_template(&state.prompts, &state.models.current())?;
     let new = NewRequest::validate(
         body,
         user.id,

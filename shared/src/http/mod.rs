@@ -8,6 +8,7 @@ mod generate;
 mod health;
 mod limits;
 mod models;
+mod prompts;
 mod stream;
 mod usage;
 
@@ -27,6 +28,7 @@ use crate::cache::ResponseCache;
 use crate::error::ApiError;
 use crate::models::Models;
 use crate::notify::Completions;
+use crate::prompts::PromptLibrary;
 use crate::ratelimit::RateLimiter;
 use crate::relay::RelayHub;
 
@@ -40,6 +42,7 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub jwt: JwtKeys,
     pub models: Models,
+    pub prompts: std::sync::Arc<PromptLibrary>,
     pub completions: Completions,
     pub limits: Limits,
 }
@@ -74,6 +77,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/usage", get(usage::mine))
         .route("/api/v1/usage/{user_id}", get(usage::of_user))
         .route("/api/v1/rate_limits", get(limits::mine))
+        .route("/api/v1/prompts", get(prompts::list))
+        .route("/api/v1/prompts/validate", post(prompts::validate))
+        .route("/api/v1/prompts/{template_id}", get(prompts::show))
+        .route(
+            "/api/v1/prompts/{template_id}/render",
+            post(prompts::render),
+        )
         .route("/api/v1/models", get(models::list))
         .route("/api/v1/models/select", post(models::select))
         .route("/api/v1/models/{model_id}", get(models::show))

@@ -43,6 +43,7 @@ pub async fn submit_stream(
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<EventStream, ApiError> {
     let key = idempotency_key(&headers)?;
+    let body = body.resolve_template(&state.prompts, &state.models.current())?;
     let mut new = NewRequest::validate(
         body,
         user.id,
