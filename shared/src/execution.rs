@@ -8,7 +8,7 @@
 //! request row; failed calls are recorded here as they happen.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use crate::circuit::CircuitBreakers;
 use uuid::Uuid;
 
-use crate::models::{Capability, ModelRegistry, ModelSpec, ProviderKind};
+use crate::models::{Capability, ModelRegistry, ModelSpec, Models, ProviderKind};
 use crate::providers::{
     DeltaSink, GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider,
     Provider, ProviderClient, ProviderError, collect_stream_into,
@@ -25,6 +25,20 @@ use crate::providers::{
 use crate::relay::{Relay, RelayKind};
 use crate::requests::{self, AttemptFailure, ClaimedRequest};
 use crate::validation::validate_output;
+
+type Clients = HashMap<ProviderKind, ProviderClient>;
+
+fn build_clients(registry: &ModelRegistry, mock: &MockProvider) -> Clients {
+    [
+        ProviderKind::Mock,
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Ollama,
+    ]
+    .into_iter()
+    .filter_map(|kind| ProviderClient::new(kind, registry, mock).map(|c| (kind, c)))
+    .collect()
+}
 
 /// How a run of a request ended.
 #[derive(Debug)]
@@ -52,10 +66,13 @@ pub enum Outcome {
 }
 
 pub struct Executor {
-    pub registry: Arc<ModelRegistry>,
+    /// The registry in use; a reload is picked up by the next request.
+    pub models: Models,
     /// Where streamed requests' tokens go; `None` when streaming is not wired (tests, tools).
     pub relay: Option<Relay>,
-    clients: HashMap<ProviderKind, ProviderClient>,
+    mock: MockProvider,
+    /// The provider clients of the registry they were built from.
+    clients: Mutex<(Arc<ModelRegistry>, Clients)>,
     pub circuits: CircuitBreakers,
     /// Upper bound on any one provider call.
     call_timeout: Duration,
@@ -63,39 +80,46 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(
-        registry: Arc<ModelRegistry>,
+        models: Models,
         mock: MockProvider,
         call_timeout: Duration,
         relay: Option<Relay>,
     ) -> Self {
-        let clients = [
-            ProviderKind::Mock,
-            ProviderKind::OpenAi,
-            ProviderKind::Anthropic,
-            ProviderKind::Ollama,
-        ]
-        .into_iter()
-        .filter_map(|kind| ProviderClient::new(kind, &registry, &mock).map(|c| (kind, c)))
-        .collect();
+        let registry = models.current();
+        let clients = build_clients(&registry, &mock);
         Self {
             circuits: CircuitBreakers::new(registry.circuit),
-            registry,
+            models,
             relay,
-            clients,
+            mock,
+            clients: Mutex::new((registry, clients)),
             call_timeout,
         }
     }
 
+    /// The registry in use and its clients (rebuilt once after a reload).
+    fn snapshot(&self) -> (Arc<ModelRegistry>, Clients) {
+        let current = self.models.current();
+        let Ok(mut cached) = self.clients.lock() else {
+            let clients = build_clients(&current, &self.mock);
+            return (current, clients);
+        };
+        if !Arc::ptr_eq(&cached.0, &current) {
+            *cached = (current.clone(), build_clients(&current, &self.mock));
+        }
+        (cached.0.clone(), cached.1.clone())
+    }
+
     /// Time limits of a streamed call: for the first event, and between two events.
-    fn stream_limits(&self, model: &ModelSpec) -> (Duration, Duration) {
-        match self.registry.upstreams.get(model.provider) {
+    fn stream_limits(&self, registry: &ModelRegistry, model: &ModelSpec) -> (Duration, Duration) {
+        match registry.upstreams.get(model.provider) {
             Some(upstream) => (upstream.timeouts.first_token(), upstream.timeouts.idle()),
             None => (self.call_timeout, self.call_timeout),
         }
     }
 
-    fn timeout_for(&self, model: &ModelSpec) -> Duration {
-        match self.registry.upstreams.get(model.provider) {
+    fn timeout_for(&self, registry: &ModelRegistry, model: &ModelSpec) -> Duration {
+        match registry.upstreams.get(model.provider) {
             Some(upstream) => upstream.timeouts.request().min(self.call_timeout),
             None => self.call_timeout,
         }
@@ -113,8 +137,9 @@ impl Executor {
             .metadata
             .get("mock")
             .and_then(|m| serde_json::from_value(m.clone()).ok());
-        let policy = self.registry.retry;
-        let chain = self.registry.chain(&claimed.model);
+        let (registry, clients) = self.snapshot();
+        let policy = registry.retry;
+        let chain = registry.chain(&claimed.model);
         let start = usize::try_from(claimed.fallback_index).unwrap_or(0);
         let mut first_attempt = Some(claimed.first_attempt);
         let mut notes: Vec<String> = Vec::new();
@@ -127,11 +152,11 @@ impl Executor {
         let mut last_kind: Option<&'static str> = None;
 
         for (index, model) in chain.iter().enumerate().skip(start) {
-            if let Some(reason) = self.registry.unavailable_reason(model) {
+            if let Some(reason) = registry.unavailable_reason(model) {
                 notes.push(format!("{}: unavailable ({reason})", model.id));
                 continue;
             }
-            let Some(client) = self.clients.get(&model.provider) else {
+            let Some(client) = clients.get(&model.provider) else {
                 notes.push(format!(
                     "{}: no client for provider {}",
                     model.id,
@@ -170,8 +195,8 @@ impl Executor {
                     mock: mock.clone(),
                 };
                 let started = Instant::now();
-                let limit = self.timeout_for(model);
-                let (first_token, idle) = self.stream_limits(model);
+                let limit = self.timeout_for(&registry, model);
+                let (first_token, idle) = self.stream_limits(&registry, model);
                 let call = async {
                     match relay.as_mut() {
                         Some(sink) if model.supports(Capability::Streaming) => {

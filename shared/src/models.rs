@@ -372,6 +372,9 @@ fn pick_default(models: &[ModelSpec], upstreams: &Upstreams) -> String {
         .unwrap_or_default()
 }
 
+/// Channel on which a reload is announced to every process (workers re-read their registry).
+pub const RELOAD_CHANNEL: &str = "models_reload";
+
 /// The registry in use, replaceable while the process runs (an admin reload, or the
 /// `model.updated` event). Readers take a snapshot; a reload never blocks them for long.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::cache::{self, ResponseCache};
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Outcome};
-use crate::models::ModelRegistry;
+use crate::models::{ModelRegistry, Models};
 use crate::notify::Completions;
 use crate::providers::GenerationOutput;
 use crate::providers::MockProvider;
@@ -55,7 +55,7 @@ impl WorkerState {
         pool: PgPool,
         name: String,
         config: &WorkerConfig,
-        registry: Arc<ModelRegistry>,
+        models: Models,
         relay: Option<Relay>,
         cache: Option<ResponseCache>,
         limiter: Option<RateLimiter>,
@@ -66,7 +66,7 @@ impl WorkerState {
             pool,
             name,
             lease: config.lease(),
-            executor: Executor::new(registry, mock, call_timeout, relay),
+            executor: Executor::new(models, mock, call_timeout, relay),
             completions: Completions::default(),
             cache,
             limiter,
@@ -298,7 +298,8 @@ pub async fn run(
     shutdown: impl Future<Output = std::io::Result<()>> + Send + 'static,
 ) -> Result<(), BoxDynError> {
     let name = config.name.clone().unwrap_or_else(unique_worker_name);
-    let registry = Arc::new(ModelRegistry::load(&config.common)?);
+    let models = Models::new(ModelRegistry::load(&config.common)?, config.common.clone());
+    let reloads = tokio::spawn(follow_registry_reloads(models.clone(), pool.clone()));
     let relay = config.common.relay()?;
     let cache = config.common.response_cache()?;
     let limiter = config.common.rate_limiter()?;
@@ -306,7 +307,7 @@ pub async fn run(
         pool.clone(),
         name.clone(),
         &config,
-        registry,
+        models,
         Some(relay),
         Some(cache),
         Some(limiter),
@@ -349,6 +350,7 @@ pub async fn run(
     let _ = renewer.await;
     let _ = rescuer.await;
     listener.abort();
+    reloads.abort();
     result.map_err(Into::into)
 }
 
@@ -396,5 +398,26 @@ async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
         if let Err(err) = cache::purge_expired(&state.pool).await {
             tracing::warn!(error = %err, "could not purge expired cache entries");
         }
+    }
+}
+
+/// Re-reads the model registry whenever an api announces a reload (`models_reload`).
+async fn follow_registry_reloads(models: Models, pool: PgPool) {
+    loop {
+        if let Ok(mut listener) = sqlx::postgres::PgListener::connect_with(&pool).await
+            && listener.listen(crate::models::RELOAD_CHANNEL).await.is_ok()
+        {
+            while listener.recv().await.is_ok() {
+                match models.reload() {
+                    Ok(fresh) => {
+                        tracing::info!(models = fresh.all().len(), "model registry reloaded")
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "model registry not reloaded; keeping the one in use")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -1,14 +1,13 @@
 //! Submit → worker → poll through the real router, with in-process workers.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use llm_shared::providers::{GenerationInput, GenerationParams, MockProvider, Provider};
 use llm_shared::requests::{self, GenerateBody, NewRequest};
 use llm_shared::worker::{self, WorkerState};
-use llm_tests::{registry, spawn_app, start_worker, worker_config};
+use llm_tests::{registry, spawn_app, start_worker, worker_config, worker_models};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -280,7 +279,7 @@ async fn a_duplicate_delivery_does_not_run_the_request_twice() {
         .submit_ok(json!({"prompt": "twice?", "mock": {"latency_ms": 500}}))
         .await;
     let config = worker_config(&app.db.url, &[]);
-    let models = Arc::new(registry(&[]));
+    let models = worker_models(&config);
     let a = WorkerState::new(
         app.db.pool.clone(),
         "worker-a".into(),
@@ -390,7 +389,7 @@ async fn a_request_whose_workers_keep_dying_ends_failed() {
         app.db.pool.clone(),
         "survivor".into(),
         &config,
-        Arc::new(registry(&[])),
+        worker_models(&config),
         None,
         None,
         None,

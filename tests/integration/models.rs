@@ -194,6 +194,8 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     std::fs::write(&path, original).unwrap();
     let flags = vec!["--models-file".to_owned(), path.display().to_string()];
     let app = spawn_app_with_providers(&flags).await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
     assert_eq!(get(&app, "/api/v1/models/mock-large").await.0, 200);
 
     // The file changes: mock-large goes away.
@@ -211,6 +213,14 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     assert_eq!(r.status(), 200);
     assert_eq!(get(&app, "/api/v1/models/mock-large").await.0, 404);
     assert_eq!(get(&app, "/api/v1/models/mock-xl").await.0, 200);
+    // The worker was told too: it runs a request for the new model id.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = app
+        .submit_ok(json!({"prompt": "on the new model", "model": "mock-xl"}))
+        .await;
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["served_model"], "mock-xl");
 
     // A broken file is refused and the registry in use stays.
     std::fs::write(&path, "this is not toml [").unwrap();
@@ -218,4 +228,5 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     assert_eq!(r.status(), 422);
     assert_eq!(get(&app, "/api/v1/models/mock-xl").await.0, 200);
     let _ = std::fs::remove_file(path);
+    worker.stop().await;
 }

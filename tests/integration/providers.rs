@@ -2,7 +2,6 @@
 //! a fake upstream speaking its real wire format, plus fallback, rejection and validation
 //! scenarios. Requests run through the real worker code against the real database.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_shared::models::ProviderKind;
@@ -98,7 +97,7 @@ fn state(app: &TestApp, provider_flags: &[String], worker_flags: &[&str]) -> Wor
     let mut args: Vec<&str> = provider_flags.iter().map(String::as_str).collect();
     args.extend_from_slice(worker_flags);
     let config = worker_config(&app.db.url, &args);
-    let models = Arc::new(llm_shared::models::ModelRegistry::load(&config.common).unwrap());
+    let models = llm_tests::worker_models(&config);
     WorkerState::new(
         app.db.pool.clone(),
         "conformance".into(),

@@ -306,6 +306,14 @@ pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
     WorkerArgs::try_parse_from(args).unwrap().config
 }
 
+/// The model registry a worker with this configuration runs with.
+pub fn worker_models(config: &WorkerConfig) -> Models {
+    Models::new(
+        ModelRegistry::load(&config.common).unwrap(),
+        config.common.clone(),
+    )
+}
+
 /// A worker running inside the test process.
 pub struct InProcessWorker {
     stop: Option<tokio::sync::oneshot::Sender<()>>,

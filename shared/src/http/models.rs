@@ -130,6 +130,11 @@ pub async fn reload(
     let fresh = state.models.reload().map_err(|e| {
         ApiError::validation("registry", format!("the registry was not reloaded: {e}"))
     })?;
+    // The workers reload theirs when told.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(models::RELOAD_CHANNEL)
+        .execute(&state.pool)
+        .await?;
     tracing::info!(admin.id = %user.id, models = fresh.all().len(), "model registry reloaded");
     Ok(Json(
         json!({"reloaded": true, "models": fresh.all().len(), "default_model": fresh.default_model()}),
