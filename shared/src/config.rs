@@ -225,6 +225,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Hours a finished request's queue job is kept before retention deletes it (the request
+    /// row itself is kept).
+    #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 72)]
+    pub job_retention_hours: u64,
+
     /// Lets the mock provider's `crash` behaviour abort this process (chaos tests only).
     #[arg(long, env = "MOCK_ALLOW_CRASH", default_value_t = false)]
     pub mock_allow_crash: bool,

@@ -3,6 +3,7 @@
 //!
 //! Read `docs/ARCHITECTURE.md` for the map and the invariants.
 
+pub mod admin;
 pub mod auth;
 pub mod batches;
 pub mod cache;

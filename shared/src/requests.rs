@@ -993,21 +993,39 @@ pub enum Cancelled {
 
 /// Cancels a pending or running request of `user_id`. A pending one never runs (its claim will
 /// find it final); a running one's worker is told through the completion notice and stops.
-pub async fn cancel(pool: &PgPool, id: Uuid, user_id: Uuid) -> Result<Cancelled, sqlx::Error> {
+/// `user_id` is the owner, or `None` for an admin (any owner).
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    user_id: Option<Uuid>,
+) -> Result<Cancelled, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE generation_requests
          SET status = 'cancelled', completed_at = NOW(), updated_at = NOW(), error_code = 'cancelled',
              error_message = 'the request was cancelled', claimed_by = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND user_id = $2 AND status IN ('pending', 'running')",
+         WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND status IN ('pending', 'running')
+         RETURNING user_id",
     )
     .bind(id)
     .bind(user_id)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    let view = find_for_user(pool, id, user_id).await?;
+    let owner: Option<Uuid> = match user_id {
+        Some(user) => Some(user),
+        None => {
+            sqlx::query_scalar("SELECT user_id FROM generation_requests WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    let view = match owner {
+        Some(owner) => find_for_user(pool, id, owner).await?,
+        None => None,
+    };
     Ok(match view {
         None => Cancelled::NotFound,
-        Some(view) if updated.rows_affected() == 1 => Cancelled::Done(Box::new(view)),
+        Some(view) if updated.is_some() => Cancelled::Done(Box::new(view)),
         Some(view) => Cancelled::AlreadyFinished(view.status),
     })
 }

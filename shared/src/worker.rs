@@ -316,6 +316,8 @@ pub async fn run(
     let background = CancellationToken::new();
     let renewer = tokio::spawn(renew_leases(state.clone(), background.clone()));
     let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));
+    let keep = Duration::from_secs(config.job_retention_hours.saturating_mul(3600));
+    let retention = tokio::spawn(retain(state.clone(), keep, background.clone()));
 
     let queue_config = QueueConfig::default()
         .queue(queue::QUEUE)
@@ -349,6 +351,7 @@ pub async fn run(
     background.cancel();
     let _ = renewer.await;
     let _ = rescuer.await;
+    let _ = retention.await;
     listener.abort();
     reloads.abort();
     result.map_err(Into::into)
@@ -419,5 +422,21 @@ async fn follow_registry_reloads(models: Models, pool: PgPool) {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Deletes the queue jobs of requests finished longer than `keep` ago, once a minute.
+async fn retain(state: Arc<WorkerState>, keep: Duration, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match crate::admin::purge_finished_jobs(&state.pool, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "retention: deleted finished queue jobs"),
+            Err(err) => tracing::warn!(error = %err, "retention: could not delete finished jobs"),
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! real PostgreSQL and Redis. Each test has a database of its own, so they run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod auth;
 mod bad_input;
 mod batches;

@@ -1,10 +1,13 @@
 //! Admin endpoints (`/api/v1/admin/...`): the caller's token must carry the `admin` role.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
-use super::{AppState, JsonBody};
+use super::{AppState, JsonBody, QueryParams};
+use crate::admin::{self, Page, Replay, RequestFilter};
 use crate::auth::AuthUser;
 use crate::cache::InvalidateFilter;
 use crate::error::ApiError;
@@ -34,4 +37,77 @@ pub async fn invalidate_cache(
     let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
     tracing::info!(user.id = %user.id, invalidated, "cache invalidated");
     Ok(Json(json!({ "invalidated": invalidated })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(flatten)]
+    pub filter: RequestFilter,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/admin/requests`: every user's requests, filtered, newest first, with their
+/// attempt history; keyset pagination through `cursor`.
+pub async fn list_requests(
+    State(state): State<AppState>,
+    user: AuthUser,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    require_admin(&user)?;
+    let limit = query.limit.unwrap_or(50);
+    Ok(Json(
+        admin::list(&state.pool, &query.filter, query.cursor, limit).await?,
+    ))
+}
+
+/// `POST /api/v1/admin/requests/{request_id}/replay`: a failed or cancelled request runs again.
+pub async fn replay_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(request_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    let id = Uuid::parse_str(&request_id)
+        .map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))?;
+    match admin::replay(&state.pool, id).await? {
+        Replay::Replayed => {
+            tracing::info!(admin.id = %user.id, request.id = %id, "request replayed");
+            Ok(Json(json!({"replayed": true, "request_id": id})))
+        }
+        Replay::NotReplayable(status) => Err(ApiError::Conflict(format!(
+            "only failed or cancelled requests can be replayed; this one is {}",
+            status.as_str()
+        ))),
+        Replay::NotFound => Err(ApiError::NotFound("no such generation request")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplay {
+    #[serde(default)]
+    pub filter: RequestFilter,
+    /// Only say how many would be replayed.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /api/v1/admin/requests/replay`: replays every failed or cancelled request matching the
+/// filter (up to 10,000), or with `dry_run` says how many it would.
+pub async fn replay_many(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<BulkReplay>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    let ids = admin::replay_matching(&state.pool, &body.filter, body.dry_run).await?;
+    if !body.dry_run {
+        tracing::info!(admin.id = %user.id, requests = ids.len(), "requests replayed by filter");
+    }
+    Ok(Json(
+        json!({"dry_run": body.dry_run, "count": ids.len(), "request_ids": ids}),
+    ))
 }

@@ -92,6 +92,12 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/cache/invalidate",
             post(admin::invalidate_cache),
         )
+        .route("/api/v1/admin/requests", get(admin::list_requests))
+        .route("/api/v1/admin/requests/replay", post(admin::replay_many))
+        .route(
+            "/api/v1/admin/requests/{request_id}/replay",
+            post(admin::replay_one),
+        )
         .route(
             "/api/v1/admin/rate_limits/{user_id}",
             axum::routing::put(limits::set_override).delete(limits::clear_override),

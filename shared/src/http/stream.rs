@@ -108,7 +108,9 @@ pub async fn cancel(
     Path(request_id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&request_id)?;
-    match requests::cancel(&state.pool, id, user.id).await? {
+    // The owner, or an admin for anyone's request.
+    let owner = if user.is_admin() { None } else { Some(user.id) };
+    match requests::cancel(&state.pool, id, owner).await? {
         requests::Cancelled::Done(view) => {
             tracing::info!(request.id = %id, "generation cancelled");
             Ok(Json(*view))
