@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod execution;
 pub mod http;
+pub mod hub;
 pub mod kv;
 pub mod models;
 pub mod notify;

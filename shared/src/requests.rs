@@ -797,6 +797,23 @@ pub async fn complete(
                  prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
                  completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
                  cost_usd = u.cost_usd + EXCLUDED.cost_usd
+         ), events AS (
+             -- for the message hub, in this transaction: a completion is never lost
+             INSERT INTO outbox_events (id, request_id, type, payload)
+             SELECT gen_random_uuid(), id, kind, payload FROM (
+                 SELECT done.id, 'generation.completed' AS kind, 1 AS ord,
+                        jsonb_build_object('request_id', done.id, 'user_id', done.user_id,
+                            'model', $12::text, 'provider', $5::text, 'prompt_tokens', $7::int,
+                            'completion_tokens', $8::int, 'cost_usd', $13::float8) AS payload
+                 FROM done
+                 UNION ALL
+                 SELECT done.id, 'usage.updated', 2,
+                        jsonb_build_object('user_id', done.user_id, 'model', $12::text,
+                            'day', (NOW() AT TIME ZONE 'UTC')::date, 'requests', 1,
+                            'prompt_tokens', $7::int, 'completion_tokens', $8::int,
+                            'cost_usd', $13::float8)
+                 FROM done
+             ) e ORDER BY ord
          ), stored AS (
              INSERT INTO response_cache (cache_key, response, prompt, model, expires_at, metadata)
              SELECT $14, $4, prompt, model, NOW() + make_interval(secs => $15), $16 FROM done
@@ -968,10 +985,18 @@ async fn finish_failed(
     message: &str,
 ) -> Result<StillHeld, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE generation_requests
-         SET status = 'failed', error_code = $4, error_message = $5, completed_at = NOW(),
-             updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
+        "WITH failed AS (
+             UPDATE generation_requests
+             SET status = 'failed', error_code = $4, error_message = $5, completed_at = NOW(),
+                 updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
+             RETURNING id, user_id, model
+         )
+         INSERT INTO outbox_events (id, request_id, type, payload)
+         SELECT gen_random_uuid(), id, 'generation.failed',
+                jsonb_build_object('request_id', id, 'user_id', user_id, 'model', model,
+                                   'error_code', $4::text, 'error_message', $5::text)
+         FROM failed",
     )
     .bind(id)
     .bind(worker)

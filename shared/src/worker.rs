@@ -318,6 +318,8 @@ pub async fn run(
     let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));
     let keep = Duration::from_secs(config.job_retention_hours.saturating_mul(3600));
     let retention = tokio::spawn(retain(state.clone(), keep, background.clone()));
+    let hub = crate::hub::HubClient::new(&config.common.message_hub_url);
+    let hub_relay = tokio::spawn(crate::hub::relay(pool.clone(), hub, background.clone()));
 
     let queue_config = QueueConfig::default()
         .queue(queue::QUEUE)
@@ -352,6 +354,7 @@ pub async fn run(
     let _ = renewer.await;
     let _ = rescuer.await;
     let _ = retention.await;
+    let _ = hub_relay.await;
     listener.abort();
     reloads.abort();
     result.map_err(Into::into)

@@ -9,6 +9,7 @@ mod batches;
 mod cache;
 mod generate;
 mod health;
+mod hub;
 mod migrations;
 mod models;
 mod processes;

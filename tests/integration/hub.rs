@@ -1,0 +1,214 @@
+//! The message hub: events written with each state change reach the hub at least once, in
+//! order per request, even when the hub is down for a while or a worker dies mid-delivery.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::http::StatusCode;
+use llm_tests::{TestApp, signal, spawn_app, spawn_worker_process};
+use serde_json::{Value, json};
+
+#[derive(Clone, Default)]
+struct FakeHub {
+    up: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeHub {
+    async fn start() -> (Self, String) {
+        let hub = Self::default();
+        let state = hub.clone();
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |Json(event): Json<Value>| {
+                let hub = state.clone();
+                async move {
+                    hub.started.fetch_add(1, Ordering::SeqCst);
+                    let delay = hub.delay_ms.load(Ordering::SeqCst) as u64;
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    if !hub.up.load(Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    hub.received.lock().unwrap().push(event);
+                    StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (hub, url)
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn outbox_ids(app: &TestApp) -> HashSet<String> {
+    sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM outbox_events")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hub_that_is_down_then_up_receives_every_event_in_order() {
+    let (hub, url) = FakeHub::start().await;
+    let app = spawn_app().await;
+    let _worker = spawn_worker_process(&app.db, &[("MESSAGE_HUB_URL", url.as_str())]);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            app.submit_ok(json!({"prompt": format!("hub ok {i}")}))
+                .await,
+        );
+    }
+    for i in 0..2 {
+        ids.push(
+            app.submit_ok(
+                json!({"prompt": format!("hub fail {i}"), "mock": {"fail": "permanent"}}),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        app.wait_final(*id, Duration::from_secs(20)).await;
+    }
+    // The hub is down: nothing arrives, the events wait (and are retried).
+    wait_until("failed deliveries", Duration::from_secs(10), async || {
+        app.db
+            .count("SELECT COUNT(*) FROM outbox_events WHERE attempts > 0 AND delivered_at IS NULL")
+            .await
+            > 0
+    })
+    .await;
+    assert!(hub.received().is_empty());
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM outbox_events").await,
+        4 * 2 + 2
+    );
+
+    hub.up.store(true, Ordering::SeqCst);
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(30),
+        async || {
+            app.db
+                .count("SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+    let received = hub.received();
+    let unique: HashSet<String> = received
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(unique, outbox_ids(&app).await, "every event arrived");
+    assert_eq!(
+        received.len(),
+        unique.len(),
+        "no duplicates without a crash"
+    );
+    for event in &received {
+        assert_eq!(event["source"], "llm-service");
+        assert!(event["time"].is_string());
+    }
+    let kinds = |t: &str| received.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(
+        (
+            kinds("generation.completed"),
+            kinds("usage.updated"),
+            kinds("generation.failed")
+        ),
+        (4, 4, 2)
+    );
+    // In order per request: each request's events arrived in the order they were written.
+    let positions: Vec<(String, String)> = received
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let seqs: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT request_id::text, seq, id::text FROM outbox_events ORDER BY request_id, seq",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    for pair in seqs.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            let at = |id: &str| positions.iter().position(|(_, e)| e == id).unwrap();
+            assert!(
+                at(&pair[0].2) < at(&pair[1].2),
+                "events of a request arrived out of order"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_delivery_loses_no_event() {
+    let (hub, url) = FakeHub::start().await;
+    hub.up.store(true, Ordering::SeqCst);
+    hub.delay_ms.store(1500, Ordering::SeqCst);
+    let app = spawn_app().await;
+    let mut victim = spawn_worker_process(
+        &app.db,
+        &[
+            ("MESSAGE_HUB_URL", url.as_str()),
+            ("WORKER_NAME", "hub-victim"),
+        ],
+    );
+    let id = app.submit_ok(json!({"prompt": "announce me"})).await;
+    app.wait_final(id, Duration::from_secs(20)).await;
+    wait_until(
+        "a delivery in flight",
+        Duration::from_secs(10),
+        async || hub.started.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    signal(&victim, libc::SIGKILL);
+    victim.wait().await.unwrap();
+
+    hub.delay_ms.store(0, Ordering::SeqCst);
+    let _next = spawn_worker_process(&app.db, &[("MESSAGE_HUB_URL", url.as_str())]);
+    wait_until(
+        "delivery by the next worker",
+        Duration::from_secs(30),
+        async || {
+            app.db
+                .count("SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+    let unique: HashSet<String> = hub
+        .received()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(unique, outbox_ids(&app).await);
+}
