@@ -93,10 +93,16 @@ pub struct AuthUser {
 
 /// The role claim that grants the admin endpoints.
 pub const ADMIN_ROLE: &str = "admin";
+/// The role claim of other services (the message hub) delivering events.
+pub const SERVICE_ROLE: &str = "service";
 
 impl AuthUser {
     pub fn is_admin(&self) -> bool {
         self.role.as_deref() == Some(ADMIN_ROLE)
+    }
+
+    pub fn is_service(&self) -> bool {
+        self.role.as_deref() == Some(SERVICE_ROLE)
     }
 }
 

@@ -295,3 +295,57 @@ async fn retention_deletes_old_finished_jobs_and_keeps_the_rest() {
     let (_, view) = app.poll(recent, 0).await;
     assert_eq!(view["status"], "pending");
 }
+
+#[tokio::test]
+async fn every_admin_endpoint_refuses_ordinary_users() {
+    let app = spawn_app().await;
+    let id = Uuid::now_v7();
+    let routes = [
+        (
+            reqwest::Method::GET,
+            "/api/v1/admin/requests".to_owned(),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/admin/requests/{id}/replay"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/admin/requests/replay".to_owned(),
+            Some(json!({"filter": {}})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/admin/cache/invalidate".to_owned(),
+            Some(json!({"model": "mock"})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/admin/models/reload".to_owned(),
+            None,
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/v1/admin/rate_limits/{id}"),
+            Some(json!({"requests_per_minute": 1})),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/admin/rate_limits/{id}"),
+            None,
+        ),
+        (reqwest::Method::GET, format!("/api/v1/usage/{id}"), None),
+        (
+            reqwest::Method::POST,
+            "/api/v1/events".to_owned(),
+            Some(json!({"id": id, "type": "model.updated"})),
+        ),
+    ];
+    for (method, path, body) in routes {
+        let (status, response) = call(&app, method.clone(), &path, &app.token(), body).await;
+        assert_eq!(status, 403, "{method} {path}: {response}");
+        assert_eq!(response["error"]["code"], "forbidden");
+    }
+}

@@ -212,3 +212,118 @@ async fn a_worker_killed_during_delivery_loses_no_event() {
         .collect();
     assert_eq!(unique, outbox_ids(&app).await);
 }
+
+async fn send_event(app: &TestApp, token: &str, event: Value) -> (u16, Value) {
+    let r = app
+        .http
+        .post(app.url("/api/v1/events"))
+        .bearer_auth(token)
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn subscribed_events_have_their_effect_once() {
+    let path = std::env::temp_dir().join(format!("models-{}.toml", uuid::Uuid::now_v7()));
+    let original = include_str!("../../config/models.toml");
+    std::fs::write(&path, original).unwrap();
+    let app = llm_tests::spawn_app_with_providers(&[
+        "--models-file".to_owned(),
+        path.display().to_string(),
+    ])
+    .await;
+    let worker = llm_tests::start_worker(&app.db, &["--models-file", path.to_str().unwrap()]);
+    let service = app
+        .jwt
+        .issue(uuid::Uuid::now_v7(), 600, Some("service"))
+        .unwrap();
+
+    // Only service identities (and admins) may deliver events; malformed ones are refused.
+    let requested = json!({"id": uuid::Uuid::now_v7(), "type": "generation.requested", "source": "hub",
+                           "data": {"user_id": app.user, "prompt": "a quest from the hub"}});
+    assert_eq!(
+        send_event(&app, &app.token(), requested.clone()).await.0,
+        403
+    );
+    assert_eq!(
+        send_event(&app, &service, json!({"type": "generation.requested"}))
+            .await
+            .0,
+        422
+    );
+    assert_eq!(
+        send_event(&app, &service, json!({"id": "nope", "type": "x"}))
+            .await
+            .0,
+        422
+    );
+    let (status, body) = send_event(&app, &service, json!({"id": uuid::Uuid::now_v7(), "type": "generation.requested", "data": {"prompt": "no user"}})).await;
+    assert_eq!(status, 422, "{body}");
+
+    // generation.requested creates a request for the user, once per event id.
+    let (status, created) = send_event(&app, &service, requested.clone()).await;
+    assert_eq!(status, 202, "{created}");
+    let id: uuid::Uuid = created["request_id"].as_str().unwrap().parse().unwrap();
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["metadata"]["event_id"], requested["id"]);
+    let (status, again) = send_event(&app, &service, requested).await;
+    assert_eq!((status, again["duplicate"].clone()), (200, json!(true)));
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests")
+            .await,
+        1
+    );
+
+    // cache.invalidate clears the matching entries.
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM response_cache").await, 1);
+    let invalidate =
+        json!({"id": uuid::Uuid::now_v7(), "type": "cache.invalidate", "data": {"model": "mock"}});
+    let (status, body) = send_event(&app, &service, invalidate.clone()).await;
+    assert_eq!((status, body["invalidated"].clone()), (200, json!(1)));
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM response_cache").await, 0);
+    assert_eq!(
+        send_event(&app, &service, invalidate).await.1["duplicate"],
+        true
+    );
+
+    // model.updated reloads the registry.
+    std::fs::write(
+        &path,
+        original.replace("id = \"mock-large\"", "id = \"mock-xxl\""),
+    )
+    .unwrap();
+    let (status, _) = send_event(
+        &app,
+        &service,
+        json!({"id": uuid::Uuid::now_v7(), "type": "model.updated", "data": {}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let models: Value = app
+        .http
+        .get(app.url("/api/v1/models/mock-xxl"))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["id"], "mock-xxl");
+
+    // Unknown types are acknowledged, with no effect.
+    let (status, body) = send_event(
+        &app,
+        &service,
+        json!({"id": uuid::Uuid::now_v7(), "type": "party.started", "data": {}}),
+    )
+    .await;
+    assert_eq!((status, body["ignored"].clone()), (202, json!(true)));
+    let _ = std::fs::remove_file(path);
+    worker.stop().await;
+}

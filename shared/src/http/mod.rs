@@ -4,6 +4,7 @@
 
 mod admin;
 mod batch;
+mod events;
 mod generate;
 mod health;
 mod limits;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
             post(admin::invalidate_cache),
         )
         .route("/api/v1/admin/requests", get(admin::list_requests))
+        .route("/api/v1/events", post(events::receive))
         .route("/api/v1/admin/requests/replay", post(admin::replay_many))
         .route(
             "/api/v1/admin/requests/{request_id}/replay",
