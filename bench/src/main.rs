@@ -240,12 +240,7 @@ async fn run(
         submit.push(r);
     }
     // The submit phase left its jobs queued: clear them so the end-to-end runs start empty.
-    sqlx::query("TRUNCATE generation_requests CASCADE")
-        .execute(&bench_db.pool)
-        .await?;
-    sqlx::query("TRUNCATE apalis.jobs")
-        .execute(&bench_db.pool)
-        .await?;
+    reset_tables(&bench_db.pool).await?;
 
     let unloaded = {
         let mut worker = spawn(
@@ -270,12 +265,7 @@ async fn run(
             r.submit_to_completed.p50_ms, r.submit_to_completed.p99_ms
         );
         stop(&mut worker).await;
-        sqlx::query("TRUNCATE generation_requests CASCADE")
-            .execute(&bench_db.pool)
-            .await?;
-        sqlx::query("TRUNCATE apalis.jobs")
-            .execute(&bench_db.pool)
-            .await?;
+        reset_tables(&bench_db.pool).await?;
         r
     };
 
@@ -308,12 +298,7 @@ async fn run(
         for child in &mut children {
             stop(child).await;
         }
-        sqlx::query("TRUNCATE generation_requests CASCADE")
-            .execute(&bench_db.pool)
-            .await?;
-        sqlx::query("TRUNCATE apalis.jobs")
-            .execute(&bench_db.pool)
-            .await?;
+        reset_tables(&bench_db.pool).await?;
     }
     let streaming = measure_streaming(
         args,
@@ -326,12 +311,7 @@ async fn run(
         &bench_db.pool,
     )
     .await?;
-    sqlx::query("TRUNCATE generation_requests CASCADE")
-        .execute(&bench_db.pool)
-        .await?;
-    sqlx::query("TRUNCATE apalis.jobs")
-        .execute(&bench_db.pool)
-        .await?;
+    reset_tables(&bench_db.pool).await?;
 
     let cache_hits = measure_cache_hits(args, bin_dir, &env, &client, &base, &token).await?;
     println!(
@@ -370,12 +350,7 @@ async fn run(
         for child in &mut children {
             stop(child).await;
         }
-        sqlx::query("TRUNCATE generation_requests CASCADE")
-            .execute(&bench_db.pool)
-            .await?;
-        sqlx::query("TRUNCATE apalis.jobs")
-            .execute(&bench_db.pool)
-            .await?;
+        reset_tables(&bench_db.pool).await?;
     }
     stop(&mut api).await;
     Ok(Report {
@@ -660,10 +635,7 @@ async fn measure_streaming(
         events.until_done().await;
     }
     stop(&mut worker).await;
-    sqlx::query("TRUNCATE generation_requests CASCADE")
-        .execute(pool)
-        .await?;
-    sqlx::query("TRUNCATE apalis.jobs").execute(pool).await?;
+    reset_tables(pool).await?;
 
     // 2. Many concurrent streams on one api process: open them all (no worker yet), then let
     //    workers produce every token.
@@ -888,6 +860,14 @@ fn print_report(report: &Report) {
         st.api_cpu_us_per_token,
         st.all_streams_done_secs
     );
+}
+
+/// Empties the requests and the queue between measurements.
+async fn reset_tables(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE generation_requests, apalis.jobs CASCADE")
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 struct BenchDb {
