@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use llm_shared::admin;
 use llm_tests::fake_upstream::{self, FakeUpstream};
-use llm_tests::{TestApp, spawn_app, spawn_app_with_providers, start_worker};
+use llm_tests::{TestApp, spawn_app, start_worker};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -32,18 +32,8 @@ async fn call(
 async fn a_failed_request_is_replayed_after_the_provider_is_repaired() {
     let openai = FakeUpstream::start("/v1").await;
     openai.always(fake_upstream::openai::error(503, "broken", None));
-    let flags: Vec<String> = [
-        "--openai-base-url",
-        &openai.base_url,
-        "--openai-api-key",
-        "sk-test-0123456789",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
 
     let id = app
         .submit_ok(json!({"prompt": "needs a working provider", "model": "gpt-4o-mini"}))

@@ -13,15 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn openai_app() -> (FakeUpstream, TestApp, Vec<String>) {
     let openai = FakeUpstream::start("/v1").await;
     openai.always(fake_upstream::openai::success("A cached answer.", 12, 4));
-    let flags: Vec<String> = [
-        "--openai-base-url",
-        &openai.base_url,
-        "--openai-api-key",
-        "sk-test-0123456789",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let flags = llm_tests::openai_flags(&openai);
     let app = spawn_app_with_providers(&flags).await;
     (openai, app, flags)
 }
@@ -184,18 +176,8 @@ async fn identical_requests_in_flight_share_one_provider_call() {
         Duration::from_millis(1500),
         Box::new(fake_upstream::openai::success("Shared.", 12, 4)),
     ));
-    let flags: Vec<String> = [
-        "--openai-base-url",
-        &openai.base_url,
-        "--openai-api-key",
-        "sk-test-0123456789",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
 
     let body = json!({"prompt": "at the same time", "model": "gpt-4o"});
     let leader = app.submit_ok(body.clone()).await;

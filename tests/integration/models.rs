@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use llm_shared::models::{self, Requirements};
 use llm_tests::fake_upstream::{self, FakeUpstream};
-use llm_tests::{TestApp, registry, spawn_app, spawn_app_with_providers, start_worker};
+use llm_tests::{TestApp, registry, spawn_app, start_worker};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -59,18 +59,8 @@ async fn models_are_listed_with_availability_prices_and_health() {
 async fn a_failing_provider_shows_in_its_models_health() {
     let openai = FakeUpstream::start("/v1").await;
     openai.always(fake_upstream::openai::error(503, "down", None));
-    let flags: Vec<String> = [
-        "--openai-base-url",
-        &openai.base_url,
-        "--openai-api-key",
-        "sk-test-0123456789",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
     for i in 0..2 {
         let id = app
             .submit_ok(json!({"prompt": format!("down {i}"), "model": "gpt-4o-mini"}))
@@ -193,9 +183,7 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     let original = include_str!("../../config/models.toml");
     std::fs::write(&path, original).unwrap();
     let flags = vec!["--models-file".to_owned(), path.display().to_string()];
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
     assert_eq!(get(&app, "/api/v1/models/mock-large").await.0, 200);
 
     // The file changes: mock-large goes away.

@@ -8,7 +8,7 @@ use llm_tests::fake_upstream::{self, FakeUpstream};
 use llm_tests::sse::{SseMessage, SseReader, output_of};
 use llm_tests::{
     TEST_SECRET, TestApp, signal, spawn_api_process, spawn_app, spawn_app_with,
-    spawn_app_with_providers, spawn_worker_process, start_worker,
+    spawn_worker_process, start_worker,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -132,9 +132,7 @@ async fn streamed_tokens_equal_the_stored_result_for_each_provider() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
     for (model, expected) in [
         ("gpt-4o", "Brave and bold."),
         ("claude-sonnet", "Quiet but deadly."),
@@ -426,18 +424,8 @@ async fn a_provider_stream_cut_midway_restarts_the_output_on_the_retry() {
             3,
             true,
         ));
-    let flags: Vec<String> = [
-        "--openai-base-url",
-        &openai.base_url,
-        "--openai-api-key",
-        "sk-test-0123456789",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
     let mut stream = open_stream(&app, json!({"prompt": "x", "model": "gpt-4o"})).await;
     let messages = stream.until_terminal(LONG).await;
     let id = request_id(&messages[0]);

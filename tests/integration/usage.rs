@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use llm_tests::fake_upstream::{self, FakeUpstream};
-use llm_tests::{spawn_app_with_providers, start_worker};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -22,18 +21,8 @@ async fn usage(app: &llm_tests::TestApp, path: &str, token: &str) -> (u16, Value
 async fn usage_and_cost_add_up_to_the_completed_requests() {
     let openai = FakeUpstream::start("/v1").await;
     openai.always(fake_upstream::openai::success("Priced answer.", 1000, 500));
-    let flags: Vec<String> = [
-        "--openai-base-url",
-        &openai.base_url,
-        "--openai-api-key",
-        "sk-test-0123456789",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let app = spawn_app_with_providers(&flags).await;
-    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let worker = start_worker(&app.db, &worker_flags);
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
 
     let mut ids = Vec::new();
     for i in 0..3 {

@@ -314,6 +314,27 @@ pub fn worker_models(config: &WorkerConfig) -> Models {
     )
 }
 
+/// The flags that point the service at a fake OpenAI upstream (with a test key).
+pub fn openai_flags(openai: &fake_upstream::FakeUpstream) -> Vec<String> {
+    [
+        "--openai-base-url",
+        &openai.base_url,
+        "--openai-api-key",
+        "sk-test-0123456789",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The app and an in-process worker, both configured with these provider flags.
+pub async fn app_with_worker(flags: &[String]) -> (TestApp, InProcessWorker) {
+    let app = spawn_app_with_providers(flags).await;
+    let worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let worker = start_worker(&app.db, &worker_flags);
+    (app, worker)
+}
+
 /// A worker running inside the test process.
 pub struct InProcessWorker {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
