@@ -47,33 +47,17 @@ impl OllamaProvider {
 #[derive(Debug, Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
-    messages: Vec<Message<'a>>,
+    messages: Vec<wire::ChatMessage<'a>>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<Value>,
     options: Value,
 }
 
-#[derive(Debug, Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: &'a str,
-}
-
 impl<'a> ChatRequest<'a> {
     fn new(input: &'a GenerationInput, stream: bool) -> Self {
         let p = &input.params;
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = &p.system {
-            messages.push(Message {
-                role: "system",
-                content: system,
-            });
-        }
-        messages.push(Message {
-            role: "user",
-            content: &input.prompt,
-        });
+        let messages = wire::chat_messages(input);
         let mut options = serde_json::Map::new();
         if let Some(t) = p.temperature {
             options.insert("temperature".into(), json!(t));

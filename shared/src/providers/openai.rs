@@ -53,7 +53,7 @@ impl OpenAiProvider {
 #[derive(Debug, Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
-    messages: Vec<Message<'a>>,
+    messages: Vec<wire::ChatMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,26 +69,10 @@ struct ChatRequest<'a> {
     stream_options: Option<Value>,
 }
 
-#[derive(Debug, Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: &'a str,
-}
-
 impl<'a> ChatRequest<'a> {
     fn new(input: &'a GenerationInput, stream: bool) -> Self {
         let p = &input.params;
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = &p.system {
-            messages.push(Message {
-                role: "system",
-                content: system,
-            });
-        }
-        messages.push(Message {
-            role: "user",
-            content: &input.prompt,
-        });
+        let messages = wire::chat_messages(input);
         Self {
             model: &input.upstream_model,
             messages,

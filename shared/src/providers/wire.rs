@@ -15,6 +15,29 @@ use crate::models::Timeouts;
 /// Longest error body quoted in an error message.
 const MAX_QUOTED_BODY: usize = 300;
 
+/// A chat message of the OpenAI-style APIs (OpenAI, Ollama).
+#[derive(Debug, serde::Serialize)]
+pub struct ChatMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
+/// The request's optional system prompt, then its prompt as the user's message.
+pub fn chat_messages(input: &super::GenerationInput) -> Vec<ChatMessage<'_>> {
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = &input.params.system {
+        messages.push(ChatMessage {
+            role: "system",
+            content: system,
+        });
+    }
+    messages.push(ChatMessage {
+        role: "user",
+        content: &input.prompt,
+    });
+    messages
+}
+
 pub fn client(timeouts: &Timeouts) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(timeouts.connect())
