@@ -137,6 +137,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
             max_body_bytes: config.max_body_bytes,
             max_wait: Duration::from_secs(config.max_wait_secs),
             job_max_attempts: config.common.job_max_attempts,
+            compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
         },
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -144,6 +144,11 @@ pub struct ApiConfig {
     /// Longest `?wait=` a poll may ask for, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,
+
+    /// How long an OpenAI-compatible call (`/v1/...`, not streamed) waits for its generation
+    /// before answering 504 with the request id to poll instead, in seconds.
+    #[arg(long, env = "OPENAI_COMPAT_WAIT_SECS", default_value_t = 120)]
+    pub openai_compat_wait_secs: u64,
 }
 
 impl CommonConfig {

@@ -68,7 +68,7 @@ impl ApiError {
         Self::Internal(Box::new(err))
     }
 
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation { .. } | Self::InvalidItems(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -86,7 +86,7 @@ impl ApiError {
     }
 
     /// Stable, machine-readable code of the error body.
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Validation { .. } | Self::InvalidItems(_) => "validation_failed",

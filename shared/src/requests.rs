@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::models::{Capability, ModelRegistry, ProviderKind};
 use crate::prompts::{OutputFormat, PromptLibrary, RenderError};
 use crate::providers::{
-    GenerationOutput, GenerationParams, MockBehaviour, ProviderError, ResponseFormat,
+    GenerationOutput, GenerationParams, MockBehaviour, ProviderError, ResponseFormat, TurnRole,
     estimate_tokens,
 };
 use crate::queue;
@@ -29,6 +29,8 @@ use crate::validation;
 pub const MAX_PROMPT_CHARS: usize = 100_000;
 /// Output tokens a request without `max_tokens` is assumed to use, for rate limiting.
 const DEFAULT_OUTPUT_ESTIMATE: u32 = 1024;
+/// Most earlier turns a conversation may carry.
+pub const MAX_HISTORY_TURNS: usize = 256;
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -257,6 +259,13 @@ impl NewRequest {
         }
         let params = body.parameters.unwrap_or_default();
         validate_params(&params, model.max_output_tokens)?;
+        let history_chars = validate_history(&params)?;
+        if prompt.chars().count() + history_chars > MAX_PROMPT_CHARS {
+            return Err(ApiError::validation(
+                "parameters.history",
+                format!("prompt and history are longer than {MAX_PROMPT_CHARS} characters"),
+            ));
+        }
         if let Some(schema) = params.json_output() {
             if !model.supports(Capability::Json) {
                 return Err(ApiError::validation(
@@ -309,6 +318,13 @@ impl NewRequest {
         }
         let estimated_tokens = estimate_tokens(&prompt)
             .saturating_add(params.system.as_deref().map_or(0, estimate_tokens))
+            .saturating_add(
+                params
+                    .history
+                    .iter()
+                    .flatten()
+                    .fold(0, |n, t| n.saturating_add(estimate_tokens(&t.content))),
+            )
             .saturating_add(
                 params
                     .max_tokens
@@ -369,6 +385,29 @@ fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), Api
         ));
     }
     Ok(())
+}
+
+/// Checks the earlier turns of a conversation; answers their length in characters.
+fn validate_history(params: &GenerationParams) -> Result<usize, ApiError> {
+    let Some(history) = &params.history else {
+        return Ok(0);
+    };
+    if history.len() > MAX_HISTORY_TURNS {
+        return Err(ApiError::validation(
+            "parameters.history",
+            format!("history takes at most {MAX_HISTORY_TURNS} turns"),
+        ));
+    }
+    if let Some(i) = history
+        .iter()
+        .position(|t| t.role == TurnRole::User && t.content.trim().is_empty())
+    {
+        return Err(ApiError::validation(
+            "parameters.history",
+            format!("history[{i}]: a user turn must not be empty"),
+        ));
+    }
+    Ok(history.iter().map(|t| t.content.chars().count()).sum())
 }
 
 fn object_or_empty(value: Option<Value>, field: &'static str) -> Result<Value, ApiError> {

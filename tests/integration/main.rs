@@ -12,6 +12,7 @@ mod health;
 mod hub;
 mod migrations;
 mod models;
+mod openai_compat;
 mod processes;
 mod prompts;
 mod providers;

@@ -165,6 +165,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
             max_body_bytes: 64 * 1024,
             max_wait: Duration::from_secs(30),
             job_max_attempts: 5,
+            compat_wait: Duration::from_secs(30),
         },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -369,7 +370,48 @@ impl InProcessWorker {
 
 /// The repository's `prompts/` directory.
 pub fn prompts_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../prompts"))
+    repo_root().join("prompts")
+}
+
+/// The workspace's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The Python of a virtualenv with the official `openai` SDK (the version pinned in
+/// `tests/python/requirements.txt`), created under `target/` on first use and kept.
+pub async fn openai_sdk_python() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let venv = target.join("openai-sdk-venv");
+    let python = venv.join("bin/python");
+    let requirements = repo_root().join("tests/python/requirements.txt");
+    let stamp = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return python;
+    }
+    let (venv_dir, py) = (venv.clone(), python.clone());
+    tokio::task::spawn_blocking(move || {
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv_dir));
+        run(std::process::Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements));
+    })
+    .await
+    .unwrap();
+    std::fs::write(&stamp, wanted).unwrap();
+    python
 }
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`.

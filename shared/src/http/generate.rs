@@ -41,19 +41,7 @@ pub async fn submit(
         &state.models.current(),
         state.limits.job_max_attempts,
     )?;
-    let estimated = new.estimated_tokens;
-    let rate = super::limits::enforce(&state, &user, estimated).await?;
-    let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
-    if let Some(rate) = rate
-        && submitted.status == Status::Completed
-    {
-        // Answered without a provider call: its tokens go back.
-        let refund = -i64::from(estimated);
-        state.limiter.reconcile(user.id, rate.window, refund).await;
-    }
-    if !submitted.replayed {
-        tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
-    }
+    let submitted = accept(&state, &user, new).await?;
     let poll_url = format!("/api/v1/generate/{}", submitted.id);
     // Answered from the cache: already complete, so 200 rather than "accepted for later".
     let code = if submitted.status == Status::Completed {
@@ -80,6 +68,29 @@ pub async fn submit(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Counts a validated request against the caller's rate limits and submits it (answered from
+/// the cache, attached to an identical request in flight, or committed with its job).
+pub(super) async fn accept(
+    state: &AppState,
+    user: &AuthUser,
+    new: NewRequest,
+) -> Result<requests::Submitted, ApiError> {
+    let estimated = new.estimated_tokens;
+    let rate = super::limits::enforce(state, user, estimated).await?;
+    let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
+    if let Some(rate) = rate
+        && submitted.status == Status::Completed
+    {
+        // Answered without a provider call: its tokens go back.
+        let refund = -i64::from(estimated);
+        state.limiter.reconcile(user.id, rate.window, refund).await;
+    }
+    if !submitted.replayed {
+        tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
+    }
+    Ok(submitted)
 }
 
 /// The `Idempotency-Key` header, if any.
@@ -153,7 +164,7 @@ async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<RequestView, Api
 
 /// Answers as soon as the request is final, or when `wait` is up. The subscription is taken
 /// before the row is read, so a completion between the read and the wait is not missed.
-async fn wait_until_final(
+pub(super) async fn wait_until_final(
     state: &AppState,
     id: Uuid,
     user: Uuid,

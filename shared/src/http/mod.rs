@@ -9,6 +9,7 @@ mod generate;
 mod health;
 mod limits;
 mod models;
+mod openai;
 mod prompts;
 mod stream;
 mod usage;
@@ -53,6 +54,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_wait: Duration,
     pub job_max_attempts: u32,
+    /// How long a `/v1/...` call waits for its generation (`OPENAI_COMPAT_WAIT_SECS`).
+    pub compat_wait: Duration,
 }
 
 /// A batch body may be this many times the size of a single request's.
@@ -104,6 +107,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/rate_limits/{user_id}",
             axum::routing::put(limits::set_override).delete(limits::clear_override),
         )
+        // The OpenAI-compatible front door (`http::openai`).
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{model}", get(openai::show_model))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::headers,

@@ -44,34 +44,44 @@ pub async fn submit_stream(
 ) -> Result<EventStream, ApiError> {
     let key = idempotency_key(&headers)?;
     let body = body.resolve_template(&state.prompts, &state.models.current())?;
-    let mut new = NewRequest::validate(
+    let new = NewRequest::validate(
         body,
         user.id,
         key,
         &state.models.current(),
         state.limits.job_max_attempts,
     )?;
+    let (id, subscription) = submit_subscribed(&state, &user, new).await?;
+    Ok(follow(state, id, user.id, subscription, 0))
+}
+
+/// Submits a request whose worker relays its tokens, subscribed to its relay channel before
+/// the job exists, so that not even the first token can be missed.
+pub(super) async fn submit_subscribed(
+    state: &AppState,
+    user: &AuthUser,
+    mut new: NewRequest,
+) -> Result<(Uuid, HubSubscription), ApiError> {
     new.stream = true;
-    super::limits::enforce(&state, &user, new.estimated_tokens).await?;
-    // Subscribed before the job exists, so that not even the first token can be missed.
+    super::limits::enforce(state, user, new.estimated_tokens).await?;
     let subscription = state
         .hub
         .subscribe(new.id)
         .await
         .map_err(|_| relay_unavailable())?;
     let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
-    let subscription = if submitted.replayed {
+    if submitted.replayed {
+        // An earlier request with the same Idempotency-Key: follow that one instead.
         drop(subscription);
-        state
+        let subscription = state
             .hub
             .subscribe(submitted.id)
             .await
-            .map_err(|_| relay_unavailable())?
-    } else {
-        tracing::info!(request.id = %submitted.id, user.id = %user.id, "streaming generation accepted");
-        subscription
-    };
-    Ok(follow(state, submitted.id, user.id, subscription, 0))
+            .map_err(|_| relay_unavailable())?;
+        return Ok((submitted.id, subscription));
+    }
+    tracing::info!(request.id = %submitted.id, user.id = %user.id, "streaming generation accepted");
+    Ok((submitted.id, subscription))
 }
 
 pub async fn attach(
@@ -138,7 +148,39 @@ fn follow(
     subscription: HubSubscription,
     last_seen: u64,
 ) -> EventStream {
-    let (tx, rx) = mpsc::channel::<Event>(16);
+    let rx = follow_events(state, id, user, subscription, last_seen);
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok(to_sse(&e)), rx))
+    });
+    let body: futures::stream::BoxStream<'static, Result<Event, Infallible>> = Box::pin(body);
+    Sse::new(body).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    )
+}
+
+/// What a follower tells its client, in order: `Start`, then tokens and restarts, then exactly
+/// one `Done` or `Failed` (built from the request row). Every event but `Start` has a seq.
+#[derive(Debug, Clone)]
+pub(super) enum FollowEvent {
+    Start { request_id: Uuid, model: String, status: Status },
+    Token { seq: u64, text: String },
+    Restart { seq: u64, reason: String },
+    Done { seq: u64, row: Box<RequestView> },
+    Failed { seq: u64, code: String, message: String },
+}
+
+/// Follows a request in a task of its own: the events go to the returned receiver. Dropping
+/// the receiver stops the follower (the generation itself carries on).
+pub(super) fn follow_events(
+    state: AppState,
+    id: Uuid,
+    user: Uuid,
+    subscription: HubSubscription,
+    last_seen: u64,
+) -> mpsc::Receiver<FollowEvent> {
+    let (tx, rx) = mpsc::channel::<FollowEvent>(16);
     tokio::spawn(async move {
         // A client resuming after an event id has output we cannot see until the log is read.
         let tokens = usize::from(last_seen > 0);
@@ -155,16 +197,7 @@ fn follow(
             tracing::debug!(request.id = %id, error = %err, "stream follower stopped");
         }
     });
-    let body = futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-    );
-    let body: futures::stream::BoxStream<'static, Result<Event, Infallible>> = Box::pin(body);
-    Sse::new(body).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
-    )
+    rx
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +212,7 @@ struct Follower {
     state: AppState,
     id: Uuid,
     user: Uuid,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<FollowEvent>,
     /// Highest relay seq the client has.
     last_seen: u64,
     /// Output since the last `restart`, as the client has it (replayed or sent).
@@ -189,7 +222,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn send(&self, event: Event) -> Result<(), FollowError> {
+    async fn send(&self, event: FollowEvent) -> Result<(), FollowError> {
         self.tx.send(event).await.map_err(|_| FollowError::Gone)
     }
 
@@ -198,9 +231,12 @@ impl Follower {
         let Some(row) = requests::find_for_user(&self.state.pool, self.id, self.user).await? else {
             return Ok(());
         };
-        let start = json!({"request_id": self.id, "model": row.model, "status": row.status});
-        self.send(Event::default().event("start").data(start.to_string()))
-            .await?;
+        self.send(FollowEvent::Start {
+            request_id: self.id,
+            model: row.model.clone(),
+            status: row.status,
+        })
+        .await?;
         self.catch_up().await?;
         if row.status.is_final() {
             return self.finish().await;
@@ -275,7 +311,7 @@ impl Follower {
                 }
             }
             if event.seq > self.last_seen {
-                self.send(to_sse(event)).await?;
+                self.send(relayed(event)).await?;
                 self.last_seen = event.seq;
             }
         }
@@ -305,7 +341,7 @@ impl Follower {
             }
         }
         self.last_seen = event.seq;
-        self.send(to_sse(&event)).await
+        self.send(relayed(&event)).await
     }
 
     /// The request is final: drain the log, make the output equal the stored result, and send
@@ -321,43 +357,24 @@ impl Follower {
                 let result = row.result.clone().unwrap_or_default();
                 if self.text != result {
                     if self.tokens > 0 {
-                        let data = json!({"reason": "resync"});
-                        self.send(
-                            Event::default()
-                                .event("restart")
-                                .id(next_id.to_string())
-                                .data(data.to_string()),
-                        )
+                        self.send(FollowEvent::Restart {
+                            seq: next_id,
+                            reason: "resync".into(),
+                        })
                         .await?;
                         next_id += 1;
                     }
-                    let data = json!({"text": result});
-                    self.send(
-                        Event::default()
-                            .event("token")
-                            .id(next_id.to_string())
-                            .data(data.to_string()),
-                    )
+                    self.send(FollowEvent::Token {
+                        seq: next_id,
+                        text: result,
+                    })
                     .await?;
                     next_id += 1;
                 }
-                let data = json!({
-                    "finish_reason": row.finish_reason,
-                    "usage": {
-                        "prompt_tokens": row.prompt_tokens,
-                        "completion_tokens": row.completion_tokens,
-                        "total_tokens": row.tokens_used,
-                    },
-                    "cached": row.metadata.get("cached").and_then(|c| c.as_bool()).unwrap_or(false),
-                    "provider": row.provider,
-                    "model": row.provider_model,
-                });
-                self.send(
-                    Event::default()
-                        .event("done")
-                        .id(next_id.to_string())
-                        .data(data.to_string()),
-                )
+                self.send(FollowEvent::Done {
+                    seq: next_id,
+                    row: Box::new(row),
+                })
                 .await
             }
             Status::Failed | Status::Cancelled => {
@@ -374,13 +391,11 @@ impl Follower {
                             .unwrap_or_else(|| "the generation failed".into()),
                     )
                 };
-                let data = json!({"code": code, "message": message});
-                self.send(
-                    Event::default()
-                        .event("error")
-                        .id(next_id.to_string())
-                        .data(data.to_string()),
-                )
+                self.send(FollowEvent::Failed {
+                    seq: next_id,
+                    code,
+                    message,
+                })
                 .await
             }
             Status::Pending | Status::Running => Ok(()),
@@ -388,13 +403,57 @@ impl Follower {
     }
 }
 
-fn to_sse(event: &RelayEvent) -> Event {
-    let (name, data) = match &event.kind {
-        RelayKind::Token { text } => ("token", json!({"text": text})),
-        RelayKind::Restart { reason } => ("restart", json!({"reason": reason})),
+fn relayed(event: &RelayEvent) -> FollowEvent {
+    match &event.kind {
+        RelayKind::Token { text } => FollowEvent::Token {
+            seq: event.seq,
+            text: text.clone(),
+        },
+        RelayKind::Restart { reason } => FollowEvent::Restart {
+            seq: event.seq,
+            reason: reason.clone(),
+        },
+    }
+}
+
+/// The native SSE event of a follower's event.
+fn to_sse(event: &FollowEvent) -> Event {
+    let (name, seq, data) = match event {
+        FollowEvent::Start {
+            request_id,
+            model,
+            status,
+        } => (
+            "start",
+            None,
+            json!({"request_id": request_id, "model": model, "status": status}),
+        ),
+        FollowEvent::Token { seq, text } => ("token", Some(seq), json!({"text": text})),
+        FollowEvent::Restart { seq, reason } => ("restart", Some(seq), json!({"reason": reason})),
+        FollowEvent::Done { seq, row } => (
+            "done",
+            Some(seq),
+            json!({
+                "finish_reason": row.finish_reason,
+                "usage": {
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "total_tokens": row.tokens_used,
+                },
+                "cached": row.cached,
+                "provider": row.provider,
+                "model": row.provider_model,
+            }),
+        ),
+        FollowEvent::Failed { seq, code, message } => (
+            "error",
+            Some(seq),
+            json!({"code": code, "message": message}),
+        ),
     };
-    Event::default()
-        .event(name)
-        .id(event.seq.to_string())
-        .data(data.to_string())
+    let event = Event::default().event(name).data(data.to_string());
+    match seq {
+        Some(seq) => event.id(seq.to_string()),
+        None => event,
+    }
 }

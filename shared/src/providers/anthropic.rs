@@ -67,7 +67,7 @@ impl AnthropicProvider {
 struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
-    messages: [UserMessage<'a>; 1],
+    messages: Vec<wire::ChatMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,12 +77,6 @@ struct MessagesRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_sequences: Option<&'a [String]>,
     stream: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct UserMessage<'a> {
-    role: &'static str,
-    content: &'a str,
 }
 
 impl<'a> MessagesRequest<'a> {
@@ -97,10 +91,7 @@ impl<'a> MessagesRequest<'a> {
         Self {
             model: &input.upstream_model,
             max_tokens: p.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-            messages: [UserMessage {
-                role: "user",
-                content: &input.prompt,
-            }],
+            messages: wire::conversation(input),
             system,
             temperature: p.temperature.map(|t| t.min(1.0)),
             top_p: p.top_p,

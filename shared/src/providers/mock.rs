@@ -152,7 +152,16 @@ impl MockProvider {
             .max_tokens
             .unwrap_or(DEFAULT_COMPLETION_WORDS)
             .clamp(1, 4096);
-        let prose = deterministic_text(&input.prompt, words);
+        // The whole conversation seeds the text: another history, another answer.
+        let conversation = super::wire::conversation(input);
+        let seed: String = match conversation.as_slice() {
+            [only] => only.content.to_owned(),
+            turns => turns
+                .iter()
+                .map(|t| format!("{}: {}\n", t.role, t.content))
+                .collect(),
+        };
+        let prose = deterministic_text(&seed, words);
         let text = match input.params.json_output() {
             Some(_) if behaviour.fail == Some(MockFailure::InvalidJson) && failing => {
                 format!("Sure! Here it is: {prose}")
@@ -162,7 +171,9 @@ impl MockProvider {
             None => prose,
         };
         Ok(GenerationOutput {
-            prompt_tokens: estimate_tokens(&input.prompt),
+            prompt_tokens: conversation
+                .iter()
+                .fold(0, |n, t| n.saturating_add(estimate_tokens(t.content))),
             completion_tokens: words,
             finish_reason: "stop".into(),
             upstream_model: input.upstream_model.clone(),

@@ -22,13 +22,27 @@ pub struct ChatMessage<'a> {
     pub content: &'a str,
 }
 
-/// The request's optional system prompt, then its prompt as the user's message.
+/// The request's optional system prompt, then its conversation (see [`conversation`]).
 pub fn chat_messages(input: &super::GenerationInput) -> Vec<ChatMessage<'_>> {
-    let mut messages = Vec::with_capacity(2);
+    let mut messages = Vec::with_capacity(2 + history_len(input));
     if let Some(system) = &input.params.system {
         messages.push(ChatMessage {
             role: "system",
             content: system,
+        });
+    }
+    messages.extend(conversation(input));
+    messages
+}
+
+/// The request's earlier turns (`history`), then its prompt as the user's message: the
+/// `messages` of every chat API, without the system prompt (which Anthropic takes apart).
+pub fn conversation(input: &super::GenerationInput) -> Vec<ChatMessage<'_>> {
+    let mut messages = Vec::with_capacity(1 + history_len(input));
+    for turn in input.params.history.iter().flatten() {
+        messages.push(ChatMessage {
+            role: turn.role.as_str(),
+            content: &turn.content,
         });
     }
     messages.push(ChatMessage {
@@ -36,6 +50,10 @@ pub fn chat_messages(input: &super::GenerationInput) -> Vec<ChatMessage<'_>> {
         content: &input.prompt,
     });
     messages
+}
+
+fn history_len(input: &super::GenerationInput) -> usize {
+    input.params.history.as_ref().map_or(0, Vec::len)
 }
 
 pub fn client(timeouts: &Timeouts) -> reqwest::Client {

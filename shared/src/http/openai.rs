@@ -1,0 +1,1009 @@
+//! The OpenAI-compatible front door: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models` and `GET /v1/models/{model}`, so that existing OpenAI clients and SDKs work
+//! unchanged (base URL = this service, API key = the same JWT).
+//!
+//! Each call is an ordinary durable generation request (row + job in one transaction, attempts,
+//! cache, rate limits, usage), so it can be polled, audited and replayed; its id is the
+//! response's `id` and its `x-request-id` header. A call waits for its generation up to
+//! `OPENAI_COMPAT_WAIT_SECS` (or streams it through the relay); past that it answers 504 with
+//! the id to poll, and `x-should-retry: false` so that SDKs do not submit it again.
+//!
+//! Errors have OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`), invalid
+//! requests are 400 (as OpenAI answers them) and a parameter the service cannot honour is
+//! refused by name, unless it has its neutral value (`n: 1`, `presence_penalty: 0`, ...).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::generate::{accept, idempotency_key, wait_until_final};
+use super::stream::{FollowEvent, follow_events, submit_subscribed};
+use super::{AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::cache::CachePolicy;
+use crate::error::ApiError;
+use crate::models::ModelRegistry;
+use crate::providers::{
+    ChatTurn, GenerationParams, MockBehaviour, ResponseFormat as NativeFormat, TurnRole,
+};
+use crate::requests::{GenerateBody, NewRequest, RequestView, Status};
+
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// Honoured by the OpenAI SDKs: `false` stops their automatic retries.
+const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// Which OpenAI API a call came through: it shapes the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Text,
+}
+
+impl Endpoint {
+    fn object(self) -> &'static str {
+        match self {
+            Self::Chat => "chat.completion",
+            Self::Text => "text_completion",
+        }
+    }
+
+    fn chunk_object(self) -> &'static str {
+        match self {
+            Self::Chat => "chat.completion.chunk",
+            Self::Text => "text_completion",
+        }
+    }
+
+    fn api_name(self) -> &'static str {
+        match self {
+            Self::Chat => "openai.chat.completions",
+            Self::Text => "openai.completions",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies
+
+/// The body of `POST /v1/chat/completions`: the parameters the service honours, our two
+/// extensions (`mock`, `cache`), and everything else (refused unless neutral).
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    model: String,
+    messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    mock: Option<MockBehaviour>,
+    #[serde(default)]
+    cache: Option<CachePolicy>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// The body of `POST /v1/completions` (the legacy text completions).
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    model: String,
+    prompt: PromptIn,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    mock: Option<MockBehaviour>,
+    #[serde(default)]
+    cache: Option<CachePolicy>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessageIn {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PromptIn {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaSpec },
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonSchemaSpec {
+    #[allow(dead_code)]
+    name: String,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    strict: Option<bool>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+/// A call translated into the service's own terms.
+struct Call {
+    endpoint: Endpoint,
+    model: String,
+    body: GenerateBody,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl ChatCompletionRequest {
+    fn into_call(self) -> Result<Call, OpenAiError> {
+        refuse_unsupported(&self.other, "")?;
+        let (system, history, prompt) = split_messages(self.messages)?;
+        let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(OpenAiError::invalid(
+                    "give max_tokens or max_completion_tokens, not two different values",
+                    Some("max_completion_tokens"),
+                ));
+            }
+            (a, b) => b.or(a),
+        };
+        let response_format = self.response_format.map(|f| match f {
+            ResponseFormat::Text => NativeFormat::Text,
+            ResponseFormat::JsonObject => NativeFormat::JsonObject,
+            ResponseFormat::JsonSchema { json_schema } => match json_schema.schema {
+                Some(schema) => NativeFormat::JsonSchema { schema },
+                None => NativeFormat::JsonObject,
+            },
+        });
+        let params = GenerationParams {
+            max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop: self.stop.map(Stop::into_vec),
+            system,
+            response_format,
+            history: (!history.is_empty()).then_some(history),
+        };
+        let stream = self.stream.unwrap_or(false);
+        let include_usage = include_usage(stream, self.stream_options)?;
+        Ok(Call {
+            endpoint: Endpoint::Chat,
+            body: native_body(
+                Endpoint::Chat,
+                &self.model,
+                prompt,
+                params,
+                self.user,
+                self.metadata,
+                self.mock,
+                self.cache,
+            ),
+            model: self.model,
+            stream,
+            include_usage,
+        })
+    }
+}
+
+impl CompletionRequest {
+    fn into_call(self) -> Result<Call, OpenAiError> {
+        refuse_unsupported(&self.other, "")?;
+        let prompt = match self.prompt {
+            PromptIn::One(p) => p,
+            PromptIn::Many(mut many) if many.len() == 1 => many.remove(0),
+            PromptIn::Many(_) => {
+                return Err(OpenAiError::invalid(
+                    "prompt must be one string (a list of several prompts is not supported; send one call each)",
+                    Some("prompt"),
+                ));
+            }
+        };
+        let params = GenerationParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop: self.stop.map(Stop::into_vec),
+            ..GenerationParams::default()
+        };
+        let stream = self.stream.unwrap_or(false);
+        let include_usage = include_usage(stream, self.stream_options)?;
+        Ok(Call {
+            endpoint: Endpoint::Text,
+            body: native_body(
+                Endpoint::Text,
+                &self.model,
+                prompt,
+                params,
+                self.user,
+                None,
+                self.mock,
+                self.cache,
+            ),
+            model: self.model,
+            stream,
+            include_usage,
+        })
+    }
+}
+
+impl Stop {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+fn include_usage(stream: bool, options: Option<StreamOptions>) -> Result<bool, OpenAiError> {
+    match options {
+        Some(_) if !stream => Err(OpenAiError::invalid(
+            "stream_options is only allowed with stream: true",
+            Some("stream_options"),
+        )),
+        Some(o) => Ok(o.include_usage.unwrap_or(false)),
+        None => Ok(false),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn native_body(
+    endpoint: Endpoint,
+    model: &str,
+    prompt: String,
+    params: GenerationParams,
+    user: Option<String>,
+    metadata: Option<Map<String, Value>>,
+    mock: Option<MockBehaviour>,
+    cache: Option<CachePolicy>,
+) -> GenerateBody {
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.insert("api".into(), Value::from(endpoint.api_name()));
+    if let Some(user) = user {
+        metadata.insert("openai_user".into(), Value::from(user));
+    }
+    GenerateBody {
+        prompt: Some(prompt),
+        template_id: None,
+        params: None,
+        model: Some(model.to_owned()),
+        context: None,
+        parameters: Some(params),
+        metadata: Some(Value::Object(metadata)),
+        mock,
+        cache,
+    }
+}
+
+/// The parameters the service cannot honour are accepted only with their neutral value: a
+/// client that asks for more is told, not silently served less.
+fn refuse_unsupported(other: &Map<String, Value>, prefix: &str) -> Result<(), OpenAiError> {
+    for (name, value) in other {
+        let neutral = match name.as_str() {
+            "frequency_penalty" | "presence_penalty" => value.as_f64() == Some(0.0),
+            "n" | "best_of" => value.as_u64() == Some(1),
+            "logprobs" | "echo" | "store" => value == &Value::Bool(false),
+            "top_logprobs" => value.as_u64() == Some(0),
+            "tools" | "functions" => value.as_array().is_some_and(Vec::is_empty),
+            "tool_choice" | "function_call" => value == "none",
+            // Meaningless without tools, which are refused.
+            "parallel_tool_calls" => value.is_boolean(),
+            "logit_bias" => value.as_object().is_some_and(Map::is_empty),
+            _ => false,
+        };
+        if !(neutral || value.is_null()) {
+            let param = format!("{prefix}{name}");
+            return Err(OpenAiError::Custom {
+                status: StatusCode::BAD_REQUEST,
+                kind: "invalid_request_error",
+                code: Some("unsupported_parameter".into()),
+                message: format!(
+                    "`{param}` is not supported by this service (it would be ignored); remove it"
+                ),
+                param: Some(param),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Leading system (or developer) messages → the system prompt; the last message (the user's)
+/// → the prompt; the turns between → the history.
+fn split_messages(
+    messages: Vec<ChatMessageIn>,
+) -> Result<(Option<String>, Vec<ChatTurn>, String), OpenAiError> {
+    let mut system: Vec<String> = Vec::new();
+    let mut turns: Vec<ChatTurn> = Vec::new();
+    for (i, message) in messages.into_iter().enumerate() {
+        refuse_unsupported(&message.other, &format!("messages[{i}]."))?;
+        let text = match message.content {
+            Some(content) => Some(content_text(content, i)?),
+            None => None,
+        };
+        let role = match message.role.as_str() {
+            "system" | "developer" => {
+                if !turns.is_empty() {
+                    return Err(OpenAiError::invalid(
+                        format!(
+                            "messages[{i}]: system messages are only supported before the conversation starts"
+                        ),
+                        Some("messages"),
+                    ));
+                }
+                system.push(text.unwrap_or_default());
+                continue;
+            }
+            "user" => TurnRole::User,
+            "assistant" => TurnRole::Assistant,
+            "tool" | "function" => {
+                return Err(OpenAiError::invalid(
+                    format!("messages[{i}]: tool messages are not supported (no tool calling)"),
+                    Some("messages"),
+                ));
+            }
+            other => {
+                return Err(OpenAiError::invalid(
+                    format!(
+                        "messages[{i}]: unknown role `{}` (system, developer, user or assistant)",
+                        other.chars().take(40).collect::<String>()
+                    ),
+                    Some("messages"),
+                ));
+            }
+        };
+        let Some(content) = text else {
+            return Err(OpenAiError::invalid(
+                format!("messages[{i}]: content is required"),
+                Some("messages"),
+            ));
+        };
+        turns.push(ChatTurn { role, content });
+    }
+    let Some(last) = turns.pop() else {
+        return Err(OpenAiError::invalid(
+            "messages must contain at least one user message",
+            Some("messages"),
+        ));
+    };
+    if last.role != TurnRole::User {
+        return Err(OpenAiError::invalid(
+            "the last message must be the user's",
+            Some("messages"),
+        ));
+    }
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    Ok((system, turns, last.content))
+}
+
+fn content_text(content: Content, index: usize) -> Result<String, OpenAiError> {
+    match content {
+        Content::Text(text) => Ok(text),
+        Content::Parts(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.kind.as_str(), part.text) {
+                    ("text", Some(text)) => texts.push(text),
+                    ("text", None) => {
+                        return Err(OpenAiError::invalid(
+                            format!("messages[{index}]: a text part needs its text"),
+                            Some("messages"),
+                        ));
+                    }
+                    (other, _) => {
+                        return Err(OpenAiError::invalid(
+                            format!(
+                                "messages[{index}]: `{}` content is not supported (text only)",
+                                other.chars().take(40).collect::<String>()
+                            ),
+                            Some("messages"),
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    user: Result<AuthUser, ApiError>,
+    headers: HeaderMap,
+    body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
+) -> Result<Response, OpenAiError> {
+    let user = user?;
+    let JsonBody(body) = body?;
+    run(state, user, &headers, body.into_call()?).await
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    user: Result<AuthUser, ApiError>,
+    headers: HeaderMap,
+    body: Result<JsonBody<CompletionRequest>, ApiError>,
+) -> Result<Response, OpenAiError> {
+    let user = user?;
+    let JsonBody(body) = body?;
+    run(state, user, &headers, body.into_call()?).await
+}
+
+pub async fn list_models(
+    State(state): State<AppState>,
+    user: Result<AuthUser, ApiError>,
+) -> Result<Json<Value>, OpenAiError> {
+    user?;
+    let registry = state.models.current();
+    let data: Vec<Value> = registry
+        .all()
+        .iter()
+        .filter(|m| usable(&registry, &m.id))
+        .map(|m| model_object(&m.id, m.provider.as_str()))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn show_model(
+    State(state): State<AppState>,
+    user: Result<AuthUser, ApiError>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    user?;
+    let registry = state.models.current();
+    match registry.get(&model) {
+        Some(m) if usable(&registry, &m.id) => Ok(Json(model_object(&m.id, m.provider.as_str()))),
+        _ => Err(OpenAiError::model_not_found(&model)),
+    }
+}
+
+/// A model a call can use: it, or one of its fallbacks, has a configured provider.
+fn usable(registry: &ModelRegistry, id: &str) -> bool {
+    registry
+        .chain(id)
+        .iter()
+        .any(|m| registry.unavailable_reason(m).is_none())
+}
+
+fn model_object(id: &str, owner: &str) -> Value {
+    // The registry keeps no creation dates: 0 says "unknown" in OpenAI's integer field.
+    json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+}
+
+async fn run(
+    state: AppState,
+    user: AuthUser,
+    headers: &HeaderMap,
+    call: Call,
+) -> Result<Response, OpenAiError> {
+    let registry = state.models.current();
+    if registry.get(&call.model).is_none() {
+        return Err(OpenAiError::model_not_found(&call.model));
+    }
+    let key = idempotency_key(headers)?;
+    let new = NewRequest::validate(
+        call.body,
+        user.id,
+        key,
+        &registry,
+        state.limits.job_max_attempts,
+    )
+    .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
+    if call.stream {
+        let (id, subscription) = submit_subscribed(&state, &user, new)
+            .await
+            .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
+        let events = follow_events(state, id, user.id, subscription, 0);
+        let writer = ChunkWriter::new(id, call.model, call.endpoint, call.include_usage);
+        return Ok(with_request_id(sse(events, writer), id));
+    }
+    let submitted = accept(&state, &user, new)
+        .await
+        .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
+    let row = wait_until_final(&state, submitted.id, user.id, state.limits.compat_wait).await?;
+    let response = match row.status {
+        Status::Completed => Json(completion(&row, call.endpoint)).into_response(),
+        Status::Failed => generation_failed(&row).into_response(),
+        Status::Cancelled => OpenAiError::Custom {
+            status: StatusCode::CONFLICT,
+            kind: "invalid_request_error",
+            code: Some("cancelled".into()),
+            message: "the request was cancelled".into(),
+            param: None,
+        }
+        .into_response(),
+        Status::Pending | Status::Running => still_running(&row, state.limits.compat_wait),
+    };
+    Ok(with_request_id(response, submitted.id))
+}
+
+fn completion(row: &RequestView, endpoint: Endpoint) -> Value {
+    let text = row.result.clone().unwrap_or_default();
+    let finish_reason = finish_reason(row.finish_reason.as_deref());
+    let choice = match endpoint {
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }),
+        Endpoint::Text => json!({
+            "index": 0,
+            "text": text,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }),
+    };
+    json!({
+        "id": row.id,
+        "object": endpoint.object(),
+        "created": row.created_at.timestamp(),
+        "model": row.served_model.as_deref().unwrap_or(&row.model),
+        "system_fingerprint": null,
+        "choices": [choice],
+        "usage": usage(row),
+    })
+}
+
+fn usage(row: &RequestView) -> Value {
+    let prompt = row.prompt_tokens.unwrap_or(0);
+    let completion = row.completion_tokens.unwrap_or(0);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": row.tokens_used.unwrap_or(prompt + completion),
+    })
+}
+
+/// Our finish reasons in OpenAI's words.
+fn finish_reason(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("length") => "length",
+        Some("content_filter") => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// A generation that failed after the service's own retries and fallbacks.
+fn generation_failed(row: &RequestView) -> OpenAiError {
+    let code = row.error_code.clone().unwrap_or_else(|| "failed".into());
+    let message = row
+        .error_message
+        .clone()
+        .unwrap_or_else(|| "the generation failed".into());
+    // The provider refused the request itself: the caller must change it.
+    let (status, kind) = if code == "rejected" {
+        (StatusCode::BAD_REQUEST, "invalid_request_error")
+    } else {
+        (StatusCode::BAD_GATEWAY, "upstream_error")
+    };
+    OpenAiError::Custom {
+        status,
+        kind,
+        code: Some(code),
+        message,
+        param: None,
+    }
+}
+
+/// The wait is over but the generation goes on (it is durable): the id to poll.
+fn still_running(row: &RequestView, waited: Duration) -> Response {
+    let poll_url = format!("/api/v1/generate/{}", row.id);
+    let body = json!({"error": {
+        "message": format!(
+            "the generation is still {} after {} s; it carries on: poll GET {poll_url} for its result",
+            row.status.as_str(),
+            waited.as_secs()
+        ),
+        "type": "timeout",
+        "param": null,
+        "code": "generation_pending",
+        "request_id": row.id,
+        "poll_url": poll_url,
+    }});
+    let mut response = (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
+    if let Ok(location) = HeaderValue::from_str(&poll_url) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn with_request_id(mut response: Response, id: Uuid) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+fn sse(mut events: mpsc::Receiver<FollowEvent>, mut writer: ChunkWriter) -> Response {
+    let body = async_stream(move |tx| async move {
+        while !writer.finished {
+            let frames = writer.on(events.recv().await);
+            for frame in frames {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(body)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        )
+        .into_response()
+}
+
+/// The frames a producer task sends, as a stream (the task stops when the client goes away).
+fn async_stream<F, Fut>(
+    produce: F,
+) -> futures::stream::BoxStream<'static, Result<Event, Infallible>>
+where
+    F: FnOnce(mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Event>(16);
+    tokio::spawn(produce(tx));
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok(e), rx))
+    }))
+}
+
+/// Turns a follower's events into OpenAI chunks. A `restart` cannot be shown to an OpenAI
+/// client, so the writer sends only output that extends what the client already has: a retry
+/// that regenerates the same text goes on seamlessly; one whose result no longer extends what
+/// was sent ends the stream with an error naming the request id (the stored result is whole).
+struct ChunkWriter {
+    id: Uuid,
+    created: i64,
+    model: String,
+    endpoint: Endpoint,
+    include_usage: bool,
+    /// The content the client has.
+    sent: String,
+    /// The output since the last restart.
+    current: String,
+    finished: bool,
+}
+
+impl ChunkWriter {
+    fn new(id: Uuid, model: String, endpoint: Endpoint, include_usage: bool) -> Self {
+        Self {
+            id,
+            created: Utc::now().timestamp(),
+            model,
+            endpoint,
+            include_usage,
+            sent: String::new(),
+            current: String::new(),
+            finished: false,
+        }
+    }
+
+    fn on(&mut self, event: Option<FollowEvent>) -> Vec<Event> {
+        match event {
+            None => self.fail(
+                "stream_interrupted",
+                &format!(
+                    "the stream was interrupted; the generation carries on: poll GET /api/v1/generate/{}",
+                    self.id
+                ),
+            ),
+            Some(FollowEvent::Start { .. }) => match self.endpoint {
+                Endpoint::Chat => vec![self.chunk(json!({"role": "assistant", "content": ""}), None)],
+                Endpoint::Text => Vec::new(),
+            },
+            Some(FollowEvent::Token { text, .. }) => {
+                self.current.push_str(&text);
+                self.flush()
+            }
+            Some(FollowEvent::Restart { .. }) => {
+                self.current.clear();
+                Vec::new()
+            }
+            Some(FollowEvent::Done { row, .. }) => {
+                let mut frames = self.flush();
+                if self.sent != self.current {
+                    frames.extend(self.fail(
+                        "generation_restarted",
+                        &format!(
+                            "the generation restarted after part of its output was sent; its whole result is stored: GET /api/v1/generate/{}",
+                            self.id
+                        ),
+                    ));
+                    return frames;
+                }
+                let reason = finish_reason(row.finish_reason.as_deref());
+                frames.push(self.chunk(json!({}), Some(reason)));
+                if self.include_usage {
+                    frames.push(self.frame(json!([]), usage(&row)));
+                }
+                frames.push(Event::default().data("[DONE]"));
+                self.finished = true;
+                frames
+            }
+            Some(FollowEvent::Failed { code, message, .. }) => self.fail(&code, &message),
+        }
+    }
+
+    /// Sends what extends the client's content, if the current output does.
+    fn flush(&mut self) -> Vec<Event> {
+        if self.current.len() <= self.sent.len() || !self.current.starts_with(&self.sent) {
+            return Vec::new();
+        }
+        let delta = self.current[self.sent.len()..].to_owned();
+        self.sent.push_str(&delta);
+        vec![match self.endpoint {
+            Endpoint::Chat => self.chunk(json!({"content": delta}), None),
+            Endpoint::Text => self.chunk(Value::from(delta), None),
+        }]
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Event {
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({
+                "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason,
+            }),
+            Endpoint::Text => json!({
+                "index": 0,
+                "text": delta.as_str().unwrap_or_default(),
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+        };
+        self.frame(json!([choice]), Value::Null)
+    }
+
+    fn frame(&self, choices: Value, usage: Value) -> Event {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": self.endpoint.chunk_object(),
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if self.include_usage
+            && let Some(map) = chunk.as_object_mut()
+        {
+            map.insert("usage".into(), usage);
+        }
+        Event::default().data(chunk.to_string())
+    }
+
+    fn fail(&mut self, code: &str, message: &str) -> Vec<Event> {
+        self.finished = true;
+        let kind = if code == "cancelled" {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let body = json!({"error": {
+            "message": message, "type": kind, "param": null, "code": code, "request_id": self.id,
+        }});
+        vec![Event::default().data(body.to_string())]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// An error of the `/v1` routes, answered in OpenAI's shape.
+#[derive(Debug)]
+pub enum OpenAiError {
+    /// One of the service's own errors (authentication, rate limits, bodies, the database).
+    Native {
+        error: ApiError,
+        endpoint: Option<Endpoint>,
+    },
+    Custom {
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<String>,
+        message: String,
+        param: Option<String>,
+    },
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        Self::Native {
+            error,
+            endpoint: None,
+        }
+    }
+}
+
+impl OpenAiError {
+    fn from_native(error: ApiError, endpoint: Endpoint) -> Self {
+        Self::Native {
+            error,
+            endpoint: Some(endpoint),
+        }
+    }
+
+    fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::Custom {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: None,
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    fn model_not_found(model: &str) -> Self {
+        Self::Custom {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: Some("model_not_found".into()),
+            message: format!(
+                "the model `{}` does not exist or cannot be used; GET /v1/models lists those that can",
+                model.chars().take(60).collect::<String>()
+            ),
+            param: Some("model".into()),
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Custom {
+                status,
+                kind,
+                code,
+                message,
+                param,
+            } => {
+                let body = json!({"error": {
+                    "message": message, "type": kind, "param": param, "code": code,
+                }});
+                let mut response = (status, Json(body)).into_response();
+                if status != StatusCode::TOO_MANY_REQUESTS {
+                    response
+                        .headers_mut()
+                        .insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
+                }
+                response
+            }
+            Self::Native { error, endpoint } => native_response(error, endpoint),
+        }
+    }
+}
+
+/// The service's own error answer (status, headers such as `Retry-After`, the rate-limit
+/// state), with OpenAI's body instead of ours.
+fn native_response(error: ApiError, endpoint: Option<Endpoint>) -> Response {
+    let status = match error.status() {
+        // OpenAI answers invalid requests with 400, and its SDKs map 400 to BadRequestError.
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        other => other,
+    };
+    let (kind, code) = match error.code() {
+        "unauthorized" => ("invalid_request_error", "invalid_api_key"),
+        "forbidden" => ("permission_error", "forbidden"),
+        "rate_limited" => ("requests", "rate_limit_exceeded"),
+        "service_unavailable" => ("server_error", "service_unavailable"),
+        "internal_error" => ("server_error", "internal_error"),
+        other => ("invalid_request_error", other),
+    };
+    let param = match &error {
+        ApiError::Validation {
+            field: Some(field), ..
+        } => Some(openai_param(field, endpoint)),
+        _ => None,
+    };
+    let message = error.to_string();
+    let retryable = matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    );
+    let response = error.into_response();
+    let (mut parts, _) = response.into_parts();
+    parts.status = status;
+    if !retryable {
+        parts
+            .headers
+            .insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
+    }
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+/// The name of a native field in the OpenAI request that carried it.
+fn openai_param(field: &str, endpoint: Option<Endpoint>) -> String {
+    match field {
+        "prompt" | "parameters.history" | "parameters.system" => match endpoint {
+            Some(Endpoint::Text) => "prompt".into(),
+            _ => "messages".into(),
+        },
+        f if f.starts_with("parameters.response_format") => "response_format".into(),
+        f => f.strip_prefix("parameters.").unwrap_or(f).to_owned(),
+    }
+}
