@@ -59,6 +59,14 @@ async fn malformed_and_invalid_bodies_are_rejected() {
     )
     .await;
     expect_error(
+        raw(r#"{"prompt": "x", "parameters": {"history": [{"role": "system", "content": "y"}]}}"#)
+            .await
+            .unwrap(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    expect_error(
         raw(r#"{"prompt": "x", "surprise": 1}"#).await.unwrap(),
         422,
         "validation_failed",
@@ -94,6 +102,14 @@ async fn malformed_and_invalid_bodies_are_rejected() {
         (
             json!({"prompt": "x", "parameters": {"top_p": 0}}),
             "parameters.top_p",
+        ),
+        (
+            json!({"prompt": "x", "parameters": {"history": [{"role": "user", "content": " "}]}}),
+            "parameters.history",
+        ),
+        (
+            json!({"prompt": "x", "parameters": {"history": vec![json!({"role": "assistant", "content": "y"}); 257]}}),
+            "parameters.history",
         ),
         (json!({"prompt": "x", "context": [1, 2]}), "context"),
         (json!({"prompt": "x", "metadata": "tag"}), "metadata"),

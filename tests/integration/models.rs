@@ -4,20 +4,9 @@ use std::time::Duration;
 
 use llm_shared::models::{self, Requirements};
 use llm_tests::fake_upstream::{self, FakeUpstream};
-use llm_tests::{TestApp, registry, spawn_app, start_worker};
+use llm_tests::{registry, spawn_app, start_worker};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-async fn get(app: &TestApp, path: &str) -> (u16, Value) {
-    let r = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(app.token())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn models_are_listed_with_availability_prices_and_health() {
@@ -29,7 +18,7 @@ async fn models_are_listed_with_availability_prices_and_health() {
             .await;
         app.wait_final(id, Duration::from_secs(20)).await;
     }
-    let (status, list) = get(&app, "/api/v1/models").await;
+    let (status, list) = app.get_json("/api/v1/models").await;
     assert_eq!(status, 200);
     assert_eq!(list["default_model"], "mock");
     let models = list["models"].as_array().unwrap();
@@ -48,10 +37,10 @@ async fn models_are_listed_with_availability_prices_and_health() {
     assert!(mock["health"]["p50_latency_ms"].as_f64().unwrap() >= 30.0);
     assert_eq!(mock["health"]["circuit"], "closed");
 
-    let (status, one) = get(&app, "/api/v1/models/claude-haiku").await;
+    let (status, one) = app.get_json("/api/v1/models/claude-haiku").await;
     assert_eq!(status, 200);
     assert_eq!(one["provider"], "anthropic");
-    assert_eq!(get(&app, "/api/v1/models/gpt-17").await.0, 404);
+    assert_eq!(app.get_json("/api/v1/models/gpt-17").await.0, 404);
     worker.stop().await;
 }
 
@@ -67,7 +56,7 @@ async fn a_failing_provider_shows_in_its_models_health() {
             .await;
         app.wait_final(id, Duration::from_secs(30)).await;
     }
-    let (_, model) = get(&app, "/api/v1/models/gpt-4o-mini").await;
+    let (_, model) = app.get_json("/api/v1/models/gpt-4o-mini").await;
     let health = &model["health"];
     assert!(health["recent_calls"].as_i64().unwrap() >= 5, "{health}");
     assert_eq!(health["error_rate"], 1.0);
@@ -184,7 +173,7 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     std::fs::write(&path, original).unwrap();
     let flags = vec!["--models-file".to_owned(), path.display().to_string()];
     let (app, worker) = llm_tests::app_with_worker(&flags).await;
-    assert_eq!(get(&app, "/api/v1/models/mock-large").await.0, 200);
+    assert_eq!(app.get_json("/api/v1/models/mock-large").await.0, 200);
 
     // The file changes: mock-large goes away.
     let edited = original.replace("id = \"mock-large\"", "id = \"mock-xl\"");
@@ -199,8 +188,8 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     let admin = app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
     let r = reload(admin.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(get(&app, "/api/v1/models/mock-large").await.0, 404);
-    assert_eq!(get(&app, "/api/v1/models/mock-xl").await.0, 200);
+    assert_eq!(app.get_json("/api/v1/models/mock-large").await.0, 404);
+    assert_eq!(app.get_json("/api/v1/models/mock-xl").await.0, 200);
     // The worker was told too: it runs a request for the new model id.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let id = app
@@ -214,7 +203,7 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     std::fs::write(&path, "this is not toml [").unwrap();
     let r = reload(admin).await.unwrap();
     assert_eq!(r.status(), 422);
-    assert_eq!(get(&app, "/api/v1/models/mock-xl").await.0, 200);
+    assert_eq!(app.get_json("/api/v1/models/mock-xl").await.0, 200);
     let _ = std::fs::remove_file(path);
     worker.stop().await;
 }

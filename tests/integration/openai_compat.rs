@@ -23,7 +23,11 @@ async fn post(app: &TestApp, path: &str, body: Value) -> (u16, reqwest::header::
         .unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    (status, headers, response.json().await.unwrap_or(Value::Null))
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 fn request_id(headers: &reqwest::header::HeaderMap) -> Uuid {
@@ -248,11 +252,26 @@ async fn a_retry_that_regenerates_what_was_sent_streams_on_and_one_that_differs_
     let openai = FakeUpstream::start("/v1").await;
     openai
         // Cut after "Hello ", then the retry says the same and more: seamless.
-        .then(fake_upstream::openai::stream(&["Hello ", "wor"], 5, 2, false))
-        .then(fake_upstream::openai::stream(&["Hello ", "world."], 5, 2, true))
+        .then(fake_upstream::openai::stream(
+            &["Hello ", "wor"],
+            5,
+            2,
+            false,
+        ))
+        .then(fake_upstream::openai::stream(
+            &["Hello ", "world."],
+            5,
+            2,
+            true,
+        ))
         // Cut after "Half ", then the retry says something else: the client is told.
         .then(fake_upstream::openai::stream(&["Half ", "a "], 5, 2, false))
-        .then(fake_upstream::openai::stream(&["A whole answer."], 5, 3, true));
+        .then(fake_upstream::openai::stream(
+            &["A whole answer."],
+            5,
+            3,
+            true,
+        ));
     let flags = llm_tests::openai_flags(&openai);
     let (app, worker) = llm_tests::app_with_worker(&flags).await;
 
@@ -266,13 +285,19 @@ async fn a_retry_that_regenerates_what_was_sent_streams_on_and_one_that_differs_
 
     let (_, id, diverged) = chunks(&app, "/v1/chat/completions", body).await;
     let last = diverged.last().unwrap();
-    assert_eq!(last["error"]["code"], "generation_restarted", "{diverged:?}");
+    assert_eq!(
+        last["error"]["code"], "generation_restarted",
+        "{diverged:?}"
+    );
     let id = id.unwrap();
     assert_eq!(last["error"]["request_id"], id.to_string());
     assert!(streamed_content(&diverged).starts_with("Half"));
     let (_, row) = app.poll(id, 0).await;
     assert_eq!(row["status"], "completed");
-    assert_eq!(row["result"], "A whole answer.", "the stored result is whole");
+    assert_eq!(
+        row["result"], "A whole answer.",
+        "the stored result is whole"
+    );
     worker.stop().await;
 }
 
@@ -352,30 +377,93 @@ async fn errors_have_openai_shape_and_unsupported_parameters_are_refused() {
     let app = llm_tests::spawn_app().await;
     let user = |content: &str| json!([{"role": "user", "content": content}]);
     let cases: Vec<(Value, u16, &str, Option<&str>)> = vec![
-        (json!({"model": "nope", "messages": user("x")}), 404, "model_not_found", Some("model")),
-        (json!({"model": "mock", "messages": user("x"), "tools": [{"type": "function"}]}),
-         400, "unsupported_parameter", Some("tools")),
-        (json!({"model": "mock", "messages": user("x"), "n": 2}), 400, "unsupported_parameter", Some("n")),
-        (json!({"model": "mock", "messages": user("x"), "seed": 7}), 400, "unsupported_parameter", Some("seed")),
-        (json!({"model": "mock", "messages": [{"role": "user", "content": "x", "name": "bob"}]}),
-         400, "unsupported_parameter", Some("messages[0].name")),
-        (json!({"model": "mock", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
-         400, "", Some("messages")),
-        (json!({"model": "mock", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}),
-         400, "", Some("messages")),
-        (json!({"model": "mock", "messages": []}), 400, "", Some("messages")),
-        (json!({"model": "mock", "messages": user("x"), "max_tokens": 0}), 400, "validation_failed", Some("max_tokens")),
-        (json!({"model": "mock", "messages": user("x"), "temperature": 5}), 400, "validation_failed", Some("temperature")),
-        (json!({"model": "mock", "messages": user("   ")}), 400, "validation_failed", Some("messages")),
-        (json!({"model": "mock", "messages": user("x"), "stream_options": {"include_usage": true}}),
-         400, "", Some("stream_options")),
-        (json!({"messages": user("x")}), 400, "validation_failed", None),
+        (
+            json!({"model": "nope", "messages": user("x")}),
+            404,
+            "model_not_found",
+            Some("model"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("x"), "tools": [{"type": "function"}]}),
+            400,
+            "unsupported_parameter",
+            Some("tools"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("x"), "n": 2}),
+            400,
+            "unsupported_parameter",
+            Some("n"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("x"), "seed": 7}),
+            400,
+            "unsupported_parameter",
+            Some("seed"),
+        ),
+        (
+            json!({"model": "mock", "messages": [{"role": "user", "content": "x", "name": "bob"}]}),
+            400,
+            "unsupported_parameter",
+            Some("messages[0].name"),
+        ),
+        (
+            json!({"model": "mock", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            400,
+            "",
+            Some("messages"),
+        ),
+        (
+            json!({"model": "mock", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+            400,
+            "",
+            Some("messages"),
+        ),
+        (
+            json!({"model": "mock", "messages": []}),
+            400,
+            "",
+            Some("messages"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("x"), "max_tokens": 0}),
+            400,
+            "validation_failed",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("x"), "temperature": 5}),
+            400,
+            "validation_failed",
+            Some("temperature"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("   ")}),
+            400,
+            "validation_failed",
+            Some("messages"),
+        ),
+        (
+            json!({"model": "mock", "messages": user("x"), "stream_options": {"include_usage": true}}),
+            400,
+            "",
+            Some("stream_options"),
+        ),
+        (
+            json!({"messages": user("x")}),
+            400,
+            "validation_failed",
+            None,
+        ),
     ];
     for (body, status, code, param) in cases {
         let (got, headers, answer) = post(&app, "/v1/chat/completions", body.clone()).await;
         assert_eq!(got, status, "{body} → {answer}");
         let error = &answer["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
         assert!(error["type"].is_string(), "{answer}");
         if !code.is_empty() {
             assert_eq!(error["code"], code, "{body} → {answer}");
@@ -418,16 +506,7 @@ async fn errors_have_openai_shape_and_unsupported_parameters_are_refused() {
 #[tokio::test]
 async fn a_rate_limited_call_is_429_with_retry_after_and_the_openai_error() {
     let app = llm_tests::spawn_app().await;
-    let admin = app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
-    let set = app
-        .http
-        .put(app.url(&format!("/api/v1/admin/rate_limits/{}", app.user)))
-        .bearer_auth(&admin)
-        .json(&json!({"requests_per_minute": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200);
+    limit_to_one_request_per_minute(&app.url(""), app.user).await;
     let body = json!({"model": "mock", "messages": [{"role": "user", "content": "x"}]});
     let response = app
         .http
@@ -437,7 +516,11 @@ async fn a_rate_limited_call_is_429_with_retry_after_and_the_openai_error() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "the first call of the minute passes");
+    assert_eq!(
+        response.status(),
+        200,
+        "the first call of the minute passes"
+    );
     drop(response);
     let (status, headers, answer) = post(&app, "/v1/chat/completions", body).await;
     assert_eq!(status, 429, "{answer}");
@@ -446,22 +529,17 @@ async fn a_rate_limited_call_is_429_with_retry_after_and_the_openai_error() {
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
     assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
-    assert!(headers.get("x-should-retry").is_none(), "a 429 may be retried");
+    assert!(
+        headers.get("x-should-retry").is_none(),
+        "a 429 may be retried"
+    );
 }
 
 #[tokio::test]
 async fn models_are_listed_in_openai_format() {
     let app = llm_tests::spawn_app().await;
-    let list: Value = app
-        .http
-        .get(app.url("/v1/models"))
-        .bearer_auth(app.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, list) = app.get_json("/v1/models").await;
+    assert_eq!(status, 200);
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"]
         .as_array()
@@ -469,28 +547,17 @@ async fn models_are_listed_in_openai_format() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&"mock") && ids.contains(&"mock-large"), "{ids:?}");
+    assert!(
+        ids.contains(&"mock") && ids.contains(&"mock-large"),
+        "{ids:?}"
+    );
     assert!(!ids.contains(&"gpt-4o"), "no OpenAI key here: not usable");
-    let one = app
-        .http
-        .get(app.url("/v1/models/mock"))
-        .bearer_auth(app.token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(one.status(), 200);
-    let one: Value = one.json().await.unwrap();
+    let (status, one) = app.get_json("/v1/models/mock").await;
+    assert_eq!(status, 200);
     assert_eq!(one["object"], "model");
     assert_eq!(one["owned_by"], "mock");
-    let missing = app
-        .http
-        .get(app.url("/v1/models/gpt-4o"))
-        .bearer_auth(app.token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
-    let missing: Value = missing.json().await.unwrap();
+    let (status, missing) = app.get_json("/v1/models/gpt-4o").await;
+    assert_eq!(status, 404);
     assert_eq!(missing["error"]["code"], "model_not_found");
 }
 
@@ -499,19 +566,18 @@ async fn a_call_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[("OPENAI_COMPAT_WAIT_SECS", "1")]).await;
     let _worker = spawn_worker_process(&db, &[]);
-    let jwt = llm_shared::auth::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET));
-    let token = jwt.issue(Uuid::now_v7(), 600, None).unwrap();
+    let token = test_jwt().issue(Uuid::now_v7(), 600, None).unwrap();
     let http = reqwest::Client::new();
+    let call = || {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "slow-call-1")
+            .json(&json!({"model": "mock", "mock": {"latency_ms": 3000},
+                          "messages": [{"role": "user", "content": "slowly"}]}))
+            .send()
+    };
     let started = std::time::Instant::now();
-    let response = http
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "slow-call-1")
-        .json(&json!({"model": "mock", "mock": {"latency_ms": 3000},
-                      "messages": [{"role": "user", "content": "slowly"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = call().await.unwrap();
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(response.headers()["x-should-retry"], "false");
@@ -520,32 +586,38 @@ async fn a_call_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     assert_eq!(body["error"]["code"], "generation_pending");
     assert_eq!(body["error"]["request_id"], id.to_string());
     let poll_url = body["error"]["poll_url"].as_str().unwrap().to_owned();
-    let polled: Value = http
+    let polled = http
         .get(format!("{base}{poll_url}?wait=10"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .bearer_auth(&token);
+    let polled: Value = polled.send().await.unwrap().json().await.unwrap();
     assert_eq!(polled["status"], "completed", "{polled}");
     // The same call again (its Idempotency-Key) is the same request, now complete.
-    let again: Value = http
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "slow-call-1")
-        .json(&json!({"model": "mock", "mock": {"latency_ms": 3000},
-                      "messages": [{"role": "user", "content": "slowly"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = call().await.unwrap().json().await.unwrap();
     assert_eq!(again["id"], id.to_string());
     assert_eq!(again["choices"][0]["message"]["content"], polled["result"]);
-    assert_eq!(db.count("SELECT count(*) FROM generation_requests").await, 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM generation_requests").await,
+        1
+    );
+}
+
+fn test_jwt() -> llm_shared::auth::JwtKeys {
+    llm_shared::auth::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
+}
+
+/// An admin override: `user` may send one request per minute.
+async fn limit_to_one_request_per_minute(base: &str, user: Uuid) {
+    let admin = test_jwt()
+        .issue(Uuid::now_v7(), 600, Some("admin"))
+        .unwrap();
+    let set = reqwest::Client::new()
+        .put(format!("{base}/api/v1/admin/rate_limits/{user}"))
+        .bearer_auth(&admin)
+        .json(&json!({"requests_per_minute": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
 }
 
 /// The official `openai` Python SDK, unchanged, against the real binaries: a completion, a
@@ -557,18 +629,9 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[]).await;
     let _worker = start_worker(&db, &[]);
-    let jwt = llm_shared::auth::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET));
-    let user = Uuid::now_v7();
-    let limited = Uuid::now_v7();
-    let admin = jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
-    let set = reqwest::Client::new()
-        .put(format!("{base}/api/v1/admin/rate_limits/{limited}"))
-        .bearer_auth(&admin)
-        .json(&json!({"requests_per_minute": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200);
+    let jwt = test_jwt();
+    let (user, limited) = (Uuid::now_v7(), Uuid::now_v7());
+    limit_to_one_request_per_minute(&base, limited).await;
     let output = tokio::process::Command::new(&python)
         .arg(llm_tests::repo_root().join("tests/python/openai_sdk_check.py"))
         .env("OPENAI_BASE_URL", format!("{base}/v1"))

@@ -193,6 +193,19 @@ impl TestApp {
         self.token_for(self.user)
     }
 
+    /// `GET path` as the test's user; returns status and JSON body (null if none).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// `POST /api/v1/generate` as the test's user; returns status and JSON body.
     pub async fn submit(&self, body: Value) -> (u16, Value) {
         let response = self
@@ -405,7 +418,14 @@ pub async fn openai_sdk_python() -> PathBuf {
             .args(["-m", "venv"])
             .arg(&venv_dir));
         run(std::process::Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(&requirements));
     })
     .await

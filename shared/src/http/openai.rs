@@ -492,8 +492,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    let user = user?;
-    let JsonBody(body) = body?;
+    let (user, JsonBody(body)) = (user?, body?);
     run(state, user, &headers, body.into_call()?).await
 }
 
@@ -503,8 +502,7 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<JsonBody<CompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    let user = user?;
-    let JsonBody(body) = body?;
+    let (user, JsonBody(body)) = (user?, body?);
     run(state, user, &headers, body.into_call()?).await
 }
 

@@ -164,11 +164,28 @@ fn follow(
 /// one `Done` or `Failed` (built from the request row). Every event but `Start` has a seq.
 #[derive(Debug, Clone)]
 pub(super) enum FollowEvent {
-    Start { request_id: Uuid, model: String, status: Status },
-    Token { seq: u64, text: String },
-    Restart { seq: u64, reason: String },
-    Done { seq: u64, row: Box<RequestView> },
-    Failed { seq: u64, code: String, message: String },
+    Start {
+        request_id: Uuid,
+        model: String,
+        status: Status,
+    },
+    Token {
+        seq: u64,
+        text: String,
+    },
+    Restart {
+        seq: u64,
+        reason: String,
+    },
+    Done {
+        seq: u64,
+        row: Box<RequestView>,
+    },
+    Failed {
+        seq: u64,
+        code: String,
+        message: String,
+    },
 }
 
 /// Follows a request in a task of its own: the events go to the returned receiver. Dropping
