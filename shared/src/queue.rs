@@ -46,6 +46,40 @@ pub async fn push_generation(
     push_generations(conn, &[(request_id, max_attempts)], INTERACTIVE_PRIORITY).await
 }
 
+/// The values of a request's job row, for a statement that inserts the request and its job
+/// together (one round trip, atomic without an explicit transaction). The row is the one
+/// apalis-postgres' own sink writes (`queries/task/sink.sql`): job type [`QUEUE`], status
+/// `Pending`, no attempts yet, `run_at` now, an empty `metadata`; see [`INSERT_JOB_COLUMNS`].
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    /// The job's arguments, encoded as apalis' JSON codec decodes them.
+    pub job: Vec<u8>,
+    pub max_attempts: i32,
+    pub priority: i32,
+}
+
+/// The columns a [`JobRow`] fills, in the order of its values:
+/// `(id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)` takes
+/// `(row.id, QUEUE, row.job, 'Pending', 0, row.max_attempts, NOW(), row.priority, ''::hstore)`.
+pub const INSERT_JOB_COLUMNS: &str =
+    "apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)";
+
+impl JobRow {
+    pub fn new(request_id: Uuid, max_attempts: i32, priority: usize) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: job_id_for(request_id).to_string(),
+            job: job_args(request_id)?,
+            max_attempts: max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS),
+            priority: i32::try_from(priority).unwrap_or(i32::MAX),
+        })
+    }
+}
+
+fn job_args(request_id: Uuid) -> Result<Vec<u8>, sqlx::Error> {
+    serde_json::to_vec(&GenerationJob { request_id }).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
 /// Pushes the jobs of many requests in one statement.
 pub async fn push_generations(
     conn: &mut PgConnection,
@@ -54,12 +88,10 @@ pub async fn push_generations(
 ) -> Result<(), sqlx::Error> {
     let mut tasks = Vec::with_capacity(requests.len());
     for &(request_id, max_attempts) in requests {
-        let args = serde_json::to_vec(&GenerationJob { request_id })
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let budget = usize::try_from(max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS))
             .unwrap_or(usize::MAX);
         tasks.push(
-            TaskBuilder::new(args)
+            TaskBuilder::new(job_args(request_id)?)
                 .task_id(TaskId::from(job_id_for(request_id)))
                 .max_attempts(budget)
                 .priority(priority)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::cache::{self, CachePolicy, CachedResponse, ResponseCache};
@@ -456,10 +456,17 @@ pub async fn submit(
                 None => Insert::QueuedOrFollower,
             };
         }
-        let mut tx = pool.begin().await?;
-        let submitted = insert(&mut tx, &new, &how).await?;
-        tx.commit().await?;
-        Ok(submitted)
+        if matches!(how, Insert::CacheHit(_)) {
+            // The row and its usage: two statements, one transaction.
+            let mut tx = pool.begin().await?;
+            let submitted = insert(&mut tx, &new, &how).await?;
+            tx.commit().await?;
+            Ok(submitted)
+        } else {
+            // The row and its job are one statement: atomic, one round trip.
+            let mut conn = pool.acquire().await?;
+            insert(&mut conn, &new, &how).await
+        }
     })
     .await
     .map_err(ApiError::internal)?
@@ -477,18 +484,20 @@ pub enum Insert {
     CacheHit(CachedResponse),
 }
 
-/// Inserts the row and pushes its job inside the caller's transaction: commit both or neither.
+/// Inserts a request and its job (one statement) on the caller's connection, e.g. inside a
+/// transaction that writes more.
 pub async fn insert_with_job(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut PgConnection,
     new: &NewRequest,
 ) -> Result<Submitted, ApiError> {
-    insert(tx, new, &Insert::Queued).await
+    insert(conn, new, &Insert::Queued).await
 }
 
-/// Inserts the row as `how` says, inside the caller's transaction, with what goes with it (the
-/// job, or a cache hit's usage).
+/// Inserts the row as `how` says, with what goes with it: its job in the same statement
+/// (unless it follows an identical request in flight), or a cache hit's usage (a second
+/// statement: the caller's transaction must hold both).
 pub async fn insert(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut PgConnection,
     new: &NewRequest,
     how: &Insert,
 ) -> Result<Submitted, ApiError> {
@@ -498,8 +507,10 @@ pub async fn insert(
         Insert::QueuedOrFollower => (Status::Pending, None, new.cache_key.as_deref()),
         Insert::CacheHit(hit) => (Status::Completed, Some(hit), None),
     };
-    let inserted: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(
-        "INSERT INTO generation_requests
+    let job = queue::JobRow::new(new.id, new.max_attempts, queue::INTERACTIVE_PRIORITY)?;
+    let sql = format!(
+        "WITH inserted AS (
+         INSERT INTO generation_requests
              (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
               idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
               coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
@@ -509,47 +520,57 @@ pub async fn insert(
                  (SELECT id FROM generation_requests
                   WHERE $16::text IS NOT NULL AND cache_key = $16
                     AND status IN ('pending', 'running') AND coalesced_into IS NULL
-                    AND NOT (cache_policy @> '{\"no_store\": true}')
+                    AND NOT (cache_policy @> '{{\"no_store\": true}}')
                   ORDER BY created_at LIMIT 1),
                  $17, $18, $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
                  CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id, coalesced_into",
-    )
-    .bind(new.id)
-    .bind(&new.prompt)
-    .bind(&new.context)
-    .bind(&new.model)
-    .bind(new.user_id)
-    .bind(&new.metadata)
-    .bind(&new.parameters)
-    .bind(job_id.to_string())
-    .bind(new.max_attempts)
-    .bind(&new.idempotency_key)
-    .bind(new.stream)
-    .bind(&new.cache_key)
-    .bind(serde_json::to_value(&new.cache_policy).map_err(ApiError::internal)?)
-    .bind(new.estimated_tokens)
-    .bind(status.as_str())
-    .bind(follow_key)
-    .bind(hit.map(|h| &h.response))
-    .bind(hit.and_then(|h| h.provider.as_deref()))
-    .bind(hit.and_then(|h| h.provider_model.as_deref()))
-    .bind(hit.and_then(|h| h.served_model.as_deref()))
-    .bind(hit.and_then(|h| h.prompt_tokens))
-    .bind(hit.and_then(|h| h.completion_tokens))
-    .bind(hit.and_then(|h| h.finish_reason.as_deref()))
-    .fetch_optional(&mut **tx)
-    .await?;
+         RETURNING id, coalesced_into
+         ), job AS (
+             INSERT INTO {jobs}
+             SELECT $24, '{queue}', $25, 'Pending', 0, $26, NOW(), $27, ''::hstore
+             FROM inserted WHERE $17 IS NULL AND inserted.coalesced_into IS NULL
+         )
+         SELECT id, coalesced_into FROM inserted",
+        jobs = queue::INSERT_JOB_COLUMNS,
+        queue = queue::QUEUE,
+    );
+    let inserted: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(new.id)
+        .bind(&new.prompt)
+        .bind(&new.context)
+        .bind(&new.model)
+        .bind(new.user_id)
+        .bind(&new.metadata)
+        .bind(&new.parameters)
+        .bind(job_id.to_string())
+        .bind(new.max_attempts)
+        .bind(&new.idempotency_key)
+        .bind(new.stream)
+        .bind(&new.cache_key)
+        .bind(serde_json::to_value(&new.cache_policy).map_err(ApiError::internal)?)
+        .bind(new.estimated_tokens)
+        .bind(status.as_str())
+        .bind(follow_key)
+        .bind(hit.map(|h| &h.response))
+        .bind(hit.and_then(|h| h.provider.as_deref()))
+        .bind(hit.and_then(|h| h.provider_model.as_deref()))
+        .bind(hit.and_then(|h| h.served_model.as_deref()))
+        .bind(hit.and_then(|h| h.prompt_tokens))
+        .bind(hit.and_then(|h| h.completion_tokens))
+        .bind(hit.and_then(|h| h.finish_reason.as_deref()))
+        .bind(&job.id)
+        .bind(&job.job)
+        .bind(job.max_attempts)
+        .bind(job.priority)
+        .fetch_optional(&mut *conn)
+        .await?;
 
-    if let Some((_, leader)) = inserted {
-        match (how, leader) {
-            (Insert::CacheHit(_), _) => {
-                usage::record_cache_hit(tx, new.id, new.user_id, &new.model).await?
-            }
-            // A follower: its leader's completion completes it.
-            (_, Some(_)) => {}
-            (_, None) => queue::push_generation(tx, new.id, new.max_attempts).await?,
+    if inserted.is_some() {
+        // A cache hit's usage; a queued request's job went in with its row, and a follower
+        // has none (its leader's completion completes it).
+        if let Insert::CacheHit(_) = how {
+            usage::record_cache_hit(conn, new.id, new.user_id, &new.model).await?;
         }
         return Ok(Submitted {
             id: new.id,
@@ -568,7 +589,7 @@ pub async fn insert(
     .bind(&new.model)
     .bind(&new.parameters)
     .bind(&new.context)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
     if !same {
         return Err(ApiError::Conflict(

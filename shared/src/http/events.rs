@@ -21,7 +21,7 @@ use crate::auth::AuthUser;
 use crate::cache::InvalidateFilter;
 use crate::error::ApiError;
 use crate::models;
-use crate::requests::{self, GenerateBody, Insert, NewRequest};
+use crate::requests::{self, GenerateBody, NewRequest};
 
 #[derive(Debug, Deserialize)]
 pub struct Envelope {
@@ -139,7 +139,7 @@ async fn generation_requested(
             tx.rollback().await?;
             return Ok::<_, ApiError>(None);
         }
-        let submitted = requests::insert(&mut tx, &new, &Insert::Queued).await?;
+        let submitted = requests::insert_with_job(&mut tx, &new).await?;
         tx.commit().await?;
         Ok(Some(submitted.id))
     })
