@@ -436,9 +436,9 @@ pub struct Submitted {
 
 /// Stores a request, then commits: answered from the cache (a completed row, counted as a
 /// cache hit, no job), attached to an identical request already in flight (no job: that one's
-/// completion completes it), or with its job. The transaction runs in a task of its own: if the
-/// client disconnects, axum drops the handler's future, and a transaction dropped mid-flight
-/// could go back to the pool still open (sqlx 0.9.0).
+/// completion completes it), or with its job — each one statement. It runs in a task of its
+/// own: if the client disconnects, axum drops the handler's future, and a submit must not be
+/// cut between the cache lookup and the insert (nor a connection dropped mid-statement).
 pub async fn submit(
     pool: &PgPool,
     cache: Option<&ResponseCache>,
@@ -456,17 +456,9 @@ pub async fn submit(
                 None => Insert::QueuedOrFollower,
             };
         }
-        if matches!(how, Insert::CacheHit(_)) {
-            // The row and its usage: two statements, one transaction.
-            let mut tx = pool.begin().await?;
-            let submitted = insert(&mut tx, &new, &how).await?;
-            tx.commit().await?;
-            Ok(submitted)
-        } else {
-            // The row and its job are one statement: atomic, one round trip.
-            let mut conn = pool.acquire().await?;
-            insert(&mut conn, &new, &how).await
-        }
+        // The row with its job or its usage is one statement: atomic, one round trip.
+        let mut conn = pool.acquire().await?;
+        insert(&mut conn, &new, &how).await
     })
     .await
     .map_err(ApiError::internal)?
@@ -493,9 +485,8 @@ pub async fn insert_with_job(
     insert(conn, new, &Insert::Queued).await
 }
 
-/// Inserts the row as `how` says, with what goes with it: its job in the same statement
-/// (unless it follows an identical request in flight), or a cache hit's usage (a second
-/// statement: the caller's transaction must hold both).
+/// Inserts the row as `how` says, with what goes with it, in the same statement: its job
+/// (unless it follows an identical request in flight), or a cache hit's usage.
 pub async fn insert(
     conn: &mut PgConnection,
     new: &NewRequest,
@@ -525,13 +516,15 @@ pub async fn insert(
                  $17, $18, $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
                  CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id, coalesced_into
+         RETURNING id, coalesced_into, user_id, model, cached
+         ), usage AS ({usage}
          ), job AS (
              INSERT INTO {jobs}
              SELECT $24, '{queue}', $25, 'Pending', 0, $26, NOW(), $27, ''::hstore
              FROM inserted WHERE $17 IS NULL AND inserted.coalesced_into IS NULL
          )
          SELECT id, coalesced_into FROM inserted",
+        usage = usage::CACHE_HIT_FROM_INSERTED,
         jobs = queue::INSERT_JOB_COLUMNS,
         queue = queue::QUEUE,
     );
@@ -567,11 +560,6 @@ pub async fn insert(
         .await?;
 
     if inserted.is_some() {
-        // A cache hit's usage; a queued request's job went in with its row, and a follower
-        // has none (its leader's completion completes it).
-        if let Insert::CacheHit(_) = how {
-            usage::record_cache_hit(conn, new.id, new.user_id, &new.model).await?;
-        }
         return Ok(Submitted {
             id: new.id,
             status,

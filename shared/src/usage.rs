@@ -57,27 +57,15 @@ pub fn range(
     Ok((from, to))
 }
 
-/// Counts a request answered from the cache (no provider tokens, no cost), inside the
-/// transaction that stores it.
-pub async fn record_cache_hit(
-    conn: &mut sqlx::PgConnection,
-    request_id: Uuid,
-    user_id: Uuid,
-    model: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
-         VALUES ($1, (NOW() AT TIME ZONE 'UTC')::date, $2, get_byte(uuid_send($3), 15) % 16, 1, 1)
-         ON CONFLICT (user_id, day, model, shard) DO UPDATE
-         SET requests = u.requests + 1, cached_requests = u.cached_requests + 1",
-    )
-    .bind(user_id)
-    .bind(model)
-    .bind(request_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+/// Counts a request answered from the cache (no provider tokens, no cost): the body of a
+/// data-modifying CTE of the statement that stores it, over that statement's CTE `inserted`
+/// (`id`, `user_id`, `model`, `cached`), so the row and its usage are written together.
+pub const CACHE_HIT_FROM_INSERTED: &str =
+    "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
+     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, get_byte(uuid_send(id), 15) % 16, 1, 1
+     FROM inserted WHERE cached
+     ON CONFLICT (user_id, day, model, shard) DO UPDATE
+     SET requests = u.requests + 1, cached_requests = u.cached_requests + 1";
 
 pub async fn report(
     pool: &PgPool,
