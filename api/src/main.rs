@@ -138,6 +138,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
             max_wait: Duration::from_secs(config.max_wait_secs),
             job_max_attempts: config.common.job_max_attempts,
         },
+        metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

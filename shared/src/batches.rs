@@ -18,7 +18,7 @@ use crate::requests::{GenerateBody, NewRequest, Status};
 /// Most items one batch may hold.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     pub items: Vec<Value>,

@@ -23,17 +23,39 @@ use crate::error::ApiError;
 use crate::models;
 use crate::requests::{self, GenerateBody, Insert, NewRequest};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub id: Uuid,
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub data: Map<String, Value>,
     #[serde(default)]
     pub source: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "Receive a message hub event (service identities)",
+    request_body = Envelope,
+    responses(
+        (status = 202, description = "applied", body = serde_json::Value),
+        (status = 200, description = "acknowledged (a duplicate, or an unknown type)", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     caller: AuthUser,

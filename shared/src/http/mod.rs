@@ -2,16 +2,16 @@
 //!
 //! **Invariant:** handlers never call a provider; they persist and enqueue, or read.
 
-mod admin;
-mod batch;
-mod events;
-mod generate;
-mod health;
-mod limits;
-mod models;
-mod prompts;
-mod stream;
-mod usage;
+pub(crate) mod admin;
+pub(crate) mod batch;
+pub(crate) mod events;
+pub(crate) mod generate;
+pub(crate) mod health;
+pub(crate) mod limits;
+pub(crate) mod models;
+pub(crate) mod prompts;
+pub(crate) mod stream;
+pub(crate) mod usage;
 
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct AppState {
     pub prompts: std::sync::Arc<PromptLibrary>,
     pub completions: Completions,
     pub limits: Limits,
+    /// This process's metrics, served on `/metrics`.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,10 +113,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .merge(api)
+        .merge(crate::openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // Layers run after routing (so both see the route template), outermost last.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track_http,
+        ))
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_requests))
         .with_state(state)
 }
 
