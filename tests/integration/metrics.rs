@@ -388,3 +388,60 @@ async fn the_worker_binary_serves_metrics_on_its_port() {
         "{after}"
     );
 }
+
+/// Every metric the Grafana dashboard queries is one `shared::metrics` defines, the dashboard
+/// covers throughput, latency, errors, tokens, cost, cache hit rate and queue depth, and the
+/// scrape config points at the ports compose gives the api and the workers.
+#[test]
+fn metrics_dashboard_and_scrape_config_match_the_code() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
+    let code = read("shared/src/metrics.rs");
+    let dashboard: Value =
+        serde_json::from_str(&read("monitoring/grafana/dashboards/llm-service.json")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("llm_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .fold(name.clone(), |n, suffix| {
+                        n.strip_suffix(suffix).map(str::to_owned).unwrap_or(n)
+                    });
+                used.insert(base);
+            }
+        }
+    }
+    for name in &used {
+        assert!(
+            code.contains(&format!("\"{name}\"")),
+            "the dashboard queries {name}, which shared::metrics does not define"
+        );
+    }
+    for needed in [
+        "llm_http_requests_total",
+        "llm_generations_total",
+        "llm_generation_duration_seconds",
+        "llm_provider_latency_seconds",
+        "llm_tokens_total",
+        "llm_cost_usd_total",
+        "llm_cache_lookups_total",
+        "llm_queue_depth",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard has no panel on {needed}"
+        );
+    }
+    let prometheus = read("monitoring/prometheus.yml");
+    assert!(prometheus.contains("\"api:8100\""));
+    assert!(prometheus.contains("port: 9100"));
+    let compose = read("compose.yaml");
+    assert!(compose.contains("WORKER_METRICS_LISTEN: 0.0.0.0:9100"));
+    assert!(compose.contains("./monitoring/prometheus.yml:/etc/prometheus/prometheus.yml"));
+}

@@ -102,7 +102,7 @@ pub async fn list_requests(
     path = "/api/v1/admin/requests/{request_id}/replay",
     tag = "admin",
     summary = "Run a failed or cancelled request again",
-    params(("request_id" = String, Path, description = "the request's id (a UUID)")),
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
     responses(
         (status = 200, description = "replayed", body = serde_json::Value),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),

@@ -56,7 +56,7 @@ pub async fn submit(
     path = "/api/v1/generate/batch/{batch_id}",
     tag = "batches",
     summary = "Progress and items of a batch",
-    params(("batch_id" = String, Path, description = "the batch's id (a UUID)")),
+    params(("batch_id" = uuid::Uuid, Path, description = "the batch's id (a UUID)")),
     responses(
         (status = 200, description = "counts per status and every item", body = serde_json::Value),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),

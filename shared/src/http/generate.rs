@@ -153,7 +153,7 @@ pub struct PollResponse {
     path = "/api/v1/generate/{request_id}",
     tag = "generate",
     summary = "Read a request (optionally wait for it)",
-    params(("request_id" = String, Path, description = "the request's id (a UUID)"), PollQuery),
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), PollQuery),
     responses(
         (status = 200, description = "the request and its attempt history", body = PollResponse),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),

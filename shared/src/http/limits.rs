@@ -142,7 +142,7 @@ pub struct Override {
     path = "/api/v1/admin/rate_limits/{user_id}",
     tag = "admin",
     summary = "Override a user's limits",
-    params(("user_id" = String, Path, description = "the user's id (a UUID)")),
+    params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)")),
     request_body = Override,
     responses(
         (status = 200, description = "the user's limits now", body = serde_json::Value),
@@ -188,7 +188,7 @@ pub async fn set_override(
     path = "/api/v1/admin/rate_limits/{user_id}",
     tag = "admin",
     summary = "Back to the default limits",
-    params(("user_id" = String, Path, description = "the user's id (a UUID)")),
+    params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)")),
     responses(
         (status = 200, description = "the user's limits now", body = serde_json::Value),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),

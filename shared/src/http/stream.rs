@@ -103,7 +103,7 @@ pub async fn submit_stream(
     path = "/api/v1/generate/{request_id}/stream",
     tag = "generate",
     summary = "Attach to a request's stream",
-    params(("request_id" = String, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
     responses(
         (status = 200, description = "SSE events after Last-Event-ID", body = String, content_type = "text/event-stream"),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
@@ -146,7 +146,7 @@ pub async fn attach(
     path = "/api/v1/generate/{request_id}",
     tag = "generate",
     summary = "Cancel a pending or running request",
-    params(("request_id" = String, Path, description = "the request's id (a UUID)")),
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
     responses(
         (status = 200, description = "the cancelled request", body = crate::requests::RequestView),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),

@@ -52,7 +52,7 @@ pub async fn mine(
     path = "/api/v1/usage/{user_id}",
     tag = "usage",
     summary = "A user's usage (admin, or the user)",
-    params(("user_id" = String, Path, description = "the user's id (a UUID)"), UsageQuery),
+    params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)"), UsageQuery),
     responses(
         (status = 200, description = "usage per day or model", body = serde_json::Value),
         (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
