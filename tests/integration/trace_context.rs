@@ -70,3 +70,26 @@ async fn tracing_carries_the_trace_id_from_the_api_request_to_the_worker_logs() 
         "the prompt reached the info logs"
     );
 }
+
+#[tokio::test]
+async fn tracing_stores_the_trace_id_with_every_item_of_a_batch() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.url("/api/v1/generate/batch"))
+        .bearer_auth(app.token())
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .json(&json!({"items": [{"prompt": "one"}, {"prompt": "two"}, {"prompt": "three"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-trace-id"], TRACE_ID);
+    let traced = app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM generation_requests WHERE trace_id = '{TRACE_ID}'"
+        ))
+        .await;
+    assert_eq!(traced, 3);
+}

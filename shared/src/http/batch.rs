@@ -34,11 +34,13 @@ use crate::error::ApiError;
 pub async fn submit(
     State(state): State<AppState>,
     user: AuthUser,
+    trace: crate::telemetry::TraceContext,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let models = state.models.current();
     let max_attempts = state.limits.job_max_attempts;
-    let batch = NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts)?;
+    let mut batch = NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts)?;
+    batch.trace_id = Some(trace.trace_id);
     super::limits::enforce(&state, &user, 0).await?;
     let batch_id = batch.id;
     let request_ids = batches::create(&state.pool, batch).await?;

@@ -59,6 +59,7 @@ pub struct Envelope {
 pub async fn receive(
     State(state): State<AppState>,
     caller: AuthUser,
+    trace: crate::telemetry::TraceContext,
     JsonBody(event): JsonBody<Envelope>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !caller.is_service() && !caller.is_admin() {
@@ -67,7 +68,7 @@ pub async fn receive(
         ));
     }
     match event.kind.as_str() {
-        "generation.requested" => generation_requested(&state, event).await,
+        "generation.requested" => generation_requested(&state, event, trace).await,
         "model.updated" | "cache.invalidate" => {
             if !first_delivery(&state, &event).await? {
                 return Ok(duplicate(&event));
@@ -130,6 +131,7 @@ async fn first_delivery(state: &AppState, event: &Envelope) -> Result<bool, ApiE
 async fn generation_requested(
     state: &AppState,
     event: Envelope,
+    trace: crate::telemetry::TraceContext,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut data = event.data.clone();
     let user_id = data
@@ -142,6 +144,7 @@ async fn generation_requested(
     let body = body.resolve_template(&state.prompts, &models)?;
     let mut new =
         NewRequest::validate(body, user_id, None, &models, state.limits.job_max_attempts)?;
+    new.trace_id = Some(trace.trace_id);
     new.metadata
         .as_object_mut()
         .map(|m| m.insert("event_id".into(), Value::from(event.id.to_string())));
