@@ -275,3 +275,40 @@ async fn nul_characters_in_bodies_and_queries_are_refused_with_400() {
         .await;
     assert_eq!(status, 202);
 }
+
+/// Found by `scripts/fuzz.sh`: `?wait=1.8e308` overflowed a `Duration` and the handler
+/// panicked (the connection closed with no answer). It is capped by `MAX_WAIT_SECS` now.
+#[tokio::test]
+async fn a_huge_wait_is_capped_not_a_panic() {
+    let app = spawn_app().await;
+    let id = app.submit_ok(json!({"prompt": "nobody runs me"})).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .get(app.url(&format!("/api/v1/generate/{id}?wait=0.5e-300")))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for wait in ["1.7976931348623157e308", "1e20"] {
+        // No worker: the poll holds for MAX_WAIT_SECS (30 in tests) at most; one second of it
+        // is enough to tell "held" from "crashed".
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            app.http
+                .get(app.url(&format!("/api/v1/generate/{id}?wait={wait}")))
+                .bearer_auth(app.token())
+                .send(),
+        )
+        .await;
+        assert!(
+            response.is_err(),
+            "wait={wait}: answered at once: {response:?}"
+        );
+    }
+    // The connection survived: the api still answers.
+    let (status, body) = app.poll(id, 0).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -174,7 +174,9 @@ pub async fn poll(
     let wait = match query.wait {
         None => Duration::ZERO,
         Some(secs) if secs.is_finite() && secs >= 0.0 => {
-            Duration::from_secs_f64(secs).min(state.limits.max_wait)
+            // Capped before converting: a huge number must not overflow a Duration (found by
+            // scripts/fuzz.sh: `?wait=1.8e308` panicked the handler).
+            Duration::from_secs_f64(secs.min(state.limits.max_wait.as_secs_f64()))
         }
         Some(_) => {
             return Err(ApiError::BadRequest(
