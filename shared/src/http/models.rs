@@ -100,7 +100,7 @@ pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Result<Json
     path = "/api/v1/models/{model_id}",
     tag = "models",
     summary = "One model with its health",
-    params(("model_id" = String, Path, description = "a model id of the registry")),
+    params(("model_id" = String, Path, description = "a model id of the registry", example = json!("mock"))),
     responses(
         (status = 200, description = "the model", body = serde_json::Value),
         (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),

@@ -33,7 +33,7 @@ pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Json<Value>
     path = "/api/v1/prompts/{template_id}",
     tag = "prompts",
     summary = "One template",
-    params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`")),
+    params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`", example = json!("character.backstory"))),
     responses(
         (status = 200, description = "the template and its parameters", body = serde_json::Value),
         (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
@@ -67,7 +67,7 @@ pub struct RenderBody {
     path = "/api/v1/prompts/{template_id}/render",
     tag = "prompts",
     summary = "Render a template",
-    params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`")),
+    params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`", example = json!("character.backstory"))),
     request_body = RenderBody,
     responses(
         (status = 200, description = "the rendered prompt and its token estimate", body = serde_json::Value),
