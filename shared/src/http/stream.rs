@@ -120,6 +120,7 @@ pub async fn attach(
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
     let id = parse_request_id(&request_id)?;
+    crate::telemetry::record_request_id(id);
     let last_seen = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -163,6 +164,7 @@ pub async fn cancel(
     Path(request_id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&request_id)?;
+    crate::telemetry::record_request_id(id);
     // The owner, or an admin for anyone's request.
     let owner = if user.is_admin() { None } else { Some(user.id) };
     match requests::cancel(&state.pool, id, owner).await? {
