@@ -156,18 +156,28 @@ pub async fn handle_generation(
 
 /// Runs one delivery of a request's job to its end.
 pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::Error> {
-    let claimed = match claim_waiting_for_lease(state, request_id).await? {
-        Some(claimed) => claimed,
-        None => return Ok(()),
-    };
-    // The trace id of the api request that submitted it: the worker's logs join the api's.
+    // One span per delivery of the job, from the claim on. Once claimed, it carries the run and
+    // the trace id of the api request that submitted it: the worker's logs join the api's.
     let span = tracing::info_span!(
         "job",
         request.id = %request_id,
-        attempt = claimed.attempts,
-        trace_id = claimed.trace_id.as_deref().unwrap_or_default(),
+        attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
-    run_claimed(state, claimed).instrument(span).await
+    async move {
+        let claimed = match claim_waiting_for_lease(state, request_id).await? {
+            Some(claimed) => claimed,
+            None => return Ok(()),
+        };
+        let span = tracing::Span::current();
+        span.record("attempt", claimed.attempts);
+        if let Some(trace_id) = &claimed.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        run_claimed(state, claimed).await
+    }
+    .instrument(span)
+    .await
 }
 
 async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(), sqlx::Error> {
