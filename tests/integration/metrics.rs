@@ -445,3 +445,72 @@ fn metrics_dashboard_and_scrape_config_match_the_code() {
     assert!(compose.contains("WORKER_METRICS_LISTEN: 0.0.0.0:9100"));
     assert!(compose.contains("./monitoring/prometheus.yml:/etc/prometheus/prometheus.yml"));
 }
+
+#[tokio::test]
+async fn worker_metrics_count_tokens_and_cost_of_a_priced_model() {
+    use llm_tests::fake_upstream::{self, FakeUpstream};
+    let openai = FakeUpstream::start("/v1").await;
+    // gpt-4o-mini: $0.15 / $0.60 per million prompt / completion tokens.
+    openai.always(fake_upstream::openai::success(
+        "Priced.", 1_000_000, 500_000,
+    ));
+    let flags = llm_tests::openai_flags(&openai);
+    let app = llm_tests::spawn_app_with_providers(&flags).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    worker_flags.extend(["--metrics-listen", &listen]);
+    let worker = start_worker(&app.db, &worker_flags);
+
+    let id = app
+        .submit_ok(json!({"prompt": "metrics: a priced call", "model": "gpt-4o-mini"}))
+        .await;
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let url = format!("http://{listen}/metrics");
+    let text = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = [("model", "gpt-4o-mini")];
+    let cost = value(&text, "llm_cost_usd_total", &labels).unwrap();
+    assert!((cost - 0.45).abs() < 1e-9, "{cost}");
+    assert_eq!(
+        value(
+            &text,
+            "llm_tokens_total",
+            &[("model", "gpt-4o-mini"), ("kind", "prompt")]
+        ),
+        Some(1_000_000.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_tokens_total",
+            &[("model", "gpt-4o-mini"), ("kind", "completion")]
+        ),
+        Some(500_000.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_generations_total",
+            &[
+                ("model", "gpt-4o-mini"),
+                ("provider", "openai"),
+                ("outcome", "completed")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "llm_circuit_state", &[("provider", "openai")]),
+        Some(0.0)
+    );
+    assert!(!text.contains("sk-test"), "no key in the metrics");
+    worker.stop().await;
+}
