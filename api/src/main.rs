@@ -139,6 +139,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
             job_max_attempts: config.common.job_max_attempts,
             compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
         },
+        metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -21,7 +21,7 @@ pub const MAX_PAGE: i64 = 200;
 /// Most requests one bulk replay may touch.
 pub const MAX_BULK_REPLAY: i64 = 10_000;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestFilter {
     pub status: Option<Status>,

@@ -18,7 +18,7 @@ use crate::requests::{GenerateBody, NewRequest, Status};
 /// Most items one batch may hold.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     pub items: Vec<Value>,
@@ -33,6 +33,8 @@ pub struct NewBatch {
     pub user_id: Uuid,
     pub metadata: Value,
     pub items: Vec<NewRequest>,
+    /// Trace id of the api request that submitted the batch: every item carries it.
+    pub trace_id: Option<String>,
 }
 
 impl NewBatch {
@@ -93,6 +95,7 @@ impl NewBatch {
             user_id,
             metadata,
             items,
+            trace_id: None,
         })
     }
 }
@@ -116,9 +119,10 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, ApiErro
         sqlx::query(
             "INSERT INTO generation_requests
                  (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
-                  cache_key, cache_policy, estimated_tokens, batch_id, batch_index)
+                  cache_key, cache_policy, estimated_tokens, batch_id, batch_index, trace_id)
              SELECT t.id, t.prompt, t.context, t.model, $12, t.metadata, t.parameters, t.job_id,
-                    t.max_attempts, t.cache_key, t.cache_policy, t.estimated_tokens, $13, t.ord - 1
+                    t.max_attempts, t.cache_key, t.cache_policy, t.estimated_tokens, $13, t.ord - 1,
+                    $14
              FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::jsonb[],
                          $7::text[], $8::int4[], $9::text[], $10::jsonb[], $11::int4[])
                   WITH ORDINALITY
@@ -143,6 +147,7 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, ApiErro
         .bind(items.iter().map(|i| i.estimated_tokens).collect::<Vec<_>>())
         .bind(batch.user_id)
         .bind(batch.id)
+        .bind(&batch.trace_id)
         .execute(&mut *tx)
         .await?;
         let jobs: Vec<(Uuid, i32)> = items.iter().map(|i| (i.id, i.max_attempts)).collect();

@@ -22,7 +22,7 @@ const KEY_VERSION: &str = "v1";
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// A request's cache controls (the body's `cache` object).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CachePolicy {
     /// Do not answer from the cache (the result may still be stored).
@@ -59,7 +59,7 @@ pub fn cache_key(model: &str, prompt: &str, parameters: &Value, mock: Option<&Va
 }
 
 /// What to invalidate; every given field must match.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvalidateFilter {
     pub model: Option<String>,

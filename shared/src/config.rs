@@ -235,6 +235,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 72)]
     pub job_retention_hours: u64,
 
+    /// Address of this worker's Prometheus endpoint (`GET /metrics`); port 0 picks a free one.
+    /// If it cannot be bound, the worker runs on without it (a warning is logged).
+    #[arg(long, env = "WORKER_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
+    pub metrics_listen: SocketAddr,
+
     /// Lets the mock provider's `crash` behaviour abort this process (chaos tests only).
     #[arg(long, env = "MOCK_ALLOW_CRASH", default_value_t = false)]
     pub mock_allow_crash: bool,

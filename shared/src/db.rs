@@ -55,9 +55,63 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     Ok(())
 }
 
+/// The service's migrations (`migrations/`), built into the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
 async fn run_migrations(pool: &PgPool) -> Result<(), MigrateError> {
     // Ours first: the first one creates the hstore extension apalis' schema needs.
-    sqlx::migrate!("../migrations").run(pool).await?;
+    MIGRATOR.run(pool).await?;
     apalis_postgres::PostgresStorage::setup(pool).await?;
     Ok(())
+}
+
+/// The schema compared with the migrations this build knows (for readiness).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MigrationState {
+    /// Migrations this build knows.
+    pub expected: usize,
+    /// Of those, how many are applied successfully.
+    pub applied: usize,
+    /// Versions this build knows that are not applied (or failed).
+    pub pending: Vec<i64>,
+    /// Versions applied that this build does not know (a newer release migrated): harmless,
+    /// migrations are forward-compatible.
+    pub unknown: usize,
+}
+
+impl MigrationState {
+    pub fn up_to_date(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// Reads `_sqlx_migrations` and compares it with the migrations built in.
+pub async fn migration_state(pool: &PgPool) -> Result<MigrationState, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .or_else(|err| match &err {
+                // No migration table yet: nothing is applied.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+                    Ok(Vec::new())
+                }
+                _ => Err(err),
+            })?;
+    let known: Vec<i64> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .collect();
+    let pending: Vec<i64> = known
+        .iter()
+        .copied()
+        .filter(|v| !applied.contains(v))
+        .collect();
+    Ok(MigrationState {
+        expected: known.len(),
+        applied: known.len() - pending.len(),
+        unknown: applied.iter().filter(|v| !known.contains(v)).count(),
+        pending,
+    })
 }

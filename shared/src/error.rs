@@ -105,12 +105,12 @@ impl ApiError {
 }
 
 /// The one error body of the service.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: &'static str,
     pub message: String,
@@ -122,7 +122,7 @@ pub struct ErrorDetail {
 }
 
 /// One invalid item of a batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemError {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]

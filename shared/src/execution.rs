@@ -15,6 +15,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 
 use crate::circuit::CircuitBreakers;
+use crate::metrics::Metrics;
 use uuid::Uuid;
 
 use crate::models::{Capability, ModelRegistry, ModelSpec, Models, ProviderKind};
@@ -76,6 +77,8 @@ pub struct Executor {
     pub circuits: CircuitBreakers,
     /// Upper bound on any one provider call.
     call_timeout: Duration,
+    /// Provider calls, retries and fallbacks are counted here.
+    metrics: Arc<Metrics>,
 }
 
 impl Executor {
@@ -84,6 +87,7 @@ impl Executor {
         mock: MockProvider,
         call_timeout: Duration,
         relay: Option<Relay>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let registry = models.current();
         let clients = build_clients(&registry, &mock);
@@ -94,6 +98,7 @@ impl Executor {
             mock,
             clients: Mutex::new((registry, clients)),
             call_timeout,
+            metrics,
         }
     }
 
@@ -224,6 +229,12 @@ impl Executor {
                         .map(|text| GenerationOutput { text, ..output })
                 });
                 let latency = started.elapsed();
+                let outcome = match &result {
+                    Ok(_) => "success",
+                    Err(err) => err.kind(),
+                };
+                self.metrics
+                    .provider_call(client.name(), &model.id, outcome, latency);
 
                 let err = match result {
                     Ok(output) => {
@@ -267,6 +278,10 @@ impl Executor {
                     let delay = err
                         .retry_after()
                         .unwrap_or_else(|| delays.next().unwrap_or_default());
+                    self.metrics
+                        .retries
+                        .with_label_values(&[client.name(), model.id.as_str()])
+                        .inc();
                     if delay > policy.reschedule_after() {
                         return Ok(Outcome::Reschedule {
                             delay,
@@ -280,6 +295,12 @@ impl Executor {
                 }
                 notes.push(format!("{}: {err}", model.id));
                 last_kind = Some(err.kind());
+                if index + 1 < chain.len() {
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[model.id.as_str()])
+                        .inc();
+                }
                 break;
             }
         }

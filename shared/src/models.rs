@@ -17,7 +17,7 @@ use crate::config::{CommonConfig, present};
 /// The registry file the binaries carry with them.
 const EMBEDDED: &str = include_str!("../../config/models.toml");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     #[serde(rename = "openai")]
@@ -38,7 +38,7 @@ impl ProviderKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     Streaming,
@@ -411,7 +411,7 @@ impl Models {
 }
 
 /// What a caller needs from a model (`POST /api/v1/models/select`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Requirements {
     /// Smallest context window acceptable, in tokens.

@@ -34,7 +34,7 @@ pub const MAX_HISTORY_TURNS: usize = 256;
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -84,7 +84,7 @@ impl<'r> sqlx::Decode<'r, Postgres> for Status {
 }
 
 /// The body of `POST /api/v1/generate`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
     /// The prompt; or give `template_id` and `params` to render one of `prompts/`.
@@ -93,6 +93,7 @@ pub struct GenerateBody {
     #[serde(default)]
     pub template_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<Map<String, Value>>,
     #[serde(default)]
     pub model: Option<String>,
@@ -198,6 +199,9 @@ pub struct NewRequest {
     pub cache_policy: CachePolicy,
     /// Tokens the request may consume (prompt estimate + output limit), for rate limits.
     pub estimated_tokens: i32,
+    /// Trace id of the api request that submitted it (W3C trace-context form, 32 hex digits):
+    /// the worker's job span carries it too.
+    pub trace_id: Option<String>,
 }
 
 impl NewRequest {
@@ -347,6 +351,7 @@ impl NewRequest {
             cache_key,
             cache_policy,
             estimated_tokens: i32::try_from(estimated_tokens).unwrap_or(i32::MAX),
+            trace_id: None,
         })
     }
 }
@@ -432,6 +437,8 @@ pub struct Submitted {
     pub status: Status,
     /// True when an earlier request with the same `Idempotency-Key` was returned instead.
     pub replayed: bool,
+    /// Whether the response cache was asked and answered (`None`: not asked).
+    pub cache_hit: Option<bool>,
 }
 
 /// Stores a request, then commits: answered from the cache (a completed row, counted as a
@@ -458,7 +465,15 @@ pub async fn submit(
         }
         // The row with its job or its usage is one statement: atomic, one round trip.
         let mut conn = pool.acquire().await?;
-        insert(&mut conn, &new, &how).await
+        let mut submitted = insert(&mut conn, &new, &how).await?;
+        if !submitted.replayed {
+            submitted.cache_hit = match how {
+                Insert::Queued => None,
+                Insert::QueuedOrFollower => Some(false),
+                Insert::CacheHit(_) => Some(true),
+            };
+        }
+        Ok(submitted)
     })
     .await
     .map_err(ApiError::internal)?
@@ -505,7 +520,8 @@ pub async fn insert(
              (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
               idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
               coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
-              completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at)
+              completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
+              trace_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
                  -- the identical request in flight, if this one may follow it
                  (SELECT id FROM generation_requests
@@ -514,13 +530,14 @@ pub async fn insert(
                     AND NOT (cache_policy @> '{{\"no_store\": true}}')
                   ORDER BY created_at LIMIT 1),
                  $17, $18, $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
-                 CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END)
+                 CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END,
+                 $24)
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id, coalesced_into, user_id, model, cached
          ), usage AS ({usage}
          ), job AS (
              INSERT INTO {jobs}
-             SELECT $24, '{queue}', $25, 'Pending', 0, $26, NOW(), $27, ''::hstore
+             SELECT $25, '{queue}', $26, 'Pending', 0, $27, NOW(), $28, ''::hstore
              FROM inserted WHERE $17 IS NULL AND inserted.coalesced_into IS NULL
          )
          SELECT id, coalesced_into FROM inserted",
@@ -552,6 +569,7 @@ pub async fn insert(
         .bind(hit.and_then(|h| h.prompt_tokens))
         .bind(hit.and_then(|h| h.completion_tokens))
         .bind(hit.and_then(|h| h.finish_reason.as_deref()))
+        .bind(&new.trace_id)
         .bind(&job.id)
         .bind(&job.job)
         .bind(job.max_attempts)
@@ -564,6 +582,7 @@ pub async fn insert(
             id: new.id,
             status,
             replayed: false,
+            cache_hit: None,
         });
     }
     // The key was used before by this user: same request → same answer; different → conflict.
@@ -588,11 +607,12 @@ pub async fn insert(
         id,
         status,
         replayed: true,
+        cache_hit: None,
     })
 }
 
 /// A request as its owner sees it.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct RequestView {
     pub id: Uuid,
     pub status: Status,
@@ -625,7 +645,7 @@ pub struct RequestView {
 }
 
 /// One provider call, as shown with the request.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     /// Which claim (run) of the request made this call.
@@ -692,6 +712,8 @@ pub struct ClaimedRequest {
     pub user_id: Uuid,
     pub estimated_tokens: Option<i32>,
     pub created_at: DateTime<Utc>,
+    /// Trace id of the submitting api request, if it had one.
+    pub trace_id: Option<String>,
     /// The attempt row the claim opened for this run's first provider call.
     pub first_attempt: i32,
 }
@@ -729,7 +751,8 @@ pub async fn claim(
              WHERE id = $1
                AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
              RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index,
-                       stream, cache_key, cache_policy, user_id, estimated_tokens, created_at
+                       stream, cache_key, cache_policy, user_id, estimated_tokens, created_at,
+                       trace_id
          ), abandoned AS (
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',

@@ -10,7 +10,7 @@ use uuid::Uuid;
 /// Longest range a usage query may cover.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     #[default]

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::cache::{self, ResponseCache};
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Outcome};
+use crate::metrics::Metrics;
 use crate::models::{ModelRegistry, Models};
 use crate::notify::Completions;
 use crate::providers::GenerationOutput;
@@ -44,6 +45,8 @@ pub struct WorkerState {
     /// Where the tokens estimated at submit are corrected with the actual usage.
     pub limiter: Option<RateLimiter>,
     default_cache_ttl: Duration,
+    /// This process's metrics (served on `WORKER_METRICS_LISTEN`).
+    pub metrics: Arc<Metrics>,
     /// Requests this process is running now (their leases are renewed).
     running: Mutex<HashSet<Uuid>>,
 }
@@ -62,15 +65,17 @@ impl WorkerState {
     ) -> Self {
         let call_timeout = Duration::from_secs(config.provider_timeout_secs.max(1));
         let mock = MockProvider::new(config.mock_allow_crash);
+        let metrics = Arc::new(Metrics::new());
         Self {
             pool,
             name,
             lease: config.lease(),
-            executor: Executor::new(models, mock, call_timeout, relay),
+            executor: Executor::new(models, mock, call_timeout, relay, metrics.clone()),
             completions: Completions::default(),
             cache,
             limiter,
             default_cache_ttl: Duration::from_secs(config.common.cache_ttl),
+            metrics,
             running: Mutex::new(HashSet::new()),
         }
     }
@@ -151,13 +156,28 @@ pub async fn handle_generation(
 
 /// Runs one delivery of a request's job to its end.
 pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::Error> {
-    let claimed = match claim_waiting_for_lease(state, request_id).await? {
-        Some(claimed) => claimed,
-        None => return Ok(()),
-    };
-    let span =
-        tracing::info_span!("generation", request.id = %request_id, attempt = claimed.attempts);
-    run_claimed(state, claimed).instrument(span).await
+    // One span per delivery of the job, from the claim on. Once claimed, it carries the run and
+    // the trace id of the api request that submitted it: the worker's logs join the api's.
+    let span = tracing::info_span!(
+        "job",
+        request.id = %request_id,
+        attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    async move {
+        let claimed = match claim_waiting_for_lease(state, request_id).await? {
+            Some(claimed) => claimed,
+            None => return Ok(()),
+        };
+        let span = tracing::Span::current();
+        span.record("attempt", claimed.attempts);
+        if let Some(trace_id) = &claimed.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        run_claimed(state, claimed).await
+    }
+    .instrument(span)
+    .await
 }
 
 async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(), sqlx::Error> {
@@ -166,6 +186,10 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
     let Some(outcome) = execute_unless_cancelled(state, &claimed).await? else {
         tracing::info!(request.id = %request_id, "cancelled while running; provider call stopped");
         requests::close_cancelled_attempts(&state.pool, request_id).await?;
+        let elapsed = since(claimed.created_at);
+        state
+            .metrics
+            .generation_ended(&claimed.model, "none", "cancelled", Some(elapsed));
         return Ok(());
     };
     let held = match &outcome {
@@ -189,6 +213,15 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
             let held = requests::complete(&state.pool, &claimed, &state.name, &completion).await?;
             if held {
                 tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
+                let metrics = &state.metrics;
+                let elapsed = since(claimed.created_at);
+                metrics.generation_ended(served_model, provider, "completed", Some(elapsed));
+                metrics.usage(
+                    served_model,
+                    output.prompt_tokens,
+                    output.completion_tokens,
+                    *cost_usd,
+                );
                 state.fill_redis_cache(&claimed, &completion).await;
                 state.reconcile_tokens(&claimed, output).await;
             }
@@ -196,7 +229,14 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
         }
         Outcome::Failed { code, message } => {
             tracing::warn!(request.id = %request_id, error.code = code, error = %message, "generation failed");
-            requests::fail(&state.pool, &claimed, &state.name, code, message).await?
+            let held = requests::fail(&state.pool, &claimed, &state.name, code, message).await?;
+            if held {
+                let elapsed = since(claimed.created_at);
+                state
+                    .metrics
+                    .generation_ended(&claimed.model, "none", "failed", Some(elapsed));
+            }
+            held
         }
         Outcome::Reschedule {
             delay,
@@ -205,6 +245,9 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
             message,
         } => {
             tracing::info!(request.id = %request_id, retry_in_ms = delay.as_millis() as u64, "rescheduled");
+            state
+                .metrics
+                .generation_ended(&claimed.model, "none", "rescheduled", None);
             requests::release_for_retry(
                 &state.pool,
                 &claimed,
@@ -250,6 +293,11 @@ async fn execute_unless_cancelled(
             }
         }
     }
+}
+
+/// Time since `at` (zero if the clocks disagree).
+fn since(at: chrono::DateTime<Utc>) -> Duration {
+    (Utc::now() - at).to_std().unwrap_or_default()
 }
 
 /// Claims the request; if another worker's lease on it is still valid, waits for it to run out
@@ -320,6 +368,21 @@ pub async fn run(
     let retention = tokio::spawn(retain(state.clone(), keep, background.clone()));
     let hub = crate::hub::HubClient::new(&config.common.message_hub_url);
     let hub_relay = tokio::spawn(crate::hub::relay(pool.clone(), hub, background.clone()));
+    let metrics_server = match tokio::net::TcpListener::bind(config.metrics_listen).await {
+        Ok(listener) => {
+            let addr = listener.local_addr().unwrap_or(config.metrics_listen);
+            tracing::info!(listen = %addr, "worker metrics listening");
+            Some(tokio::spawn(serve_metrics(
+                listener,
+                state.clone(),
+                background.clone(),
+            )))
+        }
+        Err(err) => {
+            tracing::warn!(listen = %config.metrics_listen, error = %err, "worker metrics endpoint not started");
+            None
+        }
+    };
 
     let queue_config = QueueConfig::default()
         .queue(queue::QUEUE)
@@ -355,9 +418,37 @@ pub async fn run(
     let _ = rescuer.await;
     let _ = retention.await;
     let _ = hub_relay.await;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     listener.abort();
     reloads.abort();
     result.map_err(Into::into)
+}
+
+/// `GET /metrics` of the worker process: circuit and queue gauges are refreshed at each scrape.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: Arc<WorkerState>,
+    stop: CancellationToken,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move {
+                state.metrics.set_circuits(&state.executor.circuits);
+                state.metrics.refresh_queue(&state.pool).await;
+                state.metrics.response()
+            }
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(error = %err, "worker metrics endpoint stopped");
+    }
 }
 
 async fn renew_leases(state: Arc<WorkerState>, stop: CancellationToken) {

@@ -243,3 +243,88 @@ async fn mock_controls_are_refused_for_real_models_and_bad_values() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "validation_failed");
 }
+
+/// Found by `scripts/fuzz.sh`: PostgreSQL cannot store NUL in text or jsonb, so a NUL in a
+/// body or a query was a 500. It is a 400 now, before anything is stored.
+#[tokio::test]
+async fn nul_characters_in_bodies_and_queries_are_refused_with_400() {
+    let app = spawn_app().await;
+    let admin = app.jwt.issue(app.user, 3600, Some("admin")).unwrap();
+    for body in [
+        r#"{"prompt": "a\u0000b"}"#,
+        r#"{"prompt": "ok", "metadata": {"k\u0000": 1}}"#,
+        r#"{"prompt": "ok", "context": {"note": "\\\u0000"}}"#,
+    ] {
+        let response = app
+            .http
+            .post(app.url("/api/v1/generate"))
+            .bearer_auth(app.token())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let error = expect_error(response, 400, "bad_request").await;
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains("NUL"),
+            "{error}"
+        );
+    }
+    let response = app
+        .http
+        .get(app.url("/api/v1/admin/requests?provider=a%00b"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 400, "bad_request").await;
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests")
+            .await,
+        0
+    );
+
+    // An escaped backslash followed by `u0000` is ordinary text.
+    let (status, _) = app
+        .submit(serde_json::from_str(r#"{"prompt": "literally \\u0000"}"#).unwrap())
+        .await;
+    assert_eq!(status, 202);
+}
+
+/// Found by `scripts/fuzz.sh`: `?wait=1.8e308` overflowed a `Duration` and the handler
+/// panicked (the connection closed with no answer). It is capped by `MAX_WAIT_SECS` now.
+#[tokio::test]
+async fn a_huge_wait_is_capped_not_a_panic() {
+    let app = spawn_app().await;
+    let id = app.submit_ok(json!({"prompt": "nobody runs me"})).await;
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .get(app.url(&format!("/api/v1/generate/{id}?wait=0.5e-300")))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for wait in ["1.7976931348623157e308", "1e20"] {
+        // No worker: the poll holds for MAX_WAIT_SECS (30 in tests) at most; one second of it
+        // is enough to tell "held" from "crashed".
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            app.http
+                .get(app.url(&format!("/api/v1/generate/{id}?wait={wait}")))
+                .bearer_auth(app.token())
+                .send(),
+        )
+        .await;
+        assert!(
+            response.is_err(),
+            "wait={wait}: answered at once: {response:?}"
+        );
+    }
+    // The connection survived: the api still answers.
+    let (status, body) = app.poll(id, 0).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -16,6 +16,46 @@ async fn liveness_and_readiness_report_dependencies() {
     assert_eq!(body["status"], "ready");
     assert_eq!(body["checks"]["postgres"]["ok"], true);
     assert_eq!(body["checks"]["redis"]["ok"], true);
+    assert_eq!(body["checks"]["migrations"]["ok"], true);
+    let migrations = &body["migrations"];
+    let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count();
+    assert_eq!(migrations["expected"], on_disk, "{body}");
+    assert_eq!(migrations["applied"], on_disk, "{body}");
+    assert_eq!(migrations["pending"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn readiness_reports_pending_migrations_with_503() {
+    let app = spawn_app().await;
+    let latest: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    // As if this build were newer than the schema: its latest migration is not applied.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(latest)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let ready = app.http.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    assert_eq!(body["checks"]["migrations"]["ok"], false);
+    assert_eq!(body["checks"]["migrations"]["error"], "migrations pending");
+    assert_eq!(body["migrations"]["pending"], serde_json::json!([latest]));
+    let live = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(live.status(), 200, "liveness does not depend on it");
 }
 
 #[tokio::test]

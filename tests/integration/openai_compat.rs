@@ -117,6 +117,18 @@ async fn a_chat_completion_is_a_durable_request_answered_in_openai_format() {
         ])
     );
     assert_eq!(row["metadata"]["api"], "openai.chat.completions");
+    let trace_id = headers["x-trace-id"].to_str().unwrap();
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT trace_id FROM generation_requests WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some(trace_id),
+        "the call's trace joins its job's"
+    );
     assert_eq!(row["metadata"]["openai_user"], "player-7");
     assert_eq!(body["usage"]["completion_tokens"], 12);
     assert_eq!(body["usage"]["prompt_tokens"], row["prompt_tokens"]);

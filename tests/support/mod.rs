@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_upstream;
+pub mod prom;
 pub mod sse;
 
 use std::path::PathBuf;
@@ -167,6 +168,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
             job_max_attempts: 5,
             compat_wait: Duration::from_secs(30),
         },
+        metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -315,6 +317,8 @@ pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
         "10",
         "--concurrency",
         "16",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     args.extend_from_slice(extra);
     WorkerArgs::try_parse_from(args).unwrap().config
@@ -339,6 +343,15 @@ pub fn openai_flags(openai: &fake_upstream::FakeUpstream) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// A free local port (bound, then released: good enough for a test's own listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The app and an in-process worker, both configured with these provider flags.
@@ -450,6 +463,19 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A real `llm-worker` process against the test database.
 pub fn spawn_worker_process(db: &TestDb, env: &[(&str, &str)]) -> Child {
+    worker_process_command(db, env, Stdio::null())
+        .spawn()
+        .expect("spawn llm-worker")
+}
+
+/// A real `llm-worker` process whose standard output (its logs) the test reads.
+pub fn spawn_worker_process_logged(db: &TestDb, env: &[(&str, &str)]) -> Child {
+    worker_process_command(db, env, Stdio::piped())
+        .spawn()
+        .expect("spawn llm-worker")
+}
+
+fn worker_process_command(db: &TestDb, env: &[(&str, &str)], stdout: Stdio) -> Command {
     let mut cmd = Command::new(binary("llm-worker"));
     cmd.env_clear()
         .env("DATABASE_URL", &db.url)
@@ -460,11 +486,12 @@ pub fn spawn_worker_process(db: &TestDb, env: &[(&str, &str)]) -> Child {
         .env("WORKER_LEASE_SECS", "3")
         .env("WORKER_POLL_MS", "200")
         .env("WORKER_CONCURRENCY", "8")
+        .env("WORKER_METRICS_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    cmd.spawn().expect("spawn llm-worker")
+    cmd
 }
 
 /// A real `llm-api` process on a free port; returns it with its base URL once it is ready.
@@ -474,10 +501,7 @@ pub async fn spawn_api_process(db: &TestDb) -> (Child, String) {
 
 /// [`spawn_api_process`] with extra environment variables.
 pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child, String) {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut cmd = Command::new(binary("llm-api"));
     cmd.arg("serve")
         .env_clear()

@@ -22,6 +22,24 @@ pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
 
 /// `POST /api/v1/admin/cache/invalidate` `{"model"?, "key_prefix"?, "template_id"?}`: deletes
 /// the matching cache entries (table and Redis). At least one filter is required.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/cache/invalidate",
+    tag = "admin",
+    summary = "Delete matching cache entries",
+    request_body = crate::cache::InvalidateFilter,
+    responses(
+        (status = 200, description = "how many entries were deleted", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn invalidate_cache(
     State(state): State<AppState>,
     user: AuthUser,
@@ -51,6 +69,21 @@ pub struct ListQuery {
 
 /// `GET /api/v1/admin/requests`: every user's requests, filtered, newest first, with their
 /// attempt history; keyset pagination through `cursor`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/requests",
+    tag = "admin",
+    summary = "Every user's requests, newest first",
+    params(("status" = Option<crate::requests::Status>, Query), ("model" = Option<String>, Query), ("provider" = Option<String>, Query), ("user_id" = Option<uuid::Uuid>, Query), ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "created at or after"), ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "created before"), ("limit" = Option<i64>, Query), ("cursor" = Option<uuid::Uuid>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "a page of requests and next_cursor", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_requests(
     State(state): State<AppState>,
     user: AuthUser,
@@ -64,6 +97,23 @@ pub async fn list_requests(
 }
 
 /// `POST /api/v1/admin/requests/{request_id}/replay`: a failed or cancelled request runs again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/requests/{request_id}/replay",
+    tag = "admin",
+    summary = "Run a failed or cancelled request again",
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
+    responses(
+        (status = 200, description = "replayed", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn replay_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -85,7 +135,7 @@ pub async fn replay_one(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkReplay {
     #[serde(default)]
@@ -97,6 +147,24 @@ pub struct BulkReplay {
 
 /// `POST /api/v1/admin/requests/replay`: replays every failed or cancelled request matching the
 /// filter (up to 10,000), or with `dry_run` says how many it would.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/requests/replay",
+    tag = "admin",
+    summary = "Replay (or count) requests by filter",
+    request_body = BulkReplay,
+    responses(
+        (status = 200, description = "how many and which", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn replay_many(
     State(state): State<AppState>,
     user: AuthUser,

@@ -13,14 +13,34 @@ use crate::error::ApiError;
 
 /// A batch counts as one request against the caller's rate limit; its tokens are not counted
 /// (batches are background work, run after interactive requests).
+#[utoipa::path(
+    post,
+    path = "/api/v1/generate/batch",
+    tag = "batches",
+    summary = "Submit a batch (up to 1,000 items)",
+    request_body = crate::batches::BatchBody,
+    responses(
+        (status = 202, description = "the batch id and its request ids", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     user: AuthUser,
+    trace: crate::telemetry::TraceContext,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let models = state.models.current();
     let max_attempts = state.limits.job_max_attempts;
-    let batch = NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts)?;
+    let mut batch = NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts)?;
+    batch.trace_id = Some(trace.trace_id);
     super::limits::enforce(&state, &user, 0).await?;
     let batch_id = batch.id;
     let request_ids = batches::create(&state.pool, batch).await?;
@@ -33,6 +53,21 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/generate/batch/{batch_id}",
+    tag = "batches",
+    summary = "Progress and items of a batch",
+    params(("batch_id" = uuid::Uuid, Path, description = "the batch's id (a UUID)")),
+    responses(
+        (status = 200, description = "counts per status and every item", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn status(
     State(state): State<AppState>,
     user: AuthUser,

@@ -23,20 +23,43 @@ use crate::error::ApiError;
 use crate::models;
 use crate::requests::{self, GenerateBody, NewRequest};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub id: Uuid,
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub data: Map<String, Value>,
     #[serde(default)]
     pub source: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "Receive a message hub event (service identities)",
+    request_body = Envelope,
+    responses(
+        (status = 202, description = "applied", body = serde_json::Value),
+        (status = 200, description = "acknowledged (a duplicate, or an unknown type)", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     caller: AuthUser,
+    trace: crate::telemetry::TraceContext,
     JsonBody(event): JsonBody<Envelope>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !caller.is_service() && !caller.is_admin() {
@@ -45,7 +68,7 @@ pub async fn receive(
         ));
     }
     match event.kind.as_str() {
-        "generation.requested" => generation_requested(&state, event).await,
+        "generation.requested" => generation_requested(&state, event, trace).await,
         "model.updated" | "cache.invalidate" => {
             if !first_delivery(&state, &event).await? {
                 return Ok(duplicate(&event));
@@ -108,6 +131,7 @@ async fn first_delivery(state: &AppState, event: &Envelope) -> Result<bool, ApiE
 async fn generation_requested(
     state: &AppState,
     event: Envelope,
+    trace: crate::telemetry::TraceContext,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut data = event.data.clone();
     let user_id = data
@@ -120,6 +144,7 @@ async fn generation_requested(
     let body = body.resolve_template(&state.prompts, &models)?;
     let mut new =
         NewRequest::validate(body, user_id, None, &models, state.limits.job_max_attempts)?;
+    new.trace_id = Some(trace.trace_id);
     new.metadata
         .as_object_mut()
         .map(|m| m.insert("event_id".into(), Value::from(event.id.to_string())));

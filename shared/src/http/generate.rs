@@ -14,10 +14,11 @@ use super::{AppState, JsonBody, QueryParams};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
+use crate::telemetry::TraceContext;
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub request_id: Uuid,
     pub status: Status,
@@ -26,21 +27,44 @@ pub struct Accepted {
     pub idempotent_replay: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/generate",
+    tag = "generate",
+    summary = "Submit a generation (durable job)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
+    request_body = crate::requests::GenerateBody,
+    responses(
+        (status = 202, description = "stored and queued", body = Accepted),
+        (status = 200, description = "answered from the cache (already completed)", body = Accepted),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     user: AuthUser,
+    trace: TraceContext,
     headers: HeaderMap,
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let body = body.resolve_template(&state.prompts, &state.models.current())?;
-    let new = NewRequest::validate(
+    let mut new = NewRequest::validate(
         body,
         user.id,
         idempotency_key,
         &state.models.current(),
         state.limits.job_max_attempts,
     )?;
+    new.trace_id = Some(trace.trace_id);
     let submitted = accept(&state, &user, new).await?;
     let poll_url = format!("/api/v1/generate/{}", submitted.id);
     // Answered from the cache: already complete, so 200 rather than "accepted for later".
@@ -80,6 +104,7 @@ pub(super) async fn accept(
     let estimated = new.estimated_tokens;
     let rate = super::limits::enforce(state, user, estimated).await?;
     let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
+    observe_submit(state, &submitted);
     if let Some(rate) = rate
         && submitted.status == Status::Completed
     {
@@ -91,6 +116,14 @@ pub(super) async fn accept(
         tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
     }
     Ok(submitted)
+}
+
+/// What a stored submit tells the metrics and the request span: the cache lookup, the id.
+pub(super) fn observe_submit(state: &AppState, submitted: &requests::Submitted) {
+    if let Some(hit) = submitted.cache_hit {
+        state.metrics.cache_lookup(hit);
+    }
+    crate::telemetry::record_request_id(submitted.id);
 }
 
 /// The `Idempotency-Key` header, if any.
@@ -110,21 +143,37 @@ pub(super) fn parse_request_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Seconds to hold the answer until the request finishes (capped by `MAX_WAIT_SECS`).
     #[serde(default)]
     pub wait: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PollResponse {
     #[serde(flatten)]
     pub request: RequestView,
     pub attempt_history: Vec<AttemptView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/generate/{request_id}",
+    tag = "generate",
+    summary = "Read a request (optionally wait for it)",
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), PollQuery),
+    responses(
+        (status = 200, description = "the request and its attempt history", body = PollResponse),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn poll(
     State(state): State<AppState>,
     user: AuthUser,
@@ -132,10 +181,13 @@ pub async fn poll(
     QueryParams(query): QueryParams<PollQuery>,
 ) -> Result<Json<PollResponse>, ApiError> {
     let id = parse_request_id(&request_id)?;
+    crate::telemetry::record_request_id(id);
     let wait = match query.wait {
         None => Duration::ZERO,
         Some(secs) if secs.is_finite() && secs >= 0.0 => {
-            Duration::from_secs_f64(secs).min(state.limits.max_wait)
+            // Capped before converting: a huge number must not overflow a Duration (found by
+            // scripts/fuzz.sh: `?wait=1.8e308` panicked the handler).
+            Duration::from_secs_f64(secs.min(state.limits.max_wait.as_secs_f64()))
         }
         Some(_) => {
             return Err(ApiError::BadRequest(

@@ -1,5 +1,6 @@
-//! `/health` (liveness: the process answers) and `/health/ready` (readiness: PostgreSQL and
-//! Redis answer within a short timeout).
+//! Operational endpoints: `/health` (liveness: the process answers), `/health/ready`
+//! (readiness: PostgreSQL and Redis answer within a short timeout, and every migration this
+//! build knows is applied) and `/metrics` (Prometheus text format, see `crate::metrics`).
 
 use std::time::Duration;
 
@@ -13,29 +14,111 @@ use super::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The api's metrics, with the queue and outbox gauges read at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "text exposition format", body = String, content_type = "text/plain"),
+    ),
+)]
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    state.metrics.refresh_queue(&state.pool).await;
+    state.metrics.response()
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "the process answers", body = serde_json::Value),
+    ),
+)]
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-#[derive(Serialize)]
+/// The readiness answer: every dependency's check and the migration state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+    checks: Checks,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    migrations: Option<crate::db::MigrationState>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Checks {
+    postgres: Check,
+    redis: Check,
+    migrations: Check,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Check {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
 }
 
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let (postgres, redis) = tokio::join!(check_postgres(&state), check_redis(&state));
-    let ok = postgres.ok && redis.ok;
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    summary = "Readiness: dependencies and migrations",
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "not ready (the checks say why)", body = Readiness),
+    ),
+)]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let (postgres, redis, migrations) = tokio::join!(
+        check_postgres(&state),
+        check_redis(&state),
+        tokio::time::timeout(CHECK_TIMEOUT, crate::db::migration_state(&state.pool)),
+    );
+    let migrations = match migrations {
+        Ok(Ok(state)) => Some(state),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: could not read the migration state");
+            None
+        }
+        Err(_) => None,
+    };
+    let migrations_check = match &migrations {
+        Some(m) if m.up_to_date() => Check {
+            ok: true,
+            error: None,
+        },
+        Some(_) => Check {
+            ok: false,
+            error: Some("migrations pending"),
+        },
+        None => Check {
+            ok: false,
+            error: Some("unknown"),
+        },
+    };
+    let ok = postgres.ok && redis.ok && migrations_check.ok;
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ok { "ready" } else { "not_ready" },
-        "checks": { "postgres": postgres, "redis": redis },
-    });
+    let body = Readiness {
+        status: if ok { "ready" } else { "not_ready" },
+        checks: Checks {
+            postgres,
+            redis,
+            migrations: migrations_check,
+        },
+        migrations,
+    };
     (status, Json(body))
 }
 

@@ -35,10 +35,18 @@ pub(super) async fn enforce(
             ),
         )),
         Decision::Refused { by, state: rate } => {
-            let what = match by {
-                Exceeded::Requests => format!("{} requests per minute", rate.requests.limit),
-                Exceeded::Tokens => format!("{} tokens per minute", rate.tokens.limit),
+            let (what, limit) = match by {
+                Exceeded::Requests => (
+                    format!("{} requests per minute", rate.requests.limit),
+                    "requests",
+                ),
+                Exceeded::Tokens => (format!("{} tokens per minute", rate.tokens.limit), "tokens"),
             };
+            state
+                .metrics
+                .rate_limit_rejections
+                .with_label_values(&[limit])
+                .inc();
             tracing::info!(user.id = %user.id, limit = %what, "rate limited");
             Err(ApiError::RateLimited {
                 message: format!(
@@ -94,6 +102,18 @@ fn set_headers(headers: &mut HeaderMap, rate: &RateState) {
 }
 
 /// `GET /api/v1/rate_limits`: the caller's limits and what is left of them this minute.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rate_limits",
+    tag = "rate limits",
+    summary = "The caller's limits and what is left",
+    responses(
+        (status = 200, description = "requests and tokens per minute: limit, remaining, reset", body = serde_json::Value),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn mine(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     let limits = state.limiter.limits(&state.pool, user.id).await?;
     let body = match state.limiter.peek(&state.pool, user.id).await? {
@@ -109,7 +129,7 @@ pub async fn mine(State(state): State<AppState>, user: AuthUser) -> Result<Json<
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
     pub requests_per_minute: Option<u32>,
@@ -117,6 +137,25 @@ pub struct Override {
 }
 
 /// `PUT /api/v1/admin/rate_limits/{user_id}`: sets a user's limits (absent = the default).
+#[utoipa::path(
+    put,
+    path = "/api/v1/admin/rate_limits/{user_id}",
+    tag = "admin",
+    summary = "Override a user's limits",
+    params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)")),
+    request_body = Override,
+    responses(
+        (status = 200, description = "the user's limits now", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn set_override(
     State(state): State<AppState>,
     user: AuthUser,
@@ -144,6 +183,21 @@ pub async fn set_override(
 }
 
 /// `DELETE /api/v1/admin/rate_limits/{user_id}`: back to the defaults.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/rate_limits/{user_id}",
+    tag = "admin",
+    summary = "Back to the default limits",
+    params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)")),
+    responses(
+        (status = 200, description = "the user's limits now", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn clear_override(
     State(state): State<AppState>,
     user: AuthUser,

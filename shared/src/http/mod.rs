@@ -2,17 +2,17 @@
 //!
 //! **Invariant:** handlers never call a provider; they persist and enqueue, or read.
 
-mod admin;
-mod batch;
-mod events;
-mod generate;
-mod health;
-mod limits;
-mod models;
-mod openai;
-mod prompts;
-mod stream;
-mod usage;
+pub(crate) mod admin;
+pub(crate) mod batch;
+pub(crate) mod events;
+pub(crate) mod generate;
+pub(crate) mod health;
+pub(crate) mod limits;
+pub(crate) mod models;
+pub(crate) mod openai;
+pub(crate) mod prompts;
+pub(crate) mod stream;
+pub(crate) mod usage;
 
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct AppState {
     pub prompts: std::sync::Arc<PromptLibrary>,
     pub completions: Completions,
     pub limits: Limits,
+    /// This process's metrics, served on `/metrics`.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,10 +121,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .merge(api)
+        .merge(crate::openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // Layers run after routing (so both see the route template), outermost last.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track_http,
+        ))
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_requests))
         .with_state(state)
 }
 
@@ -141,11 +151,41 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let max_body_bytes = state.limits.max_body_bytes;
+        let (parts, body) = req.into_parts();
+        // Read once (within the body limit) to refuse NUL characters, which PostgreSQL cannot
+        // store in text or jsonb, before the JSON is parsed from the same bytes.
+        let bytes = bytes::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(max_body_bytes),
+                _ => ApiError::BadRequest(rejection.body_text()),
+            })?;
+        if has_nul_escape(&bytes) {
+            return Err(nul_refused());
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection, state.limits.max_body_bytes)),
+            Err(rejection) => Err(json_rejection(rejection, max_body_bytes)),
         }
     }
+}
+
+fn nul_refused() -> ApiError {
+    ApiError::BadRequest("text must not contain NUL characters (\\u0000)".into())
+}
+
+/// Whether JSON text contains the escape `\u0000` (a NUL character in a string or key); a
+/// raw NUL byte is invalid JSON and refused by the parser anyway. `\\u0000` (an escaped
+/// backslash, then `u0000`) is not one.
+fn has_nul_escape(json: &[u8]) -> bool {
+    json.windows(6).enumerate().any(|(at, w)| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && &w[2..] == b"0000"
+            && json[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
+    })
 }
 
 fn json_rejection(rejection: JsonRejection, max_body_bytes: usize) -> ApiError {
@@ -169,9 +209,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        if query.contains("%00") || query.contains('\0') {
+            return Err(nul_refused());
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|rejection: QueryRejection| ApiError::BadRequest(rejection.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_nul_escape;
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(has_nul_escape(br#"{"prompt": "a\u0000b"}"#));
+        assert!(has_nul_escape(br#"{"\u0000": 1}"#));
+        assert!(has_nul_escape(br#"{"p": "\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"p": "\\u0000"}"#));
+        assert!(has_nul_escape(br#"{"p": "\u00001"}"#));
+        assert!(!has_nul_escape(br#"{"p": "\u0001"}"#));
+        assert!(!has_nul_escape(b"{}"));
     }
 }

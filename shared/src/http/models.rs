@@ -70,6 +70,18 @@ async fn stats(state: &AppState, registry: &ModelRegistry) -> Result<Vec<CallSta
     Ok(requests::recent_call_stats(&state.pool, HEALTH_WINDOW, streak).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    summary = "The model registry with health",
+    responses(
+        (status = 200, description = "every model", body = serde_json::Value),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Result<Json<Value>, ApiError> {
     let registry = state.models.current();
     let stats = stats(&state, &registry).await?;
@@ -83,6 +95,20 @@ pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Result<Json
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{model_id}",
+    tag = "models",
+    summary = "One model with its health",
+    params(("model_id" = String, Path, description = "a model id of the registry", example = json!("mock"))),
+    responses(
+        (status = 200, description = "the model", body = serde_json::Value),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -96,6 +122,22 @@ pub async fn show(
     Ok(Json(view(&registry, spec, &stats)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/select",
+    tag = "models",
+    summary = "Pick the best model for requirements",
+    request_body = crate::models::Requirements,
+    responses(
+        (status = 200, description = "the best model, why, and ranked alternatives", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn select(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -122,6 +164,20 @@ pub async fn select(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/models/reload",
+    tag = "admin",
+    summary = "Re-read the model registry",
+    responses(
+        (status = 200, description = "reloaded", body = serde_json::Value),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn reload(
     State(state): State<AppState>,
     user: AuthUser,

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -38,6 +38,7 @@ use crate::providers::{
     ChatTurn, GenerationParams, MockBehaviour, ResponseFormat as NativeFormat, TurnRole,
 };
 use crate::requests::{GenerateBody, NewRequest, RequestView, Status};
+use crate::telemetry::TraceContext;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Honoured by the OpenAI SDKs: `false` stops their automatic retries.
@@ -78,7 +79,7 @@ impl Endpoint {
 
 /// The body of `POST /v1/chat/completions`: the parameters the service honours, our two
 /// extensions (`mock`, `cache`), and everything else (refused unless neutral).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     model: String,
     messages: Vec<ChatMessageIn>,
@@ -106,12 +107,14 @@ pub struct ChatCompletionRequest {
     mock: Option<MockBehaviour>,
     #[serde(default)]
     cache: Option<CachePolicy>,
+    /// Any other OpenAI parameter: refused unless it has its neutral value.
     #[serde(flatten)]
+    #[schema(ignore)]
     other: Map<String, Value>,
 }
 
 /// The body of `POST /v1/completions` (the legacy text completions).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     model: String,
     prompt: PromptIn,
@@ -133,27 +136,31 @@ pub struct CompletionRequest {
     mock: Option<MockBehaviour>,
     #[serde(default)]
     cache: Option<CachePolicy>,
+    /// Any other OpenAI parameter: refused unless it has its neutral value.
     #[serde(flatten)]
+    #[schema(ignore)]
     other: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatMessageIn {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// Any other OpenAI parameter: refused unless it has its neutral value.
     #[serde(flatten)]
+    #[schema(ignore)]
     other: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ContentPart {
     #[serde(rename = "type")]
     kind: String,
@@ -161,27 +168,27 @@ struct ContentPart {
     text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum PromptIn {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ResponseFormat {
     Text,
@@ -189,7 +196,7 @@ enum ResponseFormat {
     JsonSchema { json_schema: JsonSchemaSpec },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct JsonSchemaSpec {
     #[allow(dead_code)]
     name: String,
@@ -486,50 +493,123 @@ fn content_text(content: Content, index: usize) -> Result<String, OpenAiError> {
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    summary = "OpenAI Chat Completions (a durable request; JSON or SSE chunks)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "the completion (`stream: true`: `chat.completion.chunk` events, then `data: [DONE]`)", body = CompletionObject),
+        (status = 400, description = "invalid request, or a parameter the service cannot honour", body = OpenAiErrorBody),
+        (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
+        (status = 404, description = "unknown model (`model_not_found`)", body = OpenAiErrorBody),
+        (status = 409, description = "cancelled, or an Idempotency-Key reused for another body", body = OpenAiErrorBody),
+        (status = 413, description = "body too large", body = OpenAiErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = OpenAiErrorBody),
+        (status = 502, description = "the generation failed after retries and fallbacks", body = OpenAiErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = OpenAiErrorBody),
+        (status = 504, description = "still running after OPENAI_COMPAT_WAIT_SECS: poll `error.poll_url`", body = OpenAiErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn chat_completions(
     State(state): State<AppState>,
     user: Result<AuthUser, ApiError>,
+    trace: TraceContext,
     headers: HeaderMap,
     body: Result<JsonBody<ChatCompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
     let (user, JsonBody(body)) = (user?, body?);
-    run(state, user, &headers, body.into_call()?).await
+    run(state, user, trace, &headers, body.into_call()?).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "openai",
+    summary = "OpenAI legacy text completions (a durable request; JSON or SSE)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "the completion (`stream: true`: `text_completion` events, then `data: [DONE]`)", body = CompletionObject),
+        (status = 400, description = "invalid request, or a parameter the service cannot honour", body = OpenAiErrorBody),
+        (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
+        (status = 404, description = "unknown model (`model_not_found`)", body = OpenAiErrorBody),
+        (status = 409, description = "cancelled, or an Idempotency-Key reused for another body", body = OpenAiErrorBody),
+        (status = 413, description = "body too large", body = OpenAiErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = OpenAiErrorBody),
+        (status = 502, description = "the generation failed after retries and fallbacks", body = OpenAiErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = OpenAiErrorBody),
+        (status = 504, description = "still running after OPENAI_COMPAT_WAIT_SECS: poll `error.poll_url`", body = OpenAiErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn completions(
     State(state): State<AppState>,
     user: Result<AuthUser, ApiError>,
+    trace: TraceContext,
     headers: HeaderMap,
     body: Result<JsonBody<CompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
     let (user, JsonBody(body)) = (user?, body?);
-    run(state, user, &headers, body.into_call()?).await
+    run(state, user, trace, &headers, body.into_call()?).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    summary = "The models that can run here, as OpenAI model objects",
+    responses(
+        (status = 200, description = "the models", body = ModelList),
+        (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_models(
     State(state): State<AppState>,
     user: Result<AuthUser, ApiError>,
-) -> Result<Json<Value>, OpenAiError> {
+) -> Result<Json<ModelList>, OpenAiError> {
     user?;
     let registry = state.models.current();
-    let data: Vec<Value> = registry
+    let data = registry
         .all()
         .iter()
         .filter(|m| usable(&registry, &m.id))
-        .map(|m| model_object(&m.id, m.provider.as_str()))
+        .map(|m| ModelObject::new(&m.id, m.provider.as_str()))
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "openai",
+    summary = "One model, as an OpenAI model object",
+    params(("model" = String, Path, description = "a registry model id")),
+    responses(
+        (status = 200, description = "the model", body = ModelObject),
+        (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
+        (status = 404, description = "unknown or unusable model (`model_not_found`)", body = OpenAiErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show_model(
     State(state): State<AppState>,
     user: Result<AuthUser, ApiError>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, OpenAiError> {
+) -> Result<Json<ModelObject>, OpenAiError> {
     user?;
     let registry = state.models.current();
     match registry.get(&model) {
-        Some(m) if usable(&registry, &m.id) => Ok(Json(model_object(&m.id, m.provider.as_str()))),
+        Some(m) if usable(&registry, &m.id) => {
+            Ok(Json(ModelObject::new(&m.id, m.provider.as_str())))
+        }
         _ => Err(OpenAiError::model_not_found(&model)),
     }
 }
@@ -542,14 +622,10 @@ fn usable(registry: &ModelRegistry, id: &str) -> bool {
         .any(|m| registry.unavailable_reason(m).is_none())
 }
 
-fn model_object(id: &str, owner: &str) -> Value {
-    // The registry keeps no creation dates: 0 says "unknown" in OpenAI's integer field.
-    json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
-}
-
 async fn run(
     state: AppState,
     user: AuthUser,
+    trace: TraceContext,
     headers: &HeaderMap,
     call: Call,
 ) -> Result<Response, OpenAiError> {
@@ -558,7 +634,7 @@ async fn run(
         return Err(OpenAiError::model_not_found(&call.model));
     }
     let key = idempotency_key(headers)?;
-    let new = NewRequest::validate(
+    let mut new = NewRequest::validate(
         call.body,
         user.id,
         key,
@@ -566,6 +642,7 @@ async fn run(
         state.limits.job_max_attempts,
     )
     .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
+    new.trace_id = Some(trace.trace_id);
     if call.stream {
         let (id, subscription) = submit_subscribed(&state, &user, new)
             .await
@@ -594,42 +671,49 @@ async fn run(
     Ok(with_request_id(response, submitted.id))
 }
 
-fn completion(row: &RequestView, endpoint: Endpoint) -> Value {
+fn completion(row: &RequestView, endpoint: Endpoint) -> CompletionObject {
     let text = row.result.clone().unwrap_or_default();
-    let finish_reason = finish_reason(row.finish_reason.as_deref());
-    let choice = match endpoint {
-        Endpoint::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }),
-        Endpoint::Text => json!({
-            "index": 0,
-            "text": text,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }),
+    let (message, text) = match endpoint {
+        Endpoint::Chat => (
+            Some(AssistantMessage {
+                role: "assistant".into(),
+                content: text,
+                refusal: None,
+            }),
+            None,
+        ),
+        Endpoint::Text => (None, Some(text)),
     };
-    json!({
-        "id": row.id,
-        "object": endpoint.object(),
-        "created": row.created_at.timestamp(),
-        "model": row.served_model.as_deref().unwrap_or(&row.model),
-        "system_fingerprint": null,
-        "choices": [choice],
-        "usage": usage(row),
-    })
+    CompletionObject {
+        id: row.id,
+        object: endpoint.object().into(),
+        created: row.created_at.timestamp(),
+        model: row
+            .served_model
+            .clone()
+            .unwrap_or_else(|| row.model.clone()),
+        system_fingerprint: None,
+        choices: vec![CompletionChoice {
+            index: 0,
+            message,
+            text,
+            logprobs: None,
+            finish_reason: finish_reason(row.finish_reason.as_deref()).into(),
+        }],
+        usage: usage(row),
+    }
 }
 
-fn usage(row: &RequestView) -> Value {
-    let prompt = row.prompt_tokens.unwrap_or(0);
-    let completion = row.completion_tokens.unwrap_or(0);
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": row.tokens_used.unwrap_or(prompt + completion),
-    })
+fn usage(row: &RequestView) -> UsageObject {
+    let prompt_tokens = row.prompt_tokens.unwrap_or(0);
+    let completion_tokens = row.completion_tokens.unwrap_or(0);
+    UsageObject {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: row
+            .tokens_used
+            .unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+    }
 }
 
 /// Our finish reasons in OpenAI's words.
@@ -666,18 +750,18 @@ fn generation_failed(row: &RequestView) -> OpenAiError {
 /// The wait is over but the generation goes on (it is durable): the id to poll.
 fn still_running(row: &RequestView, waited: Duration) -> Response {
     let poll_url = format!("/api/v1/generate/{}", row.id);
-    let body = json!({"error": {
-        "message": format!(
+    let body = OpenAiErrorBody::new(OpenAiErrorDetail {
+        message: format!(
             "the generation is still {} after {} s; it carries on: poll GET {poll_url} for its result",
             row.status.as_str(),
             waited.as_secs()
         ),
-        "type": "timeout",
-        "param": null,
-        "code": "generation_pending",
-        "request_id": row.id,
-        "poll_url": poll_url,
-    }});
+        kind: "timeout".into(),
+        param: None,
+        code: Some("generation_pending".into()),
+        request_id: Some(row.id),
+        poll_url: Some(poll_url.clone()),
+    });
     let mut response = (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
@@ -799,7 +883,8 @@ impl ChunkWriter {
                 let reason = finish_reason(row.finish_reason.as_deref());
                 frames.push(self.chunk(json!({}), Some(reason)));
                 if self.include_usage {
-                    frames.push(self.frame(json!([]), usage(&row)));
+                    let usage = serde_json::to_value(usage(&row)).unwrap_or_default();
+                    frames.push(self.frame(json!([]), usage));
                 }
                 frames.push(Event::default().data("[DONE]"));
                 self.finished = true;
@@ -861,11 +946,125 @@ impl ChunkWriter {
         } else {
             "server_error"
         };
-        let body = json!({"error": {
-            "message": message, "type": kind, "param": null, "code": code, "request_id": self.id,
-        }});
-        vec![Event::default().data(body.to_string())]
+        let body = OpenAiErrorBody::new(OpenAiErrorDetail {
+            message: message.to_owned(),
+            kind: kind.into(),
+            param: None,
+            code: Some(code.to_owned()),
+            request_id: Some(self.id),
+            poll_url: None,
+        });
+        let data = serde_json::to_string(&body).unwrap_or_default();
+        vec![Event::default().data(data)]
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response bodies: typed, so that the OpenAPI document shows them as they are sent.
+
+/// A `chat.completion` (or, from `/v1/completions`, a `text_completion`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompletionObject {
+    /// The durable request's id: poll it at `/api/v1/generate/{id}` (also `x-request-id`).
+    pub id: Uuid,
+    /// `chat.completion` or `text_completion`.
+    pub object: String,
+    pub created: i64,
+    /// The registry model that answered (the requested one, or a fallback).
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    /// Always one choice.
+    pub choices: Vec<CompletionChoice>,
+    pub usage: UsageObject,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompletionChoice {
+    pub index: u32,
+    /// Chat completions: the assistant's message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<AssistantMessage>,
+    /// Text completions: the text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Always null: log probabilities are not offered.
+    pub logprobs: Option<Value>,
+    /// `stop`, `length` or `content_filter`.
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UsageObject {
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub total_tokens: i32,
+}
+
+/// A model of the registry that can run here.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelObject {
+    pub id: String,
+    pub object: String,
+    /// 0: the registry keeps no creation dates.
+    pub created: i64,
+    /// The model's provider.
+    pub owned_by: String,
+}
+
+impl ModelObject {
+    fn new(id: &str, owner: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            object: "model".into(),
+            created: 0,
+            owned_by: owner.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelObject>,
+}
+
+/// The error body of the `/v1` routes (OpenAI's shape).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+impl OpenAiErrorBody {
+    fn new(error: OpenAiErrorDetail) -> Self {
+        Self { error }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `requests` (rate limits), `server_error`, `upstream_error`,
+    /// `timeout`, `permission_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request parameter at fault, if one is.
+    pub param: Option<String>,
+    /// e.g. `model_not_found`, `unsupported_parameter`, `invalid_api_key`,
+    /// `rate_limit_exceeded`, `generation_pending`, `generation_restarted`.
+    pub code: Option<String>,
+    /// The durable request concerned, when one was created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<Uuid>,
+    /// Where to poll a generation still running (`generation_pending`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_url: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -939,9 +1138,14 @@ impl IntoResponse for OpenAiError {
                 message,
                 param,
             } => {
-                let body = json!({"error": {
-                    "message": message, "type": kind, "param": param, "code": code,
-                }});
+                let body = OpenAiErrorBody::new(OpenAiErrorDetail {
+                    message,
+                    kind: kind.into(),
+                    param,
+                    code,
+                    request_id: None,
+                    poll_url: None,
+                });
                 let mut response = (status, Json(body)).into_response();
                 if status != StatusCode::TOO_MANY_REQUESTS {
                     response
@@ -990,8 +1194,18 @@ fn native_response(error: ApiError, endpoint: Option<Endpoint>) -> Response {
             .headers
             .insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
     }
-    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    Response::from_parts(parts, Body::from(body.to_string()))
+    let body = OpenAiErrorBody::new(OpenAiErrorDetail {
+        message,
+        kind: kind.into(),
+        param,
+        code: Some(code.into()),
+        request_id: None,
+        poll_url: None,
+    });
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
 }
 
 /// The name of a native field in the OpenAI request that carried it.

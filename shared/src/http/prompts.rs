@@ -12,11 +12,35 @@ use crate::error::ApiError;
 use crate::prompts::{RenderError, TemplateInfo};
 use crate::providers::estimate_tokens;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/prompts",
+    tag = "prompts",
+    summary = "The prompt templates",
+    responses(
+        (status = 200, description = "every template with its parameters", body = serde_json::Value),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
     let templates: Vec<&TemplateInfo> = state.prompts.list().collect();
     Json(json!({ "templates": templates }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/prompts/{template_id}",
+    tag = "prompts",
+    summary = "One template",
+    params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`", example = json!("character.backstory"))),
+    responses(
+        (status = 200, description = "the template and its parameters", body = serde_json::Value),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -30,13 +54,32 @@ pub async fn show(
         .ok_or(ApiError::NotFound("no such template"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenderBody {
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub params: Map<String, Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/prompts/{template_id}/render",
+    tag = "prompts",
+    summary = "Render a template",
+    params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`", example = json!("character.backstory"))),
+    request_body = RenderBody,
+    responses(
+        (status = 200, description = "the rendered prompt and its token estimate", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn render(
     State(state): State<AppState>,
     _user: AuthUser,
@@ -56,12 +99,13 @@ pub async fn render(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateBody {
     #[serde(default)]
     pub template_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     #[serde(default)]
     pub prompt: Option<String>,
@@ -75,6 +119,22 @@ pub struct ValidateBody {
 
 /// Checks a template's parameters (or a raw prompt) and whether the result fits the model's
 /// context window; always 200 with `valid` and the problems found.
+#[utoipa::path(
+    post,
+    path = "/api/v1/prompts/validate",
+    tag = "prompts",
+    summary = "Check a template's params or a prompt",
+    request_body = ValidateBody,
+    responses(
+        (status = 200, description = "problems, token estimate, whether it fits", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn validate(
     State(state): State<AppState>,
     _user: AuthUser,

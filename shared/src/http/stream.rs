@@ -25,6 +25,7 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::relay::{HubMessage, HubSubscription, RelayEvent, RelayKind};
 use crate::requests::{self, GenerateBody, NewRequest, RequestView, Status};
+use crate::telemetry::TraceContext;
 
 /// How often a follower re-reads the row when no notice came (a missed notice costs at most
 /// this much delay, never a hang).
@@ -36,21 +37,43 @@ type EventStream = Sse<
     >,
 >;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/generate/stream",
+    tag = "generate",
+    summary = "Submit and stream over SSE",
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
+    request_body = crate::requests::GenerateBody,
+    responses(
+        (status = 200, description = "SSE events: start, token, restart, then done or error", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 413, description = "body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
+        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
+        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn submit_stream(
     State(state): State<AppState>,
     user: AuthUser,
+    trace: TraceContext,
     headers: HeaderMap,
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<EventStream, ApiError> {
     let key = idempotency_key(&headers)?;
     let body = body.resolve_template(&state.prompts, &state.models.current())?;
-    let new = NewRequest::validate(
+    let mut new = NewRequest::validate(
         body,
         user.id,
         key,
         &state.models.current(),
         state.limits.job_max_attempts,
     )?;
+    new.trace_id = Some(trace.trace_id);
     let (id, subscription) = submit_subscribed(&state, &user, new).await?;
     Ok(follow(state, id, user.id, subscription, 0))
 }
@@ -70,6 +93,7 @@ pub(super) async fn submit_subscribed(
         .await
         .map_err(|_| relay_unavailable())?;
     let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
+    super::generate::observe_submit(state, &submitted);
     if submitted.replayed {
         // An earlier request with the same Idempotency-Key: follow that one instead.
         drop(subscription);
@@ -84,6 +108,21 @@ pub(super) async fn submit_subscribed(
     Ok((submitted.id, subscription))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/generate/{request_id}/stream",
+    tag = "generate",
+    summary = "Attach to a request's stream",
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
+    responses(
+        (status = 200, description = "SSE events after Last-Event-ID", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn attach(
     State(state): State<AppState>,
     user: AuthUser,
@@ -91,6 +130,7 @@ pub async fn attach(
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
     let id = parse_request_id(&request_id)?;
+    crate::telemetry::record_request_id(id);
     let last_seen = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -112,12 +152,29 @@ pub async fn attach(
     Ok(follow(state, id, user.id, subscription, last_seen))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/generate/{request_id}",
+    tag = "generate",
+    summary = "Cancel a pending or running request",
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
+    responses(
+        (status = 200, description = "the cancelled request", body = crate::requests::RequestView),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
     Path(request_id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let id = parse_request_id(&request_id)?;
+    crate::telemetry::record_request_id(id);
     // The owner, or an admin for anyone's request.
     let owner = if user.is_admin() { None } else { Some(user.id) };
     match requests::cancel(&state.pool, id, owner).await? {
@@ -198,7 +255,9 @@ pub(super) fn follow_events(
     last_seen: u64,
 ) -> mpsc::Receiver<FollowEvent> {
     let (tx, rx) = mpsc::channel::<FollowEvent>(16);
+    let active = crate::metrics::ActiveStream::new(state.metrics.clone());
     tokio::spawn(async move {
+        let _active = active;
         // A client resuming after an event id has output we cannot see until the log is read.
         let tokens = usize::from(last_seen > 0);
         let mut follower = Follower {

@@ -12,17 +12,33 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::usage::{self, GroupBy, UsageReport};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// First day (UTC, `YYYY-MM-DD`), default 30 days before `to`.
     pub from: Option<NaiveDate>,
     /// Last day, default today.
     pub to: Option<NaiveDate>,
     #[serde(default)]
+    #[param(inline)]
     pub group_by: GroupBy,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    tag = "usage",
+    summary = "The caller's usage and cost",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "usage per day or model", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn mine(
     State(state): State<AppState>,
     user: AuthUser,
@@ -31,6 +47,21 @@ pub async fn mine(
     report(&state, user.id, query).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage/{user_id}",
+    tag = "usage",
+    summary = "A user's usage (admin, or the user)",
+    params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)"), UsageQuery),
+    responses(
+        (status = 200, description = "usage per day or model", body = serde_json::Value),
+        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
+        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn of_user(
     State(state): State<AppState>,
     user: AuthUser,

@@ -14,7 +14,7 @@ use super::{
 };
 
 /// Per-request controls (the request body's `mock` object).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MockBehaviour {
     /// Delay before answering, in milliseconds.
@@ -32,7 +32,7 @@ pub struct MockBehaviour {
     pub fail_attempts: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MockFailure {
     Transient,

@@ -83,6 +83,14 @@ pub fn transport_error(err: &reqwest::Error) -> ProviderError {
     }
 }
 
+/// The longest `Retry-After` honoured: a provider's (or a proxy's) absurd value must neither
+/// overflow a `Duration` nor park a request for years; the request is rescheduled instead.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+fn capped_secs(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs.clamp(0.0, MAX_RETRY_AFTER.as_secs_f64()))
+}
+
 /// `Retry-After` (seconds or an HTTP date), or OpenAI's `retry-after-ms`.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
@@ -92,7 +100,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(capped_secs(ms / 1000.0));
     }
     let value = headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -100,12 +108,13 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return (secs.is_finite() && secs >= 0.0).then(|| capped_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
         .to_std()
         .ok()
+        .map(|wait| wait.min(MAX_RETRY_AFTER))
         .or(Some(Duration::ZERO))
 }
 
@@ -356,6 +365,23 @@ mod tests {
         );
         headers.insert("retry-after-ms", "1500".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn absurd_retry_after_values_are_capped_not_a_panic() {
+        for (name, value) in [
+            ("retry-after", "1e300"),
+            ("retry-after-ms", "1.7976931348623157e308"),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 +0000"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value.parse().unwrap());
+            assert_eq!(
+                retry_after(&headers),
+                Some(MAX_RETRY_AFTER),
+                "{name}: {value}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,456 @@
+//! Prometheus metrics: one [`Metrics`] per process (the api's lives in `AppState`, a worker's in
+//! `WorkerState`), each with its own `prometheus::Registry`, so that several apps or workers in
+//! one test process never mix their counts.
+//!
+//! This module owns the metric names, their labels and what the scrape-time gauges read
+//! (queue depth, oldest pending age and outbox backlog, from `generation_requests` and
+//! `outbox_events`). The events themselves are recorded where they happen: the HTTP middleware
+//! [`track_http`], `execution` (provider calls, retries, fallbacks), `worker` (outcomes, tokens,
+//! cost, end-to-end latency), the submit handlers (cache), `http::limits` (rejections) and
+//! `http::stream` (active streams).
+//!
+//! **Invariant:** label values are bounded: route templates (never raw paths), status codes,
+//! registry model ids, provider names and fixed outcome / error-kind words. Never a user id, a
+//! request id or any text a client chose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+
+use crate::circuit::{CircuitBreakers, CircuitState};
+use crate::models::ProviderKind;
+
+/// Route label of answers no route matched (the 404 fallback).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Buckets (seconds) of the latency histograms: from a cache hit to a slow completion.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// How long the scrape-time queries may take before the gauges keep their previous values.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every metric of the service, registered in a registry of its own.
+pub struct Metrics {
+    registry: Registry,
+    /// `llm_http_requests_total{method, route, status}`
+    pub http_requests: IntCounterVec,
+    /// `llm_http_request_duration_seconds{method, route}`
+    pub http_duration: HistogramVec,
+    /// `llm_generations_total{model, provider, outcome}`: how runs of requests ended.
+    pub generations: IntCounterVec,
+    /// `llm_generation_duration_seconds{model, outcome}`: submit to final state.
+    pub generation_duration: HistogramVec,
+    /// `llm_provider_calls_total{provider, model, outcome}`: `success` or the error kind.
+    pub provider_calls: IntCounterVec,
+    /// `llm_provider_latency_seconds{provider, model}`
+    pub provider_latency: HistogramVec,
+    /// `llm_tokens_total{model, kind}`: `kind` is `prompt` or `completion`.
+    pub tokens: IntCounterVec,
+    /// `llm_cost_usd_total{model}`
+    pub cost: prometheus::CounterVec,
+    /// `llm_cache_lookups_total{result}`: `hit` or `miss`.
+    pub cache_lookups: IntCounterVec,
+    /// `llm_rate_limit_rejections_total{limit}`: `requests` or `tokens`.
+    pub rate_limit_rejections: IntCounterVec,
+    /// `llm_provider_retries_total{provider, model}`: a call retried on the same model (in
+    /// process, or by rescheduling the request).
+    pub retries: IntCounterVec,
+    /// `llm_fallbacks_total{model}`: a model given up for the next one of its chain.
+    pub fallbacks: IntCounterVec,
+    /// `llm_circuit_state{provider}`: 0 closed, 1 half-open, 2 open (this worker's breakers).
+    pub circuit_state: IntGaugeVec,
+    /// `llm_active_streams`: SSE streams this api process is serving now.
+    pub active_streams: IntGauge,
+    /// `llm_queue_depth{status}`: unfinished requests, `pending` or `running`.
+    pub queue_depth: IntGaugeVec,
+    /// `llm_queue_oldest_pending_age_seconds`
+    pub oldest_pending_age: Gauge,
+    /// `llm_outbox_backlog`: hub events not delivered yet.
+    pub outbox_backlog: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered. The names and label sets are constants,
+    /// so registration cannot fail; should it ever, the metric still counts, unexported.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let metrics = Self {
+            http_requests: counter(
+                "llm_http_requests_total",
+                "HTTP requests answered, by route template and status code.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                "llm_http_request_duration_seconds",
+                "Time to answer an HTTP request (to the first byte of a stream).",
+                &["method", "route"],
+            ),
+            generations: counter(
+                "llm_generations_total",
+                "Runs of generation requests by how they ended: completed, failed, rescheduled, cancelled.",
+                &["model", "provider", "outcome"],
+            ),
+            generation_duration: histogram(
+                "llm_generation_duration_seconds",
+                "End-to-end time of a request, from submit to its final state.",
+                &["model", "outcome"],
+            ),
+            provider_calls: counter(
+                "llm_provider_calls_total",
+                "Provider calls by outcome: success or the error kind.",
+                &["provider", "model", "outcome"],
+            ),
+            provider_latency: histogram(
+                "llm_provider_latency_seconds",
+                "Duration of one provider call.",
+                &["provider", "model"],
+            ),
+            tokens: counter(
+                "llm_tokens_total",
+                "Tokens of completed requests, by model and kind (prompt, completion).",
+                &["model", "kind"],
+            ),
+            cost: prometheus::CounterVec::new(
+                Opts::new(
+                    "llm_cost_usd_total",
+                    "Estimated cost in USD of completed requests (registry prices).",
+                ),
+                &["model"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            cache_lookups: counter(
+                "llm_cache_lookups_total",
+                "Response cache lookups at submit: hit or miss.",
+                &["result"],
+            ),
+            rate_limit_rejections: counter(
+                "llm_rate_limit_rejections_total",
+                "Submits refused by a rate limit (requests or tokens per minute).",
+                &["limit"],
+            ),
+            retries: counter(
+                "llm_provider_retries_total",
+                "Provider calls retried on the same model (after a backoff or by rescheduling).",
+                &["provider", "model"],
+            ),
+            fallbacks: counter(
+                "llm_fallbacks_total",
+                "Models given up for the next model of their fallback chain.",
+                &["model"],
+            ),
+            circuit_state: IntGaugeVec::new(
+                Opts::new(
+                    "llm_circuit_state",
+                    "Circuit breaker of a provider in this worker: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["provider"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            active_streams: IntGauge::new(
+                "llm_active_streams",
+                "SSE streams this api process is serving.",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "llm_queue_depth",
+                    "Unfinished generation requests by status (pending, running).",
+                ),
+                &["status"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            oldest_pending_age: Gauge::new(
+                "llm_queue_oldest_pending_age_seconds",
+                "Age of the oldest pending request (0 when none is pending).",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            outbox_backlog: IntGauge::new(
+                "llm_outbox_backlog",
+                "Message hub events written but not delivered yet.",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            registry,
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.http_requests.clone()),
+            Box::new(self.http_duration.clone()),
+            Box::new(self.generations.clone()),
+            Box::new(self.generation_duration.clone()),
+            Box::new(self.provider_calls.clone()),
+            Box::new(self.provider_latency.clone()),
+            Box::new(self.tokens.clone()),
+            Box::new(self.cost.clone()),
+            Box::new(self.cache_lookups.clone()),
+            Box::new(self.rate_limit_rejections.clone()),
+            Box::new(self.retries.clone()),
+            Box::new(self.fallbacks.clone()),
+            Box::new(self.circuit_state.clone()),
+            Box::new(self.active_streams.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.oldest_pending_age.clone()),
+            Box::new(self.outbox_backlog.clone()),
+        ];
+        for collector in collectors {
+            if let Err(err) = self.registry.register(collector) {
+                tracing::error!(error = %err, "a metric could not be registered");
+            }
+        }
+    }
+
+    /// A cache lookup at submit.
+    pub fn cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups.with_label_values(&[result]).inc();
+    }
+
+    /// One provider call and how it went (`success` or the error kind).
+    pub fn provider_call(&self, provider: &str, model: &str, outcome: &str, latency: Duration) {
+        self.provider_calls
+            .with_label_values(&[provider, model, outcome])
+            .inc();
+        self.provider_latency
+            .with_label_values(&[provider, model])
+            .observe(latency.as_secs_f64());
+    }
+
+    /// A run of a request ended (`outcome`: completed, failed, rescheduled, cancelled);
+    /// `since_submit` is observed for final outcomes only.
+    pub fn generation_ended(
+        &self,
+        model: &str,
+        provider: &str,
+        outcome: &str,
+        since_submit: Option<Duration>,
+    ) {
+        self.generations
+            .with_label_values(&[model, provider, outcome])
+            .inc();
+        if let Some(elapsed) = since_submit {
+            self.generation_duration
+                .with_label_values(&[model, outcome])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Tokens and cost of a completed request.
+    pub fn usage(&self, model: &str, prompt_tokens: u32, completion_tokens: u32, cost_usd: f64) {
+        self.tokens
+            .with_label_values(&[model, "prompt"])
+            .inc_by(u64::from(prompt_tokens));
+        self.tokens
+            .with_label_values(&[model, "completion"])
+            .inc_by(u64::from(completion_tokens));
+        // Also for free models: the series exists (at 0) once the model has completed anything.
+        let cost = if cost_usd.is_finite() {
+            cost_usd.max(0.0)
+        } else {
+            0.0
+        };
+        self.cost.with_label_values(&[model]).inc_by(cost);
+    }
+
+    /// Copies the state of a worker's circuit breakers into `llm_circuit_state`.
+    pub fn set_circuits(&self, circuits: &CircuitBreakers) {
+        for kind in [
+            ProviderKind::OpenAi,
+            ProviderKind::Anthropic,
+            ProviderKind::Ollama,
+            ProviderKind::Mock,
+        ] {
+            let value = match circuits.state(kind) {
+                CircuitState::Closed => 0,
+                CircuitState::HalfOpen => 1,
+                CircuitState::Open => 2,
+            };
+            self.circuit_state
+                .with_label_values(&[kind.as_str()])
+                .set(value);
+        }
+    }
+
+    /// Re-reads the queue and outbox gauges from the database. On failure (or after
+    /// [`REFRESH_TIMEOUT`]) they keep their previous values and the failure is logged.
+    pub async fn refresh_queue(&self, pool: &PgPool) {
+        let read = async {
+            let (pending, running, oldest, backlog): (i64, i64, Option<f64>, i64) = sqlx::query_as(
+                "SELECT
+                         (SELECT COUNT(*) FROM generation_requests WHERE status = 'pending'),
+                         (SELECT COUNT(*) FROM generation_requests WHERE status = 'running'),
+                         (SELECT EXTRACT(EPOCH FROM NOW() - MIN(created_at))::float8
+                          FROM generation_requests WHERE status = 'pending'),
+                         (SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL)",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((pending, running, oldest, backlog))
+        };
+        match tokio::time::timeout(REFRESH_TIMEOUT, read).await {
+            Ok(Ok((pending, running, oldest, backlog))) => {
+                self.queue_depth
+                    .with_label_values(&["pending"])
+                    .set(pending);
+                self.queue_depth
+                    .with_label_values(&["running"])
+                    .set(running);
+                self.oldest_pending_age.set(oldest.unwrap_or(0.0).max(0.0));
+                self.outbox_backlog.set(backlog);
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "metrics: could not read the queue depth"),
+            Err(_) => tracing::warn!("metrics: reading the queue depth timed out"),
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        TextEncoder::new().encode_to_string(&self.registry.gather())
+    }
+
+    /// The `/metrics` answer: the text format, or a 500 (logged) if encoding failed.
+    pub fn response(&self) -> Response {
+        match self.encode() {
+            Ok(text) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                )],
+                text,
+            )
+                .into_response(),
+            Err(err) => {
+                tracing::error!(error = %err, "metrics: encoding failed");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric())
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|_| unreachable_metric())
+}
+
+/// Metric constructors fail only for invalid names or label names, which are constants here.
+#[allow(clippy::panic)]
+fn unreachable_metric() -> ! {
+    panic!("invalid metric definition (a constant name or label is malformed)")
+}
+
+/// Axum middleware: counts every answer by method, route template and status, and times it.
+/// Added with `Router::layer`, it runs after routing, so `MatchedPath` is the route template;
+/// answers of the fallback (no route matched) are labelled [`UNMATCHED_ROUTE`].
+pub async fn track_http(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
+    let method = method_label(request.method());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    metrics
+        .http_requests
+        .with_label_values(&[method, &route, status.as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The method as a bounded label: the standard methods, anything else is `other`.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts one SSE stream as active for as long as it lives.
+pub struct ActiveStream(Arc<Metrics>);
+
+impl ActiveStream {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.active_streams.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.active_streams.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_and_encodes() {
+        let metrics = Metrics::new();
+        metrics.cache_lookup(true);
+        metrics.usage("mock", 3, 4, 0.5);
+        let text = metrics.encode().unwrap_or_default();
+        assert!(
+            text.contains("llm_cache_lookups_total{result=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("llm_tokens_total{kind=\"completion\",model=\"mock\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("llm_cost_usd_total{model=\"mock\"} 0.5"),
+            "{text}"
+        );
+        assert!(text.contains("llm_active_streams 0"), "{text}");
+    }
+}

@@ -1,0 +1,516 @@
+//! Prometheus metrics: the api's `/metrics` and a worker's metrics port expose every named
+//! metric, with the counts the requests of the test produced.
+
+use std::time::Duration;
+
+use llm_tests::prom::{declares, value};
+use llm_tests::{TestApp, free_port, spawn_app, start_worker};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn scrape(app: &TestApp, url: &str) -> String {
+    let response = app.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    response.text().await.unwrap()
+}
+
+async fn get_status(app: &TestApp, path: &str, token: Option<&str>) -> u16 {
+    let mut request = app.http.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// Scrapes until `check` holds (gauges and counters written after the answer), or gives up
+/// and returns the last text.
+async fn scrape_until(app: &TestApp, url: &str, check: impl Fn(&str) -> bool) -> String {
+    let mut text = scrape(app, url).await;
+    for _ in 0..50 {
+        if check(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(app, url).await;
+    }
+    text
+}
+
+#[tokio::test]
+async fn api_metrics_count_requests_by_route_cache_rate_limits_and_streams() {
+    let app = spawn_app().await;
+    let worker = start_worker(&app.db, &[]);
+    let metrics_url = app.url("/metrics");
+    let token = app.token();
+
+    for _ in 0..3 {
+        assert_eq!(get_status(&app, "/health", None).await, 200);
+    }
+    let unknown = format!("/api/v1/generate/{}", Uuid::now_v7());
+    assert_eq!(get_status(&app, &unknown, Some(&token)).await, 404);
+    assert_eq!(
+        get_status(&app, &format!("/no/such/{}", Uuid::now_v7()), None).await,
+        404
+    );
+
+    // A miss, then (once it completed) a hit.
+    let body = json!({"prompt": "metrics: cache me", "model": "mock"});
+    let first = app.submit_ok(body.clone()).await;
+    assert_eq!(
+        app.wait_final(first, Duration::from_secs(20)).await["status"],
+        "completed"
+    );
+    let (status, _) = app.submit(body).await;
+    assert_eq!(status, 200, "answered from the cache");
+
+    // A user allowed one request per minute: the second is refused.
+    let limited = Uuid::now_v7();
+    let admin = app.jwt.issue(app.user, 3600, Some("admin")).unwrap();
+    let set = app
+        .http
+        .put(app.url(&format!("/api/v1/admin/rate_limits/{limited}")))
+        .bearer_auth(&admin)
+        .json(&json!({"requests_per_minute": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let limited_token = app.token_for(limited);
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let r = app
+            .http
+            .post(app.url("/api/v1/generate"))
+            .bearer_auth(&limited_token)
+            .json(&json!({"prompt": format!("limited {i}"), "cache": {"no_cache": true}}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [202, 429]);
+
+    // One stream open: counted while it lasts.
+    let stream = app
+        .http
+        .post(app.url("/api/v1/generate/stream"))
+        .bearer_auth(&token)
+        .json(&json!({"prompt": "metrics: a slow stream", "mock": {"latency_ms": 3000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = scrape_until(&app, &metrics_url, |t| {
+        value(t, "llm_active_streams", &[]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(value(&text, "llm_active_streams", &[]), Some(1.0), "{text}");
+    let stream_body = stream.text().await.unwrap();
+    assert!(stream_body.contains("event: done"), "{stream_body}");
+
+    let text = scrape_until(&app, &metrics_url, |t| {
+        value(t, "llm_active_streams", &[]) == Some(0.0)
+            && value(t, "llm_queue_depth", &[("status", "pending")]) == Some(0.0)
+            && value(t, "llm_queue_depth", &[("status", "running")]) == Some(0.0)
+    })
+    .await;
+    let count = |labels: &[(&str, &str)]| value(&text, "llm_http_requests_total", labels);
+    assert_eq!(
+        count(&[("method", "GET"), ("route", "/health"), ("status", "200")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(&[
+            ("method", "GET"),
+            ("route", "/api/v1/generate/{request_id}"),
+            ("status", "404")
+        ]),
+        Some(1.0),
+        "the route template, never the raw path"
+    );
+    assert_eq!(
+        count(&[("route", "unmatched"), ("status", "404")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(&[
+            ("method", "POST"),
+            ("route", "/api/v1/generate"),
+            ("status", "429")
+        ]),
+        Some(1.0)
+    );
+    assert!(
+        !text.contains(&limited.to_string()),
+        "no user id in any label"
+    );
+    assert!(
+        !text.contains(&first.to_string()),
+        "no request id in any label"
+    );
+    assert_eq!(
+        value(&text, "llm_cache_lookups_total", &[("result", "hit")]),
+        Some(1.0)
+    );
+    // The first submit, the limited user's accepted one is `no_cache` (not looked up), the
+    // stream's.
+    assert_eq!(
+        value(&text, "llm_cache_lookups_total", &[("result", "miss")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_rate_limit_rejections_total",
+            &[("limit", "requests")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "llm_active_streams", &[]), Some(0.0));
+    assert_eq!(
+        value(&text, "llm_queue_oldest_pending_age_seconds", &[]),
+        Some(0.0)
+    );
+    // The hub is not running in tests: every event written is still in the outbox.
+    let backlog = app
+        .db
+        .count("SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL")
+        .await;
+    assert!(backlog >= 2, "completions wrote hub events");
+    assert_eq!(
+        value(&text, "llm_outbox_backlog", &[]),
+        Some(backlog as f64)
+    );
+    assert!(declares(&text, "llm_http_request_duration_seconds"));
+    assert_eq!(
+        value(
+            &text,
+            "llm_http_request_duration_seconds_count",
+            &[("method", "GET"), ("route", "/health")]
+        ),
+        Some(3.0)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn worker_metrics_count_outcomes_calls_retries_fallbacks_tokens_and_circuits() {
+    let app = spawn_app().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let worker = start_worker(&app.db, &["--metrics-listen", &listen]);
+    let worker_url = format!("http://{listen}/metrics");
+
+    // mock-large fails its three calls (transient: two retries), then falls back to mock.
+    let fell_back = app
+        .submit_ok(json!({
+            "prompt": "metrics: fall back",
+            "model": "mock-large",
+            "mock": {"fail": "transient", "fail_attempts": 3},
+            "cache": {"no_cache": true, "no_store": true},
+        }))
+        .await;
+    let done = app.wait_final(fell_back, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["served_model"], "mock");
+    let failed = app
+        .submit_ok(json!({
+            "prompt": "metrics: fail",
+            "mock": {"fail": "permanent"},
+            "cache": {"no_cache": true, "no_store": true},
+        }))
+        .await;
+    assert_eq!(
+        app.wait_final(failed, Duration::from_secs(20)).await["status"],
+        "failed"
+    );
+
+    let text = {
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = match app.http.get(&worker_url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if value(&text, "llm_generations_total", &[("outcome", "failed")]) == Some(1.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        text
+    };
+    assert_eq!(
+        value(
+            &text,
+            "llm_generations_total",
+            &[
+                ("model", "mock"),
+                ("provider", "mock"),
+                ("outcome", "completed")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_generations_total",
+            &[("model", "mock"), ("outcome", "failed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_provider_calls_total",
+            &[("model", "mock-large"), ("outcome", "transient")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_provider_calls_total",
+            &[("model", "mock"), ("outcome", "success")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_provider_calls_total",
+            &[("model", "mock"), ("outcome", "rejected")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_provider_retries_total",
+            &[("model", "mock-large")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "llm_fallbacks_total", &[("model", "mock-large")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_provider_latency_seconds_count",
+            &[("model", "mock-large")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_generation_duration_seconds_count",
+            &[("model", "mock"), ("outcome", "completed")]
+        ),
+        Some(1.0)
+    );
+    let tokens = |kind: &str| {
+        value(
+            &text,
+            "llm_tokens_total",
+            &[("model", "mock"), ("kind", kind)],
+        )
+    };
+    assert_eq!(tokens("prompt"), done["prompt_tokens"].as_f64());
+    assert_eq!(tokens("completion"), done["completion_tokens"].as_f64());
+    assert_eq!(
+        value(&text, "llm_cost_usd_total", &[("model", "mock")]),
+        Some(0.0)
+    );
+    // mock succeeded last: closed.
+    assert_eq!(
+        value(&text, "llm_circuit_state", &[("provider", "mock")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "llm_queue_depth", &[("status", "pending")]),
+        Some(0.0)
+    );
+    for family in [
+        "llm_queue_oldest_pending_age_seconds",
+        "llm_outbox_backlog",
+        "llm_circuit_state",
+    ] {
+        assert!(declares(&text, family), "{family} missing");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_binary_serves_metrics_on_its_port() {
+    let app = spawn_app().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
+    let url = format!("http://{listen}/metrics");
+    let mut text = None;
+    for _ in 0..100 {
+        if let Ok(r) = app.http.get(&url).send().await
+            && r.status() == 200
+        {
+            text = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = text.expect("the worker process answers /metrics");
+    let id = app
+        .submit_ok(json!({"prompt": "metrics: by a process"}))
+        .await;
+    let done: Value = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed");
+    assert!(declares(&text, "llm_queue_depth"), "{text}");
+    let after = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&after, "llm_generations_total", &[("outcome", "completed")]),
+        Some(1.0),
+        "{after}"
+    );
+}
+
+/// Every metric the Grafana dashboard queries is one `shared::metrics` defines, the dashboard
+/// covers throughput, latency, errors, tokens, cost, cache hit rate and queue depth, and the
+/// scrape config points at the ports compose gives the api and the workers.
+#[test]
+fn metrics_dashboard_and_scrape_config_match_the_code() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
+    let code = read("shared/src/metrics.rs");
+    let dashboard: Value =
+        serde_json::from_str(&read("monitoring/grafana/dashboards/llm-service.json")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("llm_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .fold(name.clone(), |n, suffix| {
+                        n.strip_suffix(suffix).map(str::to_owned).unwrap_or(n)
+                    });
+                used.insert(base);
+            }
+        }
+    }
+    for name in &used {
+        assert!(
+            code.contains(&format!("\"{name}\"")),
+            "the dashboard queries {name}, which shared::metrics does not define"
+        );
+    }
+    for needed in [
+        "llm_http_requests_total",
+        "llm_generations_total",
+        "llm_generation_duration_seconds",
+        "llm_provider_latency_seconds",
+        "llm_tokens_total",
+        "llm_cost_usd_total",
+        "llm_cache_lookups_total",
+        "llm_queue_depth",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard has no panel on {needed}"
+        );
+    }
+    let prometheus = read("monitoring/prometheus.yml");
+    assert!(prometheus.contains("\"api:8100\""));
+    assert!(prometheus.contains("port: 9100"));
+    let compose = read("compose.yaml");
+    assert!(compose.contains("WORKER_METRICS_LISTEN: 0.0.0.0:9100"));
+    assert!(compose.contains("./monitoring/prometheus.yml:/etc/prometheus/prometheus.yml"));
+}
+
+#[tokio::test]
+async fn worker_metrics_count_tokens_and_cost_of_a_priced_model() {
+    use llm_tests::fake_upstream::{self, FakeUpstream};
+    let openai = FakeUpstream::start("/v1").await;
+    // gpt-4o-mini: $0.15 / $0.60 per million prompt / completion tokens.
+    openai.always(fake_upstream::openai::success(
+        "Priced.", 1_000_000, 500_000,
+    ));
+    let flags = llm_tests::openai_flags(&openai);
+    let app = llm_tests::spawn_app_with_providers(&flags).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut worker_flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    worker_flags.extend(["--metrics-listen", &listen]);
+    let worker = start_worker(&app.db, &worker_flags);
+
+    let id = app
+        .submit_ok(json!({"prompt": "metrics: a priced call", "model": "gpt-4o-mini"}))
+        .await;
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let url = format!("http://{listen}/metrics");
+    let text = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = [("model", "gpt-4o-mini")];
+    let cost = value(&text, "llm_cost_usd_total", &labels).unwrap();
+    assert!((cost - 0.45).abs() < 1e-9, "{cost}");
+    assert_eq!(
+        value(
+            &text,
+            "llm_tokens_total",
+            &[("model", "gpt-4o-mini"), ("kind", "prompt")]
+        ),
+        Some(1_000_000.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_tokens_total",
+            &[("model", "gpt-4o-mini"), ("kind", "completion")]
+        ),
+        Some(500_000.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "llm_generations_total",
+            &[
+                ("model", "gpt-4o-mini"),
+                ("provider", "openai"),
+                ("outcome", "completed")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "llm_circuit_state", &[("provider", "openai")]),
+        Some(0.0)
+    );
+    assert!(!text.contains("sk-test"), "no key in the metrics");
+    worker.stop().await;
+}
