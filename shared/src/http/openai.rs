@@ -502,15 +502,7 @@ fn content_text(content: Content, index: usize) -> Result<String, OpenAiError> {
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "the completion (`stream: true`: `chat.completion.chunk` events, then `data: [DONE]`)", body = CompletionObject),
-        (status = 400, description = "invalid request, or a parameter the service cannot honour", body = OpenAiErrorBody),
-        (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
-        (status = 404, description = "unknown model (`model_not_found`)", body = OpenAiErrorBody),
-        (status = 409, description = "cancelled, or an Idempotency-Key reused for another body", body = OpenAiErrorBody),
-        (status = 413, description = "body too large", body = OpenAiErrorBody),
-        (status = 429, description = "over the rate limit (see Retry-After)", body = OpenAiErrorBody),
-        (status = 502, description = "the generation failed after retries and fallbacks", body = OpenAiErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = OpenAiErrorBody),
-        (status = 504, description = "still running after OPENAI_COMPAT_WAIT_SECS: poll `error.poll_url`", body = OpenAiErrorBody),
+        CompletionErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -534,15 +526,7 @@ pub async fn chat_completions(
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "the completion (`stream: true`: `text_completion` events, then `data: [DONE]`)", body = CompletionObject),
-        (status = 400, description = "invalid request, or a parameter the service cannot honour", body = OpenAiErrorBody),
-        (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
-        (status = 404, description = "unknown model (`model_not_found`)", body = OpenAiErrorBody),
-        (status = 409, description = "cancelled, or an Idempotency-Key reused for another body", body = OpenAiErrorBody),
-        (status = 413, description = "body too large", body = OpenAiErrorBody),
-        (status = 429, description = "over the rate limit (see Retry-After)", body = OpenAiErrorBody),
-        (status = 502, description = "the generation failed after retries and fallbacks", body = OpenAiErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = OpenAiErrorBody),
-        (status = 504, description = "still running after OPENAI_COMPAT_WAIT_SECS: poll `error.poll_url`", body = OpenAiErrorBody),
+        CompletionErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -1033,6 +1017,39 @@ impl ModelObject {
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelObject>,
+}
+
+/// The error answers of the completion routes, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum CompletionErrors {
+    /// invalid request, or a parameter the service cannot honour
+    #[response(status = 400)]
+    BadRequest(OpenAiErrorBody),
+    /// missing or invalid bearer token (API key)
+    #[response(status = 401)]
+    Unauthorized(OpenAiErrorBody),
+    /// unknown model (`model_not_found`)
+    #[response(status = 404)]
+    NotFound(OpenAiErrorBody),
+    /// cancelled, or an Idempotency-Key reused for another body
+    #[response(status = 409)]
+    Conflict(OpenAiErrorBody),
+    /// body too large
+    #[response(status = 413)]
+    TooLarge(OpenAiErrorBody),
+    /// over the rate limit (see Retry-After)
+    #[response(status = 429)]
+    RateLimited(OpenAiErrorBody),
+    /// the generation failed after the service's retries and fallbacks
+    #[response(status = 502)]
+    Failed(OpenAiErrorBody),
+    /// a dependency is unavailable; retry
+    #[response(status = 503)]
+    Unavailable(OpenAiErrorBody),
+    /// still running after OPENAI_COMPAT_WAIT_SECS: poll `error.poll_url`
+    #[response(status = 504)]
+    Pending(OpenAiErrorBody),
 }
 
 /// The error body of the `/v1` routes (OpenAI's shape).
