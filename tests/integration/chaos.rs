@@ -35,3 +35,44 @@ async fn chaos_redis_restart_leaves_submits_alone_and_ends_every_stream() {
 async fn chaos_provider_faults_never_end_as_a_truncated_success() {
     assert_passed(&chaos::provider_faults(&Sizes::quick()).await);
 }
+
+/// After an outage the Redis connection kept the refused reconnection attempt and failed the
+/// first command sent once Redis was back: the first stream after a Redis restart was never
+/// relayed live, and a fail-closed rate limiter refused one more request.
+#[tokio::test]
+async fn chaos_redis_restart_the_first_command_after_it_succeeds() {
+    use llm_shared::ratelimit::{Decision, Limits, RateLimiter};
+    use llm_shared::relay::{Relay, RelayKind};
+    use llm_tests::servers::PrivateRedis;
+    use std::time::Duration;
+
+    let mut redis = PrivateRedis::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let db = llm_tests::TestDb::new().await;
+    let relay = Relay::new(client.clone(), &db.redis_prefix(), Duration::from_secs(60)).unwrap();
+    let limits = Limits {
+        requests_per_minute: 1000,
+        tokens_per_minute: 1_000_000,
+    };
+    let limiter = RateLimiter::new(client, &db.redis_prefix(), limits, false).unwrap();
+    let id = uuid::Uuid::now_v7();
+    let user = uuid::Uuid::now_v7();
+    let token = RelayKind::Token { text: "a".into() };
+    let allowed = |d: &Decision| matches!(d, Decision::Allowed(_));
+    assert_eq!(relay.publish(id, &token).await.unwrap(), 1);
+    assert!(allowed(&limiter.take(&db.pool, user, 10).await.unwrap()));
+
+    redis.kill().await;
+    for _ in 0..2 {
+        assert!(relay.publish(id, &token).await.is_err());
+        let refused = limiter.take(&db.pool, user, 10).await.unwrap();
+        assert!(matches!(refused, Decision::Unavailable), "{refused:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.up().await;
+
+    // The restarted Redis is empty: the seq starts over.
+    assert_eq!(relay.publish(id, &token).await.unwrap(), 1);
+    let after = limiter.take(&db.pool, user, 10).await.unwrap();
+    assert!(allowed(&after), "{after:?}");
+}
