@@ -271,6 +271,14 @@ async fn run(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    let stack = Stack {
+        args,
+        bin_dir,
+        env: &env,
+        client: &client,
+        base: &base,
+        token: &token,
+    };
 
     let mut submit = Vec::new();
     for &c in &args.concurrency {
@@ -294,12 +302,7 @@ async fn run(
     reset_tables(&bench_db.pool).await?;
 
     let unloaded = {
-        let mut worker = spawn(
-            bin_dir.join("llm-worker"),
-            &[],
-            &env,
-            &[("WORKER_NAME", "bench-unloaded".to_owned())],
-        )?;
+        let mut worker = stack.worker("bench-unloaded", &[])?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for n in 0..args.unloaded_jobs {
             let _ = client
@@ -324,12 +327,7 @@ async fn run(
     for workers in [1usize, 2] {
         let mut children = Vec::new();
         for i in 0..workers {
-            children.push(spawn(
-                bin_dir.join("llm-worker"),
-                &[],
-                &env,
-                &[("WORKER_NAME", format!("bench-{workers}-{i}"))],
-            )?);
+            children.push(stack.worker(&format!("bench-{workers}-{i}"), &[])?);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r = measure_end_to_end(
@@ -351,20 +349,10 @@ async fn run(
         }
         reset_tables(&bench_db.pool).await?;
     }
-    let streaming = measure_streaming(
-        args,
-        bin_dir,
-        &env,
-        &client,
-        &base,
-        &token,
-        &api,
-        &bench_db.pool,
-    )
-    .await?;
+    let streaming = measure_streaming(&stack, &api, &bench_db.pool).await?;
     reset_tables(&bench_db.pool).await?;
 
-    let cache_hits = measure_cache_hits(args, bin_dir, &env, &client, &base, &token).await?;
+    let cache_hits = measure_cache_hits(&stack).await?;
     println!(
         "  cache hits: {:.0} req/s, p99 {:.2} ms",
         cache_hits.requests_per_sec, cache_hits.latency.p99_ms
@@ -380,8 +368,7 @@ async fn run(
         submit_burst(&client, &base, &token, args.e2e_jobs).await;
         let mut children = Vec::new();
         for i in 0..workers {
-            let name = ("WORKER_NAME", format!("drain-{workers}-{i}"));
-            children.push(spawn(bin_dir.join("llm-worker"), &[], &env, &[name])?);
+            children.push(stack.worker(&format!("drain-{workers}-{i}"), &[])?);
         }
         let total = args.e2e_jobs.div_ceil(50) * 50;
         wait_finished(&bench_db.pool, total).await?;
@@ -403,16 +390,7 @@ async fn run(
         }
         reset_tables(&bench_db.pool).await?;
     }
-    let memory = measure_memory(
-        args,
-        bin_dir,
-        &env,
-        &client,
-        &base,
-        &token,
-        (api_pid, api_idle_mb),
-    )
-    .await?;
+    let memory = measure_memory(&stack, (api_pid, api_idle_mb)).await?;
     println!(
         "  memory soak: api {:.1} -> {:.1} MB ({:+.2} MB/min), worker {:.1} -> {:.1} MB ({:+.2} MB/min)",
         memory.api.idle_mb,
@@ -555,20 +533,11 @@ where
 /// A steady submit load (`--soak-rate` per second, mock provider at 0 ms, one worker) for
 /// `--soak-secs`, sampling the api's and the worker's VmRSS every second.
 async fn measure_memory(
-    args: &Args,
-    bin_dir: &std::path::Path,
-    env: &[(&str, String)],
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
+    stack: &Stack<'_>,
     (api_pid, api_idle_mb): (u32, f64),
 ) -> anyhow::Result<MemoryResult> {
-    let mut worker = spawn(
-        bin_dir.join("llm-worker"),
-        &[],
-        env,
-        &[("WORKER_NAME", "bench-soak".to_owned())],
-    )?;
+    let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
+    let mut worker = stack.worker("bench-soak", &[])?;
     let worker_pid = worker.id().context("worker pid")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let worker_idle_mb = rss_mb(worker_pid);
@@ -732,22 +701,11 @@ async fn collect_end_to_end(
 }
 
 /// One answer cached, then the same request at concurrency 50: every one a hit.
-async fn measure_cache_hits(
-    args: &Args,
-    bin_dir: &std::path::Path,
-    env: &[(&str, String)],
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-) -> anyhow::Result<CacheResult> {
+async fn measure_cache_hits(stack: &Stack<'_>) -> anyhow::Result<CacheResult> {
+    let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
     let url = format!("{base}/api/v1/generate");
     let body = json!({"prompt": "a cached question", "parameters": {"max_tokens": 16}});
-    let mut worker = spawn(
-        bin_dir.join("llm-worker"),
-        &[],
-        env,
-        &[("WORKER_NAME", "bench-cache".to_owned())],
-    )?;
+    let mut worker = stack.worker("bench-cache", &[])?;
     let first: serde_json::Value = client
         .post(&url)
         .bearer_auth(token)
@@ -791,25 +749,15 @@ async fn measure_rate_limiter(redis_url: &str, pool: &PgPool) -> anyhow::Result<
     Ok(Latencies::of(samples))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn measure_streaming(
-    args: &Args,
-    bin_dir: &std::path::Path,
-    env: &[(&str, String)],
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
+    stack: &Stack<'_>,
     api: &Child,
     pool: &PgPool,
 ) -> anyhow::Result<StreamingResult> {
+    let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
     let url = format!("{base}/api/v1/generate/stream");
     // 1. Time to first token, one stream at a time, one worker.
-    let mut worker = spawn(
-        bin_dir.join("llm-worker"),
-        &[],
-        env,
-        &[("WORKER_NAME", "bench-ttft".to_owned())],
-    )?;
+    let mut worker = stack.worker("bench-ttft", &[])?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ttft = Vec::new();
     for n in 0..args.ttft_streams {
@@ -852,11 +800,8 @@ async fn measure_streaming(
     let started = Instant::now();
     let mut workers = Vec::new();
     for i in 0..2 {
-        let extra = [
-            ("WORKER_NAME", format!("bench-streams-{i}")),
-            ("WORKER_CONCURRENCY", "600".to_owned()),
-        ];
-        workers.push(spawn(bin_dir.join("llm-worker"), &[], env, &extra)?);
+        let extra = [("WORKER_CONCURRENCY", "600".to_owned())];
+        workers.push(stack.worker(&format!("bench-streams-{i}"), &extra)?);
     }
     let counts = futures::future::join_all(
         open.into_iter()
@@ -976,17 +921,20 @@ fn print_report(report: &Report) {
         "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
     );
-    for r in &report.submit {
-        println!(
-            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+    // concurrency, requests, req/s, p50, p95, p99: the columns both submit tables share.
+    let columns = |r: &SubmitResult| {
+        format!(
+            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
             r.concurrency,
             r.requests,
             r.requests_per_sec,
             r.latency.p50_ms,
             r.latency.p95_ms,
-            r.latency.p99_ms,
-            r.errors
-        );
+            r.latency.p99_ms
+        )
+    };
+    for r in &report.submit {
+        println!("{} {:>9}", columns(r), r.errors);
     }
     println!(
         "\nthe same submits straight into PostgreSQL (requests::submit, no HTTP): the ceiling"
@@ -1001,16 +949,7 @@ fn print_report(report: &Report) {
             .iter()
             .find(|s| s.concurrency == r.concurrency)
             .map_or(f64::NAN, |s| s.requests_per_sec);
-        println!(
-            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>11.0}%",
-            r.concurrency,
-            r.requests,
-            r.requests_per_sec,
-            r.latency.p50_ms,
-            r.latency.p95_ms,
-            r.latency.p99_ms,
-            api / r.requests_per_sec * 100.0
-        );
+        println!("{} {:>11.0}%", columns(r), api / r.requests_per_sec * 100.0);
     }
     println!("\nend to end (mock provider at 0 ms; submitted at concurrency 50)");
     println!(
@@ -1134,6 +1073,26 @@ impl BenchDb {
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
             let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
         }
+    }
+}
+
+/// What the measurements share: the settings, the binaries' directory, the processes'
+/// environment, and an HTTP client of the api with its base URL and token.
+struct Stack<'a> {
+    args: &'a Args,
+    bin_dir: &'a std::path::Path,
+    env: &'a [(&'a str, String)],
+    client: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Stack<'_> {
+    /// Starts an `llm-worker` named `name`, with `extra` environment.
+    fn worker(&self, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+        let mut env = vec![("WORKER_NAME", name.to_owned())];
+        env.extend(extra.iter().cloned());
+        spawn(self.bin_dir.join("llm-worker"), &[], self.env, &env)
     }
 }
 
