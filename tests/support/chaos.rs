@@ -102,6 +102,7 @@ pub struct Sizes {
     pub api_kills: usize,
     pub pg_load: Duration,
     pub pg_outage: Duration,
+    pub pg_streams: usize,
     pub redis_load: Duration,
     pub redis_outage: Duration,
     pub redis_streams: usize,
@@ -121,6 +122,7 @@ impl Sizes {
             api_kills: 3,
             pg_load: Duration::from_secs(10),
             pg_outage: Duration::from_secs(10),
+            pg_streams: 50,
             redis_load: Duration::from_secs(12),
             redis_outage: Duration::from_secs(3),
             redis_streams: 100,
@@ -139,6 +141,7 @@ impl Sizes {
             api_kills: 2,
             pg_load: Duration::from_secs(5),
             pg_outage: Duration::from_secs(7),
+            pg_streams: 8,
             redis_load: Duration::from_secs(6),
             redis_outage: Duration::from_secs(2),
             redis_streams: 12,
@@ -636,6 +639,8 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
     let stop = Arc::new(AtomicBool::new(false));
     let load = mock_load(&client, 8, Until::Stopped(stop.clone()), 100);
     tokio::time::sleep(sizes.pg_load).await;
+    // Streams mid-flight when the server stops: 30 tokens, 200 ms apart.
+    let streams = OpenStreams::open(&client, sizes.pg_streams, 30, 200).await;
     // From the start of the shutdown: sessions are terminated, new ones refused.
     let down_at = Instant::now();
     pg.down().await;
@@ -656,7 +661,8 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
     stop.store(true, Ordering::Relaxed);
     let end = Instant::now();
     let load = load.await.unwrap();
-    let accepted = load.accepted();
+    let mut accepted = load.accepted();
+    accepted.extend(&streams.ids);
     let mut t = tally("PostgreSQL restart", &db.pool, &accepted, sizes.settle).await;
     let during = load.statuses_between(down_at, up_at);
     let after = load.statuses_between(up_at + Duration::from_secs(3), end);
@@ -664,6 +670,7 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
         "PostgreSQL down for {:?} between {:?} of submits (concurrency 8) before and after",
         sizes.pg_outage, sizes.pg_load
     ));
+    streams.check(&db.pool, &mut t).await;
     t.note(format!(
         "submits sent while down: {} (slowest answer {:.1?}); /health/ready while down: {}",
         describe(&during),
@@ -770,30 +777,8 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
 
     let (_, live_before) = live_stream(&client, &db.pool, &format!("{run} before")).await;
     // Streams that will be mid-flight when Redis dies: 30 tokens, 100 ms apart.
-    let mut streams = Vec::new();
-    for n in 0..sizes.redis_streams {
-        let body = json!({"prompt": format!("chaos stream {run} {n}"),
-                          "parameters": {"max_tokens": 30}, "mock": {"token_delay_ms": 100}});
-        streams.push(client.open_stream(&body).await);
-    }
-    let mut started_ids = Vec::new();
-    let mut readers = Vec::new();
-    for mut reader in streams {
-        let first = reader.next(Duration::from_secs(10)).await;
-        match first {
-            Some(m) if m.event == "start" => {
-                if let Some(id) = m.data["request_id"].as_str().and_then(|s| s.parse().ok()) {
-                    started_ids.push(id);
-                }
-                readers.push(reader);
-            }
-            _ => {}
-        }
-    }
-    let stream_tasks: Vec<_> = readers
-        .into_iter()
-        .map(|mut r| tokio::spawn(async move { r.until_terminal(Duration::from_secs(90)).await }))
-        .collect();
+    let streams = OpenStreams::open(&client, sizes.redis_streams, 30, 100).await;
+    let stream_ids = streams.ids.clone();
 
     let end = Instant::now() + sizes.redis_load;
     let load = mock_load(&client, 4, Until::Deadline(end), 20);
@@ -807,39 +792,18 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
     let load = load.await.unwrap();
     let closed_load = closed_load.await.unwrap();
 
-    let (mut done, mut errors, mut hung, mut differ) = (0, 0, 0, 0);
-    for (task, id) in stream_tasks.into_iter().zip(&started_ids) {
-        let events = task.await.unwrap();
-        match events.last().map(|m| m.event.as_str()) {
-            Some("done") => {
-                done += 1;
-                let stored: Option<String> =
-                    sqlx::query_scalar("SELECT result FROM generation_requests WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&db.pool)
-                        .await
-                        .unwrap();
-                if stored.as_deref() != Some(output_of(&events).as_str()) {
-                    differ += 1;
-                }
-            }
-            Some("error") => errors += 1,
-            _ => hung += 1,
-        }
-    }
     // After the restart the relay carries tokens live again.
     let (fresh_end, live_after_restart) =
         live_stream(&client, &db.pool, &format!("{run} after")).await;
     let mut accepted = load.accepted();
     accepted.extend(closed_load.accepted());
-    accepted.extend(&started_ids);
+    accepted.extend(&stream_ids);
     let mut t = tally("Redis restart", &db.pool, &accepted, sizes.settle).await;
     t.note(format!(
-        "Redis killed for {:?} during {:?} of submits; {} streams open across it",
-        sizes.redis_outage,
-        sizes.redis_load,
-        started_ids.len()
+        "Redis killed for {:?} during {:?} of submits",
+        sizes.redis_outage, sizes.redis_load,
     ));
+    streams.check(&db.pool, &mut t).await;
     let during = load.statuses_between(down_at, up_at);
     let closed_during = closed_load.statuses_between(down_at, up_at);
     t.note(format!(
@@ -852,8 +816,7 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
         describe(&closed_during)
     ));
     t.note(format!(
-        "streams ended: done {done} (output = stored result: {}), error {errors}, no end {hung}; a stream opened after the restart ended with {} (tokens live: {live_after_restart})",
-        done - differ,
+        "a stream opened after the restart ended with {} (tokens live: {live_after_restart})",
         fresh_end.as_deref().unwrap_or("nothing")
     ));
     if load.statuses().keys().any(|k| k != "202") {
@@ -876,21 +839,6 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
     {
         t.problem("the fail-closed api answered something other than 202 / 503");
     }
-    if hung > 0 {
-        t.problem(format!("{hung} streams ended without a terminal event"));
-    }
-    if differ > 0 {
-        t.problem(format!(
-            "{differ} streams ended `done` with an output different from the stored result"
-        ));
-    }
-    if started_ids.len() < sizes.redis_streams {
-        t.problem(format!(
-            "only {} of {} streams started",
-            started_ids.len(),
-            sizes.redis_streams
-        ));
-    }
     if fresh_end.as_deref() != Some("done") {
         t.problem("a stream opened after the restart did not complete");
     }
@@ -904,6 +852,90 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
     still_running(&mut api_closed, "the fail-closed api", &mut t);
     still_running(&mut worker, "the worker", &mut t);
     t
+}
+
+/// Streams opened before a fault, read to their end in the background.
+pub struct OpenStreams {
+    wanted: usize,
+    ids: Vec<Uuid>,
+    readers: Vec<tokio::task::JoinHandle<Vec<crate::sse::SseMessage>>>,
+}
+
+impl OpenStreams {
+    /// Opens `n` streams of `tokens` mock tokens, `token_delay_ms` apart, and waits for each
+    /// one's `start` event.
+    pub async fn open(client: &ChaosClient, n: usize, tokens: u32, token_delay_ms: u64) -> Self {
+        let run = unique_run();
+        let mut streams = Self {
+            wanted: n,
+            ids: Vec::new(),
+            readers: Vec::new(),
+        };
+        for i in 0..n {
+            let body = json!({"prompt": format!("chaos stream {run} {i}"),
+                              "parameters": {"max_tokens": tokens}, "mock": {"token_delay_ms": token_delay_ms}});
+            let mut reader = client.open_stream(&body).await;
+            let Some(start) = reader.next(Duration::from_secs(10)).await else {
+                continue;
+            };
+            let Some(id) = start.data["request_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+            else {
+                continue;
+            };
+            streams.ids.push(id);
+            streams.readers.push(tokio::spawn(async move {
+                reader.until_terminal(Duration::from_secs(180)).await
+            }));
+        }
+        streams
+    }
+
+    /// Waits for every stream's end; notes how each ended; a stream that ended without a
+    /// terminal event, or `done` with an output other than the stored result, is a problem.
+    pub async fn check(self, pool: &PgPool, t: &mut Tally) {
+        let (mut done, mut errors, mut no_end, mut differ) = (0, 0, 0, 0);
+        for (reader, id) in self.readers.into_iter().zip(&self.ids) {
+            let events = reader.await.unwrap();
+            match events.last().map(|m| m.event.as_str()) {
+                Some("done") => {
+                    done += 1;
+                    let stored: Option<String> =
+                        sqlx::query_scalar("SELECT result FROM generation_requests WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(pool)
+                            .await
+                            .unwrap();
+                    if stored.as_deref() != Some(output_of(&events).as_str()) {
+                        differ += 1;
+                    }
+                }
+                Some("error") => errors += 1,
+                _ => no_end += 1,
+            }
+        }
+        t.note(format!(
+            "{} streams open across the outage ended: done {done} (output = stored result: {}), error {errors}, without a terminal event {no_end}",
+            self.ids.len(),
+            done - differ
+        ));
+        if self.ids.len() < self.wanted {
+            t.problem(format!(
+                "only {} of {} streams started",
+                self.ids.len(),
+                self.wanted
+            ));
+        }
+        if no_end > 0 {
+            t.problem(format!("{no_end} streams ended without a terminal event"));
+        }
+        if differ > 0 {
+            t.problem(format!(
+                "{differ} streams ended `done` with an output different from the stored result"
+            ));
+        }
+    }
 }
 
 /// Streams one request (10 tokens, 200 ms apart); returns its terminal event and whether its

@@ -1,5 +1,8 @@
 //! Test harness: a fresh PostgreSQL database per test, the real router served on a random
-//! port, in-process workers, and the real `llm-api` / `llm-worker` binaries as processes.
+//! port, in-process workers, and the real `llm-api` / `llm-worker` binaries as processes
+//! (`TEST_PROCESS_LOGS=1` shows their logs). Also fake provider upstreams ([`fake_upstream`]),
+//! private PostgreSQL / Redis servers a test may restart ([`servers`]), and the chaos suite's
+//! scenarios ([`chaos`], run by `llm-chaos` and `tests/integration/chaos.rs`).
 //!
 //! `TEST_DATABASE_URL` (an admin connection, default the local `postgres` database) and
 //! `TEST_REDIS_URL` say where the servers are; `scripts/test.sh` sets both.
