@@ -98,6 +98,7 @@ pub struct Sizes {
     pub kill_jobs: usize,
     pub kill_workers: usize,
     pub kill_every: Duration,
+    pub kill_streams: usize,
     pub api_load: Duration,
     pub api_kills: usize,
     pub pg_load: Duration,
@@ -118,6 +119,7 @@ impl Sizes {
             kill_jobs: 1000,
             kill_workers: 3,
             kill_every: Duration::from_secs(3),
+            kill_streams: 30,
             api_load: Duration::from_secs(20),
             api_kills: 3,
             pg_load: Duration::from_secs(10),
@@ -137,6 +139,7 @@ impl Sizes {
             kill_jobs: 150,
             kill_workers: 3,
             kill_every: Duration::from_millis(1500),
+            kill_streams: 6,
             api_load: Duration::from_secs(6),
             api_kills: 2,
             pg_load: Duration::from_secs(5),
@@ -399,6 +402,21 @@ pub async fn tally(
         ..Tally::default()
     };
     t.completed_twice = completed_twice(pool).await;
+    if t.failed > 0 {
+        let codes: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT error_code, COUNT(*) FROM generation_requests
+             WHERE id = ANY($1) AND status IN ('failed', 'cancelled') GROUP BY 1 ORDER BY 2 DESC",
+        )
+        .bind(accepted)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let codes = codes
+            .into_iter()
+            .map(|(c, n)| (c.unwrap_or_else(|| "cancelled".into()), n as usize))
+            .collect();
+        t.note(format!("failed by error code: {}", describe(&codes)));
+    }
     if t.lost > 0 {
         let unfinished = describe(
             &by_status
@@ -530,6 +548,9 @@ pub async fn worker_kills(sizes: &Sizes) -> Tally {
     let client = ChaosClient::new(&base);
     let jobs = sizes.kill_jobs;
     let load = mock_load(&client, 16, Until::Sent(jobs), 500);
+    // Streams whose workers die under them: they restart elsewhere and must end with the
+    // stored result.
+    let streams = OpenStreams::open(&client, sizes.kill_streams, 20, 50).await;
     let started = Instant::now();
     let mut kills = 0usize;
     loop {
@@ -549,8 +570,10 @@ pub async fn worker_kills(sizes: &Sizes) -> Tally {
         kills += 1;
     }
     let load = load.await.unwrap();
-    let accepted = load.accepted();
+    let mut accepted = load.accepted();
+    accepted.extend(&streams.ids);
     let mut t = tally("worker SIGKILLs", &db.pool, &accepted, sizes.settle).await;
+    streams.check(&db.pool, &mut t).await;
     let abandoned = scalar(
         &db.pool,
         "SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'abandoned'",
@@ -565,7 +588,7 @@ pub async fn worker_kills(sizes: &Sizes) -> Tally {
     if kills == 0 || abandoned == 0 {
         t.problem("no worker was killed while running a job: the scenario tested nothing");
     }
-    if t.accepted < jobs {
+    if t.accepted < jobs + sizes.kill_streams {
         t.problem(format!("only {} of {jobs} submits accepted", t.accepted));
     }
     still_running(&mut api, "the api", &mut t);
@@ -895,9 +918,12 @@ impl OpenStreams {
     /// Waits for every stream's end; notes how each ended; a stream that ended without a
     /// terminal event, or `done` with an output other than the stored result, is a problem.
     pub async fn check(self, pool: &PgPool, t: &mut Tally) {
-        let (mut done, mut errors, mut no_end, mut differ) = (0, 0, 0, 0);
+        let (mut done, mut errors, mut no_end, mut differ, mut restarted) = (0, 0, 0, 0, 0);
         for (reader, id) in self.readers.into_iter().zip(&self.ids) {
             let events = reader.await.unwrap();
+            if events.iter().any(|m| m.event == "restart") {
+                restarted += 1;
+            }
             match events.last().map(|m| m.event.as_str()) {
                 Some("done") => {
                     done += 1;
@@ -916,7 +942,8 @@ impl OpenStreams {
             }
         }
         t.note(format!(
-            "{} streams open across the outage ended: done {done} (output = stored result: {}), error {errors}, without a terminal event {no_end}",
+            "{} streams open across the fault ({restarted} of them started over) ended: done {done} \
+             (output = stored result: {}), error {errors}, without a terminal event {no_end}",
             self.ids.len(),
             done - differ
         ));
@@ -1242,23 +1269,9 @@ pub async fn provider_faults(sizes: &Sizes) -> Tally {
         FAULT_CYCLE.iter().filter(|f| matches!(f, Fault::Success)).count(),
         calls.join(", ")
     ));
-    let failures: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT error_code, COUNT(*) FROM generation_requests
-         WHERE id = ANY($1) AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC",
-    )
-    .bind(&accepted)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
     t.note(format!(
-        "failed by error code: {}; mock requests failing twice then succeeding: {mock_retried_completed} of {} \
-         completed (the others met the mock provider's open circuit)",
-        describe(
-            &failures
-                .into_iter()
-                .map(|(c, n)| (c.unwrap_or_default(), n as usize))
-                .collect()
-        ),
+        "mock requests failing twice then succeeding: {mock_retried_completed} of {} completed \
+         (the others met the mock provider's open circuit)",
         kind_count(6)
     ));
     t.note(format!(
