@@ -680,6 +680,7 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
         .fetch_one(&db.pool)
         .await
         .unwrap();
+    let ready_at = Instant::now();
     tokio::time::sleep(sizes.pg_load).await;
     stop.store(true, Ordering::Relaxed);
     let end = Instant::now();
@@ -688,7 +689,7 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
     accepted.extend(&streams.ids);
     let mut t = tally("PostgreSQL restart", &db.pool, &accepted, sizes.settle).await;
     let during = load.statuses_between(down_at, up_at);
-    let after = load.statuses_between(up_at + Duration::from_secs(3), end);
+    let after = load.statuses_between(ready_at + Duration::from_secs(2), end);
     t.note(format!(
         "PostgreSQL down for {:?} between {:?} of submits (concurrency 8) before and after",
         sizes.pg_outage, sizes.pg_load
@@ -706,7 +707,7 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
         )
     ));
     t.note(format!(
-        "submits from 3 s after the restart on: {}; all: {}",
+        "submits from 2 s after PostgreSQL was ready again on: {}; all: {}",
         describe(&after),
         describe(&load.statuses())
     ));
