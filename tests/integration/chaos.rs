@@ -76,3 +76,52 @@ async fn chaos_redis_restart_the_first_command_after_it_succeeds() {
     let after = limiter.take(&db.pool, user, 10).await.unwrap();
     assert!(allowed(&after), "{after:?}");
 }
+
+/// Found by the provider-faults scenario: a run that called no provider because every circuit
+/// of its chain was open was rescheduled, yet counted as a run that died with its worker. Its
+/// unused attempt row stayed `running` until the next claim marked it `abandoned` /
+/// `worker_lost`, and after `max_attempts` such waits the request failed as
+/// `attempts_exhausted` ("the workers running it stopped") though no worker ever stopped.
+#[tokio::test]
+async fn chaos_waiting_for_an_open_circuit_uses_no_attempt() {
+    use llm_shared::models::ProviderKind;
+    use llm_shared::worker::{self, WorkerState};
+    use serde_json::json;
+
+    let app = llm_tests::spawn_app().await;
+    let config = llm_tests::worker_config(&app.db.url, &[]);
+    let state = |name: &str| {
+        WorkerState::new(
+            app.db.pool.clone(),
+            name.into(),
+            &config,
+            llm_tests::worker_models(&config),
+            None,
+            None,
+            None,
+        )
+    };
+    let blocked = state("circuit-open");
+    for _ in 0..5 {
+        blocked.executor.circuits.record(ProviderKind::Mock, false);
+    }
+    let id = app
+        .submit_ok(json!({"prompt": "wait for the circuit"}))
+        .await;
+    for _ in 0..7 {
+        worker::process(&blocked, id).await.unwrap();
+    }
+    let (_, view) = app.poll(id, 0).await;
+    assert_eq!(view["status"], "pending", "{view}");
+    assert_eq!(view["attempts"], 0, "{view}");
+    assert_eq!(view["attempt_history"], json!([]), "{view}");
+
+    // Once a worker may call the provider, the request runs on its full budget.
+    worker::process(&state("circuit-closed"), id).await.unwrap();
+    let (_, view) = app.poll(id, 0).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["attempts"], 1, "{view}");
+    let history = view["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{view}");
+    assert_eq!(history[0]["outcome"], "succeeded");
+}
