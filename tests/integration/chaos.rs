@@ -125,3 +125,47 @@ async fn chaos_waiting_for_an_open_circuit_uses_no_attempt() {
     assert_eq!(history.len(), 1, "{view}");
     assert_eq!(history[0]["outcome"], "succeeded");
 }
+
+/// Found by the provider-faults scenario: when the half-open probe of a circuit ended with an
+/// answer that says nothing about the provider's availability (here: not the JSON asked for),
+/// the probe stayed "in flight" for good, and every later request to that provider waited for
+/// a circuit that never closed again in that worker.
+#[tokio::test]
+async fn chaos_a_probe_answering_invalid_output_lets_the_circuit_close() {
+    use llm_shared::models::ProviderKind;
+    use llm_shared::worker::{self, WorkerState};
+    use serde_json::json;
+
+    let app = llm_tests::spawn_app().await;
+    let registry = chaos::short_cooldown_registry(&app.db, 0);
+    let registry = registry.display().to_string();
+    let config = llm_tests::worker_config(&app.db.url, &["--models-file", &registry]);
+    let state = WorkerState::new(
+        app.db.pool.clone(),
+        "prober".into(),
+        &config,
+        llm_tests::worker_models(&config),
+        None,
+        None,
+        None,
+    );
+    for _ in 0..5 {
+        state.executor.circuits.record(ProviderKind::Mock, false);
+    }
+    // Cool-down 0: half-open at once; this request's first call is the probe.
+    let probe = app
+        .submit_ok(
+            json!({"prompt": "not json", "mock": {"fail": "invalid_json"},
+                          "parameters": {"response_format": {"type": "json_object"}}}),
+        )
+        .await;
+    worker::process(&state, probe).await.unwrap();
+    let (_, view) = app.poll(probe, 0).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["error_code"], "invalid_output", "{view}");
+
+    let next = app.submit_ok(json!({"prompt": "after the probe"})).await;
+    worker::process(&state, next).await.unwrap();
+    let (_, view) = app.poll(next, 0).await;
+    assert_eq!(view["status"], "completed", "{view}");
+}
