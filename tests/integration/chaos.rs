@@ -168,4 +168,5 @@ async fn chaos_a_probe_answering_invalid_output_lets_the_circuit_close() {
     worker::process(&state, next).await.unwrap();
     let (_, view) = app.poll(next, 0).await;
     assert_eq!(view["status"], "completed", "{view}");
+    let _ = std::fs::remove_file(&registry);
 }

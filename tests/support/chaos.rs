@@ -1326,6 +1326,7 @@ pub async fn provider_faults(sizes: &Sizes) -> Tally {
     for (i, worker) in workers.iter_mut().enumerate() {
         still_running(worker, &format!("worker {i}"), &mut t);
     }
+    let _ = std::fs::remove_file(&models_file);
     t
 }
 
