@@ -6,7 +6,12 @@
 //! - durable submit: requests/s and latency percentiles at several concurrencies (no worker
 //!   running, so the figure is the api + PostgreSQL alone);
 //! - end to end with 1 and 2 workers: jobs/s, submit → completed and queue pickup latency
-//!   (committed → running), read from the rows' own timestamps.
+//!   (committed → running), read from the rows' own timestamps;
+//! - the same submits straight into PostgreSQL (`llm_shared::requests::submit`, the api's own
+//!   function, through a pool like the api's, no HTTP): the ceiling the database allows;
+//! - resident memory of the api and of a worker: idle, peak, and its slope over a soak under a
+//!   steady load (`--soak-secs`);
+//! - the machine it ran on (CPU model, cores, memory).
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
@@ -17,6 +22,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use llm_shared::auth::JwtKeys;
 use llm_shared::db;
+use llm_shared::requests::NewRequest;
 use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::json;
@@ -59,6 +65,12 @@ struct Args {
     /// Concurrent streams held open on one api process.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// Seconds of the memory soak (steady load, api and worker RSS sampled every second).
+    #[arg(long, default_value_t = 180)]
+    soak_secs: u64,
+    /// Submits per second during the soak.
+    #[arg(long, default_value_t = 200)]
+    soak_rate: u64,
     /// Where the JSON results go.
     #[arg(long, default_value = ".bench/results.json")]
     output: PathBuf,
@@ -125,14 +137,8 @@ struct StreamingResult {
     all_streams_done_secs: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct CacheResult {
-    concurrency: usize,
-    requests: usize,
-    errors: usize,
-    requests_per_sec: f64,
-    latency: Latencies,
-}
+/// Cache hits are measured like submits (answers `200` counted).
+type CacheResult = SubmitResult;
 
 #[derive(Debug, Serialize)]
 struct DrainResult {
@@ -142,10 +148,49 @@ struct DrainResult {
 }
 
 #[derive(Debug, Serialize)]
+struct MemoryResult {
+    soak_secs: u64,
+    soak_rate_per_sec: u64,
+    soak_requests: usize,
+    api: RssResult,
+    worker: RssResult,
+}
+
+/// Resident memory (VmRSS) of one process.
+#[derive(Debug, Serialize)]
+struct RssResult {
+    /// Before any load.
+    idle_mb: f64,
+    peak_mb: f64,
+    /// Least-squares slope over the soak (its first fifth, the warm-up, left out).
+    slope_mb_per_min: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    memory_gib: f64,
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cores, {:.0} GiB, {}",
+            self.cores, self.memory_gib, self.cpu
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
-    machine: String,
+    machine: Machine,
     started_at: String,
+    total_secs: f64,
     submit: Vec<SubmitResult>,
+    /// The same submits (same function, same SQL, a pool like the api's) without HTTP.
+    submit_postgres_only: Vec<SubmitResult>,
     end_to_end: Vec<EndToEndResult>,
     /// Queue drain: jobs submitted first, then workers started; jobs/s of the workers alone.
     drain: Vec<DrainResult>,
@@ -155,6 +200,7 @@ struct Report {
     cache_hits: CacheResult,
     /// Round trip of the rate limiter's check (what it adds to every submit).
     rate_limiter: Latencies,
+    memory: MemoryResult,
 }
 
 #[tokio::main]
@@ -172,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let machine = machine_description();
+    let machine = machine();
     println!("llm-bench on {machine}");
 
     let bench_db = BenchDb::create(&args.admin_database_url).await?;
@@ -193,9 +239,10 @@ async fn run(
     args: &Args,
     bin_dir: &std::path::Path,
     bench_db: &BenchDb,
-    machine: String,
+    machine: Machine,
 ) -> anyhow::Result<Report> {
     let started_at = chrono::Utc::now().to_rfc3339();
+    let started = Instant::now();
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let env = [
@@ -217,11 +264,21 @@ async fn run(
         &[("API_LISTEN", format!("127.0.0.1:{port}"))],
     )?;
     wait_healthy(&base).await?;
+    let api_pid = api.id().context("api pid")?;
+    let api_idle_mb = rss_mb(api_pid);
 
     let token = JwtKeys::new(&SecretString::from(SECRET)).issue(Uuid::now_v7(), 3600, None)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    let stack = Stack {
+        args,
+        bin_dir,
+        env: &env,
+        client: &client,
+        base: &base,
+        token: &token,
+    };
 
     let mut submit = Vec::new();
     for &c in &args.concurrency {
@@ -241,14 +298,11 @@ async fn run(
     }
     // The submit phase left its jobs queued: clear them so the end-to-end runs start empty.
     reset_tables(&bench_db.pool).await?;
+    let submit_postgres_only = measure_submit_postgres_only(args, &bench_db.url).await?;
+    reset_tables(&bench_db.pool).await?;
 
     let unloaded = {
-        let mut worker = spawn(
-            bin_dir.join("llm-worker"),
-            &[],
-            &env,
-            &[("WORKER_NAME", "bench-unloaded".to_owned())],
-        )?;
+        let mut worker = stack.worker("bench-unloaded", &[])?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for n in 0..args.unloaded_jobs {
             let _ = client
@@ -273,12 +327,7 @@ async fn run(
     for workers in [1usize, 2] {
         let mut children = Vec::new();
         for i in 0..workers {
-            children.push(spawn(
-                bin_dir.join("llm-worker"),
-                &[],
-                &env,
-                &[("WORKER_NAME", format!("bench-{workers}-{i}"))],
-            )?);
+            children.push(stack.worker(&format!("bench-{workers}-{i}"), &[])?);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r = measure_end_to_end(
@@ -300,20 +349,10 @@ async fn run(
         }
         reset_tables(&bench_db.pool).await?;
     }
-    let streaming = measure_streaming(
-        args,
-        bin_dir,
-        &env,
-        &client,
-        &base,
-        &token,
-        &api,
-        &bench_db.pool,
-    )
-    .await?;
+    let streaming = measure_streaming(&stack, &api, &bench_db.pool).await?;
     reset_tables(&bench_db.pool).await?;
 
-    let cache_hits = measure_cache_hits(args, bin_dir, &env, &client, &base, &token).await?;
+    let cache_hits = measure_cache_hits(&stack).await?;
     println!(
         "  cache hits: {:.0} req/s, p99 {:.2} ms",
         cache_hits.requests_per_sec, cache_hits.latency.p99_ms
@@ -329,8 +368,7 @@ async fn run(
         submit_burst(&client, &base, &token, args.e2e_jobs).await;
         let mut children = Vec::new();
         for i in 0..workers {
-            let name = ("WORKER_NAME", format!("drain-{workers}-{i}"));
-            children.push(spawn(bin_dir.join("llm-worker"), &[], &env, &[name])?);
+            children.push(stack.worker(&format!("drain-{workers}-{i}"), &[])?);
         }
         let total = args.e2e_jobs.div_ceil(50) * 50;
         wait_finished(&bench_db.pool, total).await?;
@@ -352,17 +390,31 @@ async fn run(
         }
         reset_tables(&bench_db.pool).await?;
     }
+    let memory = measure_memory(&stack, (api_pid, api_idle_mb)).await?;
+    println!(
+        "  memory soak: api {:.1} -> {:.1} MB ({:+.2} MB/min), worker {:.1} -> {:.1} MB ({:+.2} MB/min)",
+        memory.api.idle_mb,
+        memory.api.peak_mb,
+        memory.api.slope_mb_per_min,
+        memory.worker.idle_mb,
+        memory.worker.peak_mb,
+        memory.worker.slope_mb_per_min
+    );
+    reset_tables(&bench_db.pool).await?;
     stop(&mut api).await;
     Ok(Report {
         machine,
         started_at,
+        total_secs: started.elapsed().as_secs_f64(),
         submit,
+        submit_postgres_only,
         end_to_end,
         drain,
         unloaded,
         streaming,
         cache_hits,
         rate_limiter,
+        memory,
     })
 }
 
@@ -373,13 +425,78 @@ async fn measure_submit(
     concurrency: usize,
     run_for: Duration,
 ) -> SubmitResult {
+    let url = format!("{base}/api/v1/generate");
+    let (client, token) = (client.clone(), token.to_owned());
+    measure_concurrently(concurrency, run_for, move |worker, n| {
+        let sent = client
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&json!({"prompt": format!("submit bench {worker}/{n}")}))
+            .send();
+        async move { sent.await.is_ok_and(|r| r.status().as_u16() == 202) }
+    })
+    .await
+}
+
+/// The submits of [`measure_submit`] without HTTP: the request the api would build
+/// (`NewRequest::validate`), stored by the api's own `requests::submit` (same transaction,
+/// same SQL) through a pool sized like the api's. What PostgreSQL allows, for comparison.
+async fn measure_submit_postgres_only(
+    args: &Args,
+    database_url: &str,
+) -> anyhow::Result<Vec<SubmitResult>> {
+    #[derive(Parser)]
+    struct Common {
+        #[command(flatten)]
+        config: llm_shared::config::CommonConfig,
+    }
+    let config = Common::try_parse_from(["llm-bench"])?.config;
+    let registry = std::sync::Arc::new(llm_shared::models::ModelRegistry::load(&config)?);
+    let pool = db::connect_url(database_url, config.database_max_connections).await?;
+    let user = Uuid::now_v7();
+    let mut results = Vec::new();
+    for &c in &args.concurrency {
+        let (pool, registry) = (pool.clone(), registry.clone());
+        let r = measure_concurrently(
+            c,
+            Duration::from_secs(args.submit_secs),
+            move |worker, n| {
+                let (pool, registry) = (pool.clone(), registry.clone());
+                async move {
+                    let body = json!({"prompt": format!("postgres bench {worker}/{n}")});
+                    let Ok(body) = serde_json::from_value(body) else {
+                        return false;
+                    };
+                    match NewRequest::validate(body, user, None, &registry, 5) {
+                        Ok(new) => llm_shared::requests::submit(&pool, None, new).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+        println!(
+            "  submit c={c}, PostgreSQL only: {:.0} req/s, p99 {:.2} ms",
+            r.requests_per_sec, r.latency.p99_ms
+        );
+        results.push(r);
+    }
+    pool.close().await;
+    Ok(results)
+}
+
+/// Runs `op(client, n)` from `concurrency` clients in a loop for `run_for`; counts the
+/// operations that returned true and their latencies.
+async fn measure_concurrently<F, Fut>(concurrency: usize, run_for: Duration, op: F) -> SubmitResult
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let deadline = Instant::now() + run_for;
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|worker| {
-            let client = client.clone();
-            let url = format!("{base}/api/v1/generate");
-            let token = token.to_owned();
+            let op = op.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0usize;
@@ -387,14 +504,7 @@ async fn measure_submit(
                 while Instant::now() < deadline {
                     n += 1;
                     let t = Instant::now();
-                    let ok = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&json!({"prompt": format!("submit bench {worker}/{n}")}))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().as_u16() == 202);
-                    if ok {
+                    if op(worker, n).await {
                         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     } else {
                         errors += 1;
@@ -418,6 +528,90 @@ async fn measure_submit(
         requests_per_sec: all.len() as f64 / elapsed,
         latency: Latencies::of(all),
     }
+}
+
+/// A steady submit load (`--soak-rate` per second, mock provider at 0 ms, one worker) for
+/// `--soak-secs`, sampling the api's and the worker's VmRSS every second.
+async fn measure_memory(
+    stack: &Stack<'_>,
+    (api_pid, api_idle_mb): (u32, f64),
+) -> anyhow::Result<MemoryResult> {
+    let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
+    let mut worker = stack.worker("bench-soak", &[])?;
+    let worker_pid = worker.id().context("worker pid")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let worker_idle_mb = rss_mb(worker_pid);
+
+    let run_for = Duration::from_secs(args.soak_secs.max(1));
+    let clients = 10u64;
+    let every = Duration::from_secs_f64(clients as f64 / args.soak_rate.max(1) as f64);
+    let deadline = Instant::now() + run_for;
+    let senders: Vec<_> = (0..clients)
+        .map(|c| {
+            let (client, token) = (client.clone(), token.to_owned());
+            let url = format!("{base}/api/v1/generate");
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sent = 0usize;
+                while Instant::now() < deadline {
+                    tick.tick().await;
+                    let body = json!({"prompt": format!("soak {c}/{sent}")});
+                    let _ = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await;
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let (mut api_samples, mut worker_samples) = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = started.elapsed().as_secs_f64();
+        api_samples.push((t, rss_mb(api_pid)));
+        worker_samples.push((t, rss_mb(worker_pid)));
+    }
+    let soak_requests = futures::future::join_all(senders)
+        .await
+        .into_iter()
+        .flatten()
+        .sum();
+    stop(&mut worker).await;
+    let warm_up = run_for.as_secs_f64() / 5.0;
+    let rss = |idle_mb: f64, samples: &[(f64, f64)]| RssResult {
+        idle_mb,
+        peak_mb: samples.iter().map(|s| s.1).fold(idle_mb, f64::max),
+        slope_mb_per_min: slope_per_sec(samples.iter().filter(|s| s.0 >= warm_up)) * 60.0,
+    };
+    Ok(MemoryResult {
+        soak_secs: run_for.as_secs(),
+        soak_rate_per_sec: args.soak_rate,
+        soak_requests,
+        api: rss(api_idle_mb, &api_samples),
+        worker: rss(worker_idle_mb, &worker_samples),
+    })
+}
+
+/// Least-squares slope of (t, y) points; 0 for fewer than two.
+fn slope_per_sec<'a>(points: impl Iterator<Item = &'a (f64, f64)>) -> f64 {
+    let points: Vec<_> = points.collect();
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mean_t, mean_y) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let cov: f64 = points.iter().map(|p| (p.0 - mean_t) * (p.1 - mean_y)).sum();
+    let var: f64 = points.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
 }
 
 async fn measure_end_to_end(
@@ -507,22 +701,11 @@ async fn collect_end_to_end(
 }
 
 /// One answer cached, then the same request at concurrency 50: every one a hit.
-async fn measure_cache_hits(
-    args: &Args,
-    bin_dir: &std::path::Path,
-    env: &[(&str, String)],
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-) -> anyhow::Result<CacheResult> {
+async fn measure_cache_hits(stack: &Stack<'_>) -> anyhow::Result<CacheResult> {
+    let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
     let url = format!("{base}/api/v1/generate");
     let body = json!({"prompt": "a cached question", "parameters": {"max_tokens": 16}});
-    let mut worker = spawn(
-        bin_dir.join("llm-worker"),
-        &[],
-        env,
-        &[("WORKER_NAME", "bench-cache".to_owned())],
-    )?;
+    let mut worker = stack.worker("bench-cache", &[])?;
     let first: serde_json::Value = client
         .post(&url)
         .bearer_auth(token)
@@ -538,46 +721,14 @@ async fn measure_cache_hits(
     client.get(poll).bearer_auth(token).send().await?;
     stop(&mut worker).await;
 
-    let concurrency = 50;
-    let deadline = Instant::now() + Duration::from_secs(args.submit_secs);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, url, token, body) =
-                (client.clone(), url.clone(), token.to_owned(), body.clone());
-            tokio::spawn(async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0usize);
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let hit = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&body)
-                        .send()
-                        .await;
-                    if hit.is_ok_and(|r| r.status().as_u16() == 200) {
-                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (latencies, errors)
-            })
+    let (client, token) = (client.clone(), token.to_owned());
+    Ok(
+        measure_concurrently(50, Duration::from_secs(args.submit_secs), move |_, _| {
+            let hit = client.post(&url).bearer_auth(&token).json(&body).send();
+            async move { hit.await.is_ok_and(|r| r.status().as_u16() == 200) }
         })
-        .collect();
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for (latencies, errs) in futures::future::join_all(tasks).await.into_iter().flatten() {
-        all.extend(latencies);
-        errors += errs;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(CacheResult {
-        concurrency,
-        requests: all.len(),
-        errors,
-        requests_per_sec: all.len() as f64 / elapsed,
-        latency: Latencies::of(all),
-    })
+        .await,
+    )
 }
 
 /// The limiter's check on its own, one at a time, as a submit runs it.
@@ -598,25 +749,15 @@ async fn measure_rate_limiter(redis_url: &str, pool: &PgPool) -> anyhow::Result<
     Ok(Latencies::of(samples))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn measure_streaming(
-    args: &Args,
-    bin_dir: &std::path::Path,
-    env: &[(&str, String)],
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
+    stack: &Stack<'_>,
     api: &Child,
     pool: &PgPool,
 ) -> anyhow::Result<StreamingResult> {
+    let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
     let url = format!("{base}/api/v1/generate/stream");
     // 1. Time to first token, one stream at a time, one worker.
-    let mut worker = spawn(
-        bin_dir.join("llm-worker"),
-        &[],
-        env,
-        &[("WORKER_NAME", "bench-ttft".to_owned())],
-    )?;
+    let mut worker = stack.worker("bench-ttft", &[])?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ttft = Vec::new();
     for n in 0..args.ttft_streams {
@@ -659,11 +800,8 @@ async fn measure_streaming(
     let started = Instant::now();
     let mut workers = Vec::new();
     for i in 0..2 {
-        let extra = [
-            ("WORKER_NAME", format!("bench-streams-{i}")),
-            ("WORKER_CONCURRENCY", "600".to_owned()),
-        ];
-        workers.push(spawn(bin_dir.join("llm-worker"), &[], env, &extra)?);
+        let extra = [("WORKER_CONCURRENCY", "600".to_owned())];
+        workers.push(stack.worker(&format!("bench-streams-{i}"), &extra)?);
     }
     let counts = futures::future::join_all(
         open.into_iter()
@@ -783,17 +921,35 @@ fn print_report(report: &Report) {
         "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
     );
-    for r in &report.submit {
-        println!(
-            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+    // concurrency, requests, req/s, p50, p95, p99: the columns both submit tables share.
+    let columns = |r: &SubmitResult| {
+        format!(
+            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
             r.concurrency,
             r.requests,
             r.requests_per_sec,
             r.latency.p50_ms,
             r.latency.p95_ms,
-            r.latency.p99_ms,
-            r.errors
-        );
+            r.latency.p99_ms
+        )
+    };
+    for r in &report.submit {
+        println!("{} {:>9}", columns(r), r.errors);
+    }
+    println!(
+        "\nthe same submits straight into PostgreSQL (requests::submit, no HTTP): the ceiling"
+    );
+    println!(
+        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12}",
+        "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "api / db"
+    );
+    for r in &report.submit_postgres_only {
+        let api = report
+            .submit
+            .iter()
+            .find(|s| s.concurrency == r.concurrency)
+            .map_or(f64::NAN, |s| s.requests_per_sec);
+        println!("{} {:>11.0}%", columns(r), api / r.requests_per_sec * 100.0);
     }
     println!("\nend to end (mock provider at 0 ms; submitted at concurrency 50)");
     println!(
@@ -860,6 +1016,22 @@ fn print_report(report: &Report) {
         st.api_cpu_us_per_token,
         st.all_streams_done_secs
     );
+    let m = &report.memory;
+    println!(
+        "\nresident memory (VmRSS; soak: {} s at {} submits/s, {} requests, 1 worker; slope after a warm-up fifth)",
+        m.soak_secs, m.soak_rate_per_sec, m.soak_requests
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>14}",
+        "process", "idle MB", "peak MB", "slope MB/min"
+    );
+    for (name, r) in [("api", &m.api), ("worker", &m.worker)] {
+        println!(
+            "{:>8} {:>10.1} {:>10.1} {:>+14.2}",
+            name, r.idle_mb, r.peak_mb, r.slope_mb_per_min
+        );
+    }
+    println!("\ntotal {:.0} s", report.total_secs);
 }
 
 /// Empties the requests and the queue between measurements.
@@ -901,6 +1073,30 @@ impl BenchDb {
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
             let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
         }
+    }
+}
+
+/// What the measurements share: the settings, the binaries' directory, the processes'
+/// environment, and an HTTP client of the api with its base URL and token.
+struct Stack<'a> {
+    args: &'a Args,
+    bin_dir: &'a std::path::Path,
+    env: &'a [(&'a str, String)],
+    client: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Stack<'_> {
+    /// Starts an `llm-worker` named `name`, with `extra` environment.
+    fn worker(&self, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+        // Several workers share the machine: each its own free metrics port.
+        let mut env = vec![
+            ("WORKER_NAME", name.to_owned()),
+            ("WORKER_METRICS_LISTEN", "127.0.0.1:0".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        spawn(self.bin_dir.join("llm-worker"), &[], self.env, &env)
     }
 }
 
@@ -956,7 +1152,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn machine_description() -> String {
+fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -968,7 +1164,7 @@ fn machine_description() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -978,5 +1174,9 @@ fn machine_description() -> String {
         })
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
-    format!("{cores} cores, {mem_gib:.0} GiB, {cpu}")
+    Machine {
+        cpu,
+        cores,
+        memory_gib,
+    }
 }

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -69,7 +68,7 @@ pub struct InvalidateFilter {
 
 #[derive(Clone)]
 pub struct ResponseCache {
-    conn: ConnectionManager,
+    conn: crate::kv::KvConnection,
     prefix: String,
     pub default_ttl: Duration,
 }

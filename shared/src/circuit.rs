@@ -86,6 +86,18 @@ impl CircuitBreakers {
         }
     }
 
+    /// An admitted call ended without a verdict on the provider's availability (an invalid
+    /// answer, a refusal, a client error): if it was the half-open probe, the next call may
+    /// probe. Without this the probe stayed "in flight" for good and the provider's circuit
+    /// never closed again in this process.
+    pub fn settle(&self, provider: ProviderKind) {
+        if let Ok(mut circuits) = self.circuits.lock()
+            && let Some(circuit) = circuits.get_mut(&provider)
+        {
+            circuit.probe_in_flight = false;
+        }
+    }
+
     pub fn state(&self, provider: ProviderKind) -> CircuitState {
         let Ok(circuits) = self.circuits.lock() else {
             return CircuitState::Closed;
@@ -129,5 +141,20 @@ mod tests {
         assert_eq!(slow.state(p), CircuitState::Open);
         assert!(slow.admit(p).unwrap_err() > Duration::from_secs(50));
         assert!(slow.admit(ProviderKind::Anthropic).is_ok());
+    }
+
+    #[test]
+    fn a_probe_without_a_verdict_lets_the_next_call_probe() {
+        let breakers = CircuitBreakers::new(CircuitPolicy {
+            failure_threshold: 1,
+            cooldown_secs: 0,
+        });
+        let p = ProviderKind::Mock;
+        breakers.record(p, false);
+        assert!(breakers.admit(p).is_ok(), "the probe");
+        assert!(breakers.admit(p).is_err(), "one probe at a time");
+        breakers.settle(p);
+        assert!(breakers.admit(p).is_ok(), "the next probe");
+        assert_eq!(breakers.state(p), CircuitState::HalfOpen);
     }
 }

@@ -258,6 +258,8 @@ impl Executor {
                         | ProviderError::Unavailable { .. }
                 ) {
                     self.circuits.record(model.provider, false);
+                } else {
+                    self.circuits.settle(model.provider);
                 }
                 let failure = AttemptFailure {
                     error: &err,

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -92,7 +91,7 @@ type OverrideCache = HashMap<Uuid, (Option<Limits>, Instant)>;
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: crate::kv::KvConnection,
     prefix: String,
     defaults: Limits,
     fail_open: bool,

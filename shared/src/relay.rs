@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, PubSubSink};
+use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -65,7 +65,7 @@ pub enum RelayError {
 #[derive(Clone)]
 pub struct Relay {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: crate::kv::KvConnection,
     prefix: String,
     log_ttl: Duration,
     script: Arc<redis::Script>,

@@ -1014,6 +1014,11 @@ pub async fn fail(
 
 /// Hands the request back to the queue: `pending` again, its job rescheduled after `delay`,
 /// resuming at `fallback_index` of its chain. One transaction.
+///
+/// A run that called no provider (every circuit of its chain was open) was no attempt: the
+/// attempt row its claim opened goes, and the run is not counted against `max_attempts`,
+/// which is the budget of runs that die with their worker. (Counted, a few waits for a
+/// circuit failed the request as `attempts_exhausted` with a history of "lost" workers.)
 pub async fn release_for_retry(
     pool: &PgPool,
     claimed: &ClaimedRequest,
@@ -1025,9 +1030,16 @@ pub async fn release_for_retry(
 ) -> Result<StillHeld, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let released = sqlx::query(
-        "UPDATE generation_requests
+        "WITH unused AS (
+             DELETE FROM generation_attempts
+             WHERE request_id = $1 AND run = $3 AND worker = $2 AND outcome = 'running'
+               AND provider IS NULL
+             RETURNING 1
+         )
+         UPDATE generation_requests
          SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL, fallback_index = $4,
-             error_code = $5, error_message = $6, updated_at = NOW()
+             error_code = $5, error_message = $6, updated_at = NOW(),
+             attempts = attempts - (SELECT COUNT(*) FROM unused)::int
          WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3",
     )
     .bind(claimed.id)

@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod batches;
 mod cache;
+mod chaos;
 mod generate;
 mod health;
 mod hub;

@@ -46,11 +46,16 @@ pub struct Received {
     pub body: Value,
 }
 
+/// Computes the reply to a request from the request itself and its number (0, 1, …): for
+/// fakes that answer many concurrent callers (e.g. streaming or not, as each one asked).
+pub type Responder = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
+
 #[derive(Clone)]
 pub struct FakeUpstream {
     pub base_url: String,
     script: Arc<Mutex<VecDeque<Reply>>>,
     fallback: Arc<Mutex<Option<Reply>>>,
+    responder: Arc<Mutex<Option<Responder>>>,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
@@ -60,23 +65,38 @@ impl FakeUpstream {
     pub async fn start(path_prefix: &str) -> Self {
         let script = Arc::new(Mutex::new(VecDeque::new()));
         let fallback = Arc::new(Mutex::new(None));
+        let responder = Arc::new(Mutex::new(None::<Responder>));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let state = (script.clone(), fallback.clone(), received.clone());
+        let state = (
+            script.clone(),
+            fallback.clone(),
+            responder.clone(),
+            received.clone(),
+        );
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let (script, fallback, received) = state.clone();
+                let (script, fallback, responder, received) = state.clone();
                 async move {
                     let body_json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    received.lock().unwrap().push(Received {
+                    let request = Received {
                         path: uri.path().to_owned(),
                         headers,
                         body: body_json,
-                    });
-                    let reply = script
-                        .lock()
-                        .unwrap()
-                        .pop_front()
-                        .or_else(|| fallback.lock().unwrap().clone());
+                    };
+                    let number = {
+                        let mut all = received.lock().unwrap();
+                        all.push(request.clone());
+                        all.len() - 1
+                    };
+                    let respond_with = responder.lock().unwrap().clone();
+                    let reply = match respond_with {
+                        Some(f) => Some(f(&request, number)),
+                        None => script
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .or_else(|| fallback.lock().unwrap().clone()),
+                    };
                     respond(reply.unwrap_or(Reply::Raw {
                         status: 599,
                         content_type: "text/plain",
@@ -93,8 +113,18 @@ impl FakeUpstream {
             base_url: format!("http://{addr}{path_prefix}"),
             script,
             fallback,
+            responder,
             received,
         }
+    }
+
+    /// Answers every request with what `f` computes (instead of a script).
+    pub fn respond_with(
+        &self,
+        f: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> &Self {
+        *self.responder.lock().unwrap() = Some(Arc::new(f));
+        self
     }
 
     /// Queues replies, answered in order.

@@ -1,12 +1,17 @@
 //! Test harness: a fresh PostgreSQL database per test, the real router served on a random
-//! port, in-process workers, and the real `llm-api` / `llm-worker` binaries as processes.
+//! port, in-process workers, and the real `llm-api` / `llm-worker` binaries as processes
+//! (`TEST_PROCESS_LOGS=1` shows their logs). Also fake provider upstreams ([`fake_upstream`]),
+//! private PostgreSQL / Redis servers a test may restart ([`servers`]), and the chaos suite's
+//! scenarios ([`chaos`], run by `llm-chaos` and `tests/integration/chaos.rs`).
 //!
 //! `TEST_DATABASE_URL` (an admin connection, default the local `postgres` database) and
 //! `TEST_REDIS_URL` say where the servers are; `scripts/test.sh` sets both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chaos;
 pub mod fake_upstream;
 pub mod prom;
+pub mod servers;
 pub mod sse;
 
 use std::path::PathBuf;
@@ -46,23 +51,34 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    admin: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
+        Self::on(&admin_url()).await
+    }
+
+    /// A database of its own on the server of `admin` (an admin connection URL).
+    pub async fn on(admin: &str) -> Self {
         let name = format!("llmtest_{}", Uuid::now_v7().simple());
-        let admin = db::connect_url(&admin_url(), 1)
+        let admin_pool = db::connect_url(admin, 1)
             .await
-            .expect("connect to TEST_DATABASE_URL");
+            .expect("connect to the admin database");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
+            .execute(&admin_pool)
             .await
             .unwrap();
-        admin.close().await;
-        let url = with_database(&admin_url(), &name);
+        admin_pool.close().await;
+        let url = with_database(admin, &name);
         let pool = db::connect_url(&url, 20).await.unwrap();
         db::migrate(&pool).await.unwrap();
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            pool,
+            admin: admin.to_owned(),
+        }
     }
 
     /// Runs a test's own counting query (test code only: the SQL is the test's literal).
@@ -82,6 +98,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop runs inside the test's runtime: do the async clean-up on a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -89,7 +106,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok(admin) = db::connect_url(&admin_url(), 1).await {
+                if let Ok(admin) = db::connect_url(&admin, 1).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                     )))
@@ -447,12 +464,17 @@ pub async fn openai_sdk_python() -> PathBuf {
     python
 }
 
-/// Path of a workspace binary built by `cargo build --workspace --bins`.
+/// Path of a workspace binary built by `cargo build --workspace --bins`, next to the running
+/// one: tests run from target/<profile>/deps/, binaries (`llm-chaos`) from target/<profile>/.
 pub fn binary(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps/<test-binary>
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join(name);
+    let here = exe.parent().unwrap();
+    let path = [Some(here), here.parent()]
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
@@ -463,7 +485,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A real `llm-worker` process against the test database.
 pub fn spawn_worker_process(db: &TestDb, env: &[(&str, &str)]) -> Child {
-    worker_process_command(db, env, Stdio::null())
+    worker_process_command(db, env, process_stdout())
         .spawn()
         .expect("spawn llm-worker")
 }
@@ -501,7 +523,11 @@ pub async fn spawn_api_process(db: &TestDb) -> (Child, String) {
 
 /// [`spawn_api_process`] with extra environment variables.
 pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child, String) {
-    let port = free_port();
+    spawn_api_process_on(db, free_port(), env).await
+}
+
+/// [`spawn_api_process_with`] on a given port (e.g. to restart an api where clients expect it).
+pub async fn spawn_api_process_on(db: &TestDb, port: u16, env: &[(&str, &str)]) -> (Child, String) {
     let mut cmd = Command::new(binary("llm-api"));
     cmd.arg("serve")
         .env_clear()
@@ -513,7 +539,7 @@ pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child
         .env("LOG_LEVEL", "warn")
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(process_stdout())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     let child = cmd.spawn().expect("spawn llm-api");
@@ -528,6 +554,15 @@ pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("llm-api did not become healthy");
+}
+
+/// Where spawned processes' logs (stdout) go: nowhere, unless `TEST_PROCESS_LOGS` is set.
+fn process_stdout() -> Stdio {
+    if std::env::var_os("TEST_PROCESS_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 /// Sends a signal to a child process.

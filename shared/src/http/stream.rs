@@ -30,6 +30,8 @@ use crate::telemetry::TraceContext;
 /// How often a follower re-reads the row when no notice came (a missed notice costs at most
 /// this much delay, never a hang).
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often a follower tries to read the row again while the database is unreachable.
+const DATABASE_RETRY: Duration = Duration::from_secs(1);
 
 type EventStream = Sse<
     axum::response::sse::KeepAliveStream<
@@ -298,13 +300,31 @@ struct Follower {
 }
 
 impl Follower {
+    /// The request's row. While the database is unreachable it waits (keep-alives go on) and
+    /// reads again, so that an outage delays the terminal event instead of cutting the stream
+    /// without one.
+    async fn row(&self) -> Result<Option<RequestView>, FollowError> {
+        loop {
+            match requests::find_for_user(&self.state.pool, self.id, self.user).await {
+                Err(err) if crate::error::is_unavailable(&err) => {
+                    tracing::debug!(request.id = %self.id, error = %err, "stream follower: database unavailable; reading again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(DATABASE_RETRY) => {}
+                        _ = self.tx.closed() => return Err(FollowError::Gone),
+                    }
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
     async fn send(&self, event: FollowEvent) -> Result<(), FollowError> {
         self.tx.send(event).await.map_err(|_| FollowError::Gone)
     }
 
     async fn run(&mut self, mut subscription: HubSubscription) -> Result<(), FollowError> {
         let completion = self.state.completions.subscribe(self.id);
-        let Some(row) = requests::find_for_user(&self.state.pool, self.id, self.user).await? else {
+        let Some(row) = self.row().await? else {
             return Ok(());
         };
         self.send(FollowEvent::Start {
@@ -349,11 +369,7 @@ impl Follower {
     }
 
     async fn row_is_final(&self) -> Result<bool, FollowError> {
-        Ok(
-            requests::find_for_user(&self.state.pool, self.id, self.user)
-                .await?
-                .is_some_and(|r| r.status.is_final()),
-        )
+        Ok(self.row().await?.is_some_and(|r| r.status.is_final()))
     }
 
     /// Without a relay: wait for the request to end, then send its result.
@@ -424,7 +440,7 @@ impl Follower {
     /// the one terminal event.
     async fn finish(&mut self) -> Result<(), FollowError> {
         self.catch_up().await?;
-        let Some(row) = requests::find_for_user(&self.state.pool, self.id, self.user).await? else {
+        let Some(row) = self.row().await? else {
             return Ok(());
         };
         let mut next_id = self.last_seen + 1;
