@@ -201,6 +201,8 @@ struct Report {
     /// Round trip of the rate limiter's check (what it adds to every submit).
     rate_limiter: Latencies,
     memory: MemoryResult,
+    /// Events the workers' outbox relays delivered to the benchmark's hub during the run.
+    hub_events_delivered: u64,
 }
 
 #[tokio::main]
@@ -245,8 +247,11 @@ async fn run(
     let started = Instant::now();
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
+    let hub = HubSink::start().await?;
     let env = [
         ("DATABASE_URL", bench_db.url.clone()),
+        // A message hub that accepts every event: the outbox drains as in production.
+        ("MESSAGE_HUB_URL", hub.url.clone()),
         ("REDIS_URL", args.redis_url.clone()),
         ("SECRET_KEY", SECRET.to_owned()),
         ("LOG_LEVEL", "warn".to_owned()),
@@ -415,6 +420,7 @@ async fn run(
         cache_hits,
         rate_limiter,
         memory,
+        hub_events_delivered: hub.received.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -1031,6 +1037,10 @@ fn print_report(report: &Report) {
             name, r.idle_mb, r.peak_mb, r.slope_mb_per_min
         );
     }
+    println!(
+        "\nmessage hub: {} events delivered by the workers' outbox relays",
+        report.hub_events_delivered
+    );
     println!("\ntotal {:.0} s", report.total_secs);
 }
 
@@ -1144,6 +1154,34 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("llm-api did not become healthy")
+}
+
+/// A local message hub that accepts every event (`POST /events` → 204) and counts them, so
+/// that the workers' outbox relays deliver as they would to a live hub.
+struct HubSink {
+    url: String,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HubSink {
+    async fn start() -> anyhow::Result<Self> {
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = received.clone();
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move || {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { url, received })
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -222,8 +222,11 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
                     output.completion_tokens,
                     *cost_usd,
                 );
-                state.fill_redis_cache(&claimed, &completion).await;
-                state.reconcile_tokens(&claimed, output).await;
+                // Two independent Redis writes: one round trip, not two.
+                tokio::join!(
+                    state.fill_redis_cache(&claimed, &completion),
+                    state.reconcile_tokens(&claimed, output)
+                );
             }
             held
         }
