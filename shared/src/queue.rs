@@ -165,7 +165,8 @@ pub async fn rescue_orphaned_followers(pool: &PgPool) -> Result<u64, sqlx::Error
     let orphans: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE generation_requests f SET coalesced_into = NULL, updated_at = NOW()
          FROM generation_requests l
-         WHERE f.coalesced_into = l.id AND f.status = 'pending'
+         WHERE f.coalesced_into IS NOT NULL -- lets the planner use the small partial index
+           AND f.coalesced_into = l.id AND f.status = 'pending'
            AND l.status IN ('completed', 'failed', 'cancelled')
          RETURNING f.id, f.max_attempts",
     )
