@@ -196,3 +196,60 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
     ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || (c.starts_with("08") && c != "08P01")))
 }
+
+/// The error answers of the native routes, as the OpenAPI document lists them: each one the
+/// one error shape ([`ErrorBody`]) under its status. A handler's `responses(...)` names those it
+/// can give.
+pub mod doc {
+    use super::ErrorBody;
+
+    /// bad input (not JSON, bad id or query)
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 400)]
+    pub struct BadRequest(#[allow(dead_code)] ErrorBody);
+
+    /// missing or invalid bearer token
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 401)]
+    pub struct Unauthorized(#[allow(dead_code)] ErrorBody);
+
+    /// the token lacks the role this needs
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 403)]
+    pub struct Forbidden(#[allow(dead_code)] ErrorBody);
+
+    /// no such resource (or another user's)
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 404)]
+    pub struct NotFound(#[allow(dead_code)] ErrorBody);
+
+    /// conflict with the current state
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 409)]
+    pub struct Conflict(#[allow(dead_code)] ErrorBody);
+
+    /// body too large
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 413)]
+    pub struct TooLarge(#[allow(dead_code)] ErrorBody);
+
+    /// body is not application/json
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 415)]
+    pub struct NotJson(#[allow(dead_code)] ErrorBody);
+
+    /// well-formed input that breaks a rule
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 422)]
+    pub struct Invalid(#[allow(dead_code)] ErrorBody);
+
+    /// over the rate limit (see Retry-After)
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 429)]
+    pub struct RateLimited(#[allow(dead_code)] ErrorBody);
+
+    /// a dependency is unavailable; retry
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 503)]
+    pub struct Unavailable(#[allow(dead_code)] ErrorBody);
+}

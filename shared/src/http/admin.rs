@@ -11,6 +11,7 @@ use crate::admin::{self, Page, Replay, RequestFilter};
 use crate::auth::AuthUser;
 use crate::cache::InvalidateFilter;
 use crate::error::ApiError;
+use crate::error::doc;
 
 pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
     if user.is_admin() {
@@ -30,13 +31,7 @@ pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
     request_body = crate::cache::InvalidateFilter,
     responses(
         (status = 200, description = "how many entries were deleted", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -77,10 +72,7 @@ pub struct ListQuery {
     params(("status" = Option<crate::requests::Status>, Query), ("model" = Option<String>, Query), ("provider" = Option<String>, Query), ("user_id" = Option<uuid::Uuid>, Query), ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "created at or after"), ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "created before"), ("limit" = Option<i64>, Query), ("cursor" = Option<uuid::Uuid>, Query, description = "next_cursor of the previous page")),
     responses(
         (status = 200, description = "a page of requests and next_cursor", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -105,12 +97,7 @@ pub async fn list_requests(
     params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
     responses(
         (status = 200, description = "replayed", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
-        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::NotFound, doc::Conflict, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -155,13 +142,7 @@ pub struct BulkReplay {
     request_body = BulkReplay,
     responses(
         (status = 200, description = "how many and which", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

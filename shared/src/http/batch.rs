@@ -10,6 +10,7 @@ use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::batches::{self, BatchBody, BatchView, NewBatch};
 use crate::error::ApiError;
+use crate::error::doc;
 
 /// A batch counts as one request against the caller's rate limit; its tokens are not counted
 /// (batches are background work, run after interactive requests).
@@ -21,13 +22,7 @@ use crate::error::ApiError;
     request_body = crate::batches::BatchBody,
     responses(
         (status = 202, description = "the batch id and its request ids", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::RateLimited, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -61,10 +56,7 @@ pub async fn submit(
     params(("batch_id" = uuid::Uuid, Path, description = "the batch's id (a UUID)")),
     responses(
         (status = 200, description = "counts per status and every item", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

@@ -20,6 +20,7 @@ use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::cache::InvalidateFilter;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::models;
 use crate::requests::{self, GenerateBody, NewRequest};
 
@@ -44,15 +45,7 @@ pub struct Envelope {
     responses(
         (status = 202, description = "applied", body = serde_json::Value),
         (status = 200, description = "acknowledged (a duplicate, or an unknown type)", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
-        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Conflict, doc::RateLimited, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{AppState, JsonBody, QueryParams};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
 use crate::telemetry::TraceContext;
 
@@ -37,14 +38,7 @@ pub struct Accepted {
     responses(
         (status = 202, description = "stored and queued", body = Accepted),
         (status = 200, description = "answered from the cache (already completed)", body = Accepted),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
-        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Conflict, doc::RateLimited, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -167,10 +161,7 @@ pub struct PollResponse {
     params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), PollQuery),
     responses(
         (status = 200, description = "the request and its attempt history", body = PollResponse),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

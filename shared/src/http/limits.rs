@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::ratelimit::{Decision, Exceeded, RateState};
 
 /// Counts a submit against the caller's limits; `Err` is the 429 (or 503 in closed mode).
@@ -109,8 +110,7 @@ fn set_headers(headers: &mut HeaderMap, rate: &RateState) {
     summary = "The caller's limits and what is left",
     responses(
         (status = 200, description = "requests and tokens per minute: limit, remaining, reset", body = serde_json::Value),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::Unauthorized, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -146,13 +146,7 @@ pub struct Override {
     request_body = Override,
     responses(
         (status = 200, description = "the user's limits now", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -191,10 +185,7 @@ pub async fn set_override(
     params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)")),
     responses(
         (status = 200, description = "the user's limits now", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::models::{self, ModelRegistry, ModelSpec, Requirements};
 use crate::requests::{self, CallStats};
 
@@ -77,8 +78,7 @@ async fn stats(state: &AppState, registry: &ModelRegistry) -> Result<Vec<CallSta
     summary = "The model registry with health",
     responses(
         (status = 200, description = "every model", body = serde_json::Value),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::Unauthorized, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -103,9 +103,7 @@ pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Result<Json
     params(("model_id" = String, Path, description = "a model id of the registry", example = json!("mock"))),
     responses(
         (status = 200, description = "the model", body = serde_json::Value),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::Unauthorized, doc::NotFound, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -130,11 +128,7 @@ pub async fn show(
     request_body = crate::models::Requirements,
     responses(
         (status = 200, description = "the best model, why, and ranked alternatives", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid,
     ),
     security(("bearer" = [])),
 )]
@@ -171,10 +165,7 @@ pub async fn select(
     summary = "Re-read the model registry",
     responses(
         (status = 200, description = "reloaded", body = serde_json::Value),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::Unauthorized, doc::Forbidden, doc::Invalid, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

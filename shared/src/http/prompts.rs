@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::prompts::{RenderError, TemplateInfo};
 use crate::providers::estimate_tokens;
 
@@ -19,7 +20,7 @@ use crate::providers::estimate_tokens;
     summary = "The prompt templates",
     responses(
         (status = 200, description = "every template with its parameters", body = serde_json::Value),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
+        doc::Unauthorized,
     ),
     security(("bearer" = [])),
 )]
@@ -36,8 +37,7 @@ pub async fn list(State(state): State<AppState>, _user: AuthUser) -> Json<Value>
     params(("template_id" = String, Path, description = "a template id, e.g. `character.backstory`", example = json!("character.backstory"))),
     responses(
         (status = 200, description = "the template and its parameters", body = serde_json::Value),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        doc::Unauthorized, doc::NotFound,
     ),
     security(("bearer" = [])),
 )]
@@ -71,12 +71,7 @@ pub struct RenderBody {
     request_body = RenderBody,
     responses(
         (status = 200, description = "the rendered prompt and its token estimate", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::NotFound,
     ),
     security(("bearer" = [])),
 )]
@@ -127,11 +122,7 @@ pub struct ValidateBody {
     request_body = ValidateBody,
     responses(
         (status = 200, description = "problems, token estimate, whether it fits", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid,
     ),
     security(("bearer" = [])),
 )]

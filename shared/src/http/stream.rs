@@ -23,6 +23,7 @@ use super::generate::{idempotency_key, parse_request_id};
 use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::relay::{HubMessage, HubSubscription, RelayEvent, RelayKind};
 use crate::requests::{self, GenerateBody, NewRequest, RequestView, Status};
 use crate::telemetry::TraceContext;
@@ -48,14 +49,7 @@ type EventStream = Sse<
     request_body = crate::requests::GenerateBody,
     responses(
         (status = 200, description = "SSE events: start, token, restart, then done or error", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 413, description = "body too large", body = crate::error::ErrorBody),
-        (status = 415, description = "body is not application/json", body = crate::error::ErrorBody),
-        (status = 422, description = "well-formed input that breaks a rule", body = crate::error::ErrorBody),
-        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
-        (status = 429, description = "over the rate limit (see Retry-After)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Conflict, doc::RateLimited, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -118,10 +112,7 @@ pub(super) async fn submit_subscribed(
     params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
     responses(
         (status = 200, description = "SSE events after Last-Event-ID", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -162,11 +153,7 @@ pub async fn attach(
     params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
     responses(
         (status = 200, description = "the cancelled request", body = crate::requests::RequestView),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 404, description = "no such resource (or another user's)", body = crate::error::ErrorBody),
-        (status = 409, description = "conflict with the current state", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Conflict, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]

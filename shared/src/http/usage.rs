@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{AppState, QueryParams};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::error::doc;
 use crate::usage::{self, GroupBy, UsageReport};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -33,9 +34,7 @@ pub struct UsageQuery {
     params(UsageQuery),
     responses(
         (status = 200, description = "usage per day or model", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -55,10 +54,7 @@ pub async fn mine(
     params(("user_id" = uuid::Uuid, Path, description = "the user's id (a UUID)"), UsageQuery),
     responses(
         (status = 200, description = "usage per day or model", body = serde_json::Value),
-        (status = 400, description = "bad input (not JSON, bad id or query)", body = crate::error::ErrorBody),
-        (status = 401, description = "missing or invalid bearer token", body = crate::error::ErrorBody),
-        (status = 403, description = "the token lacks the role this needs", body = crate::error::ErrorBody),
-        (status = 503, description = "a dependency is unavailable; retry", body = crate::error::ErrorBody),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
