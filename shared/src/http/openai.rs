@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -765,39 +766,25 @@ fn with_request_id(mut response: Response, id: Uuid) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Streaming
 
-fn sse(mut events: mpsc::Receiver<FollowEvent>, mut writer: ChunkWriter) -> Response {
-    let body = async_stream(move |tx| async move {
-        while !writer.finished {
-            let frames = writer.on(events.recv().await);
-            for frame in frames {
-                if tx.send(frame).await.is_err() {
-                    return;
-                }
-            }
+/// The follower's events, mapped by the writer as they come (no task or channel of its own:
+/// the follower's receiver is the only queue).
+fn sse(events: mpsc::Receiver<FollowEvent>, writer: ChunkWriter) -> Response {
+    let frames = futures::stream::unfold((events, writer), |(mut events, mut writer)| async move {
+        if writer.finished {
+            return None;
         }
-    });
-    Sse::new(body)
+        let frames = writer.on(events.recv().await);
+        Some((futures::stream::iter(frames), (events, writer)))
+    })
+    .flatten()
+    .map(Ok::<_, Infallible>);
+    Sse::new(frames)
         .keep_alive(
             KeepAlive::new()
                 .interval(Duration::from_secs(15))
                 .text("keep-alive"),
         )
         .into_response()
-}
-
-/// The frames a producer task sends, as a stream (the task stops when the client goes away).
-fn async_stream<F, Fut>(
-    produce: F,
-) -> futures::stream::BoxStream<'static, Result<Event, Infallible>>
-where
-    F: FnOnce(mpsc::Sender<Event>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Event>(16);
-    tokio::spawn(produce(tx));
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok(e), rx))
-    }))
 }
 
 /// Turns a follower's events into OpenAI chunks. A `restart` cannot be shown to an OpenAI
