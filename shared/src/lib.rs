@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batching;
 pub mod batches;
 pub mod cache;
 pub mod circuit;
