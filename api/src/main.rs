@@ -123,11 +123,13 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         .response_cache()
         .context("parsing REDIS_URL")?;
     let limiter = config.common.rate_limiter().context("parsing REDIS_URL")?;
+    let submitter = llm_shared::requests::Submitter::new(pool.clone(), Some(cache.clone()));
     let state = AppState {
         pool,
         redis,
         hub,
         cache,
+        submitter,
         limiter,
         jwt: JwtKeys::new(&secret),
         models: Models::new(models, config.common.clone()),

@@ -7,7 +7,7 @@
 //!   running, so the figure is the api + PostgreSQL alone);
 //! - end to end with 1 and 2 workers: jobs/s, submit → completed and queue pickup latency
 //!   (committed → running), read from the rows' own timestamps;
-//! - the same submits straight into PostgreSQL (`llm_shared::requests::submit`, the api's own
+//! - the same submits straight into PostgreSQL (`llm_shared::requests::Submitter`, the api's own
 //!   function, through a pool like the api's, no HTTP): the ceiling the database allows;
 //! - resident memory of the api and of a worker: idle, peak, and its slope over a soak under a
 //!   steady load (`--soak-secs`);
@@ -445,8 +445,8 @@ async fn measure_submit(
 }
 
 /// The submits of [`measure_submit`] without HTTP: the request the api would build
-/// (`NewRequest::validate`), stored by the api's own `requests::submit` (same transaction,
-/// same SQL) through a pool sized like the api's. What PostgreSQL allows, for comparison.
+/// (`NewRequest::validate`), stored by the api's own `requests::Submitter` (same
+/// group-committed statements) through a pool sized like the api's. What PostgreSQL allows, for comparison.
 async fn measure_submit_postgres_only(
     args: &Args,
     database_url: &str,
@@ -459,22 +459,23 @@ async fn measure_submit_postgres_only(
     let config = Common::try_parse_from(["llm-bench"])?.config;
     let registry = std::sync::Arc::new(llm_shared::models::ModelRegistry::load(&config)?);
     let pool = db::connect_url(database_url, config.database_max_connections).await?;
+    let submitter = llm_shared::requests::Submitter::new(pool.clone(), None);
     let user = Uuid::now_v7();
     let mut results = Vec::new();
     for &c in &args.concurrency {
-        let (pool, registry) = (pool.clone(), registry.clone());
+        let (submitter, registry) = (submitter.clone(), registry.clone());
         let r = measure_concurrently(
             c,
             Duration::from_secs(args.submit_secs),
             move |worker, n| {
-                let (pool, registry) = (pool.clone(), registry.clone());
+                let (submitter, registry) = (submitter.clone(), registry.clone());
                 async move {
                     let body = json!({"prompt": format!("postgres bench {worker}/{n}")});
                     let Ok(body) = serde_json::from_value(body) else {
                         return false;
                     };
                     match NewRequest::validate(body, user, None, &registry, 5) {
-                        Ok(new) => llm_shared::requests::submit(&pool, None, new).await.is_ok(),
+                        Ok(new) => submitter.submit(new).await.is_ok(),
                         Err(_) => false,
                     }
                 }
@@ -943,7 +944,7 @@ fn print_report(report: &Report) {
         println!("{} {:>9}", columns(r), r.errors);
     }
     println!(
-        "\nthe same submits straight into PostgreSQL (requests::submit, no HTTP): the ceiling"
+        "\nthe same submits straight into PostgreSQL (requests::Submitter, no HTTP): the ceiling"
     );
     println!(
         "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12}",

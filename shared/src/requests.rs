@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use sqlx::{FromRow, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
+use crate::batching::{Batcher, Unanswered};
 use crate::cache::{self, CachePolicy, CachedResponse, ResponseCache};
 use crate::error::ApiError;
 use crate::models::{Capability, ModelRegistry, ProviderKind};
@@ -441,42 +442,115 @@ pub struct Submitted {
     pub cache_hit: Option<bool>,
 }
 
-/// Stores a request, then commits: answered from the cache (a completed row, counted as a
-/// cache hit, no job), attached to an identical request already in flight (no job: that one's
-/// completion completes it), or with its job — each one statement. It runs in a task of its
-/// own: if the client disconnects, axum drops the handler's future, and a submit must not be
-/// cut between the cache lookup and the insert (nor a connection dropped mid-statement).
-pub async fn submit(
-    pool: &PgPool,
-    cache: Option<&ResponseCache>,
-    new: NewRequest,
-) -> Result<Submitted, ApiError> {
-    let pool = pool.clone();
-    let cache = cache.cloned();
-    tokio::spawn(async move {
+/// Stores submits, group-committed: concurrent submits share one statement and one commit
+/// (see [`crate::batching`]), so under load the database sees a few multi-row inserts instead
+/// of one insert per request. Each submit still gets its own answer, only after the commit that
+/// made it durable. Cloning shares the writers.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    pool: PgPool,
+    cache: Option<ResponseCache>,
+    batches: Batcher<(NewRequest, Insert), Result<Submitted, ApiError>>,
+}
+
+/// Writers storing batches at the same time: one batch fills while the others run.
+const SUBMIT_WRITERS: usize = 4;
+/// Most submits in one statement.
+const SUBMIT_BATCH: usize = 64;
+
+impl Submitter {
+    /// Starts the writers (inside a tokio runtime). Without `cache`, no submit reads it.
+    pub fn new(pool: PgPool, cache: Option<ResponseCache>) -> Self {
+        let writer_pool = pool.clone();
+        let batches = Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
+            let pool = writer_pool.clone();
+            async move { store_batch(&pool, batch).await }
+        });
+        Self {
+            pool,
+            cache,
+            batches,
+        }
+    }
+
+    /// Stores a request and commits: answered from the cache (a completed row, counted as a
+    /// cache hit, no job), attached to an identical request already in flight (no job: that
+    /// one's completion completes it), or with its job. Once the request is queued for its
+    /// batch it is stored even if the caller stops waiting (a client disconnect never cuts a
+    /// submit halfway).
+    pub async fn submit(&self, new: NewRequest) -> Result<Submitted, ApiError> {
         let mut how = Insert::Queued;
-        if let (Some(cache), Some(key)) = (&cache, &new.cache_key)
+        if let (Some(cache), Some(key)) = (&self.cache, &new.cache_key)
             && !new.cache_policy.no_cache
         {
-            how = match cache.get(&pool, key).await? {
+            how = match cache.get(&self.pool, key).await? {
                 Some(hit) => Insert::CacheHit(hit),
                 None => Insert::QueuedOrFollower,
             };
         }
-        // The row with its job or its usage is one statement: atomic, one round trip.
-        let mut conn = pool.acquire().await?;
-        let mut submitted = insert(&mut conn, &new, &how).await?;
+        let cache_hit = match how {
+            Insert::Queued => None,
+            Insert::QueuedOrFollower => Some(false),
+            Insert::CacheHit(_) => Some(true),
+        };
+        let mut submitted = self
+            .batches
+            .call((new, how))
+            .await
+            .map_err(ApiError::internal)??;
         if !submitted.replayed {
-            submitted.cache_hit = match how {
-                Insert::Queued => None,
-                Insert::QueuedOrFollower => Some(false),
-                Insert::CacheHit(_) => Some(true),
-            };
+            submitted.cache_hit = cache_hit;
         }
         Ok(submitted)
-    })
-    .await
-    .map_err(ApiError::internal)?
+    }
+}
+
+/// Stores one batch of submits, answering each in order. A batch-level failure that is not an
+/// outage (which every submit of the batch shares) may come from one request's row: then each
+/// is stored alone, so that one bad row fails only its own submit.
+async fn store_batch(
+    pool: &PgPool,
+    batch: Vec<(NewRequest, Insert)>,
+) -> Vec<Result<Submitted, ApiError>> {
+    let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
+    match store(pool, &rows).await {
+        Ok(answers) => answers,
+        Err(err) if crate::error::is_unavailable(&err) => {
+            let err = ApiError::from(err);
+            rows.iter()
+                .map(|_| Err(ApiError::Unavailable(unavailable_message(&err))))
+                .collect()
+        }
+        Err(err) if rows.len() == 1 => vec![Err(err.into())],
+        Err(err) => {
+            tracing::warn!(error = %err, size = rows.len(), "submit batch failed; storing its requests one by one");
+            let mut answers = Vec::with_capacity(rows.len());
+            for row in &rows {
+                answers.push(match store(pool, std::slice::from_ref(row)).await {
+                    Ok(mut one) => one
+                        .pop()
+                        .unwrap_or_else(|| Err(ApiError::internal(Unanswered))),
+                    Err(err) => Err(err.into()),
+                });
+            }
+            answers
+        }
+    }
+}
+
+fn unavailable_message(err: &ApiError) -> &'static str {
+    match err {
+        ApiError::Unavailable(message) => message,
+        _ => "the database is unavailable; retry shortly",
+    }
+}
+
+async fn store(
+    pool: &PgPool,
+    rows: &[(&NewRequest, &Insert)],
+) -> Result<Vec<Result<Submitted, ApiError>>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    insert_many(&mut conn, rows).await
 }
 
 /// How a new request is stored.
@@ -497,95 +571,103 @@ pub async fn insert_with_job(
     conn: &mut PgConnection,
     new: &NewRequest,
 ) -> Result<Submitted, ApiError> {
-    insert(conn, new, &Insert::Queued).await
+    insert_many(conn, &[(new, &Insert::Queued)])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(ApiError::internal(Unanswered)))
 }
 
-/// Inserts the row as `how` says, with what goes with it, in the same statement: its job
-/// (unless it follows an identical request in flight), or a cache hit's usage.
-pub async fn insert(
+/// Inserts the rows as each one's [`Insert`] says, with what goes with them, in one statement
+/// (atomic, one round trip): each row's job (unless it follows an identical request in flight),
+/// or a cache hit's usage. Answers each row in order: a row whose `Idempotency-Key` this user
+/// used before answers with the earlier request (same body) or a conflict. `Err` is a failure
+/// of the whole statement (nothing was stored).
+pub async fn insert_many(
     conn: &mut PgConnection,
-    new: &NewRequest,
-    how: &Insert,
-) -> Result<Submitted, ApiError> {
-    let job_id = queue::job_id_for(new.id);
-    let (status, hit, follow_key) = match how {
-        Insert::Queued => (Status::Pending, None, None),
-        Insert::QueuedOrFollower => (Status::Pending, None, new.cache_key.as_deref()),
-        Insert::CacheHit(hit) => (Status::Completed, Some(hit), None),
-    };
-    let job = queue::JobRow::new(new.id, new.max_attempts, queue::INTERACTIVE_PRIORITY)?;
+    rows: &[(&NewRequest, &Insert)],
+) -> Result<Vec<Result<Submitted, ApiError>>, sqlx::Error> {
+    let mut columns = InsertColumns::default();
+    for &(new, how) in rows {
+        columns.push(new, how)?;
+    }
     let sql = format!(
-        "WITH inserted AS (
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
+                 $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::text[], $11::bool[],
+                 $12::text[], $13::jsonb[], $14::int4[], $15::text[], $16::text[], $17::text[],
+                 $18::text[], $19::text[], $20::text[], $21::int4[], $22::int4[], $23::text[],
+                 $24::text[], $25::bytea[], $26::int4[], $27::int4[])
+             AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
+                  max_attempts, idempotency_key, stream, cache_key, cache_policy,
+                  estimated_tokens, status, follow_key, result, provider, provider_model,
+                  served_model, prompt_tokens, completion_tokens, finish_reason, trace_id,
+                  job, job_max_attempts, priority)
+         ), inserted AS (
          INSERT INTO generation_requests
              (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
               idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
               coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
               completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
               trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 -- the identical request in flight, if this one may follow it
-                 (SELECT id FROM generation_requests
-                  WHERE $16::text IS NOT NULL AND cache_key = $16
-                    AND status IN ('pending', 'running') AND coalesced_into IS NULL
-                    AND NOT (cache_policy @> '{{\"no_store\": true}}')
-                  ORDER BY created_at LIMIT 1),
-                 $17, $18, $19, $20, $21, $22, $21 + $22, $23, $17 IS NOT NULL,
-                 CASE WHEN $17 IS NOT NULL THEN 0 END, CASE WHEN $17 IS NOT NULL THEN NOW() END,
-                 $24)
+         SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
+                idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
+                -- the identical request in flight, if this one may follow it
+                (SELECT f.id FROM generation_requests f
+                 WHERE v.follow_key IS NOT NULL AND f.cache_key = v.follow_key
+                   AND f.status IN ('pending', 'running') AND f.coalesced_into IS NULL
+                   AND NOT (f.cache_policy @> '{{\"no_store\": true}}')
+                 ORDER BY f.created_at LIMIT 1),
+                result, provider, provider_model, served_model, prompt_tokens,
+                completion_tokens, prompt_tokens + completion_tokens, finish_reason,
+                result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
+                CASE WHEN result IS NOT NULL THEN NOW() END, trace_id
+         FROM input v
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id, coalesced_into, user_id, model, cached
          ), usage AS ({usage}
          ), job AS (
              INSERT INTO {jobs}
-             SELECT $25, '{queue}', $26, 'Pending', 0, $27, NOW(), $28, ''::hstore
-             FROM inserted WHERE $17 IS NULL AND inserted.coalesced_into IS NULL
+             SELECT v.job_id, '{queue}', v.job, 'Pending', 0, v.job_max_attempts, NOW(),
+                    v.priority, ''::hstore
+             FROM inserted JOIN input v USING (id)
+             WHERE v.result IS NULL AND inserted.coalesced_into IS NULL
          )
-         SELECT id, coalesced_into FROM inserted",
-        usage = usage::CACHE_HIT_FROM_INSERTED,
+         SELECT id FROM inserted",
+        usage = usage::CACHE_HITS_FROM_INSERTED,
         jobs = queue::INSERT_JOB_COLUMNS,
         queue = queue::QUEUE,
     );
-    let inserted: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(new.id)
-        .bind(&new.prompt)
-        .bind(&new.context)
-        .bind(&new.model)
-        .bind(new.user_id)
-        .bind(&new.metadata)
-        .bind(&new.parameters)
-        .bind(job_id.to_string())
-        .bind(new.max_attempts)
-        .bind(&new.idempotency_key)
-        .bind(new.stream)
-        .bind(&new.cache_key)
-        .bind(serde_json::to_value(&new.cache_policy).map_err(ApiError::internal)?)
-        .bind(new.estimated_tokens)
-        .bind(status.as_str())
-        .bind(follow_key)
-        .bind(hit.map(|h| &h.response))
-        .bind(hit.and_then(|h| h.provider.as_deref()))
-        .bind(hit.and_then(|h| h.provider_model.as_deref()))
-        .bind(hit.and_then(|h| h.served_model.as_deref()))
-        .bind(hit.and_then(|h| h.prompt_tokens))
-        .bind(hit.and_then(|h| h.completion_tokens))
-        .bind(hit.and_then(|h| h.finish_reason.as_deref()))
-        .bind(&new.trace_id)
-        .bind(&job.id)
-        .bind(&job.job)
-        .bind(job.max_attempts)
-        .bind(job.priority)
-        .fetch_optional(&mut *conn)
+    let stored: Vec<Uuid> = columns
+        .bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)))
+        .fetch_all(&mut *conn)
         .await?;
 
-    if inserted.is_some() {
-        return Ok(Submitted {
-            id: new.id,
-            status,
-            replayed: false,
-            cache_hit: None,
-        });
+    let mut answers = Vec::with_capacity(rows.len());
+    for &(new, how) in rows {
+        if stored.contains(&new.id) {
+            let status = match how {
+                Insert::CacheHit(_) => Status::Completed,
+                Insert::Queued | Insert::QueuedOrFollower => Status::Pending,
+            };
+            answers.push(Ok(Submitted {
+                id: new.id,
+                status,
+                replayed: false,
+                cache_hit: None,
+            }));
+        } else {
+            answers.push(earlier_with_same_key(conn, new).await?);
+        }
     }
-    // The key was used before by this user: same request → same answer; different → conflict.
+    Ok(answers)
+}
+
+/// The answer to a request whose `Idempotency-Key` its user used before: same request → the
+/// earlier one's id and status; a different request → a conflict.
+async fn earlier_with_same_key(
+    conn: &mut PgConnection,
+    new: &NewRequest,
+) -> Result<Result<Submitted, ApiError>, sqlx::Error> {
     let (id, status, same): (Uuid, Status, bool) = sqlx::query_as(
         "SELECT id, status, (prompt = $3 AND model = $4 AND parameters = $5 AND context = $6) AS same
          FROM generation_requests WHERE user_id = $1 AND idempotency_key = $2",
@@ -599,16 +681,131 @@ pub async fn insert(
     .fetch_one(&mut *conn)
     .await?;
     if !same {
-        return Err(ApiError::Conflict(
+        return Ok(Err(ApiError::Conflict(
             "this Idempotency-Key was already used for a different request".into(),
-        ));
+        )));
     }
-    Ok(Submitted {
+    Ok(Ok(Submitted {
         id,
         status,
         replayed: true,
         cache_hit: None,
-    })
+    }))
+}
+
+/// [`insert_many`]'s rows, one array per column (bound as PostgreSQL arrays and `unnest`ed).
+#[derive(Default)]
+struct InsertColumns<'a> {
+    id: Vec<Uuid>,
+    prompt: Vec<&'a str>,
+    context: Vec<&'a Value>,
+    model: Vec<&'a str>,
+    user_id: Vec<Uuid>,
+    metadata: Vec<&'a Value>,
+    parameters: Vec<&'a Value>,
+    job_id: Vec<String>,
+    max_attempts: Vec<i32>,
+    idempotency_key: Vec<Option<&'a str>>,
+    stream: Vec<bool>,
+    cache_key: Vec<Option<&'a str>>,
+    cache_policy: Vec<Value>,
+    estimated_tokens: Vec<i32>,
+    status: Vec<&'static str>,
+    follow_key: Vec<Option<&'a str>>,
+    result: Vec<Option<&'a str>>,
+    provider: Vec<Option<&'a str>>,
+    provider_model: Vec<Option<&'a str>>,
+    served_model: Vec<Option<&'a str>>,
+    prompt_tokens: Vec<Option<i32>>,
+    completion_tokens: Vec<Option<i32>>,
+    finish_reason: Vec<Option<&'a str>>,
+    trace_id: Vec<Option<&'a str>>,
+    job: Vec<Vec<u8>>,
+    job_max_attempts: Vec<i32>,
+    priority: Vec<i32>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn push(&mut self, new: &'a NewRequest, how: &'a Insert) -> Result<(), sqlx::Error> {
+        let (status, hit, follow_key) = match how {
+            Insert::Queued => (Status::Pending, None, None),
+            Insert::QueuedOrFollower => (Status::Pending, None, new.cache_key.as_deref()),
+            Insert::CacheHit(hit) => (Status::Completed, Some(hit), None),
+        };
+        let job = queue::JobRow::new(new.id, new.max_attempts, queue::INTERACTIVE_PRIORITY)?;
+        self.id.push(new.id);
+        self.prompt.push(&new.prompt);
+        self.context.push(&new.context);
+        self.model.push(&new.model);
+        self.user_id.push(new.user_id);
+        self.metadata.push(&new.metadata);
+        self.parameters.push(&new.parameters);
+        self.max_attempts.push(new.max_attempts);
+        self.idempotency_key.push(new.idempotency_key.as_deref());
+        self.stream.push(new.stream);
+        self.cache_key.push(new.cache_key.as_deref());
+        self.cache_policy.push(
+            serde_json::to_value(&new.cache_policy).map_err(|e| sqlx::Error::Encode(e.into()))?,
+        );
+        self.estimated_tokens.push(new.estimated_tokens);
+        self.status.push(status.as_str());
+        self.follow_key.push(follow_key);
+        self.result.push(hit.map(|h| h.response.as_str()));
+        self.provider.push(hit.and_then(|h| h.provider.as_deref()));
+        self.provider_model
+            .push(hit.and_then(|h| h.provider_model.as_deref()));
+        self.served_model
+            .push(hit.and_then(|h| h.served_model.as_deref()));
+        self.prompt_tokens.push(hit.and_then(|h| h.prompt_tokens));
+        self.completion_tokens
+            .push(hit.and_then(|h| h.completion_tokens));
+        self.finish_reason
+            .push(hit.and_then(|h| h.finish_reason.as_deref()));
+        self.trace_id.push(new.trace_id.as_deref());
+        // The request's job id (a column of its row) is its job row's id.
+        self.job_id.push(job.id);
+        self.job.push(job.job);
+        self.job_max_attempts.push(job.max_attempts);
+        self.priority.push(job.priority);
+        Ok(())
+    }
+
+    fn bind<'q, O>(
+        self,
+        query: sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.id)
+            .bind(self.prompt)
+            .bind(self.context)
+            .bind(self.model)
+            .bind(self.user_id)
+            .bind(self.metadata)
+            .bind(self.parameters)
+            .bind(self.job_id)
+            .bind(self.max_attempts)
+            .bind(self.idempotency_key)
+            .bind(self.stream)
+            .bind(self.cache_key)
+            .bind(self.cache_policy)
+            .bind(self.estimated_tokens)
+            .bind(self.status)
+            .bind(self.follow_key)
+            .bind(self.result)
+            .bind(self.provider)
+            .bind(self.provider_model)
+            .bind(self.served_model)
+            .bind(self.prompt_tokens)
+            .bind(self.completion_tokens)
+            .bind(self.finish_reason)
+            .bind(self.trace_id)
+            .bind(self.job)
+            .bind(self.job_max_attempts)
+            .bind(self.priority)
+    }
 }
 
 /// A request as its owner sees it.

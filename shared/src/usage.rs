@@ -57,15 +57,22 @@ pub fn range(
     Ok((from, to))
 }
 
-/// Counts a request answered from the cache (no provider tokens, no cost): the body of a
-/// data-modifying CTE of the statement that stores it, over that statement's CTE `inserted`
-/// (`id`, `user_id`, `model`, `cached`), so the row and its usage are written together.
-pub const CACHE_HIT_FROM_INSERTED: &str =
+/// Counts requests answered from the cache (no provider tokens, no cost): the body of a
+/// data-modifying CTE of the statement that stores them, over that statement's CTE `inserted`
+/// (`id`, `user_id`, `model`, `cached`), so the rows and their usage are written together.
+/// Rows of one statement that share a counter are summed first (an upsert may touch a row only
+/// once per statement), and counters are taken in key order, so that two batches upserting the
+/// same counters lock them in the same order and never deadlock.
+pub const CACHE_HITS_FROM_INSERTED: &str =
     "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
-     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, get_byte(uuid_send(id), 15) % 16, 1, 1
+     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, get_byte(uuid_send(id), 15) % 16,
+            COUNT(*), COUNT(*)
      FROM inserted WHERE cached
+     GROUP BY user_id, model, get_byte(uuid_send(id), 15) % 16
+     ORDER BY user_id, model, get_byte(uuid_send(id), 15) % 16
      ON CONFLICT (user_id, day, model, shard) DO UPDATE
-     SET requests = u.requests + 1, cached_requests = u.cached_requests + 1";
+     SET requests = u.requests + EXCLUDED.requests,
+         cached_requests = u.cached_requests + EXCLUDED.cached_requests";
 
 pub async fn report(
     pool: &PgPool,

@@ -4,8 +4,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use llm_shared::cache::CachedResponse;
+use llm_shared::error::ApiError;
 use llm_shared::providers::{GenerationInput, GenerationParams, MockProvider, Provider};
-use llm_shared::requests::{self, GenerateBody, NewRequest};
+use llm_shared::requests::{self, GenerateBody, Insert, NewRequest};
 use llm_shared::worker::{self, WorkerState};
 use llm_tests::{registry, spawn_app, start_worker, worker_config, worker_models};
 use serde_json::json;
@@ -225,6 +227,107 @@ async fn two_hundred_concurrent_submits_all_complete_exactly_once() {
 fn new_request(user: Uuid, prompt: &str) -> NewRequest {
     let body: GenerateBody = serde_json::from_value(json!({"prompt": prompt})).unwrap();
     NewRequest::validate(body, user, None, &registry(&[]), 5).unwrap()
+}
+
+/// A request whose id ends in `last_byte` (the usage counters' shard is taken from it).
+fn with_id_ending(mut new: NewRequest, last_byte: u8) -> NewRequest {
+    let mut bytes = *Uuid::now_v7().as_bytes();
+    bytes[15] = last_byte;
+    new.id = Uuid::from_bytes(bytes);
+    new
+}
+
+fn hit() -> CachedResponse {
+    CachedResponse {
+        response: "from the cache".into(),
+        provider: Some("mock".into()),
+        provider_model: Some("mock-1".into()),
+        served_model: Some("mock".into()),
+        prompt_tokens: Some(3),
+        completion_tokens: Some(4),
+        finish_reason: Some("stop".into()),
+    }
+}
+
+/// Group commit stores many submits in one statement: each row gets its own fate (queued with
+/// its job, replayed or refused by its idempotency key, a cache hit with its usage, a follower
+/// without a job), and rows that share a usage counter or a key do not break the statement.
+#[tokio::test]
+async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
+    let app = spawn_app().await;
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    let mut leader = new_request(app.user, "shared prompt");
+    leader.cache_key = Some("key-in-flight".into());
+    let leader_id = requests::insert_with_job(&mut conn, &leader)
+        .await
+        .unwrap()
+        .id;
+
+    let queued = new_request(app.user, "plain");
+    let mut keyed = new_request(app.user, "keyed");
+    keyed.idempotency_key = Some("k-1".into());
+    let mut same_again = new_request(app.user, "keyed");
+    same_again.idempotency_key = Some("k-1".into());
+    let mut other_body = new_request(app.user, "something else");
+    other_body.idempotency_key = Some("k-1".into());
+    let hit_a = with_id_ending(new_request(app.user, "cached"), 0x13);
+    let hit_b = with_id_ending(new_request(app.user, "cached"), 0x23);
+    let mut follower = new_request(app.user, "shared prompt");
+    follower.cache_key = Some("key-in-flight".into());
+    let (queued_how, hit_how) = (Insert::Queued, Insert::CacheHit(hit()));
+    let rows = [
+        (&queued, &queued_how),
+        (&keyed, &queued_how),
+        (&same_again, &queued_how),
+        (&other_body, &queued_how),
+        (&hit_a, &hit_how),
+        (&hit_b, &hit_how),
+        (&follower, &Insert::QueuedOrFollower),
+    ];
+    let answers = requests::insert_many(&mut conn, &rows).await.unwrap();
+    assert_eq!(answers.len(), rows.len());
+    let ok = |i: usize| answers[i].as_ref().unwrap();
+    assert!(!ok(0).replayed && ok(0).id == queued.id);
+    assert!(!ok(1).replayed && ok(1).id == keyed.id);
+    assert!(
+        ok(2).replayed,
+        "the same body under the same key is the first request"
+    );
+    assert_eq!(ok(2).id, keyed.id);
+    assert!(
+        matches!(answers[3], Err(ApiError::Conflict(_))),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(ok(4).status, requests::Status::Completed);
+    assert_eq!(ok(5).status, requests::Status::Completed);
+    assert_eq!(ok(6).id, follower.id);
+
+    let coalesced: Option<Uuid> =
+        sqlx::query_scalar("SELECT coalesced_into FROM generation_requests WHERE id = $1")
+            .bind(follower.id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(coalesced, Some(leader_id));
+    // Jobs for the leader, `queued` and `keyed`; none for hits, the follower or the refused.
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM apalis.jobs").await, 3);
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests")
+            .await,
+        6
+    );
+    // Both hits share one usage counter (same user, model, day and shard): counted twice.
+    let (requests_counted, cached): (i64, i64) = sqlx::query_as(
+        "SELECT SUM(requests)::bigint, SUM(cached_requests)::bigint FROM usage_daily WHERE user_id = $1",
+    )
+    .bind(app.user)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((requests_counted, cached), (2, 2));
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM usage_daily").await, 1);
 }
 
 #[tokio::test]

@@ -169,11 +169,13 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
         tokens_per_minute: 100_000_000,
     };
     let limiter = RateLimiter::new(client.clone(), &db.redis_prefix(), limits, true).unwrap();
+    let submitter = llm_shared::requests::Submitter::new(db.pool.clone(), Some(cache.clone()));
     let state = AppState {
         pool: db.pool.clone(),
         redis: client,
         hub,
         cache,
+        submitter,
         limiter,
         jwt: jwt.clone(),
         models: Models::new(registry(registry_flags), common_config(registry_flags)),

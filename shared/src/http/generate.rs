@@ -97,7 +97,7 @@ pub(super) async fn accept(
 ) -> Result<requests::Submitted, ApiError> {
     let estimated = new.estimated_tokens;
     let rate = super::limits::enforce(state, user, estimated).await?;
-    let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
+    let submitted = state.submitter.submit(new).await?;
     observe_submit(state, &submitted);
     if let Some(rate) = rate
         && submitted.status == Status::Completed

@@ -41,6 +41,8 @@ pub struct AppState {
     pub redis: redis::Client,
     pub hub: RelayHub,
     pub cache: ResponseCache,
+    /// Stores submits, group-committed (reads `cache` first).
+    pub submitter: crate::requests::Submitter,
     pub limiter: RateLimiter,
     pub jwt: JwtKeys,
     pub models: Models,

@@ -88,7 +88,7 @@ pub(super) async fn submit_subscribed(
         .subscribe(new.id)
         .await
         .map_err(|_| relay_unavailable())?;
-    let submitted = requests::submit(&state.pool, Some(&state.cache), new).await?;
+    let submitted = state.submitter.submit(new).await?;
     super::generate::observe_submit(state, &submitted);
     if submitted.replayed {
         // An earlier request with the same Idempotency-Key: follow that one instead.
