@@ -473,21 +473,26 @@ impl Submitter {
         }
     }
 
-    /// Stores a request and commits: answered from the cache (a completed row, counted as a
-    /// cache hit, no job), attached to an identical request already in flight (no job: that
-    /// one's completion completes it), or with its job. Once the request is queued for its
-    /// batch it is stored even if the caller stops waiting (a client disconnect never cuts a
-    /// submit halfway).
-    pub async fn submit(&self, new: NewRequest) -> Result<Submitted, ApiError> {
-        let mut how = Insert::Queued;
+    /// Looks the request up in the response cache (unless it says `no_cache`): how it is to be
+    /// stored. Done before the rate limit is taken, so that a cache hit costs no tokens.
+    pub async fn lookup(&self, new: &NewRequest) -> Result<Insert, ApiError> {
         if let (Some(cache), Some(key)) = (&self.cache, &new.cache_key)
             && !new.cache_policy.no_cache
         {
-            how = match cache.get(&self.pool, key).await? {
+            return Ok(match cache.get(&self.pool, key).await? {
                 Some(hit) => Insert::CacheHit(hit),
                 None => Insert::QueuedOrFollower,
-            };
+            });
         }
+        Ok(Insert::Queued)
+    }
+
+    /// Stores a request as [`Submitter::lookup`] said and commits: answered from the cache (a
+    /// completed row, counted as a cache hit, no job), attached to an identical request already
+    /// in flight (no job: that one's completion completes it), or with its job. Once queued for
+    /// its batch, the request is stored even if the caller stops waiting (a client disconnect
+    /// never cuts a submit halfway).
+    pub async fn store(&self, new: NewRequest, how: Insert) -> Result<Submitted, ApiError> {
         let cache_hit = match how {
             Insert::Queued => None,
             Insert::QueuedOrFollower => Some(false),
@@ -502,6 +507,12 @@ impl Submitter {
             submitted.cache_hit = cache_hit;
         }
         Ok(submitted)
+    }
+
+    /// [`Submitter::lookup`], then [`Submitter::store`].
+    pub async fn submit(&self, new: NewRequest) -> Result<Submitted, ApiError> {
+        let how = self.lookup(&new).await?;
+        self.store(new, how).await
     }
 }
 

@@ -141,6 +141,54 @@ async fn a_tokens_per_minute_limit_counts_estimates_and_reconciles_actual_use() 
     worker.stop().await;
 }
 
+/// A cache hit runs no provider: it counts as a request but takes no tokens, so it is answered
+/// even when the tokens left would not cover a fresh run of it.
+#[tokio::test]
+async fn a_cache_hit_takes_no_tokens() {
+    let app = spawn_app().await;
+    let (_api, base) = spawn_api_process_with(&app.db, &[("RATE_LIMIT_TPM", "1000")]).await;
+    let token = app.token();
+    away_from_a_minute_boundary().await;
+    let body = |i: u32| json!({"prompt": format!("c{i}"), "parameters": {"max_tokens": 280}});
+
+    let first: Value = post(&app, &base, &token, body(0))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id: Uuid = first["request_id"].as_str().unwrap().parse().unwrap();
+    let worker = start_worker(&app.db, &[]);
+    app.wait_final(id, Duration::from_secs(20)).await;
+    worker.stop().await;
+    // Nothing runs these: their estimates stay counted, until less than one estimate is left.
+    let mut statuses = Vec::new();
+    for i in 1..6 {
+        let status = post(&app, &base, &token, body(i)).await.status().as_u16();
+        statuses.push(status);
+        if status == 429 {
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(statuses.len() > 1, "{statuses:?}");
+
+    let hit = post(&app, &base, &token, body(0)).await;
+    assert_eq!(hit.status(), 200, "a cache hit needs no tokens");
+    let left_after_hit = header(&hit, "x-ratelimit-remaining-tokens").unwrap();
+    let state: Value = app
+        .http
+        .get(format!("{base}/api/v1/rate_limits"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["tokens"]["remaining"], left_after_hit, "{state}");
+    assert!(left_after_hit < 280, "{state}");
+}
+
 #[tokio::test]
 async fn every_answer_carries_the_rate_limit_state_and_admins_can_override_it() {
     let app = spawn_app().await;

@@ -59,7 +59,7 @@ pub async fn submit(
         state.limits.job_max_attempts,
     )?;
     new.trace_id = Some(trace.trace_id);
-    let submitted = accept(&state, &user, new).await?;
+    let Admitted { submitted, rate } = accept(&state, &user, new).await?;
     let poll_url = format!("/api/v1/generate/{}", submitted.id);
     // Answered from the cache: already complete, so 200 rather than "accepted for later".
     let code = if submitted.status == Status::Completed {
@@ -85,39 +85,41 @@ pub async fn submit(
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    super::limits::attach(&mut response, rate);
     Ok(response)
 }
 
-/// Counts a validated request against the caller's rate limits and submits it (answered from
+/// A submit that passed the rate limits and was stored.
+pub(super) struct Admitted {
+    pub submitted: requests::Submitted,
+    /// The rate-limit state it counted (`None` if the limiter was not consulted), for the
+    /// answer's headers ([`super::limits::attach`]).
+    pub rate: Option<crate::ratelimit::RateState>,
+}
+
+/// Looks a validated request up in the cache, counts it against the caller's rate limits (a
+/// cache hit as a request without tokens: no provider runs it) and stores it (answered from
 /// the cache, attached to an identical request in flight, or committed with its job).
 pub(super) async fn accept(
     state: &AppState,
     user: &AuthUser,
     new: NewRequest,
-) -> Result<requests::Submitted, ApiError> {
-    let estimated = new.estimated_tokens;
-    let rate = super::limits::enforce(state, user, estimated).await?;
-    let submitted = state.submitter.submit(new).await?;
-    observe_submit(state, &submitted);
-    if let Some(rate) = rate
-        && submitted.status == Status::Completed
-    {
-        // Answered without a provider call: its tokens go back.
-        let refund = -i64::from(estimated);
-        state.limiter.reconcile(user.id, rate.window, refund).await;
-    }
-    if !submitted.replayed {
-        tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
-    }
-    Ok(submitted)
-}
-
-/// What a stored submit tells the metrics and the request span: the cache lookup, the id.
-pub(super) fn observe_submit(state: &AppState, submitted: &requests::Submitted) {
+) -> Result<Admitted, ApiError> {
+    let how = state.submitter.lookup(&new).await?;
+    let tokens = match how {
+        requests::Insert::CacheHit(_) => 0,
+        requests::Insert::Queued | requests::Insert::QueuedOrFollower => new.estimated_tokens,
+    };
+    let rate = super::limits::enforce(state, user, tokens).await?;
+    let submitted = state.submitter.store(new, how).await?;
     if let Some(hit) = submitted.cache_hit {
         state.metrics.cache_lookup(hit);
     }
     crate::telemetry::record_request_id(submitted.id);
+    if !submitted.replayed {
+        tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
+    }
+    Ok(Admitted { submitted, rate })
 }
 
 /// The `Idempotency-Key` header, if any.

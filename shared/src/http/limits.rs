@@ -61,6 +61,13 @@ pub(super) async fn enforce(
     }
 }
 
+/// Hands the state a submit counted to [`headers`], which then needs no second look at Redis.
+pub(super) fn attach(response: &mut Response, rate: Option<RateState>) {
+    if let Some(rate) = rate {
+        response.extensions_mut().insert(rate);
+    }
+}
+
 /// Adds the caller's rate-limit state to every answer: from the submit that counted it, or
 /// read (without counting) for other routes.
 pub async fn headers(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::generate::{accept, idempotency_key, wait_until_final};
+use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
 use super::stream::{FollowEvent, follow_events, submit_subscribed};
 use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
@@ -629,14 +629,16 @@ async fn run(
     .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
     new.trace_id = Some(trace.trace_id);
     if call.stream {
-        let (id, subscription) = submit_subscribed(&state, &user, new)
+        let (id, subscription, rate) = submit_subscribed(&state, &user, new)
             .await
             .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
         let events = follow_events(state, id, user.id, subscription, 0);
         let writer = ChunkWriter::new(id, call.model, call.endpoint, call.include_usage);
-        return Ok(with_request_id(sse(events, writer), id));
+        let mut response = with_request_id(sse(events, writer), id);
+        super::limits::attach(&mut response, rate);
+        return Ok(response);
     }
-    let submitted = accept(&state, &user, new)
+    let Admitted { submitted, rate } = accept(&state, &user, new)
         .await
         .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
     let row = wait_until_final(&state, submitted.id, user.id, state.limits.compat_wait).await?;
@@ -653,7 +655,9 @@ async fn run(
         .into_response(),
         Status::Pending | Status::Running => still_running(&row, state.limits.compat_wait),
     };
-    Ok(with_request_id(response, submitted.id))
+    let mut response = with_request_id(response, submitted.id);
+    super::limits::attach(&mut response, rate);
+    Ok(response)
 }
 
 fn completion(row: &RequestView, endpoint: Endpoint) -> CompletionObject {

@@ -15,6 +15,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
@@ -24,6 +25,7 @@ use super::{AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::ratelimit::RateState;
 use crate::relay::{HubMessage, HubSubscription, RelayEvent, RelayKind};
 use crate::requests::{self, GenerateBody, NewRequest, RequestView, Status};
 use crate::telemetry::TraceContext;
@@ -59,7 +61,7 @@ pub async fn submit_stream(
     trace: TraceContext,
     headers: HeaderMap,
     JsonBody(body): JsonBody<GenerateBody>,
-) -> Result<EventStream, ApiError> {
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let body = body.resolve_template(&state.prompts, &state.models.current())?;
     let mut new = NewRequest::validate(
@@ -70,26 +72,28 @@ pub async fn submit_stream(
         state.limits.job_max_attempts,
     )?;
     new.trace_id = Some(trace.trace_id);
-    let (id, subscription) = submit_subscribed(&state, &user, new).await?;
-    Ok(follow(state, id, user.id, subscription, 0))
+    let (id, subscription, rate) = submit_subscribed(&state, &user, new).await?;
+    let mut response = follow(state, id, user.id, subscription, 0).into_response();
+    super::limits::attach(&mut response, rate);
+    Ok(response)
 }
 
 /// Submits a request whose worker relays its tokens, subscribed to its relay channel before
-/// the job exists, so that not even the first token can be missed.
+/// the job exists, so that not even the first token can be missed. Also answers the rate-limit
+/// state the submit counted.
 pub(super) async fn submit_subscribed(
     state: &AppState,
     user: &AuthUser,
     mut new: NewRequest,
-) -> Result<(Uuid, HubSubscription), ApiError> {
+) -> Result<(Uuid, HubSubscription, Option<RateState>), ApiError> {
     new.stream = true;
-    super::limits::enforce(state, user, new.estimated_tokens).await?;
     let subscription = state
         .hub
         .subscribe(new.id)
         .await
         .map_err(|_| relay_unavailable())?;
-    let submitted = state.submitter.submit(new).await?;
-    super::generate::observe_submit(state, &submitted);
+    let super::generate::Admitted { submitted, rate } =
+        super::generate::accept(state, user, new).await?;
     if submitted.replayed {
         // An earlier request with the same Idempotency-Key: follow that one instead.
         drop(subscription);
@@ -98,10 +102,9 @@ pub(super) async fn submit_subscribed(
             .subscribe(submitted.id)
             .await
             .map_err(|_| relay_unavailable())?;
-        return Ok((submitted.id, subscription));
+        return Ok((submitted.id, subscription, rate));
     }
-    tracing::info!(request.id = %submitted.id, user.id = %user.id, "streaming generation accepted");
-    Ok((submitted.id, subscription))
+    Ok((submitted.id, subscription, rate))
 }
 
 #[utoipa::path(
