@@ -126,6 +126,9 @@ struct StreamingResult {
     /// Client-observed time to the first token (mock provider: first token at 0 ms), so all of
     /// it is the service's own overhead: submit, commit, queue pickup, relay.
     ttft: Latencies,
+    /// The relay's own hop: a token published as a worker publishes it (`Relay::publish`) until
+    /// the client reads it from the api's SSE stream (Redis, the api's hub, SSE, loopback).
+    relay_hop: Latencies,
     streams: usize,
     tokens_per_stream: usize,
     /// api resident memory with no stream open, and with all of them open.
@@ -783,9 +786,13 @@ async fn measure_streaming(
         events.until_done().await;
     }
     stop(&mut worker).await;
+
+    // 2. The relay hop alone: tokens published straight into the relay (no worker runs the
+    //    request), one at a time, each timed until the client has read it.
+    let relay_hop = measure_relay_hop(stack, &url).await?;
     reset_tables(pool).await?;
 
-    // 2. Many concurrent streams on one api process: open them all (no worker yet), then let
+    // 3. Many concurrent streams on one api process: open them all (no worker yet), then let
     //    workers produce every token.
     let pid = api.id().context("api pid")?;
     let rss_idle = rss_mb(pid);
@@ -823,6 +830,7 @@ async fn measure_streaming(
     }
     Ok(StreamingResult {
         ttft: Latencies::of(ttft),
+        relay_hop,
         streams: args.streams,
         tokens_per_stream: tokens,
         api_rss_idle_mb: rss_idle,
@@ -833,11 +841,52 @@ async fn measure_streaming(
     })
 }
 
+async fn measure_relay_hop(stack: &Stack<'_>, url: &str) -> anyhow::Result<Latencies> {
+    let prefix = stack
+        .env
+        .iter()
+        .find_map(|(name, value)| (*name == "REDIS_KEY_PREFIX").then_some(value.as_str()))
+        .unwrap_or_default();
+    let relay = llm_shared::relay::Relay::new(
+        redis::Client::open(stack.args.redis_url.as_str())?,
+        prefix,
+        Duration::from_secs(600),
+    )?;
+    let body = json!({"prompt": "relay hop", "parameters": {"max_tokens": 8}});
+    let response = stack
+        .client
+        .post(url)
+        .bearer_auth(stack.token)
+        .json(&body)
+        .send()
+        .await?;
+    let mut events = SseCounter::new(response);
+    let id = events
+        .request_id()
+        .await
+        .context("the stream's start event")?;
+    let mut hops = Vec::with_capacity(stack.args.ttft_streams);
+    for n in 0..stack.args.ttft_streams {
+        let token = llm_shared::relay::RelayKind::Token {
+            text: format!("t{n} "),
+        };
+        let started = Instant::now();
+        relay.publish(id, &token).await?;
+        if !events.next_token().await {
+            bail!("the stream ended before relayed token {n}");
+        }
+        hops.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(Latencies::of(hops))
+}
+
 /// Counts the token events of an SSE response.
 struct SseCounter {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
     tokens: usize,
+    /// The `data:` of the last event read.
+    data: String,
 }
 
 impl SseCounter {
@@ -847,6 +896,7 @@ impl SseCounter {
             body: response.bytes_stream().boxed(),
             buffer: String::new(),
             tokens: 0,
+            data: String::new(),
         }
     }
 
@@ -857,6 +907,10 @@ impl SseCounter {
             if let Some(pos) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..pos + 2).collect();
                 if let Some(name) = block.lines().find_map(|l| l.strip_prefix("event: ")) {
+                    self.data = block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data: "))
+                        .collect();
                     return Some(name.to_owned());
                 }
                 continue;
@@ -864,6 +918,17 @@ impl SseCounter {
             let chunk = self.body.next().await?.ok()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
+    }
+
+    /// The request id of the stream's `start` event.
+    async fn request_id(&mut self) -> Option<Uuid> {
+        while let Some(event) = self.next_event().await {
+            if event == "start" {
+                let start: serde_json::Value = serde_json::from_str(&self.data).ok()?;
+                return start["request_id"].as_str()?.parse().ok();
+            }
+        }
+        None
     }
 
     async fn next_token(&mut self) -> bool {
@@ -1009,8 +1074,12 @@ fn print_report(report: &Report) {
     let st = &report.streaming;
     println!("\nstreaming (SSE through the Redis relay, mock provider: first token at 0 ms)");
     println!(
-        "  time to first token, one stream at a time: p50 {:.2} ms, p99 {:.2} ms (all of it service overhead)",
+        "  time to first token, one stream at a time: p50 {:.2} ms, p99 {:.2} ms (all of it service overhead: submit, commit, queue pickup, relay)",
         st.ttft.p50_ms, st.ttft.p99_ms
+    );
+    println!(
+        "  relay hop (worker's publish -> Redis -> api hub -> SSE -> client): p50 {:.2} ms, p99 {:.2} ms",
+        st.relay_hop.p50_ms, st.relay_hop.p99_ms
     );
     println!(
         "  {} concurrent streams x {} tokens on one api: RSS {:.1} MB idle -> {:.1} MB open ({:.1} KB per stream); \

@@ -106,39 +106,18 @@ impl ResponseCache {
         })
     }
 
-    /// A live entry: Redis first, then the table (refilling Redis for the rest of its life).
-    pub async fn get(
-        &self,
-        pool: &PgPool,
-        key: &str,
-    ) -> Result<Option<CachedResponse>, sqlx::Error> {
+    /// The entry in Redis, the fast copy. A miss (or Redis unreachable) is not the last word:
+    /// the statement that stores the request looks in the table too ([`LIVE_ENTRY`]).
+    pub async fn get_fast(&self, key: &str) -> Option<CachedResponse> {
         let mut conn = self.conn.clone();
         match conn.get::<_, Option<String>>(self.redis_key(key)).await {
-            Ok(Some(raw)) => {
-                if let Ok(hit) = serde_json::from_str(&raw) {
-                    return Ok(Some(hit));
-                }
-            }
-            Ok(None) => {}
+            Ok(Some(raw)) => serde_json::from_str(&raw).ok(),
+            Ok(None) => None,
             Err(err) => {
-                tracing::warn!(error = %err, "response cache: Redis unavailable, using the table")
+                tracing::warn!(error = %err, "response cache: Redis unavailable, using the table");
+                None
             }
         }
-        let row: Option<(String, Value, Option<f64>)> = sqlx::query_as(
-            "SELECT response, metadata, EXTRACT(EPOCH FROM (expires_at - NOW()))::float8
-             FROM response_cache
-             WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > NOW())",
-        )
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
-        let Some((response, metadata, remaining)) = row else {
-            return Ok(None);
-        };
-        let hit = from_row(response, &metadata);
-        let ttl = remaining.map_or(self.default_ttl, |s| Duration::from_secs_f64(s.max(1.0)));
-        self.put_redis(key, &hit, ttl).await;
-        Ok(Some(hit))
     }
 
     /// Best effort: Redis is only the fast copy.
@@ -209,24 +188,16 @@ pub fn metadata_of(hit: &CachedResponse, template_id: Option<&str>) -> Value {
     })
 }
 
-fn from_row(response: String, metadata: &Value) -> CachedResponse {
-    let text = |k: &str| metadata.get(k).and_then(Value::as_str).map(str::to_owned);
-    let int = |k: &str| {
-        metadata
-            .get(k)
-            .and_then(Value::as_i64)
-            .and_then(|n| i32::try_from(n).ok())
-    };
-    CachedResponse {
-        response,
-        provider: text("provider"),
-        provider_model: text("provider_model"),
-        served_model: text("served_model"),
-        prompt_tokens: int("prompt_tokens"),
-        completion_tokens: int("completion_tokens"),
-        finish_reason: text("finish_reason"),
-    }
-}
+/// The live table entry of the key `lookup_key` (a column of the enclosing query), for a
+/// `LEFT JOIN LATERAL`: the columns of a [`CachedResponse`], read from the row's `metadata` as
+/// [`metadata_of`] writes it. No row when the key is NULL, unknown or expired.
+pub const LIVE_ENTRY: &str = "SELECT response, metadata->>'provider' AS provider,
+        metadata->>'provider_model' AS provider_model, metadata->>'served_model' AS served_model,
+        (metadata->>'prompt_tokens')::int AS prompt_tokens,
+        (metadata->>'completion_tokens')::int AS completion_tokens,
+        metadata->>'finish_reason' AS finish_reason
+    FROM response_cache
+    WHERE cache_key = lookup_key AND (expires_at IS NULL OR expires_at > NOW())";
 
 #[cfg(test)]
 mod tests {

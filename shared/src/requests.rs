@@ -448,7 +448,6 @@ pub struct Submitted {
 /// made it durable. Cloning shares the writers.
 #[derive(Debug, Clone)]
 pub struct Submitter {
-    pool: PgPool,
     cache: Option<ResponseCache>,
     batches: Batcher<(NewRequest, Insert), Result<Submitted, ApiError>>,
 }
@@ -461,30 +460,26 @@ const SUBMIT_BATCH: usize = 64;
 impl Submitter {
     /// Starts the writers (inside a tokio runtime). Without `cache`, no submit reads it.
     pub fn new(pool: PgPool, cache: Option<ResponseCache>) -> Self {
-        let writer_pool = pool.clone();
         let batches = Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
-            let pool = writer_pool.clone();
+            let pool = pool.clone();
             async move { store_batch(&pool, batch).await }
         });
-        Self {
-            pool,
-            cache,
-            batches,
-        }
+        Self { cache, batches }
     }
 
-    /// Looks the request up in the response cache (unless it says `no_cache`): how it is to be
-    /// stored. Done before the rate limit is taken, so that a cache hit costs no tokens.
-    pub async fn lookup(&self, new: &NewRequest) -> Result<Insert, ApiError> {
+    /// Looks the request up in the response cache's fast copy (unless it says `no_cache`): how
+    /// it is to be stored. Done before the rate limit is taken, so that a cache hit costs no
+    /// tokens. On a miss, the statement that stores the request looks in the table as well.
+    pub async fn lookup(&self, new: &NewRequest) -> Insert {
         if let (Some(cache), Some(key)) = (&self.cache, &new.cache_key)
             && !new.cache_policy.no_cache
         {
-            return Ok(match cache.get(&self.pool, key).await? {
+            return match cache.get_fast(key).await {
                 Some(hit) => Insert::CacheHit(hit),
-                None => Insert::QueuedOrFollower,
-            });
+                None => Insert::CachedOrQueued,
+            };
         }
-        Ok(Insert::Queued)
+        Insert::Queued
     }
 
     /// Stores a request as [`Submitter::lookup`] said and commits: answered from the cache (a
@@ -493,25 +488,15 @@ impl Submitter {
     /// its batch, the request is stored even if the caller stops waiting (a client disconnect
     /// never cuts a submit halfway).
     pub async fn store(&self, new: NewRequest, how: Insert) -> Result<Submitted, ApiError> {
-        let cache_hit = match how {
-            Insert::Queued => None,
-            Insert::QueuedOrFollower => Some(false),
-            Insert::CacheHit(_) => Some(true),
-        };
-        let mut submitted = self
-            .batches
+        self.batches
             .call((new, how))
             .await
-            .map_err(ApiError::internal)??;
-        if !submitted.replayed {
-            submitted.cache_hit = cache_hit;
-        }
-        Ok(submitted)
+            .map_err(ApiError::internal)?
     }
 
     /// [`Submitter::lookup`], then [`Submitter::store`].
     pub async fn submit(&self, new: NewRequest) -> Result<Submitted, ApiError> {
-        let how = self.lookup(&new).await?;
+        let how = self.lookup(&new).await;
         self.store(new, how).await
     }
 }
@@ -569,10 +554,11 @@ async fn store(
 pub enum Insert {
     /// Pending, with its job.
     Queued,
-    /// Pending; if an identical request is in flight, as its follower (no job: the leader's
-    /// completion completes it), else with its job. Decided inside the insert itself.
-    QueuedOrFollower,
-    /// Completed at once from the cache.
+    /// Completed from the cache table if it holds a live entry (the fast copy did not); else,
+    /// if an identical request is in flight, pending as its follower (no job: the leader's
+    /// completion completes it); else pending with its job. Decided inside the insert itself.
+    CachedOrQueued,
+    /// Completed at once from the cache's fast copy.
     CacheHit(CachedResponse),
 }
 
@@ -606,13 +592,26 @@ pub async fn insert_many(
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::text[], $11::bool[],
                  $12::text[], $13::jsonb[], $14::int4[], $15::text[], $16::text[], $17::text[],
-                 $18::text[], $19::text[], $20::text[], $21::int4[], $22::int4[], $23::text[],
-                 $24::text[], $25::bytea[], $26::int4[], $27::int4[])
+                 $18::text[], $19::text[], $20::int4[], $21::int4[], $22::text[], $23::text[],
+                 $24::bytea[], $25::int4[], $26::int4[]) WITH ORDINALITY
              AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
                   max_attempts, idempotency_key, stream, cache_key, cache_policy,
-                  estimated_tokens, status, follow_key, result, provider, provider_model,
+                  estimated_tokens, lookup_key, result, provider, provider_model,
                   served_model, prompt_tokens, completion_tokens, finish_reason, trace_id,
-                  job, job_max_attempts, priority)
+                  job, job_max_attempts, priority, ord)
+         ), answered AS (
+             -- the answer a request comes with (a fast-copy hit), or the cache table's
+             SELECT v.id, v.prompt, v.context, v.model, v.user_id, v.metadata, v.parameters,
+                    v.job_id, v.max_attempts, v.idempotency_key, v.stream, v.cache_key,
+                    v.cache_policy, v.estimated_tokens, v.lookup_key, v.trace_id, v.ord,
+                    COALESCE(v.result, c.response) AS result,
+                    COALESCE(v.provider, c.provider) AS provider,
+                    COALESCE(v.provider_model, c.provider_model) AS provider_model,
+                    COALESCE(v.served_model, c.served_model) AS served_model,
+                    COALESCE(v.prompt_tokens, c.prompt_tokens) AS prompt_tokens,
+                    COALESCE(v.completion_tokens, c.completion_tokens) AS completion_tokens,
+                    COALESCE(v.finish_reason, c.finish_reason) AS finish_reason
+             FROM input v LEFT JOIN LATERAL ({live_entry}) c ON true
          ), inserted AS (
          INSERT INTO generation_requests
              (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
@@ -621,18 +620,22 @@ pub async fn insert_many(
               completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
               trace_id)
          SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
-                idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
-                -- the identical request in flight, if this one may follow it
-                (SELECT f.id FROM generation_requests f
-                 WHERE v.follow_key IS NOT NULL AND f.cache_key = v.follow_key
-                   AND f.status IN ('pending', 'running') AND f.coalesced_into IS NULL
-                   AND NOT (f.cache_policy @> '{{\"no_store\": true}}')
-                 ORDER BY f.created_at LIMIT 1),
+                idempotency_key, stream, cache_key, cache_policy, estimated_tokens,
+                CASE WHEN result IS NOT NULL THEN 'completed' ELSE 'pending' END,
+                -- unanswered: the identical request in flight, if this one may follow it
+                CASE WHEN result IS NULL THEN
+                    (SELECT f.id FROM generation_requests f
+                     WHERE a.lookup_key IS NOT NULL AND f.cache_key = a.lookup_key
+                       AND f.status IN ('pending', 'running') AND f.coalesced_into IS NULL
+                       AND NOT (f.cache_policy @> '{{\"no_store\": true}}')
+                     ORDER BY f.created_at LIMIT 1)
+                END,
                 result, provider, provider_model, served_model, prompt_tokens,
                 completion_tokens, prompt_tokens + completion_tokens, finish_reason,
                 result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
                 CASE WHEN result IS NOT NULL THEN NOW() END, trace_id
-         FROM input v
+         -- in the callers' order: of two rows with one Idempotency-Key, the first is stored
+         FROM answered a ORDER BY ord
          ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id, coalesced_into, user_id, model, cached
          ), usage AS ({usage}
@@ -641,33 +644,36 @@ pub async fn insert_many(
              SELECT v.job_id, '{queue}', v.job, 'Pending', 0, v.job_max_attempts, NOW(),
                     v.priority, ''::hstore
              FROM inserted JOIN input v USING (id)
-             WHERE v.result IS NULL AND inserted.coalesced_into IS NULL
+             WHERE NOT inserted.cached AND inserted.coalesced_into IS NULL
          )
-         SELECT id FROM inserted",
+         SELECT id, cached FROM inserted",
+        live_entry = cache::LIVE_ENTRY,
         usage = usage::CACHE_HITS_FROM_INSERTED,
         jobs = queue::INSERT_JOB_COLUMNS,
         queue = queue::QUEUE,
     );
-    let stored: Vec<Uuid> = columns
-        .bind(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)))
+    let stored: Vec<(Uuid, bool)> = columns
+        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
         .fetch_all(&mut *conn)
         .await?;
 
     let mut answers = Vec::with_capacity(rows.len());
     for &(new, how) in rows {
-        if stored.contains(&new.id) {
-            let status = match how {
-                Insert::CacheHit(_) => Status::Completed,
-                Insert::Queued | Insert::QueuedOrFollower => Status::Pending,
-            };
-            answers.push(Ok(Submitted {
-                id: new.id,
-                status,
+        match stored.iter().find(|(id, _)| *id == new.id) {
+            Some(&(id, cached)) => answers.push(Ok(Submitted {
+                id,
+                status: if cached {
+                    Status::Completed
+                } else {
+                    Status::Pending
+                },
                 replayed: false,
-                cache_hit: None,
-            }));
-        } else {
-            answers.push(earlier_with_same_key(conn, new).await?);
+                cache_hit: match how {
+                    Insert::Queued => None,
+                    Insert::CachedOrQueued | Insert::CacheHit(_) => Some(cached),
+                },
+            })),
+            None => answers.push(earlier_with_same_key(conn, new).await?),
         }
     }
     Ok(answers)
@@ -721,8 +727,7 @@ struct InsertColumns<'a> {
     cache_key: Vec<Option<&'a str>>,
     cache_policy: Vec<Value>,
     estimated_tokens: Vec<i32>,
-    status: Vec<&'static str>,
-    follow_key: Vec<Option<&'a str>>,
+    lookup_key: Vec<Option<&'a str>>,
     result: Vec<Option<&'a str>>,
     provider: Vec<Option<&'a str>>,
     provider_model: Vec<Option<&'a str>>,
@@ -738,10 +743,10 @@ struct InsertColumns<'a> {
 
 impl<'a> InsertColumns<'a> {
     fn push(&mut self, new: &'a NewRequest, how: &'a Insert) -> Result<(), sqlx::Error> {
-        let (status, hit, follow_key) = match how {
-            Insert::Queued => (Status::Pending, None, None),
-            Insert::QueuedOrFollower => (Status::Pending, None, new.cache_key.as_deref()),
-            Insert::CacheHit(hit) => (Status::Completed, Some(hit), None),
+        let (hit, lookup_key) = match how {
+            Insert::Queued => (None, None),
+            Insert::CachedOrQueued => (None, new.cache_key.as_deref()),
+            Insert::CacheHit(hit) => (Some(hit), None),
         };
         let job = queue::JobRow::new(new.id, new.max_attempts, queue::INTERACTIVE_PRIORITY)?;
         self.id.push(new.id);
@@ -759,8 +764,7 @@ impl<'a> InsertColumns<'a> {
             serde_json::to_value(&new.cache_policy).map_err(|e| sqlx::Error::Encode(e.into()))?,
         );
         self.estimated_tokens.push(new.estimated_tokens);
-        self.status.push(status.as_str());
-        self.follow_key.push(follow_key);
+        self.lookup_key.push(lookup_key);
         self.result.push(hit.map(|h| h.response.as_str()));
         self.provider.push(hit.and_then(|h| h.provider.as_deref()));
         self.provider_model
@@ -783,8 +787,8 @@ impl<'a> InsertColumns<'a> {
 
     fn bind<'q, O>(
         self,
-        query: sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>
+        query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
     where
         'a: 'q,
     {
@@ -803,8 +807,7 @@ impl<'a> InsertColumns<'a> {
             .bind(self.cache_key)
             .bind(self.cache_policy)
             .bind(self.estimated_tokens)
-            .bind(self.status)
-            .bind(self.follow_key)
+            .bind(self.lookup_key)
             .bind(self.result)
             .bind(self.provider)
             .bind(self.provider_model)

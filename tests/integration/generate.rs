@@ -274,6 +274,20 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
     let hit_b = with_id_ending(new_request(app.user, "cached"), 0x23);
     let mut follower = new_request(app.user, "shared prompt");
     follower.cache_key = Some("key-in-flight".into());
+    // Entries the fast copy lacks: one live in the table, one expired.
+    sqlx::query(
+        "INSERT INTO response_cache (cache_key, response, prompt, model, expires_at, metadata)
+         VALUES ('key-in-table', 'stored answer', 'p', 'mock', NULL,
+                 '{\"provider\": \"mock\", \"prompt_tokens\": 2, \"completion_tokens\": 5}'),
+                ('key-expired', 'stale answer', 'p', 'mock', NOW() - interval '1 second', '{}')",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let mut from_table = with_id_ending(new_request(app.user, "in the table"), 0x33);
+    from_table.cache_key = Some("key-in-table".into());
+    let mut expired = new_request(app.user, "expired");
+    expired.cache_key = Some("key-expired".into());
     let (queued_how, hit_how) = (Insert::Queued, Insert::CacheHit(hit()));
     let rows = [
         (&queued, &queued_how),
@@ -282,7 +296,9 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
         (&other_body, &queued_how),
         (&hit_a, &hit_how),
         (&hit_b, &hit_how),
-        (&follower, &Insert::QueuedOrFollower),
+        (&follower, &Insert::CachedOrQueued),
+        (&from_table, &Insert::CachedOrQueued),
+        (&expired, &Insert::CachedOrQueued),
     ];
     let answers = requests::insert_many(&mut conn, &rows).await.unwrap();
     assert_eq!(answers.len(), rows.len());
@@ -302,6 +318,24 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
     assert_eq!(ok(4).status, requests::Status::Completed);
     assert_eq!(ok(5).status, requests::Status::Completed);
     assert_eq!(ok(6).id, follower.id);
+    assert_eq!(ok(6).cache_hit, Some(false));
+    assert_eq!(ok(7).status, requests::Status::Completed);
+    assert_eq!(ok(7).cache_hit, Some(true), "answered from the cache table");
+    assert_eq!(
+        ok(8).status,
+        requests::Status::Pending,
+        "an expired entry answers nothing"
+    );
+    let (result, tokens): (Option<String>, Option<i32>) =
+        sqlx::query_as("SELECT result, tokens_used FROM generation_requests WHERE id = $1")
+            .bind(from_table.id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (result.as_deref(), tokens),
+        (Some("stored answer"), Some(7))
+    );
 
     let coalesced: Option<Uuid> =
         sqlx::query_scalar("SELECT coalesced_into FROM generation_requests WHERE id = $1")
@@ -310,15 +344,16 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
             .await
             .unwrap();
     assert_eq!(coalesced, Some(leader_id));
-    // Jobs for the leader, `queued` and `keyed`; none for hits, the follower or the refused.
-    assert_eq!(app.db.count("SELECT COUNT(*) FROM apalis.jobs").await, 3);
+    // Jobs for the leader, `queued`, `keyed` and `expired`; none for the hits, the follower or
+    // the refused.
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM apalis.jobs").await, 4);
     assert_eq!(
         app.db
             .count("SELECT COUNT(*) FROM generation_requests")
             .await,
-        6
+        8
     );
-    // Both hits share one usage counter (same user, model, day and shard): counted twice.
+    // The three hits share one usage counter (same user, model, day and shard): all counted.
     let (requests_counted, cached): (i64, i64) = sqlx::query_as(
         "SELECT SUM(requests)::bigint, SUM(cached_requests)::bigint FROM usage_daily WHERE user_id = $1",
     )
@@ -326,7 +361,7 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
     .fetch_one(&app.db.pool)
     .await
     .unwrap();
-    assert_eq!((requests_counted, cached), (2, 2));
+    assert_eq!((requests_counted, cached), (3, 3));
     assert_eq!(app.db.count("SELECT COUNT(*) FROM usage_daily").await, 1);
 }
 

@@ -105,13 +105,23 @@ pub(super) async fn accept(
     user: &AuthUser,
     new: NewRequest,
 ) -> Result<Admitted, ApiError> {
-    let how = state.submitter.lookup(&new).await?;
+    let how = state.submitter.lookup(&new).await;
+    let estimated = new.estimated_tokens;
     let tokens = match how {
         requests::Insert::CacheHit(_) => 0,
-        requests::Insert::Queued | requests::Insert::QueuedOrFollower => new.estimated_tokens,
+        requests::Insert::Queued | requests::Insert::CachedOrQueued => estimated,
     };
     let rate = super::limits::enforce(state, user, tokens).await?;
     let submitted = state.submitter.store(new, how).await?;
+    if let Some(rate) = rate
+        && tokens > 0
+        && submitted.cache_hit == Some(true)
+    {
+        // Answered from the cache table after all (its fast copy was missing): no provider
+        // runs it, so its tokens go back.
+        let refund = -i64::from(tokens);
+        state.limiter.reconcile(user.id, rate.window, refund).await;
+    }
     if let Some(hit) = submitted.cache_hit {
         state.metrics.cache_lookup(hit);
     }
