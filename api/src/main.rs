@@ -151,7 +151,10 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, llm_shared::http::router(state))
+    // Made a service once: served as a plain `Router`, axum rebuilds its route table for every
+    // connection (about 60 KB each, held while the connection lives, e.g. an open stream).
+    let app = llm_shared::http::router(state).into_make_service();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("api stopped");

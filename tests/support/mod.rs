@@ -191,7 +191,8 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, llm_shared::http::router(state)).await });
+    let app = llm_shared::http::router(state).into_make_service();
+    tokio::spawn(async move { axum::serve(listener, app).await });
     TestApp {
         addr,
         db,
