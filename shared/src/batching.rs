@@ -130,17 +130,25 @@ mod tests {
                 batch.into_iter().map(|n| n * 2).collect::<Vec<_>>()
             }
         });
-        let calls: Vec<_> = (0..20).map(|n| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.call(n).await })
-        }).collect();
+        let calls: Vec<_> = (0..20)
+            .map(|n| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.call(n).await })
+            })
+            .collect();
         for (n, call) in calls.into_iter().enumerate() {
             assert_eq!(call.await.ok().and_then(Result::ok), Some(n as u32 * 2));
         }
         let sizes = sizes.lock().map(|s| s.clone()).unwrap_or_default();
         assert_eq!(sizes.iter().sum::<usize>(), 20);
-        assert!(sizes.len() < 20, "calls waiting together must share a batch: {sizes:?}");
-        assert!(sizes.iter().all(|&s| s <= 8), "a batch never exceeds its size: {sizes:?}");
+        assert!(
+            sizes.len() < 20,
+            "calls waiting together must share a batch: {sizes:?}"
+        );
+        assert!(
+            sizes.iter().all(|&s| s <= 8),
+            "a batch never exceeds its size: {sizes:?}"
+        );
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@
 
 pub mod admin;
 pub mod auth;
-pub mod batching;
 pub mod batches;
+pub mod batching;
 pub mod cache;
 pub mod circuit;
 pub mod config;
