@@ -37,6 +37,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Buckets of the batch size histogram: up to a worker's whole concurrency.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// How long the scrape-time queries may take before the gauges keep their previous values.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -78,6 +81,9 @@ pub struct Metrics {
     pub oldest_pending_age: Gauge,
     /// `llm_outbox_backlog`: hub events not delivered yet.
     pub outbox_backlog: IntGauge,
+    /// `llm_worker_batch_size{statement}`: calls a group-committed statement (`claim`,
+    /// `complete`) wrote at once.
+    pub batch_size: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +198,15 @@ impl Metrics {
                 "Message hub events written but not delivered yet.",
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            batch_size: HistogramVec::new(
+                HistogramOpts::new(
+                    "llm_worker_batch_size",
+                    "Jobs' calls one group-committed statement of a worker wrote (claim, complete).",
+                )
+                .buckets(BATCH_BUCKETS.to_vec()),
+                &["statement"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         metrics.register_all();
@@ -217,12 +232,20 @@ impl Metrics {
             Box::new(self.queue_depth.clone()),
             Box::new(self.oldest_pending_age.clone()),
             Box::new(self.outbox_backlog.clone()),
+            Box::new(self.batch_size.clone()),
         ];
         for collector in collectors {
             if let Err(err) = self.registry.register(collector) {
                 tracing::error!(error = %err, "a metric could not be registered");
             }
         }
+    }
+
+    /// A batch of `calls` written by one group-committed `statement` (`claim`, `complete`).
+    pub fn batch(&self, statement: &'static str, calls: usize) {
+        self.batch_size
+            .with_label_values(&[statement])
+            .observe(calls as f64);
     }
 
     /// A cache lookup at submit.

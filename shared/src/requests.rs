@@ -4,7 +4,14 @@
 //! This module owns both tables. The api creates rows (with their job, in one transaction) and
 //! reads them; the worker claims, completes and fails them through the functions here, each
 //! guarded so that a second delivery of the same job can neither run nor finish it twice.
+//!
+//! The claim and the completing write take a batch ([`claim_many`], [`complete_many`]): a
+//! worker group-commits its concurrent jobs' calls, one statement for many rows, each row with
+//! its own guard and its own answer. [`claim`] and [`complete`] are the batch of one;
+//! [`claim_each`] and [`complete_each`] answer every caller of a batch even when its statement
+//! fails (see `answer_each`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,9 +20,9 @@ use serde_json::{Map, Value};
 use sqlx::{FromRow, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
-use crate::batching::{Batcher, Unanswered};
+use crate::batching::Batcher;
 use crate::cache::{self, CachePolicy, CachedResponse, ResponseCache};
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::models::{Capability, ModelRegistry, ProviderKind};
 use crate::prompts::{OutputFormat, PromptLibrary, RenderError};
 use crate::providers::{
@@ -501,44 +508,17 @@ impl Submitter {
     }
 }
 
-/// Stores one batch of submits, answering each in order. A batch-level failure that is not an
-/// outage (which every submit of the batch shares) may come from one request's row: then each
-/// is stored alone, so that one bad row fails only its own submit.
+/// Stores one batch of submits, answering each in order (a failed batch: see `answer_each`).
 async fn store_batch(
     pool: &PgPool,
     batch: Vec<(NewRequest, Insert)>,
 ) -> Vec<Result<Submitted, ApiError>> {
     let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
-    match store(pool, &rows).await {
-        Ok(answers) => answers,
-        Err(err) if crate::error::is_unavailable(&err) => {
-            let err = ApiError::from(err);
-            rows.iter()
-                .map(|_| Err(ApiError::Unavailable(unavailable_message(&err))))
-                .collect()
-        }
-        Err(err) if rows.len() == 1 => vec![Err(err.into())],
-        Err(err) => {
-            tracing::warn!(error = %err, size = rows.len(), "submit batch failed; storing its requests one by one");
-            let mut answers = Vec::with_capacity(rows.len());
-            for row in &rows {
-                answers.push(match store(pool, std::slice::from_ref(row)).await {
-                    Ok(mut one) => one
-                        .pop()
-                        .unwrap_or_else(|| Err(ApiError::internal(Unanswered))),
-                    Err(err) => Err(err.into()),
-                });
-            }
-            answers
-        }
-    }
-}
-
-fn unavailable_message(err: &ApiError) -> &'static str {
-    match err {
-        ApiError::Unavailable(message) => message,
-        _ => "the database is unavailable; retry shortly",
-    }
+    let stored = store(pool, &rows).await;
+    answer_each(&rows, stored, |row| async move {
+        only(store(pool, std::slice::from_ref(row)).await?)?
+    })
+    .await
 }
 
 async fn store(
@@ -568,10 +548,7 @@ pub async fn insert_with_job(
     conn: &mut PgConnection,
     new: &NewRequest,
 ) -> Result<Submitted, ApiError> {
-    insert_many(conn, &[(new, &Insert::Queued)])
-        .await?
-        .pop()
-        .unwrap_or_else(|| Err(ApiError::internal(Unanswered)))
+    only(insert_many(conn, &[(new, &Insert::Queued)]).await?)?
 }
 
 /// Inserts the rows as each one's [`Insert`] says, with what goes with them, in one statement
@@ -946,133 +923,292 @@ pub enum Claim {
 
 /// Takes the request for this worker: `pending` rows, and `running` rows whose holder's lease
 /// ran out (its worker died). Each claim is a new attempt; earlier unfinished attempts are
-/// marked `abandoned`. One statement, so one round trip and atomic.
+/// marked `abandoned`. The batch of one of [`claim_many`].
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
     worker: &str,
     lease: Duration,
 ) -> Result<Claim, sqlx::Error> {
-    let claimed: Option<ClaimedRequest> = sqlx::query_as(
+    only(claim_many(pool, &[id], worker, lease).await?)?
+}
+
+/// Claims the requests `ids` for this worker in one statement (one round trip, one commit),
+/// as [`claim`] would claim each alone: the answers are in the order of `ids`.
+///
+/// An id given twice is claimed once, by its first occurrence; the later ones find it held,
+/// as a second claim would. The outer `Err` is the claim statement's: it rolled back, nothing
+/// was claimed, so each id may be tried again (see [`claim_each`]). An inner `Err` comes from
+/// that id's follow-up after the claim committed (reading why it was not claimed, or failing
+/// it when its attempts are used up), so it is that id's alone.
+pub async fn claim_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<Result<Claim, sqlx::Error>>, sqlx::Error> {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let claimed: Vec<ClaimedRequest> = sqlx::query_as(
         "WITH claimed AS (
-             UPDATE generation_requests
-             SET status = 'running', attempts = attempts + 1,
-                 started_at = COALESCE(started_at, NOW()), updated_at = NOW(), claimed_by = $2,
+             UPDATE generation_requests r
+             SET status = 'running', attempts = r.attempts + 1,
+                 started_at = COALESCE(r.started_at, NOW()), updated_at = NOW(), claimed_by = $2,
                  lease_expires_at = NOW() + make_interval(secs => $3)
-             WHERE id = $1
-               AND (status = 'pending' OR (status = 'running' AND lease_expires_at < NOW()))
-             RETURNING id, attempts, max_attempts, prompt, model, parameters, metadata, fallback_index,
-                       stream, cache_key, cache_policy, user_id, estimated_tokens, created_at,
-                       trace_id
+             FROM unnest($1::uuid[]) AS wanted(id)
+             WHERE r.id = wanted.id
+               AND (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at < NOW()))
+             RETURNING r.id, r.attempts, r.max_attempts, r.prompt, r.model, r.parameters,
+                       r.metadata, r.fallback_index, r.stream, r.cache_key, r.cache_policy,
+                       r.user_id, r.estimated_tokens, r.created_at, r.trace_id
          ), abandoned AS (
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
                  error_message = 'the worker running this attempt stopped before finishing it'
-             WHERE request_id = $1 AND outcome = 'running' AND EXISTS (SELECT 1 FROM claimed)
+             WHERE request_id IN (SELECT id FROM claimed) AND outcome = 'running'
          ), opened AS (
              INSERT INTO generation_attempts (request_id, attempt, run, worker)
-             SELECT id,
-                    (SELECT COALESCE(MAX(attempt), 0) + 1 FROM generation_attempts WHERE request_id = $1),
-                    attempts, $2
-             FROM claimed WHERE attempts <= max_attempts
-             RETURNING attempt
+             SELECT c.id,
+                    (SELECT COALESCE(MAX(a.attempt), 0) + 1 FROM generation_attempts a
+                     WHERE a.request_id = c.id),
+                    c.attempts, $2
+             FROM claimed c WHERE c.attempts <= c.max_attempts
+             RETURNING request_id, attempt
          )
-         SELECT claimed.*, COALESCE((SELECT attempt FROM opened), 0) AS first_attempt FROM claimed",
+         SELECT claimed.*, COALESCE(opened.attempt, 0) AS first_attempt
+         FROM claimed LEFT JOIN opened ON opened.request_id = claimed.id",
     )
-    .bind(id)
+    .bind(&distinct)
     .bind(worker)
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
 
-    let Some(claimed) = claimed else {
-        let row: Option<(Status, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT status, lease_expires_at FROM generation_requests WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-        return Ok(match row {
-            None => Claim::NotFound,
-            Some((status, _)) if status.is_final() => Claim::Finished,
-            Some((_, until)) => Claim::HeldElsewhere {
-                until: until.unwrap_or_else(Utc::now),
-            },
+    let mut claimed: HashMap<Uuid, ClaimedRequest> =
+        claimed.into_iter().map(|c| (c.id, c)).collect();
+    let mut answers: Vec<Option<Result<Claim, sqlx::Error>>> = Vec::with_capacity(ids.len());
+    for &id in ids {
+        answers.push(match claimed.remove(&id) {
+            None => None,
+            Some(claimed) if claimed.attempts > claimed.max_attempts => {
+                let message = format!(
+                    "gave up after {} attempts: the workers running it stopped before finishing",
+                    claimed.max_attempts
+                );
+                let failed = finish_failed(
+                    pool,
+                    id,
+                    worker,
+                    claimed.attempts,
+                    "attempts_exhausted",
+                    &message,
+                )
+                .await;
+                Some(failed.map(|_| Claim::Exhausted))
+            }
+            Some(claimed) => Some(Ok(Claim::Claimed(Box::new(claimed)))),
         });
-    };
-
-    if claimed.attempts > claimed.max_attempts {
-        let message = format!(
-            "gave up after {} attempts: the workers running it stopped before finishing",
-            claimed.max_attempts
-        );
-        finish_failed(
-            pool,
-            id,
-            worker,
-            claimed.attempts,
-            "attempts_exhausted",
-            &message,
-        )
-        .await?;
-        return Ok(Claim::Exhausted);
     }
-    Ok(Claim::Claimed(Box::new(claimed)))
+    if answers.iter().any(Option::is_none) {
+        // Why the others were not claimed, read after the claim (rare: a duplicate delivery).
+        let unclaimed: Vec<Uuid> = ids
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        let rows: Result<Vec<RowState>, sqlx::Error> = sqlx::query_as(
+            "SELECT id, status, lease_expires_at FROM generation_requests WHERE id = ANY($1)",
+        )
+        .bind(&unclaimed)
+        .fetch_all(pool)
+        .await;
+        match rows {
+            Ok(rows) => {
+                let states: HashMap<Uuid, RowState> = rows.into_iter().map(|r| (r.id, r)).collect();
+                for (id, answer) in ids.iter().zip(answers.iter_mut()) {
+                    if answer.is_none() {
+                        *answer = Some(Ok(match states.get(id) {
+                            None => Claim::NotFound,
+                            Some(row) if row.status.is_final() => Claim::Finished,
+                            Some(row) => Claim::HeldElsewhere {
+                                until: row.lease_expires_at.unwrap_or_else(Utc::now),
+                            },
+                        }));
+                    }
+                }
+            }
+            Err(err) => {
+                for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                    *answer = Some(Err(error::replicate(&err)));
+                }
+            }
+        }
+    }
+    Ok(answers
+        .into_iter()
+        .map(|answer| answer.unwrap_or(Err(sqlx::Error::RowNotFound)))
+        .collect())
+}
+
+/// Where a request that was not claimed stands.
+#[derive(FromRow)]
+struct RowState {
+    id: Uuid,
+    status: Status,
+    lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// [`claim_many`] with an answer for each id, whatever happened: what the worker's claim
+/// batches run (see `answer_each` for the errors).
+pub async fn claim_each(
+    pool: &PgPool,
+    ids: &[Uuid],
+    worker: &str,
+    lease: Duration,
+) -> Vec<Result<Claim, sqlx::Error>> {
+    let batch = claim_many(pool, ids, worker, lease).await;
+    answer_each(ids, batch, |&id| claim(pool, id, worker, lease)).await
 }
 
 /// Whether a finishing write still held the claim. `false` means the lease ran out and another
 /// worker took the request: this worker's result is discarded.
 pub type StillHeld = bool;
 
-/// Completes the request and records its successful attempt, in one statement.
+/// Completes the request and records its successful attempt, in one statement. The batch of
+/// one of [`complete_many`].
 pub async fn complete(
     pool: &PgPool,
     claimed: &ClaimedRequest,
     worker: &str,
     completion: &Completion<'_>,
 ) -> Result<StillHeld, sqlx::Error> {
-    let output = completion.output;
-    // What the cache stores, unless the request said `no_store`.
-    let store_key = claimed
-        .cache_key
-        .as_deref()
-        .filter(|_| !claimed.cache_policy.no_store);
-    let ttl_secs = completion.cache_ttl.as_secs_f64();
-    let metadata = cache::metadata_of(
-        &completion.cached_response(),
-        claimed.metadata.get("template_id").and_then(Value::as_str),
-    );
-    let done = sqlx::query(
-        "WITH done AS (
-             UPDATE generation_requests
-             SET status = 'completed', result = $4, provider = $5, provider_model = $6,
-                 prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
-                 finish_reason = $9, served_model = $12, cost_usd = $13,
-                 error_code = NULL, error_message = NULL,
+    let row = CompletionRow::new(claimed, completion);
+    only(complete_many(pool, worker, std::slice::from_ref(&row)).await?)
+}
+
+/// One completion as the completing statement takes it: owned, so that it can wait in a
+/// batch.
+#[derive(Debug, Clone)]
+pub struct CompletionRow {
+    id: Uuid,
+    /// The claim's run (`attempts` when claimed): the guard of the write.
+    run: i32,
+    attempt: i32,
+    result: String,
+    provider: String,
+    provider_model: String,
+    prompt_tokens: i32,
+    completion_tokens: i32,
+    finish_reason: String,
+    latency_ms: i32,
+    served_model: String,
+    cost_usd: f64,
+    /// What the cache stores the result under, unless the request said `no_store`.
+    store_key: Option<String>,
+    cache_ttl_secs: f64,
+    cache_metadata: Value,
+}
+
+impl CompletionRow {
+    pub fn new(claimed: &ClaimedRequest, completion: &Completion<'_>) -> Self {
+        let output = completion.output;
+        Self {
+            id: claimed.id,
+            run: claimed.attempts,
+            attempt: completion.attempt,
+            result: output.text.clone(),
+            provider: completion.provider.to_owned(),
+            provider_model: output.upstream_model.clone(),
+            prompt_tokens: to_i32(output.prompt_tokens),
+            completion_tokens: to_i32(output.completion_tokens),
+            finish_reason: output.finish_reason.clone(),
+            latency_ms: millis(completion.latency),
+            served_model: completion.served_model.to_owned(),
+            cost_usd: completion.cost_usd,
+            store_key: claimed
+                .cache_key
+                .clone()
+                .filter(|_| !claimed.cache_policy.no_store),
+            cache_ttl_secs: completion.cache_ttl.as_secs_f64(),
+            cache_metadata: cache::metadata_of(
+                &completion.cached_response(),
+                claimed.metadata.get("template_id").and_then(Value::as_str),
+            ),
+        }
+    }
+}
+
+/// Completes the requests of `rows` and records their successful attempts, in one statement
+/// (one round trip, one commit), each as [`complete`] would alone: the answers are in the
+/// order of `rows`. Each row is guarded by its own claim (`status = 'running' AND claimed_by
+/// = worker AND attempts = its run`): a row whose lease was lost answers `false` and writes
+/// nothing, the others complete.
+///
+/// With several rows in one statement, what they share is folded first: an `INSERT … ON
+/// CONFLICT DO UPDATE` may not touch a row twice, so the usage rows are summed per
+/// `(user_id, day, model, shard)`, and of two results with one cache key the later one is
+/// stored. Rows that several workers' statements may touch at once (usage, cache entries) are
+/// written in key order, so that two batches never wait for each other in a cycle.
+pub async fn complete_many(
+    pool: &PgPool,
+    worker: &str,
+    rows: &[CompletionRow],
+) -> Result<Vec<StillHeld>, sqlx::Error> {
+    fn column<'a, T>(rows: &'a [CompletionRow], f: impl Fn(&'a CompletionRow) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    let held: Vec<i64> = sqlx::query_scalar(
+        "WITH v AS (
+             SELECT * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[],
+                                  $7::text[], $8::int[], $9::int[], $10::text[], $11::int[],
+                                  $12::text[], $13::float8[], $14::text[], $15::float8[],
+                                  $16::jsonb[])
+                 WITH ORDINALITY AS v(id, run, attempt, result, provider, provider_model,
+                                      prompt_tokens, completion_tokens, finish_reason, latency_ms,
+                                      served_model, cost_usd, store_key, ttl_secs, metadata, ord)
+         ), done AS (
+             UPDATE generation_requests r
+             SET status = 'completed', result = v.result, provider = v.provider,
+                 provider_model = v.provider_model, prompt_tokens = v.prompt_tokens,
+                 completion_tokens = v.completion_tokens,
+                 tokens_used = v.prompt_tokens + v.completion_tokens,
+                 finish_reason = v.finish_reason, served_model = v.served_model,
+                 cost_usd = v.cost_usd, error_code = NULL, error_message = NULL,
                  completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND status = 'running' AND claimed_by = $2 AND attempts = $3
-             RETURNING id, user_id, prompt, model
+             FROM v
+             WHERE r.id = v.id AND r.status = 'running' AND r.claimed_by = $1 AND r.attempts = v.run
+             RETURNING v.ord, r.id, r.user_id, r.prompt, r.model
          ), followers AS (
-             -- identical requests that waited for this one: answered with it, as cache hits
+             -- identical requests that waited for one of these: answered with it, as cache hits
              UPDATE generation_requests f
-             SET status = 'completed', result = $4, provider = $5, provider_model = $6,
-                 prompt_tokens = $7, completion_tokens = $8, tokens_used = $7 + $8,
-                 finish_reason = $9, served_model = $12, cost_usd = 0, cached = true,
-                 completed_at = NOW(), updated_at = NOW()
-             FROM done WHERE f.coalesced_into = done.id AND f.status = 'pending'
-             RETURNING f.user_id, f.model
+             SET status = 'completed', result = v.result, provider = v.provider,
+                 provider_model = v.provider_model, prompt_tokens = v.prompt_tokens,
+                 completion_tokens = v.completion_tokens,
+                 tokens_used = v.prompt_tokens + v.completion_tokens,
+                 finish_reason = v.finish_reason, served_model = v.served_model, cost_usd = 0,
+                 cached = true, completed_at = NOW(), updated_at = NOW()
+             FROM done JOIN v ON v.ord = done.ord
+             WHERE f.coalesced_into = done.id AND f.status = 'pending'
+             RETURNING f.user_id, f.model, done.id AS leader
          ), usage AS (
+             -- one row per key: a statement may not update a row twice
              INSERT INTO usage_daily AS u
                  (user_id, day, model, shard, requests, cached_requests, prompt_tokens,
                   completion_tokens, cost_usd)
-             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, get_byte(uuid_send($1), 15) % 16,
+             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, shard,
                     SUM(requests), SUM(cached), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost)
-             FROM (SELECT user_id, $12::varchar AS model, 1 AS requests, 0 AS cached,
-                          $7::bigint AS prompt_tokens, $8::bigint AS completion_tokens, $13::float8 AS cost
-                   FROM done
+             FROM (SELECT done.user_id, v.served_model::varchar AS model,
+                          get_byte(uuid_send(done.id), 15) % 16 AS shard, 1 AS requests,
+                          0 AS cached, v.prompt_tokens::bigint AS prompt_tokens,
+                          v.completion_tokens::bigint AS completion_tokens, v.cost_usd AS cost
+                   FROM done JOIN v ON v.ord = done.ord
                    UNION ALL
-                   SELECT user_id, model, 1, 1, 0, 0, 0 FROM followers) counted
-             GROUP BY user_id, model
+                   SELECT user_id, model, get_byte(uuid_send(leader), 15) % 16, 1, 1, 0, 0, 0
+                   FROM followers) counted
+             GROUP BY user_id, model, shard
+             ORDER BY user_id, model, shard
              ON CONFLICT (user_id, day, model, shard) DO UPDATE
              SET requests = u.requests + EXCLUDED.requests,
                  cached_requests = u.cached_requests + EXCLUDED.cached_requests,
@@ -1080,54 +1216,137 @@ pub async fn complete(
                  completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
                  cost_usd = u.cost_usd + EXCLUDED.cost_usd
          ), events AS (
-             -- for the message hub, in this transaction: a completion is never lost
+             -- for the message hub, in this transaction: a completion is never lost; per
+             -- request, `generation.completed` before `usage.updated`
              INSERT INTO outbox_events (id, request_id, type, payload)
              SELECT gen_random_uuid(), id, kind, payload FROM (
-                 SELECT done.id, 'generation.completed' AS kind, 1 AS ord,
+                 SELECT done.ord, done.id, 'generation.completed' AS kind, 1 AS nth,
                         jsonb_build_object('request_id', done.id, 'user_id', done.user_id,
-                            'model', $12::text, 'provider', $5::text, 'prompt_tokens', $7::int,
-                            'completion_tokens', $8::int, 'cost_usd', $13::float8) AS payload
-                 FROM done
+                            'model', v.served_model, 'provider', v.provider,
+                            'prompt_tokens', v.prompt_tokens,
+                            'completion_tokens', v.completion_tokens,
+                            'cost_usd', v.cost_usd) AS payload
+                 FROM done JOIN v ON v.ord = done.ord
                  UNION ALL
-                 SELECT done.id, 'usage.updated', 2,
-                        jsonb_build_object('user_id', done.user_id, 'model', $12::text,
+                 SELECT done.ord, done.id, 'usage.updated', 2,
+                        jsonb_build_object('user_id', done.user_id, 'model', v.served_model,
                             'day', (NOW() AT TIME ZONE 'UTC')::date, 'requests', 1,
-                            'prompt_tokens', $7::int, 'completion_tokens', $8::int,
-                            'cost_usd', $13::float8)
-                 FROM done
-             ) e ORDER BY ord
+                            'prompt_tokens', v.prompt_tokens,
+                            'completion_tokens', v.completion_tokens, 'cost_usd', v.cost_usd)
+                 FROM done JOIN v ON v.ord = done.ord
+             ) e ORDER BY ord, nth
          ), stored AS (
+             -- one entry per key (a statement may not update a row twice): the later result
              INSERT INTO response_cache (cache_key, response, prompt, model, expires_at, metadata)
-             SELECT $14, $4, prompt, model, NOW() + make_interval(secs => $15), $16 FROM done
-             WHERE $14::text IS NOT NULL
+             SELECT DISTINCT ON (v.store_key) v.store_key, v.result, done.prompt, done.model,
+                    NOW() + make_interval(secs => v.ttl_secs), v.metadata
+             FROM done JOIN v ON v.ord = done.ord
+             WHERE v.store_key IS NOT NULL
+             ORDER BY v.store_key, v.ord DESC
              ON CONFLICT (cache_key) DO UPDATE
              SET response = EXCLUDED.response, expires_at = EXCLUDED.expires_at,
                  metadata = EXCLUDED.metadata, created_at = NOW()
          )
          UPDATE generation_attempts a
-         SET outcome = 'succeeded', finished_at = NOW(), latency_ms = $10, provider = $5,
-             model = $6, prompt_tokens = $7, completion_tokens = $8
-         FROM done WHERE a.request_id = done.id AND a.attempt = $11",
+         SET outcome = 'succeeded', finished_at = NOW(), latency_ms = v.latency_ms,
+             provider = v.provider, model = v.provider_model, prompt_tokens = v.prompt_tokens,
+             completion_tokens = v.completion_tokens
+         FROM done JOIN v ON v.ord = done.ord
+         WHERE a.request_id = done.id AND a.attempt = v.attempt
+         RETURNING done.ord",
     )
-    .bind(claimed.id)
     .bind(worker)
-    .bind(claimed.attempts)
-    .bind(&output.text)
-    .bind(completion.provider)
-    .bind(&output.upstream_model)
-    .bind(to_i32(output.prompt_tokens))
-    .bind(to_i32(output.completion_tokens))
-    .bind(&output.finish_reason)
-    .bind(millis(completion.latency))
-    .bind(completion.attempt)
-    .bind(completion.served_model)
-    .bind(completion.cost_usd)
-    .bind(store_key)
-    .bind(ttl_secs)
-    .bind(metadata)
-    .execute(pool)
+    .bind(column(rows, |r| r.id))
+    .bind(column(rows, |r| r.run))
+    .bind(column(rows, |r| r.attempt))
+    .bind(column(rows, |r| r.result.as_str()))
+    .bind(column(rows, |r| r.provider.as_str()))
+    .bind(column(rows, |r| r.provider_model.as_str()))
+    .bind(column(rows, |r| r.prompt_tokens))
+    .bind(column(rows, |r| r.completion_tokens))
+    .bind(column(rows, |r| r.finish_reason.as_str()))
+    .bind(column(rows, |r| r.latency_ms))
+    .bind(column(rows, |r| r.served_model.as_str()))
+    .bind(column(rows, |r| r.cost_usd))
+    .bind(column(rows, |r| r.store_key.as_deref()))
+    .bind(column(rows, |r| r.cache_ttl_secs))
+    .bind(column(rows, |r| &r.cache_metadata))
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let mut answers = vec![false; rows.len()];
+    for ord in held {
+        // `WITH ORDINALITY` counts from 1.
+        if let Some(answer) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| answers.get_mut(i))
+        {
+            *answer = true;
+        }
+    }
+    Ok(answers)
+}
+
+/// [`complete_many`] with an answer for each row, whatever happened: what the worker's
+/// completion batches run (see `answer_each` for the errors).
+pub async fn complete_each(
+    pool: &PgPool,
+    worker: &str,
+    rows: &[CompletionRow],
+) -> Vec<Result<StillHeld, sqlx::Error>> {
+    let batch = complete_many(pool, worker, rows)
+        .await
+        .map(|held| held.into_iter().map(Ok).collect());
+    answer_each(rows, batch, |row| async move {
+        only(complete_many(pool, worker, std::slice::from_ref(row)).await?)
+    })
+    .await
+}
+
+/// What each caller of a group-committed statement gets: its own answer from `batch`, or, when
+/// the batch's statement failed, an error of its own (`sqlx::Error` is not `Clone`). A failed
+/// statement rolled back as a whole (one statement is atomic): nothing of the batch took
+/// effect, so every caller may be answered as if it had run alone, and must get an error or
+/// its own answer (an error lets apalis deliver its job again).
+///
+/// - A connection-level failure ([`error::is_unavailable`]: pool timeout, broken connection,
+///   server shutting down) would meet every one of them alike: each gets a copy of it, with
+///   the same classification and message ([`error::replicate`]), and the database that is not
+///   answering is not asked again.
+/// - Any other failure (a row the statement refuses, a deadlock with another worker's batch, a
+///   bug) may concern one caller only: each item runs again alone, in turn, so a bad row fails
+///   only its own job and the others get their true answers.
+async fn answer_each<'a, T, R, E, F, Fut>(
+    items: &'a [T],
+    batch: Result<Vec<Result<R, E>>, sqlx::Error>,
+    alone: F,
+) -> Vec<Result<R, E>>
+where
+    E: From<sqlx::Error>,
+    F: Fn(&'a T) -> Fut,
+    Fut: Future<Output = Result<R, E>>,
+{
+    let err = match batch {
+        Ok(answers) => return answers,
+        Err(err) if items.len() == 1 => return vec![Err(err.into())],
+        Err(err) => err,
+    };
+    if error::is_unavailable(&err) {
+        return items
+            .iter()
+            .map(|_| Err(error::replicate(&err).into()))
+            .collect();
+    }
+    tracing::warn!(error = %err, items = items.len(), "a batched statement failed; running its items one by one");
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items {
+        answers.push(alone(item).await);
+    }
+    answers
+}
+
+/// The one answer of a batch of one.
+fn only<T>(answers: Vec<T>) -> Result<T, sqlx::Error> {
+    answers.into_iter().next().ok_or(sqlx::Error::RowNotFound)
 }
 
 /// What a successful run produced, as [`complete`] records it.

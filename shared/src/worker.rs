@@ -6,6 +6,12 @@
 //! that is running elsewhere nor finish one twice. A claim is a lease that this process
 //! renews while it runs the request: when the process dies, the lease runs out and the next
 //! delivery of the job (apalis re-queues a dead worker's jobs) claims it again.
+//!
+//! The claim and the completing write are group-committed: the concurrent jobs of a process
+//! hand them to a [`Batcher`] each, and one statement claims (or completes) every call queued
+//! together, each job getting its own answer ([`requests::claim_each`],
+//! [`requests::complete_each`]). Each row keeps its own guard, so batching changes the number
+//! of statements and commits, not what any one of them may do.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::batching::Batcher;
 use crate::cache::{self, ResponseCache};
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Outcome};
@@ -30,7 +37,7 @@ use crate::providers::MockProvider;
 use crate::queue::{self, GenerationJob, WakeStrategy};
 use crate::ratelimit::RateLimiter;
 use crate::relay::Relay;
-use crate::requests::{self, Claim, ClaimedRequest};
+use crate::requests::{self, Claim, ClaimedRequest, CompletionRow, StillHeld};
 
 /// Everything a job handler needs; shared by all jobs of the process.
 pub struct WorkerState {
@@ -49,11 +56,20 @@ pub struct WorkerState {
     pub metrics: Arc<Metrics>,
     /// Requests this process is running now (their leases are renewed).
     running: Mutex<HashSet<Uuid>>,
+    /// The claims of this process's jobs, group-committed.
+    claims: Batcher<Uuid, Result<Claim, sqlx::Error>>,
+    /// The completing writes of this process's jobs, group-committed.
+    completes: Batcher<CompletionRow, Result<StillHeld, sqlx::Error>>,
 }
+
+/// Writer tasks per batcher: one batch is written while the next one fills.
+const BATCH_WRITERS: usize = 2;
 
 impl WorkerState {
     /// The state of a worker; `relay` carries streamed requests' tokens. Completion notices
-    /// reach `completions` only once [`Completions::listen`] runs (as [`run`] does).
+    /// reach `completions` only once [`Completions::listen`] runs (as [`run`] does). Starts
+    /// the writer tasks of its claim and completion batches (so it must be called inside a
+    /// tokio runtime); they end when the state is dropped.
     pub fn new(
         pool: PgPool,
         name: String,
@@ -66,6 +82,30 @@ impl WorkerState {
         let call_timeout = Duration::from_secs(config.provider_timeout_secs.max(1));
         let mock = MockProvider::new(config.mock_allow_crash);
         let metrics = Arc::new(Metrics::new());
+        // A batch holds at most every job of the process.
+        let batch = config.concurrency.max(1);
+        let claims = {
+            let (pool, name, lease) = (
+                pool.clone(),
+                Arc::<str>::from(name.as_str()),
+                config.lease(),
+            );
+            let metrics = metrics.clone();
+            Batcher::new(BATCH_WRITERS, batch, move |ids: Vec<Uuid>| {
+                let (pool, name) = (pool.clone(), name.clone());
+                metrics.batch("claim", ids.len());
+                async move { requests::claim_each(&pool, &ids, &name, lease).await }
+            })
+        };
+        let completes = {
+            let (pool, name) = (pool.clone(), Arc::<str>::from(name.as_str()));
+            let metrics = metrics.clone();
+            Batcher::new(BATCH_WRITERS, batch, move |rows: Vec<CompletionRow>| {
+                let (pool, name) = (pool.clone(), name.clone());
+                metrics.batch("complete", rows.len());
+                async move { requests::complete_each(&pool, &name, &rows).await }
+            })
+        };
         Self {
             pool,
             name,
@@ -77,7 +117,28 @@ impl WorkerState {
             default_cache_ttl: Duration::from_secs(config.common.cache_ttl),
             metrics,
             running: Mutex::new(HashSet::new()),
+            claims,
+            completes,
         }
+    }
+
+    /// Claims the request for this process ([`requests::claim`]), in a batch with the claims
+    /// of its other jobs.
+    pub async fn claim(&self, id: Uuid) -> Result<Claim, sqlx::Error> {
+        self.claims.call(id).await.map_err(unanswered)?
+    }
+
+    /// Completes the claimed request ([`requests::complete`]), in a batch with the
+    /// completions of its other jobs.
+    pub async fn complete(
+        &self,
+        claimed: &ClaimedRequest,
+        completion: &requests::Completion<'_>,
+    ) -> Result<StillHeld, sqlx::Error> {
+        self.completes
+            .call(CompletionRow::new(claimed, completion))
+            .await
+            .map_err(unanswered)?
     }
 
     fn cache_ttl(&self, claimed: &ClaimedRequest) -> Duration {
@@ -120,6 +181,12 @@ impl WorkerState {
             .map(|set| set.iter().copied().collect())
             .unwrap_or_default()
     }
+}
+
+/// A batch writer that ended without answering (it panicked, or the runtime is stopping): an
+/// error like any other database failure, so apalis delivers the job again.
+fn unanswered(_: crate::batching::Unanswered) -> sqlx::Error {
+    sqlx::Error::WorkerCrashed
 }
 
 /// Marks a request as running in this process for as long as it lives.
@@ -210,7 +277,7 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
                 cost_usd: *cost_usd,
                 cache_ttl: state.cache_ttl(&claimed),
             };
-            let held = requests::complete(&state.pool, &claimed, &state.name, &completion).await?;
+            let held = state.complete(&claimed, &completion).await?;
             if held {
                 tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
                 let metrics = &state.metrics;
@@ -311,7 +378,7 @@ async fn claim_waiting_for_lease(
 ) -> Result<Option<ClaimedRequest>, sqlx::Error> {
     let give_up_at = Instant::now() + state.lease * 2;
     loop {
-        match requests::claim(&state.pool, request_id, &state.name, state.lease).await? {
+        match state.claim(request_id).await? {
             Claim::Claimed(claimed) => return Ok(Some(*claimed)),
             Claim::Finished | Claim::NotFound => return Ok(None),
             Claim::Exhausted => {

@@ -9,6 +9,7 @@ mod batches;
 mod cache;
 mod chaos;
 mod generate;
+mod group_commit;
 mod health;
 mod hub;
 mod metrics;
