@@ -1159,7 +1159,7 @@ pub async fn complete_many(
     fn column<'a, T>(rows: &'a [CompletionRow], f: impl Fn(&'a CompletionRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    let held: Vec<i64> = sqlx::query_scalar(
+    let sql = format!(
         "WITH v AS (
              SELECT * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[],
                                   $7::text[], $8::int[], $9::int[], $10::text[], $11::int[],
@@ -1197,18 +1197,17 @@ pub async fn complete_many(
              INSERT INTO usage_daily AS u
                  (user_id, day, model, shard, requests, cached_requests, prompt_tokens,
                   completion_tokens, cost_usd)
-             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, shard,
+             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, {shard},
                     SUM(requests), SUM(cached), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost)
-             FROM (SELECT done.user_id, v.served_model::varchar AS model,
-                          get_byte(uuid_send(done.id), 15) % 16 AS shard, 1 AS requests,
+             FROM (SELECT done.user_id, v.served_model::varchar AS model, 1 AS requests,
                           0 AS cached, v.prompt_tokens::bigint AS prompt_tokens,
                           v.completion_tokens::bigint AS completion_tokens, v.cost_usd AS cost
                    FROM done JOIN v ON v.ord = done.ord
                    UNION ALL
-                   SELECT user_id, model, get_byte(uuid_send(leader), 15) % 16, 1, 1, 0, 0, 0
+                   SELECT user_id, model, 1, 1, 0, 0, 0
                    FROM followers) counted
-             GROUP BY user_id, model, shard
-             ORDER BY user_id, model, shard
+             GROUP BY user_id, model
+             ORDER BY user_id, model
              ON CONFLICT (user_id, day, model, shard) DO UPDATE
              SET requests = u.requests + EXCLUDED.requests,
                  cached_requests = u.cached_requests + EXCLUDED.cached_requests,
@@ -1254,25 +1253,27 @@ pub async fn complete_many(
          FROM done JOIN v ON v.ord = done.ord
          WHERE a.request_id = done.id AND a.attempt = v.attempt
          RETURNING done.ord",
-    )
-    .bind(worker)
-    .bind(column(rows, |r| r.id))
-    .bind(column(rows, |r| r.run))
-    .bind(column(rows, |r| r.attempt))
-    .bind(column(rows, |r| r.result.as_str()))
-    .bind(column(rows, |r| r.provider.as_str()))
-    .bind(column(rows, |r| r.provider_model.as_str()))
-    .bind(column(rows, |r| r.prompt_tokens))
-    .bind(column(rows, |r| r.completion_tokens))
-    .bind(column(rows, |r| r.finish_reason.as_str()))
-    .bind(column(rows, |r| r.latency_ms))
-    .bind(column(rows, |r| r.served_model.as_str()))
-    .bind(column(rows, |r| r.cost_usd))
-    .bind(column(rows, |r| r.store_key.as_deref()))
-    .bind(column(rows, |r| r.cache_ttl_secs))
-    .bind(column(rows, |r| &r.cache_metadata))
-    .fetch_all(pool)
-    .await?;
+        shard = usage::STATEMENT_SHARD,
+    );
+    let held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(worker)
+        .bind(column(rows, |r| r.id))
+        .bind(column(rows, |r| r.run))
+        .bind(column(rows, |r| r.attempt))
+        .bind(column(rows, |r| r.result.as_str()))
+        .bind(column(rows, |r| r.provider.as_str()))
+        .bind(column(rows, |r| r.provider_model.as_str()))
+        .bind(column(rows, |r| r.prompt_tokens))
+        .bind(column(rows, |r| r.completion_tokens))
+        .bind(column(rows, |r| r.finish_reason.as_str()))
+        .bind(column(rows, |r| r.latency_ms))
+        .bind(column(rows, |r| r.served_model.as_str()))
+        .bind(column(rows, |r| r.cost_usd))
+        .bind(column(rows, |r| r.store_key.as_deref()))
+        .bind(column(rows, |r| r.cache_ttl_secs))
+        .bind(column(rows, |r| &r.cache_metadata))
+        .fetch_all(pool)
+        .await?;
     let mut answers = vec![false; rows.len()];
     for ord in held {
         // `WITH ORDINALITY` counts from 1.

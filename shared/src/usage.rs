@@ -57,22 +57,37 @@ pub fn range(
     Ok((from, to))
 }
 
+/// The usage shard (`usage_daily.shard`, 0–15) that a statement adds to: one per statement
+/// (an uncorrelated subquery, evaluated once), so a batch of requests updates one counter row
+/// per user and model, and two concurrent batches meet on the same row (and wait for each
+/// other's commit) only one time in 16.
+pub const STATEMENT_SHARD: &str = statement_shard!();
+
+// The expression itself, as a macro so that `concat!` can build statements around it.
+macro_rules! statement_shard {
+    () => {
+        "(SELECT floor(random() * 16)::int)"
+    };
+}
+use statement_shard;
+
 /// Counts requests answered from the cache (no provider tokens, no cost): the body of a
 /// data-modifying CTE of the statement that stores them, over that statement's CTE `inserted`
 /// (`id`, `user_id`, `model`, `cached`), so the rows and their usage are written together.
 /// Rows of one statement that share a counter are summed first (an upsert may touch a row only
-/// once per statement), and counters are taken in key order, so that two batches upserting the
-/// same counters lock them in the same order and never deadlock.
-pub const CACHE_HITS_FROM_INSERTED: &str =
+/// once per statement), in key order, so that two statements never deadlock on counters.
+pub const CACHE_HITS_FROM_INSERTED: &str = concat!(
     "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
-     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, get_byte(uuid_send(id), 15) % 16,
-            COUNT(*), COUNT(*)
+     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, ",
+    statement_shard!(),
+    ", COUNT(*), COUNT(*)
      FROM inserted WHERE cached
-     GROUP BY user_id, model, get_byte(uuid_send(id), 15) % 16
-     ORDER BY user_id, model, get_byte(uuid_send(id), 15) % 16
+     GROUP BY user_id, model
+     ORDER BY user_id, model
      ON CONFLICT (user_id, day, model, shard) DO UPDATE
      SET requests = u.requests + EXCLUDED.requests,
-         cached_requests = u.cached_requests + EXCLUDED.cached_requests";
+         cached_requests = u.cached_requests + EXCLUDED.cached_requests"
+);
 
 pub async fn report(
     pool: &PgPool,
