@@ -456,7 +456,9 @@ pub async fn run(
 
     let queue_config = QueueConfig::default()
         .queue(queue::QUEUE)
-        .batch_size(config.concurrency.clamp(1, 10))
+        // Up to a full complement of jobs per fetch (capped): the claims and completions of a
+        // fetch share their statements (group commit), so larger fetches mean fewer commits.
+        .batch_size(config.concurrency.clamp(1, 32))
         .heartbeat_interval(config.heartbeat())
         .missed_heartbeats(3)
         .lock_tasks(false);
