@@ -8,7 +8,7 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use llm_shared::auth::JwtKeys;
 use llm_shared::config::{self, ApiConfig, CommonConfig};
-use llm_shared::http::{AppState, Limits};
+use llm_shared::http::{AppServices, AppState, Limits};
 use llm_shared::models::{ModelRegistry, Models};
 use llm_shared::notify::Completions;
 use llm_shared::prompts::PromptLibrary;
@@ -124,7 +124,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         .context("parsing REDIS_URL")?;
     let limiter = config.common.rate_limiter().context("parsing REDIS_URL")?;
     let submitter = llm_shared::requests::Submitter::new(pool.clone(), Some(cache.clone()));
-    let state = AppState {
+    let state: AppState = AppServices {
         pool,
         redis,
         hub,
@@ -142,7 +142,8 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
             compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
         },
         metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
-    };
+    }
+    .into();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -22,7 +22,7 @@ use clap::Parser;
 use llm_shared::auth::JwtKeys;
 use llm_shared::cache::ResponseCache;
 use llm_shared::config::{CommonConfig, WorkerConfig};
-use llm_shared::http::{AppState, Limits};
+use llm_shared::http::{AppServices, AppState, Limits};
 use llm_shared::models::{ModelRegistry, Models};
 use llm_shared::notify::Completions;
 use llm_shared::prompts::PromptLibrary;
@@ -170,7 +170,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
     };
     let limiter = RateLimiter::new(client.clone(), &db.redis_prefix(), limits, true).unwrap();
     let submitter = llm_shared::requests::Submitter::new(db.pool.clone(), Some(cache.clone()));
-    let state = AppState {
+    let state: AppState = AppServices {
         pool: db.pool.clone(),
         redis: client,
         hub,
@@ -188,7 +188,8 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
             compat_wait: Duration::from_secs(30),
         },
         metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
-    };
+    }
+    .into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = llm_shared::http::router(state).into_make_service();
