@@ -28,6 +28,18 @@ async fn post(app: &TestApp, base: &str, token: &str, body: Value) -> reqwest::R
         .unwrap()
 }
 
+/// `GET /api/v1/rate_limits` on the api at `base`.
+async fn rate_limits(app: &TestApp, base: &str, token: &str) -> Value {
+    let response = app
+        .http
+        .get(format!("{base}/api/v1/rate_limits"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
 fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
     r.headers()
         .get(name)
@@ -125,16 +137,7 @@ async fn a_tokens_per_minute_limit_counts_estimates_and_reconciles_actual_use() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let state: Value = app
-        .http
-        .get(format!("{base}/api/v1/rate_limits"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = rate_limits(&app, &base, &token).await;
     assert_eq!(state["tokens"]["limit"], 1000);
     assert_eq!(state["tokens"]["remaining"], 1000 - 3 * 15, "{state}");
     assert_eq!(post(&app, &base, &token, body(9)).await.status(), 202);
@@ -175,16 +178,7 @@ async fn a_cache_hit_takes_no_tokens() {
     let hit = post(&app, &base, &token, body(0)).await;
     assert_eq!(hit.status(), 200, "a cache hit needs no tokens");
     let left_after_hit = header(&hit, "x-ratelimit-remaining-tokens").unwrap();
-    let state: Value = app
-        .http
-        .get(format!("{base}/api/v1/rate_limits"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = rate_limits(&app, &base, &token).await;
     assert_eq!(state["tokens"]["remaining"], left_after_hit, "{state}");
     assert!(left_after_hit < 280, "{state}");
 }
