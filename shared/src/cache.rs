@@ -2,7 +2,8 @@
 //! parameters) are answered from an earlier result. Redis (`{prefix}cache:{key}`) answers
 //! fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
 //! outage. The worker writes the table in the statement that completes the request, then
-//! Redis; the api reads Redis, then the table (refilling Redis).
+//! Redis; the api reads Redis, and on a miss the statement that stores the request reads the
+//! table ([`LIVE_ENTRY`]) — no extra round trip.
 //!
 //! Per request: `no_cache` skips the read, `no_store` skips the write, `ttl_secs` overrides
 //! `CACHE_TTL`.

@@ -1,8 +1,8 @@
 //! Generation requests: the `generation_requests` row is the durable record of a request from
 //! submit to final state, and `generation_attempts` holds one row per provider call.
 //!
-//! This module owns both tables. The api creates rows (with their job, in one transaction) and
-//! reads them; the worker claims, completes and fails them through the functions here, each
+//! This module owns both tables. The api creates rows (with their job, in one statement, group-
+//! committed with concurrent submits: [`Submitter`], [`insert_many`]) and reads them; the worker claims, completes and fails them through the functions here, each
 //! guarded so that a second delivery of the same job can neither run nor finish it twice.
 //!
 //! The claim and the completing write take a batch ([`claim_many`], [`complete_many`]): a
