@@ -8,8 +8,10 @@
 //! undelivered), with exponential backoff while the hub fails, so a hub down for an hour loses
 //! nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -17,8 +19,10 @@ use sqlx::{FromRow, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Events sent per round.
-const BATCH: i64 = 50;
+/// Undelivered events read per round.
+const WINDOW: i64 = 200;
+/// Deliveries in flight at once (each request's own events one after another).
+const IN_FLIGHT: usize = 16;
 /// Longest wait before retrying an event.
 const MAX_BACKOFF_SECS: f64 = 300.0;
 /// The `source` of every envelope.
@@ -34,6 +38,8 @@ struct Pending {
     payload: Value,
     created_at: DateTime<Utc>,
     attempts: i32,
+    /// Not waiting out a backoff.
+    due: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -72,71 +78,211 @@ impl HubClient {
     }
 }
 
-/// Sends the events that are due; returns how many were delivered.
-pub async fn deliver_due(pool: &PgPool, hub: &HubClient) -> Result<usize, sqlx::Error> {
+/// Where a relay's walk through the backlog stands between rounds. A round reads the first
+/// [`WINDOW`] undelivered events after `after_seq`; while windows come back full, the next
+/// round reads on from there, carrying the requests that an undelivered event before the
+/// cursor holds back (so a front of events waiting out their backoff never stalls the rest).
+#[derive(Debug, Default)]
+pub struct Scan {
+    after_seq: i64,
+    held_back: HashSet<Uuid>,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub delivered: usize,
+    /// The window was full: more undelivered events follow it.
+    pub more: bool,
+}
+
+/// Sends the events that are due, in one window of the backlog (see [`Scan`]).
+///
+/// The window is read in `seq` order through the undelivered-events index, and the order per
+/// request is decided here, not by the planner: an event goes only if every earlier undelivered
+/// event of its request goes before it in this round. A query that asked PostgreSQL for "the
+/// first undelivered event of each request" was planned from the statistics, and with stale
+/// ones it read the whole backlog every round. Requests' chains are posted side by side, each
+/// chain in order; the outcomes are written in two statements.
+pub async fn deliver_due(
+    pool: &PgPool,
+    hub: &HubClient,
+    scan: &mut Scan,
+) -> Result<Round, sqlx::Error> {
+    let window: Vec<Pending> = sqlx::query_as(
+        "SELECT seq, id, request_id, type, payload, created_at, attempts,
+                next_attempt_at <= NOW() AS due
+         FROM outbox_events
+         WHERE delivered_at IS NULL AND seq > $1
+         ORDER BY seq LIMIT $2",
+    )
+    .bind(scan.after_seq)
+    .bind(WINDOW)
+    .fetch_all(pool)
+    .await?;
+    let more = window.len() as i64 == WINDOW;
+    let last_seq = window.last().map_or(scan.after_seq, |e| e.seq);
+
+    // Each request's events in `seq` order, up to the first that may not go now.
+    let mut chains: Vec<Vec<Pending>> = Vec::new();
+    let mut chain_of: HashMap<Uuid, usize> = HashMap::new();
+    for event in window {
+        match event.request_id {
+            Some(request) if scan.held_back.contains(&request) => {}
+            Some(request) if !event.due => {
+                scan.held_back.insert(request);
+            }
+            Some(request) => match chain_of.get(&request) {
+                Some(&i) => chains[i].push(event),
+                None => {
+                    chain_of.insert(request, chains.len());
+                    chains.push(vec![event]);
+                }
+            },
+            None if event.due => chains.push(vec![event]),
+            None => {}
+        }
+    }
+    if chains.is_empty() {
+        scan.advance(more, last_seq);
+        return Ok(Round { delivered: 0, more });
+    }
+
     let mut tx = pool.begin().await?;
-    // Locked for this round (another worker skips them); only the first undelivered event of
-    // each request is eligible, which keeps each request's events in order.
-    let due: Vec<Pending> = sqlx::query_as(
-        "SELECT seq, id, request_id, type, payload, created_at, attempts
-         FROM outbox_events e
-         WHERE delivered_at IS NULL AND next_attempt_at <= NOW()
-           AND NOT EXISTS (
-               SELECT 1 FROM outbox_events earlier
-               WHERE earlier.request_id = e.request_id AND earlier.seq < e.seq
-                 AND earlier.delivered_at IS NULL)
-         ORDER BY seq LIMIT $1
+    // Locked for this round: another relay skips them (and we skip what it holds).
+    let wanted: Vec<i64> = chains.iter().flatten().map(|e| e.seq).collect();
+    let locked: HashSet<i64> = sqlx::query_scalar(
+        "SELECT seq FROM outbox_events WHERE seq = ANY($1) AND delivered_at IS NULL
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(BATCH)
+    .bind(&wanted)
     .fetch_all(&mut *tx)
-    .await?;
-    let mut delivered = 0;
-    let mut blocked: HashSet<Uuid> = HashSet::new();
-    for event in &due {
-        if event.request_id.is_some_and(|r| blocked.contains(&r)) {
-            continue;
-        }
-        match hub.post(event).await {
-            Ok(()) => {
-                sqlx::query("UPDATE outbox_events SET delivered_at = NOW(), attempts = attempts + 1 WHERE seq = $1")
-                    .bind(event.seq)
-                    .execute(&mut *tx)
-                    .await?;
-                delivered += 1;
+    .await?
+    .into_iter()
+    .collect();
+    for chain in &mut chains {
+        // An event another relay holds (or has just delivered) ends its request's chain.
+        if let Some(cut) = chain.iter().position(|e| !locked.contains(&e.seq)) {
+            if let Some(request) = chain[cut].request_id {
+                scan.held_back.insert(request);
             }
+            chain.truncate(cut);
+        }
+    }
+
+    let outcomes: Vec<(i64, Option<Failure>)> =
+        futures::stream::iter(chains.into_iter().map(|chain| post_chain(hub, chain)))
+            .buffer_unordered(IN_FLIGHT)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+
+    let delivered: Vec<i64> = outcomes
+        .iter()
+        .filter(|(_, f)| f.is_none())
+        .map(|(seq, _)| *seq)
+        .collect();
+    let failed: Vec<(i64, &Failure)> = outcomes
+        .iter()
+        .filter_map(|(seq, f)| f.as_ref().map(|f| (*seq, f)))
+        .collect();
+    if !delivered.is_empty() {
+        sqlx::query(
+            "UPDATE outbox_events SET delivered_at = NOW(), attempts = attempts + 1
+             WHERE seq = ANY($1)",
+        )
+        .bind(&delivered)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !failed.is_empty() {
+        sqlx::query(
+            "UPDATE outbox_events o
+             SET attempts = o.attempts + 1, last_error = f.reason,
+                 next_attempt_at = NOW() + make_interval(secs => f.backoff)
+             FROM unnest($1::int8[], $2::text[], $3::float8[]) AS f(seq, reason, backoff)
+             WHERE o.seq = f.seq",
+        )
+        .bind(failed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+        .bind(
+            failed
+                .iter()
+                .map(|(_, f)| f.reason.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(failed.iter().map(|(_, f)| f.backoff).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    for (_, failure) in &failed {
+        if let Some(request) = failure.request {
+            scan.held_back.insert(request);
+        }
+    }
+    scan.advance(more, last_seq);
+    Ok(Round {
+        delivered: delivered.len(),
+        more,
+    })
+}
+
+/// Posts a request's events in order, up to the first that fails (the later ones wait for it).
+async fn post_chain(hub: &HubClient, chain: Vec<Pending>) -> Vec<(i64, Option<Failure>)> {
+    let mut outcomes = Vec::with_capacity(chain.len());
+    for event in chain {
+        match hub.post(&event).await {
+            Ok(()) => outcomes.push((event.seq, None)),
             Err(reason) => {
-                let backoff = (0.5 * 2f64.powi(event.attempts.min(20))).min(MAX_BACKOFF_SECS);
-                sqlx::query(
-                    "UPDATE outbox_events
-                     SET attempts = attempts + 1, last_error = $2,
-                         next_attempt_at = NOW() + make_interval(secs => $3)
-                     WHERE seq = $1",
-                )
-                .bind(event.seq)
-                .bind(&reason)
-                .bind(backoff)
-                .execute(&mut *tx)
-                .await?;
                 tracing::debug!(event.id = %event.id, reason, "hub delivery failed; will retry");
-                if let Some(request) = event.request_id {
-                    blocked.insert(request);
-                }
+                let backoff = (0.5 * 2f64.powi(event.attempts.min(20))).min(MAX_BACKOFF_SECS);
+                let request = event.request_id;
+                outcomes.push((
+                    event.seq,
+                    Some(Failure {
+                        reason,
+                        backoff,
+                        request,
+                    }),
+                ));
+                break;
             }
         }
     }
-    tx.commit().await?;
-    Ok(delivered)
+    outcomes
+}
+
+/// A delivery that failed, and when to try it again.
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    backoff: f64,
+    request: Option<Uuid>,
+}
+
+impl Scan {
+    /// After a round: read on past a full window, or start over from the front.
+    fn advance(&mut self, more: bool, last_seq: i64) {
+        if more {
+            self.after_seq = last_seq;
+        } else {
+            self.after_seq = 0;
+            self.held_back.clear();
+        }
+    }
 }
 
 /// The worker's relay: delivers due events until stopped.
 pub async fn relay(pool: PgPool, hub: HubClient, stop: CancellationToken) {
+    let mut scan = Scan::default();
     loop {
-        let pause = match deliver_due(&pool, &hub).await {
-            Ok(n) if n as i64 == BATCH => Duration::ZERO,
+        let pause = match deliver_due(&pool, &hub, &mut scan).await {
+            // More to read, or a busy outbox: go on at once.
+            Ok(round) if round.more || round.delivered > 0 => Duration::ZERO,
             Ok(_) => Duration::from_millis(500),
             Err(err) => {
                 tracing::warn!(error = %err, "hub relay: database error");
+                scan = Scan::default();
                 Duration::from_secs(2)
             }
         };
