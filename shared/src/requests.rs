@@ -474,6 +474,7 @@ const SUBMIT_BATCH: usize = 64;
 impl Submitter {
     /// Starts the writers (inside a tokio runtime). Without `cache`, no submit reads it.
     pub fn new(pool: PgPool, cache: Option<ResponseCache>) -> Self {
+        let pool = crate::db::writer_pool(&pool, SUBMIT_WRITERS as u32);
         let batches = Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
             let pool = pool.clone();
             async move { store_batch(&pool, batch).await }
@@ -971,12 +972,15 @@ pub async fn claim_many(
                                  ELSE false END
              RETURNING r.id, r.attempts, r.max_attempts, r.prompt, r.model, r.parameters,
                        r.metadata, r.fallback_index, r.stream, r.cache_key, r.cache_policy,
-                       r.user_id, r.estimated_tokens, r.created_at, r.trace_id
+                       r.user_id, r.estimated_tokens, r.created_at, r.trace_id, r.replays
          ), abandoned AS (
+             -- only a request run before can have an attempt left running: a first claim
+             -- skips this (and whatever plan it has) altogether
              UPDATE generation_attempts
              SET outcome = 'abandoned', finished_at = NOW(), error_kind = 'worker_lost',
                  error_message = 'the worker running this attempt stopped before finishing it'
-             WHERE request_id IN (SELECT id FROM claimed) AND outcome = 'running'
+             WHERE request_id IN (SELECT id FROM claimed WHERE attempts > 1 OR replays > 0)
+               AND outcome = 'running'
          ), opened AS (
              INSERT INTO generation_attempts (request_id, attempt, run, worker)
              SELECT c.id,
