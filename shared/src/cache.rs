@@ -97,7 +97,8 @@ impl ResponseCache {
         })
     }
 
-    fn redis_key(&self, key: &str) -> String {
+    /// The Redis key of an entry's fast copy.
+    pub fn redis_key(&self, key: &str) -> String {
         format!("{}cache:{key}", self.prefix)
     }
 
@@ -107,12 +108,17 @@ impl ResponseCache {
         })
     }
 
+    /// A fast copy as read from Redis (`None` if it does not parse: treated as a miss).
+    pub fn parse_fast(raw: &str) -> Option<CachedResponse> {
+        serde_json::from_str(raw).ok()
+    }
+
     /// The entry in Redis, the fast copy. A miss (or Redis unreachable) is not the last word:
     /// the statement that stores the request looks in the table too ([`LIVE_ENTRY`]).
     pub async fn get_fast(&self, key: &str) -> Option<CachedResponse> {
         let mut conn = self.conn.clone();
         match conn.get::<_, Option<String>>(self.redis_key(key)).await {
-            Ok(Some(raw)) => serde_json::from_str(&raw).ok(),
+            Ok(Some(raw)) => Self::parse_fast(&raw),
             Ok(None) => None,
             Err(err) => {
                 tracing::warn!(error = %err, "response cache: Redis unavailable, using the table");

@@ -26,15 +26,21 @@ local r = tonumber(redis.call('GET', rkey) or '0')
 local t = tonumber(redis.call('GET', tkey) or '0')
 local rl, tl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reset = 60 - (now % 60)
+-- the response cache's fast copy, when asked: a hit takes no tokens (no provider runs it)
+local cached = false
+if KEYS[2] then
+  cached = redis.call('GET', KEYS[2])
+  if cached then n = 0 end
+end
 if ARGV[4] == 'take' then
-  if r + 1 > rl then return {0, 1, r, t, reset, window} end
-  if t + n > tl then return {0, 2, r, t, reset, window} end
+  if r + 1 > rl then return {0, 1, r, t, reset, window, cached} end
+  if t + n > tl then return {0, 2, r, t, reset, window, cached} end
   r = redis.call('INCR', rkey)
   redis.call('EXPIRE', rkey, 120)
   t = redis.call('INCRBY', tkey, n)
   redis.call('EXPIRE', tkey, 120)
 end
-return {1, 0, r, t, reset, window}
+return {1, 0, r, t, reset, window, cached}
 ";
 
 /// A user's limits.
@@ -181,64 +187,115 @@ impl RateLimiter {
                 limit: limits.tokens_per_minute,
             });
         }
-        Ok(self.run(user, limits, tokens, true).await)
+        Ok(self.run(user, limits, tokens, true, None).await.0)
+    }
+
+    /// [`RateLimiter::take`] for a request that may be answered from the response cache: the
+    /// same script reads the cache's fast copy (`cache_key`, a Redis key) and counts a hit as a
+    /// request without tokens, a miss with its `tokens`. One round trip for both. Answers the
+    /// decision and the cached entry, if any.
+    pub async fn take_or_hit(
+        &self,
+        pool: &PgPool,
+        user: Uuid,
+        tokens: u32,
+        cache_key: String,
+    ) -> Result<(Decision, Option<String>), sqlx::Error> {
+        let limits = self.limits(pool, user).await?;
+        let (decision, cached) = self.run(user, limits, tokens, true, Some(cache_key)).await;
+        if cached.is_none() && tokens > limits.tokens_per_minute {
+            // Refused by the script as over the tokens limit (nothing counted), or not checked.
+            return Ok((
+                Decision::TooLarge {
+                    tokens,
+                    limit: limits.tokens_per_minute,
+                },
+                None,
+            ));
+        }
+        Ok((decision, cached))
     }
 
     /// The user's current state, without counting anything.
     pub async fn peek(&self, pool: &PgPool, user: Uuid) -> Result<Decision, sqlx::Error> {
         let limits = self.limits(pool, user).await?;
-        Ok(self.run(user, limits, 0, false).await)
+        Ok(self.run(user, limits, 0, false, None).await.0)
     }
 
-    async fn run(&self, user: Uuid, limits: Limits, tokens: u32, take: bool) -> Decision {
+    async fn run(
+        &self,
+        user: Uuid,
+        limits: Limits,
+        tokens: u32,
+        take: bool,
+        cache_key: Option<String>,
+    ) -> (Decision, Option<String>) {
         let mut conn = self.conn.clone();
-        let result: Result<(i64, i64, i64, i64, i64, i64), _> = self
-            .script
-            .key(self.user_key(user))
+        let mut invocation = self.script.key(self.user_key(user));
+        if let Some(cache_key) = cache_key {
+            invocation.key(cache_key);
+        }
+        let result: Result<(i64, i64, i64, i64, i64, i64, Option<String>), _> = invocation
             .arg(limits.requests_per_minute)
             .arg(limits.tokens_per_minute)
             .arg(tokens)
             .arg(if take { "take" } else { "peek" })
             .invoke_async(&mut conn)
             .await;
-        match result {
-            Ok((allowed, by, requests, used_tokens, reset, window)) => {
-                let reset = u32::try_from(reset).unwrap_or(60);
-                let left = |limit: u32, used: i64| {
-                    limit.saturating_sub(u32::try_from(used.max(0)).unwrap_or(u32::MAX))
-                };
-                let state = RateState {
-                    requests: Window {
-                        limit: limits.requests_per_minute,
-                        remaining: left(limits.requests_per_minute, requests),
-                        reset_secs: reset,
-                    },
-                    tokens: Window {
-                        limit: limits.tokens_per_minute,
-                        remaining: left(limits.tokens_per_minute, used_tokens),
-                        reset_secs: reset,
-                    },
-                    window,
-                };
-                if allowed == 1 {
-                    Decision::Allowed(state)
-                } else {
-                    let by = if by == 1 {
-                        Exceeded::Requests
-                    } else {
-                        Exceeded::Tokens
-                    };
-                    Decision::Refused { by, state }
-                }
-            }
+        let (decision, cached) = match result {
+            Ok((allowed, by, requests, used_tokens, reset, window, cached)) => (
+                Self::decide(limits, allowed, by, requests, used_tokens, reset, window),
+                cached,
+            ),
             Err(err) => {
                 tracing::warn!(error = %err, fail_open = self.fail_open, "rate limiter: Redis unavailable");
-                if self.fail_open {
+                let decision = if self.fail_open {
                     Decision::Unchecked
                 } else {
                     Decision::Unavailable
-                }
+                };
+                (decision, None)
             }
+        };
+        (decision, cached)
+    }
+
+    /// The script's answer as a decision.
+    fn decide(
+        limits: Limits,
+        allowed: i64,
+        by: i64,
+        requests: i64,
+        used_tokens: i64,
+        reset: i64,
+        window: i64,
+    ) -> Decision {
+        let reset = u32::try_from(reset).unwrap_or(60);
+        let left = |limit: u32, used: i64| {
+            limit.saturating_sub(u32::try_from(used.max(0)).unwrap_or(u32::MAX))
+        };
+        let state = RateState {
+            requests: Window {
+                limit: limits.requests_per_minute,
+                remaining: left(limits.requests_per_minute, requests),
+                reset_secs: reset,
+            },
+            tokens: Window {
+                limit: limits.tokens_per_minute,
+                remaining: left(limits.tokens_per_minute, used_tokens),
+                reset_secs: reset,
+            },
+            window,
+        };
+        if allowed == 1 {
+            Decision::Allowed(state)
+        } else {
+            let by = if by == 1 {
+                Exceeded::Requests
+            } else {
+                Exceeded::Tokens
+            };
+            Decision::Refused { by, state }
         }
     }
 

@@ -18,8 +18,9 @@
 //! pending row and the dead index entries of every finished one, and a 20,000-job drain ran at
 //! a fifth of the speed of a 5,000-job one. A `CASE` is no index condition, so the ids decide.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -464,7 +465,42 @@ pub struct Submitted {
 pub struct Submitter {
     cache: Option<ResponseCache>,
     batches: Batcher<(NewRequest, Insert), Result<Submitted, ApiError>>,
+    hits: HitRecords,
 }
+
+/// Cache hits answered before their row is written. A hit without an `Idempotency-Key` has
+/// nothing left to decide: its answer is the cached result, which its response carries. Its
+/// row (the request's history, the usage count) follows within milliseconds, written in large
+/// batches off the answer's path by one writer, which retries while the database is
+/// unreachable. Reads of such an id wait for its row ([`Submitter::written`]). Without this a
+/// cache hit waited for a commit like a submit, and the database's share of each hit was the
+/// larger part of its cost. The trade: an api process that dies in those milliseconds forgets
+/// the record of answers it already gave (never a request it accepted for later).
+#[derive(Clone)]
+struct HitRecords {
+    queue: tokio::sync::mpsc::UnboundedSender<(NewRequest, Insert)>,
+    pending: Arc<PendingHits>,
+}
+
+#[derive(Default)]
+struct PendingHits {
+    ids: Mutex<HashSet<Uuid>>,
+    written: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for HitRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HitRecords").finish_non_exhaustive()
+    }
+}
+
+/// Most cache hits waiting for their rows; past it, a hit is stored before it is answered
+/// (so a long database outage cannot pile them up in memory).
+const MAX_PENDING_HITS: usize = 20_000;
+/// Most hit rows in one statement.
+const HIT_BATCH: usize = 512;
+/// How long the hit writer retries a batch while the database is unreachable.
+const HIT_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Writers storing batches at the same time: one batch fills while the others run.
 const SUBMIT_WRITERS: usize = 4;
@@ -474,12 +510,76 @@ const SUBMIT_BATCH: usize = 64;
 impl Submitter {
     /// Starts the writers (inside a tokio runtime). Without `cache`, no submit reads it.
     pub fn new(pool: PgPool, cache: Option<ResponseCache>) -> Self {
-        let pool = crate::db::writer_pool(&pool, SUBMIT_WRITERS as u32);
+        // One more connection than writers: the hit writer's.
+        let pool = crate::db::writer_pool(&pool, SUBMIT_WRITERS as u32 + 1);
+        let (queue, hits) = tokio::sync::mpsc::unbounded_channel();
+        let pending = Arc::new(PendingHits::default());
+        tokio::spawn(record_hits(pool.clone(), hits, pending.clone()));
         let batches = Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
             let pool = pool.clone();
             async move { store_batch(&pool, batch).await }
         });
-        Self { cache, batches }
+        Self {
+            cache,
+            batches,
+            hits: HitRecords { queue, pending },
+        }
+    }
+
+    /// Waits (a few seconds at most) until the row of a cache hit answered by this process is
+    /// written ([`HitRecords`]); at once for any other id.
+    pub async fn written(&self, id: Uuid) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = self.hits.pending.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let pending = self
+                .hits
+                .pending
+                .ids
+                .lock()
+                .map(|ids| ids.contains(&id))
+                .unwrap_or(false);
+            if !pending || Instant::now() >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), written).await;
+        }
+    }
+
+    /// Queues a cache hit's row to be written after its answer, if it may be ([`HitRecords`]).
+    fn answer_before_writing(
+        &self,
+        new: NewRequest,
+        how: Insert,
+    ) -> Result<Submitted, (NewRequest, Insert)> {
+        if !matches!(how, Insert::CacheHit(_)) || new.idempotency_key.is_some() {
+            return Err((new, how));
+        }
+        let id = new.id;
+        {
+            let Ok(mut ids) = self.hits.pending.ids.lock() else {
+                return Err((new, how));
+            };
+            if ids.len() >= MAX_PENDING_HITS {
+                return Err((new, how));
+            }
+            ids.insert(id);
+        }
+        if let Err(refused) = self.hits.queue.send((new, how)) {
+            // The writer is gone (the runtime is stopping): store it the ordinary way.
+            if let Ok(mut ids) = self.hits.pending.ids.lock() {
+                ids.remove(&id);
+            }
+            return Err(refused.0);
+        }
+        Ok(Submitted {
+            id,
+            status: Status::Completed,
+            replayed: false,
+            cache_hit: Some(true),
+        })
     }
 
     /// Looks the request up in the response cache's fast copy (unless it says `no_cache`): how
@@ -497,12 +597,37 @@ impl Submitter {
         Insert::Queued
     }
 
+    /// The Redis key of the request's fast cache copy, if the cache is to be read for it: for
+    /// a caller that reads it itself (the rate limiter's script does, in its round trip).
+    pub fn fast_key(&self, new: &NewRequest) -> Option<String> {
+        match (&self.cache, &new.cache_key) {
+            (Some(cache), Some(key)) if !new.cache_policy.no_cache => Some(cache.redis_key(key)),
+            _ => None,
+        }
+    }
+
+    /// How to store a request whose fast cache copy was read by the caller
+    /// ([`Submitter::fast_key`]): `read` is `None` if it was not read, else what Redis held.
+    pub fn insert_for(read: Option<Option<String>>) -> Insert {
+        match read {
+            None => Insert::Queued,
+            Some(raw) => match raw.as_deref().and_then(ResponseCache::parse_fast) {
+                Some(hit) => Insert::CacheHit(hit),
+                None => Insert::CachedOrQueued,
+            },
+        }
+    }
+
     /// Stores a request as [`Submitter::lookup`] said and commits: answered from the cache (a
     /// completed row, counted as a cache hit, no job), attached to an identical request already
     /// in flight (no job: that one's completion completes it), or with its job. Once queued for
     /// its batch, the request is stored even if the caller stops waiting (a client disconnect
     /// never cuts a submit halfway).
     pub async fn store(&self, new: NewRequest, how: Insert) -> Result<Submitted, ApiError> {
+        let (new, how) = match self.answer_before_writing(new, how) {
+            Ok(answered) => return Ok(answered),
+            Err(unanswered) => unanswered,
+        };
         self.batches
             .call((new, how))
             .await
@@ -513,6 +638,58 @@ impl Submitter {
     pub async fn submit(&self, new: NewRequest) -> Result<Submitted, ApiError> {
         let how = self.lookup(&new).await;
         self.store(new, how).await
+    }
+}
+
+/// The hit writer ([`HitRecords`]): takes every hit queued (up to [`HIT_BATCH`]), writes them
+/// in one statement, then lets the reads waiting for them go on.
+async fn record_hits(
+    pool: PgPool,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(NewRequest, Insert)>,
+    pending: Arc<PendingHits>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < HIT_BATCH {
+            match queue.try_recv() {
+                Ok(hit) => batch.push(hit),
+                Err(_) => break,
+            }
+        }
+        write_hits(&pool, &batch).await;
+        if let Ok(mut ids) = pending.ids.lock() {
+            for (new, _) in &batch {
+                ids.remove(&new.id);
+            }
+        }
+        pending.written.notify_waiters();
+    }
+}
+
+/// Writes hit rows; while the database is unreachable, tries again (backing off) for a while.
+async fn write_hits(pool: &PgPool, batch: &[(NewRequest, Insert)]) {
+    let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
+    let give_up_at = Instant::now() + HIT_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    let answers = loop {
+        match store(pool, &rows).await {
+            Err(err) if error::is_unavailable(&err) && Instant::now() < give_up_at => {
+                tracing::warn!(error = %err, rows = rows.len(), "cache hits' rows not written yet: the database is unavailable; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            stored => {
+                break answer_each(&rows, stored, |row| async move {
+                    only(store(pool, std::slice::from_ref(row)).await?)?
+                })
+                .await;
+            }
+        }
+    };
+    for (answer, (new, _)) in answers.iter().zip(&rows) {
+        if let Err(err) = answer {
+            tracing::error!(request.id = %new.id, error = %err, "a cache hit's row could not be written");
+        }
     }
 }
 

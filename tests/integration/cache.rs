@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use llm_tests::fake_upstream::{self, FakeUpstream, Reply};
-use llm_tests::{TestApp, redis_url, spawn_app_with, spawn_app_with_providers, start_worker};
+use llm_tests::{
+    TestApp, redis_url, spawn_app, spawn_app_with, spawn_app_with_providers, start_worker,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -216,4 +218,59 @@ async fn with_redis_down_the_table_still_serves_hits() {
     assert_eq!(second["cached"], true);
     assert_eq!(second["result"], first["result"]);
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_hit_answered_before_its_row_is_written_is_readable_at_once_and_counted() {
+    let app = spawn_app().await;
+    let worker = start_worker(&app.db, &[]);
+    let body = json!({"prompt": "a question asked by many"});
+    let (_, first) = ask(&app, body.clone()).await;
+    assert_eq!(first["cached"], false);
+    worker.stop().await;
+
+    // A burst of hits, answered at once; each id is read back without waiting.
+    let hits: Vec<(u16, Value)> =
+        futures::future::join_all((0..100).map(|_| app.submit(body.clone()))).await;
+    let ids: Vec<Uuid> = hits
+        .iter()
+        .map(|(status, accepted)| {
+            assert_eq!(*status, 200, "{accepted}");
+            assert_eq!(accepted["status"], "completed");
+            accepted["request_id"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    let reads = futures::future::join_all(ids.iter().map(|id| app.poll(*id, 0))).await;
+    for (status, view) in &reads {
+        assert_eq!(*status, 200, "a hit's own api finds its row: {view}");
+        assert_eq!(view["cached"], true);
+        assert_eq!(view["status"], "completed");
+    }
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests WHERE cached")
+            .await,
+        100
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT SUM(cached_requests)::bigint FROM usage_daily")
+            .await,
+        100
+    );
+
+    // With an Idempotency-Key a hit is stored before it is answered: its replay is the same.
+    let keyed = |key: &'static str| {
+        app.http
+            .post(app.url("/api/v1/generate"))
+            .bearer_auth(app.token())
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let once: Value = keyed("hit-key").await.unwrap().json().await.unwrap();
+    let again = keyed("hit-key").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(once["request_id"], again["request_id"]);
 }

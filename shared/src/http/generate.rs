@@ -105,13 +105,22 @@ pub(super) async fn accept(
     user: &AuthUser,
     new: NewRequest,
 ) -> Result<Admitted, ApiError> {
-    let how = state.submitter.lookup(&new).await;
     let estimated = new.estimated_tokens;
+    let (rate, how) = match state.submitter.fast_key(&new) {
+        // One round trip: the cache's fast copy read and the request counted together.
+        Some(key) => {
+            let (rate, cached) = super::limits::enforce_or_hit(state, user, estimated, key).await?;
+            (rate, requests::Submitter::insert_for(Some(cached)))
+        }
+        None => (
+            super::limits::enforce(state, user, estimated).await?,
+            requests::Insert::Queued,
+        ),
+    };
     let tokens = match how {
         requests::Insert::CacheHit(_) => 0,
         requests::Insert::Queued | requests::Insert::CachedOrQueued => estimated,
     };
-    let rate = super::limits::enforce(state, user, tokens).await?;
     let submitted = state.submitter.store(new, how).await?;
     if let Some(rate) = rate
         && tokens > 0
@@ -211,7 +220,9 @@ pub async fn poll(
     }))
 }
 
-async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<RequestView, ApiError> {
+pub(super) async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<RequestView, ApiError> {
+    // A cache hit this process answered may not have its row yet.
+    state.submitter.written(id).await;
     requests::find_for_user(&state.pool, id, user)
         .await?
         .ok_or(ApiError::NotFound("no such generation request"))

@@ -23,7 +23,34 @@ pub(super) async fn enforce(
     tokens: i32,
 ) -> Result<Option<RateState>, ApiError> {
     let tokens = u32::try_from(tokens.max(0)).unwrap_or(u32::MAX);
-    match state.limiter.take(&state.pool, user.id, tokens).await? {
+    let decision = state.limiter.take(&state.pool, user.id, tokens).await?;
+    admit(state, user, decision)
+}
+
+/// [`enforce`] for a request the response cache may answer: one Redis round trip reads the
+/// cache's fast copy (`cache_key`) and counts the request, a hit without tokens. Answers the
+/// state counted and what the fast copy held.
+pub(super) async fn enforce_or_hit(
+    state: &AppState,
+    user: &AuthUser,
+    tokens: i32,
+    cache_key: String,
+) -> Result<(Option<RateState>, Option<String>), ApiError> {
+    let tokens = u32::try_from(tokens.max(0)).unwrap_or(u32::MAX);
+    let (decision, cached) = state
+        .limiter
+        .take_or_hit(&state.pool, user.id, tokens, cache_key)
+        .await?;
+    Ok((admit(state, user, decision)?, cached))
+}
+
+/// The limiter's decision as an answer: the state counted, or the error to give.
+fn admit(
+    state: &AppState,
+    user: &AuthUser,
+    decision: Decision,
+) -> Result<Option<RateState>, ApiError> {
+    match decision {
         Decision::Allowed(rate) => Ok(Some(rate)),
         Decision::Unchecked => Ok(None),
         Decision::Unavailable => Err(ApiError::Unavailable(

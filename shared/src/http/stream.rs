@@ -137,9 +137,7 @@ pub async fn attach(
                 ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
             })?,
     };
-    requests::find_for_user(&state.pool, id, user.id)
-        .await?
-        .ok_or(ApiError::NotFound("no such generation request"))?;
+    super::generate::find(&state, id, user.id).await?;
     let subscription = state
         .hub
         .subscribe(id)
@@ -294,6 +292,8 @@ impl Follower {
     /// reads again, so that an outage delays the terminal event instead of cutting the stream
     /// without one.
     async fn row(&self) -> Result<Option<RequestView>, FollowError> {
+        // A cache hit answered by this process may not have its row yet.
+        self.state.submitter.written(self.id).await;
         loop {
             match requests::find_for_user(&self.state.pool, self.id, self.user).await {
                 Err(err) if crate::error::is_unavailable(&err) => {
