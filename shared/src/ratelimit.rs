@@ -43,6 +43,10 @@ end
 return {1, 0, r, t, reset, window, cached}
 ";
 
+/// The script's answer: allowed, refused by (1 requests, 2 tokens), requests and tokens
+/// counted, seconds to the reset, the window, and the cache's fast copy if it was asked for.
+type ScriptReply = (i64, i64, i64, i64, i64, i64, Option<String>);
+
 /// A user's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
@@ -235,7 +239,7 @@ impl RateLimiter {
         if let Some(cache_key) = cache_key {
             invocation.key(cache_key);
         }
-        let result: Result<(i64, i64, i64, i64, i64, i64, Option<String>), _> = invocation
+        let result: Result<ScriptReply, _> = invocation
             .arg(limits.requests_per_minute)
             .arg(limits.tokens_per_minute)
             .arg(tokens)
