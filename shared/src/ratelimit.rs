@@ -35,10 +35,13 @@ end
 if ARGV[4] == 'take' then
   if r + 1 > rl then return {0, 1, r, t, reset, window, cached} end
   if t + n > tl then return {0, 2, r, t, reset, window, cached} end
+  -- a counter's expiry is set once, when its window's first count creates it
   r = redis.call('INCR', rkey)
-  redis.call('EXPIRE', rkey, 120)
-  t = redis.call('INCRBY', tkey, n)
-  redis.call('EXPIRE', tkey, 120)
+  if r == 1 then redis.call('EXPIRE', rkey, 120) end
+  if n > 0 then
+    t = redis.call('INCRBY', tkey, n)
+    if t == n then redis.call('EXPIRE', tkey, 120) end
+  end
 end
 return {1, 0, r, t, reset, window, cached}
 ";
