@@ -66,6 +66,15 @@ where
         Self { queue }
     }
 
+    /// Queues `request` without waiting for its answer (the run still gets it, in a batch):
+    /// for writes nobody waits on. `Err` gives it back if the writers are gone.
+    pub fn send(&self, request: Req) -> Result<(), Req> {
+        let (reply, _) = oneshot::channel();
+        self.queue
+            .send(Call { request, reply })
+            .map_err(|refused| refused.0.request)
+    }
+
     /// Queues `request` and waits for its answer.
     pub async fn call(&self, request: Req) -> Result<Resp, Unanswered> {
         let (reply, answer) = oneshot::channel();
@@ -159,6 +168,27 @@ mod tests {
         });
         assert!(batcher.call(0).await.is_err());
         assert_eq!(batcher.call(7).await.ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn sent_requests_run_in_batches_without_a_caller_waiting() {
+        let (tx, mut ran) = mpsc::unbounded_channel();
+        let batcher = Batcher::new(1, 8, move |batch: Vec<u32>| {
+            let tx = tx.clone();
+            async move {
+                let answers = vec![(); batch.len()];
+                let _ = tx.send(batch);
+                answers
+            }
+        });
+        for n in 0..5 {
+            assert!(batcher.send(n).is_ok());
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            seen.extend(ran.recv().await.unwrap_or_default());
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
     }
 
     #[tokio::test]

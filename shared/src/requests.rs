@@ -480,7 +480,7 @@ pub struct Submitter {
 /// the record of answers it already gave (never a request it accepted for later).
 #[derive(Clone)]
 struct HitRecords {
-    queue: tokio::sync::mpsc::UnboundedSender<(NewRequest, Insert)>,
+    writer: Batcher<(NewRequest, Insert), ()>,
     pending: Arc<PendingHits>,
 }
 
@@ -519,9 +519,14 @@ impl Submitter {
     pub fn new(pool: PgPool, cache: Option<ResponseCache>) -> Self {
         // One more connection than writers: the hit writer's.
         let pool = crate::db::writer_pool(&pool, SUBMIT_WRITERS as u32 + 1);
-        let (queue, hits) = tokio::sync::mpsc::unbounded_channel();
         let pending = Arc::new(PendingHits::default());
-        tokio::spawn(record_hits(pool.clone(), hits, pending.clone()));
+        let writer = {
+            let (pool, pending) = (pool.clone(), pending.clone());
+            Batcher::new(1, HIT_BATCH, move |batch| {
+                let (pool, pending) = (pool.clone(), pending.clone());
+                async move { record_hits(&pool, batch, &pending).await }
+            })
+        };
         let batches = Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
             let pool = pool.clone();
             async move { store_batch(&pool, batch).await }
@@ -529,7 +534,7 @@ impl Submitter {
         Self {
             cache,
             batches,
-            hits: HitRecords { queue, pending },
+            hits: HitRecords { writer, pending },
         }
     }
 
@@ -611,7 +616,7 @@ impl Submitter {
     pub async fn store(&self, new: NewRequest, how: Insert) -> Result<Submitted, ApiError> {
         let id = new.id;
         let (new, how) = if self.reserve_early_answer(&new, &how) {
-            match self.hits.queue.send((new, how)) {
+            match self.hits.writer.send((new, how)) {
                 Ok(()) => {
                     return Ok(Submitted {
                         id,
@@ -625,7 +630,7 @@ impl Submitter {
                     if let Ok(mut ids) = self.hits.pending.ids.lock() {
                         ids.remove(&id);
                     }
-                    refused.0
+                    refused
                 }
             }
         } else {
@@ -644,33 +649,25 @@ impl Submitter {
     }
 }
 
-/// The hit writer ([`HitRecords`]): takes every hit queued (up to [`HIT_BATCH`]), writes them
-/// in one statement, then lets the reads waiting for them go on.
+/// The hit writer's run ([`HitRecords`], one writer): writes a batch of hits in one
+/// statement, then lets the reads waiting for them go on.
 async fn record_hits(
-    pool: PgPool,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<(NewRequest, Insert)>,
-    pending: Arc<PendingHits>,
-) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < HIT_BATCH {
-            match queue.try_recv() {
-                Ok(hit) => batch.push(hit),
-                Err(_) => break,
-            }
-        }
-        write_hits(&pool, &batch).await;
-        if let Ok(mut ids) = pending.ids.lock() {
-            for (new, _) in &batch {
-                ids.remove(&new.id);
-            }
-        }
-        pending.written.notify_waiters();
-        if batch.len() < HIT_BATCH {
-            // Nobody waits for these rows but a read of their id: let the next batch gather.
-            tokio::time::sleep(HIT_GATHER).await;
+    pool: &PgPool,
+    batch: Vec<(NewRequest, Insert)>,
+    pending: &PendingHits,
+) -> Vec<()> {
+    write_hits(pool, &batch).await;
+    if let Ok(mut ids) = pending.ids.lock() {
+        for (new, _) in &batch {
+            ids.remove(&new.id);
         }
     }
+    pending.written.notify_waiters();
+    if batch.len() < HIT_BATCH {
+        // Nobody waits for these rows but a read of their id: let the next batch gather.
+        tokio::time::sleep(HIT_GATHER).await;
+    }
+    vec![(); batch.len()]
 }
 
 /// Writes hit rows; while the database is unreachable, tries again (backing off) for a while.
