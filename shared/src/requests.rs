@@ -573,38 +573,38 @@ impl Submitter {
     }
 
     /// Looks the request up in the response cache's fast copy (unless it says `no_cache`): how
-    /// it is to be stored. Done before the rate limit is taken, so that a cache hit costs no
-    /// tokens. On a miss, the statement that stores the request looks in the table as well.
+    /// it is to be stored. On a miss, the statement that stores the request looks in the table
+    /// as well. (The api reads the fast copy in the rate limiter's round trip instead:
+    /// [`Submitter::fast_key`].)
     pub async fn lookup(&self, new: &NewRequest) -> Insert {
-        if let (Some(cache), Some(key)) = (&self.cache, &new.cache_key)
-            && !new.cache_policy.no_cache
-        {
-            return match cache.get_fast(key).await {
-                Some(hit) => Insert::CacheHit(hit),
-                None => Insert::CachedOrQueued,
-            };
+        let read = match self.cache_for(new) {
+            Some((cache, key)) => Some(cache.get_fast(key).await),
+            None => None,
+        };
+        Self::insert_for(read)
+    }
+
+    /// The cache and the request's key, if the cache is to be read for it.
+    fn cache_for<'a>(&'a self, new: &'a NewRequest) -> Option<(&'a ResponseCache, &'a str)> {
+        match (&self.cache, &new.cache_key) {
+            (Some(cache), Some(key)) if !new.cache_policy.no_cache => Some((cache, key)),
+            _ => None,
         }
-        Insert::Queued
     }
 
     /// The Redis key of the request's fast cache copy, if the cache is to be read for it: for
     /// a caller that reads it itself (the rate limiter's script does, in its round trip).
     pub fn fast_key(&self, new: &NewRequest) -> Option<String> {
-        match (&self.cache, &new.cache_key) {
-            (Some(cache), Some(key)) if !new.cache_policy.no_cache => Some(cache.redis_key(key)),
-            _ => None,
-        }
+        self.cache_for(new).map(|(cache, key)| cache.redis_key(key))
     }
 
-    /// How to store a request whose fast cache copy was read by the caller
-    /// ([`Submitter::fast_key`]): `read` is `None` if it was not read, else what Redis held.
-    pub fn insert_for(read: Option<Option<String>>) -> Insert {
+    /// How to store a request after its fast cache copy was read: `read` is `None` if it was
+    /// not read, else the entry found (if any).
+    pub fn insert_for(read: Option<Option<CachedResponse>>) -> Insert {
         match read {
             None => Insert::Queued,
-            Some(raw) => match raw.as_deref().and_then(ResponseCache::parse_fast) {
-                Some(hit) => Insert::CacheHit(hit),
-                None => Insert::CachedOrQueued,
-            },
+            Some(Some(hit)) => Insert::CacheHit(hit),
+            Some(None) => Insert::CachedOrQueued,
         }
     }
 

@@ -110,7 +110,10 @@ pub(super) async fn accept(
         // One round trip: the cache's fast copy read and the request counted together.
         Some(key) => {
             let (rate, cached) = super::limits::enforce_or_hit(state, user, estimated, key).await?;
-            (rate, requests::Submitter::insert_for(Some(cached)))
+            let hit = cached
+                .as_deref()
+                .and_then(crate::cache::ResponseCache::parse_fast);
+            (rate, requests::Submitter::insert_for(Some(hit)))
         }
         None => (
             super::limits::enforce(state, user, estimated).await?,
