@@ -740,20 +740,9 @@ pub async fn insert_with_job(
     only(insert_many(conn, &[(new, &Insert::Queued)]).await?)?
 }
 
-/// Inserts the rows as each one's [`Insert`] says, with what goes with them, in one statement
-/// (atomic, one round trip): each row's job (unless it follows an identical request in flight),
-/// or a cache hit's usage. Answers each row in order: a row whose `Idempotency-Key` this user
-/// used before answers with the earlier request (same body) or a conflict. `Err` is a failure
-/// of the whole statement (nothing was stored).
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    rows: &[(&NewRequest, &Insert)],
-) -> Result<Vec<Result<Submitted, ApiError>>, sqlx::Error> {
-    let mut columns = InsertColumns::default();
-    for &(new, how) in rows {
-        columns.push(new, how)?;
-    }
-    let sql = format!(
+/// [`insert_many`]'s statement, built once.
+static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
                  $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::text[], $11::bool[],
@@ -817,9 +806,24 @@ pub async fn insert_many(
         usage = usage::CACHE_HITS_FROM_INSERTED,
         jobs = queue::INSERT_JOB_COLUMNS,
         queue = queue::QUEUE,
-    );
+    )
+});
+
+/// Inserts the rows as each one's [`Insert`] says, with what goes with them, in one statement
+/// (atomic, one round trip): each row's job (unless it follows an identical request in flight),
+/// or a cache hit's usage. Answers each row in order: a row whose `Idempotency-Key` this user
+/// used before answers with the earlier request (same body) or a conflict. `Err` is a failure
+/// of the whole statement (nothing was stored).
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    rows: &[(&NewRequest, &Insert)],
+) -> Result<Vec<Result<Submitted, ApiError>>, sqlx::Error> {
+    let mut columns = InsertColumns::default();
+    for &(new, how) in rows {
+        columns.push(new, how)?;
+    }
     let stored: Vec<(Uuid, bool)> = columns
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
+        .bind(sqlx::query_as(INSERT_MANY.as_str()))
         .fetch_all(&mut *conn)
         .await?;
 
@@ -1129,7 +1133,7 @@ pub async fn claim(
 pub fn by_id_statements() -> Vec<(&'static str, String)> {
     vec![
         ("claim_many", CLAIM_MANY.to_owned()),
-        ("complete_many", complete_many_sql()),
+        ("complete_many", COMPLETE_MANY.clone()),
         ("renew_leases", RENEW_LEASES.to_owned()),
     ]
 }
@@ -1371,7 +1375,9 @@ impl CompletionRow {
     }
 }
 
-/// [`complete_many`]'s statement.
+/// [`complete_many`]'s statement, built once.
+static COMPLETE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(complete_many_sql);
+
 fn complete_many_sql() -> String {
     format!(
         "WITH v AS (
@@ -1492,8 +1498,7 @@ pub async fn complete_many(
     fn column<'a, T>(rows: &'a [CompletionRow], f: impl Fn(&'a CompletionRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    let sql = complete_many_sql();
-    let held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    let held: Vec<i64> = sqlx::query_scalar(COMPLETE_MANY.as_str())
         .bind(worker)
         .bind(column(rows, |r| r.id))
         .bind(column(rows, |r| r.run))
