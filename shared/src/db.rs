@@ -1,4 +1,5 @@
-//! PostgreSQL: the pool and migrations (ours in `migrations/`, then apalis' own schema).
+//! PostgreSQL: the pool and migrations (ours in `migrations/`, then apalis' own schema, then
+//! ours of apalis' schema in `migrations/queue/`).
 
 use std::time::Duration;
 
@@ -74,10 +75,22 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 /// The service's migrations (`migrations/`), built into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Where [`queue_migrator`] records what it applied (beside `_sqlx_migrations`).
+const QUEUE_MIGRATIONS_TABLE: &str = "_sqlx_queue_migrations";
+
+/// The service's migrations of apalis' schema (`migrations/queue/`): they need apalis' tables,
+/// so they run after apalis' own migrations, with their own record.
+fn queue_migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../migrations/queue");
+    migrator.dangerous_set_table_name(QUEUE_MIGRATIONS_TABLE);
+    migrator
+}
+
 async fn run_migrations(pool: &PgPool) -> Result<(), MigrateError> {
     // Ours first: the first one creates the hstore extension apalis' schema needs.
     MIGRATOR.run(pool).await?;
     apalis_postgres::PostgresStorage::setup(pool).await?;
+    queue_migrator().run(pool).await?;
     Ok(())
 }
 
@@ -101,33 +114,43 @@ impl MigrationState {
     }
 }
 
-/// Reads `_sqlx_migrations` and compares it with the migrations built in.
+/// Reads the migration records and compares them with the migrations built in.
 pub async fn migration_state(pool: &PgPool) -> Result<MigrationState, sqlx::Error> {
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await
-            .or_else(|err| match &err {
-                // No migration table yet: nothing is applied.
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
-                    Ok(Vec::new())
-                }
-                _ => Err(err),
-            })?;
-    let known: Vec<i64> = MIGRATOR
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .map(|m| m.version)
-        .collect();
-    let pending: Vec<i64> = known
-        .iter()
-        .copied()
-        .filter(|v| !applied.contains(v))
-        .collect();
-    Ok(MigrationState {
-        expected: known.len(),
-        applied: known.len() - pending.len(),
-        unknown: applied.iter().filter(|v| !known.contains(v)).count(),
-        pending,
-    })
+    let mut state = MigrationState {
+        expected: 0,
+        applied: 0,
+        pending: Vec::new(),
+        unknown: 0,
+    };
+    for migrator in [&MIGRATOR, &queue_migrator()] {
+        let applied = applied_versions(pool, &migrator.table_name).await?;
+        let known: Vec<i64> = migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| m.version)
+            .collect();
+        let pending: Vec<i64> = known
+            .iter()
+            .copied()
+            .filter(|v| !applied.contains(v))
+            .collect();
+        state.expected += known.len();
+        state.applied += known.len() - pending.len();
+        state.unknown += applied.iter().filter(|v| !known.contains(v)).count();
+        state.pending.extend(pending);
+    }
+    Ok(state)
+}
+
+/// The versions a migration record (`table`, one of the built-in names) holds as applied.
+async fn applied_versions(pool: &PgPool, table: &str) -> Result<Vec<i64>, sqlx::Error> {
+    let sql = format!("SELECT version FROM {table} WHERE success");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await
+        .or_else(|err| match &err {
+            // No migration table yet: nothing is applied.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(Vec::new()),
+            _ => Err(err),
+        })
 }

@@ -20,6 +20,7 @@ mod openapi;
 mod processes;
 mod prompts;
 mod providers;
+mod queue;
 mod ratelimits;
 mod streaming;
 mod trace_context;
