@@ -14,7 +14,6 @@ use llm_shared::notify::Completions;
 use llm_shared::prompts::PromptLibrary;
 use llm_shared::relay::RelayHub;
 use llm_shared::{db, telemetry};
-use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -111,8 +110,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         default_model = models.default_model(),
         "model registry loaded"
     );
-    let redis = redis::Client::open(config.common.redis_url.expose_secret())
-        .context("parsing REDIS_URL")?;
+    let redis = config.common.redis_client().context("parsing REDIS_URL")?;
 
     let completions = Completions::default();
     tokio::spawn(completions.clone().listen(pool.clone()));

@@ -294,3 +294,12 @@ async fn with_redis_down_the_fail_mode_decides() {
         "service_unavailable"
     );
 }
+
+/// The limiter's round trip is on every submit's path: its connections never hold a command
+/// back for Nagle's algorithm (redis-rs leaves it on).
+#[test]
+fn redis_connections_send_each_command_at_once() {
+    let config = llm_tests::common_config(&["--redis-url", "redis://127.0.0.1:6379/0"]);
+    let client = config.redis_client().unwrap();
+    assert!(client.get_connection_info().tcp_settings().nodelay());
+}
