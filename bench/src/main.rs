@@ -58,6 +58,11 @@ struct Args {
     /// so a latency target is read at the lower one.
     #[arg(long, value_delimiter = ',', default_value = "16,50")]
     cache_concurrency: Vec<usize>,
+    /// Cache hits offered at a fixed rate (requests per second, open loop), where their latency
+    /// is read: at a fixed concurrency the clients saturate the cores, so the latency measured
+    /// there is mostly queueing for them.
+    #[arg(long, value_delimiter = ',', default_value = "10000,15000")]
+    cache_rate: Vec<u64>,
     /// Jobs per end-to-end run.
     #[arg(long, default_value_t = 5000)]
     e2e_jobs: usize,
@@ -145,8 +150,21 @@ struct StreamingResult {
     all_streams_done_secs: f64,
 }
 
-/// Cache hits are measured like submits (answers `200` counted).
+/// Cache hits at a fixed concurrency are measured like submits (answers `200` counted).
 type CacheResult = SubmitResult;
+
+/// Requests sent at a fixed rate (open loop). Each one's latency runs from the moment it was
+/// due, not from when it could be sent, so a stall of the service (or of the load generator)
+/// counts against every request it delayed, not only against the one it held.
+#[derive(Debug, Serialize)]
+struct RateResult {
+    offered_per_sec: u64,
+    requests: usize,
+    errors: usize,
+    /// Answers per second over the measurement: the offered rate if the service kept up.
+    answered_per_sec: f64,
+    latency: Latencies,
+}
 
 #[derive(Debug, Serialize)]
 struct DrainResult {
@@ -206,6 +224,7 @@ struct Report {
     unloaded: EndToEndResult,
     streaming: StreamingResult,
     cache_hits: Vec<CacheResult>,
+    cache_hits_at_rate: Vec<RateResult>,
     /// Round trip of the rate limiter's check (what it adds to every submit).
     rate_limiter: Latencies,
     memory: MemoryResult,
@@ -365,11 +384,17 @@ async fn run(
     let streaming = measure_streaming(&stack, &api, &bench_db.pool).await?;
     reset_tables(&bench_db.pool).await?;
 
-    let cache_hits = measure_cache_hits(&stack).await?;
+    let (cache_hits, cache_hits_at_rate) = measure_cache_hits(&stack).await?;
     for c in &cache_hits {
         println!(
             "  cache hits c={}: {:.0} req/s, p99 {:.2} ms",
             c.concurrency, c.requests_per_sec, c.latency.p99_ms
+        );
+    }
+    for r in &cache_hits_at_rate {
+        println!(
+            "  cache hits at {} req/s: {:.0} answered/s, p50 {:.2} ms, p99 {:.2} ms",
+            r.offered_per_sec, r.answered_per_sec, r.latency.p50_ms, r.latency.p99_ms
         );
     }
     // The drain is timed over the whole table: no row of an earlier phase may be left in it.
@@ -430,6 +455,7 @@ async fn run(
         unloaded,
         streaming,
         cache_hits,
+        cache_hits_at_rate,
         rate_limiter,
         memory,
         hub_events_delivered: hub.received.load(std::sync::atomic::Ordering::Relaxed),
@@ -720,8 +746,11 @@ async fn collect_end_to_end(
     })
 }
 
-/// One answer cached, then the same request at each `--cache-concurrency`: every one a hit.
-async fn measure_cache_hits(stack: &Stack<'_>) -> anyhow::Result<Vec<CacheResult>> {
+/// One answer cached, then the same request at each `--cache-concurrency` and at each
+/// `--cache-rate`: every one a hit.
+async fn measure_cache_hits(
+    stack: &Stack<'_>,
+) -> anyhow::Result<(Vec<CacheResult>, Vec<RateResult>)> {
     let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
     let url = format!("{base}/api/v1/generate");
     let body = json!({"prompt": "a cached question", "parameters": {"max_tokens": 16}});
@@ -743,25 +772,117 @@ async fn measure_cache_hits(stack: &Stack<'_>) -> anyhow::Result<Vec<CacheResult
 
     // Serialised once: the load generator shares the cores with what it measures.
     let body = bytes::Bytes::from(serde_json::to_vec(&body)?);
-    let mut results = Vec::new();
+    let hit = {
+        let (client, token) = (client.clone(), token.to_owned());
+        move || {
+            let hit = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send();
+            async move { hit.await.is_ok_and(|r| r.status().as_u16() == 200) }
+        }
+    };
+    let run_for = Duration::from_secs(args.submit_secs);
+    let mut at_concurrency = Vec::new();
     for &concurrency in &args.cache_concurrency {
-        let (client, token, url, body) =
-            (client.clone(), token.to_owned(), url.clone(), body.clone());
-        let run_for = Duration::from_secs(args.submit_secs);
-        results.push(
-            measure_concurrently(concurrency, run_for, move |_, _| {
-                let hit = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send();
-                async move { hit.await.is_ok_and(|r| r.status().as_u16() == 200) }
-            })
-            .await,
-        );
+        let hit = hit.clone();
+        at_concurrency.push(measure_concurrently(concurrency, run_for, move |_, _| hit()).await);
     }
-    Ok(results)
+    let mut at_rate = Vec::new();
+    for &rate in &args.cache_rate {
+        at_rate.push(measure_at_rate(rate, run_for, hit.clone()).await);
+    }
+    Ok((at_concurrency, at_rate))
+}
+
+/// Connections of a fixed-rate run, each sending its next due request as soon as it is free:
+/// at most this many requests are in flight, and a due request that finds them all busy waits
+/// (its wait counts in its latency), as behind a client's connection pool.
+const RATE_CONNECTIONS: usize = 32;
+
+/// How finely the fixed-rate sends are paced: the requests due in a slice are released
+/// together at its end, so each may be counted up to this much late.
+const PACING: Duration = Duration::from_micros(250);
+
+/// Sends `op()` `rate` times a second for `run_for` (open loop: a request is due at its time
+/// whether or not the earlier ones were answered) and times each from when it was due. A thread
+/// of its own keeps the time ([`PACING`]; the runtime's timers tick in whole milliseconds) and
+/// hands each slice's due times to the [`RATE_CONNECTIONS`] senders.
+async fn measure_at_rate<F, Fut>(rate: u64, run_for: Duration, op: F) -> RateResult
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let (slice_tx, mut slice_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Instant>>();
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Option<f64>>();
+    let total = (rate as f64 * run_for.as_secs_f64()) as u64;
+    let started = Instant::now();
+    let pacer = std::thread::spawn(move || {
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let mut n = 0u64;
+        while n < total {
+            std::thread::sleep(PACING);
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while n < total && started + interval.mul_f64(n as f64) <= now {
+                due.push(started + interval.mul_f64(n as f64));
+                n += 1;
+            }
+            if !due.is_empty() && slice_tx.send(due).is_err() {
+                return;
+            }
+        }
+    });
+    // One wake-up of the runtime per slice, not per request.
+    let releaser = tokio::spawn(async move {
+        while let Some(slice) = slice_rx.recv().await {
+            for due in slice {
+                let _ = due_tx.send(due);
+            }
+        }
+    });
+    let due_rx = std::sync::Arc::new(tokio::sync::Mutex::new(due_rx));
+    let senders: Vec<_> = (0..RATE_CONNECTIONS)
+        .map(|_| {
+            let (op, due_rx, done) = (op.clone(), due_rx.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let next = due_rx.lock().await.recv().await;
+                    let Some(due) = next else { return };
+                    let answered = op().await;
+                    let _ = done.send(answered.then(|| due.elapsed().as_secs_f64() * 1000.0));
+                }
+            })
+        })
+        .collect();
+    drop(done_tx);
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut errors = 0usize;
+    while let Some(answer) = done_rx.recv().await {
+        match answer {
+            Some(ms) => latencies.push(ms),
+            None => errors += 1,
+        }
+        if (latencies.len() + errors) as u64 == total {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = pacer.join();
+    let _ = releaser.await;
+    for sender in senders {
+        let _ = sender.await;
+    }
+    RateResult {
+        offered_per_sec: rate,
+        requests: latencies.len(),
+        errors,
+        answered_per_sec: latencies.len() as f64 / elapsed,
+        latency: Latencies::of(latencies),
+    }
 }
 
 /// The limiter's check on its own, one at a time, as a submit runs it.
@@ -1087,6 +1208,23 @@ fn print_report(report: &Report) {
     );
     for c in &report.cache_hits {
         println!("{} {:>9}", columns(c), c.errors);
+    }
+    println!("cache hits at a fixed rate (open loop; latency from when each request was due)");
+    println!(
+        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "offered/s", "requests", "answered/s", "p50 ms", "p95 ms", "p99 ms", "errors"
+    );
+    for r in &report.cache_hits_at_rate {
+        println!(
+            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+            r.offered_per_sec,
+            r.requests,
+            r.answered_per_sec,
+            r.latency.p50_ms,
+            r.latency.p95_ms,
+            r.latency.p99_ms,
+            r.errors
+        );
     }
     println!(
         "rate limiter check (added to every submit): p50 {:.3} ms, p99 {:.3} ms",
