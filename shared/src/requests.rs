@@ -1138,6 +1138,14 @@ pub fn by_id_statements() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Every statement a group-commit writer runs on its own connections ([`crate::db::writer_pool`]),
+/// by name: the by-id ones and the submit's.
+pub fn writer_statements() -> Vec<(&'static str, String)> {
+    let mut statements = by_id_statements();
+    statements.push(("insert_many", INSERT_MANY.clone()));
+    statements
+}
+
 const CLAIM_MANY: &str = "WITH claimed AS (
              UPDATE generation_requests r
              SET status = 'running', attempts = r.attempts + 1,
@@ -1826,11 +1834,13 @@ pub async fn close_cancelled_attempts(pool: &PgPool, id: Uuid) -> Result<(), sql
     Ok(())
 }
 
-const RENEW_LEASES: &str = "UPDATE generation_requests
+const RENEW_LEASES: &str = "UPDATE generation_requests r
      SET lease_expires_at = NOW() + make_interval(secs => $3)
-     WHERE id = ANY($1) AND claimed_by = $2
-       -- found by id (see BY_ID_ONLY)
-       AND CASE status WHEN 'running' THEN true ELSE false END";
+     -- found by id (see BY_ID_ONLY), joined rather than `id = ANY(…)`: on a near-empty table
+     -- the planner took that as a condition on the status index's second column, a full scan
+     FROM unnest($1::uuid[]) AS wanted(id)
+     WHERE r.id = wanted.id AND r.claimed_by = $2
+       AND CASE r.status WHEN 'running' THEN true ELSE false END";
 
 /// Extends the leases of the requests this worker is running (its liveness signal).
 pub async fn renew_leases(

@@ -84,9 +84,11 @@ impl WorkerState {
         let metrics = Arc::new(Metrics::new());
         // A batch holds at most every job of the process.
         let batch = config.concurrency.max(1);
+        // The claims' and completions' writers, each with a connection of its own.
+        let writers = crate::db::writer_pool(&pool, (2 * BATCH_WRITERS) as u32);
         let claims = {
             let (pool, name, lease) = (
-                pool.clone(),
+                writers.clone(),
                 Arc::<str>::from(name.as_str()),
                 config.lease(),
             );
@@ -98,7 +100,7 @@ impl WorkerState {
             })
         };
         let completes = {
-            let (pool, name) = (pool.clone(), Arc::<str>::from(name.as_str()));
+            let (pool, name) = (writers.clone(), Arc::<str>::from(name.as_str()));
             let metrics = metrics.clone();
             Batcher::new(BATCH_WRITERS, batch, move |rows: Vec<CompletionRow>| {
                 let (pool, name) = (pool.clone(), name.clone());

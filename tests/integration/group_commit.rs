@@ -538,57 +538,80 @@ async fn concurrent_jobs_of_one_worker_share_batches_and_each_gets_its_own_answe
     }
 }
 
-/// BY_ID_ONLY (`requests`): with a backlog the planner has no statistics for (a new table, a
-/// truncate, a sudden burst), every batched by-id statement reads its rows through the primary
-/// key. Through a status index each statement walked the whole backlog.
-#[tokio::test]
-async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
-    let app = spawn_app().await;
-    sqlx::query(
-        // A backlog the size of a burst, with prompts of a realistic length (on a table of a
-        // few pages a sequential scan is cheaper, and fine).
-        "INSERT INTO generation_requests (id, prompt, model, user_id, job_id, status)
-         SELECT gen_random_uuid(), repeat('a backlog prompt ', 16), 'mock', gen_random_uuid(),
-                'job-' || g, CASE WHEN g % 10 = 0 THEN 'running' ELSE 'pending' END
-         FROM generate_series(1, 20000) g",
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
-    let mut conn = app.db.pool.acquire().await.unwrap();
-    // The plan every connection of a group-commit writer keeps (`db::writer_pool`).
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
+/// The generic plan of `sql` on `conn`, with every parameter NULL.
+async fn generic_plan(conn: &mut sqlx::PgConnection, sql: &str) -> String {
+    let params = (1..=40)
+        .take_while(|n| sql.contains(&format!("${n}")))
+        .count();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE planned AS {sql}")))
         .execute(&mut *conn)
         .await
         .unwrap();
-    for (name, sql) in requests::by_id_statements() {
-        let params = (1..=40)
-            .take_while(|n| sql.contains(&format!("${n}")))
-            .count();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE by_id AS {sql}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let nulls = vec!["NULL"; params].join(", ");
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN EXECUTE by_id({nulls})"
-        )))
-        .fetch_all(&mut *conn)
+    let nulls = vec!["NULL"; params].join(", ");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE planned({nulls})"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("DEALLOCATE planned")
+        .execute(&mut *conn)
         .await
         .unwrap();
-        let plan = plan.join("\n");
-        sqlx::raw_sql("DEALLOCATE by_id")
+    plan.join("\n")
+}
+
+/// BY_ID_ONLY (`requests`) and `db::WRITER_SETTINGS`: whatever the statistics say, every
+/// statement a group-commit writer runs finds its rows through an index, and the batched by-id
+/// ones through the primary key. Two states of the table: empty (a new deployment, a truncate;
+/// a plan made then is kept as the table grows, and on so few pages a sequential scan is
+/// cheapest), and a backlog of 20,000 rows the planner has no statistics for (through a status
+/// index, each statement walked the whole backlog).
+#[tokio::test]
+async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
+    let app = spawn_app().await;
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    // The settings every connection of a group-commit writer has (`db::writer_pool`).
+    for (name, value) in llm_shared::db::WRITER_SETTINGS {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET {name} = {value}")))
             .execute(&mut *conn)
             .await
             .unwrap();
-        assert!(
-            !plan.contains("generation_requests_unfinished_idx")
-                && !plan.contains("generation_requests_status_idx"),
-            "{name} reads requests through a status index:\n{plan}"
-        );
-        assert!(
-            plan.contains("generation_requests_pkey"),
-            "{name} does not read requests by id:\n{plan}"
-        );
+    }
+    sqlx::raw_sql("ANALYZE generation_requests; ANALYZE response_cache")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for backlog in [0, 20_000] {
+        sqlx::query(
+            // Prompts of a realistic length.
+            "INSERT INTO generation_requests (id, prompt, model, user_id, job_id, status)
+             SELECT gen_random_uuid(), repeat('a backlog prompt ', 16), 'mock', gen_random_uuid(),
+                    'job-' || g, CASE WHEN g % 10 = 0 THEN 'running' ELSE 'pending' END
+             FROM generate_series(1, $1) g",
+        )
+        .bind(backlog)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        for (name, sql) in requests::writer_statements() {
+            let plan = generic_plan(&mut conn, &sql).await;
+            assert!(
+                !plan.contains("Seq Scan"),
+                "{name} scans a table ({backlog} requests):\n{plan}"
+            );
+        }
+        for (name, sql) in requests::by_id_statements() {
+            let plan = generic_plan(&mut conn, &sql).await;
+            assert!(
+                !plan.contains("generation_requests_unfinished_idx")
+                    && !plan.contains("generation_requests_status_idx"),
+                "{name} reads requests through a status index ({backlog} requests):\n{plan}"
+            );
+            assert!(
+                plan.contains("generation_requests_pkey"),
+                "{name} does not read requests by id ({backlog} requests):\n{plan}"
+            );
+        }
     }
 }
