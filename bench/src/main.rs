@@ -252,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
 
     let bench_db = BenchDb::create(&args.admin_database_url).await?;
     let result = run(&args, &bin_dir, &bench_db, machine).await;
+    forget_redis_namespace(&args.redis_url, &format!("{}:", bench_db.name)).await;
     bench_db.drop_it(&args.admin_database_url).await;
     let report = result?;
 
@@ -1389,6 +1390,37 @@ impl BenchDb {
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
             let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
         }
+    }
+}
+
+/// Deletes the run's Redis keys (its `REDIS_KEY_PREFIX`): tens of thousands of cache entries
+/// that would otherwise stay until their TTL.
+async fn forget_redis_namespace(redis_url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor = 0u64;
+    loop {
+        let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = scanned else { return };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 
