@@ -496,9 +496,10 @@ impl std::fmt::Debug for HitRecords {
     }
 }
 
-/// Most cache hits waiting for their rows; past it, a hit is stored before it is answered
-/// (so a long database outage cannot pile them up in memory).
-const MAX_PENDING_HITS: usize = 20_000;
+/// Most cache hits waiting for their rows; past it, a hit is stored before it is answered, so
+/// a slow or unreachable database cannot pile them up in memory. With 20,000 (a few KB each,
+/// with their tasks), an api that fell behind at 15,000 hits a second kept 63 MB resident.
+const MAX_PENDING_HITS: usize = 5_000;
 /// Most hit rows in one statement. Encoding a statement holds the runtime thread it runs on,
 /// so a bigger batch shows in the p99 of the answers sharing that thread (512 did, at 16
 /// clients); a smaller one costs the database more statements (64 did, at 50).
