@@ -1210,33 +1210,30 @@ fn cpu_secs(pid: u32) -> f64 {
 
 fn print_report(report: &Report) {
     println!("\n== llm-bench  ({})", report.machine);
-    println!("\ndurable submit (api + PostgreSQL, no worker running)");
-    println!(
-        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
-    );
-    // concurrency, requests, req/s, p50, p95, p99: the columns both submit tables share.
-    let columns = |r: &SubmitResult| {
+    // What was held fixed (concurrency or rate), requests, their rate, p50, p95, p99: the
+    // columns every latency table shares, then one of its own.
+    let header = |fixed: &str, rate: &str, (last, width): (&str, usize)| {
+        println!(
+            "{fixed:>12} {:>10} {rate:>10} {:>9} {:>9} {:>9} {last:>width$}",
+            "requests", "p50 ms", "p95 ms", "p99 ms"
+        );
+    };
+    let row = |fixed: usize, requests: usize, rate: f64, l: &Latencies| {
         format!(
-            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
-            r.concurrency,
-            r.requests,
-            r.requests_per_sec,
-            r.latency.p50_ms,
-            r.latency.p95_ms,
-            r.latency.p99_ms
+            "{fixed:>12} {requests:>10} {rate:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            l.p50_ms, l.p95_ms, l.p99_ms
         )
     };
+    let columns = |r: &SubmitResult| row(r.concurrency, r.requests, r.requests_per_sec, &r.latency);
+    println!("\ndurable submit (api + PostgreSQL, no worker running)");
+    header("concurrency", "req/s", ("errors", 9));
     for r in &report.submit {
         println!("{} {:>9}", columns(r), r.errors);
     }
     println!(
         "\nthe same submits straight into PostgreSQL (requests::Submitter, no HTTP): the ceiling"
     );
-    println!(
-        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12}",
-        "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "api / db"
-    );
+    header("concurrency", "req/s", ("api / db", 12));
     for r in &report.submit_postgres_only {
         let api = report
             .submit
@@ -1280,29 +1277,16 @@ fn print_report(report: &Report) {
         u.pickup.p99_ms
     );
     println!("\ncache hits (one identical request, answered from the cache)");
-    println!(
-        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
-    );
+    header("concurrency", "req/s", ("errors", 9));
     for c in &report.cache_hits {
         println!("{} {:>9}", columns(c), c.errors);
     }
     println!("cache hits at a fixed rate (open loop; latency from when each request was due)");
-    println!(
-        "{:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "offered/s", "requests", "answered/s", "p50 ms", "p95 ms", "p99 ms", "errors"
-    );
+    header("offered/s", "answered/s", ("errors", 9));
     for r in &report.cache_hits_at_rate {
-        println!(
-            "{:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
-            r.offered_per_sec,
-            r.requests,
-            r.answered_per_sec,
-            r.latency.p50_ms,
-            r.latency.p95_ms,
-            r.latency.p99_ms,
-            r.errors
-        );
+        let offered = usize::try_from(r.offered_per_sec).unwrap_or(usize::MAX);
+        let columns = row(offered, r.requests, r.answered_per_sec, &r.latency);
+        println!("{columns} {:>9}", r.errors);
     }
     println!(
         "rate limiter check (added to every submit): p50 {:.3} ms, p99 {:.3} ms",

@@ -19,21 +19,8 @@ async fn liveness_and_readiness_report_dependencies() {
     assert_eq!(body["checks"]["migrations"]["ok"], true);
     let migrations = &body["migrations"];
     // The service's migrations and its migrations of apalis' schema.
-    let on_disk: usize = ["/../migrations", "/../migrations/queue"]
-        .iter()
-        .map(|dir| {
-            std::fs::read_dir(format!("{}{dir}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "sql")
-                })
-                .count()
-        })
-        .sum();
+    let on_disk =
+        llm_tests::migration_files("migrations") + llm_tests::migration_files("migrations/queue");
     assert_eq!(migrations["expected"], on_disk, "{body}");
     assert_eq!(migrations["applied"], on_disk, "{body}");
     assert_eq!(migrations["pending"], serde_json::json!([]));

@@ -33,16 +33,7 @@ async fn concurrent_and_repeated_migrations_succeed() {
         .fetch_one(&pools[0])
         .await
         .unwrap();
-    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "sql")
-        })
-        .count();
+    let files = llm_tests::migration_files("migrations");
     assert_eq!(ours as usize, files);
     let tables: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.tables

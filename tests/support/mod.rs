@@ -425,6 +425,20 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// How many migrations (`*.sql` files) a directory of the repository holds, e.g. `migrations`.
+pub fn migration_files(dir: &str) -> usize {
+    std::fs::read_dir(repo_root().join(dir))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count()
+}
+
 /// The Python of a virtualenv with the official `openai` SDK (the version pinned in
 /// `tests/python/requirements.txt`), created under `target/` on first use and kept.
 pub async fn openai_sdk_python() -> PathBuf {
