@@ -773,8 +773,10 @@ async fn measure_cache_hits(
 
     // Serialised once, sent over bare connections (HitClient): the load generator shares the
     // cores with what it measures.
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
     let hit = HitRequest {
-        addr: base.trim_start_matches("http://").parse()?,
+        addr,
+        host: addr.to_string().parse()?,
         authorization: format!("Bearer {token}").parse()?,
         body: bytes::Bytes::from(serde_json::to_vec(&body)?),
     };
@@ -820,6 +822,7 @@ async fn measure_cache_hits(
 #[derive(Clone)]
 struct HitRequest {
     addr: std::net::SocketAddr,
+    host: axum::http::HeaderValue,
     authorization: axum::http::HeaderValue,
     body: bytes::Bytes,
 }
@@ -860,7 +863,7 @@ impl HitClient {
     async fn send(&mut self) -> anyhow::Result<bool> {
         use http_body_util::BodyExt;
         let request = axum::http::Request::post("/api/v1/generate")
-            .header(axum::http::header::HOST, self.request.addr.to_string())
+            .header(axum::http::header::HOST, &self.request.host)
             .header(
                 axum::http::header::AUTHORIZATION,
                 &self.request.authorization,

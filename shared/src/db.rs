@@ -85,22 +85,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 /// The service's migrations (`migrations/`), built into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Where [`queue_migrator`] records what it applied (beside `_sqlx_migrations`).
+/// Where [`QUEUE_MIGRATOR`] records what it applied (beside `_sqlx_migrations`).
 const QUEUE_MIGRATIONS_TABLE: &str = "_sqlx_queue_migrations";
 
 /// The service's migrations of apalis' schema (`migrations/queue/`): they need apalis' tables,
 /// so they run after apalis' own migrations, with their own record.
-fn queue_migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!("../migrations/queue");
-    migrator.dangerous_set_table_name(QUEUE_MIGRATIONS_TABLE);
-    migrator
-}
+static QUEUE_MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        let mut migrator = sqlx::migrate!("../migrations/queue");
+        migrator.dangerous_set_table_name(QUEUE_MIGRATIONS_TABLE);
+        migrator
+    });
 
 async fn run_migrations(pool: &PgPool) -> Result<(), MigrateError> {
     // Ours first: the first one creates the hstore extension apalis' schema needs.
     MIGRATOR.run(pool).await?;
     apalis_postgres::PostgresStorage::setup(pool).await?;
-    queue_migrator().run(pool).await?;
+    QUEUE_MIGRATOR.run(pool).await?;
     Ok(())
 }
 
@@ -132,7 +133,7 @@ pub async fn migration_state(pool: &PgPool) -> Result<MigrationState, sqlx::Erro
         pending: Vec::new(),
         unknown: 0,
     };
-    for migrator in [&MIGRATOR, &queue_migrator()] {
+    for migrator in [&MIGRATOR, &*QUEUE_MIGRATOR] {
         let applied = applied_versions(pool, &migrator.table_name).await?;
         let known: Vec<i64> = migrator
             .iter()

@@ -249,7 +249,7 @@ impl RateLimiter {
             .arg(if take { "take" } else { "peek" })
             .invoke_async(&mut conn)
             .await;
-        let (decision, cached) = match result {
+        match result {
             Ok((allowed, by, requests, used_tokens, reset, window, cached)) => (
                 Self::decide(limits, allowed, by, requests, used_tokens, reset, window),
                 cached,
@@ -263,8 +263,7 @@ impl RateLimiter {
                 };
                 (decision, None)
             }
-        };
-        (decision, cached)
+        }
     }
 
     /// The script's answer as a decision.

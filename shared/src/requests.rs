@@ -683,12 +683,7 @@ async fn write_hits(pool: &PgPool, batch: &[(NewRequest, Insert)]) {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            stored => {
-                break answer_each(&rows, stored, |row| async move {
-                    only(store(pool, std::slice::from_ref(row)).await?)?
-                })
-                .await;
-            }
+            stored => break answer_stored(pool, &rows, stored).await,
         }
     };
     for (answer, (new, _)) in answers.iter().zip(&rows) {
@@ -705,7 +700,17 @@ async fn store_batch(
 ) -> Vec<Result<Submitted, ApiError>> {
     let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
     let stored = store(pool, &rows).await;
-    answer_each(&rows, stored, |row| async move {
+    answer_stored(pool, &rows, stored).await
+}
+
+/// Each row's answer after the batch's statement (see `answer_each`): a failed batch is stored
+/// again row by row.
+async fn answer_stored(
+    pool: &PgPool,
+    rows: &[(&NewRequest, &Insert)],
+    stored: Result<Vec<Result<Submitted, ApiError>>, sqlx::Error>,
+) -> Vec<Result<Submitted, ApiError>> {
+    answer_each(rows, stored, |row| async move {
         only(store(pool, std::slice::from_ref(row)).await?)?
     })
     .await
