@@ -171,6 +171,54 @@ struct DrainResult {
     workers: usize,
     jobs: usize,
     jobs_per_sec: f64,
+    /// What queueing the jobs cost PostgreSQL (the api's submits, no worker running) and what
+    /// running them did (the workers' fetch, claim, completion, acknowledgement and the hub
+    /// relay), per job: write-ahead log bytes, which do not depend on how busy the machine is,
+    /// and CPU of the PostgreSQL processes, when the server runs on this machine.
+    submit_cost: DbCost,
+    run_cost: DbCost,
+}
+
+/// PostgreSQL's work per job over one phase.
+#[derive(Debug, Serialize)]
+struct DbCost {
+    wal_bytes_per_job: f64,
+    cpu_us_per_job: Option<f64>,
+}
+
+/// Where the database stood at the start of a phase (see [`DbCost`]).
+struct DbMark {
+    wal_lsn: String,
+    cpu_secs: Option<f64>,
+}
+
+impl DbMark {
+    async fn now(pool: &PgPool) -> anyhow::Result<Self> {
+        let wal_lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(pool)
+            .await?;
+        Ok(Self {
+            wal_lsn,
+            cpu_secs: postgres_cpu_secs(),
+        })
+    }
+
+    async fn cost(&self, pool: &PgPool, jobs: usize) -> anyhow::Result<DbCost> {
+        let wal_bytes: f64 = sqlx::query_scalar(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::float8",
+        )
+        .bind(&self.wal_lsn)
+        .fetch_one(pool)
+        .await?;
+        let jobs = jobs.max(1) as f64;
+        Ok(DbCost {
+            wal_bytes_per_job: wal_bytes / jobs,
+            cpu_us_per_job: self
+                .cpu_secs
+                .zip(postgres_cpu_secs())
+                .map(|(before, after)| (after - before) * 1e6 / jobs),
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -408,13 +456,20 @@ async fn run(
 
     let mut drain = Vec::new();
     for workers in [1usize, 2] {
+        let total = args.e2e_jobs.div_ceil(50) * 50;
+        let queued = DbMark::now(&bench_db.pool).await?;
         submit_burst(&client, &base, &token, args.e2e_jobs).await;
+        // The api's group-commit writers answer once their batch committed: nothing is left.
+        let started = DbMark::now(&bench_db.pool).await?;
+        let submit_cost = queued.cost(&bench_db.pool, total).await?;
         let mut children = Vec::new();
         for i in 0..workers {
             children.push(stack.worker(&format!("drain-{workers}-{i}"), &[])?);
         }
-        let total = args.e2e_jobs.div_ceil(50) * 50;
         wait_finished(&bench_db.pool, total).await?;
+        // The acknowledgements and the hub relay follow the completing writes.
+        wait_settled(&bench_db.pool).await?;
+        let run_cost = started.cost(&bench_db.pool, total).await?;
         let (secs,): (f64,) = sqlx::query_as(
             "SELECT EXTRACT(EPOCH FROM (MAX(completed_at) - MIN(started_at)))::float8
              FROM generation_requests",
@@ -425,8 +480,13 @@ async fn run(
             workers,
             jobs: total,
             jobs_per_sec: total as f64 / secs,
+            submit_cost,
+            run_cost,
         };
-        println!("  drain, {workers} worker(s): {:.0} jobs/s", r.jobs_per_sec);
+        println!(
+            "  drain, {workers} worker(s): {:.0} jobs/s; per job, submit {:.0} B WAL, run {:.0} B WAL",
+            r.jobs_per_sec, r.submit_cost.wal_bytes_per_job, r.run_cost.wal_bytes_per_job
+        );
         drain.push(r);
         for child in &mut children {
             stop(child).await;
@@ -715,6 +775,26 @@ async fn wait_finished(pool: &PgPool, total: usize) -> anyhow::Result<()> {
         }
         // The figures come from the rows' timestamps, not from this poll: poll gently.
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (bounded) until every job is acknowledged and every event delivered to the hub.
+async fn wait_settled(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM apalis.jobs WHERE status NOT IN ('Done', 'Failed', 'Killed'))
+                  + (SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL)",
+        )
+        .fetch_one(pool)
+        .await?;
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} jobs or events still unsettled after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -1211,6 +1291,26 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// User + system CPU seconds of every PostgreSQL process on this machine, if there are any
+/// (the server may run elsewhere).
+fn postgres_cpu_secs() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == "postgres" {
+            *total.get_or_insert(0.0) += cpu_secs(pid);
+        }
+    }
+    total
+}
+
 fn print_report(report: &Report) {
     println!("\n== llm-bench  ({})", report.machine);
     // What was held fixed (concurrency or rate), requests, their rate, p50, p95, p99: the
@@ -1262,10 +1362,25 @@ fn print_report(report: &Report) {
             r.pickup.p99_ms
         );
     }
-    println!("\nqueue drain (jobs queued first, then the workers started)");
-    println!("{:>8} {:>7} {:>9}", "workers", "jobs", "jobs/s");
+    println!(
+        "\nqueue drain (jobs queued first, then the workers started); PostgreSQL's work per job"
+    );
+    println!(
+        "{:>8} {:>7} {:>9} {:>14} {:>14} {:>14} {:>14}",
+        "workers", "jobs", "jobs/s", "submit WAL B", "submit CPU us", "run WAL B", "run CPU us"
+    );
+    let cpu = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
     for r in &report.drain {
-        println!("{:>8} {:>7} {:>9.0}", r.workers, r.jobs, r.jobs_per_sec);
+        println!(
+            "{:>8} {:>7} {:>9.0} {:>14.0} {:>14} {:>14.0} {:>14}",
+            r.workers,
+            r.jobs,
+            r.jobs_per_sec,
+            r.submit_cost.wal_bytes_per_job,
+            cpu(r.submit_cost.cpu_us_per_job),
+            r.run_cost.wal_bytes_per_job,
+            cpu(r.run_cost.cpu_us_per_job)
+        );
     }
     let u = &report.unloaded;
     println!(

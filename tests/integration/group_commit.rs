@@ -538,29 +538,6 @@ async fn concurrent_jobs_of_one_worker_share_batches_and_each_gets_its_own_answe
     }
 }
 
-/// The generic plan of `sql` on `conn`, with every parameter NULL.
-async fn generic_plan(conn: &mut sqlx::PgConnection, sql: &str) -> String {
-    let params = (1..=40)
-        .take_while(|n| sql.contains(&format!("${n}")))
-        .count();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE planned AS {sql}")))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let nulls = vec!["NULL"; params].join(", ");
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN EXECUTE planned({nulls})"
-    )))
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql("DEALLOCATE planned")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    plan.join("\n")
-}
-
 /// BY_ID_ONLY (`requests`) and `db::WRITER_SETTINGS`: whatever the statistics say, every
 /// statement a group-commit writer runs finds its rows through an index, and the batched by-id
 /// ones through the primary key. Two states of the table: empty (a new deployment, a truncate;
@@ -595,17 +572,17 @@ async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
         .await
         .unwrap();
         for (name, sql) in requests::writer_statements() {
-            let plan = generic_plan(&mut conn, &sql).await;
+            let plan = llm_tests::generic_plan(&mut conn, &sql).await;
             assert!(
                 !plan.contains("Seq Scan"),
                 "{name} scans a table ({backlog} requests):\n{plan}"
             );
         }
         for (name, sql) in requests::by_id_statements() {
-            let plan = generic_plan(&mut conn, &sql).await;
+            let plan = llm_tests::generic_plan(&mut conn, &sql).await;
             assert!(
                 !plan.contains("generation_requests_unfinished_idx")
-                    && !plan.contains("generation_requests_status_idx"),
+                    && !plan.contains("generation_requests_replayable_idx"),
                 "{name} reads requests through a status index ({backlog} requests):\n{plan}"
             );
             assert!(

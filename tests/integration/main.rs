@@ -12,6 +12,7 @@ mod generate;
 mod group_commit;
 mod health;
 mod hub;
+mod indexes;
 mod metrics;
 mod migrations;
 mod models;

@@ -81,12 +81,12 @@ impl TestDb {
         }
     }
 
-    /// Runs a test's own counting query (test code only: the SQL is the test's literal).
     /// The Redis key prefix of this test (its keys and channels never meet another test's).
     pub fn redis_prefix(&self) -> String {
         format!("{}:", self.name)
     }
 
+    /// Runs a test's own counting query (test code only: the SQL is the test's literal).
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)
@@ -594,4 +594,27 @@ pub fn signal(child: &Child, sig: i32) {
 fn unsafe_kill(pid: i32, sig: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) }
+}
+
+/// The generic plan of `sql` on `conn`, with every parameter NULL.
+pub async fn generic_plan(conn: &mut sqlx::PgConnection, sql: &str) -> String {
+    let params = (1..=40)
+        .take_while(|n| sql.contains(&format!("${n}")))
+        .count();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE planned AS {sql}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let nulls = vec!["NULL"; params].join(", ");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE planned({nulls})"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("DEALLOCATE planned")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    plan.join("\n")
 }
