@@ -761,17 +761,28 @@ async fn submit_burst(client: &reqwest::Client, base: &str, token: &str, jobs: u
 /// Waits (bounded) until `total` requests are final.
 async fn wait_finished(pool: &PgPool, total: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(pool);
     loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM generation_requests WHERE status IN ('completed', 'failed')",
+        // The poll shares the database with what it measures: it counts the unfinished rows
+        // (through their partial index, fewer as the run goes on), not the finished ones
+        // (counting those cost 9 ms a poll at 10,000 jobs, 18 µs of PostgreSQL time per job).
+        let unfinished = count(
+            "SELECT COUNT(*) FROM generation_requests WHERE status IN ('pending', 'running')",
         )
-        .fetch_one(pool)
         .await?;
+        let done = if unfinished == 0 {
+            count(
+                "SELECT COUNT(*) FROM generation_requests WHERE status IN ('completed', 'failed')",
+            )
+            .await?
+        } else {
+            0
+        };
         if done as usize >= total {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {done} of {total} jobs finished within 300 s");
+            bail!("only {done} of {total} jobs finished within 300 s ({unfinished} unfinished)");
         }
         // The figures come from the rows' timestamps, not from this poll: poll gently.
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -64,6 +64,9 @@ pub struct WorkerState {
 
 /// Writer tasks per batcher: one batch is written while the next one fills.
 const BATCH_WRITERS: usize = 2;
+/// Connections for apalis' statements (fetches, acknowledgements, heartbeats; see
+/// `db::queue_pool`).
+const QUEUE_CONNECTIONS: u32 = 4;
 
 impl WorkerState {
     /// The state of a worker; `relay` carries streamed requests' tokens. Completion notices
@@ -468,11 +471,12 @@ pub async fn run(
     let poll = Duration::from_millis(config.poll_ms.max(50));
     tracing::info!(worker = %name, concurrency, "worker starting");
 
+    let queue_pool = crate::db::queue_pool(&pool, QUEUE_CONNECTIONS);
     let monitor = Monitor::new()
         .register(move |restarts| {
             // A restarted worker must not reuse its name: jobs locked under it would stay locked.
             let worker_name = if restarts == 0 { name.clone() } else { format!("{name}-r{restarts}") };
-            let storage = PostgresStorage::<GenerationJob>::new(&pool).with_config(queue_config.clone());
+            let storage = PostgresStorage::<GenerationJob>::new(&queue_pool).with_config(queue_config.clone());
             let backend = PollWith::new(storage, WakeStrategy::new(pool.clone(), poll));
             WorkerBuilder::new(worker_name)
                 .backend(backend)

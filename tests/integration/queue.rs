@@ -70,3 +70,90 @@ async fn finished_jobs_hold_no_worker_and_no_index_is_kept_twice() {
         .await;
     assert_eq!(duplicates, 0, "apalis.jobs keeps an index twice");
 }
+
+/// apalis' acknowledgement of results (apalis-postgres 1.0, `queries/task/handle_result.sql`),
+/// as it runs it.
+const APALIS_ACK: &str = "WITH j AS (
+    SELECT (value ->> 'task_id')::text AS task_id, (value ->> 'attempt')::integer AS attempt,
+           value -> 'result' AS result, value ->> 'status' AS status
+    FROM jsonb_array_elements($1::jsonb) AS value
+),
+locked AS (
+    SELECT jobs.id FROM apalis.jobs AS jobs
+    INNER JOIN j ON j.task_id = jobs.id
+    WHERE jobs.lock_by = $2
+    ORDER BY jobs.id
+    FOR UPDATE
+)
+UPDATE apalis.jobs AS jobs
+SET status = j.status, attempts = j.attempt, last_result = j.result, done_at = NOW()
+FROM j
+INNER JOIN locked ON locked.id = j.task_id
+WHERE jobs.id = locked.id";
+
+/// Every job a worker fetched leaves an entry for its worker in apalis' `lock_by` index until
+/// a vacuum. The acknowledgement reads that index; through a bitmap it visited the heap for
+/// each of those entries at every call. On the worker's queue connections (`db::queue_pool`)
+/// it reads the index with a plain scan, which marks the entries of dead rows as it meets
+/// them, so that later scans skip them.
+#[tokio::test]
+async fn apalis_acknowledges_through_a_plain_index_scan() {
+    let app = llm_tests::spawn_app().await;
+    let pool = &app.db.pool;
+    // Two workers' history, as a busy queue has it between two vacuums: 20,000 jobs fetched by
+    // them in turn, each leaving an entry for its worker in the lock_by index, all done but one
+    // in 40.
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ('w', $1, 'PostgresStorage', '', NOW()), ('v', $1, 'PostgresStorage', '', NOW())",
+    )
+    .bind(llm_shared::queue::QUEUE)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ALTER TABLE apalis.jobs SET (autovacuum_enabled = false)")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                  priority, lock_by)
+         SELECT 'job-' || g, $1, '\\x00', 'Running', 1, 5, NOW(), 0,
+                CASE WHEN g % 2 = 0 THEN 'w' ELSE 'v' END
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(llm_shared::queue::QUEUE)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE apalis.jobs SET status = 'Done' WHERE substr(id, 5)::int % 40 <> 0")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql("ANALYZE apalis.jobs")
+        .execute(pool)
+        .await
+        .unwrap();
+
+    // apalis' statements are prepared: after a few runs PostgreSQL keeps a generic plan. (In a
+    // 10,000-job drain the planner chose a bitmap over that index; on a table this fresh it
+    // may not, so the settings themselves are checked too.)
+    let generic = "SET plan_cache_mode = force_generic_plan";
+    let queue_pool = llm_shared::db::queue_pool(pool, 1);
+    let mut conn = queue_pool.acquire().await.unwrap();
+    let bitmaps: String = sqlx::query_scalar("SHOW enable_bitmapscan")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        bitmaps, "off",
+        "the queue's connections may plan bitmap scans"
+    );
+    sqlx::raw_sql(generic).execute(&mut *conn).await.unwrap();
+    let plan = llm_tests::generic_plan(&mut conn, APALIS_ACK).await;
+    assert!(
+        !plan.contains("Bitmap") && !plan.contains("Seq Scan"),
+        "on the queue's connections the acknowledgement reads apalis.jobs other than by plain \
+         index scans:\n{plan}"
+    );
+}
