@@ -1465,8 +1465,12 @@ fn print_report(report: &Report) {
 }
 
 /// Empties the requests and the queue between measurements.
+/// Empties what the jobs of a phase wrote, so that each phase starts where the first one did:
+/// requests (and their attempts), queue jobs, outbox events and cache entries. Left to grow,
+/// the outbox and the cache held every earlier phase's rows, and the later phases ran on
+/// tables larger than PostgreSQL's buffers.
 async fn reset_tables(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE generation_requests, apalis.jobs CASCADE")
+    sqlx::query("TRUNCATE generation_requests, apalis.jobs, outbox_events, response_cache CASCADE")
         .execute(pool)
         .await?;
     Ok(())

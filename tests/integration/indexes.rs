@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -53,27 +52,10 @@ fn names(names: &[&str]) -> BTreeSet<String> {
 #[tokio::test]
 async fn finished_jobs_are_held_only_by_the_indexes_that_read_them() {
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
-    let ids: Vec<Uuid> = futures::future::join_all(
-        (0..20).map(|n| app.submit_ok(json!({"prompt": format!("indexed job {n}")}))),
-    )
-    .await;
-    for id in &ids {
-        let done = app.wait_final(*id, WAIT).await;
-        assert_eq!(done["status"], "completed", "{done}");
-    }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app
-        .db
-        .count("SELECT COUNT(*) FROM apalis.jobs WHERE status <> 'Done'")
-        .await
-        > 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs not acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bodies = (0..20)
+        .map(|n| json!({"prompt": format!("indexed job {n}")}))
+        .collect();
+    let ids = app.complete_and_acknowledge(bodies, WAIT).await;
     worker.stop().await;
     // No message hub here: the events are marked delivered as the relay would.
     sqlx::query("UPDATE outbox_events SET delivered_at = NOW(), attempts = attempts + 1")

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use serde_json::json;
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -13,28 +12,10 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test]
 async fn finished_jobs_hold_no_worker_and_no_index_is_kept_twice() {
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
-    let ids: Vec<Uuid> = futures::future::join_all((0..40).map(|n| {
-        app.submit_ok(json!({"prompt": format!("job {n}"), "cache": {"no_cache": true}}))
-    }))
-    .await;
-    for id in &ids {
-        let done = app.wait_final(*id, WAIT).await;
-        assert_eq!(done["status"], "completed", "{done}");
-    }
-    // The acknowledgement follows the completing write: wait for every job to be Done.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app
-        .db
-        .count("SELECT COUNT(*) FROM apalis.jobs WHERE status <> 'Done'")
-        .await
-        > 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs not acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bodies = (0..40)
+        .map(|n| json!({"prompt": format!("job {n}"), "cache": {"no_cache": true}}))
+        .collect();
+    app.complete_and_acknowledge(bodies, WAIT).await;
     assert_eq!(
         app.db
             .count("SELECT COUNT(*) FROM apalis.jobs WHERE lock_by IS NOT NULL")

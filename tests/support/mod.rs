@@ -280,6 +280,35 @@ impl TestApp {
             }
         }
     }
+
+    /// Submits `bodies` at once and waits (bounded by `within`) until every request completed
+    /// and apalis acknowledged every job (the acknowledgement follows the completing write).
+    pub async fn complete_and_acknowledge(
+        &self,
+        bodies: Vec<Value>,
+        within: Duration,
+    ) -> Vec<Uuid> {
+        let ids: Vec<Uuid> =
+            futures::future::join_all(bodies.into_iter().map(|body| self.submit_ok(body))).await;
+        for id in &ids {
+            let done = self.wait_final(*id, within).await;
+            assert_eq!(done["status"], "completed", "{done}");
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while self
+            .db
+            .count("SELECT COUNT(*) FROM apalis.jobs WHERE status <> 'Done'")
+            .await
+            > 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs not acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ids
+    }
 }
 
 #[derive(Parser)]
