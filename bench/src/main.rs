@@ -805,7 +805,8 @@ async fn wait_settled(pool: &PgPool) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("{left} jobs or events still unsettled after 60 s");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Counted in the phase's cost like the rest: poll gently (as `wait_finished` does).
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
