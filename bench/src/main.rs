@@ -1465,7 +1465,6 @@ fn print_report(report: &Report) {
     println!("\ntotal {:.0} s", report.total_secs);
 }
 
-/// Empties the requests and the queue between measurements.
 /// Empties what the jobs of a phase wrote, so that each phase starts where the first one did:
 /// requests (and their attempts), queue jobs, outbox events and cache entries. Left to grow,
 /// the outbox and the cache held every earlier phase's rows, and the later phases ran on

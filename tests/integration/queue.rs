@@ -119,7 +119,6 @@ async fn apalis_acknowledges_through_a_plain_index_scan() {
     // apalis' statements are prepared: after a few runs PostgreSQL keeps a generic plan. (In a
     // 10,000-job drain the planner chose a bitmap over that index; on a table this fresh it
     // may not, so the settings themselves are checked too.)
-    let generic = "SET plan_cache_mode = force_generic_plan";
     let queue_pool = llm_shared::db::queue_pool(pool, 1);
     let mut conn = queue_pool.acquire().await.unwrap();
     let bitmaps: String = sqlx::query_scalar("SHOW enable_bitmapscan")
@@ -130,7 +129,6 @@ async fn apalis_acknowledges_through_a_plain_index_scan() {
         bitmaps, "off",
         "the queue's connections may plan bitmap scans"
     );
-    sqlx::raw_sql(generic).execute(&mut *conn).await.unwrap();
     let plan = llm_tests::generic_plan(&mut conn, APALIS_ACK).await;
     assert!(
         !plan.contains("Bitmap") && !plan.contains("Seq Scan"),

@@ -625,15 +625,18 @@ fn unsafe_kill(pid: i32, sig: i32) -> i32 {
     unsafe { libc::kill(pid, sig) }
 }
 
-/// The generic plan of `sql` on `conn`, with every parameter NULL.
+/// The generic plan of `sql` on `conn` (the one PostgreSQL keeps for a prepared statement
+/// after a few runs), with every parameter NULL. Leaves `conn` planning generic plans.
 pub async fn generic_plan(conn: &mut sqlx::PgConnection, sql: &str) -> String {
     let params = (1..=40)
         .take_while(|n| sql.contains(&format!("${n}")))
         .count();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE planned AS {sql}")))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan; PREPARE planned AS {sql}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     let nulls = vec!["NULL"; params].join(", ");
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN EXECUTE planned({nulls})"
