@@ -766,10 +766,8 @@ async fn wait_finished(pool: &PgPool, total: usize) -> anyhow::Result<()> {
         // The poll shares the database with what it measures: it counts the unfinished rows
         // (through their partial index, fewer as the run goes on), not the finished ones
         // (counting those cost 9 ms a poll at 10,000 jobs, 18 µs of PostgreSQL time per job).
-        let unfinished = count(
-            "SELECT COUNT(*) FROM generation_requests WHERE status IN ('pending', 'running')",
-        )
-        .await?;
+        let unfinished =
+            count("SELECT COUNT(*) FROM generation_requests WHERE completed_at IS NULL").await?;
         let done = if unfinished == 0 {
             count(
                 "SELECT COUNT(*) FROM generation_requests WHERE status IN ('completed', 'failed')",

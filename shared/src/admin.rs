@@ -39,6 +39,13 @@ impl RequestFilter {
         query.push(" WHERE TRUE");
         if let Some(status) = self.status {
             query.push(" AND status = ").push_bind(status.as_str());
+            // The same rows, named as the partial indexes name them, so that they are read
+            // through those (the table's CHECKs make these follow from the status).
+            query.push(match status {
+                Status::Pending | Status::Running => " AND completed_at IS NULL",
+                Status::Failed | Status::Cancelled => " AND error_code IS NOT NULL",
+                Status::Completed => "",
+            });
         }
         if let Some(model) = &self.model {
             query.push(" AND model = ").push_bind(model.clone());
@@ -203,7 +210,9 @@ pub async fn replay_matching(
     let mut query = QueryBuilder::new("SELECT id FROM generation_requests");
     filter.push_where(&mut query);
     query
-        .push(" AND status IN ('failed', 'cancelled') ORDER BY id LIMIT ")
+        .push(
+            " AND error_code IS NOT NULL AND status IN ('failed', 'cancelled') ORDER BY id LIMIT ",
+        )
         .push_bind(MAX_BULK_REPLAY);
     let ids: Vec<Uuid> = query.build_query_scalar().fetch_all(pool).await?;
     if dry_run || ids.is_empty() {

@@ -198,13 +198,18 @@ pub fn metadata_of(hit: &CachedResponse, template_id: Option<&str>) -> Value {
 /// The live table entry of the key `lookup_key` (a column of the enclosing query), for a
 /// `LEFT JOIN LATERAL`: the columns of a [`CachedResponse`], read from the row's `metadata` as
 /// [`metadata_of`] writes it. No row when the key is NULL, unknown or expired.
+///
+/// `LIMIT 1` (the key is the primary key: one row at most) keeps the lookup a subquery run per
+/// request by its key: as a join, the planner, seeing a few dozen entries, read every live one
+/// and hashed them, and kept that plan as the cache filled (every entry read per submit).
 pub const LIVE_ENTRY: &str = "SELECT response, metadata->>'provider' AS provider,
         metadata->>'provider_model' AS provider_model, metadata->>'served_model' AS served_model,
         (metadata->>'prompt_tokens')::int AS prompt_tokens,
         (metadata->>'completion_tokens')::int AS completion_tokens,
         metadata->>'finish_reason' AS finish_reason
     FROM response_cache
-    WHERE cache_key = lookup_key AND (expires_at IS NULL OR expires_at > NOW())";
+    WHERE cache_key = lookup_key AND (expires_at IS NULL OR expires_at > NOW())
+    LIMIT 1";
 
 #[cfg(test)]
 mod tests {

@@ -187,13 +187,12 @@ pub async fn deliver_due(
         .filter_map(|(seq, f)| f.as_ref().map(|f| (*seq, f)))
         .collect();
     if !delivered.is_empty() {
-        sqlx::query(
-            "UPDATE outbox_events SET delivered_at = NOW(), attempts = attempts + 1
-             WHERE seq = ANY($1)",
-        )
-        .bind(&delivered)
-        .execute(&mut *tx)
-        .await?;
+        // Gone once the hub has it: nothing reads a delivered event, and a mark was a second
+        // copy of the row (see migration 20261205000002).
+        sqlx::query("DELETE FROM outbox_events WHERE seq = ANY($1)")
+            .bind(&delivered)
+            .execute(&mut *tx)
+            .await?;
     }
     if !failed.is_empty() {
         sqlx::query(

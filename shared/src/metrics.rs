@@ -325,10 +325,12 @@ impl Metrics {
         let read = async {
             let (pending, running, oldest, backlog): (i64, i64, Option<f64>, i64) = sqlx::query_as(
                 "SELECT
-                         (SELECT COUNT(*) FROM generation_requests WHERE status = 'pending'),
-                         (SELECT COUNT(*) FROM generation_requests WHERE status = 'running'),
+                         (SELECT COUNT(*) FROM generation_requests
+                          WHERE completed_at IS NULL AND status = 'pending'),
+                         (SELECT COUNT(*) FROM generation_requests
+                          WHERE completed_at IS NULL AND status = 'running'),
                          (SELECT EXTRACT(EPOCH FROM NOW() - MIN(created_at))::float8
-                          FROM generation_requests WHERE status = 'pending'),
+                          FROM generation_requests WHERE completed_at IS NULL AND status = 'pending'),
                          (SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL)",
             )
             .fetch_one(pool)

@@ -136,7 +136,9 @@ pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx
              SELECT j.id
              FROM generation_requests r
              JOIN apalis.jobs j ON j.id = r.job_id
-             WHERE (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at < NOW()))
+             -- `completed_at IS NULL`: the unfinished ones, through their partial index
+             WHERE r.completed_at IS NULL
+               AND (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at < NOW()))
                AND r.updated_at < NOW() - make_interval(secs => $1)
                AND (j.status IN ('Done', 'Killed')
                     OR (j.status = 'Failed' AND j.attempts >= j.max_attempts))

@@ -787,7 +787,7 @@ static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 CASE WHEN result IS NULL THEN
                     (SELECT f.id FROM generation_requests f
                      WHERE a.lookup_key IS NOT NULL AND f.cache_key = a.lookup_key
-                       AND f.status IN ('pending', 'running') AND f.coalesced_into IS NULL
+                       AND f.completed_at IS NULL AND f.coalesced_into IS NULL
                        AND NOT (f.cache_policy @> '{{\"no_store\": true}}')
                      ORDER BY f.created_at LIMIT 1)
                 END,

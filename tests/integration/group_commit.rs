@@ -543,7 +543,8 @@ async fn concurrent_jobs_of_one_worker_share_batches_and_each_gets_its_own_answe
 /// ones through the primary key. Two states of the table: empty (a new deployment, a truncate;
 /// a plan made then is kept as the table grows, and on so few pages a sequential scan is
 /// cheapest), and a backlog of 20,000 rows the planner has no statistics for (through a status
-/// index, each statement walked the whole backlog).
+/// index, each statement walked the whole backlog; through the unfinished requests' age index,
+/// each submit's in-flight lookup did).
 #[tokio::test]
 async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
     let app = spawn_app().await;
@@ -555,6 +556,16 @@ async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
             .await
             .unwrap();
     }
+    // A cache holding a few live entries (a deployment's first minutes): few enough that
+    // reading them all looked cheaper than one lookup per request.
+    sqlx::query(
+        "INSERT INTO response_cache (cache_key, response, prompt, model, expires_at)
+         SELECT 'key-' || g, 'an answer', 'a prompt', 'mock', NOW() + INTERVAL '1 hour'
+         FROM generate_series(1, 40) g",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     sqlx::raw_sql("ANALYZE generation_requests; ANALYZE response_cache")
         .execute(&mut *conn)
         .await
@@ -578,11 +589,41 @@ async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
                 "{name} scans a table ({backlog} requests):\n{plan}"
             );
         }
+        // A cache miss looks for the identical request in flight by its key, oldest first: by
+        // the key, never by walking the unfinished requests in age order until one matches.
+        let insert = llm_tests::generic_plan(
+            &mut conn,
+            &requests::writer_statements()
+                .into_iter()
+                .find(|(name, _)| *name == "insert_many")
+                .map(|(_, sql)| sql)
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            insert.contains("generation_requests_inflight_by_key_idx")
+                && !insert.contains("generation_requests_unfinished_by_age_idx"),
+            "the in-flight lookup does not read by key ({backlog} requests):\n{insert}"
+        );
+        // And the cache entry of each by its key: a join with the live entries read them all
+        // (through their expiry index), every entry per submit once the cache filled.
+        let lines: Vec<&str> = insert.lines().map(str::trim).collect();
+        let cache_reads: Vec<&[&str]> = lines
+            .windows(2)
+            .filter(|pair| pair[0].contains(" on response_cache "))
+            .collect();
+        assert!(
+            !cache_reads.is_empty()
+                && cache_reads
+                    .iter()
+                    .all(|pair| pair[1].starts_with("Index Cond: ((cache_key)::text =")),
+            "the cache lookup does not read by key ({backlog} requests):\n{insert}"
+        );
         for (name, sql) in requests::by_id_statements() {
             let plan = llm_tests::generic_plan(&mut conn, &sql).await;
             assert!(
-                !plan.contains("generation_requests_unfinished_idx")
-                    && !plan.contains("generation_requests_replayable_idx"),
+                !plan.contains("generation_requests_unfinished_by_age_idx")
+                    && !plan.contains("generation_requests_errored_idx"),
                 "{name} reads requests through a status index ({backlog} requests):\n{plan}"
             );
             assert!(

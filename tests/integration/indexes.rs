@@ -1,7 +1,8 @@
-//! What the indexes of the tables every job writes hold once the job is finished. A status
-//! change is not a HOT update (the status is indexed), so each index whose predicate a row's new
-//! version matches gets an entry for it: an index that holds finished jobs costs an entry per
-//! submit, claim and completion, and finished jobs are nearly all the rows.
+//! What the indexes of the tables every job writes hold once the job is finished, and which
+//! writes are HOT updates. An update that changes an indexed column (predicates count) is not
+//! HOT, so each index whose predicate a row's new version matches gets an entry for it: an
+//! index that holds finished jobs costs an entry per write, and finished jobs are nearly all
+//! the rows.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -45,10 +46,10 @@ fn names(names: &[&str]) -> BTreeSet<String> {
 }
 
 /// A finished job is held only by the indexes that something reads it through: its request by
-/// id and in its user's listing, its queue job and its delivered events by their keys alone.
-/// Requests by status (kept for the admin's replays), an outbox event's random id, cache
-/// entries by model, and apalis' worker and idempotency-key columns (NULL for a finished job)
-/// are indexed only where a query reads them: failed and cancelled requests, non-NULL values.
+/// id and in its user's listing, its queue job by its key alone. Requests by status (kept for
+/// the admin's replays), cache entries by model, and apalis' worker and idempotency-key columns
+/// (NULL for a finished job) are indexed only where a query reads them: failed and cancelled
+/// requests, non-NULL values. (Its delivered events are deleted: `hub::a_hub_that_is_down_then_up_receives_every_event_in_order`.)
 #[tokio::test]
 async fn finished_jobs_are_held_only_by_the_indexes_that_read_them() {
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
@@ -57,11 +58,6 @@ async fn finished_jobs_are_held_only_by_the_indexes_that_read_them() {
         .collect();
     let ids = app.complete_and_acknowledge(bodies, WAIT).await;
     worker.stop().await;
-    // No message hub here: the events are marked delivered as the relay would.
-    sqlx::query("UPDATE outbox_events SET delivered_at = NOW(), attempts = attempts + 1")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
 
     let pool = &app.db.pool;
     assert_eq!(
@@ -75,10 +71,6 @@ async fn finished_jobs_are_held_only_by_the_indexes_that_read_them() {
         indexes_holding(pool, "apalis.jobs", "status = 'Done'").await,
         names(&["jobs_pkey"])
     );
-    assert_eq!(
-        indexes_holding(pool, "outbox_events", "delivered_at IS NOT NULL").await,
-        names(&["outbox_events_pkey"])
-    );
     // A stored result: read by its key, purged by its expiry.
     assert_eq!(
         indexes_holding(pool, "response_cache", "true").await,
@@ -87,15 +79,18 @@ async fn finished_jobs_are_held_only_by_the_indexes_that_read_them() {
 
     // What the partial indexes are for still reads through them: the replays' failed and
     // cancelled requests, and the jobs a worker holds.
-    sqlx::query("UPDATE generation_requests SET status = 'failed' WHERE id = $1")
-        .bind(ids[0])
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE generation_requests SET status = 'failed', error_code = 'provider_error'
+         WHERE id = $1",
+    )
+    .bind(ids[0])
+    .execute(pool)
+    .await
+    .unwrap();
     assert!(
         indexes_holding(pool, "generation_requests", "status = 'failed'")
             .await
-            .contains("generation_requests_replayable_idx")
+            .contains("generation_requests_errored_idx")
     );
     sqlx::query(
         "UPDATE apalis.jobs SET status = 'Running', lock_by = (SELECT id FROM apalis.workers LIMIT 1)
@@ -121,4 +116,97 @@ async fn finished_jobs_are_held_only_by_the_indexes_that_read_them() {
     let plan =
         llm_tests::generic_plan(&mut conn, "SELECT id FROM apalis.jobs WHERE lock_by = $1").await;
     assert!(plan.contains("idx_apalis_jobs_lock_by"), "{plan}");
+}
+
+/// How many rows of `generation_requests` this transaction has updated, and how many of those
+/// were HOT updates (read in the transaction itself, so no statistics flush is waited for).
+async fn updates_so_far(tx: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT pg_stat_get_xact_tuples_updated('generation_requests'::regclass),
+                pg_stat_get_xact_tuples_hot_updated('generation_requests'::regclass)",
+    )
+    .fetch_one(tx)
+    .await
+    .unwrap()
+}
+
+/// A claim and a lease renewal are HOT updates: no index of the table names a column they
+/// write (unfinished is `completed_at IS NULL`, not a status or a lease), so they add no index
+/// entry and the row's new version stays on its page. The completion is the one write per job
+/// that moves a request out of the partial indexes. The worker's own statements are run here
+/// in one transaction, whose counters say what each did.
+#[tokio::test]
+async fn claims_and_lease_renewals_are_hot_updates() {
+    let app = llm_tests::spawn_app().await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(
+            app.submit_ok(json!({"prompt": format!("hot claim {n}")}))
+                .await,
+        );
+    }
+    let statements: std::collections::HashMap<&str, String> =
+        llm_shared::requests::by_id_statements()
+            .into_iter()
+            .collect();
+    let mut tx = app.db.pool.begin().await.unwrap();
+
+    let claimed = sqlx::query(sqlx::AssertSqlSafe(statements["claim_many"].clone()))
+        .bind(&ids)
+        .bind("hot-worker")
+        .bind(60.0_f64)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), ids.len());
+    assert_eq!(
+        updates_so_far(&mut tx).await,
+        (4, 4),
+        "claims: (updated, HOT)"
+    );
+
+    let renewed = sqlx::query(sqlx::AssertSqlSafe(statements["renew_leases"].clone()))
+        .bind(&ids)
+        .bind("hot-worker")
+        .bind(60.0_f64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(renewed.rows_affected(), 4);
+    assert_eq!(
+        updates_so_far(&mut tx).await,
+        (8, 8),
+        "and renewals: (updated, HOT)"
+    );
+    tx.rollback().await.unwrap();
+}
+
+/// The CHECKs that make the partial indexes' predicates name the statuses they stand for: a
+/// write that would put a finished request among the unfinished ones (or a failure without an
+/// error code outside the replays' index) is refused.
+#[tokio::test]
+async fn a_status_and_its_completion_time_cannot_disagree() {
+    let app = llm_tests::spawn_app().await;
+    let id = app.submit_ok(json!({"prompt": "consistent"})).await;
+    for (write, constraint) in [
+        (
+            "UPDATE generation_requests SET status = 'completed' WHERE id = $1",
+            "generation_requests_finished_when_completed_at",
+        ),
+        (
+            "UPDATE generation_requests SET completed_at = NOW() WHERE id = $1",
+            "generation_requests_finished_when_completed_at",
+        ),
+        (
+            "UPDATE generation_requests SET status = 'failed', completed_at = NOW() WHERE id = $1",
+            "generation_requests_failures_have_an_error_code",
+        ),
+    ] {
+        let refused = sqlx::query(write).bind(id).execute(&app.db.pool).await;
+        let constraint_named = match &refused {
+            Err(sqlx::Error::Database(e)) => e.constraint().map(str::to_owned),
+            _ => None,
+        };
+        assert_eq!(constraint_named.as_deref(), Some(constraint), "{write}");
+    }
 }
