@@ -50,12 +50,48 @@ pub struct CachedResponse {
 /// The key of what determines the output: model, prompt, generation parameters (which hold the
 /// system prompt and the response format), and the mock's controls. Nothing volatile.
 pub fn cache_key(model: &str, prompt: &str, parameters: &Value, mock: Option<&Value>) -> String {
-    // serde_json maps keep their keys sorted, so equal requests serialise equally.
-    let canonical =
-        json!({"model": model, "prompt": prompt, "parameters": parameters, "mock": mock});
-    let digest = Sha256::digest(canonical.to_string().as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{KEY_VERSION}:{hex}")
+    // The fields in sorted order, as a JSON object with these keys writes them (serde_json
+    // maps keep their keys sorted, so equal parameters serialise equally); written from the
+    // borrowed values, not from a copy of the prompt in a `Value` (every submit computes this).
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        mock: Option<&'a Value>,
+        model: &'a str,
+        parameters: &'a Value,
+        prompt: &'a str,
+    }
+    let canonical = Canonical {
+        mock,
+        model,
+        parameters,
+        prompt,
+    };
+    let mut hasher = Sha256::new();
+    // Serialising borrowed strings and a `Value` into memory cannot fail.
+    let _ = serde_json::to_writer(&mut DigestWriter(&mut hasher), &canonical);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = String::with_capacity(KEY_VERSION.len() + 1 + 64);
+    key.push_str(KEY_VERSION);
+    key.push(':');
+    for byte in hasher.finalize() {
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    key
+}
+
+/// Feeds what is written to a hash, so the canonical JSON is hashed as it is written.
+struct DigestWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for DigestWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What to invalidate; every given field must match.
@@ -237,5 +273,43 @@ mod tests {
             a,
             cache_key("mock", "hello", &params, Some(&json!({"latency_ms": 5})))
         );
+    }
+
+    /// Keys stay what they were (stored entries stay reachable): the SHA-256 of the canonical
+    /// JSON, keys sorted, compact, as `serde_json::Value` writes it.
+    #[test]
+    fn keys_are_stable_across_releases() {
+        let params = json!({"temperature": 0.2, "max_tokens": 10});
+        assert_eq!(
+            cache_key("mock", "hello \"dé\"", &params, None),
+            "v1:50b624d0ba6daf7e7a6bde27c5f21e99eb90ef5e22555ae59dd055d023d9fc0b"
+        );
+        // The same digest as the canonical `Value` itself, for escapes, nesting and the mock.
+        let cases = [
+            (
+                "mock",
+                "tab\t, newline\n, nul \u{0}, emoji 🐉",
+                json!({}),
+                None,
+            ),
+            (
+                "gpt-4o",
+                "a",
+                json!({"system": "be \\ brief", "stop": ["\"x\""], "response_format": {"type": "json_schema", "schema": {"b": 1, "a": [null, true]}}}),
+                Some(json!({"latency_ms": 5, "fail": "transient"})),
+            ),
+        ];
+        for (model, prompt, parameters, mock) in cases {
+            let canonical =
+                json!({"model": model, "prompt": prompt, "parameters": parameters, "mock": mock});
+            let hex: String = Sha256::digest(canonical.to_string().as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                cache_key(model, prompt, &parameters, mock.as_ref()),
+                format!("v1:{hex}")
+            );
+        }
     }
 }
