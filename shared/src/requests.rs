@@ -783,11 +783,13 @@ static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
                 idempotency_key, stream, cache_key, cache_policy, estimated_tokens,
                 CASE WHEN result IS NOT NULL THEN 'completed' ELSE 'pending' END,
-                -- unanswered: the identical request in flight, if this one may follow it
+                -- unanswered: the identical request in flight, if this one may follow it;
+                -- unfinished spelt as the in-flight index spells it, which the age index's
+                -- predicate is not implied by (migration 20261205000003)
                 CASE WHEN result IS NULL THEN
                     (SELECT f.id FROM generation_requests f
                      WHERE a.lookup_key IS NOT NULL AND f.cache_key = a.lookup_key
-                       AND f.completed_at IS NULL AND f.coalesced_into IS NULL
+                       AND (f.completed_at IS NULL) IS TRUE AND f.coalesced_into IS NULL
                        AND NOT (f.cache_policy @> '{{\"no_store\": true}}')
                      ORDER BY f.created_at LIMIT 1)
                 END,

@@ -633,3 +633,47 @@ async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
         }
     }
 }
+
+/// The in-flight lookup on a new deployment's table, which no ANALYZE has read yet (the planner
+/// then assumes its size from its pages), as it fills: with a few hundred rows the planner
+/// priced the unfinished requests' age index like the in-flight index and took it, and a
+/// writer connection kept that generic plan as the backlog grew (the benchmark's submits ran
+/// at half speed in about half its runs). The lookup can no longer be answered through the
+/// age index (migration 20261205000003).
+#[tokio::test]
+async fn the_in_flight_lookup_reads_by_key_on_a_table_never_analyzed() {
+    let app = spawn_app().await;
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    for (name, value) in llm_shared::db::WRITER_SETTINGS {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET {name} = {value}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let insert = requests::writer_statements()
+        .into_iter()
+        .find(|(name, _)| *name == "insert_many")
+        .map(|(_, sql)| sql)
+        .unwrap();
+    let mut backlog = 0;
+    for more in [0, 1, 9, 40, 50, 100, 200, 400, 1_000, 3_000] {
+        // Requests in flight, each with its own key, as submits of distinct prompts leave them.
+        sqlx::query(
+            "INSERT INTO generation_requests (id, prompt, model, user_id, job_id, status, cache_key)
+             SELECT gen_random_uuid(), repeat('a backlog prompt ', 16), 'mock', gen_random_uuid(),
+                    'job-' || g, 'pending', 'v1:' || md5(g::text || random()::text)
+             FROM generate_series(1, $1) g",
+        )
+        .bind(more)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        backlog += more;
+        let plan = llm_tests::generic_plan(&mut conn, &insert).await;
+        assert!(
+            plan.contains("generation_requests_inflight_by_key_idx")
+                && !plan.contains("generation_requests_unfinished_by_age_idx"),
+            "the in-flight lookup does not read by key ({backlog} requests, never analyzed):\n{plan}"
+        );
+    }
+}
