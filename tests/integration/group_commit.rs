@@ -538,6 +538,27 @@ async fn concurrent_jobs_of_one_worker_share_batches_and_each_gets_its_own_answe
     }
 }
 
+/// A connection set up as every connection of a group-commit writer is (`db::writer_pool`).
+async fn writer_connection(app: &TestApp) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    for (name, value) in llm_shared::db::WRITER_SETTINGS {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET {name} = {value}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    conn
+}
+
+/// The submit writer's statement (`requests::insert_many`).
+fn insert_many_statement() -> String {
+    requests::writer_statements()
+        .into_iter()
+        .find(|(name, _)| *name == "insert_many")
+        .map(|(_, sql)| sql)
+        .unwrap()
+}
+
 /// BY_ID_ONLY (`requests`) and `db::WRITER_SETTINGS`: whatever the statistics say, every
 /// statement a group-commit writer runs finds its rows through an index, and the batched by-id
 /// ones through the primary key. Two states of the table: empty (a new deployment, a truncate;
@@ -548,14 +569,7 @@ async fn concurrent_jobs_of_one_worker_share_batches_and_each_gets_its_own_answe
 #[tokio::test]
 async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
     let app = spawn_app().await;
-    let mut conn = app.db.pool.acquire().await.unwrap();
-    // The settings every connection of a group-commit writer has (`db::writer_pool`).
-    for (name, value) in llm_shared::db::WRITER_SETTINGS {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET {name} = {value}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    let mut conn = writer_connection(&app).await;
     // A cache holding a few live entries (a deployment's first minutes): few enough that
     // reading them all looked cheaper than one lookup per request.
     sqlx::query(
@@ -591,15 +605,7 @@ async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
         }
         // A cache miss looks for the identical request in flight by its key, oldest first: by
         // the key, never by walking the unfinished requests in age order until one matches.
-        let insert = llm_tests::generic_plan(
-            &mut conn,
-            &requests::writer_statements()
-                .into_iter()
-                .find(|(name, _)| *name == "insert_many")
-                .map(|(_, sql)| sql)
-                .unwrap(),
-        )
-        .await;
+        let insert = llm_tests::generic_plan(&mut conn, &insert_many_statement()).await;
         assert!(
             insert.contains("generation_requests_inflight_by_key_idx")
                 && !insert.contains("generation_requests_unfinished_by_age_idx"),
@@ -643,18 +649,8 @@ async fn batched_statements_find_their_rows_by_id_whatever_the_statistics() {
 #[tokio::test]
 async fn the_in_flight_lookup_reads_by_key_on_a_table_never_analyzed() {
     let app = spawn_app().await;
-    let mut conn = app.db.pool.acquire().await.unwrap();
-    for (name, value) in llm_shared::db::WRITER_SETTINGS {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET {name} = {value}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
-    let insert = requests::writer_statements()
-        .into_iter()
-        .find(|(name, _)| *name == "insert_many")
-        .map(|(_, sql)| sql)
-        .unwrap();
+    let mut conn = writer_connection(&app).await;
+    let insert = insert_many_statement();
     let mut backlog = 0;
     for more in [0, 1, 9, 40, 50, 100, 200, 400, 1_000, 3_000] {
         // Requests in flight, each with its own key, as submits of distinct prompts leave them.
