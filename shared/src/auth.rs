@@ -5,7 +5,7 @@
 //!
 //! A client sends the same token with every request, so a verified token's claims are kept
 //! (bounded, [`VERIFIED_CAPACITY`]): the same bytes again need only their expiry checked, not
-//! their signature and JSON (about 3 µs, 5% of the api's CPU on a cache hit).
+//! their signature and JSON (measured: the api's CPU per cache hit went from ~53 to ~46 µs).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
