@@ -71,23 +71,39 @@ macro_rules! statement_shard {
 }
 use statement_shard;
 
+// The upsert that counts cache hits, over `$hits`: a SELECT of (`user_id`, `model`, `n`) with
+// one row per counter. Rows of one statement that share a counter are summed first (an upsert
+// may touch a row only once per statement), in key order, so that two statements never
+// deadlock on counters.
+macro_rules! count_cache_hits {
+    ($hits:literal) => {
+        concat!(
+            "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
+             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, ",
+            statement_shard!(),
+            ", n, n
+             FROM (",
+            $hits,
+            ") hits
+             ORDER BY user_id, model
+             ON CONFLICT (user_id, day, model, shard) DO UPDATE
+             SET requests = u.requests + EXCLUDED.requests,
+                 cached_requests = u.cached_requests + EXCLUDED.cached_requests"
+        )
+    };
+}
+
 /// Counts requests answered from the cache (no provider tokens, no cost): the body of a
 /// data-modifying CTE of the statement that stores them, over that statement's CTE `inserted`
 /// (`id`, `user_id`, `model`, `cached`), so the rows and their usage are written together.
-/// Rows of one statement that share a counter are summed first (an upsert may touch a row only
-/// once per statement), in key order, so that two statements never deadlock on counters.
-pub const CACHE_HITS_FROM_INSERTED: &str = concat!(
-    "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
-     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, ",
-    statement_shard!(),
-    ", COUNT(*), COUNT(*)
-     FROM inserted WHERE cached
-     GROUP BY user_id, model
-     ORDER BY user_id, model
-     ON CONFLICT (user_id, day, model, shard) DO UPDATE
-     SET requests = u.requests + EXCLUDED.requests,
-         cached_requests = u.cached_requests + EXCLUDED.cached_requests"
+pub const CACHE_HITS_FROM_INSERTED: &str = count_cache_hits!(
+    "SELECT user_id, model, COUNT(*) AS n FROM inserted WHERE cached GROUP BY user_id, model"
 );
+
+/// [`CACHE_HITS_FROM_INSERTED`] for a statement that counted its hits beforehand: over its CTE
+/// `hit_counts` (`user_id`, `model`, `n`), one row per user and model.
+pub const CACHE_HITS_FROM_COUNTS: &str =
+    count_cache_hits!("SELECT user_id, model, n FROM hit_counts");
 
 pub async fn report(
     pool: &PgPool,

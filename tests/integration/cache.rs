@@ -274,3 +274,134 @@ async fn a_hit_answered_before_its_row_is_written_is_readable_at_once_and_counte
     let again: Value = again.json().await.unwrap();
     assert_eq!(once["request_id"], again["request_id"]);
 }
+
+/// A submit as `user`, with an `Idempotency-Key` if given: its id, after asserting a hit.
+async fn hit_as(app: &TestApp, user: Uuid, body: &Value, key: Option<&str>) -> Uuid {
+    let mut request = app
+        .http
+        .post(app.url("/api/v1/generate"))
+        .bearer_auth(app.token_for(user))
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "completed", "{accepted}");
+    accepted["request_id"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn hits_answered_early_are_stored_as_a_hit_stored_before_its_answer() {
+    let app = spawn_app().await;
+    let worker = start_worker(&app.db, &[]);
+    let bodies = [
+        json!({"prompt": "a question for two models", "model": "mock",
+               "parameters": {"max_tokens": 12}, "metadata": {"campaign": "early"}}),
+        json!({"prompt": "a question for two models", "model": "mock-large",
+               "cache": {"ttl_secs": 600}}),
+    ];
+    for body in &bodies {
+        let (_, first) = ask(&app, body.clone()).await;
+        assert_eq!(first["status"], "completed", "{first}");
+    }
+    worker.stop().await;
+    let users = [app.user, Uuid::now_v7()];
+
+    // Per user and model: one hit stored before its answer (it has an Idempotency-Key, so the
+    // statement every submit uses writes it), and a burst answered before their rows are
+    // written, all four kinds mixed in the hit writer's batches.
+    let mut early = Vec::new();
+    let mut keyed = Vec::new();
+    for (u, user) in users.iter().enumerate() {
+        for (b, body) in bodies.iter().enumerate() {
+            let key = format!("stored-first-{u}-{b}");
+            keyed.push((*user, b, hit_as(&app, *user, body, Some(&key)).await));
+        }
+    }
+    let burst = (0..120).map(|n| {
+        let (user, b) = (users[n % 2], (n / 2) % 2);
+        let app = &app;
+        let body = &bodies[b];
+        async move { (user, b, hit_as(app, user, body, None).await) }
+    });
+    early.extend(futures::future::join_all(burst).await);
+
+    // Every early hit's row, once written, is the keyed hit's row of its user and model, but
+    // for what is each request's own.
+    let written = tokio::time::Instant::now() + WAIT;
+    while app
+        .db
+        .count("SELECT COUNT(*) FROM generation_requests WHERE cached")
+        .await
+        < 124
+    {
+        assert!(
+            tokio::time::Instant::now() < written,
+            "hit rows not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let row = |id: Uuid| {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Value>(
+                "SELECT to_jsonb(r) - 'id' - 'created_at' - 'updated_at' - 'completed_at'
+                        - 'idempotency_key' - 'job_id' - 'trace_id'
+                 FROM generation_requests r WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for (user, b, id) in &early {
+        let (_, _, stored_first) = keyed
+            .iter()
+            .find(|(u, kb, _)| u == user && kb == b)
+            .unwrap();
+        assert_eq!(row(*id).await, row(*stored_first).await);
+        let (job_id, trace_id, completed): (String, Option<String>, bool) = sqlx::query_as(
+            "SELECT job_id, trace_id, completed_at IS NOT NULL FROM generation_requests
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            job_id,
+            llm_shared::queue::job_id_for(*id).to_string(),
+            "a hit's row names the job it would have had"
+        );
+        assert!(trace_id.is_some_and(|t| t.len() == 32) && completed);
+    }
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM apalis.jobs").await,
+        2,
+        "only the two first requests had a job"
+    );
+
+    // Usage: every hit once, under its own user and model.
+    for user in users {
+        for (b, body) in bodies.iter().enumerate() {
+            let (requests, cached): (i64, i64) = sqlx::query_as(
+                "SELECT SUM(requests)::bigint, SUM(cached_requests)::bigint FROM usage_daily
+                 WHERE user_id = $1 AND model = $2",
+            )
+            .bind(user)
+            .bind(body["model"].as_str().unwrap())
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+            let first = i64::from(user == app.user);
+            assert_eq!(
+                (requests, cached),
+                (31 + first, 31),
+                "user {user}, body {b}"
+            );
+        }
+    }
+}
