@@ -123,6 +123,51 @@ struct SubmitResult {
     errors: usize,
     requests_per_sec: f64,
     latency: Latencies,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_per_request: Option<CpuPerRequest>,
+}
+
+/// CPU time (user + system) per answered request, by process, over a measurement: where the two
+/// shared cores went. PostgreSQL and Redis are counted when they run on this machine.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct CpuPerRequest {
+    api_us: f64,
+    postgres_us: Option<f64>,
+    redis_us: Option<f64>,
+    /// The load generator (this process).
+    generator_us: f64,
+}
+
+/// The CPU seconds of the processes a measurement shares the machine with, when it started.
+struct CpuMeter {
+    api_pid: u32,
+    api: f64,
+    postgres: Option<f64>,
+    redis: Option<f64>,
+    generator: f64,
+}
+
+impl CpuMeter {
+    fn start(api_pid: u32) -> Self {
+        Self {
+            api_pid,
+            api: cpu_secs(api_pid),
+            postgres: cpu_secs_of("postgres"),
+            redis: cpu_secs_of("redis-server"),
+            generator: cpu_secs(std::process::id()),
+        }
+    }
+
+    fn per_request(&self, requests: usize) -> CpuPerRequest {
+        let per = |secs: f64| secs * 1e6 / requests.max(1) as f64;
+        let since = |then: Option<f64>, now: Option<f64>| Some(per(now? - then?));
+        CpuPerRequest {
+            api_us: per(cpu_secs(self.api_pid) - self.api),
+            postgres_us: since(self.postgres, cpu_secs_of("postgres")),
+            redis_us: since(self.redis, cpu_secs_of("redis-server")),
+            generator_us: per(cpu_secs(std::process::id()) - self.generator),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -167,6 +212,7 @@ struct RateResult {
     /// Answers per second over the measurement: the offered rate if the service kept up.
     answered_per_sec: f64,
     latency: Latencies,
+    cpu_per_request: Option<CpuPerRequest>,
 }
 
 #[derive(Debug, Serialize)]
@@ -359,6 +405,7 @@ async fn run(
         .build()?;
     let stack = Stack {
         args,
+        api_pid,
         bin_dir,
         env: &env,
         client: &client,
@@ -638,6 +685,7 @@ where
         errors,
         requests_per_sec: all.len() as f64 / elapsed,
         latency: Latencies::of(all),
+        cpu_per_request: None,
     }
 }
 
@@ -866,44 +914,34 @@ async fn measure_cache_hits(
     client.get(poll).bearer_auth(token).send().await?;
     stop(&mut worker).await;
 
-    // Serialised once, sent over bare connections (HitClient): the load generator shares the
-    // cores with what it measures.
+    // Serialised once, sent over bare connections (HitClient) from one thread of their own
+    // (HitGenerator): the load generator shares the cores with what it measures.
     let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
     let hit = HitRequest::post(addr, "/api/v1/generate", token, &serde_json::to_vec(&body)?);
-    let connections = |n: usize| {
-        let hit = hit.clone();
-        async move {
-            let mut clients = Vec::with_capacity(n);
-            for _ in 0..n {
-                clients.push(tokio::sync::Mutex::new(
-                    HitClient::connect(hit.clone()).await?,
-                ));
-            }
-            anyhow::Ok(std::sync::Arc::new(clients))
-        }
-    };
     let run_for = Duration::from_secs(args.submit_secs);
     let mut at_concurrency = Vec::new();
     for &concurrency in &args.cache_concurrency {
-        let clients = connections(concurrency).await?;
-        at_concurrency.push(
-            measure_concurrently(concurrency, run_for, move |worker, _| {
-                let clients = clients.clone();
-                async move { clients[worker].lock().await.hit().await }
-            })
-            .await,
-        );
+        let hit = hit.clone();
+        let meter = CpuMeter::start(stack.api_pid);
+        let mut result = HitGenerator::run(move || async move {
+            let clients = HitClient::connect_many(&hit, concurrency).await?;
+            Ok(hits_at_concurrency(clients, run_for).await)
+        })
+        .await?;
+        result.cpu_per_request = Some(meter.per_request(result.requests));
+        at_concurrency.push(result);
     }
     let mut at_rate = Vec::new();
     for &rate in &args.cache_rate {
-        let clients = connections(RATE_CONNECTIONS).await?;
-        at_rate.push(
-            measure_at_rate(rate, run_for, move |sender| {
-                let clients = clients.clone();
-                async move { clients[sender].lock().await.hit().await }
-            })
-            .await,
-        );
+        let hit = hit.clone();
+        let meter = CpuMeter::start(stack.api_pid);
+        let mut result = HitGenerator::run(move || async move {
+            let clients = HitClient::connect_many(&hit, RATE_CONNECTIONS).await?;
+            Ok(hits_at_rate(clients, rate, run_for).await)
+        })
+        .await?;
+        result.cpu_per_request = Some(meter.per_request(result.requests));
+        at_rate.push(result);
     }
     Ok((at_concurrency, at_rate))
 }
@@ -952,6 +990,20 @@ impl HitClient {
             stream,
             buffer: Vec::with_capacity(4096),
         })
+    }
+
+    async fn connect_many(request: &HitRequest, n: usize) -> anyhow::Result<Vec<Self>> {
+        let mut clients = Vec::with_capacity(n);
+        for _ in 0..n {
+            clients.push(Self::connect(request.clone()).await?);
+        }
+        Ok(clients)
+    }
+
+    /// [`HitClient::hit`], timed: the client back, the answer, and when it came.
+    async fn hit_due(mut self, due: Instant) -> (Self, bool, Instant, Instant) {
+        let answered = self.hit().await;
+        (self, answered, due, Instant::now())
     }
 
     /// Sends the request and reads the whole answer: `true` for a `200`. A connection that
@@ -1006,23 +1058,81 @@ const RATE_CONNECTIONS: usize = 32;
 /// together at its end, so each may be counted up to this much late.
 const PACING: Duration = Duration::from_micros(250);
 
-/// Sends `op()` `rate` times a second for `run_for` (open loop: a request is due at its time
+/// Runs a cache-hit measurement on a thread of its own with a single-threaded runtime, as
+/// `wrk -t1` runs: all its connections polled by one task, no task per connection and no
+/// channel or lock per request. The generator shares the two cores with what it measures:
+/// spread over the bench's multi-threaded runtime (a task per connection, a shared queue of due
+/// requests behind a lock) it cost 24–36 µs of CPU per request at a fixed rate and 13–14 at 16
+/// clients; on one thread, 16–23 and 11–12 (the report's CPU column).
+struct HitGenerator;
+
+impl HitGenerator {
+    async fn run<T, F, Fut>(measure: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("hit-generator".into())
+            .spawn(move || {
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|runtime| runtime.block_on(measure()));
+                let _ = done.send(outcome);
+            })?;
+        result.await?
+    }
+}
+
+/// Each client sends its next request as soon as it has its answer, for `run_for`.
+async fn hits_at_concurrency(clients: Vec<HitClient>, run_for: Duration) -> SubmitResult {
+    use futures::StreamExt;
+    let concurrency = clients.len();
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let mut running: futures::stream::FuturesUnordered<_> = clients
+        .into_iter()
+        .map(|c| c.hit_due(Instant::now()))
+        .collect();
+    let (mut latencies, mut errors) = (Vec::new(), 0usize);
+    while let Some((client, answered, sent, at)) = running.next().await {
+        if answered {
+            latencies.push((at - sent).as_secs_f64() * 1000.0);
+        } else {
+            errors += 1;
+        }
+        if at < deadline {
+            running.push(client.hit_due(Instant::now()));
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    SubmitResult {
+        concurrency,
+        requests: latencies.len(),
+        errors,
+        requests_per_sec: latencies.len() as f64 / elapsed,
+        latency: Latencies::of(latencies),
+        cpu_per_request: None,
+    }
+}
+
+/// Sends `rate` requests a second for `run_for` (open loop: a request is due at its time
 /// whether or not the earlier ones were answered) and times each from when it was due. A thread
 /// of its own keeps the time ([`PACING`]; the runtime's timers tick in whole milliseconds) and
-/// hands each slice's due times to the [`RATE_CONNECTIONS`] senders.
-async fn measure_at_rate<F, Fut>(rate: u64, run_for: Duration, op: F) -> RateResult
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = bool> + Send + 'static,
-{
-    let (slice_tx, mut slice_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Instant>>();
-    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Option<f64>>();
-    let total = (rate as f64 * run_for.as_secs_f64()) as u64;
+/// hands each slice's due times over; each goes to a free client, or waits for the first one
+/// free (its wait counts in its latency), as behind a client's connection pool.
+async fn hits_at_rate(clients: Vec<HitClient>, rate: u64, run_for: Duration) -> RateResult {
+    use futures::StreamExt;
+    let (slice_tx, mut slices) = tokio::sync::mpsc::unbounded_channel::<Vec<Instant>>();
+    let total = (rate as f64 * run_for.as_secs_f64()) as usize;
     let started = Instant::now();
     let pacer = std::thread::spawn(move || {
         let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-        let mut n = 0u64;
+        let mut n = 0usize;
         while n < total {
             std::thread::sleep(PACING);
             let now = Instant::now();
@@ -1036,52 +1146,47 @@ where
             }
         }
     });
-    // One wake-up of the runtime per slice, not per request.
-    let releaser = tokio::spawn(async move {
-        while let Some(slice) = slice_rx.recv().await {
-            for due in slice {
-                let _ = due_tx.send(due);
-            }
-        }
-    });
-    let due_rx = std::sync::Arc::new(tokio::sync::Mutex::new(due_rx));
-    let senders: Vec<_> = (0..RATE_CONNECTIONS)
-        .map(|sender| {
-            let (op, due_rx, done) = (op.clone(), due_rx.clone(), done_tx.clone());
-            tokio::spawn(async move {
-                loop {
-                    let next = due_rx.lock().await.recv().await;
-                    let Some(due) = next else { return };
-                    let answered = op(sender).await;
-                    let _ = done.send(answered.then(|| due.elapsed().as_secs_f64() * 1000.0));
+    let mut free = clients;
+    let mut waiting = std::collections::VecDeque::new();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let (mut latencies, mut errors) = (Vec::with_capacity(total), 0usize);
+    let mut pacing = true;
+    while latencies.len() + errors < total {
+        tokio::select! {
+            slice = slices.recv(), if pacing => match slice {
+                Some(slice) => {
+                    for due in slice {
+                        match free.pop() {
+                            Some(client) => running.push(client.hit_due(due)),
+                            None => waiting.push_back(due),
+                        }
+                    }
                 }
-            })
-        })
-        .collect();
-    drop(done_tx);
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut errors = 0usize;
-    while let Some(answer) = done_rx.recv().await {
-        match answer {
-            Some(ms) => latencies.push(ms),
-            None => errors += 1,
-        }
-        if (latencies.len() + errors) as u64 == total {
-            break;
+                None => pacing = false,
+            },
+            Some((client, answered, due, at)) = running.next() => {
+                if answered {
+                    latencies.push((at - due).as_secs_f64() * 1000.0);
+                } else {
+                    errors += 1;
+                }
+                match waiting.pop_front() {
+                    Some(due) => running.push(client.hit_due(due)),
+                    None => free.push(client),
+                }
+            }
+            else => break,
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let _ = pacer.join();
-    let _ = releaser.await;
-    for sender in senders {
-        let _ = sender.await;
-    }
     RateResult {
         offered_per_sec: rate,
         requests: latencies.len(),
         errors,
         answered_per_sec: latencies.len() as f64 / elapsed,
         latency: Latencies::of(latencies),
+        cpu_per_request: None,
     }
 }
 
@@ -1333,6 +1438,11 @@ fn cpu_secs(pid: u32) -> f64 {
 /// User + system CPU seconds of every PostgreSQL process on this machine, if there are any
 /// (the server may run elsewhere).
 fn postgres_cpu_secs() -> Option<f64> {
+    cpu_secs_of("postgres")
+}
+
+/// User + system CPU seconds of every process of this machine named `name`, if there are any.
+fn cpu_secs_of(name: &str) -> Option<f64> {
     let mut total = None;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -1343,7 +1453,7 @@ fn postgres_cpu_secs() -> Option<f64> {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim_end() == "postgres" {
+        if comm.trim_end() == name {
             *total.get_or_insert(0.0) += cpu_secs(pid);
         }
     }
@@ -1433,18 +1543,38 @@ fn print_report(report: &Report) {
         u.pickup.p50_ms,
         u.pickup.p99_ms
     );
+    // CPU per answered request: api / PostgreSQL / Redis / load generator.
+    let cpu = |c: &Option<CpuPerRequest>| {
+        let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        c.map_or(String::new(), |c| {
+            format!(
+                "{} / {} / {} / {}",
+                us(Some(c.api_us)),
+                us(c.postgres_us),
+                us(c.redis_us),
+                us(Some(c.generator_us))
+            )
+        })
+    };
+    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator";
     println!("\ncache hits (one identical request, answered from the cache)");
     header("concurrency", "req/s", ("errors", 9));
     for c in &report.cache_hits {
-        println!("{} {:>9}", columns(c), c.errors);
+        println!(
+            "{} {:>9}   {}",
+            columns(c),
+            c.errors,
+            cpu(&c.cpu_per_request)
+        );
     }
     println!("cache hits at a fixed rate (open loop; latency from when each request was due)");
     header("offered/s", "answered/s", ("errors", 9));
     for r in &report.cache_hits_at_rate {
         let offered = usize::try_from(r.offered_per_sec).unwrap_or(usize::MAX);
         let columns = row(offered, r.requests, r.answered_per_sec, &r.latency);
-        println!("{columns} {:>9}", r.errors);
+        println!("{columns} {:>9}   {}", r.errors, cpu(&r.cpu_per_request));
     }
+    println!("  ({CPU_HEADER})");
     println!(
         "rate limiter check (added to every submit): p50 {:.3} ms, p99 {:.3} ms",
         report.rate_limiter.p50_ms, report.rate_limiter.p99_ms
@@ -1577,6 +1707,7 @@ async fn forget_redis_namespace(redis_url: &str, prefix: &str) {
 /// environment, and an HTTP client of the api with its base URL and token.
 struct Stack<'a> {
     args: &'a Args,
+    api_pid: u32,
     bin_dir: &'a std::path::Path,
     env: &'a [(&'a str, String)],
     client: &'a reqwest::Client,
