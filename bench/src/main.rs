@@ -1419,7 +1419,7 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// User + system CPU seconds of a process.
+/// User + system CPU seconds of a process and of its children that exited.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
@@ -1431,8 +1431,10 @@ fn cpu_secs(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name; cutime and
+    // cstime (13 and 14 after it) are those of its children that exited, so that a server's
+    // CPU includes the backends that ended during a measurement.
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
 }
 
 /// User + system CPU seconds of every PostgreSQL process on this machine, if there are any
