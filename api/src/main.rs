@@ -127,7 +127,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         redis,
         hub,
         cache,
-        submitter,
+        submitter: submitter.clone(),
         limiter,
         jwt: JwtKeys::new(&secret),
         models: Models::new(models, config.common.clone()),
@@ -156,6 +156,14 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // Every answer is given; the cache hits answered before their rows were written get them
+    // now, before the runtime (and the hit writer with it) ends.
+    if !submitter
+        .finish_hit_writes(llm_shared::requests::HIT_ROWS_ON_STOP)
+        .await
+    {
+        tracing::error!("api stopped with some answered cache hits' rows unwritten");
+    }
     tracing::info!("api stopped");
     Ok(())
 }

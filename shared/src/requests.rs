@@ -476,8 +476,9 @@ pub struct Submitter {
 /// batches off the answer's path by one writer, which retries while the database is
 /// unreachable. Reads of such an id wait for its row ([`Submitter::written`]). Without this a
 /// cache hit waited for a commit like a submit, and the database's share of each hit was the
-/// larger part of its cost. The trade: an api process that dies in those milliseconds forgets
-/// the record of answers it already gave (never a request it accepted for later).
+/// larger part of its cost. The trade: an api process that dies (is killed) in those
+/// milliseconds forgets the record of answers it already gave (never a request it accepted for
+/// later); one that stops writes them first ([`Submitter::finish_hit_writes`]).
 #[derive(Clone)]
 struct HitRecords {
     writer: Batcher<(NewRequest, CachedResponse), ()>,
@@ -509,6 +510,10 @@ const HIT_BATCH: usize = 256;
 const HIT_GATHER: Duration = Duration::from_millis(2);
 /// How long the hit writer retries a batch while the database is unreachable.
 const HIT_RETRY_FOR: Duration = Duration::from_secs(120);
+/// How long a stopping api waits for the rows of the hits it answered
+/// ([`Submitter::finish_hit_writes`]): milliseconds with a database that answers; bounded so
+/// that a stop with the database down ends within compose's 15 s grace.
+pub const HIT_ROWS_ON_STOP: Duration = Duration::from_secs(10);
 
 /// Writers storing batches at the same time: one batch fills while the others run.
 const SUBMIT_WRITERS: usize = 4;
@@ -543,21 +548,44 @@ impl Submitter {
     /// written ([`HitRecords`]); at once for any other id.
     pub async fn written(&self, id: Uuid) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_hit_rows(deadline, |ids| ids.contains(&id))
+            .await;
+    }
+
+    /// Waits until every cache hit this process answered has its row ([`HitRecords`]), for at
+    /// most `within`: what a graceful stop does after its last answer, so that a deploy
+    /// forgets no record. `false` if some rows were still unwritten.
+    pub async fn finish_hit_writes(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        !self
+            .wait_for_hit_rows(deadline, |ids| !ids.is_empty())
+            .await
+    }
+
+    /// Waits until `unwritten` is false of the hits whose rows are not written yet, or until
+    /// `deadline`; returns what it said last.
+    async fn wait_for_hit_rows(
+        &self,
+        deadline: Instant,
+        unwritten: impl Fn(&HashSet<Uuid>) -> bool,
+    ) -> bool {
         loop {
             let written = self.hits.pending.written.notified();
             tokio::pin!(written);
             written.as_mut().enable();
-            let pending = self
+            let waiting = self
                 .hits
                 .pending
                 .ids
                 .lock()
-                .map(|ids| ids.contains(&id))
+                .map(|ids| unwritten(&ids))
                 .unwrap_or(false);
-            if !pending || Instant::now() >= deadline {
-                return;
+            let now = Instant::now();
+            if !waiting || now >= deadline {
+                return waiting;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(500), written).await;
+            let pause = (deadline - now).min(Duration::from_millis(500));
+            let _ = tokio::time::timeout(pause, written).await;
         }
     }
 

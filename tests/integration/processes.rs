@@ -262,3 +262,69 @@ async fn sigterm_drains_in_flight_jobs_then_exits_cleanly() {
     let done = app.wait_final(late, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "completed");
 }
+
+#[tokio::test]
+async fn sigterm_writes_the_rows_of_cache_hits_it_answered_before_exiting() {
+    let app = spawn_app().await; // its database, and an in-process api for the first answer
+    let worker = llm_tests::start_worker(&app.db, &[]);
+    let body = json!({"prompt": "a hit answered just before a deploy"});
+    let first = app.submit_ok(body.clone()).await;
+    assert_eq!(
+        app.wait_final(first, Duration::from_secs(20)).await["status"],
+        "completed"
+    );
+    worker.stop().await;
+
+    let (mut api, base) = spawn_api_process(&app.db).await;
+    let http = reqwest::Client::new();
+    // Hold the hit writer off: its rows wait behind this lock while the api answers and stops.
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE generation_requests IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..20 {
+        let response = http
+            .post(format!("{base}/api/v1/generate"))
+            .bearer_auth(app.token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "a hit from the cache's fast copy");
+        let accepted: Value = response.json().await.unwrap();
+        answered.push(
+            accepted["request_id"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .unwrap(),
+        );
+    }
+    signal(&api, libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.commit().await.unwrap();
+
+    let status = tokio::time::timeout(Duration::from_secs(25), api.wait())
+        .await
+        .expect("the api exits once the rows are written")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    for id in answered {
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM generation_requests WHERE id = $1 AND cached AND status = 'completed'",
+        )
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored, 1, "the answered hit {id} has its row");
+    }
+    assert_eq!(
+        app.db
+            .count("SELECT SUM(cached_requests)::bigint FROM usage_daily")
+            .await,
+        20
+    );
+}
