@@ -1674,34 +1674,10 @@ impl BenchDb {
     }
 }
 
-/// Deletes the run's Redis keys (its `REDIS_KEY_PREFIX`): tens of thousands of cache entries
-/// that would otherwise stay until their TTL.
+/// Deletes the run's Redis keys (its `REDIS_KEY_PREFIX`).
 async fn forget_redis_namespace(redis_url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor = 0u64;
-    loop {
-        let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await;
-        let Ok((next, keys)) = scanned else { return };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
+    if let Ok(client) = redis::Client::open(redis_url) {
+        let _ = llm_shared::kv::forget_namespace(&client, prefix).await;
     }
 }
 

@@ -13,6 +13,34 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+/// Deletes every key under `prefix` (a `REDIS_KEY_PREFIX`): the teardown of a namespace, as
+/// the benchmark and the tests do with their own (tens of thousands of cache entries would
+/// otherwise stay until their TTL). Stops at the first error.
+pub async fn forget_namespace(client: &redis::Client, prefix: &str) -> redis::RedisResult<()> {
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 /// A shared, reconnecting connection whose commands fail after `timeout`.
 pub fn lazy_connection(
     client: redis::Client,

@@ -99,6 +99,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin = self.admin.clone();
+        let prefix = self.redis_prefix();
         // Drop runs inside the test's runtime: do the async clean-up on a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -113,9 +114,18 @@ impl Drop for TestDb {
                     .execute(&admin)
                     .await;
                 }
+                forget_redis_keys(&prefix).await;
             });
         })
         .join();
+    }
+}
+
+/// Deletes the keys under a test's prefix on the shared Redis (its cache entries would
+/// otherwise stay until their TTL). Best effort: a test's own tasks may still write a few.
+async fn forget_redis_keys(prefix: &str) {
+    if let Ok(client) = redis::Client::open(redis_url()) {
+        let _ = llm_shared::kv::forget_namespace(&client, prefix).await;
     }
 }
 
