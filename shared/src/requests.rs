@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::{FromRow, PgConnection, PgPool, Postgres};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, FromRow, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::batching::Batcher;
@@ -737,24 +738,15 @@ static INSERT_HITS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH stored AS (
              INSERT INTO generation_requests
-                 (id, prompt, context, model, user_id, metadata, parameters, job_id,
-                  max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id,
-                  result, provider, provider_model, served_model, prompt_tokens,
-                  completion_tokens, finish_reason, tokens_used, status, cached, cost_usd,
-                  completed_at)
+                 ({columns}, tokens_used, status, cached, cost_usd, completed_at)
              SELECT *, prompt_tokens + completion_tokens, 'completed', true, 0, NOW()
-             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
-                 $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::bool[], $11::text[],
-                 $12::jsonb[], $13::int4[], $14::text[], $15::text[], $16::text[],
-                 $17::text[], $18::text[], $19::int4[], $20::int4[], $21::text[])
-                 AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
-                      max_attempts, stream, cache_key, cache_policy, estimated_tokens,
-                      trace_id, result, provider, provider_model, served_model,
-                      prompt_tokens, completion_tokens, finish_reason)
+             FROM unnest({arrays}) AS v({columns})
          ), hit_counts AS (
              SELECT * FROM unnest($22::uuid[], $23::text[], $24::int8[]) AS c(user_id, model, n)
          )
          {usage}",
+        columns = RowColumns::NAMES,
+        arrays = RowColumns::ARRAYS,
         usage = usage::CACHE_HITS_FROM_COUNTS,
     )
 });
@@ -765,11 +757,12 @@ async fn insert_hits(
     pool: &PgPool,
     rows: &[(NewRequest, CachedResponse)],
 ) -> Result<(), sqlx::Error> {
-    let mut columns = HitColumns::default();
+    let mut columns = RowColumns::default();
     // The usage counters to add to: one per user and model, with its count.
     let (mut users, mut models, mut counts) = (Vec::new(), Vec::<&str>::new(), Vec::<i64>::new());
     for (new, hit) in rows {
-        columns.push(new, hit);
+        // A hit has no job, but its row names the one it would have had, as every row does.
+        columns.push(new, queue::job_id_for(new.id).to_string(), Some(hit));
         match (0..users.len()).find(|&i| users[i] == new.user_id && models[i] == new.model) {
             Some(i) => counts[i] += 1,
             None => {
@@ -779,20 +772,22 @@ async fn insert_hits(
             }
         }
     }
+    let mut args = PgArguments::default();
+    columns.add_to(&mut args)?;
+    add(&mut args, users)?;
+    add(&mut args, models)?;
+    add(&mut args, counts)?;
     let mut conn = pool.acquire().await?;
-    columns
-        .bind(sqlx::query(INSERT_HITS.as_str()))
-        .bind(users)
-        .bind(models)
-        .bind(counts)
+    sqlx::query_with(INSERT_HITS.as_str(), args)
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// [`insert_hits`]'s rows, one array per column.
+/// The columns of a request row that both insert statements ([`INSERT_MANY`],
+/// [`INSERT_HITS`]) take, as arrays bound first and in this order ([`RowColumns::ARRAYS`]).
 #[derive(Default)]
-struct HitColumns<'a> {
+struct RowColumns<'a> {
     id: Vec<Uuid>,
     prompt: Vec<&'a str>,
     context: Vec<&'a Value>,
@@ -807,7 +802,7 @@ struct HitColumns<'a> {
     cache_policy: Vec<sqlx::types::Json<&'a CachePolicy>>,
     estimated_tokens: Vec<i32>,
     trace_id: Vec<Option<&'a str>>,
-    result: Vec<&'a str>,
+    result: Vec<Option<&'a str>>,
     provider: Vec<Option<&'a str>>,
     provider_model: Vec<Option<&'a str>>,
     served_model: Vec<Option<&'a str>>,
@@ -816,8 +811,19 @@ struct HitColumns<'a> {
     finish_reason: Vec<Option<&'a str>>,
 }
 
-impl<'a> HitColumns<'a> {
-    fn push(&mut self, new: &'a NewRequest, hit: &'a CachedResponse) {
+impl<'a> RowColumns<'a> {
+    /// The columns' names, in their order.
+    const NAMES: &'static str = "id, prompt, context, model, user_id, metadata, parameters, job_id,
+        max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id, result,
+        provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason";
+    /// Their parameters, `$1` to `$21`.
+    const ARRAYS: &'static str = "$1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
+        $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::bool[], $11::text[], $12::jsonb[],
+        $13::int4[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+        $19::int4[], $20::int4[], $21::text[]";
+
+    /// A row: the request, its job's id, and the cached answer it comes with, if any.
+    fn push(&mut self, new: &'a NewRequest, job_id: String, hit: Option<&'a CachedResponse>) {
         self.id.push(new.id);
         self.prompt.push(&new.prompt);
         self.context.push(&new.context);
@@ -825,53 +831,57 @@ impl<'a> HitColumns<'a> {
         self.user_id.push(new.user_id);
         self.metadata.push(&new.metadata);
         self.parameters.push(&new.parameters);
-        // A hit has no job, but its row names the one it would have had, as every row does.
-        self.job_id.push(queue::job_id_for(new.id).to_string());
+        self.job_id.push(job_id);
         self.max_attempts.push(new.max_attempts);
         self.stream.push(new.stream);
         self.cache_key.push(new.cache_key.as_deref());
         self.cache_policy.push(sqlx::types::Json(&new.cache_policy));
         self.estimated_tokens.push(new.estimated_tokens);
         self.trace_id.push(new.trace_id.as_deref());
-        self.result.push(&hit.response);
-        self.provider.push(hit.provider.as_deref());
-        self.provider_model.push(hit.provider_model.as_deref());
-        self.served_model.push(hit.served_model.as_deref());
-        self.prompt_tokens.push(hit.prompt_tokens);
-        self.completion_tokens.push(hit.completion_tokens);
-        self.finish_reason.push(hit.finish_reason.as_deref());
+        self.result.push(hit.map(|h| h.response.as_str()));
+        self.provider.push(hit.and_then(|h| h.provider.as_deref()));
+        self.provider_model
+            .push(hit.and_then(|h| h.provider_model.as_deref()));
+        self.served_model
+            .push(hit.and_then(|h| h.served_model.as_deref()));
+        self.prompt_tokens.push(hit.and_then(|h| h.prompt_tokens));
+        self.completion_tokens
+            .push(hit.and_then(|h| h.completion_tokens));
+        self.finish_reason
+            .push(hit.and_then(|h| h.finish_reason.as_deref()));
     }
 
-    fn bind<'q>(
-        self,
-        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
-    where
-        'a: 'q,
-    {
-        query
-            .bind(self.id)
-            .bind(self.prompt)
-            .bind(self.context)
-            .bind(self.model)
-            .bind(self.user_id)
-            .bind(self.metadata)
-            .bind(self.parameters)
-            .bind(self.job_id)
-            .bind(self.max_attempts)
-            .bind(self.stream)
-            .bind(self.cache_key)
-            .bind(self.cache_policy)
-            .bind(self.estimated_tokens)
-            .bind(self.trace_id)
-            .bind(self.result)
-            .bind(self.provider)
-            .bind(self.provider_model)
-            .bind(self.served_model)
-            .bind(self.prompt_tokens)
-            .bind(self.completion_tokens)
-            .bind(self.finish_reason)
+    fn add_to(self, args: &mut PgArguments) -> Result<(), sqlx::Error> {
+        add(args, self.id)?;
+        add(args, self.prompt)?;
+        add(args, self.context)?;
+        add(args, self.model)?;
+        add(args, self.user_id)?;
+        add(args, self.metadata)?;
+        add(args, self.parameters)?;
+        add(args, self.job_id)?;
+        add(args, self.max_attempts)?;
+        add(args, self.stream)?;
+        add(args, self.cache_key)?;
+        add(args, self.cache_policy)?;
+        add(args, self.estimated_tokens)?;
+        add(args, self.trace_id)?;
+        add(args, self.result)?;
+        add(args, self.provider)?;
+        add(args, self.provider_model)?;
+        add(args, self.served_model)?;
+        add(args, self.prompt_tokens)?;
+        add(args, self.completion_tokens)?;
+        add(args, self.finish_reason)
     }
+}
+
+/// Binds the next parameter.
+fn add<'q, T>(args: &mut PgArguments, value: T) -> Result<(), sqlx::Error>
+where
+    T: sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+{
+    args.add(value).map_err(sqlx::Error::Encode)
 }
 
 /// Stores one batch of submits, answering each in order (a failed batch: see `answer_each`).
@@ -931,16 +941,9 @@ pub async fn insert_with_job(
 static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH input AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
-                 $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::text[], $11::bool[],
-                 $12::text[], $13::jsonb[], $14::int4[], $15::text[], $16::text[], $17::text[],
-                 $18::text[], $19::text[], $20::int4[], $21::int4[], $22::text[], $23::text[],
-                 $24::bytea[], $25::int4[], $26::int4[]) WITH ORDINALITY
-             AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
-                  max_attempts, idempotency_key, stream, cache_key, cache_policy,
-                  estimated_tokens, lookup_key, result, provider, provider_model,
-                  served_model, prompt_tokens, completion_tokens, finish_reason, trace_id,
-                  job, job_max_attempts, priority, ord)
+             SELECT * FROM unnest({arrays}, $22::text[], $23::text[], $24::bytea[],
+                 $25::int4[], $26::int4[]) WITH ORDINALITY
+             AS v({columns}, idempotency_key, lookup_key, job, job_max_attempts, priority, ord)
          ), answered AS (
              -- the answer a request comes with (a fast-copy hit), or the cache table's
              SELECT v.id, v.prompt, v.context, v.model, v.user_id, v.metadata, v.parameters,
@@ -991,6 +994,8 @@ static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              WHERE NOT inserted.cached AND inserted.coalesced_into IS NULL
          )
          SELECT id, cached FROM inserted",
+        arrays = RowColumns::ARRAYS,
+        columns = RowColumns::NAMES,
         live_entry = cache::LIVE_ENTRY,
         usage = usage::CACHE_HITS_FROM_INSERTED,
         jobs = queue::INSERT_JOB_COLUMNS,
@@ -1011,8 +1016,9 @@ pub async fn insert_many(
     for &(new, how) in rows {
         columns.push(new, how)?;
     }
-    let stored: Vec<(Uuid, bool)> = columns
-        .bind(sqlx::query_as(INSERT_MANY.as_str()))
+    let mut args = PgArguments::default();
+    columns.add_to(&mut args)?;
+    let stored: Vec<(Uuid, bool)> = sqlx::query_as_with(INSERT_MANY.as_str(), args)
         .fetch_all(&mut *conn)
         .await?;
 
@@ -1069,32 +1075,13 @@ async fn earlier_with_same_key(
     }))
 }
 
-/// [`insert_many`]'s rows, one array per column (bound as PostgreSQL arrays and `unnest`ed).
+/// [`insert_many`]'s rows, one array per column: the row's own, then what decides how it is
+/// stored and its job's.
 #[derive(Default)]
 struct InsertColumns<'a> {
-    id: Vec<Uuid>,
-    prompt: Vec<&'a str>,
-    context: Vec<&'a Value>,
-    model: Vec<&'a str>,
-    user_id: Vec<Uuid>,
-    metadata: Vec<&'a Value>,
-    parameters: Vec<&'a Value>,
-    job_id: Vec<String>,
-    max_attempts: Vec<i32>,
+    row: RowColumns<'a>,
     idempotency_key: Vec<Option<&'a str>>,
-    stream: Vec<bool>,
-    cache_key: Vec<Option<&'a str>>,
-    cache_policy: Vec<Value>,
-    estimated_tokens: Vec<i32>,
     lookup_key: Vec<Option<&'a str>>,
-    result: Vec<Option<&'a str>>,
-    provider: Vec<Option<&'a str>>,
-    provider_model: Vec<Option<&'a str>>,
-    served_model: Vec<Option<&'a str>>,
-    prompt_tokens: Vec<Option<i32>>,
-    completion_tokens: Vec<Option<i32>>,
-    finish_reason: Vec<Option<&'a str>>,
-    trace_id: Vec<Option<&'a str>>,
     job: Vec<Vec<u8>>,
     job_max_attempts: Vec<i32>,
     priority: Vec<i32>,
@@ -1108,76 +1095,23 @@ impl<'a> InsertColumns<'a> {
             Insert::CacheHit(hit) => (Some(hit), None),
         };
         let job = queue::JobRow::new(new.id, new.max_attempts, queue::INTERACTIVE_PRIORITY)?;
-        self.id.push(new.id);
-        self.prompt.push(&new.prompt);
-        self.context.push(&new.context);
-        self.model.push(&new.model);
-        self.user_id.push(new.user_id);
-        self.metadata.push(&new.metadata);
-        self.parameters.push(&new.parameters);
-        self.max_attempts.push(new.max_attempts);
-        self.idempotency_key.push(new.idempotency_key.as_deref());
-        self.stream.push(new.stream);
-        self.cache_key.push(new.cache_key.as_deref());
-        self.cache_policy.push(
-            serde_json::to_value(&new.cache_policy).map_err(|e| sqlx::Error::Encode(e.into()))?,
-        );
-        self.estimated_tokens.push(new.estimated_tokens);
-        self.lookup_key.push(lookup_key);
-        self.result.push(hit.map(|h| h.response.as_str()));
-        self.provider.push(hit.and_then(|h| h.provider.as_deref()));
-        self.provider_model
-            .push(hit.and_then(|h| h.provider_model.as_deref()));
-        self.served_model
-            .push(hit.and_then(|h| h.served_model.as_deref()));
-        self.prompt_tokens.push(hit.and_then(|h| h.prompt_tokens));
-        self.completion_tokens
-            .push(hit.and_then(|h| h.completion_tokens));
-        self.finish_reason
-            .push(hit.and_then(|h| h.finish_reason.as_deref()));
-        self.trace_id.push(new.trace_id.as_deref());
         // The request's job id (a column of its row) is its job row's id.
-        self.job_id.push(job.id);
+        self.row.push(new, job.id, hit);
+        self.idempotency_key.push(new.idempotency_key.as_deref());
+        self.lookup_key.push(lookup_key);
         self.job.push(job.job);
         self.job_max_attempts.push(job.max_attempts);
         self.priority.push(job.priority);
         Ok(())
     }
 
-    fn bind<'q, O>(
-        self,
-        query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>
-    where
-        'a: 'q,
-    {
-        query
-            .bind(self.id)
-            .bind(self.prompt)
-            .bind(self.context)
-            .bind(self.model)
-            .bind(self.user_id)
-            .bind(self.metadata)
-            .bind(self.parameters)
-            .bind(self.job_id)
-            .bind(self.max_attempts)
-            .bind(self.idempotency_key)
-            .bind(self.stream)
-            .bind(self.cache_key)
-            .bind(self.cache_policy)
-            .bind(self.estimated_tokens)
-            .bind(self.lookup_key)
-            .bind(self.result)
-            .bind(self.provider)
-            .bind(self.provider_model)
-            .bind(self.served_model)
-            .bind(self.prompt_tokens)
-            .bind(self.completion_tokens)
-            .bind(self.finish_reason)
-            .bind(self.trace_id)
-            .bind(self.job)
-            .bind(self.job_max_attempts)
-            .bind(self.priority)
+    fn add_to(self, args: &mut PgArguments) -> Result<(), sqlx::Error> {
+        self.row.add_to(args)?;
+        add(args, self.idempotency_key)?;
+        add(args, self.lookup_key)?;
+        add(args, self.job)?;
+        add(args, self.job_max_attempts)?;
+        add(args, self.priority)
     }
 }
 
@@ -1328,10 +1262,11 @@ pub fn by_id_statements() -> Vec<(&'static str, String)> {
 }
 
 /// Every statement a group-commit writer runs on its own connections ([`crate::db::writer_pool`]),
-/// by name: the by-id ones and the submit's.
+/// by name: the by-id ones, the submit's and the cache hits' rows'.
 pub fn writer_statements() -> Vec<(&'static str, String)> {
     let mut statements = by_id_statements();
     statements.push(("insert_many", INSERT_MANY.clone()));
+    statements.push(("insert_hits", INSERT_HITS.clone()));
     statements
 }
 
