@@ -127,6 +127,20 @@ struct SubmitResult {
     cpu_per_request: Option<CpuPerRequest>,
 }
 
+impl SubmitResult {
+    /// The answered requests' latencies (ms) and the failed ones, over `elapsed`.
+    fn new(concurrency: usize, latencies: Vec<f64>, errors: usize, elapsed: Duration) -> Self {
+        Self {
+            concurrency,
+            requests: latencies.len(),
+            errors,
+            requests_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+            latency: Latencies::of(latencies),
+            cpu_per_request: None,
+        }
+    }
+}
+
 /// CPU time (user + system) per answered request, by process, over a measurement: where the two
 /// shared cores went. PostgreSQL and Redis are counted when they run on this machine.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -678,15 +692,7 @@ where
         all.extend(task.0);
         errors += task.1;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    SubmitResult {
-        concurrency,
-        requests: all.len(),
-        errors,
-        requests_per_sec: all.len() as f64 / elapsed,
-        latency: Latencies::of(all),
-        cpu_per_request: None,
-    }
+    SubmitResult::new(concurrency, all, errors, started.elapsed())
 }
 
 /// A steady submit load (`--soak-rate` per second, mock provider at 0 ms, one worker) for
@@ -1109,15 +1115,7 @@ async fn hits_at_concurrency(clients: Vec<HitClient>, run_for: Duration) -> Subm
             running.push(client.hit_due(Instant::now()));
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    SubmitResult {
-        concurrency,
-        requests: latencies.len(),
-        errors,
-        requests_per_sec: latencies.len() as f64 / elapsed,
-        latency: Latencies::of(latencies),
-        cpu_per_request: None,
-    }
+    SubmitResult::new(concurrency, latencies, errors, started.elapsed())
 }
 
 /// Sends `rate` requests a second for `run_for` (open loop: a request is due at its time
