@@ -122,6 +122,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
         .context("parsing REDIS_URL")?;
     let limiter = config.common.rate_limiter().context("parsing REDIS_URL")?;
     let submitter = llm_shared::requests::Submitter::new(pool.clone(), Some(cache.clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let state: AppState = AppServices {
         pool,
         redis,
@@ -140,6 +141,7 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
             compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
         },
         metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
+        shutdown: shutdown.clone(),
     }
     .into();
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -154,7 +156,11 @@ async fn serve(config: ApiConfig) -> anyhow::Result<()> {
     // connection (about 60 KB each, held while the connection lives, e.g. an open stream).
     let app = llm_shared::http::router(state).into_make_service();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Streams and long polls end now, so the drain waits only for short requests.
+            shutdown.cancel();
+        })
         .await?;
     // Every answer is given; the cache hits answered before their rows were written get them
     // now, before the runtime (and the hit writer with it) ends.

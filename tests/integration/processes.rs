@@ -328,3 +328,56 @@ async fn sigterm_writes_the_rows_of_cache_hits_it_answered_before_exiting() {
         20
     );
 }
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_long_polls_at_once() {
+    let app = spawn_app().await; // its database; no worker, so the request stays pending
+    let (mut api, base) = spawn_api_process(&app.db).await;
+    let http = reqwest::Client::new();
+    let accepted: Value = http
+        .post(format!("{base}/api/v1/generate"))
+        .bearer_auth(app.token())
+        .json(&json!({"prompt": "a request still pending at a deploy"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["request_id"].as_str().unwrap().to_owned();
+    let mut stream = llm_tests::sse::SseReader::open(
+        http.get(format!("{base}/api/v1/generate/{id}/stream"))
+            .bearer_auth(app.token()),
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    let start = stream.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(start.event, "start");
+    let long_poll = tokio::spawn(
+        http.get(format!("{base}/api/v1/generate/{id}?wait=30"))
+            .bearer_auth(app.token())
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopping = Instant::now();
+    signal(&api, libc::SIGTERM);
+    // Without ending them, the stop waited for the poll's 30 s and for the stream's request.
+    let status = tokio::time::timeout(Duration::from_secs(10), api.wait())
+        .await
+        .expect("the api exits without waiting for the stream and the long poll")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    let poll = long_poll.await.unwrap().unwrap();
+    assert_eq!(poll.status(), 200);
+    let view: Value = poll.json().await.unwrap();
+    assert_eq!(
+        view["status"], "pending",
+        "the poll answers with the state it has"
+    );
+    assert!(
+        stream.next(Duration::from_secs(5)).await.is_none(),
+        "the stream ends (its client resumes elsewhere)"
+    );
+}

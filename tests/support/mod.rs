@@ -198,6 +198,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
             compat_wait: Duration::from_secs(30),
         },
         metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
+        shutdown: tokio_util::sync::CancellationToken::new(),
     }
     .into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -231,8 +231,9 @@ pub(super) async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<Reque
         .ok_or(ApiError::NotFound("no such generation request"))
 }
 
-/// Answers as soon as the request is final, or when `wait` is up. The subscription is taken
-/// before the row is read, so a completion between the read and the wait is not missed.
+/// Answers as soon as the request is final, or when `wait` is up, or at once when the process
+/// starts to stop. The subscription is taken before the row is read, so a completion between
+/// the read and the wait is not missed.
 pub(super) async fn wait_until_final(
     state: &AppState,
     id: Uuid,
@@ -249,8 +250,10 @@ pub(super) async fn wait_until_final(
         if request.status.is_final() {
             return Ok(request);
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return find(state, id, user).await;
+        tokio::select! {
+            _ = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => return find(state, id, user).await,
+            () = state.shutdown.cancelled() => return find(state, id, user).await,
         }
     }
 }

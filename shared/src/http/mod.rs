@@ -70,6 +70,10 @@ pub struct AppServices {
     pub limits: Limits,
     /// This process's metrics, served on `/metrics`.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Cancelled when the process starts to stop: requests that wait on a generation (streams,
+    /// long polls) end at once, so that the graceful stop does not wait for them (a stream's
+    /// client resumes elsewhere with `Last-Event-ID`; a poll is asked again).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -259,7 +259,14 @@ pub(super) fn follow_events(
             text: String::new(),
             tokens,
         };
-        if let Err(err) = follower.run(subscription).await {
+        let shutdown = follower.state.shutdown.clone();
+        let outcome = tokio::select! {
+            outcome = follower.run(subscription) => outcome,
+            // The process is stopping: the stream ends without its terminal event, and the
+            // client resumes after its last event id on another api.
+            () = shutdown.cancelled() => Ok(()),
+        };
+        if let Err(err) = outcome {
             tracing::debug!(request.id = %id, error = %err, "stream follower stopped");
         }
     });
