@@ -24,6 +24,18 @@ async fn wait_for(app: &TestApp, what: &str, sql: &str, at_least: i64, within: D
     }
 }
 
+/// `POST /api/v1/generate` to an api process: the status and the JSON answer.
+async fn submit_to(http: &reqwest::Client, base: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = http
+        .post(format!("{base}/api/v1/generate"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
 #[tokio::test]
 async fn the_binaries_serve_a_request_end_to_end() {
     let app = spawn_app().await; // only for its database
@@ -47,16 +59,13 @@ async fn the_binaries_serve_a_request_end_to_end() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     let http = reqwest::Client::new();
-    let accepted: Value = http
-        .post(format!("{base}/api/v1/generate"))
-        .bearer_auth(&token)
-        .json(&json!({"prompt": "A tiefling warlock's pact"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, accepted) = submit_to(
+        &http,
+        &base,
+        &token,
+        &json!({"prompt": "A tiefling warlock's pact"}),
+    )
+    .await;
     let poll_url = format!("{base}{}?wait=20", accepted["poll_url"].as_str().unwrap());
     let done: Value = http
         .get(poll_url)
@@ -285,15 +294,8 @@ async fn sigterm_writes_the_rows_of_cache_hits_it_answered_before_exiting() {
         .unwrap();
     let mut answered = Vec::new();
     for _ in 0..20 {
-        let response = http
-            .post(format!("{base}/api/v1/generate"))
-            .bearer_auth(app.token())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "a hit from the cache's fast copy");
-        let accepted: Value = response.json().await.unwrap();
+        let (status, accepted) = submit_to(&http, &base, &app.token(), &body).await;
+        assert_eq!(status, 200, "a hit from the cache's fast copy");
         answered.push(
             accepted["request_id"]
                 .as_str()
@@ -334,16 +336,9 @@ async fn sigterm_ends_open_streams_and_long_polls_at_once() {
     let app = spawn_app().await; // its database; no worker, so the request stays pending
     let (mut api, base) = spawn_api_process(&app.db).await;
     let http = reqwest::Client::new();
-    let accepted: Value = http
-        .post(format!("{base}/api/v1/generate"))
-        .bearer_auth(app.token())
-        .json(&json!({"prompt": "a request still pending at a deploy"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"prompt": "a request still pending at a deploy"});
+    let (status, accepted) = submit_to(&http, &base, &app.token(), &body).await;
+    assert_eq!(status, 202);
     let id = accepted["request_id"].as_str().unwrap().to_owned();
     let mut stream = llm_tests::sse::SseReader::open(
         http.get(format!("{base}/api/v1/generate/{id}/stream"))
