@@ -262,7 +262,7 @@ impl DbMark {
             .await?;
         Ok(Self {
             wal_lsn,
-            cpu_secs: postgres_cpu_secs(),
+            cpu_secs: cpu_secs_of("postgres"),
         })
     }
 
@@ -278,7 +278,7 @@ impl DbMark {
             wal_bytes_per_job: wal_bytes / jobs,
             cpu_us_per_job: self
                 .cpu_secs
-                .zip(postgres_cpu_secs())
+                .zip(cpu_secs_of("postgres"))
                 .map(|(before, after)| (after - before) * 1e6 / jobs),
         })
     }
@@ -921,7 +921,7 @@ async fn measure_cache_hits(
     stop(&mut worker).await;
 
     // Serialised once, sent over bare connections (HitClient) from one thread of their own
-    // (HitGenerator): the load generator shares the cores with what it measures.
+    // (on_generator_thread): the load generator shares the cores with what it measures.
     let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
     let hit = HitRequest::post(addr, "/api/v1/generate", token, &serde_json::to_vec(&body)?);
     let run_for = Duration::from_secs(args.submit_secs);
@@ -929,7 +929,7 @@ async fn measure_cache_hits(
     for &concurrency in &args.cache_concurrency {
         let hit = hit.clone();
         let meter = CpuMeter::start(stack.api_pid);
-        let mut result = HitGenerator::run(move || async move {
+        let mut result = on_generator_thread(move || async move {
             let clients = HitClient::connect_many(&hit, concurrency).await?;
             Ok(hits_at_concurrency(clients, run_for).await)
         })
@@ -941,7 +941,7 @@ async fn measure_cache_hits(
     for &rate in &args.cache_rate {
         let hit = hit.clone();
         let meter = CpuMeter::start(stack.api_pid);
-        let mut result = HitGenerator::run(move || async move {
+        let mut result = on_generator_thread(move || async move {
             let clients = HitClient::connect_many(&hit, RATE_CONNECTIONS).await?;
             Ok(hits_at_rate(clients, rate, run_for).await)
         })
@@ -1070,28 +1070,24 @@ const PACING: Duration = Duration::from_micros(250);
 /// spread over the bench's multi-threaded runtime (a task per connection, a shared queue of due
 /// requests behind a lock) it cost 24–36 µs of CPU per request at a fixed rate and 13–14 at 16
 /// clients; on one thread, 16–23 and 11–12 (the report's CPU column).
-struct HitGenerator;
-
-impl HitGenerator {
-    async fn run<T, F, Fut>(measure: F) -> anyhow::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = anyhow::Result<T>>,
-    {
-        let (done, result) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("hit-generator".into())
-            .spawn(move || {
-                let outcome = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|runtime| runtime.block_on(measure()));
-                let _ = done.send(outcome);
-            })?;
-        result.await?
-    }
+async fn on_generator_thread<T, F, Fut>(measure: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("hit-generator".into())
+        .spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(measure()));
+            let _ = done.send(outcome);
+        })?;
+    result.await?
 }
 
 /// Each client sends its next request as soon as it has its answer, for `run_for`.
@@ -1435,13 +1431,8 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
 }
 
-/// User + system CPU seconds of every PostgreSQL process on this machine, if there are any
-/// (the server may run elsewhere).
-fn postgres_cpu_secs() -> Option<f64> {
-    cpu_secs_of("postgres")
-}
-
-/// User + system CPU seconds of every process of this machine named `name`, if there are any.
+/// User + system CPU seconds of every process of this machine named `name` (with their exited
+/// children), if there are any: PostgreSQL's or Redis' server may run elsewhere.
 fn cpu_secs_of(name: &str) -> Option<f64> {
     let mut total = None;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
