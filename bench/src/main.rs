@@ -148,7 +148,10 @@ struct CpuPerRequest {
     api_us: f64,
     postgres_us: Option<f64>,
     redis_us: Option<f64>,
-    /// The load generator (this process).
+    /// The workers, in the phases that run some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_us: Option<f64>,
+    /// The load generator (this process; in the end-to-end phases, also the hub's sink).
     generator_us: f64,
 }
 
@@ -156,16 +159,41 @@ struct CpuPerRequest {
 struct CpuMeter {
     api_pid: u32,
     api: f64,
+    worker_pids: Vec<u32>,
+    workers: f64,
     postgres: Option<f64>,
     redis: Option<f64>,
     generator: f64,
 }
 
+impl CpuPerRequest {
+    /// `api / [worker /] pg / redis / generator`, in µs.
+    fn summary(&self) -> String {
+        let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        let worker = self
+            .worker_us
+            .map_or(String::new(), |w| format!("{w:.0} / "));
+        format!(
+            "{} / {worker}{} / {} / {}",
+            us(Some(self.api_us)),
+            us(self.postgres_us),
+            us(self.redis_us),
+            us(Some(self.generator_us))
+        )
+    }
+}
+
 impl CpuMeter {
     fn start(api_pid: u32) -> Self {
+        Self::with_workers(api_pid, Vec::new())
+    }
+
+    fn with_workers(api_pid: u32, worker_pids: Vec<u32>) -> Self {
         Self {
             api_pid,
             api: cpu_secs(api_pid),
+            workers: worker_pids.iter().map(|&pid| cpu_secs(pid)).sum(),
+            worker_pids,
             postgres: cpu_secs_of("postgres"),
             redis: cpu_secs_of("redis-server"),
             generator: cpu_secs(std::process::id()),
@@ -179,6 +207,14 @@ impl CpuMeter {
             api_us: per(cpu_secs(self.api_pid) - self.api),
             postgres_us: since(self.postgres, cpu_secs_of("postgres")),
             redis_us: since(self.redis, cpu_secs_of("redis-server")),
+            worker_us: (!self.worker_pids.is_empty()).then(|| {
+                per(self
+                    .worker_pids
+                    .iter()
+                    .map(|&pid| cpu_secs(pid))
+                    .sum::<f64>()
+                    - self.workers)
+            }),
             generator_us: per(cpu_secs(std::process::id()) - self.generator),
         }
     }
@@ -191,6 +227,9 @@ struct EndToEndResult {
     jobs_per_sec: f64,
     submit_to_completed: Latencies,
     pickup: Latencies,
+    /// CPU per job, from the first submit until every job is acknowledged and its events
+    /// delivered to the hub.
+    cpu_per_job: CpuPerRequest,
 }
 
 #[derive(Debug, Serialize)]
@@ -451,6 +490,7 @@ async fn run(
     let unloaded = {
         let mut worker = stack.worker("bench-unloaded", &[])?;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let meter = CpuMeter::with_workers(stack.api_pid, worker.id().into_iter().collect());
         for n in 0..args.unloaded_jobs {
             let _ = client
                 .post(format!("{base}/api/v1/generate"))
@@ -460,7 +500,7 @@ async fn run(
                 .await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let r = collect_end_to_end(&bench_db.pool, args.unloaded_jobs, 1).await?;
+        let r = collect_end_to_end(&bench_db.pool, args.unloaded_jobs, 1, meter).await?;
         println!(
             "  unloaded: e2e p50 {:.2} ms, p99 {:.2} ms",
             r.submit_to_completed.p50_ms, r.submit_to_completed.p99_ms
@@ -477,15 +517,7 @@ async fn run(
             children.push(stack.worker(&format!("bench-{workers}-{i}"), &[])?);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = measure_end_to_end(
-            &client,
-            &base,
-            &token,
-            &bench_db.pool,
-            args.e2e_jobs,
-            workers,
-        )
-        .await?;
+        let r = measure_end_to_end(&stack, &bench_db.pool, args.e2e_jobs, &children).await?;
         println!(
             "  end to end, {workers} worker(s): {:.0} jobs/s, p50 {:.1} ms",
             r.jobs_per_sec, r.submit_to_completed.p50_ms
@@ -780,15 +812,18 @@ fn slope_per_sec<'a>(points: impl Iterator<Item = &'a (f64, f64)>) -> f64 {
 }
 
 async fn measure_end_to_end(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
+    stack: &Stack<'_>,
     pool: &PgPool,
     jobs: usize,
-    workers: usize,
+    workers: &[Child],
 ) -> anyhow::Result<EndToEndResult> {
-    submit_burst(client, base, token, jobs).await;
-    collect_end_to_end(pool, jobs.div_ceil(50) * 50, workers).await
+    let meter = CpuMeter::with_workers(
+        stack.api_pid,
+        workers.iter().filter_map(Child::id).collect(),
+    );
+    submit_burst(stack.client, stack.base, stack.token, jobs).await;
+    let total = jobs.div_ceil(50) * 50;
+    collect_end_to_end(pool, total, workers.len(), meter).await
 }
 
 /// Submits `jobs` requests (rounded up to a multiple of 50) from 50 concurrent clients.
@@ -867,11 +902,13 @@ async fn wait_settled(pool: &PgPool) -> anyhow::Result<()> {
     }
 }
 
-/// Waits for `total` requests to finish, then reads throughput and latencies from the rows.
+/// Waits for `total` requests to finish, then reads throughput and latencies from the rows,
+/// and, once the jobs are settled, the CPU they cost since `meter` started.
 async fn collect_end_to_end(
     pool: &PgPool,
     total: usize,
     workers: usize,
+    meter: CpuMeter,
 ) -> anyhow::Result<EndToEndResult> {
     wait_finished(pool, total).await?;
     let (span_secs,): (f64,) = sqlx::query_as(
@@ -887,12 +924,15 @@ async fn collect_end_to_end(
     )
     .fetch_all(pool)
     .await?;
+    // The acknowledgements and the hub relay follow the completing writes: counted too.
+    wait_settled(pool).await?;
     Ok(EndToEndResult {
         workers,
         jobs: total,
         jobs_per_sec: total as f64 / span_secs,
         submit_to_completed: Latencies::of(rows.iter().map(|r| r.0).collect()),
         pickup: Latencies::of(rows.iter().map(|r| r.1).collect()),
+        cpu_per_job: meter.per_request(total),
     })
 }
 
@@ -1487,19 +1527,20 @@ fn print_report(report: &Report) {
     }
     println!("\nend to end (mock provider at 0 ms; submitted at concurrency 50)");
     println!(
-        "{:>8} {:>7} {:>9} {:>13} {:>13} {:>13} {:>13}",
+        "{:>8} {:>7} {:>9} {:>13} {:>13} {:>13} {:>13}   CPU us/job: api / worker / pg / redis / generator",
         "workers", "jobs", "jobs/s", "e2e p50 ms", "e2e p99 ms", "pickup p50", "pickup p99"
     );
     for r in &report.end_to_end {
         println!(
-            "{:>8} {:>7} {:>9.0} {:>13.1} {:>13.1} {:>13.1} {:>13.1}",
+            "{:>8} {:>7} {:>9.0} {:>13.1} {:>13.1} {:>13.1} {:>13.1}   {}",
             r.workers,
             r.jobs,
             r.jobs_per_sec,
             r.submit_to_completed.p50_ms,
             r.submit_to_completed.p99_ms,
             r.pickup.p50_ms,
-            r.pickup.p99_ms
+            r.pickup.p99_ms,
+            r.cpu_per_job.summary()
         );
     }
     println!(
@@ -1535,18 +1576,7 @@ fn print_report(report: &Report) {
         u.pickup.p99_ms
     );
     // CPU per answered request: api / PostgreSQL / Redis / load generator.
-    let cpu = |c: &Option<CpuPerRequest>| {
-        let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
-        c.map_or(String::new(), |c| {
-            format!(
-                "{} / {} / {} / {}",
-                us(Some(c.api_us)),
-                us(c.postgres_us),
-                us(c.redis_us),
-                us(Some(c.generator_us))
-            )
-        })
-    };
+    let cpu = |c: &Option<CpuPerRequest>| c.as_ref().map_or(String::new(), CpuPerRequest::summary);
     const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator";
     println!("\ncache hits (one identical request, answered from the cache)");
     header("concurrency", "req/s", ("errors", 9));
