@@ -215,6 +215,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
 
+    /// Threads of this process's runtime. With one (the default), every task runs on the main
+    /// thread: a worker mostly waits on the network, and tasks handing work to each other
+    /// across threads (job, batch writer, connection) cost it a third or more of its CPU per
+    /// job in wake-ups and context switches. More cores are used by more processes, or by
+    /// raising this.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
+    pub threads: usize,
+
     /// Unique worker name; defaults to host, pid and a random suffix (a reused name would keep
     /// a dead process's jobs locked).
     #[arg(long, env = "WORKER_NAME")]

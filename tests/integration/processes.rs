@@ -40,7 +40,8 @@ async fn submit_to(http: &reqwest::Client, base: &str, token: &str, body: &Value
 async fn the_binaries_serve_a_request_end_to_end() {
     let app = spawn_app().await; // only for its database
     let (_api, base) = spawn_api_process(&app.db).await;
-    let _worker = spawn_worker_process(&app.db, &[]);
+    // On a runtime of two threads: the other process tests run the default one.
+    let _worker = spawn_worker_process(&app.db, &[("WORKER_THREADS", "2")]);
 
     // A token minted the documented way: `llm-api token --user <uuid>`.
     let user = Uuid::now_v7();

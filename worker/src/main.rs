@@ -17,9 +17,26 @@ struct Cli {
     config: WorkerConfig,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let Cli { config } = Cli::parse();
+    runtime(config.threads)
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+/// One thread (`WORKER_THREADS`, see [`WorkerConfig::threads`]) or several.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     telemetry::init(&config.common);
     let pool = db::connect(&config.common)
         .await
