@@ -45,6 +45,24 @@ fn names(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }
 
+/// An event waiting for the hub is held by its primary key alone: every row of the outbox is
+/// an undelivered one (delivered events are deleted), and the relay reads them in `seq` order.
+#[tokio::test]
+async fn an_undelivered_event_is_held_by_its_primary_key_alone() {
+    let db = llm_tests::TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO outbox_events (id, type, payload)
+         VALUES (gen_random_uuid(), 'usage.updated', '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes_holding(&db.pool, "outbox_events", "true").await,
+        names(&["outbox_events_pkey"])
+    );
+}
+
 /// A finished job is held only by the indexes that something reads it through: its request by
 /// id and in its user's listing, its queue job by its key alone. Requests by status (kept for
 /// the admin's replays), cache entries by model, and apalis' worker and idempotency-key columns
