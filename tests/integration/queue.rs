@@ -136,3 +136,52 @@ async fn apalis_acknowledges_through_a_plain_index_scan() {
          index scans:\n{plan}"
     );
 }
+
+/// A statement that queues many jobs wakes the workers once: one notification in apalis'
+/// payload format (its listener parses it), naming one of the jobs. apalis' own trigger sent
+/// one per job, each read by every listening worker only to wake it.
+#[tokio::test]
+async fn a_statement_queueing_many_jobs_is_announced_once() {
+    let app = llm_tests::spawn_app().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.db.pool)
+        .await
+        .unwrap();
+    listener.listen("apalis::job::insert").await.unwrap();
+    let items: Vec<_> = (0..20)
+        .map(|n| json!({"prompt": format!("announced {n}")}))
+        .collect();
+    let accepted: serde_json::Value = app
+        .http
+        .post(app.url("/api/v1/generate/batch"))
+        .bearer_auth(app.token())
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jobs: Vec<String> = accepted["request_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            let id = id.as_str().unwrap().parse().unwrap();
+            llm_shared::queue::job_id_for(id).to_string()
+        })
+        .collect();
+    assert_eq!(jobs.len(), 20, "{accepted}");
+
+    let notice = tokio::time::timeout(WAIT, listener.recv())
+        .await
+        .expect("no notification")
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(notice.payload()).unwrap();
+    assert_eq!(payload["job_type"], llm_shared::queue::QUEUE);
+    assert!(
+        jobs.iter().any(|job| payload["id"] == job.as_str()),
+        "{payload}"
+    );
+    let another = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(another.is_err(), "a second notification: {another:?}");
+}
