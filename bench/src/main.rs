@@ -427,7 +427,7 @@ async fn run(
     let started = Instant::now();
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let hub = HubSink::start().await?;
+    let hub = HubSink::start()?;
     let env = [
         ("DATABASE_URL", bench_db.url.clone()),
         // A message hub that accepts every event: the outbox drains as in production.
@@ -556,7 +556,7 @@ async fn run(
     for workers in [1usize, 2] {
         let total = args.e2e_jobs.div_ceil(50) * 50;
         let queued = DbMark::now(&bench_db.pool).await?;
-        submit_burst(&client, &base, &token, args.e2e_jobs).await;
+        submit_burst(&stack, args.e2e_jobs).await?;
         // The api's group-commit writers answer once their batch committed: nothing is left.
         let started = DbMark::now(&bench_db.pool).await?;
         let submit_cost = queued.cost(&bench_db.pool, total).await?;
@@ -821,35 +821,55 @@ async fn measure_end_to_end(
         stack.api_pid,
         workers.iter().filter_map(Child::id).collect(),
     );
-    submit_burst(stack.client, stack.base, stack.token, jobs).await;
+    submit_burst(stack, jobs).await?;
     let total = jobs.div_ceil(50) * 50;
     collect_end_to_end(pool, total, workers.len(), meter).await
 }
 
-/// Submits `jobs` requests (rounded up to a multiple of 50) from 50 concurrent clients.
-async fn submit_burst(client: &reqwest::Client, base: &str, token: &str, jobs: usize) {
-    // Prompts unique to this burst, so that no request is a cache hit of an earlier one.
+/// Submits `jobs` requests (rounded up to a multiple of 50) from 50 concurrent clients, each
+/// with a prompt of its own (no request is a cache hit or a follower of another). They are sent
+/// as the cache hits are ([`HitClient`], on the generator thread): the generator shares the two
+/// cores with what it measures, and a reqwest client cost ~20 µs of CPU per submit.
+async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<()> {
+    const CLIENTS: usize = 50;
+    let addr: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse()?;
+    let token = stack.token.to_owned();
     let run = Uuid::now_v7().simple().to_string();
-    let per_task = jobs.div_ceil(50);
-    let tasks: Vec<_> = (0..50)
-        .map(|t| {
-            let client = client.clone();
-            let url = format!("{base}/api/v1/generate");
-            let token = token.to_owned();
-            let run = run.clone();
-            tokio::spawn(async move {
-                for n in 0..per_task {
-                    let _ = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&json!({"prompt": format!("e2e bench {run} {t}/{n}")}))
-                        .send()
-                        .await;
+    let per_client = jobs.div_ceil(CLIENTS);
+    let accepted = on_generator_thread(move || async move {
+        // Each submit carries a body of its own: the clients' own request is never sent.
+        let unused = HitRequest::post(addr, "/api/v1/generate", &token, b"{}");
+        let clients = HitClient::connect_many(&unused, CLIENTS).await?;
+        let sent = clients.into_iter().enumerate().map(|(c, mut client)| {
+            let (token, run) = (&token, &run);
+            async move {
+                let mut accepted = 0;
+                for n in 0..per_client {
+                    let body = json!({"prompt": format!("e2e bench {run} {c}/{n}")});
+                    let request = HitRequest::post(
+                        addr,
+                        "/api/v1/generate",
+                        token,
+                        body.to_string().as_bytes(),
+                    );
+                    if client.send_or_reconnect(&request.bytes).await == Some(202) {
+                        accepted += 1;
+                    }
                 }
-            })
-        })
-        .collect();
-    futures::future::join_all(tasks).await;
+                accepted
+            }
+        });
+        Ok(futures::future::join_all(sent)
+            .await
+            .into_iter()
+            .sum::<usize>())
+    })
+    .await?;
+    let total = per_client * CLIENTS;
+    if accepted < total {
+        bail!("only {accepted} of {total} submits were accepted");
+    }
+    Ok(())
 }
 
 /// Waits (bounded) until `total` requests are final.
@@ -1052,23 +1072,29 @@ impl HitClient {
         (self, answered, due, Instant::now())
     }
 
-    /// Sends the request and reads the whole answer: `true` for a `200`. A connection that
-    /// failed is replaced for the next request.
+    /// Sends the request and reads the whole answer: `true` for a `200`.
     async fn hit(&mut self) -> bool {
-        match self.send().await {
-            Ok(ok) => ok,
+        let request = self.request.bytes.clone();
+        self.send_or_reconnect(&request).await == Some(200)
+    }
+
+    /// Sends `request` (its bytes on the wire) and reads the whole answer: its status. A
+    /// connection that failed is replaced for the next request (and this one has none).
+    async fn send_or_reconnect(&mut self, request: &[u8]) -> Option<u16> {
+        match self.send(request).await {
+            Ok(status) => status,
             Err(_) => {
                 if let Ok(fresh) = Self::connect(self.request.clone()).await {
                     *self = fresh;
                 }
-                false
+                None
             }
         }
     }
 
-    async fn send(&mut self) -> anyhow::Result<bool> {
+    async fn send(&mut self, request: &[u8]) -> anyhow::Result<Option<u16>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        self.stream.write_all(&self.request.bytes).await?;
+        self.stream.write_all(request).await?;
         self.buffer.clear();
         let (status, length) = loop {
             if self.stream.read_buf(&mut self.buffer).await? == 0 {
@@ -1091,7 +1117,7 @@ impl HitClient {
                 bail!("the api closed the connection mid-answer");
             }
         }
-        Ok(status == Some(200))
+        Ok(status)
     }
 }
 
@@ -1772,14 +1798,16 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
 }
 
 /// A local message hub that accepts every event (`POST /events` → 204) and counts them, so
-/// that the workers' outbox relays deliver as they would to a live hub.
+/// that the workers' outbox relays deliver as they would to a live hub. It serves from a
+/// thread of its own on a single-threaded runtime, as the load generator runs: it shares the
+/// cores with what it measures.
 struct HubSink {
     url: String,
     received: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HubSink {
-    async fn start() -> anyhow::Result<Self> {
+    fn start() -> anyhow::Result<Self> {
         let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = received.clone();
         let app = axum::Router::new().route(
@@ -1792,9 +1820,21 @@ impl HubSink {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("hub-sink".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                        let _ = axum::serve(listener, app).await;
+                    }
+                })
+            })?;
         Ok(Self { url, received })
     }
 }
