@@ -211,8 +211,11 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub common: CommonConfig,
 
-    /// Jobs this process runs at once.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
+    /// Jobs this process runs at once. A job is mostly waiting (on its provider, and on the
+    /// database's fetch, claim, completion and acknowledgement, each a batched round trip), so
+    /// under load a worker's throughput is this divided by a job's cycle time: with 32 its jobs
+    /// queued behind it while the cores were a quarter idle.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
     /// Threads of this process's runtime. With one (the default), every task runs on the main
