@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
@@ -98,16 +98,18 @@ pub(super) fn attach(response: &mut Response, rate: Option<RateState>) {
 /// Adds the caller's rate-limit state to every answer: from the submit that counted it, or
 /// read (without counting) for other routes.
 pub async fn headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    // A reference-counted copy: read only for answers that do not carry their state.
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let mut response = next.run(request).await;
+    let bearer = || {
+        authorization
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    };
     let rate = match response.extensions().get::<RateState>() {
         Some(rate) => Some(*rate),
-        None => match bearer.and_then(|t| state.jwt.verify(&t).ok()) {
+        None => match bearer().and_then(|t| state.jwt.verify(t).ok()) {
             Some(claims) => match state.limiter.peek(&state.pool, claims.sub).await {
                 Ok(Decision::Allowed(rate) | Decision::Refused { state: rate, .. }) => Some(rate),
                 _ => None,
@@ -121,19 +123,34 @@ pub async fn headers(State(state): State<AppState>, request: Request, next: Next
     response
 }
 
+/// The rate-limit headers, named once: a name given as text is parsed and checked again for
+/// every answer.
+const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 fn set_headers(headers: &mut HeaderMap, rate: &RateState) {
-    let mut put = |name: &'static str, value: u32| {
+    let (requests, tokens) = (&rate.requests, &rate.tokens);
+    headers.reserve(9);
+    for (name, value) in [
+        (LIMIT, requests.limit),
+        (REMAINING, requests.remaining),
+        (RESET, requests.reset_secs),
+        (LIMIT_REQUESTS, requests.limit),
+        (REMAINING_REQUESTS, requests.remaining),
+        (RESET_REQUESTS, requests.reset_secs),
+        (LIMIT_TOKENS, tokens.limit),
+        (REMAINING_TOKENS, tokens.remaining),
+        (RESET_TOKENS, tokens.reset_secs),
+    ] {
         headers.insert(name, HeaderValue::from(value));
-    };
-    put("x-ratelimit-limit", rate.requests.limit);
-    put("x-ratelimit-remaining", rate.requests.remaining);
-    put("x-ratelimit-reset", rate.requests.reset_secs);
-    put("x-ratelimit-limit-requests", rate.requests.limit);
-    put("x-ratelimit-remaining-requests", rate.requests.remaining);
-    put("x-ratelimit-reset-requests", rate.requests.reset_secs);
-    put("x-ratelimit-limit-tokens", rate.tokens.limit);
-    put("x-ratelimit-remaining-tokens", rate.tokens.remaining);
-    put("x-ratelimit-reset-tokens", rate.tokens.reset_secs);
+    }
 }
 
 /// `GET /api/v1/rate_limits`: the caller's limits and what is left of them this minute.
