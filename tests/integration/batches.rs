@@ -8,15 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 async fn submit_batch(app: &TestApp, body: Value) -> (u16, Value) {
-    let r = app
-        .http
-        .post(app.url("/api/v1/generate/batch"))
-        .bearer_auth(app.token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    app.post_json("/api/v1/generate/batch", &body).await
 }
 
 async fn batch_status(app: &TestApp, id: &str) -> Value {

@@ -150,17 +150,9 @@ async fn a_statement_queueing_many_jobs_is_announced_once() {
     let items: Vec<_> = (0..20)
         .map(|n| json!({"prompt": format!("announced {n}")}))
         .collect();
-    let accepted: serde_json::Value = app
-        .http
-        .post(app.url("/api/v1/generate/batch"))
-        .bearer_auth(app.token())
-        .json(&json!({ "items": items }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, accepted) = app
+        .post_json("/api/v1/generate/batch", &json!({ "items": items }))
+        .await;
     let jobs: Vec<String> = accepted["request_ids"]
         .as_array()
         .unwrap()

@@ -240,13 +240,14 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// `POST /api/v1/generate` as the test's user; returns status and JSON body.
-    pub async fn submit(&self, body: Value) -> (u16, Value) {
+    /// `POST path` with a JSON body as the test's user; returns status and JSON body (null if
+    /// none).
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self
             .http
-            .post(self.url("/api/v1/generate"))
+            .post(self.url(path))
             .bearer_auth(self.token())
-            .json(&body)
+            .json(body)
             .send()
             .await
             .unwrap();
@@ -254,6 +255,11 @@ impl TestApp {
             response.status().as_u16(),
             response.json().await.unwrap_or(Value::Null),
         )
+    }
+
+    /// `POST /api/v1/generate` as the test's user; returns status and JSON body.
+    pub async fn submit(&self, body: Value) -> (u16, Value) {
+        self.post_json("/api/v1/generate", &body).await
     }
 
     /// Submits and returns the request id, asserting the 202.
