@@ -14,7 +14,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::{FromRow, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,7 +46,19 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct HubClient {
     http: reqwest::Client,
-    url: String,
+    /// `{MESSAGE_HUB_URL}/events`, parsed once (a URL given as text is parsed per request).
+    url: Result<reqwest::Url, String>,
+}
+
+/// What the hub receives for one event.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: Uuid,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    time: DateTime<Utc>,
+    source: &'static str,
+    data: &'a Value,
 }
 
 impl HubClient {
@@ -55,21 +68,26 @@ impl HubClient {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self {
-            http,
-            url: format!("{}/events", base_url.trim_end_matches('/')),
-        }
+        let url = reqwest::Url::parse(&format!("{}/events", base_url.trim_end_matches('/')))
+            .map_err(|e| format!("MESSAGE_HUB_URL is not a valid URL ({e})"));
+        Self { http, url }
     }
 
     async fn post(&self, event: &Pending) -> Result<(), String> {
-        let envelope = json!({
-            "id": event.id,
-            "type": event.kind,
-            "time": event.created_at,
-            "source": SOURCE,
-            "data": event.payload,
-        });
-        match self.http.post(&self.url).json(&envelope).send().await {
+        let envelope = Envelope {
+            id: event.id,
+            kind: &event.kind,
+            time: event.created_at,
+            source: SOURCE,
+            data: &event.payload,
+        };
+        match self
+            .http
+            .post(self.url.clone()?)
+            .json(&envelope)
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("the hub answered HTTP {}", r.status().as_u16())),
             Err(e) if e.is_timeout() => Err("the hub did not answer in time".into()),
