@@ -43,9 +43,10 @@ pub struct CommonConfig {
     #[arg(long, env = "STREAM_LOG_TTL_SECS", default_value_t = 3600)]
     pub stream_log_ttl_secs: u64,
 
-    /// Base URL of the message hub that receives this service's events.
-    #[arg(long, env = "MESSAGE_HUB_URL", default_value = "http://127.0.0.1:8200")]
-    pub message_hub_url: String,
+    /// Base URL of the message hub that receives this service's events (http or https):
+    /// checked at start, so a typo stops the process instead of failing every delivery.
+    #[arg(long, env = "MESSAGE_HUB_URL", default_value = "http://127.0.0.1:8200", value_parser = http_url)]
+    pub message_hub_url: reqwest::Url,
 
     /// HS256 key of the shared auth system's JWTs (at least 32 bytes).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
@@ -277,6 +278,15 @@ impl WorkerConfig {
     }
 }
 
+/// An absolute `http` or `https` URL.
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the scheme is {other}; expected http or https")),
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
@@ -315,6 +325,26 @@ pub fn signing_secret(common: &CommonConfig) -> Result<SecretString, ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_hub_url_is_checked_at_start() -> Result<(), clap::Error> {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonConfig,
+        }
+        let parse =
+            |url: &str| <Cli as clap::Parser>::try_parse_from(["test", "--message-hub-url", url]);
+        for bad in ["hub:8200", "not a url", "ftp://hub/", ""] {
+            assert!(parse(bad).is_err(), "{bad} was accepted");
+        }
+        let good = parse("https://hub.internal/prefix/")?;
+        assert_eq!(
+            good.common.message_hub_url.as_str(),
+            "https://hub.internal/prefix/"
+        );
+        Ok(())
+    }
 
     #[test]
     fn secret_key_defaults_only_on_loopback() {

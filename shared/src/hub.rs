@@ -46,8 +46,8 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct HubClient {
     http: reqwest::Client,
-    /// `{MESSAGE_HUB_URL}/events`, parsed once (a URL given as text is parsed per request).
-    url: Result<reqwest::Url, String>,
+    /// `{MESSAGE_HUB_URL}/events`, made once (a URL given as text is parsed per request).
+    url: reqwest::Url,
 }
 
 /// What the hub receives for one event.
@@ -62,14 +62,17 @@ struct Envelope<'a> {
 }
 
 impl HubClient {
-    pub fn new(base_url: &str) -> Self {
+    pub fn new(base_url: &reqwest::Url) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        let url = reqwest::Url::parse(&format!("{}/events", base_url.trim_end_matches('/')))
-            .map_err(|e| format!("MESSAGE_HUB_URL is not a valid URL ({e})"));
+        // `{base}/events` whatever the base's path (`join` would replace its last segment).
+        let mut url = base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("events");
+        }
         Self { http, url }
     }
 
@@ -83,7 +86,7 @@ impl HubClient {
         };
         match self
             .http
-            .post(self.url.clone()?)
+            .post(self.url.clone())
             .json(&envelope)
             .send()
             .await
@@ -307,5 +310,30 @@ pub async fn relay(pool: PgPool, hub: HubClient, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HubClient;
+
+    #[test]
+    fn events_go_to_the_events_path_under_the_base() -> Result<(), Box<dyn std::error::Error>> {
+        for (base, events) in [
+            ("http://hub:8200", "http://hub:8200/events"),
+            ("http://hub:8200/", "http://hub:8200/events"),
+            (
+                "https://hub.internal/prefix",
+                "https://hub.internal/prefix/events",
+            ),
+            (
+                "https://hub.internal/prefix/",
+                "https://hub.internal/prefix/events",
+            ),
+        ] {
+            let client = HubClient::new(&reqwest::Url::parse(base)?);
+            assert_eq!(client.url.as_str(), events, "base {base}");
+        }
+        Ok(())
     }
 }
