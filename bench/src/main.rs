@@ -554,9 +554,8 @@ async fn run(
 
     let mut drain = Vec::new();
     for workers in [1usize, 2] {
-        let total = args.e2e_jobs.div_ceil(50) * 50;
         let queued = DbMark::now(&bench_db.pool).await?;
-        submit_burst(&stack, args.e2e_jobs).await?;
+        let total = submit_burst(&stack, args.e2e_jobs).await?;
         // The api's group-commit writers answer once their batch committed: nothing is left.
         let started = DbMark::now(&bench_db.pool).await?;
         let submit_cost = queued.cost(&bench_db.pool, total).await?;
@@ -821,25 +820,23 @@ async fn measure_end_to_end(
         stack.api_pid,
         workers.iter().filter_map(Child::id).collect(),
     );
-    submit_burst(stack, jobs).await?;
-    let total = jobs.div_ceil(50) * 50;
+    let total = submit_burst(stack, jobs).await?;
     collect_end_to_end(pool, total, workers.len(), meter).await
 }
 
-/// Submits `jobs` requests (rounded up to a multiple of 50) from 50 concurrent clients, each
+/// Submits `jobs` requests (rounded up to a multiple of 50: the number returned) from 50
+/// concurrent clients, each
 /// with a prompt of its own (no request is a cache hit or a follower of another). They are sent
 /// as the cache hits are ([`HitClient`], on the generator thread): the generator shares the two
 /// cores with what it measures, and a reqwest client cost ~20 µs of CPU per submit.
-async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<()> {
+async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<usize> {
     const CLIENTS: usize = 50;
     let addr: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse()?;
     let token = stack.token.to_owned();
     let run = Uuid::now_v7().simple().to_string();
     let per_client = jobs.div_ceil(CLIENTS);
     let accepted = on_generator_thread(move || async move {
-        // Each submit carries a body of its own: the clients' own request is never sent.
-        let unused = HitRequest::post(addr, "/api/v1/generate", &token, b"{}");
-        let clients = HitClient::connect_many(&unused, CLIENTS).await?;
+        let clients = HitClient::connect_many(addr, CLIENTS).await?;
         let sent = clients.into_iter().enumerate().map(|(c, mut client)| {
             let (token, run) = (&token, &run);
             async move {
@@ -869,7 +866,7 @@ async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<()> {
     if accepted < total {
         bail!("only {accepted} of {total} submits were accepted");
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Waits (bounded) until `total` requests are final.
@@ -990,8 +987,8 @@ async fn measure_cache_hits(
         let hit = hit.clone();
         let meter = CpuMeter::start(stack.api_pid);
         let mut result = on_generator_thread(move || async move {
-            let clients = HitClient::connect_many(&hit, concurrency).await?;
-            Ok(hits_at_concurrency(clients, run_for).await)
+            let clients = HitClient::connect_many(hit.addr, concurrency).await?;
+            Ok(hits_at_concurrency(clients, &hit, run_for).await)
         })
         .await?;
         result.cpu_per_request = Some(meter.per_request(result.requests));
@@ -1002,8 +999,8 @@ async fn measure_cache_hits(
         let hit = hit.clone();
         let meter = CpuMeter::start(stack.api_pid);
         let mut result = on_generator_thread(move || async move {
-            let clients = HitClient::connect_many(&hit, RATE_CONNECTIONS).await?;
-            Ok(hits_at_rate(clients, rate, run_for).await)
+            let clients = HitClient::connect_many(hit.addr, RATE_CONNECTIONS).await?;
+            Ok(hits_at_rate(clients, &hit, rate, run_for).await)
         })
         .await?;
         result.cpu_per_request = Some(meter.per_request(result.requests));
@@ -1041,41 +1038,41 @@ impl HitRequest {
 /// the service, so its own cost shows in the figures: a hyper client connection (a task of its
 /// own per connection) cost ~12 µs of CPU per request, reqwest's pool ~18.
 struct HitClient {
-    request: HitRequest,
+    /// Where a failed connection is opened again.
+    addr: std::net::SocketAddr,
     stream: tokio::net::TcpStream,
     /// What was read of the answer (kept across requests: no allocation per request).
     buffer: Vec<u8>,
 }
 
 impl HitClient {
-    async fn connect(request: HitRequest) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(request.addr).await?;
+    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
-            request,
+            addr,
             stream,
             buffer: Vec::with_capacity(4096),
         })
     }
 
-    async fn connect_many(request: &HitRequest, n: usize) -> anyhow::Result<Vec<Self>> {
+    async fn connect_many(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Self>> {
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
-            clients.push(Self::connect(request.clone()).await?);
+            clients.push(Self::connect(addr).await?);
         }
         Ok(clients)
     }
 
-    /// [`HitClient::hit`], timed: the client back, the answer, and when it came.
-    async fn hit_due(mut self, due: Instant) -> (Self, bool, Instant, Instant) {
-        let answered = self.hit().await;
+    /// Sends the cache hit `request`, timed: the client back, whether it was answered `200`,
+    /// and when it was due and answered.
+    async fn hit_due(
+        mut self,
+        request: &HitRequest,
+        due: Instant,
+    ) -> (Self, bool, Instant, Instant) {
+        let answered = self.send_or_reconnect(&request.bytes).await == Some(200);
         (self, answered, due, Instant::now())
-    }
-
-    /// Sends the request and reads the whole answer: `true` for a `200`.
-    async fn hit(&mut self) -> bool {
-        let request = self.request.bytes.clone();
-        self.send_or_reconnect(&request).await == Some(200)
     }
 
     /// Sends `request` (its bytes on the wire) and reads the whole answer: its status. A
@@ -1084,7 +1081,7 @@ impl HitClient {
         match self.send(request).await {
             Ok(status) => status,
             Err(_) => {
-                if let Ok(fresh) = Self::connect(self.request.clone()).await {
+                if let Ok(fresh) = Self::connect(self.addr).await {
                     *self = fresh;
                 }
                 None
@@ -1157,14 +1154,18 @@ where
 }
 
 /// Each client sends its next request as soon as it has its answer, for `run_for`.
-async fn hits_at_concurrency(clients: Vec<HitClient>, run_for: Duration) -> SubmitResult {
+async fn hits_at_concurrency(
+    clients: Vec<HitClient>,
+    hit: &HitRequest,
+    run_for: Duration,
+) -> SubmitResult {
     use futures::StreamExt;
     let concurrency = clients.len();
     let started = Instant::now();
     let deadline = started + run_for;
     let mut running: futures::stream::FuturesUnordered<_> = clients
         .into_iter()
-        .map(|c| c.hit_due(Instant::now()))
+        .map(|c| c.hit_due(hit, Instant::now()))
         .collect();
     let (mut latencies, mut errors) = (Vec::new(), 0usize);
     while let Some((client, answered, sent, at)) = running.next().await {
@@ -1174,7 +1175,7 @@ async fn hits_at_concurrency(clients: Vec<HitClient>, run_for: Duration) -> Subm
             errors += 1;
         }
         if at < deadline {
-            running.push(client.hit_due(Instant::now()));
+            running.push(client.hit_due(hit, Instant::now()));
         }
     }
     SubmitResult::new(concurrency, latencies, errors, started.elapsed())
@@ -1185,7 +1186,12 @@ async fn hits_at_concurrency(clients: Vec<HitClient>, run_for: Duration) -> Subm
 /// of its own keeps the time ([`PACING`]; the runtime's timers tick in whole milliseconds) and
 /// hands each slice's due times over; each goes to a free client, or waits for the first one
 /// free (its wait counts in its latency), as behind a client's connection pool.
-async fn hits_at_rate(clients: Vec<HitClient>, rate: u64, run_for: Duration) -> RateResult {
+async fn hits_at_rate(
+    clients: Vec<HitClient>,
+    hit: &HitRequest,
+    rate: u64,
+    run_for: Duration,
+) -> RateResult {
     use futures::StreamExt;
     let (slice_tx, mut slices) = tokio::sync::mpsc::unbounded_channel::<Vec<Instant>>();
     let total = (rate as f64 * run_for.as_secs_f64()) as usize;
@@ -1217,7 +1223,7 @@ async fn hits_at_rate(clients: Vec<HitClient>, rate: u64, run_for: Duration) -> 
                 Some(slice) => {
                     for due in slice {
                         match free.pop() {
-                            Some(client) => running.push(client.hit_due(due)),
+                            Some(client) => running.push(client.hit_due(hit, due)),
                             None => waiting.push_back(due),
                         }
                     }
@@ -1231,7 +1237,7 @@ async fn hits_at_rate(clients: Vec<HitClient>, rate: u64, run_for: Duration) -> 
                     errors += 1;
                 }
                 match waiting.pop_front() {
-                    Some(due) => running.push(client.hit_due(due)),
+                    Some(due) => running.push(client.hit_due(hit, due)),
                     None => free.push(client),
                 }
             }
