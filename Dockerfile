@@ -51,6 +51,9 @@ COPY config /app/config
 WORKDIR /app
 USER app
 ENV API_LISTEN=0.0.0.0:8100
+# The api's allocator (mimalloc) keeps off transparent huge pages even on a host whose THP mode
+# is "always": huge pages would double an idle api's memory.
+ENV MIMALLOC_ALLOW_THP=0
 EXPOSE 8100
 STOPSIGNAL SIGTERM
 CMD ["llm-api", "serve"]

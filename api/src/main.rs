@@ -16,6 +16,13 @@ use llm_shared::relay::RelayHub;
 use llm_shared::{db, telemetry};
 use uuid::Uuid;
 
+/// mimalloc rather than glibc's malloc: a request's task allocates on one runtime thread and
+/// frees on another, and glibc's arenas then contend on their locks (a fifth of the api's CPU
+/// per cache hit went to malloc and free; with mimalloc, 15-20 µs less per hit). Built without
+/// transparent huge pages (`no_thp`): with them an idle api held 29 MB instead of 17.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "llm-api",
