@@ -22,8 +22,11 @@ use uuid::Uuid;
 
 /// Events kept per request for replay.
 const LOG_MAX_EVENTS: usize = 20_000;
-/// Live events buffered per local subscriber before it must re-read the log.
-const LOCAL_BUFFER: usize = 128;
+/// Live events buffered per local subscriber before it must re-read the log. A broadcast
+/// channel allocates all its slots at once: 128 of them cost ~9 KB of every open stream (1,000
+/// streams: 62.6 MB of RSS, 54.0 with 32), and a follower that falls behind loses nothing, it
+/// re-reads the log (`catch_up`).
+const LOCAL_BUFFER: usize = 32;
 
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[2])
