@@ -17,31 +17,46 @@ use uuid::Uuid;
 /// How long overrides read from the database are trusted.
 const OVERRIDES_TTL: Duration = Duration::from_secs(10);
 
+/// The check, in one script (a script runs alone: no other command sees its steps). A `take`
+/// counts first and takes the counts back when over a limit: one command per counter where
+/// reading before counting took two. The window's number is formatted once, as an integer:
+/// Lua's own number formatting (`%.14g`) of it, twice, and the string-to-number conversions
+/// were a tenth of Redis' time per cache hit.
 const CHECK_SCRIPT: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local window = math.floor(now / 60)
-local rkey = KEYS[1] .. ':r:' .. window
-local tkey = KEYS[1] .. ':t:' .. window
-local r = tonumber(redis.call('GET', rkey) or '0')
-local t = tonumber(redis.call('GET', tkey) or '0')
-local rl, tl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local w = string.format('%d', window)
+local rkey = KEYS[1] .. ':r:' .. w
+local tkey = KEYS[1] .. ':t:' .. w
 local reset = 60 - (now % 60)
+local n = tonumber(ARGV[3])
 -- the response cache's fast copy, when asked: a hit takes no tokens (no provider runs it)
 local cached = false
 if KEYS[2] then
   cached = redis.call('GET', KEYS[2])
   if cached then n = 0 end
 end
-if ARGV[4] == 'take' then
-  if r + 1 > rl then return {0, 1, r, t, reset, window, cached} end
-  if t + n > tl then return {0, 2, r, t, reset, window, cached} end
-  -- a counter's expiry is set once, when its window's first count creates it
-  r = redis.call('INCR', rkey)
-  if r == 1 then redis.call('EXPIRE', rkey, 120) end
-  if n > 0 then
-    t = redis.call('INCRBY', tkey, n)
-    if t == n then redis.call('EXPIRE', tkey, 120) end
-  end
+if ARGV[4] ~= 'take' then
+  local r = tonumber(redis.call('GET', rkey) or '0')
+  local t = tonumber(redis.call('GET', tkey) or '0')
+  return {1, 0, r, t, reset, window, cached}
+end
+-- a counter's expiry is set once, when its window's first count creates it
+local r = redis.call('INCR', rkey)
+if r == 1 then redis.call('EXPIRE', rkey, 120) end
+local t
+if n > 0 then
+  t = redis.call('INCRBY', tkey, n)
+  if t == n then redis.call('EXPIRE', tkey, 120) end
+else
+  t = tonumber(redis.call('GET', tkey) or '0')
+end
+local by = 0
+if r > tonumber(ARGV[1]) then by = 1 elseif t > tonumber(ARGV[2]) then by = 2 end
+if by > 0 then
+  redis.call('DECR', rkey)
+  if n > 0 then redis.call('DECRBY', tkey, n) end
+  return {0, by, r - 1, t - n, reset, window, cached}
 end
 return {1, 0, r, t, reset, window, cached}
 ";

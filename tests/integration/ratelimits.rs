@@ -117,6 +117,16 @@ async fn a_tokens_per_minute_limit_counts_estimates_and_reconciles_actual_use() 
         statuses.push(post(&app, &base, &token, body(i)).await.status().as_u16());
     }
     assert_eq!(statuses, vec![202, 202, 202, 429]);
+    // The refused one counted nothing: neither a request nor its tokens.
+    let state = rate_limits(&app, &base, &token).await;
+    let requests_limit = state["requests"]["limit"].as_u64().unwrap_or_default();
+    assert_eq!(
+        state["requests"]["remaining"].as_u64(),
+        Some(requests_limit - 3),
+        "{state}"
+    );
+    let tokens_left = state["tokens"]["remaining"].as_u64().unwrap_or_default();
+    assert!((1..300).contains(&tokens_left), "{state}");
 
     // Completed with 15 tokens each (not ~300): the counter is corrected and room comes back.
     let flags = [
