@@ -468,14 +468,7 @@ async fn run(
 
     let mut submit = Vec::new();
     for &c in &args.concurrency {
-        let r = measure_submit(
-            &client,
-            &base,
-            &token,
-            c,
-            Duration::from_secs(args.submit_secs),
-        )
-        .await;
+        let r = measure_submit(&stack, c, Duration::from_secs(args.submit_secs)).await?;
         println!(
             "  submit c={c}: {:.0} req/s, p99 {:.2} ms",
             r.requests_per_sec, r.latency.p99_ms
@@ -620,24 +613,61 @@ async fn run(
     })
 }
 
+/// Submits from `concurrency` clients, each sending its next as soon as it has its answer, for
+/// `run_for`: every one with a prompt of its own (none answered from the cache or attached to
+/// another), over bare connections on the generator thread, as the cache hits are sent. Through
+/// reqwest, with a task per client on the bench's runtime, the generator took a share of the
+/// two cores the api and PostgreSQL then lacked.
 async fn measure_submit(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
+    stack: &Stack<'_>,
     concurrency: usize,
     run_for: Duration,
-) -> SubmitResult {
-    let url = format!("{base}/api/v1/generate");
-    let (client, token) = (client.clone(), token.to_owned());
-    measure_concurrently(concurrency, run_for, move |worker, n| {
-        let sent = client
-            .post(&url)
-            .bearer_auth(&token)
-            .json(&json!({"prompt": format!("submit bench {worker}/{n}")}))
-            .send();
-        async move { sent.await.is_ok_and(|r| r.status().as_u16() == 202) }
+) -> anyhow::Result<SubmitResult> {
+    use futures::StreamExt;
+    let addr = stack.api_addr()?;
+    let token = stack.token.to_owned();
+    let run = Uuid::now_v7().simple().to_string();
+    let meter = CpuMeter::start(stack.api_pid);
+    let mut result = on_generator_thread(move || async move {
+        let clients = HitClient::connect_many(addr, concurrency).await?;
+        let started = Instant::now();
+        let deadline = started + run_for;
+        let (token, run) = (&token, &run);
+        let mut runs: futures::stream::FuturesUnordered<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut client)| async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0usize);
+                let mut n = 0usize;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let prompt = format!("submit bench {run} {c}/{n}");
+                    let request = HitRequest::generate(addr, token, &prompt);
+                    let sent = Instant::now();
+                    if client.send_or_reconnect(&request.bytes).await == Some(202) {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+            .collect();
+        let (mut latencies, mut errors) = (Vec::new(), 0usize);
+        while let Some((client_latencies, client_errors)) = runs.next().await {
+            latencies.extend(client_latencies);
+            errors += client_errors;
+        }
+        Ok(SubmitResult::new(
+            concurrency,
+            latencies,
+            errors,
+            started.elapsed(),
+        ))
     })
-    .await
+    .await?;
+    result.cpu_per_request = Some(meter.per_request(result.requests));
+    Ok(result)
 }
 
 /// The submits of [`measure_submit`] without HTTP: the request the api would build
@@ -831,7 +861,7 @@ async fn measure_end_to_end(
 /// cores with what it measures, and a reqwest client cost ~20 µs of CPU per submit.
 async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<usize> {
     const CLIENTS: usize = 50;
-    let addr: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse()?;
+    let addr = stack.api_addr()?;
     let token = stack.token.to_owned();
     let run = Uuid::now_v7().simple().to_string();
     let per_client = jobs.div_ceil(CLIENTS);
@@ -842,13 +872,8 @@ async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<usize> {
             async move {
                 let mut accepted = 0;
                 for n in 0..per_client {
-                    let body = json!({"prompt": format!("e2e bench {run} {c}/{n}")});
-                    let request = HitRequest::post(
-                        addr,
-                        "/api/v1/generate",
-                        token,
-                        body.to_string().as_bytes(),
-                    );
+                    let prompt = format!("e2e bench {run} {c}/{n}");
+                    let request = HitRequest::generate(addr, token, &prompt);
                     if client.send_or_reconnect(&request.bytes).await == Some(202) {
                         accepted += 1;
                     }
@@ -979,8 +1004,12 @@ async fn measure_cache_hits(
 
     // Serialised once, sent over bare connections (HitClient) from one thread of their own
     // (on_generator_thread): the load generator shares the cores with what it measures.
-    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
-    let hit = HitRequest::post(addr, "/api/v1/generate", token, &serde_json::to_vec(&body)?);
+    let hit = HitRequest::post(
+        stack.api_addr()?,
+        "/api/v1/generate",
+        token,
+        &serde_json::to_vec(&body)?,
+    );
     let run_for = Duration::from_secs(args.submit_secs);
     let mut at_concurrency = Vec::new();
     for &concurrency in &args.cache_concurrency {
@@ -1017,6 +1046,12 @@ struct HitRequest {
 }
 
 impl HitRequest {
+    /// A submit of `prompt` (`POST /api/v1/generate`).
+    fn generate(addr: std::net::SocketAddr, token: &str, prompt: &str) -> Self {
+        let body = json!({ "prompt": prompt }).to_string();
+        Self::post(addr, "/api/v1/generate", token, body.as_bytes())
+    }
+
     fn post(addr: std::net::SocketAddr, path: &str, token: &str, body: &[u8]) -> Self {
         let mut bytes = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
@@ -1541,10 +1576,20 @@ fn print_report(report: &Report) {
     };
     let columns = |r: &SubmitResult| row(r.concurrency, r.requests, r.requests_per_sec, &r.latency);
     println!("\ndurable submit (api + PostgreSQL, no worker running)");
+    // CPU per answered request: api / PostgreSQL / Redis / load generator.
+    let cpu_per_request =
+        |c: &Option<CpuPerRequest>| c.as_ref().map_or(String::new(), CpuPerRequest::summary);
+    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator";
     header("concurrency", "req/s", ("errors", 9));
     for r in &report.submit {
-        println!("{} {:>9}", columns(r), r.errors);
+        println!(
+            "{} {:>9}   {}",
+            columns(r),
+            r.errors,
+            cpu_per_request(&r.cpu_per_request)
+        );
     }
+    println!("  ({CPU_HEADER})");
     println!(
         "\nthe same submits straight into PostgreSQL (requests::Submitter, no HTTP): the ceiling"
     );
@@ -1607,9 +1652,6 @@ fn print_report(report: &Report) {
         u.pickup.p50_ms,
         u.pickup.p99_ms
     );
-    // CPU per answered request: api / PostgreSQL / Redis / load generator.
-    let cpu = |c: &Option<CpuPerRequest>| c.as_ref().map_or(String::new(), CpuPerRequest::summary);
-    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator";
     println!("\ncache hits (one identical request, answered from the cache)");
     header("concurrency", "req/s", ("errors", 9));
     for c in &report.cache_hits {
@@ -1617,7 +1659,7 @@ fn print_report(report: &Report) {
             "{} {:>9}   {}",
             columns(c),
             c.errors,
-            cpu(&c.cpu_per_request)
+            cpu_per_request(&c.cpu_per_request)
         );
     }
     println!("cache hits at a fixed rate (open loop; latency from when each request was due)");
@@ -1625,7 +1667,11 @@ fn print_report(report: &Report) {
     for r in &report.cache_hits_at_rate {
         let offered = usize::try_from(r.offered_per_sec).unwrap_or(usize::MAX);
         let columns = row(offered, r.requests, r.answered_per_sec, &r.latency);
-        println!("{columns} {:>9}   {}", r.errors, cpu(&r.cpu_per_request));
+        println!(
+            "{columns} {:>9}   {}",
+            r.errors,
+            cpu_per_request(&r.cpu_per_request)
+        );
     }
     println!("  ({CPU_HEADER})");
     println!(
@@ -1745,6 +1791,11 @@ struct Stack<'a> {
 }
 
 impl Stack<'_> {
+    /// The api's address, for bare connections ([`HitClient`]).
+    fn api_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        Ok(self.base.trim_start_matches("http://").parse()?)
+    }
+
     /// Starts an `llm-worker` named `name`, with `extra` environment.
     fn worker(&self, name: &str, extra: &[(&str, String)]) -> anyhow::Result<Child> {
         // Several workers share the machine: each its own free metrics port.
