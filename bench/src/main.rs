@@ -153,6 +153,10 @@ struct CpuPerRequest {
     worker_us: Option<f64>,
     /// The load generator (this process; in the end-to-end phases, also the hub's sink).
     generator_us: f64,
+    /// The share (%) of the machine's CPU time its hypervisor gave to others meanwhile
+    /// (`steal`): on a VM, what tells a slow minute from a slower build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm_steal_pct: Option<f64>,
 }
 
 /// The CPU seconds of the processes a measurement shares the machine with, when it started.
@@ -164,17 +168,54 @@ struct CpuMeter {
     postgres: Option<f64>,
     redis: Option<f64>,
     generator: f64,
+    machine: Option<MachineTicks>,
+}
+
+/// The machine's CPU time so far (`/proc/stat`, clock ticks): all of it, and what the
+/// hypervisor stole.
+#[derive(Clone, Copy)]
+struct MachineTicks {
+    total: u64,
+    steal: u64,
+}
+
+impl MachineTicks {
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // cpu user nice system idle iowait irq softirq steal (guest time is within user)
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        (ticks.len() == 8).then(|| Self {
+            total: ticks.iter().sum(),
+            steal: ticks[7],
+        })
+    }
+
+    /// The stolen share (%) of the time since `then`.
+    fn steal_pct_since(self, then: Self) -> Option<f64> {
+        let total = self.total.checked_sub(then.total).filter(|&t| t > 0)?;
+        Some(self.steal.saturating_sub(then.steal) as f64 * 100.0 / total as f64)
+    }
 }
 
 impl CpuPerRequest {
-    /// `api / [worker /] pg / redis / generator`, in µs.
+    /// `api / [worker /] pg / redis / generator`, in µs, then the VM's steal.
     fn summary(&self) -> String {
         let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         let worker = self
             .worker_us
             .map_or(String::new(), |w| format!("{w:.0} / "));
+        let steal = self
+            .vm_steal_pct
+            .map_or(String::new(), |p| format!("   steal {p:.0}%"));
         format!(
-            "{} / {worker}{} / {} / {}",
+            "{} / {worker}{} / {} / {}{steal}",
             us(Some(self.api_us)),
             us(self.postgres_us),
             us(self.redis_us),
@@ -197,6 +238,7 @@ impl CpuMeter {
             postgres: cpu_secs_of("postgres"),
             redis: cpu_secs_of("redis-server"),
             generator: cpu_secs(std::process::id()),
+            machine: MachineTicks::now(),
         }
     }
 
@@ -216,6 +258,10 @@ impl CpuMeter {
                     - self.workers)
             }),
             generator_us: per(cpu_secs(std::process::id()) - self.generator),
+            vm_steal_pct: self
+                .machine
+                .zip(MachineTicks::now())
+                .and_then(|(then, now)| now.steal_pct_since(then)),
         }
     }
 }
@@ -1579,7 +1625,7 @@ fn print_report(report: &Report) {
     // CPU per answered request: api / PostgreSQL / Redis / load generator.
     let cpu_per_request =
         |c: &Option<CpuPerRequest>| c.as_ref().map_or(String::new(), CpuPerRequest::summary);
-    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator";
+    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator; steal: the share of the machine's CPU time its hypervisor took";
     header("concurrency", "req/s", ("errors", 9));
     for r in &report.submit {
         println!(
@@ -1604,7 +1650,7 @@ fn print_report(report: &Report) {
     }
     println!("\nend to end (mock provider at 0 ms; submitted at concurrency 50)");
     println!(
-        "{:>8} {:>7} {:>9} {:>13} {:>13} {:>13} {:>13}   CPU us/job: api / worker / pg / redis / generator",
+        "{:>8} {:>7} {:>9} {:>13} {:>13} {:>13} {:>13}   CPU us/job: api / worker / pg / redis / generator, VM steal",
         "workers", "jobs", "jobs/s", "e2e p50 ms", "e2e p99 ms", "pickup p50", "pickup p99"
     );
     for r in &report.end_to_end {
