@@ -660,60 +660,52 @@ async fn run(
 }
 
 /// Submits from `concurrency` clients, each sending its next as soon as it has its answer, for
-/// `run_for`: every one with a prompt of its own (none answered from the cache or attached to
-/// another), over bare connections on the generator thread, as the cache hits are sent. Through
-/// reqwest, with a task per client on the bench's runtime, the generator took a share of the
-/// two cores the api and PostgreSQL then lacked.
+/// `run_for` ([`closed_loop`]), every one with a prompt of its own ([`SubmitRequests`]), over
+/// bare connections on the generator thread, as the cache hits are sent. Through reqwest, with a
+/// task per client on the bench's runtime, the generator took a share of the two cores the api
+/// and PostgreSQL then lacked.
 async fn measure_submit(
     stack: &Stack<'_>,
     concurrency: usize,
     run_for: Duration,
 ) -> anyhow::Result<SubmitResult> {
-    use futures::StreamExt;
-    let addr = stack.api_addr()?;
-    let token = stack.token.to_owned();
-    let run = Uuid::now_v7().simple().to_string();
+    let submits = SubmitRequests::new(stack, "submit bench")?;
     let meter = CpuMeter::start(stack.api_pid);
     let mut result = on_generator_thread(move || async move {
-        let clients = HitClient::connect_many(addr, concurrency).await?;
-        let started = Instant::now();
-        let deadline = started + run_for;
-        let (token, run) = (&token, &run);
-        let mut runs: futures::stream::FuturesUnordered<_> = clients
-            .into_iter()
-            .enumerate()
-            .map(|(c, mut client)| async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0usize);
-                let mut n = 0usize;
-                while Instant::now() < deadline {
-                    n += 1;
-                    let prompt = format!("submit bench {run} {c}/{n}");
-                    let request = HitRequest::generate(addr, token, &prompt);
-                    let sent = Instant::now();
-                    if client.send_or_reconnect(&request.bytes).await == Some(202) {
-                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (latencies, errors)
-            })
-            .collect();
-        let (mut latencies, mut errors) = (Vec::new(), 0usize);
-        while let Some((client_latencies, client_errors)) = runs.next().await {
-            latencies.extend(client_latencies);
-            errors += client_errors;
-        }
-        Ok(SubmitResult::new(
-            concurrency,
-            latencies,
-            errors,
-            started.elapsed(),
-        ))
+        let clients = HitClient::connect_many(submits.addr, concurrency).await?;
+        Ok(closed_loop(clients, Until::Elapsed(run_for), 202, || submits.next()).await)
     })
     .await?;
     result.cpu_per_request = Some(meter.per_request(result.requests));
     Ok(result)
+}
+
+/// Submits (`POST /api/v1/generate`), each with a prompt of its own, `{label} {run} {n}`: none
+/// answered from the cache or attached to another request in flight, this run's or an earlier
+/// one's.
+struct SubmitRequests {
+    addr: std::net::SocketAddr,
+    token: String,
+    label: String,
+    sent: std::cell::Cell<usize>,
+}
+
+impl SubmitRequests {
+    fn new(stack: &Stack<'_>, label: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            addr: stack.api_addr()?,
+            token: stack.token.to_owned(),
+            label: format!("{label} {}", Uuid::now_v7().simple()),
+            sent: std::cell::Cell::new(0),
+        })
+    }
+
+    fn next(&self) -> HitRequest {
+        let n = self.sent.get();
+        self.sent.set(n + 1);
+        let body = json!({ "prompt": format!("{} {n}", self.label) }).to_string();
+        HitRequest::post(self.addr, "/api/v1/generate", &self.token, body.as_bytes())
+    }
 }
 
 /// The submits of [`measure_submit`] without HTTP: the request the api would build
@@ -900,44 +892,22 @@ async fn measure_end_to_end(
     collect_end_to_end(pool, total, workers.len(), meter).await
 }
 
-/// Submits `jobs` requests (rounded up to a multiple of 50: the number returned) from 50
-/// concurrent clients, each
-/// with a prompt of its own (no request is a cache hit or a follower of another). They are sent
-/// as the cache hits are ([`HitClient`], on the generator thread): the generator shares the two
-/// cores with what it measures, and a reqwest client cost ~20 µs of CPU per submit.
+/// Submits `jobs` requests from 50 concurrent clients ([`closed_loop`]), each with a prompt of
+/// its own ([`SubmitRequests`]). They are sent as the cache hits are ([`HitClient`], on the
+/// generator thread): the generator shares the two cores with what it measures, and a reqwest
+/// client cost ~20 µs of CPU per submit.
 async fn submit_burst(stack: &Stack<'_>, jobs: usize) -> anyhow::Result<usize> {
     const CLIENTS: usize = 50;
-    let addr = stack.api_addr()?;
-    let token = stack.token.to_owned();
-    let run = Uuid::now_v7().simple().to_string();
-    let per_client = jobs.div_ceil(CLIENTS);
-    let accepted = on_generator_thread(move || async move {
-        let clients = HitClient::connect_many(addr, CLIENTS).await?;
-        let sent = clients.into_iter().enumerate().map(|(c, mut client)| {
-            let (token, run) = (&token, &run);
-            async move {
-                let mut accepted = 0;
-                for n in 0..per_client {
-                    let prompt = format!("e2e bench {run} {c}/{n}");
-                    let request = HitRequest::generate(addr, token, &prompt);
-                    if client.send_or_reconnect(&request.bytes).await == Some(202) {
-                        accepted += 1;
-                    }
-                }
-                accepted
-            }
-        });
-        Ok(futures::future::join_all(sent)
-            .await
-            .into_iter()
-            .sum::<usize>())
+    let submits = SubmitRequests::new(stack, "e2e bench")?;
+    let result = on_generator_thread(move || async move {
+        let clients = HitClient::connect_many(submits.addr, CLIENTS).await?;
+        Ok(closed_loop(clients, Until::Sent(jobs), 202, || submits.next()).await)
     })
     .await?;
-    let total = per_client * CLIENTS;
-    if accepted < total {
-        bail!("only {accepted} of {total} submits were accepted");
+    if result.requests < jobs {
+        bail!("only {} of {jobs} submits were accepted", result.requests);
     }
-    Ok(total)
+    Ok(jobs)
 }
 
 /// Waits (bounded) until `total` requests are final.
@@ -1063,7 +1033,7 @@ async fn measure_cache_hits(
         let meter = CpuMeter::start(stack.api_pid);
         let mut result = on_generator_thread(move || async move {
             let clients = HitClient::connect_many(hit.addr, concurrency).await?;
-            Ok(hits_at_concurrency(clients, &hit, run_for).await)
+            Ok(closed_loop(clients, Until::Elapsed(run_for), 200, || hit.clone()).await)
         })
         .await?;
         result.cpu_per_request = Some(meter.per_request(result.requests));
@@ -1084,7 +1054,7 @@ async fn measure_cache_hits(
     Ok((at_concurrency, at_rate))
 }
 
-/// The cache-hit request, as [`HitClient`]s send it: its bytes on the wire, made once.
+/// A request as [`HitClient`]s send it: its bytes on the wire, made once.
 #[derive(Clone)]
 struct HitRequest {
     addr: std::net::SocketAddr,
@@ -1092,12 +1062,6 @@ struct HitRequest {
 }
 
 impl HitRequest {
-    /// A submit of `prompt` (`POST /api/v1/generate`).
-    fn generate(addr: std::net::SocketAddr, token: &str, prompt: &str) -> Self {
-        let body = json!({ "prompt": prompt }).to_string();
-        Self::post(addr, "/api/v1/generate", token, body.as_bytes())
-    }
-
     fn post(addr: std::net::SocketAddr, path: &str, token: &str, body: &[u8]) -> Self {
         let mut bytes = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
@@ -1145,14 +1109,15 @@ impl HitClient {
         Ok(clients)
     }
 
-    /// Sends the cache hit `request`, timed: the client back, whether it was answered `200`,
-    /// and when it was due and answered.
-    async fn hit_due(
+    /// Sends `request`, timed: the client back, whether it was answered with the status
+    /// `expected`, and when it was due and answered.
+    async fn send_due(
         mut self,
-        request: &HitRequest,
+        request: HitRequest,
+        expected: u16,
         due: Instant,
     ) -> (Self, bool, Instant, Instant) {
-        let answered = self.send_or_reconnect(&request.bytes).await == Some(200);
+        let answered = self.send_or_reconnect(&request.bytes).await == Some(expected);
         (self, answered, due, Instant::now())
     }
 
@@ -1234,29 +1199,55 @@ where
     result.await?
 }
 
-/// Each client sends its next request as soon as it has its answer, for `run_for`.
-async fn hits_at_concurrency(
+/// When the clients of a [`closed_loop`] stop sending.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Once this long has passed since the first request.
+    Elapsed(Duration),
+    /// Once this many requests were sent, by all of them.
+    Sent(usize),
+}
+
+impl Until {
+    fn goes_on(self, started: Instant, sent: usize) -> bool {
+        match self {
+            Self::Elapsed(run_for) => started.elapsed() < run_for,
+            Self::Sent(total) => sent < total,
+        }
+    }
+}
+
+/// Each client sends its next request (`next`) as soon as it has its answer, `until` it is
+/// time to stop: the requests answered with the status `expected` are timed, the others
+/// counted as errors.
+async fn closed_loop(
     clients: Vec<HitClient>,
-    hit: &HitRequest,
-    run_for: Duration,
+    until: Until,
+    expected: u16,
+    mut next: impl FnMut() -> HitRequest,
 ) -> SubmitResult {
     use futures::StreamExt;
     let concurrency = clients.len();
     let started = Instant::now();
-    let deadline = started + run_for;
-    let mut running: futures::stream::FuturesUnordered<_> = clients
-        .into_iter()
-        .map(|c| c.hit_due(hit, Instant::now()))
-        .collect();
+    let mut sent = 0usize;
+    let mut running = futures::stream::FuturesUnordered::new();
+    for client in clients {
+        if !until.goes_on(started, sent) {
+            break;
+        }
+        sent += 1;
+        running.push(client.send_due(next(), expected, Instant::now()));
+    }
     let (mut latencies, mut errors) = (Vec::new(), 0usize);
-    while let Some((client, answered, sent, at)) = running.next().await {
+    while let Some((client, answered, due, at)) = running.next().await {
         if answered {
-            latencies.push((at - sent).as_secs_f64() * 1000.0);
+            latencies.push((at - due).as_secs_f64() * 1000.0);
         } else {
             errors += 1;
         }
-        if at < deadline {
-            running.push(client.hit_due(hit, Instant::now()));
+        if until.goes_on(started, sent) {
+            sent += 1;
+            running.push(client.send_due(next(), expected, Instant::now()));
         }
     }
     SubmitResult::new(concurrency, latencies, errors, started.elapsed())
@@ -1304,7 +1295,7 @@ async fn hits_at_rate(
                 Some(slice) => {
                     for due in slice {
                         match free.pop() {
-                            Some(client) => running.push(client.hit_due(hit, due)),
+                            Some(client) => running.push(client.send_due(hit.clone(), 200, due)),
                             None => waiting.push_back(due),
                         }
                     }
@@ -1318,7 +1309,7 @@ async fn hits_at_rate(
                     errors += 1;
                 }
                 match waiting.pop_front() {
-                    Some(due) => running.push(client.hit_due(hit, due)),
+                    Some(due) => running.push(client.send_due(hit.clone(), 200, due)),
                     None => free.push(client),
                 }
             }
