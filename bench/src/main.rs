@@ -670,10 +670,23 @@ async fn measure_submit(
     run_for: Duration,
 ) -> anyhow::Result<SubmitResult> {
     let submits = SubmitRequests::new(stack, "submit bench")?;
+    measure_closed_loop(stack, concurrency, run_for, 202, move || submits.next()).await
+}
+
+/// `concurrency` clients in a [`closed_loop`] for `run_for`, on the generator thread, with the
+/// CPU per answered request.
+async fn measure_closed_loop(
+    stack: &Stack<'_>,
+    concurrency: usize,
+    run_for: Duration,
+    expected: u16,
+    next: impl FnMut() -> HitRequest + Send + 'static,
+) -> anyhow::Result<SubmitResult> {
+    let addr = stack.api_addr()?;
     let meter = CpuMeter::start(stack.api_pid);
     let mut result = on_generator_thread(move || async move {
-        let clients = HitClient::connect_many(submits.addr, concurrency).await?;
-        Ok(closed_loop(clients, Until::Elapsed(run_for), 202, || submits.next()).await)
+        let clients = HitClient::connect_many(addr, concurrency).await?;
+        Ok(closed_loop(clients, Until::Elapsed(run_for), expected, next).await)
     })
     .await?;
     result.cpu_per_request = Some(meter.per_request(result.requests));
@@ -1030,14 +1043,8 @@ async fn measure_cache_hits(
     let mut at_concurrency = Vec::new();
     for &concurrency in &args.cache_concurrency {
         let hit = hit.clone();
-        let meter = CpuMeter::start(stack.api_pid);
-        let mut result = on_generator_thread(move || async move {
-            let clients = HitClient::connect_many(hit.addr, concurrency).await?;
-            Ok(closed_loop(clients, Until::Elapsed(run_for), 200, || hit.clone()).await)
-        })
-        .await?;
-        result.cpu_per_request = Some(meter.per_request(result.requests));
-        at_concurrency.push(result);
+        let result = measure_closed_loop(stack, concurrency, run_for, 200, move || hit.clone());
+        at_concurrency.push(result.await?);
     }
     let mut at_rate = Vec::new();
     for &rate in &args.cache_rate {
