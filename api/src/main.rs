@@ -62,13 +62,11 @@ enum Command {
     Migrate(CommonConfig),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Serve(config)) => serve(config).await,
+fn main() -> anyhow::Result<()> {
+    let config = match Cli::parse().command {
+        Some(Command::Serve(config)) => config,
         // No subcommand: serve, configured from the environment alone.
-        None => serve(ServeDefaults::parse_from(["llm-api"]).config).await,
+        None => ServeDefaults::parse_from(["llm-api"]).config,
         Some(Command::Token {
             common,
             user,
@@ -81,18 +79,29 @@ async fn main() -> anyhow::Result<()> {
             {
                 println!("{token}");
             }
-            Ok(())
+            return Ok(());
         }
         Some(Command::Migrate(common)) => {
-            telemetry::init(&common);
-            let pool = db::connect(&common)
-                .await
-                .context("connecting to PostgreSQL")?;
-            db::migrate(&pool).await?;
-            tracing::info!("migrations applied");
-            Ok(())
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(migrate(common));
         }
-    }
+    };
+    llm_shared::runtime::api_runtime(config.pin_threads)
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn migrate(common: CommonConfig) -> anyhow::Result<()> {
+    telemetry::init(&common);
+    let pool = db::connect(&common)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
 }
 
 async fn serve(config: ApiConfig) -> anyhow::Result<()> {

@@ -150,6 +150,12 @@ pub struct ApiConfig {
     /// before answering 504 with the request id to poll instead, in seconds.
     #[arg(long, env = "OPENAI_COMPAT_WAIT_SECS", default_value_t = 120)]
     pub openai_compat_wait_secs: u64,
+
+    /// Pin each runtime thread to a CPU of its own when there is one thread per CPU this
+    /// process may run on ([`crate::runtime`]): the kernel otherwise may pack them onto one CPU
+    /// while another idles.
+    #[arg(long, env = "API_PIN_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_threads: bool,
 }
 
 impl CommonConfig {

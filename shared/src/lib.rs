@@ -26,6 +26,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod relay;
 pub mod requests;
+pub mod runtime;
 pub mod telemetry;
 pub mod usage;
 pub mod validation;

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use llm_tests::{
-    TEST_SECRET, TestApp, binary, signal, spawn_api_process, spawn_app, spawn_worker_process,
+    TEST_SECRET, TestApp, binary, signal, spawn_api_process, spawn_api_process_with, spawn_app,
+    spawn_worker_process,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -375,5 +376,76 @@ async fn sigterm_ends_open_streams_and_long_polls_at_once() {
     assert!(
         stream.next(Duration::from_secs(5)).await.is_none(),
         "the stream ends (its client resumes elsewhere)"
+    );
+}
+
+/// The CPUs a thread may run on (`Cpus_allowed_list` of `/proc/<pid>/task/<tid>/status`).
+fn allowed_cpus(status_path: &str) -> String {
+    std::fs::read_to_string(status_path)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// How many CPUs a `Cpus_allowed_list` (`0-1,4`) names.
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// The CPU lists of an api process's runtime threads (named by tokio), one entry per thread.
+fn runtime_thread_cpus(pid: u32) -> Vec<String> {
+    let mut cpus = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if name.starts_with("tokio-r") {
+            cpus.push(allowed_cpus(&task.join("status").to_string_lossy()));
+        }
+    }
+    cpus
+}
+
+#[tokio::test]
+async fn the_api_pins_one_runtime_thread_to_each_cpu_unless_told_not_to() {
+    let app = spawn_app().await; // only for its database
+    let ours = allowed_cpus("/proc/self/status");
+    let cpus = cpu_count(&ours);
+    if cpus < 2 {
+        eprintln!("one CPU ({ours}): nothing to pin a thread away from");
+        return;
+    }
+
+    let (api, _) = spawn_api_process(&app.db).await;
+    let threads = runtime_thread_cpus(api.id().unwrap());
+    let mut pinned: Vec<&String> = threads.iter().filter(|c| cpu_count(c) == 1).collect();
+    pinned.sort();
+    pinned.dedup();
+    assert_eq!(
+        pinned.len(),
+        cpus,
+        "one runtime thread on each of the CPUs {ours}: {threads:?}"
+    );
+
+    let (unpinned, _) = spawn_api_process_with(&app.db, &[("API_PIN_THREADS", "false")]).await;
+    let threads = runtime_thread_cpus(unpinned.id().unwrap());
+    assert!(
+        threads.len() >= cpus && threads.iter().all(|c| *c == ours),
+        "API_PIN_THREADS=false: every runtime thread may run on {ours}: {threads:?}"
+    );
+
+    // With fewer threads than CPUs a pinned thread could not move off a busy CPU: none is.
+    let (one, _) = spawn_api_process_with(&app.db, &[("TOKIO_WORKER_THREADS", "1")]).await;
+    let threads = runtime_thread_cpus(one.id().unwrap());
+    assert!(
+        !threads.is_empty() && threads.iter().all(|c| *c == ours),
+        "one runtime thread for {ours}: not pinned: {threads:?}"
     );
 }
