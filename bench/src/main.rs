@@ -143,7 +143,7 @@ impl SubmitResult {
 
 /// CPU time (user + system) per answered request, by process, over a measurement: where the two
 /// shared cores went. PostgreSQL and Redis are counted when they run on this machine.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct CpuPerRequest {
     api_us: f64,
     postgres_us: Option<f64>,
@@ -157,6 +157,85 @@ struct CpuPerRequest {
     /// (`steal`): on a VM, what tells a slow minute from a slower build.
     #[serde(skip_serializing_if = "Option::is_none")]
     vm_steal_pct: Option<f64>,
+    /// Kernel threads that held a CPU for half a millisecond or more at a time meanwhile.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    kernel_holds: Vec<KernelHold>,
+}
+
+/// A kernel thread that held a CPU for [`KernelThreads::HOLD`] or more at a time, on average,
+/// during a measurement. On a kernel built without preemption (`PREEMPT_NONE`, as on the VMs
+/// these figures were taken on) nothing else runs on that CPU until it yields, so whatever
+/// waits for a thread queued there waits as long. There DAMON's `kdamond` (the host's memory
+/// reclaim) ran every 0.5 s, up to ~5 ms at once (`perf sched timehist`), 1–2 ms per run on
+/// average under load, and every cache hit due meanwhile was late by as much.
+#[derive(Debug, Clone, Serialize)]
+struct KernelHold {
+    thread: String,
+    runs: u64,
+    avg_ms: f64,
+}
+
+/// Each kernel thread's time on a CPU so far and in how many runs (`/proc/<pid>/schedstat`), by
+/// pid: the children of `kthreadd` (pid 2).
+struct KernelThreads(std::collections::HashMap<u32, (String, u64, u64)>);
+
+impl KernelThreads {
+    const HOLD: Duration = Duration::from_micros(500);
+
+    fn now() -> Self {
+        let mut threads = std::collections::HashMap::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Self(threads);
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: the name may hold spaces and parentheses.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            if stat[close + 1..].split_whitespace().nth(1) != Some("2") {
+                continue;
+            }
+            let Ok(schedstat) = std::fs::read_to_string(format!("/proc/{pid}/schedstat")) else {
+                continue;
+            };
+            // on-CPU ns, waiting ns, runs
+            let fields: Vec<u64> = schedstat
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            if let [run_ns, _, runs] = fields[..] {
+                threads.insert(pid, (stat[open + 1..close].to_owned(), run_ns, runs));
+            }
+        }
+        Self(threads)
+    }
+
+    /// The threads whose runs since `then` lasted [`Self::HOLD`] or more on average, longest
+    /// first.
+    fn holds_since(&self, then: &Self) -> Vec<KernelHold> {
+        let mut holds: Vec<KernelHold> = self
+            .0
+            .iter()
+            .filter_map(|(pid, (thread, run_ns, runs))| {
+                let (_, run_before, runs_before) = then.0.get(pid)?;
+                let runs = runs.checked_sub(*runs_before).filter(|&r| r > 0)?;
+                let avg = Duration::from_nanos(run_ns.saturating_sub(*run_before) / runs);
+                (avg >= Self::HOLD).then(|| KernelHold {
+                    thread: thread.clone(),
+                    runs,
+                    avg_ms: avg.as_secs_f64() * 1000.0,
+                })
+            })
+            .collect();
+        holds.sort_by(|a, b| b.avg_ms.total_cmp(&a.avg_ms));
+        holds
+    }
 }
 
 /// The CPU seconds of the processes a measurement shares the machine with, when it started.
@@ -169,6 +248,7 @@ struct CpuMeter {
     redis: Option<f64>,
     generator: f64,
     machine: Option<MachineTicks>,
+    kernel: KernelThreads,
 }
 
 /// The machine's CPU time so far (`/proc/stat`, clock ticks): all of it, and what the
@@ -205,7 +285,8 @@ impl MachineTicks {
 }
 
 impl CpuPerRequest {
-    /// `api / [worker /] pg / redis / generator`, in µs, then the VM's steal.
+    /// `api / [worker /] pg / redis / generator`, in µs, then the VM's steal and the kernel
+    /// threads' long runs.
     fn summary(&self) -> String {
         let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         let worker = self
@@ -214,8 +295,13 @@ impl CpuPerRequest {
         let steal = self
             .vm_steal_pct
             .map_or(String::new(), |p| format!("   steal {p:.0}%"));
+        let kernel: String = self
+            .kernel_holds
+            .iter()
+            .map(|h| format!(", {} {}x{:.1} ms", h.thread, h.runs, h.avg_ms))
+            .collect();
         format!(
-            "{} / {worker}{} / {} / {}{steal}",
+            "{} / {worker}{} / {} / {}{steal}{kernel}",
             us(Some(self.api_us)),
             us(self.postgres_us),
             us(self.redis_us),
@@ -239,6 +325,7 @@ impl CpuMeter {
             redis: cpu_secs_of("redis-server"),
             generator: cpu_secs(std::process::id()),
             machine: MachineTicks::now(),
+            kernel: KernelThreads::now(),
         }
     }
 
@@ -262,6 +349,7 @@ impl CpuMeter {
                 .machine
                 .zip(MachineTicks::now())
                 .and_then(|(then, now)| now.steal_pct_since(then)),
+            kernel_holds: KernelThreads::now().holds_since(&self.kernel),
         }
     }
 }
@@ -1325,6 +1413,7 @@ async fn hits_at_rate(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let _ = pacer.join();
+
     RateResult {
         offered_per_sec: rate,
         requests: latencies.len(),
@@ -1623,7 +1712,7 @@ fn print_report(report: &Report) {
     // CPU per answered request: api / PostgreSQL / Redis / load generator.
     let cpu_per_request =
         |c: &Option<CpuPerRequest>| c.as_ref().map_or(String::new(), CpuPerRequest::summary);
-    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator; steal: the share of the machine's CPU time its hypervisor took";
+    const CPU_HEADER: &str = "CPU us/req: api / pg / redis / generator; steal: the share of the machine's CPU time its hypervisor took; then any kernel thread that held a CPU 0.5 ms or more at a time on average (runs x average), during which nothing else ran there";
     header("concurrency", "req/s", ("errors", 9));
     for r in &report.submit {
         println!(
