@@ -166,7 +166,7 @@ struct CpuPerRequest {
 /// during a measurement. On a kernel built without preemption (`PREEMPT_NONE`, as on the VMs
 /// these figures were taken on) nothing else runs on that CPU until it yields, so whatever
 /// waits for a thread queued there waits as long. There DAMON's `kdamond` (the host's memory
-/// reclaim) ran every 0.5 s, up to ~5 ms at once (`perf sched timehist`), 1–2 ms per run on
+/// reclaim) ran every 0.5 s, up to ~5 ms at once (`perf sched timehist`), 0.5–1.5 ms per run on
 /// average under load, and every cache hit due meanwhile was late by as much.
 #[derive(Debug, Clone, Serialize)]
 struct KernelHold {
@@ -177,7 +177,13 @@ struct KernelHold {
 
 /// Each kernel thread's time on a CPU so far and in how many runs (`/proc/<pid>/schedstat`), by
 /// pid: the children of `kthreadd` (pid 2).
-struct KernelThreads(std::collections::HashMap<u32, (String, u64, u64)>);
+struct KernelThreads(std::collections::HashMap<u32, KernelThread>);
+
+struct KernelThread {
+    name: String,
+    on_cpu_ns: u64,
+    runs: u64,
+}
 
 impl KernelThreads {
     const HOLD: Duration = Duration::from_micros(500);
@@ -209,8 +215,16 @@ impl KernelThreads {
                 .split_whitespace()
                 .filter_map(|v| v.parse().ok())
                 .collect();
-            if let [run_ns, _, runs] = fields[..] {
-                threads.insert(pid, (stat[open + 1..close].to_owned(), run_ns, runs));
+            if let [on_cpu_ns, _, runs] = fields[..] {
+                let name = stat[open + 1..close].to_owned();
+                threads.insert(
+                    pid,
+                    KernelThread {
+                        name,
+                        on_cpu_ns,
+                        runs,
+                    },
+                );
             }
         }
         Self(threads)
@@ -222,12 +236,13 @@ impl KernelThreads {
         let mut holds: Vec<KernelHold> = self
             .0
             .iter()
-            .filter_map(|(pid, (thread, run_ns, runs))| {
-                let (_, run_before, runs_before) = then.0.get(pid)?;
-                let runs = runs.checked_sub(*runs_before).filter(|&r| r > 0)?;
-                let avg = Duration::from_nanos(run_ns.saturating_sub(*run_before) / runs);
+            .filter_map(|(pid, now)| {
+                let before = then.0.get(pid)?;
+                let runs = now.runs.checked_sub(before.runs).filter(|&r| r > 0)?;
+                let avg =
+                    Duration::from_nanos(now.on_cpu_ns.saturating_sub(before.on_cpu_ns) / runs);
                 (avg >= Self::HOLD).then(|| KernelHold {
-                    thread: thread.clone(),
+                    thread: now.name.clone(),
                     runs,
                     avg_ms: avg.as_secs_f64() * 1000.0,
                 })
