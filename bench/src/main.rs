@@ -591,15 +591,18 @@ async fn run(
         ("REDIS_KEY_PREFIX", format!("{}:", bench_db.name)),
         ("RATE_LIMIT_TPM", "4000000000".to_owned()),
     ];
-    let mut api = spawn(
-        bin_dir.join("llm-api"),
-        &["serve"],
-        &env,
-        &[("API_LISTEN", format!("127.0.0.1:{port}"))],
-    )?;
-    wait_healthy(&base).await?;
-    let api_pid = api.id().context("api pid")?;
-    let api_idle_mb = rss_mb(api_pid);
+    let start_api = || async {
+        let api = spawn(
+            bin_dir.join("llm-api"),
+            &["serve"],
+            &env,
+            &[("API_LISTEN", format!("127.0.0.1:{port}"))],
+        )?;
+        wait_healthy(&base).await?;
+        let pid = api.id().context("api pid")?;
+        anyhow::Ok((api, pid))
+    };
+    let (mut api, api_pid) = start_api().await?;
 
     let token = JwtKeys::new(&SecretString::from(SECRET)).issue(Uuid::now_v7(), 3600, None)?;
     let client = reqwest::Client::builder()
@@ -732,7 +735,12 @@ async fn run(
         }
         reset_tables(&bench_db.pool).await?;
     }
-    let memory = measure_memory(&stack, (api_pid, api_idle_mb)).await?;
+    // The soak runs on an api of its own: the one that served the phases above would hand back
+    // what they left (1,000 streams, the cache hits, the drain's bursts) during it, and its
+    // slope would read as that, not as what a steady load does to a fresh process.
+    stop(&mut api).await;
+    let (mut api, soak_api_pid) = start_api().await?;
+    let memory = measure_memory(&stack, soak_api_pid).await?;
     println!(
         "  memory soak: api {:.1} -> {:.1} MB ({:+.2} MB/min), worker {:.1} -> {:.1} MB ({:+.2} MB/min)",
         memory.api.idle_mb,
@@ -911,16 +919,14 @@ where
 }
 
 /// A steady submit load (`--soak-rate` per second, mock provider at 0 ms, one worker) for
-/// `--soak-secs`, sampling the api's and the worker's VmRSS every second.
-async fn measure_memory(
-    stack: &Stack<'_>,
-    (api_pid, api_idle_mb): (u32, f64),
-) -> anyhow::Result<MemoryResult> {
+/// `--soak-secs`, sampling the VmRSS of the api (`api_pid`, started for it) and of the worker
+/// every second.
+async fn measure_memory(stack: &Stack<'_>, api_pid: u32) -> anyhow::Result<MemoryResult> {
     let (args, client, base, token) = (stack.args, stack.client, stack.base, stack.token);
     let mut worker = stack.worker("bench-soak", &[])?;
     let worker_pid = worker.id().context("worker pid")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let worker_idle_mb = rss_mb(worker_pid);
+    let (api_idle_mb, worker_idle_mb) = (rss_mb(api_pid), rss_mb(worker_pid));
 
     let run_for = Duration::from_secs(args.soak_secs.max(1));
     let clients = 10u64;
@@ -1849,7 +1855,7 @@ fn print_report(report: &Report) {
     );
     let m = &report.memory;
     println!(
-        "\nresident memory (VmRSS; soak: {} s at {} submits/s, {} requests, 1 worker; slope after a warm-up fifth)",
+        "\nresident memory (VmRSS; soak on a fresh api: {} s at {} submits/s, {} requests, 1 worker; slope after a warm-up fifth)",
         m.soak_secs, m.soak_rate_per_sec, m.soak_requests
     );
     println!(
