@@ -190,13 +190,7 @@ impl KernelThreads {
 
     fn now() -> Self {
         let mut threads = std::collections::HashMap::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Self(threads);
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
+        for pid in pids() {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
@@ -1434,7 +1428,6 @@ async fn hits_at_rate(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let _ = pacer.join();
-
     RateResult {
         offered_per_sec: rate,
         requests: latencies.len(),
@@ -1696,20 +1689,22 @@ fn cpu_secs(pid: u32) -> f64 {
 /// children), if there are any: PostgreSQL's or Redis' server may run elsewhere.
 fn cpu_secs_of(name: &str) -> Option<f64> {
     let mut total = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim_end() == name {
             *total.get_or_insert(0.0) += cpu_secs(pid);
         }
     }
     total
+}
+
+/// The machine's processes (`/proc`): none if it cannot be read.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 fn print_report(report: &Report) {

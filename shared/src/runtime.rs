@@ -6,7 +6,7 @@
 //! thread that held that CPU for milliseconds (a kernel built without preemption) stalled every
 //! request at once. Pinned, each thread keeps a CPU of its own, and while one is held up the
 //! other goes on taking work (tokio lets an idle worker steal a stalled one's queued tasks).
-//! Cache hits at 16 clients went from 24,800–28,200 to 30,400–32,400 a second in interleaved
+//! Cache hits at 16 clients went from 26,800–27,700 to 31,400–32,900 a second in interleaved
 //! runs.
 //!
 //! Only a runtime with exactly one thread per CPU of the process's affinity set is pinned: with
@@ -14,7 +14,6 @@
 //! default) a thread pinned to one CPU of many could not move off a busy one.
 
 use std::cell::Cell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The runtime the api serves on: multi-threaded, each worker thread pinned to a CPU of its own
@@ -24,8 +23,7 @@ pub fn api_runtime(pin: bool) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(threads).enable_all();
     if let Some(cpus) = cpus_to_pin(pin, threads) {
-        let cpus = Arc::new(cpus);
-        let next = Arc::new(AtomicUsize::new(0));
+        let next = AtomicUsize::new(0);
         // Called by the worker threads alone (the blocking pool's threads never park there),
         // before each park: a thread pins itself the first time.
         builder.on_thread_park(move || {
@@ -56,6 +54,8 @@ fn worker_threads() -> usize {
 /// The CPUs to pin `threads` threads to, one each: the process's affinity set, if it holds
 /// exactly that many CPUs (and more than one).
 fn cpus_to_pin(pin: bool, threads: usize) -> Option<Vec<core_affinity::CoreId>> {
-    let cpus = core_affinity::get_core_ids()?;
-    (pin && threads > 1 && cpus.len() == threads).then_some(cpus)
+    if !pin || threads < 2 {
+        return None;
+    }
+    core_affinity::get_core_ids().filter(|cpus| cpus.len() == threads)
 }
