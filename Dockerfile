@@ -14,10 +14,9 @@ WORKDIR /src
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 
 # 1) Dependencies only: manifests plus stub sources, so this layer is rebuilt only when a
-#    Cargo.toml, Cargo.lock, .cargo/config.toml or the vendored sqlx-core patch changes.
+#    Cargo.toml, Cargo.lock or .cargo/config.toml changes.
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
-COPY vendor vendor
 COPY api/Cargo.toml api/
 COPY worker/Cargo.toml worker/
 COPY shared/Cargo.toml shared/
