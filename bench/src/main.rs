@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use llm_shared::auth::JwtKeys;
+use llm_api::auth::JwtKeys;
 use llm_shared::db;
 use llm_shared::requests::NewRequest;
 use secrecy::SecretString;
@@ -380,7 +380,7 @@ struct StreamingResult {
     /// Client-observed time to the first token (mock provider: first token at 0 ms), so all of
     /// it is the service's own overhead: submit, commit, queue pickup, relay.
     ttft: Latencies,
-    /// The relay's own hop: a token published as a worker publishes it (`Relay::publish`) until
+    /// The relay's own hop: a token published as a worker publishes it (`StreamRelay::publish`) until
     /// the client reads it from the api's SSE stream (Redis, the api's hub, SSE, loopback).
     relay_hop: Latencies,
     streams: usize,
@@ -1441,7 +1441,7 @@ async fn hits_at_rate(
 /// The limiter's check on its own, one at a time, as a submit runs it.
 async fn measure_rate_limiter(redis_url: &str, pool: &PgPool) -> anyhow::Result<Latencies> {
     let client = redis::Client::open(redis_url)?;
-    let limits = llm_shared::ratelimit::Limits {
+    let limits = llm_shared::ratelimit::RateLimits {
         requests_per_minute: u32::MAX,
         tokens_per_minute: u32::MAX,
     };
@@ -1544,7 +1544,7 @@ async fn measure_relay_hop(stack: &Stack<'_>, url: &str) -> anyhow::Result<Laten
         .iter()
         .find_map(|(name, value)| (*name == "REDIS_KEY_PREFIX").then_some(value.as_str()))
         .unwrap_or_default();
-    let relay = llm_shared::relay::Relay::new(
+    let relay = llm_shared::stream_relay::StreamRelay::new(
         redis::Client::open(stack.args.redis_url.as_str())?,
         prefix,
         Duration::from_secs(600),
@@ -1564,7 +1564,7 @@ async fn measure_relay_hop(stack: &Stack<'_>, url: &str) -> anyhow::Result<Laten
         .context("the stream's start event")?;
     let mut hops = Vec::with_capacity(stack.args.ttft_streams);
     for n in 0..stack.args.ttft_streams {
-        let token = llm_shared::relay::RelayKind::Token {
+        let token = llm_shared::stream_relay::RelayKind::Token {
             text: format!("t{n} "),
         };
         let started = Instant::now();

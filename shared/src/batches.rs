@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ItemError};
+use crate::error::{DomainError, ItemError};
 use crate::models::ModelRegistry;
 use crate::prompts::PromptLibrary;
 use crate::queue;
@@ -45,9 +45,9 @@ impl NewBatch {
         models: &ModelRegistry,
         prompts: &PromptLibrary,
         max_attempts: u32,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, DomainError> {
         if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "items",
                 format!("a batch holds 1 to {MAX_BATCH_ITEMS} items"),
             ));
@@ -56,7 +56,7 @@ impl NewBatch {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(v @ Value::Object(_)) => v,
             Some(_) => {
-                return Err(ApiError::validation(
+                return Err(DomainError::validation(
                     "metadata",
                     "metadata must be a JSON object",
                 ));
@@ -66,7 +66,7 @@ impl NewBatch {
         let mut errors = Vec::new();
         for (index, raw) in body.items.into_iter().enumerate() {
             let parsed = serde_json::from_value::<GenerateBody>(raw)
-                .map_err(|e| ApiError::Validation {
+                .map_err(|e| DomainError::Validation {
                     field: None,
                     message: e.to_string(),
                 })
@@ -74,12 +74,12 @@ impl NewBatch {
                 .and_then(|item| NewRequest::validate(item, user_id, None, models, max_attempts));
             match parsed {
                 Ok(item) => items.push(item),
-                Err(ApiError::Validation { field, message }) => errors.push(ItemError {
+                Err(DomainError::Validation { field, message }) => errors.push(ItemError {
                     index,
                     field,
                     message,
                 }),
-                Err(ApiError::BadRequest(message)) => errors.push(ItemError {
+                Err(DomainError::BadRequest(message)) => errors.push(ItemError {
                     index,
                     field: None,
                     message,
@@ -88,7 +88,7 @@ impl NewBatch {
             }
         }
         if !errors.is_empty() {
-            return Err(ApiError::InvalidItems(errors));
+            return Err(DomainError::InvalidItems(errors));
         }
         Ok(Self {
             id: Uuid::now_v7(),
@@ -102,7 +102,7 @@ impl NewBatch {
 
 /// Stores the batch, its requests and their jobs in one transaction (in a task of its own, so
 /// a client that disconnects cannot cancel it halfway).
-pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, ApiError> {
+pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainError> {
     let pool = pool.clone();
     tokio::spawn(async move {
         let mut tx = pool.begin().await?;
@@ -156,7 +156,7 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, ApiErro
         Ok(ids)
     })
     .await
-    .map_err(ApiError::internal)?
+    .map_err(DomainError::internal)?
 }
 
 /// One item of a batch, as its owner sees it.

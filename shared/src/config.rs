@@ -2,9 +2,9 @@
 //!
 //! Every setting has a safe local default so both binaries start on a developer machine with
 //! nothing set. The one setting that is unsafe to default in production, `SECRET_KEY`, is
-//! defaulted only while the api listens on a loopback address (see [`ApiConfig::jwt_secret`]).
+//! defaulted only while the api listens on a loopback address (see [`resolve_secret`]). The
+//! settings of one binary only live in its crate (`llm_api::config`, `llm_worker::config`).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -46,7 +46,7 @@ pub struct CommonConfig {
     /// Base URL of the message hub that receives this service's events (http or https):
     /// checked at start, so a typo stops the process instead of failing every delivery.
     #[arg(long, env = "MESSAGE_HUB_URL", default_value = "http://127.0.0.1:8200", value_parser = http_url)]
-    pub message_hub_url: reqwest::Url,
+    pub message_hub_url: url::Url,
 
     /// HS256 key of the shared auth system's JWTs (at least 32 bytes).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
@@ -128,36 +128,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings of the api binary.
-#[derive(Debug, Clone, Args)]
-pub struct ApiConfig {
-    #[command(flatten)]
-    pub common: CommonConfig,
-
-    /// Address the HTTP server listens on.
-    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8100")]
-    pub listen: SocketAddr,
-
-    /// Largest accepted request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024)]
-    pub max_body_bytes: usize,
-
-    /// Longest `?wait=` a poll may ask for, in seconds.
-    #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
-    pub max_wait_secs: u64,
-
-    /// How long an OpenAI-compatible call (`/v1/...`, not streamed) waits for its generation
-    /// before answering 504 with the request id to poll instead, in seconds.
-    #[arg(long, env = "OPENAI_COMPAT_WAIT_SECS", default_value_t = 120)]
-    pub openai_compat_wait_secs: u64,
-
-    /// Pin each runtime thread to a CPU of its own when there is one thread per CPU this
-    /// process may run on ([`crate::runtime`]): the kernel otherwise may pack them onto one CPU
-    /// while another idles.
-    #[arg(long, env = "API_PIN_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pin_threads: bool,
-}
-
 impl CommonConfig {
     /// A client of `REDIS_URL` whose connections send every command at once (`TCP_NODELAY`).
     /// redis-rs leaves Nagle's algorithm on, and a multiplexed connection carries many commands
@@ -172,10 +142,10 @@ impl CommonConfig {
     }
 
     /// The stream relay over `REDIS_URL` (connects lazily).
-    pub fn relay(&self) -> Result<crate::relay::Relay, redis::RedisError> {
+    pub fn relay(&self) -> Result<crate::stream_relay::StreamRelay, redis::RedisError> {
         let client = self.redis_client()?;
         let ttl = Duration::from_secs(self.stream_log_ttl_secs);
-        crate::relay::Relay::new(client, &self.redis_key_prefix, ttl)
+        crate::stream_relay::StreamRelay::new(client, &self.redis_key_prefix, ttl)
     }
 }
 
@@ -183,7 +153,7 @@ impl CommonConfig {
     /// The rate limiter over `REDIS_URL` (connects lazily), with the default limits.
     pub fn rate_limiter(&self) -> Result<crate::ratelimit::RateLimiter, redis::RedisError> {
         let client = self.redis_client()?;
-        let defaults = crate::ratelimit::Limits {
+        let defaults = crate::ratelimit::RateLimits {
             requests_per_minute: self.rate_limit_rpm,
             tokens_per_minute: self.rate_limit_tpm,
         };
@@ -202,91 +172,9 @@ impl CommonConfig {
     }
 }
 
-impl ApiConfig {
-    /// The JWT key, or why the api must not start.
-    pub fn jwt_secret(&self) -> Result<SecretString, ConfigError> {
-        resolve_secret(
-            self.common.secret_key.as_ref(),
-            self.listen.ip().is_loopback(),
-        )
-    }
-}
-
-/// Settings of the worker binary.
-#[derive(Debug, Clone, Args)]
-pub struct WorkerConfig {
-    #[command(flatten)]
-    pub common: CommonConfig,
-
-    /// Jobs this process runs at once. A job is mostly waiting (on its provider, and on the
-    /// database's fetch, claim, completion and acknowledgement, each a batched round trip), so
-    /// under load a worker's throughput is this divided by a job's cycle time: with 32 its jobs
-    /// queued behind it while the cores were a quarter idle.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
-    pub concurrency: usize,
-
-    /// Threads of this process's runtime. With one (the default), every task runs on the main
-    /// thread: a worker mostly waits on the network, and tasks handing work to each other
-    /// across threads (job, batch writer, connection) cost it a third or more of its CPU per
-    /// job in wake-ups and context switches. More cores are used by more processes, or by
-    /// raising this.
-    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
-    pub threads: usize,
-
-    /// Unique worker name; defaults to host, pid and a random suffix (a reused name would keep
-    /// a dead process's jobs locked).
-    #[arg(long, env = "WORKER_NAME")]
-    pub name: Option<String>,
-
-    /// Seconds between queue heartbeats; a worker silent for three of them is presumed dead and
-    /// its jobs go back to the queue.
-    #[arg(long, env = "WORKER_HEARTBEAT_SECS", default_value_t = 5)]
-    pub heartbeat_secs: u64,
-
-    /// Seconds a claim on a request lasts without renewal (renewed every third of it).
-    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 15)]
-    pub lease_secs: u64,
-
-    /// Fallback poll interval in milliseconds, for jobs no notification announced (retries,
-    /// scheduled jobs, notifications lost while reconnecting).
-    #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
-    pub poll_ms: u64,
-
-    /// Upper bound on one provider call, in seconds.
-    #[arg(long, env = "PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
-    pub provider_timeout_secs: u64,
-
-    /// Seconds in-flight jobs get to finish after SIGTERM.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
-    pub shutdown_grace_secs: u64,
-
-    /// Hours a finished request's queue job is kept before retention deletes it (the request
-    /// row itself is kept).
-    #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 72)]
-    pub job_retention_hours: u64,
-
-    /// Address of this worker's Prometheus endpoint (`GET /metrics`); port 0 picks a free one.
-    /// If it cannot be bound, the worker runs on without it (a warning is logged).
-    #[arg(long, env = "WORKER_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
-    pub metrics_listen: SocketAddr,
-
-    /// Lets the mock provider's `crash` behaviour abort this process (chaos tests only).
-    #[arg(long, env = "MOCK_ALLOW_CRASH", default_value_t = false)]
-    pub mock_allow_crash: bool,
-}
-
-impl WorkerConfig {
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs.max(3))
-    }
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_secs.max(1))
-    }
-}
-
 /// An absolute `http` or `https` URL.
-fn http_url(text: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+fn http_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(format!("the scheme is {other}; expected http or https")),
@@ -309,7 +197,9 @@ pub fn present(secret: &Option<SecretString>) -> Option<&SecretString> {
     secret.as_ref().filter(|s| !s.expose_secret().is_empty())
 }
 
-fn resolve_secret(
+/// The JWT key: the configured one, else (only when `loopback_only`) the local development
+/// key; or why a process must not start.
+pub fn resolve_secret(
     configured: Option<&SecretString>,
     loopback_only: bool,
 ) -> Result<SecretString, ConfigError> {

@@ -29,7 +29,7 @@ pub async fn connect_url(url: &str, max_connections: u32) -> Result<PgPool, sqlx
 }
 
 /// A small pool beside `pool` (same database and credentials) for a group-commit writer
-/// ([`crate::batching`]), its connections set up with [`WRITER_SETTINGS`].
+/// ([`crate::group_commit`]), its connections set up with [`WRITER_SETTINGS`].
 pub fn writer_pool(pool: &PgPool, connections: u32) -> PgPool {
     pool_with(pool, connections, &WRITER_SETTINGS)
 }

@@ -1,33 +1,28 @@
-//! The LLM service's library: everything the `llm-api` and `llm-worker` binaries do lives here,
-//! one module per concern. The binaries only parse configuration, build state and run.
+//! The LLM service's domain and storage, shared by the `llm-api` and `llm-worker` crates:
+//! configuration common to both, the database and its queue, requests from submit to final
+//! state, the response cache, rate limits, the stream relay, completion notices, usage,
+//! batches, operators' tools, prompt templates and the model registry. Nothing here speaks
+//! HTTP to clients or calls a provider.
 //!
 //! Read `docs/ARCHITECTURE.md` for the map and the invariants.
 
 pub mod admin;
-pub mod auth;
 pub mod batches;
-pub mod batching;
 pub mod cache;
-pub mod circuit;
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod execution;
-pub mod http;
-pub mod hub;
+pub mod generation;
+pub mod group_commit;
+pub mod json_schema;
 pub mod kv;
 pub mod metrics;
 pub mod models;
-pub mod notify;
-pub mod openapi;
+pub mod notices;
 pub mod prompts;
-pub mod providers;
 pub mod queue;
 pub mod ratelimit;
-pub mod relay;
 pub mod requests;
-pub mod runtime;
+pub mod stream_relay;
 pub mod telemetry;
 pub mod usage;
-pub mod validation;
-pub mod worker;

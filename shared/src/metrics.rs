@@ -4,33 +4,27 @@
 //!
 //! This module owns the metric names, their labels and what the scrape-time gauges read
 //! (queue depth, oldest pending age and outbox backlog, from `generation_requests` and
-//! `outbox_events`). The events themselves are recorded where they happen: the HTTP middleware
-//! [`track_http`], `execution` (provider calls, retries, fallbacks), `worker` (outcomes, tokens,
-//! cost, end-to-end latency), the submit handlers (cache), `http::limits` (rejections) and
-//! `http::stream` (active streams).
+//! `outbox_events`). The events themselves are recorded where they happen: the api's HTTP
+//! middleware (`llm_api::metrics`), the worker's execution (provider calls, retries, fallbacks)
+//! and job loop (outcomes, tokens, cost, end-to-end latency), the submit handlers (cache), the
+//! rate-limit answers (rejections) and the streams (active streams).
 //!
 //! **Invariant:** label values are bounded: route templates (never raw paths), status codes,
 //! registry model ids, provider names and fixed outcome / error-kind words. Never a user id, a
 //! request id or any text a client chose.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 use sqlx::PgPool;
 
-use crate::circuit::{CircuitBreakers, CircuitState};
 use crate::models::ProviderKind;
 
-/// Route label of answers no route matched (the 404 fallback).
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// Content type of the Prometheus text format, as `/metrics` answers it.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Buckets (seconds) of the latency histograms: from a cache hit to a slow completion.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -164,7 +158,7 @@ impl Metrics {
             ),
             fallbacks: counter(
                 "llm_fallbacks_total",
-                "Models given up for the next model of their fallback chain.",
+                "LiveRegistry given up for the next model of their fallback chain.",
                 &["model"],
             ),
             circuit_state: IntGaugeVec::new(
@@ -300,23 +294,11 @@ impl Metrics {
         self.cost.with_label_values(&[model]).inc_by(cost);
     }
 
-    /// Copies the state of a worker's circuit breakers into `llm_circuit_state`.
-    pub fn set_circuits(&self, circuits: &CircuitBreakers) {
-        for kind in [
-            ProviderKind::OpenAi,
-            ProviderKind::Anthropic,
-            ProviderKind::Ollama,
-            ProviderKind::Mock,
-        ] {
-            let value = match circuits.state(kind) {
-                CircuitState::Closed => 0,
-                CircuitState::HalfOpen => 1,
-                CircuitState::Open => 2,
-            };
-            self.circuit_state
-                .with_label_values(&[kind.as_str()])
-                .set(value);
-        }
+    /// Sets `llm_circuit_state` of one provider: 0 closed, 1 half-open, 2 open.
+    pub fn set_circuit(&self, provider: ProviderKind, state: i64) {
+        self.circuit_state
+            .with_label_values(&[provider.as_str()])
+            .set(state);
     }
 
     /// Re-reads the queue and outbox gauges from the database. On failure (or after
@@ -357,24 +339,6 @@ impl Metrics {
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         TextEncoder::new().encode_to_string(&self.registry.gather())
     }
-
-    /// The `/metrics` answer: the text format, or a 500 (logged) if encoding failed.
-    pub fn response(&self) -> Response {
-        match self.encode() {
-            Ok(text) => (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                )],
-                text,
-            )
-                .into_response(),
-            Err(err) => {
-                tracing::error!(error = %err, "metrics: encoding failed");
-                StatusCode::INTERNAL_SERVER_ERROR.into_response()
-            }
-        }
-    }
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -393,65 +357,6 @@ fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 #[allow(clippy::panic)]
 fn unreachable_metric() -> ! {
     panic!("invalid metric definition (a constant name or label is malformed)")
-}
-
-/// Axum middleware: counts every answer by method, route template and status, and times it.
-/// Added with `Router::layer`, it runs after routing, so `MatchedPath` is the route template;
-/// answers of the fallback (no route matched) are labelled [`UNMATCHED_ROUTE`].
-pub async fn track_http(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
-    let method = method_label(request.method());
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status();
-    metrics
-        .http_requests
-        .with_label_values(&[method, &route, status.as_str()])
-        .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[method, &route])
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
-
-/// The method as a bounded label: the standard methods, anything else is `other`.
-pub fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
-/// Counts one SSE stream as active for as long as it lives.
-pub struct ActiveStream(Arc<Metrics>);
-
-impl ActiveStream {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.active_streams.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        self.0.active_streams.dec();
-    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub struct ModelSpec {
     pub output_price: f64,
     #[serde(default)]
     pub capabilities: Vec<Capability>,
-    /// Models tried, in order, when this one keeps failing.
+    /// LiveRegistry tried, in order, when this one keeps failing.
     #[serde(default)]
     pub fallback: Vec<String>,
 }
@@ -378,12 +378,12 @@ pub const RELOAD_CHANNEL: &str = "models_reload";
 /// The registry in use, replaceable while the process runs (an admin reload, or the
 /// `model.updated` event). Readers take a snapshot; a reload never blocks them for long.
 #[derive(Debug, Clone)]
-pub struct Models {
+pub struct LiveRegistry {
     current: std::sync::Arc<std::sync::RwLock<std::sync::Arc<ModelRegistry>>>,
     config: CommonConfig,
 }
 
-impl Models {
+impl LiveRegistry {
     pub fn new(registry: ModelRegistry, config: CommonConfig) -> Self {
         Self {
             current: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(registry))),
@@ -462,7 +462,11 @@ pub fn select(
 ) -> Result<Vec<Candidate>, Vec<Rejected>> {
     let prompt_tokens = req
         .prompt_tokens
-        .or_else(|| req.prompt.as_deref().map(crate::providers::estimate_tokens))
+        .or_else(|| {
+            req.prompt
+                .as_deref()
+                .map(crate::generation::estimate_tokens)
+        })
         .unwrap_or(0);
     let output = req.expected_output_tokens.unwrap_or(0);
     let mut fits = Vec::new();

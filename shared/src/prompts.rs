@@ -173,7 +173,7 @@ impl PromptLibrary {
             if let Some(front) = front_matter(&name, &source)? {
                 let id = name.trim_end_matches(".j2").replace('/', ".");
                 if let Some(schema) = &front.output_schema {
-                    crate::validation::check_schema(schema).map_err(|message| {
+                    crate::json_schema::check_schema(schema).map_err(|message| {
                         TemplateError::FrontMatter {
                             file: name.clone(),
                             message: format!("output_schema: {message}"),

@@ -67,7 +67,7 @@ type ScriptReply = (i64, i64, i64, i64, i64, i64, Option<String>);
 
 /// A user's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Limits {
+pub struct RateLimits {
     pub requests_per_minute: u32,
     pub tokens_per_minute: u32,
 }
@@ -115,13 +115,13 @@ pub enum Decision {
 }
 
 /// Per user: the override read from the database (`None`: no override) and when it was read.
-type OverrideCache = HashMap<Uuid, (Option<Limits>, Instant)>;
+type OverrideCache = HashMap<Uuid, (Option<RateLimits>, Instant)>;
 
 #[derive(Clone)]
 pub struct RateLimiter {
     conn: crate::kv::KvConnection,
     prefix: String,
-    defaults: Limits,
+    defaults: RateLimits,
     fail_open: bool,
     script: Arc<redis::Script>,
     overrides: Arc<Mutex<OverrideCache>>,
@@ -139,7 +139,7 @@ impl RateLimiter {
     pub fn new(
         client: redis::Client,
         prefix: &str,
-        defaults: Limits,
+        defaults: RateLimits,
         fail_open: bool,
     ) -> Result<Self, redis::RedisError> {
         let conn = crate::kv::lazy_connection(client, Duration::from_millis(500))?;
@@ -158,7 +158,7 @@ impl RateLimiter {
     }
 
     /// The user's limits: an admin's override, else the defaults.
-    pub async fn limits(&self, pool: &PgPool, user: Uuid) -> Result<Limits, sqlx::Error> {
+    pub async fn limits(&self, pool: &PgPool, user: Uuid) -> Result<RateLimits, sqlx::Error> {
         let cached = self
             .overrides
             .lock()
@@ -173,7 +173,7 @@ impl RateLimiter {
                 .bind(user)
                 .fetch_optional(pool)
                 .await?;
-                let limits = row.map(|(rpm, tpm)| Limits {
+                let limits = row.map(|(rpm, tpm)| RateLimits {
                     requests_per_minute: rpm
                         .map_or(self.defaults.requests_per_minute, |v| v.max(0) as u32),
                     tokens_per_minute: tpm
@@ -247,7 +247,7 @@ impl RateLimiter {
     async fn run(
         &self,
         user: Uuid,
-        limits: Limits,
+        limits: RateLimits,
         tokens: u32,
         take: bool,
         cache_key: Option<String>,
@@ -283,7 +283,7 @@ impl RateLimiter {
 
     /// The script's answer as a decision.
     fn decide(
-        limits: Limits,
+        limits: RateLimits,
         allowed: i64,
         by: i64,
         requests: i64,

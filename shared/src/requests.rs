@@ -31,18 +31,17 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, FromRow, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
-use crate::batching::Batcher;
 use crate::cache::{self, CachePolicy, CachedResponse, ResponseCache};
-use crate::error::{self, ApiError};
+use crate::error::{self, DomainError};
+use crate::generation::{
+    GenerationOutput, GenerationParams, MockBehaviour, ResponseFormat, TurnRole, estimate_tokens,
+};
+use crate::group_commit::Batcher;
+use crate::json_schema;
 use crate::models::{Capability, ModelRegistry, ProviderKind};
 use crate::prompts::{OutputFormat, PromptLibrary, RenderError};
-use crate::providers::{
-    GenerationOutput, GenerationParams, MockBehaviour, ProviderError, ResponseFormat, TurnRole,
-    estimate_tokens,
-};
 use crate::queue;
 use crate::usage;
-use crate::validation;
 
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 100_000;
@@ -138,31 +137,36 @@ impl GenerateBody {
         mut self,
         library: &PromptLibrary,
         models: &ModelRegistry,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, DomainError> {
         let Some(template_id) = self.template_id.take() else {
             if self.params.is_some() {
-                return Err(ApiError::validation("params", "params go with template_id"));
+                return Err(DomainError::validation(
+                    "params",
+                    "params go with template_id",
+                ));
             }
             return Ok(self);
         };
         if self.prompt.is_some() {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "prompt",
                 "give either prompt or template_id, not both",
             ));
         }
         let params = self.params.take().unwrap_or_default();
         let rendered = library.render(&template_id, &params).map_err(|e| match e {
-            RenderError::UnknownTemplate(_) => ApiError::validation("template_id", e.to_string()),
+            RenderError::UnknownTemplate(_) => {
+                DomainError::validation("template_id", e.to_string())
+            }
             RenderError::Params(_) | RenderError::Render(_) => {
-                ApiError::validation("params", e.to_string())
+                DomainError::validation("params", e.to_string())
             }
         })?;
         let mut metadata = match self.metadata.take() {
             Some(Value::Object(map)) => map,
             None | Some(Value::Null) => Map::new(),
             Some(_) => {
-                return Err(ApiError::validation(
+                return Err(DomainError::validation(
                     "metadata",
                     "metadata must be a JSON object",
                 ));
@@ -231,23 +235,26 @@ impl NewRequest {
         idempotency_key: Option<String>,
         models: &ModelRegistry,
         max_attempts: u32,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, DomainError> {
         if body.template_id.is_some() {
-            return Err(ApiError::internal(std::io::Error::other(
+            return Err(DomainError::internal(std::io::Error::other(
                 "template not rendered before validation",
             )));
         }
         let Some(prompt) = body.prompt else {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "prompt",
                 "prompt is required (or template_id with params)",
             ));
         };
         if prompt.trim().is_empty() {
-            return Err(ApiError::validation("prompt", "prompt must not be empty"));
+            return Err(DomainError::validation(
+                "prompt",
+                "prompt must not be empty",
+            ));
         }
         if prompt.chars().count() > MAX_PROMPT_CHARS {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "prompt",
                 format!("prompt is longer than {MAX_PROMPT_CHARS} characters"),
             ));
@@ -257,7 +264,7 @@ impl NewRequest {
             .unwrap_or_else(|| models.default_model().to_owned());
         let Some(model) = models.get(&model_id) else {
             let known: Vec<_> = models.ids().collect();
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "model",
                 format!(
                     "unknown model `{}`; known models: {}",
@@ -272,7 +279,7 @@ impl NewRequest {
             .all(|m| models.unavailable_reason(m).is_some())
         {
             let reason = models.unavailable_reason(model).unwrap_or("unavailable");
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "model",
                 format!(
                     "model `{}` is unavailable ({reason}) and so is every fallback",
@@ -284,21 +291,21 @@ impl NewRequest {
         validate_params(&params, model.max_output_tokens)?;
         let history_chars = validate_history(&params)?;
         if prompt.chars().count() + history_chars > MAX_PROMPT_CHARS {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "parameters.history",
                 format!("prompt and history are longer than {MAX_PROMPT_CHARS} characters"),
             ));
         }
         if let Some(schema) = params.json_output() {
             if !model.supports(Capability::Json) {
-                return Err(ApiError::validation(
+                return Err(DomainError::validation(
                     "parameters.response_format",
                     format!("model `{}` does not support JSON output", model.id),
                 ));
             }
             if let Some(schema) = schema {
-                validation::check_schema(schema).map_err(|e| {
-                    ApiError::validation(
+                json_schema::check_schema(schema).map_err(|e| {
+                    DomainError::validation(
                         "parameters.response_format.schema",
                         format!("invalid JSON Schema: {e}"),
                     )
@@ -312,20 +319,20 @@ impl NewRequest {
         };
         if let Some(mock) = body.mock {
             if model.provider != ProviderKind::Mock {
-                return Err(ApiError::validation(
+                return Err(DomainError::validation(
                     "mock",
                     "`mock` controls apply only to mock models",
                 ));
             }
             metadata.insert(
                 "mock".into(),
-                serde_json::to_value(mock).map_err(ApiError::internal)?,
+                serde_json::to_value(mock).map_err(DomainError::internal)?,
             );
         }
         if let Some(key) = &idempotency_key
             && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
         {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
             )));
         }
@@ -334,7 +341,7 @@ impl NewRequest {
             .ttl_secs
             .is_some_and(|t| t == 0 || t > cache::MAX_TTL_SECS)
         {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "cache.ttl_secs",
                 format!("ttl_secs must be between 1 and {}", cache::MAX_TTL_SECS),
             ));
@@ -353,7 +360,7 @@ impl NewRequest {
                     .max_tokens
                     .unwrap_or(DEFAULT_OUTPUT_ESTIMATE.min(model.max_output_tokens)),
             );
-        let parameters = serde_json::to_value(params).map_err(ApiError::internal)?;
+        let parameters = serde_json::to_value(params).map_err(DomainError::internal)?;
         let cache_key = (!(cache_policy.no_cache && cache_policy.no_store))
             .then(|| cache::cache_key(&model.id, &prompt, &parameters, metadata.get("mock")));
         Ok(Self {
@@ -375,11 +382,11 @@ impl NewRequest {
     }
 }
 
-fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), ApiError> {
+fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), DomainError> {
     if let Some(n) = params.max_tokens
         && (n == 0 || n > max_output)
     {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             "parameters.max_tokens",
             format!("max_tokens must be between 1 and {max_output} for this model"),
         ));
@@ -387,7 +394,7 @@ fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), Api
     if let Some(t) = params.temperature
         && !(0.0..=2.0).contains(&t)
     {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             "parameters.temperature",
             "temperature must be between 0 and 2",
         ));
@@ -395,7 +402,7 @@ fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), Api
     if let Some(p) = params.top_p
         && (!(0.0..=1.0).contains(&p) || p == 0.0)
     {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             "parameters.top_p",
             "top_p must be in (0, 1]",
         ));
@@ -403,7 +410,7 @@ fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), Api
     if let Some(stop) = &params.stop
         && (stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 64))
     {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             "parameters.stop",
             "stop takes at most 4 non-empty strings of up to 64 bytes",
         ));
@@ -412,12 +419,12 @@ fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), Api
 }
 
 /// Checks the earlier turns of a conversation; answers their length in characters.
-fn validate_history(params: &GenerationParams) -> Result<usize, ApiError> {
+fn validate_history(params: &GenerationParams) -> Result<usize, DomainError> {
     let Some(history) = &params.history else {
         return Ok(0);
     };
     if history.len() > MAX_HISTORY_TURNS {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             "parameters.history",
             format!("history takes at most {MAX_HISTORY_TURNS} turns"),
         ));
@@ -426,7 +433,7 @@ fn validate_history(params: &GenerationParams) -> Result<usize, ApiError> {
         .iter()
         .position(|t| t.role == TurnRole::User && t.content.trim().is_empty())
     {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             "parameters.history",
             format!("history[{i}]: a user turn must not be empty"),
         ));
@@ -434,11 +441,11 @@ fn validate_history(params: &GenerationParams) -> Result<usize, ApiError> {
     Ok(history.iter().map(|t| t.content.chars().count()).sum())
 }
 
-fn object_or_empty(value: Option<Value>, field: &'static str) -> Result<Value, ApiError> {
+fn object_or_empty(value: Option<Value>, field: &'static str) -> Result<Value, DomainError> {
     match value {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
         Some(v @ Value::Object(_)) => Ok(v),
-        Some(_) => Err(ApiError::validation(
+        Some(_) => Err(DomainError::validation(
             field,
             format!("{field} must be a JSON object"),
         )),
@@ -461,13 +468,13 @@ pub struct Submitted {
 }
 
 /// Stores submits, group-committed: concurrent submits share one statement and one commit
-/// (see [`crate::batching`]), so under load the database sees a few multi-row inserts instead
+/// (see [`crate::group_commit`]), so under load the database sees a few multi-row inserts instead
 /// of one insert per request. Each submit still gets its own answer, only after the commit that
 /// made it durable. Cloning shares the writers.
 #[derive(Debug, Clone)]
 pub struct Submitter {
     cache: Option<ResponseCache>,
-    batches: Batcher<(NewRequest, Insert), Result<Submitted, ApiError>>,
+    batches: Batcher<(NewRequest, Insert), Result<Submitted, DomainError>>,
     hits: HitRecords,
 }
 
@@ -646,7 +653,7 @@ impl Submitter {
     /// in flight (no job: that one's completion completes it), or with its job. Once queued for
     /// its batch, the request is stored even if the caller stops waiting (a client disconnect
     /// never cuts a submit halfway).
-    pub async fn store(&self, new: NewRequest, how: Insert) -> Result<Submitted, ApiError> {
+    pub async fn store(&self, new: NewRequest, how: Insert) -> Result<Submitted, DomainError> {
         let id = new.id;
         let (new, how) = match how {
             Insert::CacheHit(hit) if self.reserve_early_answer(&new) => {
@@ -673,11 +680,11 @@ impl Submitter {
         self.batches
             .call((new, how))
             .await
-            .map_err(ApiError::internal)?
+            .map_err(DomainError::internal)?
     }
 
     /// [`Submitter::lookup`], then [`Submitter::store`].
-    pub async fn submit(&self, new: NewRequest) -> Result<Submitted, ApiError> {
+    pub async fn submit(&self, new: NewRequest) -> Result<Submitted, DomainError> {
         let how = self.lookup(&new).await;
         self.store(new, how).await
     }
@@ -891,7 +898,7 @@ where
 async fn store_batch(
     pool: &PgPool,
     batch: Vec<(NewRequest, Insert)>,
-) -> Vec<Result<Submitted, ApiError>> {
+) -> Vec<Result<Submitted, DomainError>> {
     let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
     let stored = store(pool, &rows).await;
     answer_stored(pool, &rows, stored).await
@@ -902,8 +909,8 @@ async fn store_batch(
 async fn answer_stored(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
-    stored: Result<Vec<Result<Submitted, ApiError>>, sqlx::Error>,
-) -> Vec<Result<Submitted, ApiError>> {
+    stored: Result<Vec<Result<Submitted, DomainError>>, sqlx::Error>,
+) -> Vec<Result<Submitted, DomainError>> {
     answer_each(rows, stored, |row| async move {
         only(store(pool, std::slice::from_ref(row)).await?)?
     })
@@ -913,7 +920,7 @@ async fn answer_stored(
 async fn store(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
-) -> Result<Vec<Result<Submitted, ApiError>>, sqlx::Error> {
+) -> Result<Vec<Result<Submitted, DomainError>>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     insert_many(&mut conn, rows).await
 }
@@ -936,7 +943,7 @@ pub enum Insert {
 pub async fn insert_with_job(
     conn: &mut PgConnection,
     new: &NewRequest,
-) -> Result<Submitted, ApiError> {
+) -> Result<Submitted, DomainError> {
     only(insert_many(conn, &[(new, &Insert::Queued)]).await?)?
 }
 
@@ -1014,7 +1021,7 @@ static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 pub async fn insert_many(
     conn: &mut PgConnection,
     rows: &[(&NewRequest, &Insert)],
-) -> Result<Vec<Result<Submitted, ApiError>>, sqlx::Error> {
+) -> Result<Vec<Result<Submitted, DomainError>>, sqlx::Error> {
     let mut columns = InsertColumns::default();
     for &(new, how) in rows {
         columns.push(new, how)?;
@@ -1052,7 +1059,7 @@ pub async fn insert_many(
 async fn earlier_with_same_key(
     conn: &mut PgConnection,
     new: &NewRequest,
-) -> Result<Result<Submitted, ApiError>, sqlx::Error> {
+) -> Result<Result<Submitted, DomainError>, sqlx::Error> {
     let (id, status, same): (Uuid, Status, bool) = sqlx::query_as(
         "SELECT id, status, (prompt = $3 AND model = $4 AND parameters = $5 AND context = $6) AS same
          FROM generation_requests WHERE user_id = $1 AND idempotency_key = $2",
@@ -1066,7 +1073,7 @@ async fn earlier_with_same_key(
     .fetch_one(&mut *conn)
     .await?;
     if !same {
-        return Ok(Err(ApiError::Conflict(
+        return Ok(Err(DomainError::Conflict(
             "this Idempotency-Key was already used for a different request".into(),
         )));
     }
@@ -1452,16 +1459,16 @@ pub async fn complete(
     pool: &PgPool,
     claimed: &ClaimedRequest,
     worker: &str,
-    completion: &Completion<'_>,
+    completion: &Success<'_>,
 ) -> Result<StillHeld, sqlx::Error> {
-    let row = CompletionRow::new(claimed, completion);
+    let row = SuccessRow::new(claimed, completion);
     only(complete_many(pool, worker, std::slice::from_ref(&row)).await?)
 }
 
 /// One completion as the completing statement takes it: owned, so that it can wait in a
 /// batch.
 #[derive(Debug, Clone)]
-pub struct CompletionRow {
+pub struct SuccessRow {
     id: Uuid,
     /// The claim's run (`attempts` when claimed): the guard of the write.
     run: i32,
@@ -1481,8 +1488,8 @@ pub struct CompletionRow {
     cache_metadata: Value,
 }
 
-impl CompletionRow {
-    pub fn new(claimed: &ClaimedRequest, completion: &Completion<'_>) -> Self {
+impl SuccessRow {
+    pub fn new(claimed: &ClaimedRequest, completion: &Success<'_>) -> Self {
         let output = completion.output;
         Self {
             id: claimed.id,
@@ -1628,9 +1635,9 @@ fn complete_many_sql() -> String {
 pub async fn complete_many(
     pool: &PgPool,
     worker: &str,
-    rows: &[CompletionRow],
+    rows: &[SuccessRow],
 ) -> Result<Vec<StillHeld>, sqlx::Error> {
-    fn column<'a, T>(rows: &'a [CompletionRow], f: impl Fn(&'a CompletionRow) -> T) -> Vec<T> {
+    fn column<'a, T>(rows: &'a [SuccessRow], f: impl Fn(&'a SuccessRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
     let held: Vec<i64> = sqlx::query_scalar(COMPLETE_MANY.as_str())
@@ -1670,7 +1677,7 @@ pub async fn complete_many(
 pub async fn complete_each(
     pool: &PgPool,
     worker: &str,
-    rows: &[CompletionRow],
+    rows: &[SuccessRow],
 ) -> Vec<Result<StillHeld, sqlx::Error>> {
     let batch = complete_many(pool, worker, rows)
         .await
@@ -1730,7 +1737,7 @@ fn only<T>(answers: Vec<T>) -> Result<T, sqlx::Error> {
 
 /// What a successful run produced, as [`complete`] records it.
 #[derive(Debug)]
-pub struct Completion<'a> {
+pub struct Success<'a> {
     pub attempt: i32,
     pub provider: &'a str,
     pub served_model: &'a str,
@@ -1741,7 +1748,7 @@ pub struct Completion<'a> {
     pub cache_ttl: Duration,
 }
 
-impl Completion<'_> {
+impl Success<'_> {
     /// The result as a cache entry.
     pub fn cached_response(&self) -> CachedResponse {
         CachedResponse {
@@ -1759,7 +1766,12 @@ impl Completion<'_> {
 /// A failed provider call, as recorded in the attempt history.
 #[derive(Debug)]
 pub struct AttemptFailure<'a> {
-    pub error: &'a ProviderError,
+    /// The error's kind (`timeout`, `rate_limited`, ...: the provider error's own word).
+    pub kind: &'static str,
+    /// The upstream's HTTP status, when it answered one.
+    pub http_status: Option<u16>,
+    /// What went wrong, already redacted of secrets.
+    pub message: &'a str,
     pub latency: Duration,
     pub provider: Option<&'a str>,
     pub upstream_model: Option<&'a str>,
@@ -1800,9 +1812,9 @@ pub async fn fail_attempt(
     .bind(id)
     .bind(attempt)
     .bind(millis(failure.latency))
-    .bind(failure.error.kind())
-    .bind(failure.error.http_status().map(i32::from))
-    .bind(failure.error.to_string())
+    .bind(failure.kind)
+    .bind(failure.http_status.map(i32::from))
+    .bind(failure.message)
     .bind(failure.provider)
     .bind(failure.upstream_model)
     .execute(pool)

@@ -41,16 +41,17 @@ async fn chaos_provider_faults_never_end_as_a_truncated_success() {
 /// relayed live, and a fail-closed rate limiter refused one more request.
 #[tokio::test]
 async fn chaos_redis_restart_the_first_command_after_it_succeeds() {
-    use llm_shared::ratelimit::{Decision, Limits, RateLimiter};
-    use llm_shared::relay::{Relay, RelayKind};
+    use llm_shared::ratelimit::{Decision, RateLimiter, RateLimits};
+    use llm_shared::stream_relay::{RelayKind, StreamRelay};
     use llm_tests::servers::PrivateRedis;
     use std::time::Duration;
 
     let mut redis = PrivateRedis::start().await;
     let client = redis::Client::open(redis.url()).unwrap();
     let db = llm_tests::TestDb::new().await;
-    let relay = Relay::new(client.clone(), &db.redis_prefix(), Duration::from_secs(60)).unwrap();
-    let limits = Limits {
+    let relay =
+        StreamRelay::new(client.clone(), &db.redis_prefix(), Duration::from_secs(60)).unwrap();
+    let limits = RateLimits {
         requests_per_minute: 1000,
         tokens_per_minute: 1_000_000,
     };
@@ -85,7 +86,8 @@ async fn chaos_redis_restart_the_first_command_after_it_succeeds() {
 #[tokio::test]
 async fn chaos_waiting_for_an_open_circuit_uses_no_attempt() {
     use llm_shared::models::ProviderKind;
-    use llm_shared::worker::{self, WorkerState};
+    use llm_worker::WorkerState;
+    use llm_worker::job;
     use serde_json::json;
 
     let app = llm_tests::spawn_app().await;
@@ -109,7 +111,7 @@ async fn chaos_waiting_for_an_open_circuit_uses_no_attempt() {
         .submit_ok(json!({"prompt": "wait for the circuit"}))
         .await;
     for _ in 0..7 {
-        worker::process(&blocked, id).await.unwrap();
+        job::process(&blocked, id).await.unwrap();
     }
     let (_, view) = app.poll(id, 0).await;
     assert_eq!(view["status"], "pending", "{view}");
@@ -117,7 +119,7 @@ async fn chaos_waiting_for_an_open_circuit_uses_no_attempt() {
     assert_eq!(view["attempt_history"], json!([]), "{view}");
 
     // Once a worker may call the provider, the request runs on its full budget.
-    worker::process(&state("circuit-closed"), id).await.unwrap();
+    job::process(&state("circuit-closed"), id).await.unwrap();
     let (_, view) = app.poll(id, 0).await;
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(view["attempts"], 1, "{view}");
@@ -133,7 +135,8 @@ async fn chaos_waiting_for_an_open_circuit_uses_no_attempt() {
 #[tokio::test]
 async fn chaos_a_probe_answering_invalid_output_lets_the_circuit_close() {
     use llm_shared::models::ProviderKind;
-    use llm_shared::worker::{self, WorkerState};
+    use llm_worker::WorkerState;
+    use llm_worker::job;
     use serde_json::json;
 
     let app = llm_tests::spawn_app().await;
@@ -159,13 +162,13 @@ async fn chaos_a_probe_answering_invalid_output_lets_the_circuit_close() {
                           "parameters": {"response_format": {"type": "json_object"}}}),
         )
         .await;
-    worker::process(&state, probe).await.unwrap();
+    job::process(&state, probe).await.unwrap();
     let (_, view) = app.poll(probe, 0).await;
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["error_code"], "invalid_output", "{view}");
 
     let next = app.submit_ok(json!({"prompt": "after the probe"})).await;
-    worker::process(&state, next).await.unwrap();
+    job::process(&state, next).await.unwrap();
     let (_, view) = app.poll(next, 0).await;
     assert_eq!(view["status"], "completed", "{view}");
     let _ = std::fs::remove_file(&registry);

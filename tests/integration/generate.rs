@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use llm_shared::cache::CachedResponse;
-use llm_shared::error::ApiError;
-use llm_shared::providers::{GenerationInput, GenerationParams, MockProvider, Provider};
+use llm_shared::error::DomainError;
+use llm_shared::generation::GenerationParams;
 use llm_shared::requests::{self, GenerateBody, Insert, NewRequest};
-use llm_shared::worker::{self, WorkerState};
 use llm_tests::{registry, spawn_app, start_worker, worker_config, worker_models};
+use llm_worker::WorkerState;
+use llm_worker::job;
+use llm_worker::providers::{GenerationInput, MockProvider, Provider};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -311,7 +313,7 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
     );
     assert_eq!(ok(2).id, keyed.id);
     assert!(
-        matches!(answers[3], Err(ApiError::Conflict(_))),
+        matches!(answers[3], Err(DomainError::Conflict(_))),
         "{:?}",
         answers[3]
     );
@@ -438,10 +440,10 @@ async fn a_duplicate_delivery_does_not_run_the_request_twice() {
     );
 
     // The same job delivered to two workers at once, then once more after it finished.
-    let (ra, rb) = tokio::join!(worker::process(&a, id), worker::process(&b, id));
+    let (ra, rb) = tokio::join!(job::process(&a, id), job::process(&b, id));
     ra.unwrap();
     rb.unwrap();
-    worker::process(&a, id).await.unwrap();
+    job::process(&a, id).await.unwrap();
 
     let done = app.wait_final(id, Duration::from_secs(5)).await;
     assert_eq!(done["status"], "completed");
@@ -532,7 +534,7 @@ async fn a_request_whose_workers_keep_dying_ends_failed() {
         None,
         None,
     );
-    worker::process(&state, id).await.unwrap();
+    job::process(&state, id).await.unwrap();
 
     let done = app.wait_final(id, Duration::from_secs(5)).await;
     assert_eq!(done["status"], "failed");

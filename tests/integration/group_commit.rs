@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use llm_shared::error::is_unavailable;
-use llm_shared::providers::GenerationOutput;
-use llm_shared::requests::{self, Claim, ClaimedRequest, Completion, CompletionRow};
-use llm_shared::worker::WorkerState;
+use llm_shared::generation::GenerationOutput;
+use llm_shared::requests::{self, Claim, ClaimedRequest, Success, SuccessRow};
 use llm_tests::{TestApp, spawn_app, worker_config, worker_models};
+use llm_worker::WorkerState;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -32,10 +32,10 @@ fn output(n: u32) -> GenerationOutput {
     }
 }
 
-fn row(claimed: &ClaimedRequest, output: &GenerationOutput) -> CompletionRow {
-    CompletionRow::new(
+fn row(claimed: &ClaimedRequest, output: &GenerationOutput) -> SuccessRow {
+    SuccessRow::new(
         claimed,
-        &Completion {
+        &Success {
             attempt: claimed.first_attempt,
             provider: "mock",
             served_model: &claimed.model,
@@ -492,7 +492,7 @@ async fn concurrent_jobs_of_one_worker_share_batches_and_each_gets_its_own_answe
     let completions: Vec<_> = claims
         .iter()
         .zip(&outputs)
-        .map(|(claimed, output)| Completion {
+        .map(|(claimed, output)| Success {
             attempt: claimed.first_attempt,
             provider: "mock",
             served_model: &claimed.model,

@@ -4,14 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use llm_shared::generation::GenerationParams;
 use llm_shared::models::ProviderKind;
-use llm_shared::providers::{
-    GenerationInput, GenerationParams, MockProvider, Provider, ProviderClient, ProviderError,
-    collect_stream,
-};
-use llm_shared::worker::{self, WorkerState};
 use llm_tests::fake_upstream::{self, FakeUpstream, Reply};
 use llm_tests::{TestApp, registry, spawn_app, spawn_app_with_providers, worker_config};
+use llm_worker::WorkerState;
+use llm_worker::job;
+use llm_worker::providers::{
+    GenerationInput, MockProvider, Provider, ProviderClient, ProviderError, collect_stream,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -112,7 +113,7 @@ fn state(app: &TestApp, provider_flags: &[String], worker_flags: &[&str]) -> Wor
 /// Submits a request for `model` directly into the database and runs one delivery of its job.
 async fn run(app: &TestApp, state: &WorkerState, body: Value) -> Value {
     let id: Uuid = app.submit_ok(body).await;
-    worker::process(state, id).await.unwrap();
+    job::process(state, id).await.unwrap();
     let (_, view) = app.poll(id, 0).await;
     view
 }
@@ -692,6 +693,6 @@ async fn an_open_circuit_skips_the_failing_provider_until_its_cooldown() {
     assert_eq!(history[0]["provider"], "anthropic");
     assert_eq!(
         t.state.executor.circuits.state(ProviderKind::OpenAi),
-        llm_shared::circuit::CircuitState::Open
+        llm_worker::circuit::CircuitState::Open
     );
 }

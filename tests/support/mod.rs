@@ -19,16 +19,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
-use llm_shared::auth::JwtKeys;
-use llm_shared::cache::ResponseCache;
-use llm_shared::config::{CommonConfig, WorkerConfig};
-use llm_shared::http::{AppServices, AppState, Limits};
-use llm_shared::models::{ModelRegistry, Models};
-use llm_shared::notify::Completions;
-use llm_shared::prompts::PromptLibrary;
-use llm_shared::ratelimit::{self, RateLimiter};
-use llm_shared::relay::{Relay, RelayHub};
-use llm_shared::{db, worker};
+use llm_api::App;
+use llm_api::auth::JwtKeys;
+use llm_api::config::ApiConfig;
+use llm_shared::config::CommonConfig;
+use llm_shared::db;
+use llm_shared::models::{LiveRegistry, ModelRegistry};
+use llm_worker::config::WorkerConfig;
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -160,58 +157,60 @@ pub async fn spawn_app_with_providers(flags: &[String]) -> TestApp {
 
 async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp {
     let db = TestDb::new().await;
-    let jwt = JwtKeys::new(&SecretString::from(TEST_SECRET));
-    let completions = Completions::default();
-    tokio::spawn(completions.clone().listen(db.pool.clone()));
-    let client = redis::Client::open(redis).unwrap();
-    let relay = Relay::new(client.clone(), &db.redis_prefix(), Duration::from_secs(600)).unwrap();
-    let hub = RelayHub::new(relay);
-    tokio::spawn(hub.clone().run());
-    let cache = ResponseCache::new(
-        client.clone(),
-        &db.redis_prefix(),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
-    // Limits far above what tests send; the rate-limit tests set their own.
-    let limits = ratelimit::Limits {
-        requests_per_minute: 10_000,
-        tokens_per_minute: 100_000_000,
-    };
-    let limiter = RateLimiter::new(client.clone(), &db.redis_prefix(), limits, true).unwrap();
-    let submitter = llm_shared::requests::Submitter::new(db.pool.clone(), Some(cache.clone()));
-    let state: AppState = AppServices {
-        pool: db.pool.clone(),
-        redis: client,
-        hub,
-        cache,
-        submitter,
-        limiter,
-        jwt: jwt.clone(),
-        models: Models::new(registry(registry_flags), common_config(registry_flags)),
-        prompts: std::sync::Arc::new(PromptLibrary::load(&prompts_dir()).unwrap()),
-        completions,
-        limits: Limits {
-            max_body_bytes: 64 * 1024,
-            max_wait: Duration::from_secs(30),
-            job_max_attempts: 5,
-            compat_wait: Duration::from_secs(30),
-        },
-        metrics: std::sync::Arc::new(llm_shared::metrics::Metrics::new()),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    }
-    .into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = llm_shared::http::router(state).into_make_service();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let prefix = db.redis_prefix();
+    let prompts = prompts_dir();
+    let mut args = vec![
+        "llm-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db.url,
+        "--redis-url",
+        &redis,
+        "--redis-key-prefix",
+        &prefix,
+        "--secret-key",
+        TEST_SECRET,
+        "--prompts-dir",
+        prompts.to_str().expect("a UTF-8 prompts path"),
+        // Limits far above what tests send; the rate-limit tests set their own.
+        "--rate-limit-rpm",
+        "10000",
+        "--rate-limit-tpm",
+        "100000000",
+        "--max-body-bytes",
+        "65536",
+        "--max-wait-secs",
+        "30",
+        "--openai-compat-wait-secs",
+        "30",
+        "--job-max-attempts",
+        "5",
+        "--stream-log-ttl-secs",
+        "600",
+        "--pin-threads",
+        "false",
+    ];
+    args.extend_from_slice(&NO_PROVIDERS);
+    args.extend_from_slice(registry_flags);
+    let config = ApiArgs::try_parse_from(args).unwrap().config;
+    let app = App::build(&config).await.unwrap();
+    let addr = app.addr();
+    tokio::spawn(app.run(std::future::pending()));
     TestApp {
         addr,
         db,
-        jwt,
+        jwt: JwtKeys::new(&SecretString::from(TEST_SECRET)),
         user: Uuid::now_v7(),
         http: reqwest::Client::new(),
     }
+}
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct ApiArgs {
+    #[command(flatten)]
+    config: ApiConfig,
 }
 
 impl TestApp {
@@ -392,8 +391,8 @@ pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
 }
 
 /// The model registry a worker with this configuration runs with.
-pub fn worker_models(config: &WorkerConfig) -> Models {
-    Models::new(
+pub fn worker_models(config: &WorkerConfig) -> LiveRegistry {
+    LiveRegistry::new(
         ModelRegistry::load(&config.common).unwrap(),
         config.common.clone(),
     )
@@ -444,7 +443,7 @@ pub fn start_worker(db: &TestDb, extra: &[&str]) -> InProcessWorker {
             let _ = rx.await;
             Ok(())
         };
-        worker::run(config, pool, shutdown).await.unwrap();
+        llm_worker::run(config, pool, shutdown).await.unwrap();
     });
     InProcessWorker {
         stop: Some(tx),

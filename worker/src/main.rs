@@ -1,10 +1,10 @@
 //! `llm-worker`: runs generation jobs from the shared PostgreSQL queue. Parses configuration,
-//! connects and runs; everything else lives in `llm_shared`.
+//! connects and runs; everything else lives in the `llm_worker` library.
 
 use anyhow::Context;
 use clap::Parser;
-use llm_shared::config::WorkerConfig;
-use llm_shared::{db, telemetry, worker};
+use llm_shared::{db, telemetry};
+use llm_worker::config::WorkerConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +42,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     db::migrate(&pool).await?;
-    worker::run(config, pool, shutdown_signal())
+    llm_worker::run(config, pool, shutdown_signal())
         .await
         .map_err(|e| anyhow::anyhow!("worker stopped with an error: {e}"))?;
     tracing::info!("worker stopped");

@@ -1,0 +1,194 @@
+//! The api application: its shared state ([`AppState`]) and [`App::build`], the one way to
+//! build it from configuration, used by `main` and by the test harness alike.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use llm_shared::cache::ResponseCache;
+use llm_shared::config;
+use llm_shared::db;
+use llm_shared::metrics::Metrics;
+use llm_shared::models::{LiveRegistry, ModelRegistry};
+use llm_shared::notices::FinalNotices;
+use llm_shared::prompts::PromptLibrary;
+use llm_shared::ratelimit::RateLimiter;
+use llm_shared::requests::{HIT_ROWS_ON_STOP, Submitter};
+use llm_shared::stream_relay::RelayListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::JwtKeys;
+use crate::config::ApiConfig;
+
+/// Everything handlers share. Cloned for every extractor and middleware that asks for it (several
+/// times per request), so it is one `Arc`: a clone is a reference count, not a copy of every
+/// client, string and map inside (that copying was a tenth of the api's CPU under load).
+#[derive(Clone)]
+pub struct AppState(std::sync::Arc<AppServices>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+impl From<AppServices> for AppState {
+    fn from(services: AppServices) -> Self {
+        Self(std::sync::Arc::new(services))
+    }
+}
+
+/// What [`AppState`] shares: connections, clients, configuration.
+pub struct AppServices {
+    pub pool: PgPool,
+    pub redis: redis::Client,
+    pub relay: RelayListener,
+    pub cache: ResponseCache,
+    /// Stores submits, group-committed (reads `cache` first).
+    pub submitter: Submitter,
+    pub limiter: RateLimiter,
+    pub jwt: JwtKeys,
+    pub models: LiveRegistry,
+    pub prompts: std::sync::Arc<PromptLibrary>,
+    pub notices: FinalNotices,
+    pub limits: ApiLimits,
+    /// This process's metrics, served on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the process starts to stop: requests that wait on a generation (streams,
+    /// long polls) end at once, so that the graceful stop does not wait for them (a stream's
+    /// client resumes elsewhere with `Last-Event-ID`; a poll is asked again).
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    pub max_body_bytes: usize,
+    pub max_wait: Duration,
+    pub job_max_attempts: u32,
+    /// How long a `/v1/...` call waits for its generation (`OPENAI_COMPAT_WAIT_SECS`).
+    pub compat_wait: Duration,
+}
+
+/// The api, built and bound, ready to serve.
+pub struct App {
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// Connects to PostgreSQL (and migrates it), loads the model registry and the prompt
+    /// templates, starts the completion-notice listener and the relay's subscriber, and binds
+    /// `API_LISTEN`. Refuses to build when the configuration is unsafe (e.g. no `SECRET_KEY` on
+    /// a non-loopback address).
+    pub async fn build(config: &ApiConfig) -> anyhow::Result<Self> {
+        let secret = config.jwt_secret()?;
+        if config::present(&config.common.secret_key).is_none() {
+            tracing::warn!(
+                "SECRET_KEY is not set: using the local development key (loopback only)"
+            );
+        }
+        let pool = db::connect(&config.common)
+            .await
+            .context("connecting to PostgreSQL")?;
+        db::migrate(&pool).await?;
+        let models = ModelRegistry::load(&config.common)?;
+        let prompts = PromptLibrary::load(&config.common.prompts_dir)?;
+        tracing::info!(templates = prompts.list().count(), dir = %config.common.prompts_dir.display(), "prompt templates loaded");
+        for model in models.all() {
+            if let Some(reason) = models.unavailable_reason(model) {
+                tracing::info!(model = %model.id, reason, "model unavailable");
+            }
+        }
+        tracing::info!(
+            default_model = models.default_model(),
+            "model registry loaded"
+        );
+        let redis = config.common.redis_client().context("parsing REDIS_URL")?;
+        let notices = FinalNotices::default();
+        tokio::spawn(notices.clone().listen(pool.clone()));
+        let relay = RelayListener::new(config.common.relay().context("parsing REDIS_URL")?);
+        tokio::spawn(relay.clone().run());
+        let cache = config
+            .common
+            .response_cache()
+            .context("parsing REDIS_URL")?;
+        let limiter = config.common.rate_limiter().context("parsing REDIS_URL")?;
+        let submitter = Submitter::new(pool.clone(), Some(cache.clone()));
+        let state: AppState = AppServices {
+            pool,
+            redis,
+            relay,
+            cache,
+            submitter,
+            limiter,
+            jwt: JwtKeys::new(&secret),
+            models: LiveRegistry::new(models, config.common.clone()),
+            prompts: Arc::new(prompts),
+            notices,
+            limits: ApiLimits {
+                max_body_bytes: config.max_body_bytes,
+                max_wait: Duration::from_secs(config.max_wait_secs),
+                job_max_attempts: config.common.job_max_attempts,
+                compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
+            },
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+        }
+        .into();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr().unwrap_or(config.listen);
+        Ok(Self {
+            state,
+            listener,
+            addr,
+        })
+    }
+
+    /// The address the api listens on (with the port picked, when `API_LISTEN` said 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state handlers share.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains: streams and long polls end at once, the
+    /// short requests are answered, and the rows of cache hits answered before they were
+    /// written are written before this returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(listen = %self.addr, "api listening");
+        // Small writes (SSE events, short JSON answers) go out at once, not after a delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let stop = self.state.shutdown.clone();
+        let submitter = self.state.submitter.clone();
+        // Made a service once: served as a plain `Router`, axum rebuilds its route table for
+        // every connection (about 60 KB each, held while the connection lives, e.g. a stream).
+        let app = crate::http::router(self.state).into_make_service();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Streams and long polls end now, so the drain waits only for short requests.
+                stop.cancel();
+            })
+            .await?;
+        if !submitter.finish_hit_writes(HIT_ROWS_ON_STOP).await {
+            tracing::error!("api stopped with some answered cache hits' rows unwritten");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Admin endpoints (`/api/v1/admin/...`): the caller's token must carry the `admin` role.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::extract::{JsonBody, QueryParams};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::error::doc;
+use llm_shared::admin::{self, Page, Replay, RequestFilter};
+use llm_shared::cache::InvalidateFilter;
+
+pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
+    if user.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("this endpoint needs the admin role"))
+    }
+}
+
+/// `POST /api/v1/admin/cache/invalidate` `{"model"?, "key_prefix"?, "template_id"?}`: deletes
+/// the matching cache entries (table and Redis). At least one filter is required.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/cache/invalidate",
+    tag = "admin",
+    summary = "Delete matching cache entries",
+    request_body = llm_shared::cache::InvalidateFilter,
+    responses(
+        (status = 200, description = "how many entries were deleted", body = serde_json::Value),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn invalidate_cache(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(filter): JsonBody<InvalidateFilter>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    if filter.model.is_none() && filter.key_prefix.is_none() && filter.template_id.is_none() {
+        return Err(ApiError::validation(
+            "model",
+            "give at least one of model, key_prefix, template_id",
+        ));
+    }
+    let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
+    tracing::info!(user.id = %user.id, invalidated, "cache invalidated");
+    Ok(Json(json!({ "invalidated": invalidated })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(flatten)]
+    pub filter: RequestFilter,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/admin/requests`: every user's requests, filtered, newest first, with their
+/// attempt history; keyset pagination through `cursor`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/requests",
+    tag = "admin",
+    summary = "Every user's requests, newest first",
+    params(("status" = Option<llm_shared::requests::Status>, Query), ("model" = Option<String>, Query), ("provider" = Option<String>, Query), ("user_id" = Option<uuid::Uuid>, Query), ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "created at or after"), ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "created before"), ("limit" = Option<i64>, Query), ("cursor" = Option<uuid::Uuid>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "a page of requests and next_cursor", body = serde_json::Value),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_requests(
+    State(state): State<AppState>,
+    user: AuthUser,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    require_admin(&user)?;
+    let limit = query.limit.unwrap_or(50);
+    Ok(Json(
+        admin::list(&state.pool, &query.filter, query.cursor, limit).await?,
+    ))
+}
+
+/// `POST /api/v1/admin/requests/{request_id}/replay`: a failed or cancelled request runs again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/requests/{request_id}/replay",
+    tag = "admin",
+    summary = "Run a failed or cancelled request again",
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)")),
+    responses(
+        (status = 200, description = "replayed", body = serde_json::Value),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::NotFound, doc::Conflict, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn replay_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(request_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    let id = Uuid::parse_str(&request_id)
+        .map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))?;
+    match admin::replay(&state.pool, id).await? {
+        Replay::Replayed => {
+            tracing::info!(admin.id = %user.id, request.id = %id, "request replayed");
+            Ok(Json(json!({"replayed": true, "request_id": id})))
+        }
+        Replay::NotReplayable(status) => Err(ApiError::Conflict(format!(
+            "only failed or cancelled requests can be replayed; this one is {}",
+            status.as_str()
+        ))),
+        Replay::NotFound => Err(ApiError::NotFound("no such generation request")),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplay {
+    #[serde(default)]
+    pub filter: RequestFilter,
+    /// Only say how many would be replayed.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /api/v1/admin/requests/replay`: replays every failed or cancelled request matching the
+/// filter (up to 10,000), or with `dry_run` says how many it would.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/requests/replay",
+    tag = "admin",
+    summary = "Replay (or count) requests by filter",
+    request_body = BulkReplay,
+    responses(
+        (status = 200, description = "how many and which", body = serde_json::Value),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn replay_many(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<BulkReplay>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&user)?;
+    let ids = admin::replay_matching(&state.pool, &body.filter, body.dry_run).await?;
+    if !body.dry_run {
+        tracing::info!(admin.id = %user.id, requests = ids.len(), "requests replayed by filter");
+    }
+    Ok(Json(
+        json!({"dry_run": body.dry_run, "count": ids.len(), "request_ids": ids}),
+    ))
+}

@@ -1,0 +1,177 @@
+//! `POST /api/v1/events`: where the message hub delivers events to this service. Callers need a
+//! service identity (a token with the `service` role; admins too).
+//!
+//! - `generation.requested` creates a request like a submit, for `data.user_id`;
+//! - `model.updated` reloads the model registry (workers follow);
+//! - `cache.invalidate` deletes cache entries matching `data` (model, template_id, key_prefix).
+//!
+//! Each event id has an effect once: it is recorded in `inbox_events` (with the request it
+//! creates, in one transaction). Unknown types are acknowledged and logged; malformed events
+//! get a 4xx.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::extract::JsonBody;
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::error::doc;
+use llm_shared::cache::InvalidateFilter;
+use llm_shared::models;
+use llm_shared::requests::{self, GenerateBody, NewRequest};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Envelope {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: Map<String, Value>,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "Receive a message hub event (service identities)",
+    request_body = Envelope,
+    responses(
+        (status = 202, description = "applied", body = serde_json::Value),
+        (status = 200, description = "acknowledged (a duplicate, or an unknown type)", body = serde_json::Value),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Conflict, doc::RateLimited, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn receive(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    trace: crate::telemetry::TraceContext,
+    JsonBody(event): JsonBody<Envelope>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !caller.is_service() && !caller.is_admin() {
+        return Err(ApiError::Forbidden(
+            "events are accepted from service identities only",
+        ));
+    }
+    match event.kind.as_str() {
+        "generation.requested" => generation_requested(&state, event, trace).await,
+        "model.updated" | "cache.invalidate" => {
+            if !first_delivery(&state, &event).await? {
+                return Ok(duplicate(&event));
+            }
+            if event.kind == "model.updated" {
+                let fresh = state.models.reload().map_err(|e| {
+                    ApiError::validation("data", format!("the registry was not reloaded: {e}"))
+                })?;
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(models::RELOAD_CHANNEL)
+                    .execute(&state.pool)
+                    .await?;
+                tracing::info!(event.id = %event.id, models = fresh.all().len(), "model.updated: registry reloaded");
+                Ok((
+                    StatusCode::OK,
+                    Json(json!({"id": event.id, "reloaded": true})),
+                ))
+            } else {
+                let filter: InvalidateFilter =
+                    serde_json::from_value(Value::Object(event.data.clone()))
+                        .map_err(|e| ApiError::validation("data", e.to_string()))?;
+                let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
+                tracing::info!(event.id = %event.id, invalidated, "cache.invalidate applied");
+                Ok((
+                    StatusCode::OK,
+                    Json(json!({"id": event.id, "invalidated": invalidated})),
+                ))
+            }
+        }
+        other => {
+            tracing::info!(event.id = %event.id, event.type = other, source = ?event.source, "event of an unknown type acknowledged and ignored");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": event.id, "acknowledged": true, "ignored": true})),
+            ))
+        }
+    }
+}
+
+fn duplicate(event: &Envelope) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::OK,
+        Json(json!({"id": event.id, "duplicate": true})),
+    )
+}
+
+/// Records the event id; false when it was seen before.
+async fn first_delivery(state: &AppState, event: &Envelope) -> Result<bool, ApiError> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbox_events (id, type) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(event.id)
+    .bind(&event.kind)
+    .execute(&state.pool)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// A request created on behalf of `data.user_id`; the rest of `data` is a submit's body.
+async fn generation_requested(
+    state: &AppState,
+    event: Envelope,
+    trace: crate::telemetry::TraceContext,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut data = event.data.clone();
+    let user_id = data
+        .remove("user_id")
+        .and_then(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+        .ok_or_else(|| ApiError::validation("data.user_id", "data.user_id must be a UUID"))?;
+    let body: GenerateBody = serde_json::from_value(Value::Object(data))
+        .map_err(|e| ApiError::validation("data", e.to_string()))?;
+    let models = state.models.current();
+    let body = body.resolve_template(&state.prompts, &models)?;
+    let mut new =
+        NewRequest::validate(body, user_id, None, &models, state.limits.job_max_attempts)?;
+    new.trace_id = Some(trace.trace_id);
+    new.metadata
+        .as_object_mut()
+        .map(|m| m.insert("event_id".into(), Value::from(event.id.to_string())));
+    let pool = state.pool.clone();
+    let (event_id, kind) = (event.id, event.kind.clone());
+    // The inbox row and the request commit together: a redelivery finds the id and stops.
+    let created = tokio::spawn(async move {
+        let mut tx = pool.begin().await?;
+        let first = sqlx::query(
+            "INSERT INTO inbox_events (id, type) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(&kind)
+        .execute(&mut *tx)
+        .await?;
+        if first.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok::<_, ApiError>(None);
+        }
+        let submitted = requests::insert_with_job(&mut tx, &new).await?;
+        tx.commit().await?;
+        Ok(Some(submitted.id))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    match created {
+        None => Ok(duplicate(&event)),
+        Some(request_id) => {
+            tracing::info!(event.id = %event.id, request.id = %request_id, user.id = %user_id, "generation.requested accepted");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": event.id, "request_id": request_id})),
+            ))
+        }
+    }
+}

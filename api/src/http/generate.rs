@@ -1,0 +1,261 @@
+//! `POST /api/v1/generate` (durable submit) and `GET /api/v1/generate/{request_id}` (poll,
+//! optionally long-poll with `?wait=N`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::extract::{JsonBody, QueryParams};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::error::doc;
+use crate::telemetry::TraceContext;
+use llm_shared::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub request_id: Uuid,
+    pub status: Status,
+    pub poll_url: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent_replay: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/generate",
+    tag = "generate",
+    summary = "Submit a generation (durable job)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
+    request_body = llm_shared::requests::GenerateBody,
+    responses(
+        (status = 202, description = "stored and queued", body = Accepted),
+        (status = 200, description = "answered from the cache (already completed)", body = Accepted),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Conflict, doc::RateLimited, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn submit(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<GenerateBody>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
+    let body = body.resolve_template(&state.prompts, &state.models.current())?;
+    let mut new = NewRequest::validate(
+        body,
+        user.id,
+        idempotency_key,
+        &state.models.current(),
+        state.limits.job_max_attempts,
+    )?;
+    new.trace_id = Some(trace.trace_id);
+    let Admitted { submitted, rate } = accept(&state, &user, new).await?;
+    let poll_url = format!("/api/v1/generate/{}", submitted.id);
+    // Answered from the cache: already complete, so 200 rather than "accepted for later".
+    let code = if submitted.status == Status::Completed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = (
+        code,
+        Json(Accepted {
+            request_id: submitted.id,
+            status: submitted.status,
+            poll_url: poll_url.clone(),
+            idempotent_replay: submitted.replayed,
+        }),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&poll_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if submitted.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    super::rate_limits::attach(&mut response, rate);
+    Ok(response)
+}
+
+/// A submit that passed the rate limits and was stored.
+pub(super) struct Admitted {
+    pub submitted: requests::Submitted,
+    /// The rate-limit state it counted (`None` if the limiter was not consulted), for the
+    /// answer's headers ([`super::rate_limits::attach`]).
+    pub rate: Option<llm_shared::ratelimit::RateState>,
+}
+
+/// Looks a validated request up in the cache, counts it against the caller's rate limits (a
+/// cache hit as a request without tokens: no provider runs it) and stores it (answered from
+/// the cache, attached to an identical request in flight, or committed with its job).
+pub(super) async fn accept(
+    state: &AppState,
+    user: &AuthUser,
+    new: NewRequest,
+) -> Result<Admitted, ApiError> {
+    let estimated = new.estimated_tokens;
+    let (rate, how) = match state.submitter.fast_key(&new) {
+        // One round trip: the cache's fast copy read and the request counted together.
+        Some(key) => {
+            let (rate, cached) =
+                super::rate_limits::enforce_or_hit(state, user, estimated, key).await?;
+            let hit = cached
+                .as_deref()
+                .and_then(llm_shared::cache::ResponseCache::parse_fast);
+            (rate, requests::Submitter::insert_for(Some(hit)))
+        }
+        None => (
+            super::rate_limits::enforce(state, user, estimated).await?,
+            requests::Insert::Queued,
+        ),
+    };
+    let tokens = match how {
+        requests::Insert::CacheHit(_) => 0,
+        requests::Insert::Queued | requests::Insert::CachedOrQueued => estimated,
+    };
+    let submitted = state.submitter.store(new, how).await?;
+    if let Some(rate) = rate
+        && tokens > 0
+        && submitted.cache_hit == Some(true)
+    {
+        // Answered from the cache table after all (its fast copy was missing): no provider
+        // runs it, so its tokens go back.
+        let refund = -i64::from(tokens);
+        state.limiter.reconcile(user.id, rate.window, refund).await;
+    }
+    if let Some(hit) = submitted.cache_hit {
+        state.metrics.cache_lookup(hit);
+    }
+    crate::telemetry::record_request_id(submitted.id);
+    if !submitted.replayed {
+        tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
+    }
+    Ok(Admitted { submitted, rate })
+}
+
+/// The `Idempotency-Key` header, if any.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))
+        })
+        .transpose()
+}
+
+pub(super) fn parse_request_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PollQuery {
+    /// Seconds to hold the answer until the request finishes (capped by `MAX_WAIT_SECS`).
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PollResponse {
+    #[serde(flatten)]
+    pub request: RequestView,
+    pub attempt_history: Vec<AttemptView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/generate/{request_id}",
+    tag = "generate",
+    summary = "Read a request (optionally wait for it)",
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), PollQuery),
+    responses(
+        (status = 200, description = "the request and its attempt history", body = PollResponse),
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn poll(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(request_id): Path<String>,
+    QueryParams(query): QueryParams<PollQuery>,
+) -> Result<Json<PollResponse>, ApiError> {
+    let id = parse_request_id(&request_id)?;
+    crate::telemetry::record_request_id(id);
+    let wait = match query.wait {
+        None => Duration::ZERO,
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            // Capped before converting: a huge number must not overflow a Duration (found by
+            // scripts/fuzz.sh: `?wait=1.8e308` panicked the handler).
+            Duration::from_secs_f64(secs.min(state.limits.max_wait.as_secs_f64()))
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "wait must be a non-negative number of seconds".into(),
+            ));
+        }
+    };
+
+    let request = if wait.is_zero() {
+        find(&state, id, user.id).await?
+    } else {
+        wait_until_final(&state, id, user.id, wait).await?
+    };
+    let attempt_history = requests::attempts_of(&state.pool, id).await?;
+    Ok(Json(PollResponse {
+        request,
+        attempt_history,
+    }))
+}
+
+pub(super) async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<RequestView, ApiError> {
+    // A cache hit this process answered may not have its row yet.
+    state.submitter.written(id).await;
+    requests::find_for_user(&state.pool, id, user)
+        .await?
+        .ok_or(ApiError::NotFound("no such generation request"))
+}
+
+/// Answers as soon as the request is final, or when `wait` is up, or at once when the process
+/// starts to stop. The subscription is taken before the row is read, so a completion between
+/// the read and the wait is not missed.
+pub(super) async fn wait_until_final(
+    state: &AppState,
+    id: Uuid,
+    user: Uuid,
+    wait: Duration,
+) -> Result<RequestView, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let subscription = state.notices.subscribe(id);
+    loop {
+        let notified = subscription.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let request = find(state, id, user).await?;
+        if request.status.is_final() {
+            return Ok(request);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => return find(state, id, user).await,
+            () = state.shutdown.cancelled() => return find(state, id, user).await,
+        }
+    }
+}

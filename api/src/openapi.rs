@@ -1,0 +1,126 @@
+//! The OpenAPI document of the api, generated from the code (`utoipa`): every route's
+//! `#[utoipa::path]` annotation (on its handler in `http/*.rs`), the request and response
+//! schemas (`ToSchema` on the types themselves), the one error shape ([`ErrorBody`]) and the
+//! bearer JWT scheme. Served as `/openapi.json`, with Swagger UI at `/docs` whose assets are
+//! built into the binary (`utoipa-swagger-ui`'s `vendored` feature): the page works offline
+//! and its Content-Security-Policy lets it load nothing from anywhere but this server.
+//!
+//! **Invariant:** the document and the router list the same (method, path) pairs. Adding a
+//! route means: `#[utoipa::path(...)]` on its handler, and the handler in [`ApiDoc`]'s
+//! `paths(...)`; the `openapi_lists_every_route_of_the_router` test fails otherwise.
+
+use axum::http::{HeaderValue, header};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use crate::app::AppState;
+use crate::error::ErrorBody;
+use crate::http;
+
+/// Path of the OpenAPI document.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+/// Path of the interactive documentation (Swagger UI).
+pub const DOCS_PATH: &str = "/docs";
+
+/// What `/docs` may load: only this server (Swagger UI's inline styles and scripts are its
+/// own, served from here). No CDN, no font service, no telemetry.
+const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+     script-src 'self' 'unsafe-inline'; connect-src 'self'; font-src 'self' data:; \
+     frame-ancestors 'none'; base-uri 'self'; form-action 'self'";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "LLM Service",
+        description = "LLM text generation as durable jobs: submit, poll or stream, batches, \
+                       templates, models, usage, rate limits and admin tools. Every error \
+                       answer is an `ErrorBody`.",
+    ),
+    paths(
+        http::generate::submit,
+        http::generate::poll,
+        http::stream::submit_stream,
+        http::stream::attach,
+        http::stream::cancel,
+        http::batch::submit,
+        http::batch::status,
+        http::usage::mine,
+        http::usage::of_user,
+        http::rate_limits::mine,
+        http::rate_limits::set_override,
+        http::rate_limits::clear_override,
+        http::prompts::list,
+        http::prompts::show,
+        http::prompts::render,
+        http::prompts::validate,
+        http::models::list,
+        http::models::show,
+        http::models::select,
+        http::models::reload,
+        http::admin::invalidate_cache,
+        http::admin::list_requests,
+        http::admin::replay_one,
+        http::admin::replay_many,
+        http::events::receive,
+        http::openai::chat_completions,
+        http::openai::completions,
+        http::openai::list_models,
+        http::openai::show_model,
+        http::health::live,
+        http::health::ready,
+        http::health::metrics,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+/// The `bearer` security scheme the paths refer to: an HS256 JWT, `sub` = the user's UUID.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "HS256 JWT signed with SECRET_KEY; `exp` required, `sub` = the user's UUID, \
+                         optional `role` (`admin`, `service`)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as the api serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// `/openapi.json` and `/docs` (Swagger UI, its assets served from the binary), with the
+/// Content-Security-Policy that keeps the page on this server.
+pub fn routes() -> axum::Router<AppState> {
+    // No online validator badge: Swagger UI would otherwise send the document to swagger.io.
+    let config = Config::default()
+        .validator_url("none")
+        .persist_authorization(true);
+    let docs: axum::Router<AppState> = SwaggerUi::new(DOCS_PATH)
+        .url(OPENAPI_PATH, document())
+        .config(config)
+        .into();
+    docs.layer(axum::middleware::map_response(
+        |mut response: axum::response::Response| async move {
+            response.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DOCS_CSP),
+            );
+            response
+        },
+    ))
+}

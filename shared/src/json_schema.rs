@@ -1,0 +1,373 @@
+//! JSON Schema, as far as the service checks it: a request's `response_format` schema and a
+//! template's output schema are checked at submit ([`check_schema`]), and answers are checked
+//! against them ([`schema_violation`], used by the worker's response validation).
+//!
+//! The support is the structural core that generation schemas use: `type` (one or a
+//! list), `properties`, `required`, `additionalProperties`, `items`, `minItems`, `maxItems`,
+//! `enum`, `const`, `minLength`, `maxLength`, `minimum`, `maximum`, `exclusiveMinimum`,
+//! `exclusiveMaximum`, `anyOf`, `oneOf`, `allOf`, `not`, and annotations. A schema using any
+//! other keyword is refused at submit ([`check_schema`]) rather than half-checked.
+
+use serde_json::Value;
+
+const KEYWORDS: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "enum",
+    "const",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
+];
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "format",
+    "$comment",
+];
+const TYPES: &[&str] = &[
+    "object", "array", "string", "number", "integer", "boolean", "null",
+];
+
+/// Checks that a schema only uses supported keywords and is well-formed; the error says where.
+pub fn check_schema(schema: &Value) -> Result<(), String> {
+    check_at(schema, "#")
+}
+
+fn check_at(schema: &Value, at: &str) -> Result<(), String> {
+    let Value::Object(map) = schema else {
+        return match schema {
+            Value::Bool(_) => Ok(()),
+            _ => Err(format!("{at}: a schema must be an object or a boolean")),
+        };
+    };
+    for (key, value) in map {
+        let here = format!("{at}/{key}");
+        match key.as_str() {
+            k if ANNOTATIONS.contains(&k) => {}
+            "type" => {
+                let names: Vec<&Value> = match value {
+                    Value::Array(list) => list.iter().collect(),
+                    other => vec![other],
+                };
+                for name in names {
+                    if !name.as_str().is_some_and(|n| TYPES.contains(&n)) {
+                        return Err(format!("{here}: unknown type {name}"));
+                    }
+                }
+            }
+            "properties" => {
+                let Value::Object(props) = value else {
+                    return Err(format!("{here}: must be an object"));
+                };
+                for (name, sub) in props {
+                    check_at(sub, &format!("{here}/{name}"))?;
+                }
+            }
+            "items" | "additionalProperties" | "not" => check_at(value, &here)?,
+            "anyOf" | "oneOf" | "allOf" => {
+                let Value::Array(list) = value else {
+                    return Err(format!("{here}: must be an array"));
+                };
+                for (i, sub) in list.iter().enumerate() {
+                    check_at(sub, &format!("{here}/{i}"))?;
+                }
+            }
+            "required" => {
+                if !value
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(Value::is_string))
+                {
+                    return Err(format!("{here}: must be an array of strings"));
+                }
+            }
+            "enum" => {
+                if !value.is_array() {
+                    return Err(format!("{here}: must be an array"));
+                }
+            }
+            "minItems" | "maxItems" | "minLength" | "maxLength" => {
+                if !value.is_u64() {
+                    return Err(format!("{here}: must be a non-negative integer"));
+                }
+            }
+            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" => {
+                if !value.is_number() {
+                    return Err(format!("{here}: must be a number"));
+                }
+            }
+            "const" => {}
+            other => {
+                let supported = KEYWORDS.join(", ");
+                return Err(format!(
+                    "{at}: the keyword `{other}` is not supported (supported: {supported})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a value breaks a (checked) schema, or `None` when it matches.
+pub fn schema_violation(schema: &Value, value: &Value) -> Option<String> {
+    violation_at(schema, value, "$")
+}
+
+fn violation_at(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    let map = match schema {
+        Value::Bool(true) => return None,
+        Value::Bool(false) => return Some(format!("{at}: no value is allowed here")),
+        Value::Object(map) => map,
+        _ => return None,
+    };
+    if let Some(types) = map.get("type") {
+        let allowed: Vec<&str> = match types {
+            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+            Value::String(t) => vec![t.as_str()],
+            _ => vec![],
+        };
+        if !allowed.iter().any(|t| has_type(value, t)) {
+            return Some(format!(
+                "{at}: expected {}, found {}",
+                allowed.join(" or "),
+                type_name(value)
+            ));
+        }
+    }
+    if let Some(options) = map.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        return Some(format!("{at}: not one of the allowed values"));
+    }
+    if let Some(expected) = map.get("const")
+        && expected != value
+    {
+        return Some(format!("{at}: must equal {expected}"));
+    }
+    match value {
+        Value::Object(object) => {
+            let props = map.get("properties").and_then(Value::as_object);
+            for name in map
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !object.contains_key(name) {
+                    return Some(format!("{at}: missing required property `{name}`"));
+                }
+            }
+            for (name, item) in object {
+                let here = format!("{at}.{name}");
+                match props.and_then(|p| p.get(name)) {
+                    Some(sub) => {
+                        if let Some(v) = violation_at(sub, item, &here) {
+                            return Some(v);
+                        }
+                    }
+                    None => {
+                        if let Some(extra) = map.get("additionalProperties")
+                            && let Some(v) = violation_at(extra, item, &here)
+                        {
+                            return Some(v);
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            let len = items.len() as u64;
+            if map
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|min| len < min)
+            {
+                return Some(format!("{at}: fewer items than allowed"));
+            }
+            if map
+                .get("maxItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|max| len > max)
+            {
+                return Some(format!("{at}: more items than allowed"));
+            }
+            if let Some(sub) = map.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(v) = violation_at(sub, item, &format!("{at}[{i}]")) {
+                        return Some(v);
+                    }
+                }
+            }
+        }
+        Value::String(s) => {
+            let len = s.chars().count() as u64;
+            if map
+                .get("minLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|min| len < min)
+            {
+                return Some(format!("{at}: shorter than allowed"));
+            }
+            if map
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|max| len > max)
+            {
+                return Some(format!("{at}: longer than allowed"));
+            }
+        }
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            let bound = |k: &str| map.get(k).and_then(Value::as_f64);
+            if bound("minimum").is_some_and(|m| x < m)
+                || bound("maximum").is_some_and(|m| x > m)
+                || bound("exclusiveMinimum").is_some_and(|m| x <= m)
+                || bound("exclusiveMaximum").is_some_and(|m| x >= m)
+            {
+                return Some(format!("{at}: {x} is out of range"));
+            }
+        }
+        _ => {}
+    }
+    if let Some(all) = map.get("allOf").and_then(Value::as_array) {
+        for sub in all {
+            if let Some(v) = violation_at(sub, value, at) {
+                return Some(v);
+            }
+        }
+    }
+    if let Some(any) = map.get("anyOf").and_then(Value::as_array)
+        && !any.iter().any(|sub| violation_at(sub, value, at).is_none())
+    {
+        return Some(format!("{at}: matches none of anyOf"));
+    }
+    if let Some(one) = map.get("oneOf").and_then(Value::as_array) {
+        let matching = one
+            .iter()
+            .filter(|sub| violation_at(sub, value, at).is_none())
+            .count();
+        if matching != 1 {
+            return Some(format!(
+                "{at}: matches {matching} of oneOf, not exactly one"
+            ));
+        }
+    }
+    if let Some(not) = map.get("not")
+        && violation_at(not, value, at).is_none()
+    {
+        return Some(format!("{at}: matches a schema it must not match"));
+    }
+    None
+}
+
+fn has_type(value: &Value, name: &str) -> bool {
+    match name {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        "number" => value.is_number(),
+        "integer" => value.as_f64().is_some_and(|x| x.fract() == 0.0),
+        _ => false,
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "required": ["name", "level"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "level": {"type": "integer", "minimum": 1, "maximum": 20},
+                "class": {"enum": ["bard", "rogue"]},
+                "traits": {"type": "array", "items": {"type": "string"}, "maxItems": 3}
+            },
+            "additionalProperties": false
+        })
+    }
+
+    #[test]
+    fn schemas_are_checked_for_supported_keywords() {
+        assert!(check_schema(&schema()).is_ok());
+        let err = check_schema(&json!({"type": "object", "properties": {"a": {"$ref": "#/x"}}}))
+            .unwrap_err();
+        assert!(
+            err.contains("#/properties/a") && err.contains("$ref"),
+            "{err}"
+        );
+        assert!(check_schema(&json!({"type": "thing"})).is_err());
+        assert!(check_schema(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn values_are_validated_against_schemas() {
+        let s = schema();
+        assert_eq!(
+            schema_violation(&s, &json!({"name": "Vex", "level": 3, "traits": ["sly"]})),
+            None
+        );
+        assert!(
+            schema_violation(&s, &json!({"name": "Vex"}))
+                .unwrap()
+                .contains("level")
+        );
+        assert!(
+            schema_violation(&s, &json!({"name": "Vex", "level": 30}))
+                .unwrap()
+                .contains("out of range")
+        );
+        assert!(
+            schema_violation(&s, &json!({"name": "Vex", "level": 2.5}))
+                .unwrap()
+                .contains("integer")
+        );
+        assert!(
+            schema_violation(&s, &json!({"name": "Vex", "level": 2, "class": "monk"})).is_some()
+        );
+        assert!(schema_violation(&s, &json!({"name": "Vex", "level": 2, "hp": 9})).is_some());
+        assert!(
+            schema_violation(
+                &s,
+                &json!({"name": "Vex", "level": 2, "traits": ["a", "b", "c", "d"]})
+            )
+            .is_some()
+        );
+        let any = json!({"anyOf": [{"type": "string"}, {"type": "integer"}]});
+        assert_eq!(schema_violation(&any, &json!(4)), None);
+        assert!(schema_violation(&any, &json!(true)).is_some());
+    }
+}

@@ -1,0 +1,80 @@
+//! Settings of the worker binary: the common ones (`llm_shared::config::CommonConfig`) plus
+//! the job loop's own, loaded once at start from flags and environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use llm_shared::config::CommonConfig;
+
+/// Settings of the worker binary.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// Jobs this process runs at once. A job is mostly waiting (on its provider, and on the
+    /// database's fetch, claim, completion and acknowledgement, each a batched round trip), so
+    /// under load a worker's throughput is this divided by a job's cycle time: with 32 its jobs
+    /// queued behind it while the cores were a quarter idle.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Threads of this process's runtime. With one (the default), every task runs on the main
+    /// thread: a worker mostly waits on the network, and tasks handing work to each other
+    /// across threads (job, batch writer, connection) cost it a third or more of its CPU per
+    /// job in wake-ups and context switches. More cores are used by more processes, or by
+    /// raising this.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
+    pub threads: usize,
+
+    /// Unique worker name; defaults to host, pid and a random suffix (a reused name would keep
+    /// a dead process's jobs locked).
+    #[arg(long, env = "WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Seconds between queue heartbeats; a worker silent for three of them is presumed dead and
+    /// its jobs go back to the queue.
+    #[arg(long, env = "WORKER_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+
+    /// Seconds a claim on a request lasts without renewal (renewed every third of it).
+    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 15)]
+    pub lease_secs: u64,
+
+    /// Fallback poll interval in milliseconds, for jobs no notification announced (retries,
+    /// scheduled jobs, notifications lost while reconnecting).
+    #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+
+    /// Upper bound on one provider call, in seconds.
+    #[arg(long, env = "PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
+    pub provider_timeout_secs: u64,
+
+    /// Seconds in-flight jobs get to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Hours a finished request's queue job is kept before retention deletes it (the request
+    /// row itself is kept).
+    #[arg(long, env = "JOB_RETENTION_HOURS", default_value_t = 72)]
+    pub job_retention_hours: u64,
+
+    /// Address of this worker's Prometheus endpoint (`GET /metrics`); port 0 picks a free one.
+    /// If it cannot be bound, the worker runs on without it (a warning is logged).
+    #[arg(long, env = "WORKER_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
+    pub metrics_listen: SocketAddr,
+
+    /// Lets the mock provider's `crash` behaviour abort this process (chaos tests only).
+    #[arg(long, env = "MOCK_ALLOW_CRASH", default_value_t = false)]
+    pub mock_allow_crash: bool,
+}
+
+impl WorkerConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(3))
+    }
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}

@@ -1,0 +1,398 @@
+//! Runs one claimed request along its model's fallback chain: for each model, up to
+//! `attempts_per_model` provider calls with exponential backoff and jitter (`backon`),
+//! honouring `Retry-After`; a wait longer than `reschedule_after_secs` hands the request back
+//! to the queue instead of holding a worker slot. Every provider call is one row of the
+//! attempt history. Providers whose circuit is open are skipped.
+//!
+//! What ends the request is the caller's to write (`worker`), in one statement with the
+//! request row; failed calls are recorded here as they happen.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::PgPool;
+
+use crate::circuit::CircuitBreakers;
+use llm_shared::metrics::Metrics;
+use uuid::Uuid;
+
+use crate::providers::{
+    DeltaSink, GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider,
+    Provider, ProviderClient, ProviderError, collect_stream_into,
+};
+use crate::validation::validate_output;
+use llm_shared::models::{Capability, LiveRegistry, ModelRegistry, ModelSpec, ProviderKind};
+use llm_shared::requests::{self, AttemptFailure, ClaimedRequest};
+use llm_shared::stream_relay::{RelayKind, StreamRelay};
+
+type Clients = HashMap<ProviderKind, ProviderClient>;
+
+fn build_clients(registry: &ModelRegistry, mock: &MockProvider) -> Clients {
+    [
+        ProviderKind::Mock,
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Ollama,
+    ]
+    .into_iter()
+    .filter_map(|kind| ProviderClient::new(kind, registry, mock).map(|c| (kind, c)))
+    .collect()
+}
+
+/// How a run of a request ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Completed {
+        output: GenerationOutput,
+        provider: &'static str,
+        /// The registry id of the model that answered (the requested one or a fallback).
+        served_model: String,
+        cost_usd: f64,
+        attempt: i32,
+        latency: Duration,
+    },
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Hand the request back to the queue, to run again after `delay` from `fallback_index`.
+    Reschedule {
+        delay: Duration,
+        fallback_index: i32,
+        code: &'static str,
+        message: String,
+    },
+}
+
+pub struct Executor {
+    /// The registry in use; a reload is picked up by the next request.
+    pub models: LiveRegistry,
+    /// Where streamed requests' tokens go; `None` when streaming is not wired (tests, tools).
+    pub relay: Option<StreamRelay>,
+    mock: MockProvider,
+    /// The provider clients of the registry they were built from.
+    clients: Mutex<(Arc<ModelRegistry>, Clients)>,
+    pub circuits: CircuitBreakers,
+    /// Upper bound on any one provider call.
+    call_timeout: Duration,
+    /// Provider calls, retries and fallbacks are counted here.
+    metrics: Arc<Metrics>,
+}
+
+impl Executor {
+    pub fn new(
+        models: LiveRegistry,
+        mock: MockProvider,
+        call_timeout: Duration,
+        relay: Option<StreamRelay>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let registry = models.current();
+        let clients = build_clients(&registry, &mock);
+        Self {
+            circuits: CircuitBreakers::new(registry.circuit),
+            models,
+            relay,
+            mock,
+            clients: Mutex::new((registry, clients)),
+            call_timeout,
+            metrics,
+        }
+    }
+
+    /// The registry in use and its clients (rebuilt once after a reload).
+    fn snapshot(&self) -> (Arc<ModelRegistry>, Clients) {
+        let current = self.models.current();
+        let Ok(mut cached) = self.clients.lock() else {
+            let clients = build_clients(&current, &self.mock);
+            return (current, clients);
+        };
+        if !Arc::ptr_eq(&cached.0, &current) {
+            *cached = (current.clone(), build_clients(&current, &self.mock));
+        }
+        (cached.0.clone(), cached.1.clone())
+    }
+
+    /// Time limits of a streamed call: for the first event, and between two events.
+    fn stream_limits(&self, registry: &ModelRegistry, model: &ModelSpec) -> (Duration, Duration) {
+        match registry.upstreams.get(model.provider) {
+            Some(upstream) => (upstream.timeouts.first_token(), upstream.timeouts.idle()),
+            None => (self.call_timeout, self.call_timeout),
+        }
+    }
+
+    fn timeout_for(&self, registry: &ModelRegistry, model: &ModelSpec) -> Duration {
+        match registry.upstreams.get(model.provider) {
+            Some(upstream) => upstream.timeouts.request().min(self.call_timeout),
+            None => self.call_timeout,
+        }
+    }
+
+    pub async fn execute(
+        &self,
+        pool: &PgPool,
+        claimed: &ClaimedRequest,
+        worker: &str,
+    ) -> Result<Outcome, sqlx::Error> {
+        let params: GenerationParams =
+            serde_json::from_value(claimed.parameters.clone()).unwrap_or_default();
+        let mock: Option<MockBehaviour> = claimed
+            .metadata
+            .get("mock")
+            .and_then(|m| serde_json::from_value(m.clone()).ok());
+        let (registry, clients) = self.snapshot();
+        let policy = registry.retry;
+        let chain = registry.chain(&claimed.model);
+        let start = usize::try_from(claimed.fallback_index).unwrap_or(0);
+        let mut first_attempt = Some(claimed.first_attempt);
+        let mut notes: Vec<String> = Vec::new();
+        let mut reopen_in: Option<Duration> = None;
+        let mut called = false;
+        let mut relay = match (&self.relay, claimed.stream) {
+            (Some(relay), true) => Some(RelaySink::start(relay, claimed.id).await),
+            _ => None,
+        };
+        let mut last_kind: Option<&'static str> = None;
+
+        for (index, model) in chain.iter().enumerate().skip(start) {
+            if let Some(reason) = registry.unavailable_reason(model) {
+                notes.push(format!("{}: unavailable ({reason})", model.id));
+                continue;
+            }
+            let Some(client) = clients.get(&model.provider) else {
+                notes.push(format!(
+                    "{}: no client for provider {}",
+                    model.id,
+                    model.provider.as_str()
+                ));
+                continue;
+            };
+            let mut delays = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(policy.base_delay_ms))
+                .with_max_delay(Duration::from_millis(policy.max_delay_ms))
+                .with_jitter()
+                .without_max_times()
+                .build();
+            for try_no in 1..=policy.attempts_per_model.max(1) {
+                if let Err(wait) = self.circuits.admit(model.provider) {
+                    notes.push(format!(
+                        "{}: skipped, {} circuit open",
+                        model.id,
+                        model.provider.as_str()
+                    ));
+                    reopen_in = Some(reopen_in.map_or(wait, |w| w.min(wait)));
+                    break;
+                }
+                called = true;
+                let attempt = match first_attempt.take() {
+                    Some(a) => a,
+                    None => {
+                        requests::start_attempt(pool, claimed.id, claimed.attempts, worker).await?
+                    }
+                };
+                let input = GenerationInput {
+                    prompt: claimed.prompt.clone(),
+                    params: params.clone(),
+                    upstream_model: model.upstream.clone(),
+                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                    mock: mock.clone(),
+                };
+                let started = Instant::now();
+                let limit = self.timeout_for(&registry, model);
+                let (first_token, idle) = self.stream_limits(&registry, model);
+                let call = async {
+                    match relay.as_mut() {
+                        Some(sink) if model.supports(Capability::Streaming) => {
+                            sink.begin_attempt(format!("attempt {attempt} on {}", model.id));
+                            let stream = client.stream(&input).await?;
+                            collect_stream_into(
+                                stream,
+                                sink,
+                                &model.upstream,
+                                &input.prompt,
+                                first_token,
+                                idle,
+                            )
+                            .await
+                        }
+                        _ => client.generate(&input).await,
+                    }
+                };
+                let result = match tokio::time::timeout(limit, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ProviderError::Timeout(limit)),
+                }
+                .and_then(|output| {
+                    validate_output(&output, &params)
+                        .map(|text| GenerationOutput { text, ..output })
+                });
+                let latency = started.elapsed();
+                let outcome = match &result {
+                    Ok(_) => "success",
+                    Err(err) => err.kind(),
+                };
+                self.metrics
+                    .provider_call(client.name(), &model.id, outcome, latency);
+
+                let err = match result {
+                    Ok(output) => {
+                        self.circuits.record(model.provider, true);
+                        return Ok(Outcome::Completed {
+                            cost_usd: model
+                                .cost_usd(output.prompt_tokens, output.completion_tokens),
+                            output,
+                            provider: client.name(),
+                            served_model: model.id.clone(),
+                            attempt,
+                            latency,
+                        });
+                    }
+                    Err(err) => err,
+                };
+                if matches!(
+                    err,
+                    ProviderError::Transient { .. }
+                        | ProviderError::Timeout(_)
+                        | ProviderError::Unavailable { .. }
+                ) {
+                    self.circuits.record(model.provider, false);
+                } else {
+                    self.circuits.settle(model.provider);
+                }
+                let message = err.to_string();
+                let failure = AttemptFailure {
+                    kind: err.kind(),
+                    http_status: err.http_status(),
+                    message: &message,
+                    latency,
+                    provider: Some(client.name()),
+                    upstream_model: Some(&model.upstream),
+                };
+                requests::fail_attempt(pool, claimed.id, attempt, &failure).await?;
+                tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, error.kind = err.kind(), error = %err, "provider call failed");
+
+                if !err.falls_back() {
+                    return Ok(Outcome::Failed {
+                        code: err.kind(),
+                        message: err.to_string(),
+                    });
+                }
+                if err.is_retryable() && try_no < policy.attempts_per_model {
+                    let delay = err
+                        .retry_after()
+                        .unwrap_or_else(|| delays.next().unwrap_or_default());
+                    self.metrics
+                        .retries
+                        .with_label_values(&[client.name(), model.id.as_str()])
+                        .inc();
+                    if delay > policy.reschedule_after() {
+                        return Ok(Outcome::Reschedule {
+                            delay,
+                            fallback_index: i32::try_from(index).unwrap_or(0),
+                            code: err.kind(),
+                            message: err.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                notes.push(format!("{}: {err}", model.id));
+                last_kind = Some(err.kind());
+                if index + 1 < chain.len() {
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[model.id.as_str()])
+                        .inc();
+                }
+                break;
+            }
+        }
+
+        if !called && let Some(wait) = reopen_in {
+            return Ok(Outcome::Reschedule {
+                delay: wait,
+                fallback_index: claimed.fallback_index,
+                code: "circuit_open",
+                message: notes.join("; "),
+            });
+        }
+        let message = if notes.is_empty() {
+            format!("model `{}` has no usable provider", claimed.model)
+        } else {
+            format!(
+                "every model of the fallback chain failed: {}",
+                notes.join("; ")
+            )
+        };
+        let code = match last_kind {
+            Some(kind) if chain.len() - start <= 1 => kind,
+            _ if chain.len() - start > 1 => "fallback_exhausted",
+            _ => "provider_unavailable",
+        };
+        Ok(Outcome::Failed { code, message })
+    }
+}
+
+/// Relays a streamed request's tokens. Tokens of an earlier attempt (or an earlier run, by a
+/// worker that died) are followed by a `restart` before the next attempt's first token, so the
+/// tokens since the last restart are always the current attempt's output. Relay failures never
+/// fail the generation: the api falls back to the stored result.
+struct RelaySink<'a> {
+    relay: &'a StreamRelay,
+    id: Uuid,
+    /// Tokens were relayed since the last restart.
+    dirty: bool,
+    restart_reason: Option<String>,
+    broken: bool,
+}
+
+impl<'a> RelaySink<'a> {
+    async fn start(relay: &'a StreamRelay, id: Uuid) -> Self {
+        let (dirty, broken) = match relay.has_events(id).await {
+            Ok(any) => (any, false),
+            Err(err) => {
+                tracing::warn!(request.id = %id, error = %err, "stream relay unavailable; tokens will not be relayed");
+                (false, true)
+            }
+        };
+        Self {
+            relay,
+            id,
+            dirty,
+            restart_reason: None,
+            broken,
+        }
+    }
+
+    fn begin_attempt(&mut self, reason: String) {
+        self.restart_reason = Some(reason);
+    }
+
+    async fn publish(&mut self, kind: RelayKind) {
+        if let Err(err) = self.relay.publish(self.id, &kind).await {
+            tracing::warn!(request.id = %self.id, error = %err, "stream relay failed; tokens will not be relayed");
+            self.broken = true;
+        }
+    }
+}
+
+impl DeltaSink for RelaySink<'_> {
+    async fn delta(&mut self, text: &str) {
+        if self.broken {
+            return;
+        }
+        if let Some(reason) = self.restart_reason.take()
+            && self.dirty
+        {
+            self.publish(RelayKind::Restart { reason }).await;
+            self.dirty = false;
+        }
+        self.publish(RelayKind::Token {
+            text: text.to_owned(),
+        })
+        .await;
+        self.dirty = true;
+    }
+}

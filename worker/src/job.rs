@@ -1,0 +1,232 @@
+//! One job: claims its request from the queue, runs it along its fallback chain, records the
+//! outcome.
+//!
+//! Every job is safe to run more than once. The request row is claimed (pending → running, or
+//! running with an expired lease → running) before the provider is called, and every final
+//! write is guarded by that claim, so a second delivery of a job can neither run a request
+//! that is running elsewhere nor finish one twice. A claim is a lease that this process
+//! renews while it runs the request: when the process dies, the lease runs out and the next
+//! delivery of the job (apalis re-queues a dead worker's jobs) claims it again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data};
+use chrono::Utc;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::state::WorkerState;
+
+use crate::execution::Outcome;
+use llm_shared::queue::GenerationJob;
+use llm_shared::requests::{self, Claim, ClaimedRequest};
+
+/// Marks a request as running in this process for as long as it lives.
+struct RunningGuard<'a> {
+    state: &'a WorkerState,
+    id: Uuid,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn new(state: &'a WorkerState, id: Uuid) -> Self {
+        if let Ok(mut set) = state.running.lock() {
+            set.insert(id);
+        }
+        Self { state, id }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.state.running.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+/// The apalis job handler. `Ok` means "nothing left for this delivery to do"; an `Err` (only
+/// for database failures) lets apalis deliver the job again.
+pub async fn handle_generation(
+    job: GenerationJob,
+    state: Data<Arc<WorkerState>>,
+) -> Result<(), BoxDynError> {
+    process(&state, job.request_id).await.map_err(Into::into)
+}
+
+/// Runs one delivery of a request's job to its end.
+pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::Error> {
+    // One span per delivery of the job, from the claim on. Once claimed, it carries the run and
+    // the trace id of the api request that submitted it: the worker's logs join the api's.
+    let span = tracing::info_span!(
+        "job",
+        request.id = %request_id,
+        attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    async move {
+        let claimed = match claim_waiting_for_lease(state, request_id).await? {
+            Some(claimed) => claimed,
+            None => return Ok(()),
+        };
+        let span = tracing::Span::current();
+        span.record("attempt", claimed.attempts);
+        if let Some(trace_id) = &claimed.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        run_claimed(state, claimed).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(), sqlx::Error> {
+    let request_id = claimed.id;
+    let _guard = RunningGuard::new(state, request_id);
+    let Some(outcome) = execute_unless_cancelled(state, &claimed).await? else {
+        tracing::info!(request.id = %request_id, "cancelled while running; provider call stopped");
+        requests::close_cancelled_attempts(&state.pool, request_id).await?;
+        let elapsed = since(claimed.created_at);
+        state
+            .metrics
+            .generation_ended(&claimed.model, "none", "cancelled", Some(elapsed));
+        return Ok(());
+    };
+    let held = match &outcome {
+        Outcome::Completed {
+            output,
+            provider,
+            served_model,
+            cost_usd,
+            attempt,
+            latency,
+        } => {
+            let completion = requests::Success {
+                attempt: *attempt,
+                provider,
+                served_model,
+                output,
+                latency: *latency,
+                cost_usd: *cost_usd,
+                cache_ttl: state.cache_ttl(&claimed),
+            };
+            let held = state.complete(&claimed, &completion).await?;
+            if held {
+                tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
+                let metrics = &state.metrics;
+                let elapsed = since(claimed.created_at);
+                metrics.generation_ended(served_model, provider, "completed", Some(elapsed));
+                metrics.usage(
+                    served_model,
+                    output.prompt_tokens,
+                    output.completion_tokens,
+                    *cost_usd,
+                );
+                // Two independent Redis writes: one round trip, not two.
+                tokio::join!(
+                    state.fill_redis_cache(&claimed, &completion),
+                    state.reconcile_tokens(&claimed, output)
+                );
+            }
+            held
+        }
+        Outcome::Failed { code, message } => {
+            tracing::warn!(request.id = %request_id, error.code = code, error = %message, "generation failed");
+            let held = requests::fail(&state.pool, &claimed, &state.name, code, message).await?;
+            if held {
+                let elapsed = since(claimed.created_at);
+                state
+                    .metrics
+                    .generation_ended(&claimed.model, "none", "failed", Some(elapsed));
+            }
+            held
+        }
+        Outcome::Reschedule {
+            delay,
+            fallback_index,
+            code,
+            message,
+        } => {
+            tracing::info!(request.id = %request_id, retry_in_ms = delay.as_millis() as u64, "rescheduled");
+            state
+                .metrics
+                .generation_ended(&claimed.model, "none", "rescheduled", None);
+            requests::release_for_retry(
+                &state.pool,
+                &claimed,
+                &state.name,
+                *delay,
+                *fallback_index,
+                code,
+                message,
+            )
+            .await?
+        }
+    };
+    if !held {
+        tracing::warn!(request.id = %request_id, run = claimed.attempts, "lost the claim while running; outcome discarded");
+    }
+    Ok(())
+}
+
+/// Runs the request, unless it is cancelled meanwhile (then `None`: the provider call is
+/// dropped mid-flight).
+async fn execute_unless_cancelled(
+    state: &WorkerState,
+    claimed: &ClaimedRequest,
+) -> Result<Option<Outcome>, sqlx::Error> {
+    let finished = state.notices.subscribe(claimed.id);
+    let execution = state.executor.execute(&state.pool, claimed, &state.name);
+    tokio::pin!(execution);
+    loop {
+        let notified = finished.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        tokio::select! {
+            outcome = &mut execution => return outcome.map(Some),
+            _ = &mut notified => {
+                let status: Option<requests::Status> =
+                    sqlx::query_scalar("SELECT status FROM generation_requests WHERE id = $1")
+                        .bind(claimed.id)
+                        .fetch_optional(&state.pool)
+                        .await?;
+                if status == Some(requests::Status::Cancelled) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Time since `at` (zero if the clocks disagree).
+fn since(at: chrono::DateTime<Utc>) -> Duration {
+    (Utc::now() - at).to_std().unwrap_or_default()
+}
+
+/// Claims the request; if another worker's lease on it is still valid, waits for it to run out
+/// (a holder that is alive renews it, and will finish the request itself).
+async fn claim_waiting_for_lease(
+    state: &WorkerState,
+    request_id: Uuid,
+) -> Result<Option<ClaimedRequest>, sqlx::Error> {
+    let give_up_at = Instant::now() + state.lease * 2;
+    loop {
+        match state.claim(request_id).await? {
+            Claim::Claimed(claimed) => return Ok(Some(*claimed)),
+            Claim::Finished | Claim::NotFound => return Ok(None),
+            Claim::Exhausted => {
+                tracing::error!(request.id = %request_id, "request failed: attempts exhausted by lost workers");
+                return Ok(None);
+            }
+            Claim::HeldElsewhere { until } => {
+                if Instant::now() >= give_up_at {
+                    tracing::info!(request.id = %request_id, "request is held by a live worker; leaving it to that worker");
+                    return Ok(None);
+                }
+                let wait =
+                    (until - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
+                tokio::time::sleep(wait.min(state.lease)).await;
+            }
+        }
+    }
+}

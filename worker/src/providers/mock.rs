@@ -1,0 +1,314 @@
+//! The built-in `mock` provider: deterministic text derived from the prompt, with latency and
+//! failures controllable per request, so the service runs, is tested and is benchmarked with
+//! no API key and no network. It goes through the same trait and worker path as real providers.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{
+    ChunkStream, GenerationInput, GenerationOutput, MAX_MOCK_LATENCY_MS, MockFailure, Provider,
+    ProviderError, StreamEvent, estimate_tokens,
+};
+
+const DEFAULT_COMPLETION_WORDS: u32 = 24;
+const WORDS: &[&str] = &[
+    "the", "dragon", "ranger", "tavern", "sword", "ancient", "elf", "dwarf", "quest", "shadow",
+    "ember", "rune", "keep", "storm", "wizard", "oath", "silver", "forest", "crypt", "bard",
+    "goblin", "crown", "moon", "river", "paladin", "whisper", "tower", "gold", "mist", "hero",
+    "of", "and",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct MockProvider {
+    allow_crash: bool,
+}
+
+impl MockProvider {
+    pub fn new(allow_crash: bool) -> Self {
+        Self { allow_crash }
+    }
+}
+
+impl Provider for MockProvider {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
+        self.answer(input).await
+    }
+
+    async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
+        let output = self.answer(input).await?;
+        let mut events: Vec<Result<StreamEvent, ProviderError>> = Vec::new();
+        for (i, word) in output.text.split(' ').enumerate() {
+            let piece = if i == 0 {
+                word.to_owned()
+            } else {
+                format!(" {word}")
+            };
+            events.push(Ok(StreamEvent::Delta(piece)));
+        }
+        events.push(Ok(StreamEvent::Finished {
+            finish_reason: output.finish_reason,
+            prompt_tokens: Some(output.prompt_tokens),
+            completion_tokens: Some(output.completion_tokens),
+        }));
+        let delay = Duration::from_millis(
+            input
+                .mock
+                .as_ref()
+                .map_or(0, |m| m.token_delay_ms.min(MAX_MOCK_LATENCY_MS)),
+        );
+        let stream = futures::stream::iter(events);
+        if delay.is_zero() {
+            return Ok(stream.boxed());
+        }
+        Ok(stream
+            .then(move |event| async move {
+                tokio::time::sleep(delay).await;
+                event
+            })
+            .boxed())
+    }
+}
+
+impl MockProvider {
+    /// The whole answer (or the requested failure) after the requested latency.
+    async fn answer(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
+        let behaviour = input.mock.clone().unwrap_or_default();
+        if behaviour.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(
+                behaviour.latency_ms.min(MAX_MOCK_LATENCY_MS),
+            ))
+            .await;
+        }
+        let failing = behaviour.fail_attempts.is_none_or(|n| input.attempt <= n);
+        match behaviour.fail {
+            Some(MockFailure::Transient) if failing => {
+                return Err(ProviderError::Transient {
+                    message: format!("mock transient failure on attempt {}", input.attempt),
+                    http_status: Some(503),
+                    retry_after: None,
+                });
+            }
+            Some(MockFailure::Permanent) if failing => {
+                return Err(ProviderError::Rejected {
+                    message: "mock permanent failure".into(),
+                    http_status: Some(400),
+                });
+            }
+            Some(MockFailure::Crash) if failing => {
+                if self.allow_crash {
+                    tracing::error!(
+                        attempt = input.attempt,
+                        "mock provider crashing the worker on request"
+                    );
+                    std::process::abort();
+                }
+                return Err(ProviderError::Rejected {
+                    message: "mock crash requested but this worker does not allow it".into(),
+                    http_status: None,
+                });
+            }
+            _ => {}
+        }
+        let words = input
+            .params
+            .max_tokens
+            .unwrap_or(DEFAULT_COMPLETION_WORDS)
+            .clamp(1, 4096);
+        // The whole conversation seeds the text: another history, another answer.
+        let conversation = super::wire::conversation(input);
+        let seed: String = match conversation.as_slice() {
+            [only] => only.content.to_owned(),
+            turns => turns
+                .iter()
+                .map(|t| format!("{}: {}\n", t.role, t.content))
+                .collect(),
+        };
+        let prose = deterministic_text(&seed, words);
+        let text = match input.params.json_output() {
+            Some(_) if behaviour.fail == Some(MockFailure::InvalidJson) && failing => {
+                format!("Sure! Here it is: {prose}")
+            }
+            Some(Some(schema)) => instance_of(schema, &prose).to_string(),
+            Some(None) => serde_json::json!({ "text": prose }).to_string(),
+            None => prose,
+        };
+        Ok(GenerationOutput {
+            prompt_tokens: conversation
+                .iter()
+                .fold(0, |n, t| n.saturating_add(estimate_tokens(t.content))),
+            completion_tokens: words,
+            finish_reason: "stop".into(),
+            upstream_model: input.upstream_model.clone(),
+            text,
+        })
+    }
+}
+
+/// A deterministic value that matches `schema` (the subset `validation` supports), built from
+/// the mock's words.
+fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let Some(map) = schema.as_object() else {
+        return json!({});
+    };
+    if let Some(value) = map.get("const") {
+        return value.clone();
+    }
+    if let Some(first) = map
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = map
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|e| e.first())
+        {
+            return instance_of(first, words);
+        }
+    }
+    let kind = match map.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(list)) => list.first().and_then(Value::as_str).unwrap_or("object"),
+        _ if map.contains_key("properties") => "object",
+        _ => "string",
+    };
+    let number = |default: f64| {
+        map.get("minimum")
+            .and_then(Value::as_f64)
+            .or_else(|| map.get("maximum").and_then(Value::as_f64))
+            .unwrap_or(default)
+    };
+    match kind {
+        "object" => {
+            let mut object = serde_json::Map::new();
+            if let Some(props) = map.get("properties").and_then(Value::as_object) {
+                for (name, sub) in props {
+                    object.insert(name.clone(), instance_of(sub, words));
+                }
+            }
+            Value::Object(object)
+        }
+        "array" => {
+            let count = map
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1);
+            let item = map
+                .get("items")
+                .map_or(json!(words), |s| instance_of(s, words));
+            Value::Array(vec![item; count as usize])
+        }
+        "integer" => json!(number(1.0).ceil() as i64),
+        "number" => json!(number(1.0)),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        _ => {
+            let max = map
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX) as usize;
+            let min = map.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let mut text: String = words.chars().take(max).collect();
+            while text.chars().count() < min {
+                text.push('!');
+            }
+            json!(text)
+        }
+    }
+}
+
+/// `words` words chosen by a seeded xorshift over the prompt's FNV-1a hash: same prompt, same
+/// text, on every machine and every run.
+fn deterministic_text(prompt: &str, words: u32) -> String {
+    let mut state = prompt.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    let mut out = String::with_capacity(words as usize * 7);
+    for i in 0..words {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{GenerationParams, MockBehaviour};
+
+    fn input(prompt: &str, attempt: u32, mock: Option<MockBehaviour>) -> GenerationInput {
+        GenerationInput {
+            prompt: prompt.into(),
+            params: GenerationParams {
+                max_tokens: Some(8),
+                ..Default::default()
+            },
+            upstream_model: "mock-1".into(),
+            attempt,
+            mock,
+        }
+    }
+
+    #[tokio::test]
+    async fn output_is_deterministic_and_prompt_dependent() {
+        let p = MockProvider::default();
+        let a = p.generate(&input("a hero", 1, None)).await.unwrap();
+        let b = p.generate(&input("a hero", 1, None)).await.unwrap();
+        let c = p.generate(&input("a villain", 1, None)).await.unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.text, c.text);
+        assert_eq!(a.text.split(' ').count(), 8);
+        assert_eq!(a.completion_tokens, 8);
+    }
+
+    #[tokio::test]
+    async fn failures_follow_the_requested_behaviour() {
+        let p = MockProvider::default();
+        let flaky = MockBehaviour {
+            fail: Some(MockFailure::Transient),
+            fail_attempts: Some(1),
+            ..Default::default()
+        };
+        let err = p
+            .generate(&input("x", 1, Some(flaky.clone())))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable());
+        assert!(p.generate(&input("x", 2, Some(flaky))).await.is_ok());
+        let broken = MockBehaviour {
+            fail: Some(MockFailure::Permanent),
+            ..Default::default()
+        };
+        assert!(
+            !p.generate(&input("x", 9, Some(broken)))
+                .await
+                .unwrap_err()
+                .is_retryable()
+        );
+        let crash = MockBehaviour {
+            fail: Some(MockFailure::Crash),
+            ..Default::default()
+        };
+        assert!(
+            !p.generate(&input("x", 1, Some(crash)))
+                .await
+                .unwrap_err()
+                .is_retryable()
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! OpenAI Chat FinalNotices (`POST {base}/chat/completions`), JSON and SSE streaming
+//! (`data:` chunks ending with `data: [DONE]`, usage in the last chunk through
+//! `stream_options.include_usage`). `Authorization: Bearer <OPENAI_API_KEY>`.
+
+use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::wire;
+use super::{
+    ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, ResponseFormat,
+    StreamEvent, estimate_tokens, normalise_finish_reason,
+};
+use llm_shared::models::UpstreamSettings;
+
+#[derive(Debug, Clone)]
+pub struct OpenAiProvider {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<SecretString>,
+}
+
+impl OpenAiProvider {
+    pub fn new(settings: &UpstreamSettings) -> Self {
+        Self {
+            http: wire::client(&settings.timeouts),
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            api_key: settings.api_key.clone(),
+        }
+    }
+
+    fn request(
+        &self,
+        input: &GenerationInput,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let key = self
+            .api_key
+            .as_ref()
+            .ok_or_else(|| ProviderError::Unavailable {
+                message: "OPENAI_API_KEY is not set".into(),
+                http_status: None,
+            })?;
+        Ok(self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .bearer_auth(key.expose_secret())
+            .json(&ChatRequest::new(input, stream)))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: Vec<wire::ChatMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<Value>,
+}
+
+impl<'a> ChatRequest<'a> {
+    fn new(input: &'a GenerationInput, stream: bool) -> Self {
+        let p = &input.params;
+        let messages = wire::chat_messages(input);
+        Self {
+            model: &input.upstream_model,
+            messages,
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            stop: p.stop.as_deref(),
+            response_format: match &p.response_format {
+                Some(ResponseFormat::JsonObject) => Some(json!({"type": "json_object"})),
+                Some(ResponseFormat::JsonSchema { schema }) => Some(json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": schema},
+                })),
+                Some(ResponseFormat::Text) | None => None,
+            },
+            stream,
+            stream_options: stream.then(|| json!({"include_usage": true})),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatResponse {
+    #[serde(default)]
+    model: Option<String>,
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    message: AssistantMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AssistantMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Usage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: Delta,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+impl ChatResponse {
+    /// The answer in our terms (text, tokens, finish reason), checked.
+    fn into_output(self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
+        let response = self;
+        let choice = response
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| wire::malformed("no choices"))?;
+        if let Some(refusal) = choice.message.refusal {
+            return Err(ProviderError::Rejected {
+                message: format!("refused: {}", wire::shorten(&refusal)),
+                http_status: None,
+            });
+        }
+        let text = choice.message.content.unwrap_or_default();
+        let (prompt_tokens, completion_tokens) = match response.usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens),
+            None => (estimate_tokens(&input.prompt), estimate_tokens(&text)),
+        };
+        Ok(GenerationOutput {
+            finish_reason: normalise_finish_reason(
+                choice.finish_reason.as_deref().unwrap_or("stop"),
+            ),
+            upstream_model: response
+                .model
+                .unwrap_or_else(|| input.upstream_model.clone()),
+            prompt_tokens,
+            completion_tokens,
+            text,
+        })
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
+        let response = wire::send_keyed(self.request(input, false)?, self.api_key.as_ref()).await?;
+        let body: ChatResponse = wire::json_body(response).await?;
+        body.into_output(input)
+    }
+
+    async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
+        let response = wire::send_keyed(self.request(input, true)?, self.api_key.as_ref()).await?;
+        let events = wire::sse_events(response.bytes_stream());
+        // State: the finish reason seen so far; the end comes with `[DONE]`.
+        let stream = events
+            .scan(
+                (None::<String>, None::<Usage>, false),
+                |(finish, usage, done), event| {
+                    if *done {
+                        return futures::future::ready(None);
+                    }
+                    let out: Vec<Result<StreamEvent, ProviderError>> = match event {
+                        Err(e) => {
+                            *done = true;
+                            vec![Err(e)]
+                        }
+                        Ok(event) if event.data == "[DONE]" => {
+                            *done = true;
+                            let usage = usage.take();
+                            vec![Ok(StreamEvent::Finished {
+                                finish_reason: normalise_finish_reason(
+                                    finish.as_deref().unwrap_or("stop"),
+                                ),
+                                prompt_tokens: usage.as_ref().map(|u| u.prompt_tokens),
+                                completion_tokens: usage.as_ref().map(|u| u.completion_tokens),
+                            })]
+                        }
+                        Ok(event) => match serde_json::from_str::<Chunk>(&event.data) {
+                            Err(e) => {
+                                *done = true;
+                                vec![Err(wire::malformed(&e.to_string()))]
+                            }
+                            Ok(chunk) => {
+                                if chunk.usage.is_some() {
+                                    *usage = chunk.usage;
+                                }
+                                let mut out = Vec::new();
+                                for choice in chunk.choices {
+                                    if let Some(refusal) = choice.delta.refusal {
+                                        *done = true;
+                                        out.push(Err(ProviderError::Rejected {
+                                            message: format!(
+                                                "refused: {}",
+                                                wire::shorten(&refusal)
+                                            ),
+                                            http_status: None,
+                                        }));
+                                        break;
+                                    }
+                                    if let Some(text) =
+                                        choice.delta.content.filter(|t| !t.is_empty())
+                                    {
+                                        out.push(Ok(StreamEvent::Delta(text)));
+                                    }
+                                    if choice.finish_reason.is_some() {
+                                        *finish = choice.finish_reason;
+                                    }
+                                }
+                                out
+                            }
+                        },
+                    };
+                    futures::future::ready(Some(futures::stream::iter(out)))
+                },
+            )
+            .flatten();
+        Ok(stream.boxed())
+    }
+}
