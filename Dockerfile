@@ -22,18 +22,19 @@ COPY worker/Cargo.toml worker/
 COPY shared/Cargo.toml shared/
 COPY tests/Cargo.toml tests/
 COPY bench/Cargo.toml bench/
-RUN mkdir -p api/src worker/src shared/src tests/support tests/integration bench/src \
+RUN mkdir -p api/src worker/src shared/src tests/support tests/integration tests/chaos bench/src \
  && echo 'fn main() {}' > api/src/main.rs \
  && echo 'fn main() {}' > worker/src/main.rs \
  && echo 'fn main() {}' > bench/src/main.rs \
- && touch shared/src/lib.rs tests/support/mod.rs tests/integration/main.rs \
+ && echo 'fn main() {}' > tests/chaos/main.rs \
+ && touch shared/src/lib.rs api/src/lib.rs worker/src/lib.rs tests/support/mod.rs tests/integration/main.rs \
  && cargo build --release --locked --bin llm-api --bin llm-worker \
- && rm -rf api/src worker/src shared/src tests/support tests/integration bench/src
+ && rm -rf api/src worker/src shared/src tests/support tests/integration tests/chaos bench/src
 
 # 2) The real sources (see .dockerignore). Touch the crate roots so cargo never mistakes the
 #    stubs' build for an up-to-date one.
 COPY . .
-RUN touch api/src/main.rs worker/src/main.rs shared/src/lib.rs \
+RUN touch api/src/main.rs api/src/lib.rs worker/src/main.rs worker/src/lib.rs shared/src/lib.rs \
  && cargo build --release --locked --bin llm-api --bin llm-worker \
  && install -m 0755 target/release/llm-api target/release/llm-worker /usr/local/bin/
 

@@ -1,7 +1,7 @@
 //! The OpenAPI document against the router, and the offline docs page.
 //!
 //! axum cannot list its routes, so the router's paths are read from the source of the HTTP
-//! layer (every `.route("...")` of `shared/src/http/`), and each path's methods are found by
+//! layer (every `.route("...")` of `api/src/http/`), and each path's methods are found by
 //! asking the live router: a method it routes answers anything but the 404 "no such route"
 //! fallback or a 405. Both must equal the document's (method, path) pairs: a route added
 //! without `#[utoipa::path]` (or documented but not routed) fails here.
@@ -18,7 +18,7 @@ const DOCS_ROUTES: [&str; 1] = ["/openapi.json"];
 
 /// Every path given to `.route(` in the HTTP layer's source.
 fn routed_paths() -> BTreeSet<String> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/src/http");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/src/http");
     let mut paths = BTreeSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -213,7 +213,7 @@ fn respond(reply: Reply) -> std::pin::Pin<Box<dyn Future<Output = Response> + Se
     })
 }
 
-/// Replies in OpenAI's Chat FinalNotices formats.
+/// Replies in OpenAI's Chat Completions formats.
 pub mod openai {
     use super::*;
 

@@ -199,42 +199,9 @@ impl Executor {
                     attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
                     mock: mock.clone(),
                 };
-                let started = Instant::now();
-                let limit = self.timeout_for(&registry, model);
-                let (first_token, idle) = self.stream_limits(&registry, model);
-                let call = async {
-                    match relay.as_mut() {
-                        Some(sink) if model.supports(Capability::Streaming) => {
-                            sink.begin_attempt(format!("attempt {attempt} on {}", model.id));
-                            let stream = client.stream(&input).await?;
-                            collect_stream_into(
-                                stream,
-                                sink,
-                                &model.upstream,
-                                &input.prompt,
-                                first_token,
-                                idle,
-                            )
-                            .await
-                        }
-                        _ => client.generate(&input).await,
-                    }
-                };
-                let result = match tokio::time::timeout(limit, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ProviderError::Timeout(limit)),
-                }
-                .and_then(|output| {
-                    validate_output(&output, &params)
-                        .map(|text| GenerationOutput { text, ..output })
-                });
-                let latency = started.elapsed();
-                let outcome = match &result {
-                    Ok(_) => "success",
-                    Err(err) => err.kind(),
-                };
-                self.metrics
-                    .provider_call(client.name(), &model.id, outcome, latency);
+                let (result, latency) = self
+                    .call(&registry, model, client, &input, relay.as_mut(), attempt)
+                    .await;
 
                 let err = match result {
                     Ok(output) => {
@@ -251,27 +218,8 @@ impl Executor {
                     }
                     Err(err) => err,
                 };
-                if matches!(
-                    err,
-                    ProviderError::Transient { .. }
-                        | ProviderError::Timeout(_)
-                        | ProviderError::Unavailable { .. }
-                ) {
-                    self.circuits.record(model.provider, false);
-                } else {
-                    self.circuits.settle(model.provider);
-                }
-                let message = err.to_string();
-                let failure = AttemptFailure {
-                    kind: err.kind(),
-                    http_status: err.http_status(),
-                    message: &message,
-                    latency,
-                    provider: Some(client.name()),
-                    upstream_model: Some(&model.upstream),
-                };
-                requests::fail_attempt(pool, claimed.id, attempt, &failure).await?;
-                tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, error.kind = err.kind(), error = %err, "provider call failed");
+                self.record_failure(pool, claimed, attempt, model, client, &err, latency)
+                    .await?;
 
                 if !err.falls_back() {
                     return Ok(Outcome::Failed {
@@ -318,21 +266,123 @@ impl Executor {
                 message: notes.join("; "),
             });
         }
-        let message = if notes.is_empty() {
-            format!("model `{}` has no usable provider", claimed.model)
-        } else {
-            format!(
-                "every model of the fallback chain failed: {}",
-                notes.join("; ")
-            )
-        };
-        let code = match last_kind {
-            Some(kind) if chain.len() - start <= 1 => kind,
-            _ if chain.len() - start > 1 => "fallback_exhausted",
-            _ => "provider_unavailable",
-        };
-        Ok(Outcome::Failed { code, message })
+        Ok(exhausted(
+            &claimed.model,
+            &notes,
+            last_kind,
+            chain.len() - start,
+        ))
     }
+
+    /// One provider call within its time limit, streamed through `relay` when the request is
+    /// streamed and the model can, its answer validated; counted in the metrics.
+    async fn call(
+        &self,
+        registry: &ModelRegistry,
+        model: &ModelSpec,
+        client: &ProviderClient,
+        input: &GenerationInput,
+        relay: Option<&mut RelaySink<'_>>,
+        attempt: i32,
+    ) -> (Result<GenerationOutput, ProviderError>, Duration) {
+        let started = Instant::now();
+        let limit = self.timeout_for(registry, model);
+        let (first_token, idle) = self.stream_limits(registry, model);
+        let call = async {
+            match relay {
+                Some(sink) if model.supports(Capability::Streaming) => {
+                    sink.begin_attempt(format!("attempt {attempt} on {}", model.id));
+                    let stream = client.stream(input).await?;
+                    collect_stream_into(
+                        stream,
+                        sink,
+                        &model.upstream,
+                        &input.prompt,
+                        first_token,
+                        idle,
+                    )
+                    .await
+                }
+                _ => client.generate(input).await,
+            }
+        };
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::Timeout(limit)),
+        }
+        .and_then(|output| {
+            validate_output(&output, &input.params).map(|text| GenerationOutput { text, ..output })
+        });
+        let latency = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(err) => err.kind(),
+        };
+        self.metrics
+            .provider_call(client.name(), &model.id, outcome, latency);
+        (result, latency)
+    }
+
+    /// A failed call: its provider's circuit told (availability errors count against it; any
+    /// other answer only ends a half-open probe), its attempt row closed, a warning logged.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_failure(
+        &self,
+        pool: &PgPool,
+        claimed: &ClaimedRequest,
+        attempt: i32,
+        model: &ModelSpec,
+        client: &ProviderClient,
+        err: &ProviderError,
+        latency: Duration,
+    ) -> Result<(), sqlx::Error> {
+        if matches!(
+            err,
+            ProviderError::Transient { .. }
+                | ProviderError::Timeout(_)
+                | ProviderError::Unavailable { .. }
+        ) {
+            self.circuits.record(model.provider, false);
+        } else {
+            self.circuits.settle(model.provider);
+        }
+        let message = err.to_string();
+        let failure = AttemptFailure {
+            kind: err.kind(),
+            http_status: err.http_status(),
+            message: &message,
+            latency,
+            provider: Some(client.name()),
+            upstream_model: Some(&model.upstream),
+        };
+        requests::fail_attempt(pool, claimed.id, attempt, &failure).await?;
+        tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, error.kind = err.kind(), error = %err, "provider call failed");
+        Ok(())
+    }
+}
+
+/// How a request whose chain gave no answer fails: the one model's own error kind, or
+/// `fallback_exhausted` after several, or `provider_unavailable` when nothing could be called.
+fn exhausted(
+    model: &str,
+    notes: &[String],
+    last_kind: Option<&'static str>,
+    tried: usize,
+) -> Outcome {
+    let message = if notes.is_empty() {
+        format!("model `{model}` has no usable provider")
+    } else {
+        format!(
+            "every model of the fallback chain failed: {}",
+            notes.join("; ")
+        )
+    };
+    let code = match last_kind {
+        Some(kind) if tried <= 1 => kind,
+        _ if tried > 1 => "fallback_exhausted",
+        _ => "provider_unavailable",
+    };
+    Outcome::Failed { code, message }
 }
 
 /// Relays a streamed request's tokens. Tokens of an earlier attempt (or an earlier run, by a

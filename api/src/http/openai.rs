@@ -499,7 +499,7 @@ fn content_text(content: Content, index: usize) -> Result<String, OpenAiError> {
     post,
     path = "/v1/chat/completions",
     tag = "openai",
-    summary = "OpenAI Chat FinalNotices (a durable request; JSON or SSE chunks)",
+    summary = "OpenAI Chat Completions (a durable request; JSON or SSE chunks)",
     params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
     request_body = ChatCompletionRequest,
     responses(

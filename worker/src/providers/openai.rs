@@ -1,4 +1,4 @@
-//! OpenAI Chat FinalNotices (`POST {base}/chat/completions`), JSON and SSE streaming
+//! OpenAI Chat Completions (`POST {base}/chat/completions`), JSON and SSE streaming
 //! (`data:` chunks ending with `data: [DONE]`, usage in the last chunk through
 //! `stream_options.include_usage`). `Authorization: Bearer <OPENAI_API_KEY>`.
 
