@@ -1,0 +1,33 @@
+//! The processes a scenario starts: the environment every chaos `llm-api` / `llm-worker` runs
+//! with, and the check that a process the scenario did not kill is still running.
+
+use tokio::process::Child;
+
+use super::report::Tally;
+
+/// Environment of every chaos process: limits far above the load (one user sends it all),
+/// small pools (the shared PostgreSQL serves parallel tests too), and `CHAOS_LOG_LEVEL`
+/// (default `error`) so the table stays readable.
+pub(crate) fn base_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let level = std::env::var("CHAOS_LOG_LEVEL").unwrap_or_else(|_| "error".into());
+    let mut env = vec![
+        ("LOG_LEVEL", level),
+        ("DATABASE_MAX_CONNECTIONS", "10".to_owned()),
+        ("RATE_LIMIT_RPM", "1000000000".to_owned()),
+        ("RATE_LIMIT_TPM", "4000000000".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    env
+}
+
+/// The environment as the process spawners take it.
+pub(crate) fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A problem in `t` when `child` (named `what`) has exited.
+pub(crate) fn still_running(child: &mut Child, what: &str, t: &mut Tally) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        t.problem(format!("{what} exited"));
+    }
+}
