@@ -1,5 +1,5 @@
-//! The api application: its shared state ([`AppState`]) and [`App::build`], the one way to
-//! build it from configuration, used by `main` and by the test harness alike.
+//! The api application: [`App::build`], the one way to build it from configuration (used by
+//! `main` and by the test harness alike), and [`App::run`], which serves it until told to stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,72 +7,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use llm_shared::cache::ResponseCache;
 use llm_shared::config;
 use llm_shared::db;
 use llm_shared::metrics::Metrics;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
 use llm_shared::notices::FinalNotices;
 use llm_shared::prompts::PromptLibrary;
-use llm_shared::ratelimit::RateLimiter;
 use llm_shared::requests::{HIT_ROWS_ON_STOP, Submitter};
 use llm_shared::stream_relay::RelayListener;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
-
-/// Everything handlers share. Cloned for every extractor and middleware that asks for it (several
-/// times per request), so it is one `Arc`: a clone is a reference count, not a copy of every
-/// client, string and map inside (that copying was a tenth of the api's CPU under load).
-#[derive(Clone)]
-pub struct AppState(std::sync::Arc<AppServices>);
-
-impl std::ops::Deref for AppState {
-    type Target = AppServices;
-
-    fn deref(&self) -> &AppServices {
-        &self.0
-    }
-}
-
-impl From<AppServices> for AppState {
-    fn from(services: AppServices) -> Self {
-        Self(std::sync::Arc::new(services))
-    }
-}
-
-/// What [`AppState`] shares: connections, clients, configuration.
-pub struct AppServices {
-    pub pool: PgPool,
-    pub redis: redis::Client,
-    pub relay: RelayListener,
-    pub cache: ResponseCache,
-    /// Stores submits, group-committed (reads `cache` first).
-    pub submitter: Submitter,
-    pub limiter: RateLimiter,
-    pub jwt: JwtKeys,
-    pub models: LiveRegistry,
-    pub prompts: std::sync::Arc<PromptLibrary>,
-    pub notices: FinalNotices,
-    pub limits: ApiLimits,
-    /// This process's metrics, served on `/metrics`.
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when the process starts to stop: requests that wait on a generation (streams,
-    /// long polls) end at once, so that the graceful stop does not wait for them (a stream's
-    /// client resumes elsewhere with `Last-Event-ID`; a poll is asked again).
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ApiLimits {
-    pub max_body_bytes: usize,
-    pub max_wait: Duration,
-    pub job_max_attempts: u32,
-    /// How long a `/v1/...` call waits for its generation (`OPENAI_COMPAT_WAIT_SECS`).
-    pub compat_wait: Duration,
-}
+use crate::jwt::JwtKeys;
+use crate::state::{ApiLimits, AppServices, AppState};
 
 /// The api, built and bound, ready to serve.
 pub struct App {
@@ -178,7 +125,7 @@ impl App {
         let submitter = self.state.submitter.clone();
         // Made a service once: served as a plain `Router`, axum rebuilds its route table for
         // every connection (about 60 KB each, held while the connection lives, e.g. a stream).
-        let app = crate::http::router(self.state).into_make_service();
+        let app = crate::http::router(self.state, crate::openapi::routes()).into_make_service();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;

@@ -9,9 +9,11 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod jwt;
 pub mod metrics;
 pub mod openapi;
 pub mod runtime;
+pub mod state;
 pub mod telemetry;
 
 pub use app::App;

@@ -4,8 +4,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use llm_api::App;
-use llm_api::auth::JwtKeys;
 use llm_api::config::ApiConfig;
+use llm_api::jwt::JwtKeys;
 use llm_shared::config::{self, CommonConfig};
 use llm_shared::{db, telemetry};
 use uuid::Uuid;

@@ -14,9 +14,9 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::app::AppState;
 use crate::error::ErrorBody;
 use crate::http;
+use crate::state::AppState;
 
 /// Path of the OpenAPI document.
 pub const OPENAPI_PATH: &str = "/openapi.json";

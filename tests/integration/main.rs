@@ -13,6 +13,7 @@ mod group_commit;
 mod health;
 mod hub;
 mod indexes;
+mod layers;
 mod metrics;
 mod migrations;
 mod models;

@@ -613,8 +613,8 @@ async fn a_call_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     );
 }
 
-fn test_jwt() -> llm_api::auth::JwtKeys {
-    llm_api::auth::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
+fn test_jwt() -> llm_api::jwt::JwtKeys {
+    llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
 }
 
 /// An admin override: `user` may send one request per minute.

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use llm_api::App;
-use llm_api::auth::JwtKeys;
 use llm_api::config::ApiConfig;
+use llm_api::jwt::JwtKeys;
 use llm_shared::config::CommonConfig;
 use llm_shared::db;
 use llm_shared::models::{LiveRegistry, ModelRegistry};

@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::{JsonBody, QueryParams};
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::admin::{self, Page, Replay, RequestFilter};
 use llm_shared::cache::InvalidateFilter;
 

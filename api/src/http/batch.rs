@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::JsonBody;
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::batches::{self, BatchBody, BatchView, NewBatch};
 
 /// A batch counts as one request against the caller's rate limit; its tokens are not counted

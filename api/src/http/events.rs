@@ -17,10 +17,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::extract::JsonBody;
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::cache::InvalidateFilter;
 use llm_shared::models;
 use llm_shared::requests::{self, GenerateBody, NewRequest};

@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::extract::{JsonBody, QueryParams};
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
 

@@ -19,13 +19,15 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A batch body may be this many times the size of a single request's.
 const BATCH_BODY_FACTOR: usize = 32;
 
-pub fn router(state: AppState) -> Router {
+/// The service's router: every route, with `docs` (the OpenAPI document and its UI, from
+/// the `openapi` module) merged under the same fallbacks and middleware.
+pub fn router(state: AppState, docs: Router<AppState>) -> Router {
     let max_body = state.limits.max_body_bytes;
     let api = Router::new()
         .route("/api/v1/generate", post(generate::submit))
@@ -85,7 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(api)
-        .merge(crate::openapi::routes())
+        .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::extract::JsonBody;
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::models::{self, ModelRegistry, ModelSpec, Requirements};
 use llm_shared::requests::{self, CallStats};
 

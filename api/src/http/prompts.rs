@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::extract::JsonBody;
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::generation::estimate_tokens;
 use llm_shared::prompts::{RenderError, TemplateInfo};
 

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::JsonBody;
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::ratelimit::{Decision, Exceeded, RateState};
 
 /// Counts a submit against the caller's limits; `Err` is the 429 (or 503 in closed mode).

@@ -22,10 +22,10 @@ use uuid::Uuid;
 
 use super::extract::JsonBody;
 use super::generate::{idempotency_key, parse_request_id};
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::ratelimit::RateState;
 use llm_shared::requests::{self, GenerateBody, NewRequest, RequestView, Status};

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::extract::QueryParams;
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
+use crate::state::AppState;
 use llm_shared::usage::{self, GroupBy, UsageReport};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -12,7 +12,7 @@ mod submit;
 
 use std::time::Instant;
 
-use llm_api::auth::JwtKeys;
+use llm_api::jwt::JwtKeys;
 use secrecy::SecretString;
 use uuid::Uuid;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llm_api::auth::JwtKeys;
+use llm_api::jwt::JwtKeys;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::time::Instant;

@@ -30,9 +30,9 @@ use uuid::Uuid;
 use super::extract::JsonBody;
 use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
 use super::stream::{follow_events, submit_subscribed};
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::requests::NewRequest;
 

@@ -6,9 +6,9 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::error::{OpenAiError, OpenAiErrorBody};
-use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::state::AppState;
 use llm_shared::models::ModelRegistry;
 
 #[utoipa::path(
