@@ -136,142 +136,178 @@ impl Executor {
         claimed: &ClaimedRequest,
         worker: &str,
     ) -> Result<Outcome, sqlx::Error> {
-        let params: GenerationParams =
-            serde_json::from_value(claimed.parameters.clone()).unwrap_or_default();
-        let mock: Option<MockBehaviour> = claimed
-            .metadata
-            .get("mock")
-            .and_then(|m| serde_json::from_value(m.clone()).ok());
         let (registry, clients) = self.snapshot();
-        let policy = registry.retry;
         let chain = registry.chain(&claimed.model);
         let start = usize::try_from(claimed.fallback_index).unwrap_or(0);
-        let mut first_attempt = Some(claimed.first_attempt);
-        let mut notes: Vec<String> = Vec::new();
-        let mut reopen_in: Option<Duration> = None;
-        let mut called = false;
-        let mut relay = match (&self.relay, claimed.stream) {
-            (Some(relay), true) => Some(RelaySink::start(relay, claimed.id).await),
-            _ => None,
+        let mut walk = Walk {
+            pool,
+            claimed,
+            worker,
+            params: serde_json::from_value(claimed.parameters.clone()).unwrap_or_default(),
+            mock: claimed
+                .metadata
+                .get("mock")
+                .and_then(|m| serde_json::from_value(m.clone()).ok()),
+            first_attempt: Some(claimed.first_attempt),
+            notes: Vec::new(),
+            reopen_in: None,
+            called: false,
+            relay: match (&self.relay, claimed.stream) {
+                (Some(relay), true) => Some(RelaySink::start(relay, claimed.id).await),
+                _ => None,
+            },
+            last_kind: None,
         };
-        let mut last_kind: Option<&'static str> = None;
 
         for (index, model) in chain.iter().enumerate().skip(start) {
             if let Some(reason) = registry.unavailable_reason(model) {
-                notes.push(format!("{}: unavailable ({reason})", model.id));
+                walk.notes
+                    .push(format!("{}: unavailable ({reason})", model.id));
                 continue;
             }
             let Some(client) = clients.get(&model.provider) else {
-                notes.push(format!(
+                walk.notes.push(format!(
                     "{}: no client for provider {}",
                     model.id,
                     model.provider.as_str()
                 ));
                 continue;
             };
-            let mut delays = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(policy.base_delay_ms))
-                .with_max_delay(Duration::from_millis(policy.max_delay_ms))
-                .with_jitter()
-                .without_max_times()
-                .build();
-            for try_no in 1..=policy.attempts_per_model.max(1) {
-                if let Err(wait) = self.circuits.admit(model.provider) {
-                    notes.push(format!(
-                        "{}: skipped, {} circuit open",
-                        model.id,
-                        model.provider.as_str()
-                    ));
-                    reopen_in = Some(reopen_in.map_or(wait, |w| w.min(wait)));
-                    break;
-                }
-                called = true;
-                let attempt = match first_attempt.take() {
-                    Some(a) => a,
-                    None => {
-                        requests::start_attempt(pool, claimed.id, claimed.attempts, worker).await?
-                    }
-                };
-                let input = GenerationInput {
-                    prompt: claimed.prompt.clone(),
-                    params: params.clone(),
-                    upstream_model: model.upstream.clone(),
-                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-                    mock: mock.clone(),
-                };
-                let (result, latency) = self
-                    .call(&registry, model, client, &input, relay.as_mut(), attempt)
-                    .await;
-
-                let err = match result {
-                    Ok(output) => {
-                        self.circuits.record(model.provider, true);
-                        return Ok(Outcome::Completed {
-                            cost_usd: model
-                                .cost_usd(output.prompt_tokens, output.completion_tokens),
-                            output,
-                            provider: client.name(),
-                            served_model: model.id.clone(),
-                            attempt,
-                            latency,
-                        });
-                    }
-                    Err(err) => err,
-                };
-                self.record_failure(pool, claimed, attempt, model, client, &err, latency)
-                    .await?;
-
-                if !err.falls_back() {
-                    return Ok(Outcome::Failed {
-                        code: err.kind(),
-                        message: err.to_string(),
-                    });
-                }
-                if err.is_retryable() && try_no < policy.attempts_per_model {
-                    let delay = err
-                        .retry_after()
-                        .unwrap_or_else(|| delays.next().unwrap_or_default());
-                    self.metrics
-                        .retries
-                        .with_label_values(&[client.name(), model.id.as_str()])
-                        .inc();
-                    if delay > policy.reschedule_after() {
-                        return Ok(Outcome::Reschedule {
-                            delay,
-                            fallback_index: i32::try_from(index).unwrap_or(0),
-                            code: err.kind(),
-                            message: err.to_string(),
-                        });
-                    }
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-                notes.push(format!("{}: {err}", model.id));
-                last_kind = Some(err.kind());
-                if index + 1 < chain.len() {
-                    self.metrics
-                        .fallbacks
-                        .with_label_values(&[model.id.as_str()])
-                        .inc();
-                }
-                break;
+            let last = index + 1 == chain.len();
+            if let Some(outcome) = self
+                .try_model(&mut walk, &registry, index, model, client, last)
+                .await?
+            {
+                return Ok(outcome);
             }
         }
 
-        if !called && let Some(wait) = reopen_in {
+        if !walk.called
+            && let Some(wait) = walk.reopen_in
+        {
             return Ok(Outcome::Reschedule {
                 delay: wait,
                 fallback_index: claimed.fallback_index,
                 code: "circuit_open",
-                message: notes.join("; "),
+                message: walk.notes.join("; "),
             });
         }
         Ok(exhausted(
             &claimed.model,
-            &notes,
-            last_kind,
+            &walk.notes,
+            walk.last_kind,
             chain.len() - start,
         ))
+    }
+
+    /// Up to `attempts_per_model` calls of one model of the chain, with backoff between them.
+    /// `Some` ends the request's run (completed, failed for good, or rescheduled); `None` moves
+    /// on to the next model (its circuit is open, or its errors fall back).
+    async fn try_model(
+        &self,
+        walk: &mut Walk<'_>,
+        registry: &ModelRegistry,
+        index: usize,
+        model: &ModelSpec,
+        client: &ProviderClient,
+        last: bool,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
+        let policy = registry.retry;
+        let (pool, claimed) = (walk.pool, walk.claimed);
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(policy.base_delay_ms))
+            .with_max_delay(Duration::from_millis(policy.max_delay_ms))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        for try_no in 1..=policy.attempts_per_model.max(1) {
+            if let Err(wait) = self.circuits.admit(model.provider) {
+                walk.notes.push(format!(
+                    "{}: skipped, {} circuit open",
+                    model.id,
+                    model.provider.as_str()
+                ));
+                walk.reopen_in = Some(walk.reopen_in.map_or(wait, |w| w.min(wait)));
+                return Ok(None);
+            }
+            walk.called = true;
+            let attempt = match walk.first_attempt.take() {
+                Some(a) => a,
+                None => {
+                    requests::start_attempt(pool, claimed.id, claimed.attempts, walk.worker).await?
+                }
+            };
+            let input = GenerationInput {
+                prompt: claimed.prompt.clone(),
+                params: walk.params.clone(),
+                upstream_model: model.upstream.clone(),
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                mock: walk.mock.clone(),
+            };
+            let (result, latency) = self
+                .call(
+                    registry,
+                    model,
+                    client,
+                    &input,
+                    walk.relay.as_mut(),
+                    attempt,
+                )
+                .await;
+
+            let err = match result {
+                Ok(output) => {
+                    self.circuits.record(model.provider, true);
+                    return Ok(Some(Outcome::Completed {
+                        cost_usd: model.cost_usd(output.prompt_tokens, output.completion_tokens),
+                        output,
+                        provider: client.name(),
+                        served_model: model.id.clone(),
+                        attempt,
+                        latency,
+                    }));
+                }
+                Err(err) => err,
+            };
+            self.record_failure(pool, claimed, attempt, model, client, &err, latency)
+                .await?;
+
+            if !err.falls_back() {
+                return Ok(Some(Outcome::Failed {
+                    code: err.kind(),
+                    message: err.to_string(),
+                }));
+            }
+            if err.is_retryable() && try_no < policy.attempts_per_model {
+                let delay = err
+                    .retry_after()
+                    .unwrap_or_else(|| delays.next().unwrap_or_default());
+                self.metrics
+                    .retries
+                    .with_label_values(&[client.name(), model.id.as_str()])
+                    .inc();
+                if delay > policy.reschedule_after() {
+                    return Ok(Some(Outcome::Reschedule {
+                        delay,
+                        fallback_index: i32::try_from(index).unwrap_or(0),
+                        code: err.kind(),
+                        message: err.to_string(),
+                    }));
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            walk.notes.push(format!("{}: {err}", model.id));
+            walk.last_kind = Some(err.kind());
+            if !last {
+                self.metrics
+                    .fallbacks
+                    .with_label_values(&[model.id.as_str()])
+                    .inc();
+            }
+            return Ok(None);
+        }
+        Ok(None)
     }
 
     /// One provider call within its time limit, streamed through `relay` when the request is
@@ -359,6 +395,26 @@ impl Executor {
         tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, error.kind = err.kind(), error = %err, "provider call failed");
         Ok(())
     }
+}
+
+/// Where a run's walk along the fallback chain stands: what every model's calls share, and
+/// what the walk has learnt so far.
+struct Walk<'a> {
+    pool: &'a PgPool,
+    claimed: &'a ClaimedRequest,
+    worker: &'a str,
+    params: GenerationParams,
+    mock: Option<MockBehaviour>,
+    /// The attempt row the claim opened, used by the run's first call.
+    first_attempt: Option<i32>,
+    /// Why each model gave no answer, for the final error.
+    notes: Vec<String>,
+    /// The soonest an open circuit that was skipped lets calls through again.
+    reopen_in: Option<Duration>,
+    /// Whether any provider was called.
+    called: bool,
+    relay: Option<RelaySink<'a>>,
+    last_kind: Option<&'static str>,
 }
 
 /// How a request whose chain gave no answer fails: the one model's own error kind, or

@@ -1,7 +1,7 @@
 //! The message hub (HTTP, `MESSAGE_HUB_URL`): delivery of the outbox.
 //!
 //! Events are written to `outbox_events` in the transaction of the state change they report;
-//! every worker runs a relay that POSTs them to `{MESSAGE_HUB_URL}/events` in a JSON envelope
+//! every worker runs a delivery loop that POSTs them to `{MESSAGE_HUB_URL}/events` in a JSON envelope
 //! (`id`, `type`, `time`, `source`, `data`). Delivery is at least once (a worker that dies
 //! mid-delivery leaves the event undelivered, and it is sent again; receivers drop duplicates by
 //! `id`), in order per request (an event waits while an earlier one of its request is
@@ -99,7 +99,7 @@ impl HubClient {
     }
 }
 
-/// Where a relay's walk through the backlog stands between rounds. A round reads the first
+/// Where a delivery loop's walk through the backlog stands between rounds. A round reads the first
 /// [`WINDOW`] undelivered events after `after_seq`; while windows come back full, the next
 /// round reads on from there, carrying the requests that an undelivered event before the
 /// cursor holds back (so a front of events waiting out their backoff never stalls the rest).
@@ -144,7 +144,55 @@ pub async fn deliver_due(
     let more = window.len() as i64 == WINDOW;
     let last_seq = window.last().map_or(scan.after_seq, |e| e.seq);
 
-    // Each request's events in `seq` order, up to the first that may not go now.
+    let mut chains = chains_of(window, scan);
+    if chains.is_empty() {
+        scan.advance(more, last_seq);
+        return Ok(Round { delivered: 0, more });
+    }
+
+    let mut tx = pool.begin().await?;
+    // Locked for this round: another worker's delivery skips them (and we skip what it holds).
+    let wanted: Vec<i64> = chains.iter().flatten().map(|e| e.seq).collect();
+    let locked: HashSet<i64> = sqlx::query_scalar(
+        "SELECT seq FROM outbox_events WHERE seq = ANY($1) AND delivered_at IS NULL
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&wanted)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    for chain in &mut chains {
+        // An event another worker's delivery holds (or has just delivered) ends its request's chain.
+        if let Some(cut) = chain.iter().position(|e| !locked.contains(&e.seq)) {
+            if let Some(request) = chain[cut].request_id {
+                scan.held_back.insert(request);
+            }
+            chain.truncate(cut);
+        }
+    }
+
+    let outcomes: Vec<(i64, Option<Failure>)> =
+        futures::stream::iter(chains.into_iter().map(|chain| post_chain(hub, chain)))
+            .buffer_unordered(IN_FLIGHT)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+
+    let delivered = record_outcomes(&mut tx, &outcomes).await?;
+    tx.commit().await?;
+    for (_, failure) in &outcomes {
+        if let Some(request) = failure.as_ref().and_then(|f| f.request) {
+            scan.held_back.insert(request);
+        }
+    }
+    scan.advance(more, last_seq);
+    Ok(Round { delivered, more })
+}
+
+/// Each request's events of `window` in `seq` order, up to the first that may not go now (not
+/// due, or its request held back); events of no request stand alone.
+fn chains_of(window: Vec<Pending>, scan: &mut Scan) -> Vec<Vec<Pending>> {
     let mut chains: Vec<Vec<Pending>> = Vec::new();
     let mut chain_of: HashMap<Uuid, usize> = HashMap::new();
     for event in window {
@@ -164,40 +212,15 @@ pub async fn deliver_due(
             None => {}
         }
     }
-    if chains.is_empty() {
-        scan.advance(more, last_seq);
-        return Ok(Round { delivered: 0, more });
-    }
+    chains
+}
 
-    let mut tx = pool.begin().await?;
-    // Locked for this round: another relay skips them (and we skip what it holds).
-    let wanted: Vec<i64> = chains.iter().flatten().map(|e| e.seq).collect();
-    let locked: HashSet<i64> = sqlx::query_scalar(
-        "SELECT seq FROM outbox_events WHERE seq = ANY($1) AND delivered_at IS NULL
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(&wanted)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    for chain in &mut chains {
-        // An event another relay holds (or has just delivered) ends its request's chain.
-        if let Some(cut) = chain.iter().position(|e| !locked.contains(&e.seq)) {
-            if let Some(request) = chain[cut].request_id {
-                scan.held_back.insert(request);
-            }
-            chain.truncate(cut);
-        }
-    }
-
-    let outcomes: Vec<(i64, Option<Failure>)> =
-        futures::stream::iter(chains.into_iter().map(|chain| post_chain(hub, chain)))
-            .buffer_unordered(IN_FLIGHT)
-            .flat_map(futures::stream::iter)
-            .collect()
-            .await;
-
+/// Writes a round's outcomes: delivered events deleted, failed ones given their next attempt.
+/// Returns how many were delivered.
+async fn record_outcomes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    outcomes: &[(i64, Option<Failure>)],
+) -> Result<usize, sqlx::Error> {
     let delivered: Vec<i64> = outcomes
         .iter()
         .filter(|(_, f)| f.is_none())
@@ -212,7 +235,7 @@ pub async fn deliver_due(
         // copy of the row (see migration 20261205000002).
         sqlx::query("DELETE FROM outbox_events WHERE seq = ANY($1)")
             .bind(&delivered)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     if !failed.is_empty() {
@@ -231,20 +254,10 @@ pub async fn deliver_due(
                 .collect::<Vec<_>>(),
         )
         .bind(failed.iter().map(|(_, f)| f.backoff).collect::<Vec<_>>())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    tx.commit().await?;
-    for (_, failure) in &failed {
-        if let Some(request) = failure.request {
-            scan.held_back.insert(request);
-        }
-    }
-    scan.advance(more, last_seq);
-    Ok(Round {
-        delivered: delivered.len(),
-        more,
-    })
+    Ok(delivered.len())
 }
 
 /// Posts a request's events in order, up to the first that fails (the later ones wait for it).
@@ -292,8 +305,8 @@ impl Scan {
     }
 }
 
-/// The worker's relay: delivers due events until stopped.
-pub async fn relay(pool: PgPool, hub: HubClient, stop: CancellationToken) {
+/// The worker's delivery loop: delivers due events until stopped.
+pub async fn deliver(pool: PgPool, hub: HubClient, stop: CancellationToken) {
     let mut scan = Scan::default();
     loop {
         let pause = match deliver_due(&pool, &hub, &mut scan).await {
@@ -301,7 +314,7 @@ pub async fn relay(pool: PgPool, hub: HubClient, stop: CancellationToken) {
             Ok(round) if round.more || round.delivered > 0 => Duration::ZERO,
             Ok(_) => Duration::from_millis(500),
             Err(err) => {
-                tracing::warn!(error = %err, "hub relay: database error");
+                tracing::warn!(error = %err, "outbox delivery: database error");
                 scan = Scan::default();
                 Duration::from_secs(2)
             }

@@ -62,7 +62,11 @@ pub async fn run(
     let keep = Duration::from_secs(config.job_retention_hours.saturating_mul(3600));
     let retention = tokio::spawn(retain(state.clone(), keep, background.clone()));
     let hub = crate::outbox::HubClient::new(&config.common.message_hub_url);
-    let hub_relay = tokio::spawn(crate::outbox::relay(pool.clone(), hub, background.clone()));
+    let outbox = tokio::spawn(crate::outbox::deliver(
+        pool.clone(),
+        hub,
+        background.clone(),
+    ));
     let metrics_server = match tokio::net::TcpListener::bind(config.metrics_listen).await {
         Ok(listener) => {
             let addr = listener.local_addr().unwrap_or(config.metrics_listen);
@@ -115,7 +119,7 @@ pub async fn run(
     let _ = renewer.await;
     let _ = rescuer.await;
     let _ = retention.await;
-    let _ = hub_relay.await;
+    let _ = outbox.await;
     if let Some(server) = metrics_server {
         let _ = server.await;
     }

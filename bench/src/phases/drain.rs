@@ -78,7 +78,7 @@ pub async fn measure(stack: &Stack<'_>, pool: &PgPool) -> anyhow::Result<Vec<Dra
             children.push(stack.worker(&format!("drain-{workers}-{i}"), &[])?);
         }
         wait_finished(pool, total).await?;
-        // The acknowledgements and the hub relay follow the completing writes.
+        // The acknowledgements and the outbox delivery follow the completing writes.
         wait_settled(pool).await?;
         let run_cost = started.cost(pool, total).await?;
         let (secs,): (f64,) = sqlx::query_as(

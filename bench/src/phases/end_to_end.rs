@@ -136,7 +136,7 @@ async fn collect_end_to_end(
     )
     .fetch_all(pool)
     .await?;
-    // The acknowledgements and the hub relay follow the completing writes: counted too.
+    // The acknowledgements and the outbox delivery follow the completing writes: counted too.
     wait_settled(pool).await?;
     Ok(EndToEndResult {
         workers,
