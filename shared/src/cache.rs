@@ -3,7 +3,7 @@
 //! fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
 //! outage. The worker writes the table in the statement that completes the request, then
 //! Redis; the api reads Redis, and on a miss the statement that stores the request reads the
-//! table ([`LIVE_ENTRY`]) — no extra round trip.
+//! table (`requests/sql/insert_many.sql`) — no extra round trip.
 //!
 //! Per request: `no_cache` skips the read, `no_store` skips the write, `ttl_secs` overrides
 //! `CACHE_TTL`.
@@ -150,7 +150,7 @@ impl ResponseCache {
     }
 
     /// The entry in Redis, the fast copy. A miss (or Redis unreachable) is not the last word:
-    /// the statement that stores the request looks in the table too ([`LIVE_ENTRY`]).
+    /// the statement that stores the request looks in the table too (`requests::insert_many`).
     pub async fn get_fast(&self, key: &str) -> Option<CachedResponse> {
         let mut conn = self.conn.clone();
         match conn.get::<_, Option<String>>(self.redis_key(key)).await {
@@ -230,22 +230,6 @@ pub fn metadata_of(hit: &CachedResponse, template_id: Option<&str>) -> Value {
         "template_id": template_id,
     })
 }
-
-/// The live table entry of the key `lookup_key` (a column of the enclosing query), for a
-/// `LEFT JOIN LATERAL`: the columns of a [`CachedResponse`], read from the row's `metadata` as
-/// [`metadata_of`] writes it. No row when the key is NULL, unknown or expired.
-///
-/// `LIMIT 1` (the key is the primary key: one row at most) keeps the lookup a subquery run per
-/// request by its key: as a join, the planner, seeing a few dozen entries, read every live one
-/// and hashed them, and kept that plan as the cache filled (every entry read per submit).
-pub const LIVE_ENTRY: &str = "SELECT response, metadata->>'provider' AS provider,
-        metadata->>'provider_model' AS provider_model, metadata->>'served_model' AS served_model,
-        (metadata->>'prompt_tokens')::int AS prompt_tokens,
-        (metadata->>'completion_tokens')::int AS completion_tokens,
-        metadata->>'finish_reason' AS finish_reason
-    FROM response_cache
-    WHERE cache_key = lookup_key AND (expires_at IS NULL OR expires_at > NOW())
-    LIMIT 1";
 
 #[cfg(test)]
 mod tests {

@@ -49,7 +49,7 @@ pub async fn push_generation(
 /// The values of a request's job row, for a statement that inserts the request and its job
 /// together (one round trip, atomic without an explicit transaction). The row is the one
 /// apalis-postgres' own sink writes (`queries/task/sink.sql`): job type [`QUEUE`], status
-/// `Pending`, no attempts yet, `run_at` now, an empty `metadata`; see [`INSERT_JOB_COLUMNS`].
+/// `Pending`, no attempts yet, `run_at` now, an empty `metadata` (`requests/sql/insert_many.sql`).
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: String,
@@ -58,12 +58,6 @@ pub struct JobRow {
     pub max_attempts: i32,
     pub priority: i32,
 }
-
-/// The columns a [`JobRow`] fills, in the order of its values:
-/// `(id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)` takes
-/// `(row.id, QUEUE, row.job, 'Pending', 0, row.max_attempts, NOW(), row.priority, ''::hstore)`.
-pub const INSERT_JOB_COLUMNS: &str =
-    "apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)";
 
 impl JobRow {
     pub fn new(request_id: Uuid, max_attempts: i32, priority: usize) -> Result<Self, sqlx::Error> {

@@ -57,54 +57,7 @@ pub fn range(
     Ok((from, to))
 }
 
-/// The usage shard (`usage_daily.shard`, 0–15) that a statement adds to: one per statement
-/// (an uncorrelated subquery, evaluated once), so a batch of requests updates one counter row
-/// per user and model, and two concurrent batches meet on the same row (and wait for each
-/// other's commit) only one time in 16.
-pub const STATEMENT_SHARD: &str = statement_shard!();
-
-// The expression itself, as a macro so that `concat!` can build statements around it.
-macro_rules! statement_shard {
-    () => {
-        "(SELECT floor(random() * 16)::int)"
-    };
-}
-use statement_shard;
-
-// The upsert that counts cache hits, over `$hits`: a SELECT of (`user_id`, `model`, `n`) with
-// one row per counter. Rows of one statement that share a counter are summed first (an upsert
-// may touch a row only once per statement), in key order, so that two statements never
-// deadlock on counters.
-macro_rules! count_cache_hits {
-    ($hits:literal) => {
-        concat!(
-            "INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
-             SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, ",
-            statement_shard!(),
-            ", n, n
-             FROM (",
-            $hits,
-            ") hits
-             ORDER BY user_id, model
-             ON CONFLICT (user_id, day, model, shard) DO UPDATE
-             SET requests = u.requests + EXCLUDED.requests,
-                 cached_requests = u.cached_requests + EXCLUDED.cached_requests"
-        )
-    };
-}
-
-/// Counts requests answered from the cache (no provider tokens, no cost): the body of a
-/// data-modifying CTE of the statement that stores them, over that statement's CTE `inserted`
-/// (`id`, `user_id`, `model`, `cached`), so the rows and their usage are written together.
-pub const CACHE_HITS_FROM_INSERTED: &str = count_cache_hits!(
-    "SELECT user_id, model, COUNT(*) AS n FROM inserted WHERE cached GROUP BY user_id, model"
-);
-
-/// [`CACHE_HITS_FROM_INSERTED`] for a statement that counted its hits beforehand: over its CTE
-/// `hit_counts` (`user_id`, `model`, `n`), one row per user and model.
-pub const CACHE_HITS_FROM_COUNTS: &str =
-    count_cache_hits!("SELECT user_id, model, n FROM hit_counts");
-
+/// `user_id`'s usage from `from` to `to` (inclusive), by day or by model, with its totals.
 pub async fn report(
     pool: &PgPool,
     user_id: Uuid,

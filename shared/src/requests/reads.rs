@@ -1,0 +1,121 @@
+//! Reading requests back: a request as its owner sees it, its attempt history, and the
+//! recent provider calls of each upstream model drawn from that history.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use super::Status;
+
+/// A request as its owner sees it.
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+pub struct RequestView {
+    pub id: Uuid,
+    pub status: Status,
+    pub model: String,
+    pub prompt: String,
+    pub context: Value,
+    pub parameters: Value,
+    pub metadata: Value,
+    pub result: Option<String>,
+    pub provider: Option<String>,
+    pub provider_model: Option<String>,
+    /// The registry model that answered (the requested one, or a fallback).
+    pub served_model: Option<String>,
+    pub tokens_used: Option<i32>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub finish_reason: Option<String>,
+    /// Estimated cost in USD (registry prices; 0 for cache hits).
+    pub cost_usd: Option<f64>,
+    /// Answered from the response cache, without a provider call.
+    pub cached: bool,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One provider call, as shown with the request.
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+pub struct AttemptView {
+    pub attempt: i32,
+    /// Which claim (run) of the request made this call.
+    pub run: Option<i32>,
+    pub worker: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub latency_ms: Option<i32>,
+    pub outcome: String,
+    pub error_kind: Option<String>,
+    pub http_status: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+/// The request if it exists and belongs to `user_id` (another user's request is "not found").
+pub async fn find_for_user(
+    pool: &PgPool,
+    id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<RequestView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, model, prompt, context, parameters, metadata, result, provider,
+                provider_model, served_model, tokens_used, prompt_tokens, completion_tokens,
+                finish_reason, cost_usd, cached, error_code, error_message, attempts, max_attempts,
+                created_at, started_at, completed_at, updated_at
+         FROM generation_requests WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The provider calls made for the request, in order.
+pub async fn attempts_of(pool: &PgPool, id: Uuid) -> Result<Vec<AttemptView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT attempt, run, worker, provider, model, started_at, finished_at, latency_ms, outcome,
+                error_kind, http_status, error_message
+         FROM generation_attempts WHERE request_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Recent provider calls of one upstream model, from the attempt history.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct CallStats {
+    pub provider: String,
+    pub model: String,
+    pub calls: i64,
+    pub failures: i64,
+    pub p50_latency_ms: Option<f64>,
+    /// Whether the latest calls (as many as the circuit threshold) all failed.
+    pub latest_all_failed: bool,
+    pub last_call_at: Option<DateTime<Utc>>,
+}
+
+/// Per (provider, upstream model): calls finished in the last `window`, with their failures
+/// and median latency, and whether the most recent `streak` calls all failed.
+pub async fn recent_call_stats(
+    pool: &PgPool,
+    window: Duration,
+    streak: i64,
+) -> Result<Vec<CallStats>, sqlx::Error> {
+    sqlx::query_as(include_str!("sql/recent_call_stats.sql"))
+        .bind(window.as_secs_f64())
+        .bind(streak)
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,113 @@
+-- Stores a batch of submitted requests in one statement (atomic, one round trip), each row as
+-- its `Insert` says: completed from the cache (the answer it comes with, or the cache table's
+-- live entry), pending as the follower of an identical request in flight, or pending with its
+-- apalis job. Cache hits are counted in `usage_daily`. A row whose Idempotency-Key its user
+-- used before is not stored (ON CONFLICT DO NOTHING): the caller reads the earlier one.
+-- Answers (id, cached) of each row stored.
+--
+-- Parameters, one array per column, one element per request (see `columns.rs`):
+--   $1 id uuid[]                $2 prompt text[]            $3 context jsonb[]
+--   $4 model text[]             $5 user_id uuid[]           $6 metadata jsonb[]
+--   $7 parameters jsonb[]       $8 job_id text[]            $9 max_attempts int4[]
+--   $10 stream bool[]           $11 cache_key text[]        $12 cache_policy jsonb[]
+--   $13 estimated_tokens int4[] $14 trace_id text[]
+--   $15..$21 the answer a fast-copy cache hit comes with (NULL otherwise): result text[],
+--       provider text[], provider_model text[], served_model text[], prompt_tokens int4[],
+--       completion_tokens int4[], finish_reason text[]
+--   $22 idempotency_key text[]
+--   $23 lookup_key text[]       the cache key to look up in the table (NULL: no lookup)
+--   $24 job bytea[]             the job's arguments, as apalis' JSON codec decodes them
+--   $25 job_max_attempts int4[] $26 priority int4[]
+--
+-- The job row is the one apalis-postgres' own sink writes (`queries/task/sink.sql`): job type
+-- `queue::QUEUE` (spelt out below; a unit test checks they agree), status `Pending`, no
+-- attempts yet, `run_at` now, an empty `metadata`.
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
+        $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::bool[], $11::text[], $12::jsonb[],
+        $13::int4[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+        $19::int4[], $20::int4[], $21::text[], $22::text[], $23::text[], $24::bytea[],
+        $25::int4[], $26::int4[]) WITH ORDINALITY
+    AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
+        max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id, result,
+        provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason,
+        idempotency_key, lookup_key, job, job_max_attempts, priority, ord)
+), answered AS (
+    -- the answer a request comes with (a fast-copy hit), or the cache table's
+    SELECT v.id, v.prompt, v.context, v.model, v.user_id, v.metadata, v.parameters,
+           v.job_id, v.max_attempts, v.idempotency_key, v.stream, v.cache_key,
+           v.cache_policy, v.estimated_tokens, v.lookup_key, v.trace_id, v.ord,
+           COALESCE(v.result, c.response) AS result,
+           COALESCE(v.provider, c.provider) AS provider,
+           COALESCE(v.provider_model, c.provider_model) AS provider_model,
+           COALESCE(v.served_model, c.served_model) AS served_model,
+           COALESCE(v.prompt_tokens, c.prompt_tokens) AS prompt_tokens,
+           COALESCE(v.completion_tokens, c.completion_tokens) AS completion_tokens,
+           COALESCE(v.finish_reason, c.finish_reason) AS finish_reason
+    FROM input v LEFT JOIN LATERAL (
+        -- The live table entry of the key `lookup_key`: the columns of a `CachedResponse`,
+        -- read from the row's `metadata` as `cache::metadata_of` writes it. No row when the
+        -- key is NULL, unknown or expired.
+        --
+        -- `LIMIT 1` (the key is the primary key: one row at most) keeps the lookup a subquery
+        -- run per request by its key: as a join, the planner, seeing a few dozen entries, read
+        -- every live one and hashed them, and kept that plan as the cache filled (every entry
+        -- read per submit).
+        SELECT response, metadata->>'provider' AS provider,
+            metadata->>'provider_model' AS provider_model, metadata->>'served_model' AS served_model,
+            (metadata->>'prompt_tokens')::int AS prompt_tokens,
+            (metadata->>'completion_tokens')::int AS completion_tokens,
+            metadata->>'finish_reason' AS finish_reason
+        FROM response_cache
+        WHERE cache_key = lookup_key AND (expires_at IS NULL OR expires_at > NOW())
+        LIMIT 1
+    ) c ON true
+), inserted AS (
+INSERT INTO generation_requests
+    (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
+     idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
+     coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
+     completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
+     trace_id)
+SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
+       idempotency_key, stream, cache_key, cache_policy, estimated_tokens,
+       CASE WHEN result IS NOT NULL THEN 'completed' ELSE 'pending' END,
+       -- unanswered: the identical request in flight, if this one may follow it;
+       -- unfinished spelt as the in-flight index spells it, which the age index's
+       -- predicate is not implied by (migration 20261205000003)
+       CASE WHEN result IS NULL THEN
+           (SELECT f.id FROM generation_requests f
+            WHERE a.lookup_key IS NOT NULL AND f.cache_key = a.lookup_key
+              AND (f.completed_at IS NULL) IS TRUE AND f.coalesced_into IS NULL
+              AND NOT (f.cache_policy @> '{"no_store": true}')
+            ORDER BY f.created_at LIMIT 1)
+       END,
+       result, provider, provider_model, served_model, prompt_tokens,
+       completion_tokens, prompt_tokens + completion_tokens, finish_reason,
+       result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
+       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id
+-- in the callers' order: of two rows with one Idempotency-Key, the first is stored
+FROM answered a ORDER BY ord
+ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, coalesced_into, user_id, model, cached
+), usage AS (
+    -- the cache hits' usage (no provider tokens, no cost), one counter row per user and model:
+    -- an upsert may touch a row only once per statement, and rows in key order, so that two
+    -- statements never deadlock on counters. The shard (0-15) is one per statement (an
+    -- uncorrelated subquery, evaluated once), so two concurrent batches meet on the same
+    -- counter row (and wait for each other's commit) only one time in 16.
+    INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
+    SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, (SELECT floor(random() * 16)::int), n, n
+    FROM (SELECT user_id, model, COUNT(*) AS n FROM inserted WHERE cached GROUP BY user_id, model) hits
+    ORDER BY user_id, model
+    ON CONFLICT (user_id, day, model, shard) DO UPDATE
+    SET requests = u.requests + EXCLUDED.requests,
+        cached_requests = u.cached_requests + EXCLUDED.cached_requests
+), job AS (
+    INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+    SELECT v.job_id, 'llm::generation', v.job, 'Pending', 0, v.job_max_attempts, NOW(),
+           v.priority, ''::hstore
+    FROM inserted JOIN input v USING (id)
+    WHERE NOT inserted.cached AND inserted.coalesced_into IS NULL
+)
+SELECT id, cached FROM inserted
