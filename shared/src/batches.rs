@@ -116,19 +116,7 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
         let items = &batch.items;
         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
         let json = |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();
-        sqlx::query(
-            "INSERT INTO generation_requests
-                 (id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
-                  cache_key, cache_policy, estimated_tokens, batch_id, batch_index, trace_id)
-             SELECT t.id, t.prompt, t.context, t.model, $12, t.metadata, t.parameters, t.job_id,
-                    t.max_attempts, t.cache_key, t.cache_policy, t.estimated_tokens, $13, t.ord - 1,
-                    $14
-             FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::jsonb[],
-                         $7::text[], $8::int4[], $9::text[], $10::jsonb[], $11::int4[])
-                  WITH ORDINALITY
-                  AS t(id, prompt, context, model, metadata, parameters, job_id, max_attempts,
-                       cache_key, cache_policy, estimated_tokens, ord)",
-        )
+        sqlx::query(include_str!("batches/sql/insert_items.sql"))
         .bind(&ids)
         .bind(items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>())
         .bind(json(|i| &i.context))

@@ -125,27 +125,10 @@ pub async fn reschedule(
 /// attempts (e.g. an acknowledgement raced a reschedule). Returns how many it re-queued.
 /// Idempotent; any worker may run it at any time.
 pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx::Error> {
-    let rescued = sqlx::query(
-        "WITH stranded AS (
-             SELECT j.id
-             FROM generation_requests r
-             JOIN apalis.jobs j ON j.id = r.job_id
-             -- `completed_at IS NULL`: the unfinished ones, through their partial index
-             WHERE r.completed_at IS NULL
-               AND (r.status = 'pending' OR (r.status = 'running' AND r.lease_expires_at < NOW()))
-               AND r.updated_at < NOW() - make_interval(secs => $1)
-               AND (j.status IN ('Done', 'Killed')
-                    OR (j.status = 'Failed' AND j.attempts >= j.max_attempts))
-             FOR UPDATE OF j SKIP LOCKED
-         )
-         UPDATE apalis.jobs j
-         SET status = 'Pending', run_at = NOW(), lock_by = NULL, lock_at = NULL, done_at = NULL,
-             attempts = LEAST(j.attempts, j.max_attempts - 1)
-         FROM stranded WHERE j.id = stranded.id",
-    )
-    .bind(grace.as_secs_f64())
-    .execute(pool)
-    .await?;
+    let rescued = sqlx::query(include_str!("queue/sql/rescue_stranded.sql"))
+        .bind(grace.as_secs_f64())
+        .execute(pool)
+        .await?;
     Ok(rescued.rows_affected())
 }
 

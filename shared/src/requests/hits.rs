@@ -125,8 +125,8 @@ impl HitRecords {
 /// with their tasks), an api that fell behind at 15,000 hits a second kept 63 MB resident.
 const MAX_PENDING_HITS: usize = 5_000;
 /// Most hit rows in one statement. Encoding a statement holds the runtime thread it runs on,
-/// so a bigger batch shows in the p99 of the answers sharing that thread (512 did, at 16
-/// clients); a smaller one costs the database more statements (64 did, at 50).
+/// so a bigger batch shows in the p99 of the answers sharing that thread (512 did, wrk at 16
+/// connections); a smaller one costs the database more statements (64 did, at 50).
 const HIT_BATCH: usize = 256;
 /// The hit writer's pause after a batch that was not full, so that the next one is larger
 /// (fewer statements for the same rows); a read of a hit's id waits at most about this long.
