@@ -6,7 +6,8 @@
 //!
 //! A client sends the same token with every request, so a verified token's claims are kept
 //! (bounded, [`VERIFIED_CAPACITY`]): the same bytes again need only their expiry checked, not
-//! their signature and JSON (measured: the api's CPU per cache hit went from ~53 to ~46 µs).
+//! their signature and JSON (~7 µs less of the api's CPU per cache hit, `llm-bench`'s cache
+//! phase).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

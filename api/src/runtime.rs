@@ -1,13 +1,13 @@
 //! The api's async runtime: one worker thread per CPU the process may run on, each pinned to a
 //! CPU of its own (`API_PIN_THREADS`).
 //!
-//! Why pin: on the 2-core VMs the benchmark ran on, the kernel packed both runtime threads onto
-//! one CPU while the other idled (`perf sched timehist`), so they took turns there, and a kernel
-//! thread that held that CPU for milliseconds (a kernel built without preemption) stalled every
-//! request at once. Pinned, each thread keeps a CPU of its own, and while one is held up the
-//! other goes on taking work (tokio lets an idle worker steal a stalled one's queued tasks).
-//! Cache hits at 16 clients went from 26,800–27,700 to 31,400–32,900 a second in interleaved
-//! runs.
+//! Why pin: on a small virtual machine the kernel may pack both runtime threads onto one CPU
+//! while the other idles (`perf sched timehist` shows it), so they take turns there, and a
+//! kernel thread that holds that CPU for milliseconds (a kernel built without preemption)
+//! stalls every request at once. Pinned, each thread keeps a CPU of its own, and while one is
+//! held up the other goes on taking work (tokio lets an idle worker steal a stalled one's
+//! queued tasks): about 32,000 cache hits a second at 16 clients instead of 27,000 on 2 cores
+//! (`llm-bench --cache-concurrency 16`, with and without `API_PIN_THREADS=false`).
 //!
 //! Only a runtime with exactly one thread per CPU of the process's affinity set is pinned: with
 //! fewer threads (`TOKIO_WORKER_THREADS`, or a container's CPU quota, which sizes tokio's

@@ -19,9 +19,9 @@ const OVERRIDES_TTL: Duration = Duration::from_secs(10);
 
 /// The check, in one script (a script runs alone: no other command sees its steps). A `take`
 /// counts first and takes the counts back when over a limit: one command per counter where
-/// reading before counting took two. The window's number is formatted once, as an integer:
+/// reading before counting takes two. The window's number is formatted once, as an integer:
 /// Lua's own number formatting (`%.14g`) of it, twice, and the string-to-number conversions
-/// were a tenth of Redis' time per cache hit.
+/// would be a tenth of Redis' time per cache hit.
 const CHECK_SCRIPT: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local window = math.floor(now / 60)

@@ -15,8 +15,8 @@ pub struct WorkerConfig {
 
     /// Jobs this process runs at once. A job is mostly waiting (on its provider, and on the
     /// database's fetch, claim, completion and acknowledgement, each a batched round trip), so
-    /// under load a worker's throughput is this divided by a job's cycle time: with 32 its jobs
-    /// queued behind it while the cores were a quarter idle.
+    /// under load a worker's throughput is this divided by a job's cycle time: 32 leaves jobs
+    /// queued while the cores are a quarter idle (`llm-bench`, end to end).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 

@@ -121,9 +121,9 @@ pub struct Round {
 ///
 /// The window is read in `seq` order through the undelivered-events index, and the order per
 /// request is decided here, not by the planner: an event goes only if every earlier undelivered
-/// event of its request goes before it in this round. A query that asked PostgreSQL for "the
-/// first undelivered event of each request" was planned from the statistics, and with stale
-/// ones it read the whole backlog every round. Requests' chains are posted side by side, each
+/// event of its request goes before it in this round. A query asking PostgreSQL for "the first
+/// undelivered event of each request" would be planned from the statistics, and with stale ones
+/// read the whole backlog every round. Requests' chains are posted side by side, each
 /// chain in order; the outcomes are written in two statements.
 pub async fn deliver_due(
     pool: &PgPool,

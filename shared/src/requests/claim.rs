@@ -75,7 +75,7 @@ pub(super) const CLAIM_MANY: &str = include_str!("sql/claim_many.sql");
 
 /// Closes the attempts that lost workers left running, for the claimed requests that ran
 /// before (a first claim has none; the claim statement leaves this out, for inside it the update
-/// was planned as a walk over every attempt row, ~80 ms at 20,000 rows, even with nothing to
+/// is planned as a walk over every attempt row, ~80 ms at 20,000 rows, even with nothing to
 /// do). Their own new attempt is not touched. The claims stand whatever happens here (they
 /// committed): a failure leaves those attempts shown as running, and is logged.
 async fn abandon_earlier_runs(pool: &PgPool, claimed: &[ClaimedRequest]) {

@@ -85,7 +85,7 @@ impl Status {
     }
 }
 
-// Stored in the seed's `status VARCHAR(50)` column, so it decodes from any text type.
+// Stored in the `status VARCHAR(50)` column, so it decodes from any text type.
 impl sqlx::Type<Postgres> for Status {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
         <String as sqlx::Type<Postgres>>::type_info()
