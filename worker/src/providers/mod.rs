@@ -305,3 +305,38 @@ pub fn normalise_finish_reason(reason: &str) -> String {
         other => other.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ProviderError;
+
+    #[test]
+    fn a_key_echoed_in_an_error_is_redacted_from_its_message() {
+        let key = "sk-test-0123456789abcdef";
+        let errors = [
+            ProviderError::Transient {
+                message: format!("429: slow down, {key}"),
+                http_status: Some(429),
+                retry_after: None,
+            },
+            ProviderError::Unavailable {
+                message: format!("401: Incorrect API key provided: {key}."),
+                http_status: Some(401),
+            },
+            ProviderError::Rejected {
+                message: format!("400: {key} {key}"),
+                http_status: Some(400),
+            },
+            ProviderError::InvalidOutput {
+                message: format!("echoed {key}"),
+            },
+        ];
+        for err in errors {
+            let (kind, status) = (err.kind(), err.http_status());
+            let clean = err.redact(key);
+            let text = clean.to_string();
+            assert!(!text.contains(key) && text.contains("[redacted]"), "{text}");
+            assert_eq!((clean.kind(), clean.http_status()), (kind, status));
+        }
+    }
+}
