@@ -50,16 +50,7 @@ pub async fn submit(
     headers: HeaderMap,
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let idempotency_key = idempotency_key(&headers)?;
-    let body = body.resolve_template(&state.prompts, &state.models.current())?;
-    let mut new = NewRequest::validate(
-        body,
-        user.id,
-        idempotency_key,
-        &state.models.current(),
-        state.limits.job_max_attempts,
-    )?;
-    new.trace_id = Some(trace.trace_id);
+    let new = new_request(&state, &user, &headers, body, trace)?;
     let Admitted { submitted, rate } = accept(&state, &user, new).await?;
     let poll_url = format!("/api/v1/generate/{}", submitted.id);
     // Answered from the cache: already complete, so 200 rather than "accepted for later".
@@ -88,6 +79,24 @@ pub async fn submit(
     }
     super::rate_limits::attach(&mut response, rate);
     Ok(response)
+}
+
+/// The request a native submit body asks for: its template rendered, validated against the
+/// registry, with the caller's `Idempotency-Key` and the api request's trace id.
+pub(super) fn new_request(
+    state: &AppState,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    body: GenerateBody,
+    trace: TraceContext,
+) -> Result<NewRequest, ApiError> {
+    let key = idempotency_key(headers)?;
+    let registry = state.models.current();
+    let body = body.resolve_template(&state.prompts, &registry)?;
+    let mut new =
+        NewRequest::validate(body, user.id, key, &registry, state.limits.job_max_attempts)?;
+    new.trace_id = Some(trace.trace_id);
+    Ok(new)
 }
 
 /// A submit that passed the rate limits and was stored.

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::extract::JsonBody;
-use super::generate::{idempotency_key, parse_request_id};
+use super::generate::{new_request, parse_request_id};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
@@ -63,16 +63,7 @@ pub async fn submit_stream(
     headers: HeaderMap,
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
-    let body = body.resolve_template(&state.prompts, &state.models.current())?;
-    let mut new = NewRequest::validate(
-        body,
-        user.id,
-        key,
-        &state.models.current(),
-        state.limits.job_max_attempts,
-    )?;
-    new.trace_id = Some(trace.trace_id);
+    let new = new_request(&state, &user, &headers, body, trace)?;
     let (id, subscription, rate) = submit_subscribed(&state, &user, new).await?;
     let mut response = follow(state, id, user.id, subscription, 0).into_response();
     super::rate_limits::attach(&mut response, rate);
