@@ -74,7 +74,10 @@ impl App {
             cache,
             submitter,
             limiter,
-            jwt: JwtKeys::new(&secret),
+            jwt: JwtKeys::new(&secret).pinned(
+                config.common.jwt_issuer.clone(),
+                config.common.jwt_audience.clone(),
+            ),
             models: LiveRegistry::new(models, config.common.clone()),
             prompts: Arc::new(prompts),
             notices,

@@ -34,6 +34,16 @@ pub struct Claims {
     /// `admin` for operators; absent for ordinary users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Not valid before this time (Unix seconds); checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Who issued the token; must be `JWT_ISSUER` when that is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Whom the token is for (one audience or a list); must name `JWT_AUDIENCE` when that is
+    /// set, and a token naming any audience is refused when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
 }
 
 /// Verifies (and, for local tooling, issues) tokens.
@@ -42,6 +52,9 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// The `iss` and `aud` this service pins (and puts in the tokens it issues).
+    issuer: Option<String>,
+    audience: Option<String>,
     /// Tokens whose signature and claims were verified, by their exact text.
     verified: Arc<Mutex<HashMap<Box<str>, Claims>>>,
 }
@@ -57,13 +70,35 @@ impl JwtKeys {
         let bytes = secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
         Self {
             decoding: DecodingKey::from_secret(bytes),
             encoding: EncodingKey::from_secret(bytes),
             validation,
+            issuer: None,
+            audience: None,
             verified: Arc::default(),
         }
+    }
+
+    /// The same keys, accepting only tokens whose `iss` is `issuer` and whose `aud` names
+    /// `audience` (each when given: `JWT_ISSUER`, `JWT_AUDIENCE`), so that a token the shared
+    /// auth system signed for another service is refused here.
+    pub fn pinned(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &issuer {
+            self.validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &audience {
+            self.validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self.issuer = issuer;
+        self.audience = audience;
+        self
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
@@ -120,6 +155,9 @@ impl JwtKeys {
             exp: now + ttl_secs,
             iat: Some(now),
             role: role.map(str::to_owned),
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone().map(serde_json::Value::String),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -208,6 +246,9 @@ mod tests {
             exp: chrono::Utc::now().timestamp() + 60,
             iat: None,
             role: None,
+            nbf: None,
+            iss: None,
+            aud: None,
         };
         let secret = "k".repeat(40);
         let hs512 = jsonwebtoken::encode(

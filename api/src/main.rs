@@ -68,7 +68,9 @@ fn main() -> anyhow::Result<()> {
             role,
         }) => {
             let secret = config::signing_secret(&common)?;
-            let token = JwtKeys::new(&secret).issue(user, ttl_secs, role.as_deref())?;
+            let token = JwtKeys::new(&secret)
+                .pinned(common.jwt_issuer.clone(), common.jwt_audience.clone())
+                .issue(user, ttl_secs, role.as_deref())?;
             #[allow(clippy::print_stdout)]
             {
                 println!("{token}");

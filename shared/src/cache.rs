@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use crate::error::DomainError;
+
 /// Bumped when the key's recipe changes, so old entries are never misread.
 const KEY_VERSION: &str = "v1";
 /// Longest TTL a request may ask for.
@@ -103,6 +105,35 @@ pub struct InvalidateFilter {
     pub template_id: Option<String>,
 }
 
+impl InvalidateFilter {
+    /// A filter names at least one field, and no field is empty: an empty filter, or an empty
+    /// `key_prefix` (every key starts with it), would wipe the whole cache. Whoever asks (an
+    /// admin, the message hub) is held to this.
+    pub fn check(&self) -> Result<(), DomainError> {
+        let fields = [
+            ("model", &self.model),
+            ("key_prefix", &self.key_prefix),
+            ("template_id", &self.template_id),
+        ];
+        if let Some((name, _)) = fields
+            .iter()
+            .find(|(_, value)| value.as_deref().is_some_and(|v| v.trim().is_empty()))
+        {
+            return Err(DomainError::validation(
+                name,
+                format!("{name} must not be empty"),
+            ));
+        }
+        if fields.iter().all(|(_, value)| value.is_none()) {
+            return Err(DomainError::validation(
+                "model",
+                "give at least one of model, key_prefix, template_id",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 pub struct ResponseCache {
     conn: crate::kv::KvConnection,
@@ -178,12 +209,14 @@ impl ResponseCache {
         }
     }
 
-    /// Deletes matching entries from the table and Redis; returns how many.
+    /// Deletes matching entries from the table and Redis; returns how many. Refuses a filter
+    /// that [`InvalidateFilter::check`] refuses.
     pub async fn invalidate(
         &self,
         pool: &PgPool,
         filter: &InvalidateFilter,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<u64, DomainError> {
+        filter.check()?;
         let keys: Vec<String> = sqlx::query_scalar(
             "DELETE FROM response_cache
              WHERE ($1::text IS NULL OR model = $1)

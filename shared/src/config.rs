@@ -52,6 +52,15 @@ pub struct CommonConfig {
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<SecretString>,
 
+    /// The `iss` every JWT must carry (the shared auth system's name); unset: not checked.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience every JWT must name (this service's name at the auth system); unset: a
+    /// token naming any audience is refused.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Log filter: a level (`info`) or a tracing directive list (`info,llm_shared=debug`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -11,6 +11,7 @@ mod chaos;
 mod generate;
 mod group_commit;
 mod health;
+mod hostile;
 mod hub;
 mod indexes;
 mod layers;

@@ -42,12 +42,6 @@ pub async fn invalidate_cache(
     JsonBody(filter): JsonBody<InvalidateFilter>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&user)?;
-    if filter.model.is_none() && filter.key_prefix.is_none() && filter.template_id.is_none() {
-        return Err(ApiError::validation(
-            "model",
-            "give at least one of model, key_prefix, template_id",
-        ));
-    }
     let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
     tracing::info!(user.id = %user.id, invalidated, "cache invalidated");
     Ok(Json(json!({ "invalidated": invalidated })))

@@ -64,10 +64,28 @@ pub async fn receive(
     match event.kind.as_str() {
         "generation.requested" => generation_requested(&state, event, trace).await,
         "model.updated" | "cache.invalidate" => {
+            // A filter the cache refuses is refused before the id is recorded, so that the
+            // hub's corrected retry is not answered "duplicate".
+            let filter = if event.kind == "cache.invalidate" {
+                let filter: InvalidateFilter =
+                    serde_json::from_value(Value::Object(event.data.clone()))
+                        .map_err(|e| ApiError::validation("data", e.to_string()))?;
+                filter.check()?;
+                Some(filter)
+            } else {
+                None
+            };
             if !first_delivery(&state, &event).await? {
                 return Ok(duplicate(&event));
             }
-            if event.kind == "model.updated" {
+            if let Some(filter) = filter {
+                let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
+                tracing::info!(event.id = %event.id, invalidated, "cache.invalidate applied");
+                Ok((
+                    StatusCode::OK,
+                    Json(json!({"id": event.id, "invalidated": invalidated})),
+                ))
+            } else {
                 let fresh = state.models.reload().map_err(|e| {
                     ApiError::validation("data", format!("the registry was not reloaded: {e}"))
                 })?;
@@ -79,16 +97,6 @@ pub async fn receive(
                 Ok((
                     StatusCode::OK,
                     Json(json!({"id": event.id, "reloaded": true})),
-                ))
-            } else {
-                let filter: InvalidateFilter =
-                    serde_json::from_value(Value::Object(event.data.clone()))
-                        .map_err(|e| ApiError::validation("data", e.to_string()))?;
-                let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
-                tracing::info!(event.id = %event.id, invalidated, "cache.invalidate applied");
-                Ok((
-                    StatusCode::OK,
-                    Json(json!({"id": event.id, "invalidated": invalidated})),
                 ))
             }
         }

@@ -125,6 +125,9 @@ pub async fn attach(
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
+            // Event ids are a Redis counter (a signed 64-bit integer): anything above it is
+            // no id of this stream.
+            .filter(|&seen| i64::try_from(seen).is_ok())
             .ok_or_else(|| {
                 ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
             })?,
@@ -407,7 +410,7 @@ impl Follower {
         if event.seq <= self.last_seen {
             return Ok(());
         }
-        if event.seq > self.last_seen + 1 {
+        if event.seq > self.last_seen.saturating_add(1) {
             // A gap (missed live message): the log has it.
             return self.catch_up().await;
         }
@@ -432,7 +435,7 @@ impl Follower {
         let Some(row) = self.row().await? else {
             return Ok(());
         };
-        let mut next_id = self.last_seen + 1;
+        let mut next_id = self.last_seen.saturating_add(1);
         match row.status {
             Status::Completed => {
                 let result = row.result.clone().unwrap_or_default();

@@ -140,7 +140,10 @@ pub fn status_error(status: u16, headers: &HeaderMap, message: String) -> Provid
 }
 
 /// The error message of a provider error body, whatever its shape, shortened.
-pub fn error_message(body: &[u8]) -> String {
+/// The message of an error answer, shortened for storing; `secret` (the provider's key, which
+/// providers echo in their 401 bodies) is replaced before the cut, so that no prefix of it can
+/// survive at the end of the shortened text.
+pub fn error_message(body: &[u8], secret: Option<&str>) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let message = parsed.as_ref().and_then(|v| {
         v.pointer("/error/message")
@@ -150,7 +153,10 @@ pub fn error_message(body: &[u8]) -> String {
             .map(str::to_owned)
     });
     let text = message.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    shorten(text.trim())
+    match secret {
+        Some(secret) if !secret.is_empty() => shorten(text.replace(secret, "[redacted]").trim()),
+        _ => shorten(text.trim()),
+    }
 }
 
 pub fn shorten(text: &str) -> String {
@@ -162,6 +168,14 @@ pub fn shorten(text: &str) -> String {
 
 /// Sends a request and returns the body of a 2xx answer, or the classified error.
 pub async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
+    send_redacting(request, None).await
+}
+
+/// [`send`], with `secret` replaced in an error answer's message before it is shortened.
+async fn send_redacting(
+    request: reqwest::RequestBuilder,
+    secret: Option<&str>,
+) -> Result<reqwest::Response, ProviderError> {
     let response = request.send().await.map_err(|e| transport_error(&e))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
@@ -169,7 +183,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response,
     }
     let headers = response.headers().clone();
     let body = response.bytes().await.unwrap_or_default();
-    Err(status_error(status, &headers, error_message(&body)))
+    Err(status_error(status, &headers, error_message(&body, secret)))
 }
 
 /// [`send`] for providers with an API key: the key is redacted from any error message
@@ -179,10 +193,15 @@ pub async fn send_keyed(
     key: Option<&secrecy::SecretString>,
 ) -> Result<reqwest::Response, ProviderError> {
     use secrecy::ExposeSecret;
-    send(request).await.map_err(|err| match key {
-        Some(key) => err.redact(key.expose_secret()),
-        None => err,
-    })
+    let secret = key.map(ExposeSecret::expose_secret);
+    // The answer's body is redacted before it is shortened; the rest of the error (a transport
+    // error's text) after.
+    send_redacting(request, secret)
+        .await
+        .map_err(|err| match secret {
+            Some(secret) => err.redact(secret),
+            None => err,
+        })
 }
 
 /// Parses a whole JSON answer; a body that does not parse is a (retryable) malformed answer.
@@ -403,22 +422,39 @@ mod tests {
     #[test]
     fn error_messages_from_each_provider_shape() {
         assert_eq!(
-            error_message(br#"{"error":{"message":"bad key","type":"x"}}"#),
+            error_message(br#"{"error":{"message":"bad key","type":"x"}}"#, None),
             "bad key"
         );
         assert_eq!(
             error_message(
-                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                None
             ),
             "Overloaded"
         );
         assert_eq!(
-            error_message(br#"{"error":"model 'x' not found"}"#),
+            error_message(br#"{"error":"model 'x' not found"}"#, None),
             "model 'x' not found"
         );
         assert_eq!(
-            error_message(b"<html>bad gateway</html>"),
+            error_message(b"<html>bad gateway</html>", None),
             "<html>bad gateway</html>"
         );
+    }
+
+    #[test]
+    fn a_key_across_the_cut_is_redacted_before_the_message_is_shortened() {
+        let key = "sk-proj-0123456789abcdefghijklmnopqrstuvwxyz";
+        for before in [250, 280, 295, 299, 300] {
+            let body = format!(
+                r#"{{"error":{{"message":"{}Incorrect API key provided: {key}. See the docs."}}}}"#,
+                "x".repeat(before)
+            );
+            let message = error_message(body.as_bytes(), Some(key));
+            assert!(!message.contains(&key[..8]), "{before}: {message}");
+        }
+        // Without the key nothing is redacted (a cut prefix shows what the test guards).
+        let body = format!(r#"{{"error":{{"message":"{}{key}"}}}}"#, "x".repeat(290));
+        assert!(error_message(body.as_bytes(), None).contains(&key[..8]));
     }
 }

@@ -1,0 +1,166 @@
+//! What a hostile tenant (or a confused peer service) tries, and the clear 4xx it gets: tokens
+//! that are not yet valid or were signed for another service, a `Last-Event-ID` past any event
+//! id, and cache invalidations that would wipe every user's entries.
+
+use llm_api::jwt::JwtKeys;
+use llm_tests::{TEST_SECRET, TestApp, spawn_app, spawn_app_with_providers};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// `GET path` with `token`; the status.
+async fn status_with(app: &TestApp, path: &str, token: &str) -> u16 {
+    app.http
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A token signed with the test key carrying exactly `claims`.
+fn signed(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_not_yet_valid_is_refused() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now().timestamp();
+    let path = format!("/api/v1/generate/{}", Uuid::now_v7());
+    let later = signed(&json!({"sub": app.user, "exp": now + 7200, "nbf": now + 3600}));
+    assert_eq!(status_with(&app, &path, &later).await, 401);
+    // Within the clock-skew leeway, and already valid: accepted (404: no such request).
+    let skewed = signed(&json!({"sub": app.user, "exp": now + 7200, "nbf": now + 5}));
+    assert_eq!(status_with(&app, &path, &skewed).await, 404);
+    let valid = signed(&json!({"sub": app.user, "exp": now + 7200, "nbf": now - 60}));
+    assert_eq!(status_with(&app, &path, &valid).await, 404);
+}
+
+#[tokio::test]
+async fn tokens_for_another_issuer_or_audience_are_refused_where_they_are_pinned() {
+    let flags = [
+        "--jwt-issuer",
+        "auth.internal",
+        "--jwt-audience",
+        "llm-service",
+    ];
+    let app = spawn_app_with_providers(&flags.map(str::to_owned)).await;
+    let path = format!("/api/v1/generate/{}", Uuid::now_v7());
+    let now = chrono::Utc::now().timestamp();
+    let with = |extra: Value| {
+        let mut claims = json!({"sub": app.user, "exp": now + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signed(&claims)
+    };
+    let right = with(json!({"iss": "auth.internal", "aud": "llm-service"}));
+    assert_eq!(status_with(&app, &path, &right).await, 404);
+    let among_several = with(json!({"iss": "auth.internal", "aud": ["billing", "llm-service"]}));
+    assert_eq!(status_with(&app, &path, &among_several).await, 404);
+    for wrong in [
+        json!({"iss": "auth.internal", "aud": "billing"}),
+        json!({"iss": "someone.else", "aud": "llm-service"}),
+        json!({"aud": "llm-service"}),
+        json!({"iss": "auth.internal"}),
+        json!({}),
+    ] {
+        let token = with(wrong.clone());
+        assert_eq!(status_with(&app, &path, &token).await, 401, "{wrong}");
+    }
+    // The keys the service issues with (`llm-api token`) carry the pinned claims.
+    let issued = JwtKeys::new(&SecretString::from(TEST_SECRET))
+        .pinned(Some("auth.internal".into()), Some("llm-service".into()))
+        .issue(app.user, 600, None)
+        .unwrap();
+    assert_eq!(status_with(&app, &path, &issued).await, 404);
+    // Unpinned, a token naming any audience is refused: it was meant for someone else.
+    let open = spawn_app().await;
+    let for_billing = signed(&json!({"sub": open.user, "exp": now + 600, "aud": "billing"}));
+    assert_eq!(status_with(&open, &path, &for_billing).await, 401);
+}
+
+#[tokio::test]
+async fn a_last_event_id_past_any_event_id_is_a_400() {
+    let app = spawn_app().await;
+    let id = app.submit_ok(json!({"model": "mock", "prompt": "x"})).await;
+    let attach = |last: &'static str| {
+        app.http
+            .get(app.url(&format!("/api/v1/generate/{id}/stream")))
+            .bearer_auth(app.token())
+            .header("last-event-id", last)
+            .send()
+    };
+    for bad in ["18446744073709551615", "9223372036854775808", "-1", "1e3"] {
+        let response = attach(bad).await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{bad}: {body}");
+    }
+    // The largest event id there can be is taken as such: the stream opens.
+    let response = attach("9223372036854775807").await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn cache_invalidations_that_would_wipe_every_entry_are_refused() {
+    let app = spawn_app().await;
+    sqlx::query(
+        "INSERT INTO response_cache (cache_key, response, prompt, model)
+         VALUES ('v1:aa', 'kept', 'p', 'mock'), ('v1:bb', 'kept', 'p', 'mock-large')",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let entries = || app.db.count("SELECT COUNT(*) FROM response_cache");
+
+    let admin = app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
+    for filter in [
+        json!({}),
+        json!({"key_prefix": ""}),
+        json!({"model": " "}),
+        json!({"template_id": "", "model": "mock"}),
+    ] {
+        let response = app
+            .http
+            .post(app.url("/api/v1/admin/cache/invalidate"))
+            .bearer_auth(&admin)
+            .json(&filter)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 422, "{filter}");
+    }
+    assert_eq!(entries().await, 2);
+
+    // The same filters from the message hub; the refused event's id stays unused, so the
+    // hub's corrected retry takes effect rather than being answered as a duplicate.
+    let service = app.jwt.issue(Uuid::now_v7(), 600, Some("service")).unwrap();
+    let event = Uuid::now_v7();
+    let send = |data: Value| {
+        app.http
+            .post(app.url("/api/v1/events"))
+            .bearer_auth(&service)
+            .json(&json!({"id": event, "type": "cache.invalidate", "data": data}))
+            .send()
+    };
+    for data in [json!({}), json!({"key_prefix": ""})] {
+        let response = send(data.clone()).await.unwrap();
+        assert_eq!(response.status().as_u16(), 422, "{data}");
+    }
+    assert_eq!(entries().await, 2);
+    let response = send(json!({"model": "mock"})).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["invalidated"], 1, "{body}");
+    assert_eq!(entries().await, 1);
+}
