@@ -45,12 +45,63 @@ const TYPES: &[&str] = &[
     "object", "array", "string", "number", "integer", "boolean", "null",
 ];
 
-/// Checks that a schema only uses supported keywords and is well-formed; the error says where.
+/// Deepest nesting of subschemas accepted.
+pub const MAX_SCHEMA_DEPTH: usize = 32;
+/// Largest "smallest value" a schema may demand, counted in strings' characters and in
+/// arrays', objects' and scalars' elements: no generation writes more (a model's output is
+/// bounded by its max tokens), and checking or producing such a value would only cost a worker
+/// CPU and memory.
+pub const MAX_INSTANCE_SIZE: u64 = 1_000_000;
+
+/// Checks that a schema only uses supported keywords, is well-formed, at most
+/// [`MAX_SCHEMA_DEPTH`] deep, and can be met by a value of at most [`MAX_INSTANCE_SIZE`]; the
+/// error says where.
 pub fn check_schema(schema: &Value) -> Result<(), String> {
-    check_at(schema, "#")
+    check_at(schema, "#", 0)?;
+    let size = min_instance_size(schema);
+    if size > MAX_INSTANCE_SIZE {
+        return Err(format!(
+            "#: the smallest value this schema allows has over {MAX_INSTANCE_SIZE} elements \
+             (minLength, minItems)"
+        ));
+    }
+    Ok(())
 }
 
-fn check_at(schema: &Value, at: &str) -> Result<(), String> {
+/// The size of the smallest value `schema` allows (as the mock provider builds it: every
+/// property, at least one item), saturating; only for schemas [`check_at`] accepted.
+fn min_instance_size(schema: &Value) -> u64 {
+    let Value::Object(map) = schema else {
+        return 1;
+    };
+    let count = |key: &str| map.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut size = 1_u64.max(count("minLength"));
+    if let Some(props) = map.get("properties").and_then(Value::as_object) {
+        size = props
+            .values()
+            .fold(size, |n, sub| n.saturating_add(min_instance_size(sub)));
+    }
+    if let Some(items) = map.get("items") {
+        let each = min_instance_size(items);
+        size = size.saturating_add(count("minItems").max(1).saturating_mul(each));
+    } else {
+        size = size.saturating_add(count("minItems"));
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(list) = map.get(key).and_then(Value::as_array) {
+            let largest = list.iter().map(min_instance_size).max().unwrap_or(0);
+            size = size.saturating_add(largest);
+        }
+    }
+    size
+}
+
+fn check_at(schema: &Value, at: &str, depth: usize) -> Result<(), String> {
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err(format!(
+            "{at}: subschemas nest deeper than {MAX_SCHEMA_DEPTH} levels"
+        ));
+    }
     let Value::Object(map) = schema else {
         return match schema {
             Value::Bool(_) => Ok(()),
@@ -77,16 +128,16 @@ fn check_at(schema: &Value, at: &str) -> Result<(), String> {
                     return Err(format!("{here}: must be an object"));
                 };
                 for (name, sub) in props {
-                    check_at(sub, &format!("{here}/{name}"))?;
+                    check_at(sub, &format!("{here}/{name}"), depth + 1)?;
                 }
             }
-            "items" | "additionalProperties" | "not" => check_at(value, &here)?,
+            "items" | "additionalProperties" | "not" => check_at(value, &here, depth + 1)?,
             "anyOf" | "oneOf" | "allOf" => {
                 let Value::Array(list) = value else {
                     return Err(format!("{here}: must be an array"));
                 };
                 for (i, sub) in list.iter().enumerate() {
-                    check_at(sub, &format!("{here}/{i}"))?;
+                    check_at(sub, &format!("{here}/{i}"), depth + 1)?;
                 }
             }
             "required" => {
@@ -369,5 +420,26 @@ mod tests {
         let any = json!({"anyOf": [{"type": "string"}, {"type": "integer"}]});
         assert_eq!(schema_violation(&any, &json!(4)), None);
         assert!(schema_violation(&any, &json!(true)).is_some());
+    }
+
+    #[test]
+    fn schemas_demanding_huge_or_deeply_nested_values_are_refused() {
+        let long = json!({"type": "string", "minLength": 50_000_000});
+        assert!(check_schema(&long).unwrap_err().contains("smallest value"));
+        let many = json!({"type": "array", "minItems": 1_000_000_000_000_u64});
+        assert!(check_schema(&many).is_err());
+        // Each level is modest; together they multiply.
+        let nested = json!({"type": "array", "minItems": 2000,
+            "items": {"type": "array", "minItems": 2000, "items": {"type": "string"}}});
+        assert!(check_schema(&nested).is_err());
+        let mut deep = json!({"type": "string"});
+        for _ in 0..40 {
+            deep = json!({"type": "array", "items": deep});
+        }
+        assert!(check_schema(&deep).unwrap_err().contains("deeper"));
+        // Ordinary schemas, with generous upper bounds, pass.
+        let fine = json!({"type": "array", "minItems": 3, "maxItems": 1_000_000_000_u64,
+            "items": {"type": "string", "minLength": 1000, "maxLength": 50_000_000}});
+        assert!(check_schema(&fine).is_ok());
     }
 }

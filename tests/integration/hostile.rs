@@ -164,3 +164,46 @@ async fn cache_invalidations_that_would_wipe_every_entry_are_refused() {
     assert_eq!(body["invalidated"], 1, "{body}");
     assert_eq!(entries().await, 1);
 }
+
+#[tokio::test]
+async fn a_schema_demanding_a_huge_value_is_refused_at_submit() {
+    let app = spawn_app().await;
+    let nested = json!({"type": "array", "minItems": 5000,
+        "items": {"type": "array", "minItems": 5000, "items": {"type": "string"}}});
+    for schema in [
+        json!({"type": "string", "minLength": 50_000_000}),
+        json!({"type": "array", "minItems": 1_000_000_000_000_u64}),
+        nested,
+    ] {
+        let body = json!({"model": "mock", "prompt": "x", "parameters": {
+            "response_format": {"type": "json_schema", "schema": schema}}});
+        let (status, answer) = app.submit(body).await;
+        assert_eq!(status, 422, "{schema}: {answer}");
+        assert_eq!(answer["error"]["code"], "validation_failed", "{answer}");
+    }
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn metadata_the_service_writes_cannot_be_set_by_a_client() {
+    let app = spawn_app().await;
+    for key in ["template_id", "template_version", "event_id", "mock"] {
+        let metadata = json!({key: {"fail": "crash"}});
+        let (status, answer) = app
+            .submit(json!({"model": "mock", "prompt": "x", "metadata": metadata}))
+            .await;
+        assert_eq!(status, 422, "{key}: {answer}");
+        assert_eq!(answer["error"]["field"], "metadata", "{answer}");
+    }
+    // A client's own keys are kept, and a rendered template's origin is the service's to note.
+    let id = app
+        .submit_ok(json!({"model": "mock", "prompt": "x", "metadata": {"campaign": "c1"}}))
+        .await;
+    let (_, row) = app.poll(id, 0).await;
+    assert_eq!(row["metadata"]["campaign"], "c1");
+}

@@ -49,7 +49,23 @@ pub struct GenerateBody {
     /// Response cache controls: `no_cache`, `no_store`, `ttl_secs`.
     #[serde(default)]
     pub cache: Option<CachePolicy>,
+    /// The template the prompt was rendered from: set by [`GenerateBody::resolve_template`],
+    /// never read from a client's JSON.
+    #[serde(skip)]
+    pub rendered: Option<RenderedFrom>,
 }
+
+/// Which template, in which version, a prompt was rendered from (stored in the metadata).
+#[derive(Debug, Clone)]
+pub struct RenderedFrom {
+    pub template_id: String,
+    pub version: Value,
+}
+
+/// Metadata keys the service writes itself (the template a prompt came from, the hub event a
+/// request came from, the mock's controls): a client setting one is refused, so that no
+/// stored request claims an origin or a behaviour it was not given.
+pub const RESERVED_METADATA: [&str; 4] = ["template_id", "template_version", "event_id", "mock"];
 
 impl GenerateBody {
     /// Renders the body's template, if it names one: the rendered text becomes the prompt, the
@@ -84,22 +100,10 @@ impl GenerateBody {
                 DomainError::validation("params", e.to_string())
             }
         })?;
-        let mut metadata = match self.metadata.take() {
-            Some(Value::Object(map)) => map,
-            None | Some(Value::Null) => Map::new(),
-            Some(_) => {
-                return Err(DomainError::validation(
-                    "metadata",
-                    "metadata must be a JSON object",
-                ));
-            }
-        };
-        metadata.insert(
-            "template_id".into(),
-            Value::from(rendered.template_id.clone()),
-        );
-        metadata.insert("template_version".into(), Value::from(rendered.version));
-        self.metadata = Some(Value::Object(metadata));
+        self.rendered = Some(RenderedFrom {
+            template_id: rendered.template_id.clone(),
+            version: Value::from(rendered.version),
+        });
         if self.model.is_none()
             && let Some(default) = rendered.default_model.as_deref()
             && models
@@ -180,6 +184,19 @@ impl NewRequest {
             Value::Object(map) => map,
             _ => Map::new(),
         };
+        if let Some(key) = RESERVED_METADATA
+            .iter()
+            .find(|k| metadata.contains_key(**k))
+        {
+            return Err(DomainError::validation(
+                "metadata",
+                format!("metadata.{key} is set by the service, not by a client"),
+            ));
+        }
+        if let Some(from) = body.rendered {
+            metadata.insert("template_id".into(), Value::from(from.template_id));
+            metadata.insert("template_version".into(), from.version);
+        }
         if let Some(mock) = body.mock {
             if model.provider != ProviderKind::Mock {
                 return Err(DomainError::validation(

@@ -219,9 +219,8 @@ fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
                 .unwrap_or(u64::MAX) as usize;
             let min = map.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
             let mut text: String = words.chars().take(max).collect();
-            while text.chars().count() < min {
-                text.push('!');
-            }
+            let missing = min.saturating_sub(text.chars().count());
+            text.extend(std::iter::repeat_n('!', missing));
             json!(text)
         }
     }

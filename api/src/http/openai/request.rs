@@ -295,6 +295,7 @@ fn native_body(
         metadata: Some(Value::Object(metadata)),
         mock,
         cache,
+        rendered: None,
     }
 }
 
