@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::error::DomainError;
 use crate::queue;
 use crate::requests::{AttemptView, Status};
 
@@ -35,6 +36,24 @@ pub struct RequestFilter {
 }
 
 impl RequestFilter {
+    /// Whether it names no field (and so would match every request).
+    pub fn is_empty(&self) -> bool {
+        let Self {
+            status,
+            model,
+            provider,
+            user_id,
+            from,
+            to,
+        } = self;
+        status.is_none()
+            && model.is_none()
+            && provider.is_none()
+            && user_id.is_none()
+            && from.is_none()
+            && to.is_none()
+    }
+
     fn push_where(&self, query: &mut QueryBuilder<Postgres>) {
         query.push(" WHERE TRUE");
         if let Some(status) = self.status {
@@ -206,13 +225,25 @@ pub async fn replay_matching(
     pool: &PgPool,
     filter: &RequestFilter,
     dry_run: bool,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Vec<Uuid>, DomainError> {
+    if filter.is_empty() {
+        return Err(DomainError::validation(
+            "filter",
+            "name the requests to replay (status, model, provider, user_id, from, to)",
+        ));
+    }
     let mut query = QueryBuilder::new("SELECT id FROM generation_requests");
     filter.push_where(&mut query);
+    // Failed requests, unless the filter asks for cancelled ones by name: a request its user
+    // cancelled runs again only when an operator means it.
+    let replayable = match filter.status {
+        Some(Status::Cancelled) => " AND status = 'cancelled'",
+        _ => " AND status = 'failed'",
+    };
     query
-        .push(
-            " AND error_code IS NOT NULL AND status IN ('failed', 'cancelled') ORDER BY id LIMIT ",
-        )
+        .push(" AND error_code IS NOT NULL")
+        .push(replayable)
+        .push(" ORDER BY id LIMIT ")
         .push_bind(MAX_BULK_REPLAY);
     let ids: Vec<Uuid> = query.build_query_scalar().fetch_all(pool).await?;
     if dry_run || ids.is_empty() {

@@ -48,6 +48,10 @@ pub struct CommonConfig {
     #[arg(long, env = "MESSAGE_HUB_URL", default_value = "http://127.0.0.1:8200", value_parser = http_url)]
     pub message_hub_url: url::Url,
 
+    /// Bearer token sent with every event POSTed to the message hub; unset: none is sent.
+    #[arg(long, env = "MESSAGE_HUB_TOKEN", hide_env_values = true)]
+    pub message_hub_token: Option<SecretString>,
+
     /// HS256 key of the shared auth system's JWTs (at least 32 bytes).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<SecretString>,

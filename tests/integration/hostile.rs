@@ -207,3 +207,55 @@ async fn metadata_the_service_writes_cannot_be_set_by_a_client() {
     let (_, row) = app.poll(id, 0).await;
     assert_eq!(row["metadata"]["campaign"], "c1");
 }
+
+#[tokio::test]
+async fn a_bulk_replay_names_its_requests_and_leaves_cancelled_ones_alone_unless_asked() {
+    let app = spawn_app().await;
+    // Cancelled by its user before any worker ran.
+    let cancelled = app
+        .submit_ok(json!({"model": "mock", "prompt": "mine"}))
+        .await;
+    let response = app
+        .http
+        .delete(app.url(&format!("/api/v1/generate/{cancelled}")))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let _worker = llm_tests::start_worker(&app.db, &[]);
+    let failed = app
+        .submit_ok(json!({"model": "mock", "prompt": "doomed", "mock": {"fail": "permanent"}}))
+        .await;
+    let done = app
+        .wait_final(failed, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(done["status"], "failed", "{done}");
+
+    let admin = app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
+    let replay = |body: Value| {
+        app.http
+            .post(app.url("/api/v1/admin/requests/replay"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    for everything in [json!({}), json!({"filter": {}}), json!({"dry_run": false})] {
+        let response = replay(everything.clone()).await.unwrap();
+        assert_eq!(response.status().as_u16(), 422, "{everything}");
+    }
+    let by_model: Value = replay(json!({"filter": {"model": "mock"}, "dry_run": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_model["request_ids"], json!([failed]), "{by_model}");
+    let asked: Value = replay(json!({"filter": {"status": "cancelled"}, "dry_run": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asked["request_ids"], json!([cancelled]), "{asked}");
+}

@@ -8,6 +8,7 @@
 //! undelivered), with exponential backoff while the hub fails, so a hub down for an hour loses
 //! nothing.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct HubClient {
     http: reqwest::Client,
     /// `{MESSAGE_HUB_URL}/events`, made once (a URL given as text is parsed per request).
     url: reqwest::Url,
+    /// `MESSAGE_HUB_TOKEN`, sent as a bearer token with every event, when set.
+    token: Option<SecretString>,
 }
 
 /// What the hub receives for one event.
@@ -62,7 +65,7 @@ struct Envelope<'a> {
 }
 
 impl HubClient {
-    pub fn new(base_url: &reqwest::Url) -> Self {
+    pub fn new(base_url: &reqwest::Url, token: Option<SecretString>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
@@ -73,7 +76,7 @@ impl HubClient {
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().push("events");
         }
-        Self { http, url }
+        Self { http, url, token }
     }
 
     async fn post(&self, event: &Pending) -> Result<(), String> {
@@ -84,13 +87,11 @@ impl HubClient {
             source: SOURCE,
             data: &event.payload,
         };
-        match self
-            .http
-            .post(self.url.clone())
-            .json(&envelope)
-            .send()
-            .await
-        {
+        let mut request = self.http.post(self.url.clone()).json(&envelope);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        match request.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("the hub answered HTTP {}", r.status().as_u16())),
             Err(e) if e.is_timeout() => Err("the hub did not answer in time".into()),
@@ -327,8 +328,12 @@ pub async fn deliver(pool: PgPool, hub: HubClient, stop: CancellationToken) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::HubClient;
+    use super::{HubClient, Pending};
+    use chrono::Utc;
+    use secrecy::SecretString;
+    use uuid::Uuid;
 
     #[test]
     fn events_go_to_the_events_path_under_the_base() -> Result<(), Box<dyn std::error::Error>> {
@@ -344,9 +349,55 @@ mod tests {
                 "https://hub.internal/prefix/events",
             ),
         ] {
-            let client = HubClient::new(&reqwest::Url::parse(base)?);
+            let client = HubClient::new(&reqwest::Url::parse(base)?, None);
             assert_eq!(client.url.as_str(), events, "base {base}");
         }
         Ok(())
+    }
+
+    /// The `Authorization` header of each event a local hub received.
+    async fn delivered_with(token: Option<&str>) -> Vec<Option<String>> {
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let record = record.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    record.lock().map(|mut s| s.push(auth)).ok();
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = reqwest::Url::parse(&format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hub = HubClient::new(&base.unwrap(), token.map(SecretString::from));
+        let event = Pending {
+            seq: 1,
+            id: Uuid::now_v7(),
+            request_id: None,
+            kind: "generation.completed".into(),
+            payload: serde_json::json!({}),
+            created_at: Utc::now(),
+            attempts: 0,
+            due: true,
+        };
+        assert_eq!(hub.post(&event).await, Ok(()));
+        seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn events_carry_the_hub_token_when_one_is_set() {
+        assert_eq!(
+            delivered_with(Some("hub-token-0123456789")).await,
+            vec![Some("Bearer hub-token-0123456789".to_owned())]
+        );
+        assert_eq!(delivered_with(None).await, vec![None]);
     }
 }

@@ -61,7 +61,10 @@ pub async fn run(
     let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));
     let keep = Duration::from_secs(config.job_retention_hours.saturating_mul(3600));
     let retention = tokio::spawn(retain(state.clone(), keep, background.clone()));
-    let hub = crate::outbox::HubClient::new(&config.common.message_hub_url);
+    let hub = crate::outbox::HubClient::new(
+        &config.common.message_hub_url,
+        llm_shared::config::present(&config.common.message_hub_token).cloned(),
+    );
     let outbox = tokio::spawn(crate::outbox::deliver(
         pool.clone(),
         hub,

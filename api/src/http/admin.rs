@@ -127,8 +127,9 @@ pub struct BulkReplay {
     pub dry_run: bool,
 }
 
-/// `POST /api/v1/admin/requests/replay`: replays every failed or cancelled request matching the
-/// filter (up to 10,000), or with `dry_run` says how many it would.
+/// `POST /api/v1/admin/requests/replay`: replays the failed requests matching the filter (the
+/// cancelled ones when the filter says `status: cancelled`), up to 10,000, or with `dry_run`
+/// says how many it would. A filter that names nothing is refused.
 #[utoipa::path(
     post,
     path = "/api/v1/admin/requests/replay",
