@@ -1,6 +1,7 @@
 //! What a hostile tenant (or a confused peer service) tries, and the clear 4xx it gets: tokens
 //! that are not yet valid or were signed for another service, a `Last-Event-ID` past any event
-//! id, and cache invalidations that would wipe every user's entries.
+//! id, and cache invalidations that would wipe every user's entries. Each file of this folder
+//! holds the attacks on one area.
 
 use llm_api::jwt::JwtKeys;
 use llm_tests::{TEST_SECRET, TestApp, spawn_app, spawn_app_with_providers};
