@@ -11,6 +11,7 @@ pub mod batches;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod error;
 pub mod generation;
 pub mod group_commit;
