@@ -26,4 +26,5 @@ pub mod ratelimit;
 pub mod requests;
 pub mod stream_relay;
 pub mod telemetry;
+pub mod ttl_cache;
 pub mod usage;
