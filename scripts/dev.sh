@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # scripts/dev.sh — run everything locally in one command.
 #
-# Starts PostgreSQL/Redis (scripts/services.sh), builds the release binaries, runs llm-worker and
-# `llm-api serve` in the background (logs in .dev/worker.log and .dev/api.log), waits for
+# Starts PostgreSQL/Redis (scripts/services.sh), builds the release binaries, exports SECRET_KEY
+# (this machine's random key from .dev-secret-key, made on first run, unless one is set), runs
+# llm-worker and `llm-api serve` in the background (logs in .dev/worker.log and .dev/api.log), waits for
 # /health/ready, submits a demo prompt and polls its result. Then stays in the foreground:
 # Ctrl-C (or either process dying) stops both with SIGTERM, so the worker drains gracefully.
 # shellcheck disable=SC2317  # functions below are called from traps
@@ -50,6 +51,16 @@ scripts/services.sh
 cargo build --release --bins
 mkdir -p .dev
 
+# The api has no default signing key: this machine gets a random one, made once and kept in
+# .dev-secret-key (git-ignored, readable by its owner only). A SECRET_KEY already set wins.
+if [ -z "${SECRET_KEY:-}" ]; then
+  if [ ! -s .dev-secret-key ]; then
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >.dev-secret-key)
+  fi
+  SECRET_KEY=$(cat .dev-secret-key)
+fi
+export SECRET_KEY
+
 "$bin/llm-worker" >.dev/worker.log 2>&1 &
 pids+=($!)
 "$bin/llm-api" serve >.dev/api.log 2>&1 &
@@ -82,7 +93,7 @@ curl -sS --fail-with-body -H "Authorization: Bearer $token" "$api$poll_url?wait=
 cat <<EOF
 
 Running: api on $api (pid $api_pid), worker (pid ${pids[0]}); logs in .dev/api.log, .dev/worker.log.
-Mint a token:  $bin/llm-api token --user $DEMO_USER
+Mint a token:  SECRET_KEY=\$(cat .dev-secret-key) $bin/llm-api token --user $DEMO_USER
 Press Ctrl-C to stop both.
 EOF
 

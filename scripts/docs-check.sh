@@ -44,6 +44,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A signing key of this run's own: the api has no default (the page needs no token).
+SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+export SECRET_KEY
 DATABASE_URL="${ADMIN_URL%/*}/$DB_NAME" REDIS_URL=$REDIS REDIS_KEY_PREFIX="$DB_NAME:" \
   LOG_LEVEL=warn API_LISTEN=127.0.0.1:$PORT target/debug/llm-api serve >"$OUT/api.log" 2>&1 &
 api_pid=$!

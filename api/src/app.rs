@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use llm_shared::config;
 use llm_shared::db;
 use llm_shared::metrics::Metrics;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
@@ -31,15 +30,9 @@ pub struct App {
 impl App {
     /// Connects to PostgreSQL (and migrates it), loads the model registry and the prompt
     /// templates, starts the completion-notice listener and the relay's subscriber, and binds
-    /// `API_LISTEN`. Refuses to build when the configuration is unsafe (e.g. no `SECRET_KEY` on
-    /// a non-loopback address).
+    /// `API_LISTEN`. Refuses to build when the configuration is unsafe (e.g. no `SECRET_KEY`).
     pub async fn build(config: &ApiConfig) -> anyhow::Result<Self> {
         let secret = config.jwt_secret()?;
-        if config::present(&config.common.secret_key).is_none() {
-            tracing::warn!(
-                "SECRET_KEY is not set: using the local development key (loopback only)"
-            );
-        }
         let pool = db::connect(&config.common)
             .await
             .context("connecting to PostgreSQL")?;

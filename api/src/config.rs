@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use llm_shared::config::{CommonConfig, ConfigError, resolve_secret};
+use llm_shared::config::{CommonConfig, ConfigError, present, resolve_secret};
 use secrecy::SecretString;
 
 /// Settings of the api binary.
@@ -38,11 +38,9 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    /// The JWT key, or why the api must not start.
+    /// The JWT key, or why the api must not start (`SECRET_KEY` unset, empty or too short),
+    /// whatever address it listens on.
     pub fn jwt_secret(&self) -> Result<SecretString, ConfigError> {
-        resolve_secret(
-            self.common.secret_key.as_ref(),
-            self.listen.ip().is_loopback(),
-        )
+        resolve_secret(present(&self.common.secret_key))
     }
 }

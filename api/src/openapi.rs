@@ -62,6 +62,8 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         http::admin::list_requests,
         http::admin::replay_one,
         http::admin::replay_many,
+        http::admin::list_dead_letters,
+        http::admin::replay_dead_letters,
         http::events::receive,
         http::openai::chat_completions,
         http::openai::completions,

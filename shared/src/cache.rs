@@ -217,18 +217,7 @@ impl ResponseCache {
         filter: &InvalidateFilter,
     ) -> Result<u64, DomainError> {
         filter.check()?;
-        let keys: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM response_cache
-             WHERE ($1::text IS NULL OR model = $1)
-               AND ($2::text IS NULL OR starts_with(cache_key, $2))
-               AND ($3::text IS NULL OR metadata->>'template_id' = $3)
-             RETURNING cache_key",
-        )
-        .bind(&filter.model)
-        .bind(&filter.key_prefix)
-        .bind(&filter.template_id)
-        .fetch_all(pool)
-        .await?;
+        let keys = delete_matching(pool, filter).await?;
         let mut conn = self.conn.clone();
         for chunk in keys.chunks(500) {
             let redis_keys: Vec<String> = chunk.iter().map(|k| self.redis_key(k)).collect();
@@ -238,6 +227,58 @@ impl ResponseCache {
         }
         Ok(keys.len() as u64)
     }
+
+    /// [`ResponseCache::invalidate`] for a caller that must know the whole effect happened:
+    /// the table's entries are deleted in `tx` (not committed here) and their Redis copies
+    /// deleted; if Redis fails, the error says so and the caller rolls back, so that a retry
+    /// finds the same entries and deletes their copies then.
+    pub async fn invalidate_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        filter: &InvalidateFilter,
+    ) -> Result<u64, InvalidateError> {
+        filter.check()?;
+        let keys = delete_matching(&mut *tx, filter)
+            .await
+            .map_err(DomainError::from)?;
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(500) {
+            let redis_keys: Vec<String> = chunk.iter().map(|k| self.redis_key(k)).collect();
+            conn.del::<_, ()>(redis_keys)
+                .await
+                .map_err(InvalidateError::Redis)?;
+        }
+        Ok(keys.len() as u64)
+    }
+}
+
+/// Why [`ResponseCache::invalidate_in`] did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The Redis copies could not be deleted.
+    #[error("the cache's Redis copies could not be deleted: {0}")]
+    Redis(#[source] redis::RedisError),
+}
+
+/// Deletes the table's entries matching `filter`; returns their keys.
+async fn delete_matching<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    filter: &InvalidateFilter,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM response_cache
+         WHERE ($1::text IS NULL OR model = $1)
+           AND ($2::text IS NULL OR starts_with(cache_key, $2))
+           AND ($3::text IS NULL OR metadata->>'template_id' = $3)
+         RETURNING cache_key",
+    )
+    .bind(&filter.model)
+    .bind(&filter.key_prefix)
+    .bind(&filter.template_id)
+    .fetch_all(db)
+    .await
 }
 
 /// Deletes expired entries (a worker does this periodically).

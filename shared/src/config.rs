@@ -1,17 +1,17 @@
 //! Typed configuration, loaded once at start from flags and environment variables (clap).
 //!
-//! Every setting has a safe local default so both binaries start on a developer machine with
-//! nothing set. The one setting that is unsafe to default in production, `SECRET_KEY`, is
-//! defaulted only while the api listens on a loopback address (see [`resolve_secret`]). The
-//! settings of one binary only live in its crate (`llm_api::config`, `llm_worker::config`).
+//! Every setting but one has a safe local default so both binaries start on a developer
+//! machine with little set. The exception is `SECRET_KEY`, which signs and verifies every
+//! token: no default is safe, since a key written in the source lets anyone who reads it mint
+//! tokens for any deployment that uses it (a loopback api behind a reverse proxy included), so
+//! it is always required ([`resolve_secret`]; `scripts/dev.sh` makes a random one per machine).
+//! The settings of one binary only live in its crate (`llm_api::config`, `llm_worker::config`).
 
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
-/// Signing key used when `SECRET_KEY` is unset and the api only listens on loopback.
-const DEV_SECRET_KEY: &str = "local-development-secret-key-do-not-use-in-production";
 /// HS256 keys shorter than this are refused: they can be brute-forced offline from any token.
 pub const MIN_SECRET_KEY_BYTES: usize = 32;
 
@@ -197,8 +197,8 @@ fn http_url(text: &str) -> Result<url::Url, String> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
-        "SECRET_KEY is not set and the api listens on a non-loopback address: set SECRET_KEY to \
-         the auth system's key (at least {MIN_SECRET_KEY_BYTES} bytes)"
+        "SECRET_KEY is not set: set it to the auth system's key (at least \
+         {MIN_SECRET_KEY_BYTES} bytes; for local use, scripts/dev.sh makes a random one)"
     )]
     MissingSecretKey,
     #[error("SECRET_KEY is {0} bytes long; it must be at least {MIN_SECRET_KEY_BYTES} bytes")]
@@ -210,25 +210,21 @@ pub fn present(secret: &Option<SecretString>) -> Option<&SecretString> {
     secret.as_ref().filter(|s| !s.expose_secret().is_empty())
 }
 
-/// The JWT key: the configured one, else (only when `loopback_only`) the local development
-/// key; or why a process must not start.
-pub fn resolve_secret(
-    configured: Option<&SecretString>,
-    loopback_only: bool,
-) -> Result<SecretString, ConfigError> {
+/// The JWT key, or why a process must not start: there is no default, whatever address the
+/// api listens on.
+pub fn resolve_secret(configured: Option<&SecretString>) -> Result<SecretString, ConfigError> {
     match configured {
         Some(key) if key.expose_secret().len() < MIN_SECRET_KEY_BYTES => {
             Err(ConfigError::WeakSecretKey(key.expose_secret().len()))
         }
         Some(key) => Ok(key.clone()),
-        None if loopback_only => Ok(SecretString::from(DEV_SECRET_KEY)),
         None => Err(ConfigError::MissingSecretKey),
     }
 }
 
-/// The key tools such as `llm-api token` use: the configured one, else the local default.
+/// The key tools such as `llm-api token` sign with: `SECRET_KEY`, required as for the api.
 pub fn signing_secret(common: &CommonConfig) -> Result<SecretString, ConfigError> {
-    resolve_secret(present(&common.secret_key), true)
+    resolve_secret(present(&common.secret_key))
 }
 
 #[cfg(test)]
@@ -256,23 +252,22 @@ mod tests {
     }
 
     #[test]
-    fn secret_key_defaults_only_on_loopback() {
-        assert!(resolve_secret(None, true).is_ok());
+    fn secret_key_is_required_and_long_enough() {
         assert_eq!(
-            resolve_secret(None, false).err(),
+            resolve_secret(None).err(),
             Some(ConfigError::MissingSecretKey)
         );
         let short = SecretString::from("short");
         assert_eq!(
-            resolve_secret(Some(&short), true).err(),
+            resolve_secret(Some(&short)).err(),
             Some(ConfigError::WeakSecretKey(5))
         );
         let empty = Some(SecretString::from(""));
         assert_eq!(
-            resolve_secret(present(&empty), false).err(),
+            resolve_secret(present(&empty)).err(),
             Some(ConfigError::MissingSecretKey)
         );
         let good = SecretString::from("x".repeat(32));
-        assert!(resolve_secret(Some(&good), false).is_ok());
+        assert!(resolve_secret(Some(&good)).is_ok());
     }
 }

@@ -3,8 +3,10 @@
 //! one test process never mix their counts.
 //!
 //! This module owns the metric names, their labels and what the scrape-time gauges read
-//! (queue depth, oldest pending age and outbox backlog, from `generation_requests` and
-//! `outbox_events`). The events themselves are recorded where they happen: the api's HTTP
+//! (queue depth, oldest pending age, outbox backlog and dead letters, from
+//! `generation_requests`, `outbox_events` and `outbox_dead_letters`). `/metrics` needs no
+//! credentials, so those reads are shared: at most one per [`GAUGES_MAX_AGE`] per process,
+//! however many scrapes arrive (concurrent ones wait for the one read in progress). The events themselves are recorded where they happen: the api's HTTP
 //! middleware (`llm_api::metrics`), the worker's execution (provider calls, retries, fallbacks)
 //! and job loop (outcomes, tokens, cost, end-to-end latency), the submit handlers (cache), the
 //! rate-limit answers (rejections) and the streams (active streams).
@@ -13,11 +15,11 @@
 //! registry model ids, provider names and fixed outcome / error-kind words. Never a user id, a
 //! request id or any text a client chose.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -36,6 +38,10 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// How long the scrape-time queries may take before the gauges keep their previous values.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the database gauges read at a scrape serve later scrapes: a burst of scrapes (or a
+/// client scraping in a loop) costs the database one read per this interval.
+pub const GAUGES_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Every metric of the service, registered in a registry of its own.
 pub struct Metrics {
@@ -75,6 +81,13 @@ pub struct Metrics {
     pub oldest_pending_age: Gauge,
     /// `llm_outbox_backlog`: hub events not delivered yet.
     pub outbox_backlog: IntGauge,
+    /// `llm_outbox_dead_letters`: hub events given up after `OUTBOX_MAX_ATTEMPTS` tries,
+    /// waiting for an admin's replay.
+    pub outbox_dead_letters: IntGauge,
+    /// `llm_metrics_gauge_reads_total`: reads of the database gauges by this process.
+    pub gauge_reads: IntCounter,
+    /// When the database gauges were last read (`None`: never); held while one is read.
+    gauges_read_at: tokio::sync::Mutex<Option<Instant>>,
     /// `llm_worker_batch_size{statement}`: calls a group-committed statement (`claim`,
     /// `complete`) wrote at once.
     pub batch_size: HistogramVec,
@@ -192,6 +205,17 @@ impl Metrics {
                 "Message hub events written but not delivered yet.",
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            outbox_dead_letters: IntGauge::new(
+                "llm_outbox_dead_letters",
+                "Message hub events given up after OUTBOX_MAX_ATTEMPTS tries, waiting for a replay.",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            gauge_reads: IntCounter::new(
+                "llm_metrics_gauge_reads_total",
+                "Reads of the queue and outbox gauges from the database by this process (at most one per 2 s, whatever the scrape rate).",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
+            gauges_read_at: tokio::sync::Mutex::new(None),
             batch_size: HistogramVec::new(
                 HistogramOpts::new(
                     "llm_worker_batch_size",
@@ -226,6 +250,8 @@ impl Metrics {
             Box::new(self.queue_depth.clone()),
             Box::new(self.oldest_pending_age.clone()),
             Box::new(self.outbox_backlog.clone()),
+            Box::new(self.outbox_dead_letters.clone()),
+            Box::new(self.gauge_reads.clone()),
             Box::new(self.batch_size.clone()),
         ];
         for collector in collectors {
@@ -301,26 +327,40 @@ impl Metrics {
             .set(state);
     }
 
-    /// Re-reads the queue and outbox gauges from the database. On failure (or after
-    /// [`REFRESH_TIMEOUT`]) they keep their previous values and the failure is logged.
+    /// Re-reads the queue and outbox gauges from the database, unless they were read less than
+    /// [`GAUGES_MAX_AGE`] ago: scrapes arriving meanwhile wait for the read in progress and
+    /// share it. On failure (or after [`REFRESH_TIMEOUT`]) they keep their previous values and
+    /// the failure is logged; the next read is due after the same interval.
     pub async fn refresh_queue(&self, pool: &PgPool) {
+        let mut read_at = self.gauges_read_at.lock().await;
+        if read_at.is_some_and(|at| at.elapsed() < GAUGES_MAX_AGE) {
+            return;
+        }
+        self.gauge_reads.inc();
+        self.read_gauges(pool).await;
+        *read_at = Some(Instant::now());
+    }
+
+    async fn read_gauges(&self, pool: &PgPool) {
         let read = async {
-            let (pending, running, oldest, backlog): (i64, i64, Option<f64>, i64) = sqlx::query_as(
-                "SELECT
+            let (pending, running, oldest, backlog, dead): (i64, i64, Option<f64>, i64, i64) =
+                sqlx::query_as(
+                    "SELECT
                          (SELECT COUNT(*) FROM generation_requests
                           WHERE completed_at IS NULL AND status = 'pending'),
                          (SELECT COUNT(*) FROM generation_requests
                           WHERE completed_at IS NULL AND status = 'running'),
                          (SELECT EXTRACT(EPOCH FROM NOW() - MIN(created_at))::float8
                           FROM generation_requests WHERE completed_at IS NULL AND status = 'pending'),
-                         (SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL)",
-            )
-            .fetch_one(pool)
-            .await?;
-            Ok::<_, sqlx::Error>((pending, running, oldest, backlog))
+                         (SELECT COUNT(*) FROM outbox_events WHERE delivered_at IS NULL),
+                         (SELECT COUNT(*) FROM outbox_dead_letters)",
+                )
+                .fetch_one(pool)
+                .await?;
+            Ok::<_, sqlx::Error>((pending, running, oldest, backlog, dead))
         };
         match tokio::time::timeout(REFRESH_TIMEOUT, read).await {
-            Ok(Ok((pending, running, oldest, backlog))) => {
+            Ok(Ok((pending, running, oldest, backlog, dead))) => {
                 self.queue_depth
                     .with_label_values(&["pending"])
                     .set(pending);
@@ -329,6 +369,7 @@ impl Metrics {
                     .set(running);
                 self.oldest_pending_age.set(oldest.unwrap_or(0.0).max(0.0));
                 self.outbox_backlog.set(backlog);
+                self.outbox_dead_letters.set(dead);
             }
             Ok(Err(err)) => tracing::warn!(error = %err, "metrics: could not read the queue depth"),
             Err(_) => tracing::warn!("metrics: reading the queue depth timed out"),

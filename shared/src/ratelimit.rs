@@ -6,9 +6,8 @@
 //! Redis down: `RATE_LIMIT_FAIL_MODE=open` (default) lets requests through with a warning;
 //! `closed` refuses them with 503.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -16,6 +15,9 @@ use uuid::Uuid;
 
 /// How long overrides read from the database are trusted.
 const OVERRIDES_TTL: Duration = Duration::from_secs(10);
+/// Most users whose override (or its absence) one process keeps: every authenticated user id
+/// is a key, so the cache is bounded by this, not by the number of users.
+const OVERRIDES_MAX_USERS: usize = 10_000;
 
 /// The check, in one script (a script runs alone: no other command sees its steps). A `take`
 /// counts first and takes the counts back when over a limit: one command per counter where
@@ -114,8 +116,8 @@ pub enum Decision {
     Unavailable,
 }
 
-/// Per user: the override read from the database (`None`: no override) and when it was read.
-type OverrideCache = HashMap<Uuid, (Option<RateLimits>, Instant)>;
+/// Per user: the override read from the database (`None`: no override), bounded.
+type OverrideCache = crate::ttl_cache::TtlCache<Uuid, Option<RateLimits>>;
 
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -149,7 +151,10 @@ impl RateLimiter {
             defaults,
             fail_open,
             script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
-            overrides: Arc::new(Mutex::new(HashMap::new())),
+            overrides: Arc::new(Mutex::new(OverrideCache::new(
+                OVERRIDES_TTL,
+                OVERRIDES_MAX_USERS,
+            ))),
         })
     }
 
@@ -159,14 +164,10 @@ impl RateLimiter {
 
     /// The user's limits: an admin's override, else the defaults.
     pub async fn limits(&self, pool: &PgPool, user: Uuid) -> Result<RateLimits, sqlx::Error> {
-        let cached = self
-            .overrides
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&user).copied());
+        let cached = self.overrides.lock().ok().and_then(|m| m.get(&user));
         let stored = match cached {
-            Some((limits, at)) if at.elapsed() < OVERRIDES_TTL => limits,
-            _ => {
+            Some(limits) => limits,
+            None => {
                 let row: Option<(Option<i32>, Option<i32>)> = sqlx::query_as(
                     "SELECT requests_per_minute, tokens_per_minute FROM rate_limit_overrides WHERE user_id = $1",
                 )
@@ -180,7 +181,7 @@ impl RateLimiter {
                         .map_or(self.defaults.tokens_per_minute, |v| v.max(0) as u32),
                 });
                 if let Ok(mut map) = self.overrides.lock() {
-                    map.insert(user, (limits, Instant::now()));
+                    map.insert(user, limits);
                 }
                 limits
             }

@@ -65,6 +65,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
     pub metrics_listen: SocketAddr,
 
+    /// Tries of a message hub event before it is moved to the dead letters (listed and
+    /// replayed by admins), so that it no longer holds back its request's later events. With
+    /// the backoff (0.5 s doubling, at most 5 min) 20 tries take about an hour.
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbox_max_attempts: u32,
+
     /// Lets the mock provider's `crash` behaviour abort this process (chaos tests only).
     #[arg(long, env = "MOCK_ALLOW_CRASH", default_value_t = false)]
     pub mock_allow_crash: bool,

@@ -7,6 +7,11 @@
 //! `id`), in order per request (an event waits while an earlier one of its request is
 //! undelivered), with exponential backoff while the hub fails, so a hub down for an hour loses
 //! nothing.
+//!
+//! An event the hub refuses `OUTBOX_MAX_ATTEMPTS` times (about an hour at the default, with the
+//! backoff) is moved to `outbox_dead_letters` in the transaction that records its last failure:
+//! one event the hub will never take must not hold back its request's later events forever.
+//! Admins list and replay dead letters (`llm_shared::dead_letters`).
 
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{HashMap, HashSet};
@@ -130,6 +135,7 @@ pub async fn deliver_due(
     pool: &PgPool,
     hub: &HubClient,
     scan: &mut Scan,
+    max_attempts: u32,
 ) -> Result<Round, sqlx::Error> {
     let window: Vec<Pending> = sqlx::query_as(
         "SELECT seq, id, request_id, type, payload, created_at, attempts,
@@ -180,10 +186,15 @@ pub async fn deliver_due(
             .collect()
             .await;
 
-    let delivered = record_outcomes(&mut tx, &outcomes).await?;
+    let delivered = record_outcomes(&mut tx, &outcomes, max_attempts).await?;
     tx.commit().await?;
     for (_, failure) in &outcomes {
-        if let Some(request) = failure.as_ref().and_then(|f| f.request) {
+        // A dead letter holds nothing back: its request's later events go in the next round.
+        if let Some(request) = failure
+            .as_ref()
+            .filter(|f| !f.is_dead(max_attempts))
+            .and_then(|f| f.request)
+        {
             scan.held_back.insert(request);
         }
     }
@@ -216,21 +227,22 @@ fn chains_of(window: Vec<Pending>, scan: &mut Scan) -> Vec<Vec<Pending>> {
     chains
 }
 
-/// Writes a round's outcomes: delivered events deleted, failed ones given their next attempt.
-/// Returns how many were delivered.
+/// Writes a round's outcomes: delivered events deleted, failed ones given their next attempt,
+/// or moved to the dead letters when that was their last. Returns how many were delivered.
 async fn record_outcomes(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     outcomes: &[(i64, Option<Failure>)],
+    max_attempts: u32,
 ) -> Result<usize, sqlx::Error> {
     let delivered: Vec<i64> = outcomes
         .iter()
         .filter(|(_, f)| f.is_none())
         .map(|(seq, _)| *seq)
         .collect();
-    let failed: Vec<(i64, &Failure)> = outcomes
+    let (dead, failed): (Vec<Failed>, Vec<Failed>) = outcomes
         .iter()
         .filter_map(|(seq, f)| f.as_ref().map(|f| (*seq, f)))
-        .collect();
+        .partition(|(_, f)| f.is_dead(max_attempts));
     if !delivered.is_empty() {
         // Gone once the hub has it: nothing reads a delivered event, and a mark was a second
         // copy of the row (see migration 20261205000002).
@@ -258,8 +270,40 @@ async fn record_outcomes(
         .execute(&mut **tx)
         .await?;
     }
+    if !dead.is_empty() {
+        let buried: Vec<(Uuid, String)> = sqlx::query_as(BURY)
+            .bind(dead.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+            .bind(
+                dead.iter()
+                    .map(|(_, f)| f.reason.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut **tx)
+            .await?;
+        for (id, kind) in buried {
+            tracing::warn!(event.id = %id, event.type = kind, max_attempts, "the hub refused an event on every attempt: moved to the dead letters (replay: POST /api/v1/admin/outbox/dead/replay)");
+        }
+    }
     Ok(delivered.len())
 }
+
+/// An event that failed this round: its `seq` and why.
+type Failed<'a> = (i64, &'a Failure);
+
+/// Moves events (`$1` seqs, `$2` their last errors) from the outbox to the dead letters.
+const BURY: &str = "WITH dead AS (
+         DELETE FROM outbox_events o
+         USING unnest($1::int8[], $2::text[]) AS f(seq, reason)
+         WHERE o.seq = f.seq
+         RETURNING o.seq, o.id, o.request_id, o.type, o.payload, o.created_at,
+                   o.attempts + 1 AS attempts, f.reason
+     )
+     INSERT INTO outbox_dead_letters
+         (seq, id, request_id, type, payload, created_at, attempts, last_error)
+     SELECT seq, id, request_id, type, payload, created_at, attempts, reason FROM dead
+     ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, attempts = EXCLUDED.attempts,
+         last_error = EXCLUDED.last_error, dead_at = NOW()
+     RETURNING id, type";
 
 /// Posts a request's events in order, up to the first that fails (the later ones wait for it).
 async fn post_chain(hub: &HubClient, chain: Vec<Pending>) -> Vec<(i64, Option<Failure>)> {
@@ -277,6 +321,7 @@ async fn post_chain(hub: &HubClient, chain: Vec<Pending>) -> Vec<(i64, Option<Fa
                         reason,
                         backoff,
                         request,
+                        attempts: event.attempts.saturating_add(1),
                     }),
                 ));
                 break;
@@ -292,6 +337,15 @@ struct Failure {
     reason: String,
     backoff: f64,
     request: Option<Uuid>,
+    /// Tries of the event so far, this one included.
+    attempts: i32,
+}
+
+impl Failure {
+    /// Whether this was the event's last try.
+    fn is_dead(&self, max_attempts: u32) -> bool {
+        i64::from(self.attempts) >= i64::from(max_attempts)
+    }
 }
 
 impl Scan {
@@ -306,11 +360,12 @@ impl Scan {
     }
 }
 
-/// The worker's delivery loop: delivers due events until stopped.
-pub async fn deliver(pool: PgPool, hub: HubClient, stop: CancellationToken) {
+/// The worker's delivery loop: delivers due events until stopped, giving each up to the dead
+/// letters after `max_attempts` tries.
+pub async fn deliver(pool: PgPool, hub: HubClient, max_attempts: u32, stop: CancellationToken) {
     let mut scan = Scan::default();
     loop {
-        let pause = match deliver_due(&pool, &hub, &mut scan).await {
+        let pause = match deliver_due(&pool, &hub, &mut scan, max_attempts).await {
             // More to read, or a busy outbox: go on at once.
             Ok(round) if round.more || round.delivered > 0 => Duration::ZERO,
             Ok(_) => Duration::from_millis(500),

@@ -68,6 +68,7 @@ pub async fn run(
     let outbox = tokio::spawn(crate::outbox::deliver(
         pool.clone(),
         hub,
+        config.outbox_max_attempts,
         background.clone(),
     ));
     let metrics_server = match tokio::net::TcpListener::bind(config.metrics_listen).await {

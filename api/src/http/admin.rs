@@ -1,4 +1,5 @@
 //! Admin endpoints (`/api/v1/admin/...`): the caller's token must carry the `admin` role.
+//! Requests (listing, replays), the response cache, and the outbox's dead letters.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,6 +14,7 @@ use crate::error::doc;
 use crate::state::AppState;
 use llm_shared::admin::{self, Page, Replay, RequestFilter};
 use llm_shared::cache::InvalidateFilter;
+use llm_shared::dead_letters::{self, Selection};
 
 pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
     if user.is_admin() {
@@ -155,4 +157,103 @@ pub async fn replay_many(
     Ok(Json(
         json!({"dry_run": body.dry_run, "count": ids.len(), "request_ids": ids}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/admin/outbox/dead`: the hub events given up after `OUTBOX_MAX_ATTEMPTS`
+/// refusals, oldest first, in pages of at most 200.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/outbox/dead",
+    tag = "admin",
+    summary = "Hub events the hub kept refusing, oldest first",
+    params(("limit" = Option<i64>, Query, description = "1 to 200 (default 50)"), ("cursor" = Option<i64>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "a page of dead letters and next_cursor", body = llm_shared::dead_letters::DeadLetterPage),
+        doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    user: AuthUser,
+    QueryParams(query): QueryParams<DeadLetterQuery>,
+) -> Result<Json<dead_letters::DeadLetterPage>, ApiError> {
+    require_admin(&user)?;
+    let limit = query.limit.unwrap_or(50);
+    Ok(Json(
+        dead_letters::list(&state.pool, query.cursor, limit).await?,
+    ))
+}
+
+/// What to replay: `ids` (at most 1,000) or `all: true`, not both.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterReplay {
+    /// The dead letters' event ids.
+    #[serde(default)]
+    pub ids: Option<Vec<Uuid>>,
+    /// Every dead letter, the oldest 1,000 per call (`remaining` says whether more are left).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `POST /api/v1/admin/outbox/dead/replay`: moves dead letters back to the outbox, to be
+/// delivered again (under their own ids).
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/outbox/dead/replay",
+    tag = "admin",
+    summary = "Deliver dead letters again",
+    request_body = DeadLetterReplay,
+    responses(
+        (status = 200, description = "the events replayed, and whether dead letters remain", body = llm_shared::dead_letters::Replayed),
+        doc::BadRequest, doc::Unauthorized, doc::TooLarge, doc::NotJson, doc::Invalid, doc::Forbidden, doc::Unavailable,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn replay_dead_letters(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<DeadLetterReplay>,
+) -> Result<Json<dead_letters::Replayed>, ApiError> {
+    require_admin(&user)?;
+    let selection = match (body.ids, body.all) {
+        (Some(_), true) => {
+            return Err(ApiError::validation(
+                "ids",
+                "name the dead letters in `ids` or ask for `all`, not both",
+            ));
+        }
+        (Some(ids), false) if ids.is_empty() => {
+            return Err(ApiError::validation("ids", "`ids` names no dead letter"));
+        }
+        (Some(ids), false) if ids.len() > dead_letters::MAX_REPLAY => {
+            return Err(ApiError::validation(
+                "ids",
+                format!(
+                    "at most {} dead letters per replay",
+                    dead_letters::MAX_REPLAY
+                ),
+            ));
+        }
+        (Some(ids), false) => Selection::Ids(ids),
+        (None, true) => Selection::All,
+        (None, false) => {
+            return Err(ApiError::validation(
+                "ids",
+                "name the dead letters in `ids`, or ask for `all: true`",
+            ));
+        }
+    };
+    let replayed = dead_letters::replay(&state.pool, &selection).await?;
+    tracing::info!(admin.id = %user.id, events = replayed.replayed.len(), "hub dead letters replayed");
+    Ok(Json(replayed))
 }

@@ -5,9 +5,12 @@
 //! - `model.updated` reloads the model registry (workers follow);
 //! - `cache.invalidate` deletes cache entries matching `data` (model, template_id, key_prefix).
 //!
-//! Each event id has an effect once: it is recorded in `inbox_events` (with the request it
-//! creates, in one transaction). Unknown types are acknowledged and logged; malformed events
-//! get a 4xx.
+//! Each event id has an effect once: it is recorded in `inbox_events` in the transaction that
+//! applies the effect (the request it creates, the cache entries it deletes), and effects
+//! outside PostgreSQL (the Redis copies, the registry reload) are applied, idempotently, before
+//! that transaction commits. An effect that fails records nothing, so the hub's retry with the
+//! same id takes effect instead of being answered "duplicate". Unknown types are acknowledged
+//! and logged; malformed events get a 4xx.
 
 use axum::Json;
 use axum::extract::State;
@@ -21,7 +24,7 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
-use llm_shared::cache::InvalidateFilter;
+use llm_shared::cache::{InvalidateError, InvalidateFilter};
 use llm_shared::models;
 use llm_shared::requests::{self, GenerateBody, NewRequest};
 
@@ -63,43 +66,8 @@ pub async fn receive(
     }
     match event.kind.as_str() {
         "generation.requested" => generation_requested(&state, event, trace).await,
-        "model.updated" | "cache.invalidate" => {
-            // A filter the cache refuses is refused before the id is recorded, so that the
-            // hub's corrected retry is not answered "duplicate".
-            let filter = if event.kind == "cache.invalidate" {
-                let filter: InvalidateFilter =
-                    serde_json::from_value(Value::Object(event.data.clone()))
-                        .map_err(|e| ApiError::validation("data", e.to_string()))?;
-                filter.check()?;
-                Some(filter)
-            } else {
-                None
-            };
-            if !first_delivery(&state, &event).await? {
-                return Ok(duplicate(&event));
-            }
-            if let Some(filter) = filter {
-                let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
-                tracing::info!(event.id = %event.id, invalidated, "cache.invalidate applied");
-                Ok((
-                    StatusCode::OK,
-                    Json(json!({"id": event.id, "invalidated": invalidated})),
-                ))
-            } else {
-                let fresh = state.models.reload().map_err(|e| {
-                    ApiError::validation("data", format!("the registry was not reloaded: {e}"))
-                })?;
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(models::RELOAD_CHANNEL)
-                    .execute(&state.pool)
-                    .await?;
-                tracing::info!(event.id = %event.id, models = fresh.all().len(), "model.updated: registry reloaded");
-                Ok((
-                    StatusCode::OK,
-                    Json(json!({"id": event.id, "reloaded": true})),
-                ))
-            }
-        }
+        "cache.invalidate" => cache_invalidate(&state, &event).await,
+        "model.updated" => model_updated(&state, &event).await,
         other => {
             tracing::info!(event.id = %event.id, event.type = other, source = ?event.source, "event of an unknown type acknowledged and ignored");
             Ok((
@@ -117,16 +85,79 @@ fn duplicate(event: &Envelope) -> (StatusCode, Json<Value>) {
     )
 }
 
-/// Records the event id; false when it was seen before.
-async fn first_delivery(state: &AppState, event: &Envelope) -> Result<bool, ApiError> {
+/// Records the event id in `tx`; false when it was recorded before. A concurrent delivery of
+/// the same id waits here until this transaction ends: it then finds the id if the effect
+/// committed, or records it itself if this one rolled back.
+async fn record_id(tx: &mut sqlx::PgConnection, event: &Envelope) -> Result<bool, ApiError> {
     let inserted = sqlx::query(
         "INSERT INTO inbox_events (id, type) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
     )
     .bind(event.id)
     .bind(&event.kind)
-    .execute(&state.pool)
+    .execute(tx)
     .await?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Deletes the matching cache entries: the table's in the transaction that records the id,
+/// their Redis copies before it commits. If Redis fails, nothing commits and the answer is a
+/// 503, so the hub's retry finds the entries again and deletes their copies then.
+async fn cache_invalidate(
+    state: &AppState,
+    event: &Envelope,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // A filter the cache refuses is refused before anything is recorded, so that the hub's
+    // corrected retry is not answered "duplicate".
+    let filter: InvalidateFilter = serde_json::from_value(Value::Object(event.data.clone()))
+        .map_err(|e| ApiError::validation("data", e.to_string()))?;
+    filter.check()?;
+    let mut tx = state.pool.begin().await?;
+    if !record_id(&mut tx, event).await? {
+        return Ok(duplicate(event));
+    }
+    let invalidated = match state.cache.invalidate_in(&mut tx, &filter).await {
+        Ok(invalidated) => invalidated,
+        Err(InvalidateError::Domain(err)) => return Err(err.into()),
+        Err(InvalidateError::Redis(err)) => {
+            tracing::warn!(event.id = %event.id, error = %err, "cache.invalidate not applied: Redis unavailable");
+            return Err(ApiError::Unavailable(
+                "Redis is unavailable: the invalidation was not applied; deliver the event again",
+            ));
+        }
+    };
+    tx.commit().await?;
+    tracing::info!(event.id = %event.id, invalidated, "cache.invalidate applied");
+    Ok((
+        StatusCode::OK,
+        Json(json!({"id": event.id, "invalidated": invalidated})),
+    ))
+}
+
+/// Reloads the registry (idempotent) while the transaction recording the id is open, and tells
+/// the workers by a notification sent when it commits: a registry that fails to load records
+/// nothing, so the hub's retry (once the file is fixed) reloads it.
+async fn model_updated(
+    state: &AppState,
+    event: &Envelope,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    if !record_id(&mut tx, event).await? {
+        return Ok(duplicate(event));
+    }
+    let fresh = state
+        .models
+        .reload()
+        .map_err(|e| ApiError::validation("data", format!("the registry was not reloaded: {e}")))?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(models::RELOAD_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(event.id = %event.id, models = fresh.all().len(), "model.updated: registry reloaded");
+    Ok((
+        StatusCode::OK,
+        Json(json!({"id": event.id, "reloaded": true})),
+    ))
 }
 
 /// A request created on behalf of `data.user_id`; the rest of `data` is a submit's body.

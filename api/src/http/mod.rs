@@ -63,6 +63,11 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
             post(admin::invalidate_cache),
         )
         .route("/api/v1/admin/requests", get(admin::list_requests))
+        .route("/api/v1/admin/outbox/dead", get(admin::list_dead_letters))
+        .route(
+            "/api/v1/admin/outbox/dead/replay",
+            post(admin::replay_dead_letters),
+        )
         .route("/api/v1/events", post(events::receive))
         .route("/api/v1/admin/requests/replay", post(admin::replay_many))
         .route(

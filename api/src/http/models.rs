@@ -1,9 +1,11 @@
 //! `GET /api/v1/models`, `GET /api/v1/models/{model_id}`, `POST /api/v1/models/select`, and
 //! `POST /api/v1/admin/models/reload`.
 //!
-//! Health comes from the attempt history of the last five minutes (all workers' calls): error
-//! rate, median latency, and a circuit state derived from the latest calls (open when the last
-//! `failure_threshold` calls failed within the cool-down).
+//! Health comes from the attempt history of the last five minutes (all workers' calls), at most
+//! the latest [`HEALTH_MAX_CALLS`] per model, read through an index: error rate, median latency,
+//! and a circuit state derived from the latest calls (open when the last `failure_threshold`
+//! calls failed within the cool-down). Any authenticated caller may ask, so its cost must not
+//! grow with the history or the traffic.
 
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ use llm_shared::models::{self, ModelRegistry, ModelSpec, Requirements};
 use llm_shared::requests::{self, CallStats};
 
 const HEALTH_WINDOW: Duration = Duration::from_secs(300);
+/// Most calls per model the health reads: a busy model's health is its latest calls.
+pub const HEALTH_MAX_CALLS: i64 = 1000;
 
 #[derive(Debug, Serialize)]
 pub struct ModelView {
@@ -69,7 +73,7 @@ fn view(registry: &ModelRegistry, spec: &ModelSpec, stats: &[CallStats]) -> Mode
 
 async fn stats(state: &AppState, registry: &ModelRegistry) -> Result<Vec<CallStats>, ApiError> {
     let streak = i64::from(registry.circuit.failure_threshold.max(1));
-    Ok(requests::recent_call_stats(&state.pool, HEALTH_WINDOW, streak).await?)
+    Ok(requests::recent_call_stats(&state.pool, HEALTH_WINDOW, streak, HEALTH_MAX_CALLS).await?)
 }
 
 #[utoipa::path(

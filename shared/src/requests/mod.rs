@@ -55,7 +55,8 @@ pub use finish::{
 };
 pub use hits::HIT_ROWS_ON_STOP;
 pub use reads::{
-    AttemptView, CallStats, RequestView, attempts_of, find_for_user, recent_call_stats,
+    AttemptView, CallStats, RECENT_CALL_STATS, RequestView, attempts_of, find_for_user,
+    recent_call_stats,
 };
 pub use submit::{Insert, Submitted, Submitter, insert_many, insert_with_job};
 

@@ -106,16 +106,23 @@ pub struct CallStats {
     pub last_call_at: Option<DateTime<Utc>>,
 }
 
-/// Per (provider, upstream model): calls finished in the last `window`, with their failures
-/// and median latency, and whether the most recent `streak` calls all failed.
+/// The statement of [`recent_call_stats`].
+pub const RECENT_CALL_STATS: &str = include_str!("sql/recent_call_stats.sql");
+
+/// Per (provider, upstream model): its latest calls finished in the last `window`, at most
+/// `per_model` of them (read newest first through an index, so the cost is bounded whatever the
+/// history holds), with their failures and median latency, and whether the most recent
+/// `streak` calls all failed.
 pub async fn recent_call_stats(
     pool: &PgPool,
     window: Duration,
     streak: i64,
+    per_model: i64,
 ) -> Result<Vec<CallStats>, sqlx::Error> {
-    sqlx::query_as(include_str!("sql/recent_call_stats.sql"))
+    sqlx::query_as(RECENT_CALL_STATS)
         .bind(window.as_secs_f64())
         .bind(streak)
+        .bind(per_model.max(streak))
         .fetch_all(pool)
         .await
 }

@@ -262,3 +262,4 @@ async fn a_bulk_replay_names_its_requests_and_leaves_cancelled_ones_alone_unless
         .unwrap();
     assert_eq!(asked["request_ids"], json!([cancelled]), "{asked}");
 }
+mod operations;
