@@ -1,6 +1,7 @@
 //! Authentication of a request: the [`AuthUser`] extractor takes the bearer token of the
 //! `Authorization` header and verifies it with the api's [`JwtKeys`](crate::jwt::JwtKeys); the
-//! roles that grant the admin and service routes.
+//! roles that grant the admin and service routes ([`AdminUser`] refuses any other caller before
+//! a route reads its body, so a non-admin learns nothing of an admin route's input).
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -62,5 +63,27 @@ impl FromRequestParts<AppState> for AuthUser {
             id: claims.sub,
             role: claims.role,
         })
+    }
+}
+
+/// The caller of an admin route: an [`AuthUser`] with the admin role, else a 403.
+#[derive(Debug, Clone)]
+pub struct AdminUser {
+    pub id: Uuid,
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.is_admin() {
+            Ok(Self { id: user.id })
+        } else {
+            Err(ApiError::Forbidden("this endpoint needs the admin role"))
+        }
     }
 }

@@ -8,21 +8,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::{JsonBody, QueryParams};
-use crate::auth::AuthUser;
+use crate::auth::AdminUser;
 use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use llm_shared::admin::{self, Page, Replay, RequestFilter};
 use llm_shared::cache::InvalidateFilter;
 use llm_shared::dead_letters::{self, Selection};
-
-pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
-    if user.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("this endpoint needs the admin role"))
-    }
-}
 
 /// `POST /api/v1/admin/cache/invalidate` `{"model"?, "key_prefix"?, "template_id"?}`: deletes
 /// the matching cache entries (table and Redis). At least one filter is required.
@@ -40,10 +32,9 @@ pub(super) fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
 )]
 pub async fn invalidate_cache(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: AdminUser,
     JsonBody(filter): JsonBody<InvalidateFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&user)?;
     let invalidated = state.cache.invalidate(&state.pool, &filter).await?;
     tracing::info!(user.id = %user.id, invalidated, "cache invalidated");
     Ok(Json(json!({ "invalidated": invalidated })))
@@ -75,10 +66,9 @@ pub struct ListQuery {
 )]
 pub async fn list_requests(
     State(state): State<AppState>,
-    user: AuthUser,
+    _admin: AdminUser,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    require_admin(&user)?;
     let limit = query.limit.unwrap_or(50);
     Ok(Json(
         admin::list(&state.pool, &query.filter, query.cursor, limit).await?,
@@ -100,10 +90,9 @@ pub async fn list_requests(
 )]
 pub async fn replay_one(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: AdminUser,
     Path(request_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&user)?;
     let id = Uuid::parse_str(&request_id)
         .map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))?;
     match admin::replay(&state.pool, id).await? {
@@ -146,10 +135,9 @@ pub struct BulkReplay {
 )]
 pub async fn replay_many(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: AdminUser,
     JsonBody(body): JsonBody<BulkReplay>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&user)?;
     let ids = admin::replay_matching(&state.pool, &body.filter, body.dry_run).await?;
     if !body.dry_run {
         tracing::info!(admin.id = %user.id, requests = ids.len(), "requests replayed by filter");
@@ -183,10 +171,9 @@ pub struct DeadLetterQuery {
 )]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
-    user: AuthUser,
+    _admin: AdminUser,
     QueryParams(query): QueryParams<DeadLetterQuery>,
 ) -> Result<Json<dead_letters::DeadLetterPage>, ApiError> {
-    require_admin(&user)?;
     let limit = query.limit.unwrap_or(50);
     Ok(Json(
         dead_letters::list(&state.pool, query.cursor, limit).await?,
@@ -221,10 +208,9 @@ pub struct DeadLetterReplay {
 )]
 pub async fn replay_dead_letters(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: AdminUser,
     JsonBody(body): JsonBody<DeadLetterReplay>,
 ) -> Result<Json<dead_letters::Replayed>, ApiError> {
-    require_admin(&user)?;
     let selection = match (body.ids, body.all) {
         (Some(_), true) => {
             return Err(ApiError::validation(

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::extract::JsonBody;
-use crate::auth::AuthUser;
+use crate::auth::{AdminUser, AuthUser};
 use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
@@ -176,9 +176,8 @@ pub async fn select(
 )]
 pub async fn reload(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: AdminUser,
 ) -> Result<Json<Value>, ApiError> {
-    super::admin::require_admin(&user)?;
     let fresh = state.models.reload().map_err(|e| {
         ApiError::validation("registry", format!("the registry was not reloaded: {e}"))
     })?;

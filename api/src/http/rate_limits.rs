@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::JsonBody;
-use crate::auth::AuthUser;
+use crate::auth::{AdminUser, AuthUser};
 use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
@@ -204,11 +204,10 @@ pub struct Override {
 )]
 pub async fn set_override(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: AdminUser,
     Path(target): Path<String>,
     JsonBody(body): JsonBody<Override>,
 ) -> Result<Json<Value>, ApiError> {
-    super::admin::require_admin(&user)?;
     let target = parse_user(&target)?;
     let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
     sqlx::query(
@@ -243,10 +242,9 @@ pub async fn set_override(
 )]
 pub async fn clear_override(
     State(state): State<AppState>,
-    user: AuthUser,
+    _admin: AdminUser,
     Path(target): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    super::admin::require_admin(&user)?;
     let target = parse_user(&target)?;
     sqlx::query("DELETE FROM rate_limit_overrides WHERE user_id = $1")
         .bind(target)

@@ -124,7 +124,20 @@ async fn admin_routes_refuse_an_ordinary_token() {
     let app = spawn_app().await;
     let victim = app.submit_ok(json!({"prompt": "x"})).await;
     let user = app.token_for(Uuid::now_v7());
-    let routes: [(Method, String, Option<Value>); 8] = [
+    // The role is checked before the body is read: a malformed body still answers 403, so a
+    // non-admin learns nothing of an admin route's input.
+    let routes: [(Method, String, Option<Value>); 11] = [
+        (
+            Method::POST,
+            "/api/v1/admin/requests/replay".into(),
+            Some(json!({"nonsense": 1})),
+        ),
+        (Method::GET, "/api/v1/admin/outbox/dead".into(), None),
+        (
+            Method::POST,
+            "/api/v1/admin/outbox/dead/replay".into(),
+            Some(json!({"all": true})),
+        ),
         (Method::GET, format!("/api/v1/usage/{}", app.user), None),
         (Method::GET, "/api/v1/admin/requests".into(), None),
         (
