@@ -47,6 +47,8 @@ pretty() {
   jq . 2>/dev/null <<<"$body" || printf '%s\n' "$body"
 }
 
+# The demo runs on the mock provider (off unless enabled: it answers anything for free).
+export MOCK_PROVIDER=${MOCK_PROVIDER:-true}
 scripts/services.sh
 cargo build --release --bins
 mkdir -p .dev

@@ -42,6 +42,7 @@ export RATE_LIMIT_RPM=1000000 RATE_LIMIT_TPM=2000000000
 # A signing key of this run's own (the api has no default), for the api and the token below.
 SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export SECRET_KEY
+export MOCK_PROVIDER=true # submits reach the workers with no provider key
 
 pids=()
 cleanup() {

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
+use crate::cache::CacheScope;
 use crate::error::{DomainError, ItemError};
 use crate::models::ModelRegistry;
 use crate::prompts::PromptLibrary;
@@ -45,6 +46,7 @@ impl NewBatch {
         models: &ModelRegistry,
         prompts: &PromptLibrary,
         max_attempts: u32,
+        cache_scope: CacheScope,
     ) -> Result<Self, DomainError> {
         if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
             return Err(DomainError::validation(
@@ -71,7 +73,9 @@ impl NewBatch {
                     message: e.to_string(),
                 })
                 .and_then(|item| item.resolve_template(prompts, models))
-                .and_then(|item| NewRequest::validate(item, user_id, None, models, max_attempts));
+                .and_then(|item| {
+                    NewRequest::validate(item, user_id, None, models, max_attempts, cache_scope)
+                });
             match parsed {
                 Ok(item) => items.push(item),
                 Err(DomainError::Validation { field, message }) => errors.push(ItemError {

@@ -7,6 +7,12 @@
 //!
 //! Per request: `no_cache` skips the read, `no_store` skips the write, `ttl_secs` overrides
 //! `CACHE_TTL`.
+//!
+//! `CACHE_SCOPE` ([`CacheScope`]) says who shares an entry. With `user` (the default) a key ends
+//! with its user's id, so one user's requests are never answered from, nor coalesced with,
+//! another's: a hit would tell them that someone asked exactly that prompt. With `global` the
+//! key is the content alone. Either way a key starts with the content's digest, so a
+//! `key_prefix` filter names the same answers under both scopes.
 
 use std::time::Duration;
 
@@ -15,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::error::DomainError;
 
@@ -35,6 +42,32 @@ pub struct CachePolicy {
     pub no_store: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+}
+
+/// Who shares a cache entry (and an in-flight provider call): `CACHE_SCOPE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheScope {
+    /// Each user's requests only: users learn nothing of each other's prompts.
+    #[default]
+    User,
+    /// Every user's identical requests: more hits, but a hit reveals that someone else asked.
+    Global,
+}
+
+impl CacheScope {
+    /// The key of `user`'s request whose content key is `key`: with `User`, the content key
+    /// followed by `:` and the user's id (so it keeps the content key as its prefix).
+    pub fn key_for(self, key: String, user: Uuid) -> String {
+        match self {
+            Self::Global => key,
+            Self::User => {
+                let mut key = key;
+                key.push(':');
+                key.push_str(user.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+                key
+            }
+        }
+    }
 }
 
 /// What a cache entry holds besides the text.
@@ -139,12 +172,15 @@ pub struct ResponseCache {
     conn: crate::kv::KvConnection,
     prefix: String,
     pub default_ttl: Duration,
+    /// Whose requests share entries (`CACHE_SCOPE`): keys are made with it at submit.
+    pub scope: CacheScope,
 }
 
 impl std::fmt::Debug for ResponseCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseCache")
             .field("prefix", &self.prefix)
+            .field("scope", &self.scope)
             .finish()
     }
 }
@@ -155,12 +191,14 @@ impl ResponseCache {
         client: redis::Client,
         prefix: &str,
         default_ttl: Duration,
+        scope: CacheScope,
     ) -> Result<Self, redis::RedisError> {
         let conn = crate::kv::lazy_connection(client, Duration::from_millis(500))?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
             default_ttl,
+            scope,
         })
     }
 
@@ -331,6 +369,17 @@ mod tests {
             a,
             cache_key("mock", "hello", &params, Some(&json!({"latency_ms": 5})))
         );
+    }
+
+    #[test]
+    fn user_scoped_keys_differ_per_user_and_keep_the_content_key_as_prefix() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let content = cache_key("mock", "hello", &json!({}), None);
+        let for_a = CacheScope::User.key_for(content.clone(), a);
+        assert_eq!(for_a, format!("{content}:{a}"));
+        assert_ne!(for_a, CacheScope::User.key_for(content.clone(), b));
+        assert!(for_a.len() <= 255, "fits the cache_key column");
+        assert_eq!(CacheScope::Global.key_for(content.clone(), a), content);
     }
 
     /// Keys stay what they were (stored entries stay reachable): the SHA-256 of the canonical

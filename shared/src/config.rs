@@ -74,9 +74,15 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
 
     /// Model used when a request names none. Unset: the first model of a configured provider
-    /// in the registry, else `mock`.
+    /// in the registry, else (with `MOCK_PROVIDER`) the first mock model.
     #[arg(long, env = "DEFAULT_MODEL")]
     pub default_model: Option<String>,
+
+    /// Serve the registry's mock models (and their `mock` controls: failures, latency). Off,
+    /// they do not exist for clients: the mock answers anything for free, so it is for local
+    /// runs, tests and benchmarks only.
+    #[arg(long, env = "MOCK_PROVIDER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mock_provider: bool,
 
     /// Directory of the prompt templates (`character/`, `campaign/`, `common/`).
     #[arg(long, env = "PROMPTS_DIR", default_value = "prompts")]
@@ -90,6 +96,11 @@ pub struct CommonConfig {
     /// Lifetime of cached responses, in seconds.
     #[arg(long, env = "CACHE_TTL", default_value_t = 3600)]
     pub cache_ttl: u64,
+
+    /// Who shares a cached answer: `user` (each user's own requests only) or `global` (every
+    /// user: more hits, but a hit tells a user that someone asked exactly that before).
+    #[arg(long, env = "CACHE_SCOPE", value_enum, default_value_t = crate::cache::CacheScope::User)]
+    pub cache_scope: crate::cache::CacheScope,
 
     /// Requests per minute allowed per user.
     #[arg(long, env = "RATE_LIMIT_RPM", default_value_t = 60)]
@@ -174,13 +185,15 @@ impl CommonConfig {
         crate::ratelimit::RateLimiter::new(client, &self.redis_key_prefix, defaults, fail_open)
     }
 
-    /// The response cache over `REDIS_URL` (connects lazily), with `CACHE_TTL`.
+    /// The response cache over `REDIS_URL` (connects lazily), with `CACHE_TTL` and
+    /// `CACHE_SCOPE`.
     pub fn response_cache(&self) -> Result<crate::cache::ResponseCache, redis::RedisError> {
         let client = self.redis_client()?;
         crate::cache::ResponseCache::new(
             client,
             &self.redis_key_prefix,
             Duration::from_secs(self.cache_ttl),
+            self.cache_scope,
         )
     }
 }

@@ -5,6 +5,11 @@
 //! points to another file). Provider credentials and base URLs come from the configuration
 //! (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OLLAMA_URL`, `*_BASE_URL`): a model whose provider
 //! lacks them stays listed, as unavailable with the reason, and is skipped in fallback chains.
+//!
+//! Mock models exist only with `MOCK_PROVIDER=true`: otherwise they are left out of the
+//! registry as it loads (and out of every fallback chain), so that no listing shows them, no
+//! request can name them, and the default model is never one of them. A deployment may run
+//! without one: the mock answers anything for free and takes failure and latency controls.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -13,6 +18,11 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CommonConfig, present};
+
+/// What a deployment with no runnable model is told (at start, and by a submit that names no
+/// model).
+pub const NO_MODEL_AVAILABLE: &str = "no model is available: set OPENAI_API_KEY, \
+     ANTHROPIC_API_KEY or OLLAMA_URL (MOCK_PROVIDER=true runs the mock provider, for local use)";
 
 /// The registry file the binaries carry with them.
 const EMBEDDED: &str = include_str!("../../config/models.toml");
@@ -193,11 +203,18 @@ pub enum RegistryError {
     Invalid { path: String, message: String },
     #[error("DEFAULT_MODEL `{0}` is not in the model registry")]
     UnknownDefault(String),
+    #[error(
+        "DEFAULT_MODEL `{0}` is a mock model and MOCK_PROVIDER is off: name a real model, or set \
+         MOCK_PROVIDER=true (local runs and tests only)"
+    )]
+    MockDefault(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct ModelRegistry {
     models: Vec<ModelSpec>,
+    /// The mock models the file declares, left out because `MOCK_PROVIDER` is off.
+    mocks_off: Vec<String>,
     default_model: String,
     pub upstreams: Upstreams,
     pub retry: RetryPolicy,
@@ -221,7 +238,13 @@ impl ModelRegistry {
                 EMBEDDED.to_owned(),
             ),
         };
-        Self::from_toml(&path, &text, config)
+        let registry = Self::from_toml(&path, &text, config)?;
+        if !registry.any_available() {
+            // Started anyway: the api answers, lists the models with why each cannot run, and
+            // refuses submits saying so (a restart with a key or URL set fixes it).
+            tracing::warn!("{NO_MODEL_AVAILABLE}");
+        }
+        Ok(registry)
     }
 
     pub fn from_toml(path: &str, text: &str, config: &CommonConfig) -> Result<Self, RegistryError> {
@@ -250,18 +273,27 @@ impl ModelRegistry {
                 )));
             }
         }
+        let (models, mocks_off) = if config.mock_provider {
+            (file.models, Vec::new())
+        } else {
+            without_mocks(file.models)
+        };
         let upstreams = resolve_upstreams(&file.providers, config);
         let default_model = match &config.default_model {
             Some(id) if !id.is_empty() => {
-                if !seen.contains(id.as_str()) {
+                if mocks_off.contains(id) {
+                    return Err(RegistryError::MockDefault(id.clone()));
+                }
+                if !models.iter().any(|m| &m.id == id) {
                     return Err(RegistryError::UnknownDefault(id.clone()));
                 }
                 id.clone()
             }
-            _ => pick_default(&file.models, &upstreams),
+            _ => pick_default(&models, &upstreams),
         };
         Ok(Self {
-            models: file.models,
+            models,
+            mocks_off,
             default_model,
             upstreams,
             retry: file.retry,
@@ -283,6 +315,22 @@ impl ModelRegistry {
 
     pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
         self.models.iter().map(|m| m.id.as_str())
+    }
+
+    /// True when some model of the registry can run (its provider is configured).
+    pub fn any_available(&self) -> bool {
+        self.models
+            .iter()
+            .any(|m| self.unavailable_reason(m).is_none())
+    }
+
+    /// Why `id` names no model of this registry (for a request stored before it changed).
+    pub fn not_found_reason(&self, id: &str) -> String {
+        if self.mocks_off.iter().any(|m| m == id) {
+            format!("model `{id}` is a mock model and MOCK_PROVIDER is off")
+        } else {
+            format!("model `{id}` is not in the model registry")
+        }
     }
 
     /// Why the model cannot be used now, if it cannot.
@@ -355,8 +403,22 @@ fn resolve_upstreams(file: &ProvidersFile, config: &CommonConfig) -> Upstreams {
     }
 }
 
+/// The models without the mock ones (and without them in any fallback chain), and the ids of
+/// those left out.
+fn without_mocks(models: Vec<ModelSpec>) -> (Vec<ModelSpec>, Vec<String>) {
+    let (mocks, mut real): (Vec<_>, Vec<_>) = models
+        .into_iter()
+        .partition(|m| m.provider == ProviderKind::Mock);
+    let mocks: Vec<String> = mocks.into_iter().map(|m| m.id).collect();
+    for model in &mut real {
+        model.fallback.retain(|id| !mocks.contains(id));
+    }
+    (real, mocks)
+}
+
 /// Without `DEFAULT_MODEL`: the first model (in file order) of a configured real provider,
-/// else the first mock model, so a machine with no keys runs on the mock provider.
+/// else the first mock model (present only with `MOCK_PROVIDER`), so a machine with no keys
+/// runs on the mock provider; else the first model, unavailable, whose submits say why.
 fn pick_default(models: &[ModelSpec], upstreams: &Upstreams) -> String {
     let usable = |m: &&ModelSpec| {
         upstreams

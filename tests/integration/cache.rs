@@ -294,7 +294,8 @@ async fn hit_as(app: &TestApp, user: Uuid, body: &Value, key: Option<&str>) -> U
 
 #[tokio::test]
 async fn hits_answered_early_are_stored_as_a_hit_stored_before_its_answer() {
-    let app = spawn_app().await;
+    // Two users are answered from the first one's entries: a cache shared by every user.
+    let app = spawn_app_with_providers(&["--cache-scope=global".to_owned()]).await;
     let worker = start_worker(&app.db, &[]);
     let bodies = [
         json!({"prompt": "a question for two models", "model": "mock",

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use llm_shared::cache::CachedResponse;
+use llm_shared::cache::{CacheScope, CachedResponse};
 use llm_shared::error::DomainError;
 use llm_shared::generation::GenerationParams;
 use llm_shared::requests::{self, GenerateBody, Insert, NewRequest};
@@ -228,7 +228,7 @@ async fn two_hundred_concurrent_submits_all_complete_exactly_once() {
 
 fn new_request(user: Uuid, prompt: &str) -> NewRequest {
     let body: GenerateBody = serde_json::from_value(json!({"prompt": prompt})).unwrap();
-    NewRequest::validate(body, user, None, &registry(&[]), 5).unwrap()
+    NewRequest::validate(body, user, None, &registry(&[]), 5, CacheScope::User).unwrap()
 }
 
 /// A request whose id ends in `last_byte` (the usage counters' shard is taken from it).

@@ -192,6 +192,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
         "false",
     ];
     args.extend_from_slice(&NO_PROVIDERS);
+    args.push(MOCK_ON);
     args.extend_from_slice(registry_flags);
     let config = ApiArgs::try_parse_from(args).unwrap().config;
     let app = App::build(&config).await.unwrap();
@@ -338,10 +339,15 @@ struct CommonArgs {
 /// never leak into a test.
 const NO_PROVIDERS: [&str; 3] = ["--openai-api-key=", "--anthropic-api-key=", "--ollama-url="];
 
+/// Tests run on the mock provider (off by default in a deployment); a test's own flags or
+/// environment may turn it off again.
+const MOCK_ON: &str = "--mock-provider=true";
+
 /// Common configuration for tests: no provider configured unless `extra` configures one.
 pub fn common_config(extra: &[&str]) -> CommonConfig {
     let mut args = vec!["test"];
     args.extend_from_slice(&NO_PROVIDERS);
+    args.push(MOCK_ON);
     args.extend_from_slice(extra);
     CommonArgs::try_parse_from(args).unwrap().config
 }
@@ -370,6 +376,7 @@ pub fn worker_config(database_url: &str, extra: &[&str]) -> WorkerConfig {
         &redis,
     ];
     args.extend_from_slice(&NO_PROVIDERS);
+    args.push(MOCK_ON);
     args.extend_from_slice(&[
         "--database-url",
         database_url,
@@ -572,6 +579,7 @@ fn worker_process_command(db: &TestDb, env: &[(&str, &str)], stdout: Stdio) -> C
         .env("WORKER_POLL_MS", "200")
         .env("WORKER_CONCURRENCY", "8")
         .env("WORKER_METRICS_LISTEN", "127.0.0.1:0")
+        .env("MOCK_PROVIDER", "true")
         .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(Stdio::inherit())
@@ -601,6 +609,7 @@ pub async fn spawn_api_process_on(db: &TestDb, port: u16, env: &[(&str, &str)]) 
         .env("PROMPTS_DIR", prompts_dir())
         .env("LOG_LEVEL", "warn")
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MOCK_PROVIDER", "true")
         .envs(env.iter().copied())
         .stdout(process_stdout())
         .stderr(Stdio::inherit())

@@ -138,6 +138,14 @@ impl Executor {
     ) -> Result<Outcome, sqlx::Error> {
         let (registry, clients) = self.snapshot();
         let chain = registry.chain(&claimed.model);
+        if chain.is_empty() {
+            // Stored before the registry changed, or by an api that serves mock models while
+            // this worker does not: no later run would find the model either.
+            return Ok(Outcome::Failed {
+                code: "unknown_model",
+                message: registry.not_found_reason(&claimed.model),
+            });
+        }
         let start = usize::try_from(claimed.fallback_index).unwrap_or(0);
         let mut walk = Walk {
             pool,
@@ -196,7 +204,7 @@ impl Executor {
             &claimed.model,
             &walk.notes,
             walk.last_kind,
-            chain.len() - start,
+            chain.len().saturating_sub(start),
         ))
     }
 

@@ -35,7 +35,9 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let models = state.models.current();
     let max_attempts = state.limits.job_max_attempts;
-    let mut batch = NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts)?;
+    let scope = state.cache.scope;
+    let mut batch =
+        NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts, scope)?;
     batch.trace_id = Some(trace.trace_id);
     super::rate_limits::enforce(&state, &user, 0).await?;
     let batch_id = batch.id;

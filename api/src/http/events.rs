@@ -175,8 +175,14 @@ async fn generation_requested(
         .map_err(|e| ApiError::validation("data", e.to_string()))?;
     let models = state.models.current();
     let body = body.resolve_template(&state.prompts, &models)?;
-    let mut new =
-        NewRequest::validate(body, user_id, None, &models, state.limits.job_max_attempts)?;
+    let mut new = NewRequest::validate(
+        body,
+        user_id,
+        None,
+        &models,
+        state.limits.job_max_attempts,
+        state.cache.scope,
+    )?;
     new.trace_id = Some(trace.trace_id);
     new.metadata
         .as_object_mut()

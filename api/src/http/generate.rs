@@ -93,8 +93,14 @@ pub(super) fn new_request(
     let key = idempotency_key(headers)?;
     let registry = state.models.current();
     let body = body.resolve_template(&state.prompts, &registry)?;
-    let mut new =
-        NewRequest::validate(body, user.id, key, &registry, state.limits.job_max_attempts)?;
+    let mut new = NewRequest::validate(
+        body,
+        user.id,
+        key,
+        &registry,
+        state.limits.job_max_attempts,
+        state.cache.scope,
+    )?;
     new.trace_id = Some(trace.trace_id);
     Ok(new)
 }

@@ -84,11 +84,12 @@ pub async fn measure_postgres_only(
         #[command(flatten)]
         config: llm_shared::config::CommonConfig,
     }
-    let config = Common::try_parse_from(["llm-bench"])?.config;
+    let config = Common::try_parse_from(["llm-bench", "--mock-provider=true"])?.config;
     let registry = std::sync::Arc::new(llm_shared::models::ModelRegistry::load(&config)?);
     let pool = db::connect_url(database_url, config.database_max_connections).await?;
     let submitter = llm_shared::requests::Submitter::new(pool.clone(), None);
     let user = Uuid::now_v7();
+    let scope = config.cache_scope;
     let mut results = Vec::new();
     for &c in &args.concurrency {
         let (submitter, registry) = (submitter.clone(), registry.clone());
@@ -102,7 +103,7 @@ pub async fn measure_postgres_only(
                     let Ok(body) = serde_json::from_value(body) else {
                         return false;
                     };
-                    match NewRequest::validate(body, user, None, &registry, 5) {
+                    match NewRequest::validate(body, user, None, &registry, 5, scope) {
                         Ok(new) => submitter.submit(new).await.is_ok(),
                         Err(_) => false,
                     }

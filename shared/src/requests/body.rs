@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::cache::{self, CachePolicy};
+use crate::cache::{self, CachePolicy, CacheScope};
 use crate::error::DomainError;
 use crate::generation::{
     GenerationParams, MockBehaviour, ResponseFormat, TurnRole, estimate_tokens,
@@ -143,7 +143,8 @@ pub struct NewRequest {
     pub max_attempts: i32,
     /// Submitted on the streaming endpoint: the worker relays its tokens.
     pub stream: bool,
-    /// `None` when the request neither reads nor writes the cache.
+    /// `None` when the request neither reads nor writes the cache. Also what identical requests
+    /// in flight are coalesced by, so both follow `CACHE_SCOPE`.
     pub cache_key: Option<String>,
     pub cache_policy: CachePolicy,
     /// Tokens the request may consume (prompt estimate + output limit), for rate limits.
@@ -154,13 +155,15 @@ pub struct NewRequest {
 }
 
 impl NewRequest {
-    /// Checks a submitted body against the rules and the model registry.
+    /// Checks a submitted body against the rules and the model registry; its cache key is
+    /// shared as `cache_scope` says.
     pub fn validate(
         body: GenerateBody,
         user_id: Uuid,
         idempotency_key: Option<String>,
         models: &ModelRegistry,
         max_attempts: u32,
+        cache_scope: CacheScope,
     ) -> Result<Self, DomainError> {
         if body.template_id.is_some() {
             return Err(DomainError::internal(std::io::Error::other(
@@ -228,8 +231,10 @@ impl NewRequest {
         }
         let estimated_tokens = estimated_tokens(&prompt, &params, model);
         let parameters = serde_json::to_value(params).map_err(DomainError::internal)?;
-        let cache_key = (!(cache_policy.no_cache && cache_policy.no_store))
-            .then(|| cache::cache_key(&model.id, &prompt, &parameters, metadata.get("mock")));
+        let cache_key = (!(cache_policy.no_cache && cache_policy.no_store)).then(|| {
+            let content = cache::cache_key(&model.id, &prompt, &parameters, metadata.get("mock"));
+            cache_scope.key_for(content, user_id)
+        });
         Ok(Self {
             id: Uuid::now_v7(),
             user_id,
@@ -277,7 +282,16 @@ fn validate_model(
     model_id: Option<String>,
     models: &ModelRegistry,
 ) -> Result<&ModelSpec, DomainError> {
-    let model_id = model_id.unwrap_or_else(|| models.default_model().to_owned());
+    let model_id = match model_id {
+        Some(id) => id,
+        None if !models.any_available() => {
+            return Err(DomainError::validation(
+                "model",
+                crate::models::NO_MODEL_AVAILABLE,
+            ));
+        }
+        None => models.default_model().to_owned(),
+    };
     let Some(model) = models.get(&model_id) else {
         let known: Vec<_> = models.ids().collect();
         return Err(DomainError::validation(

@@ -11,6 +11,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+mod tenancy;
+
 /// `GET path` with `token`; the status.
 async fn status_with(app: &TestApp, path: &str, token: &str) -> u16 {
     app.http

@@ -146,6 +146,7 @@ async fn run(
         key,
         &registry,
         state.limits.job_max_attempts,
+        state.cache.scope,
     )
     .map_err(|e| OpenAiError::from_native(e.into(), call.endpoint))?;
     new.trace_id = Some(trace.trace_id);
