@@ -48,11 +48,21 @@ impl Drop for RunningGuard<'_> {
 
 /// The apalis job handler. `Ok` means "nothing left for this delivery to do"; an `Err` (only
 /// for database failures) lets apalis deliver the job again.
+///
+/// The run goes on in a task of its own: an apalis worker that stops on a backend error (a
+/// database outage) drops the handlers it was running, and a provider's answer in hand would
+/// be dropped with them, and paid for again by the next delivery. The task keeps its request
+/// among those whose leases are renewed, so that delivery waits for it instead.
 pub async fn handle_generation(
     job: GenerationJob,
     state: Data<Arc<WorkerState>>,
 ) -> Result<(), BoxDynError> {
-    process(&state, job.request_id).await.map_err(Into::into)
+    let state: Arc<WorkerState> = Arc::clone(&state);
+    let run = tokio::spawn(async move { process(&state, job.request_id).await });
+    match run.await {
+        Ok(done) => done.map_err(Into::into),
+        Err(stopped) => Err(stopped.into()),
+    }
 }
 
 /// Runs one delivery of a request's job to its end.
