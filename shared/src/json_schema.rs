@@ -231,7 +231,7 @@ impl Clock {
             return true;
         }
         self.steps = self.steps.wrapping_add(1);
-        if self.steps % Self::EVERY == 0
+        if self.steps.is_multiple_of(Self::EVERY)
             && let Some(deadline) = self.deadline
         {
             self.expired = std::time::Instant::now() >= deadline;
@@ -368,7 +368,9 @@ fn violation_at(schema: &Value, value: &Value, at: &str, clock: &mut Clock) -> O
         }
     }
     if let Some(any) = map.get("anyOf").and_then(Value::as_array)
-        && !any.iter().any(|sub| violation_at(sub, value, at, clock).is_none())
+        && !any
+            .iter()
+            .any(|sub| violation_at(sub, value, at, clock).is_none())
     {
         return Some(format!("{at}: matches none of anyOf"));
     }

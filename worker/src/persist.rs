@@ -76,9 +76,12 @@ mod tests {
         assert_eq!(stored.ok(), Some(4));
 
         let started = Instant::now();
-        let never = retrying(Uuid::nil(), "result", Duration::from_millis(500), || async {
-            Err::<(), _>(sqlx::Error::PoolTimedOut)
-        })
+        let never = retrying(
+            Uuid::nil(),
+            "result",
+            Duration::from_millis(500),
+            || async { Err::<(), _>(sqlx::Error::PoolTimedOut) },
+        )
         .await;
         assert!(never.is_err());
         assert!(started.elapsed() >= Duration::from_millis(500));

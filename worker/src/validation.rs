@@ -131,13 +131,9 @@ mod tests {
             ..Default::default()
         };
         let ones = format!("[{}1]", "1,".repeat(200_000));
-        let slow = validate_off_runtime(
-            output(&ones, "stop"),
-            &params,
-            Duration::from_millis(50),
-        )
-        .await
-        .unwrap_err();
+        let slow = validate_off_runtime(output(&ones, "stop"), &params, Duration::from_millis(50))
+            .await
+            .unwrap_err();
         assert_eq!(slow.kind(), "validation_timeout");
         assert!(!slow.is_retryable() && !slow.falls_back(), "{slow}");
         let fine = validate_off_runtime(output("[1]", "stop"), &params, Duration::from_secs(5))

@@ -42,7 +42,11 @@ async fn refused_so_far(pool: &sqlx::PgPool) -> i64 {
 #[tokio::test]
 async fn an_answer_is_stored_through_a_database_blip_and_the_provider_is_paid_once() {
     let upstream = FakeUpstream::start("/v1").await;
-    upstream.always(openai::success("The dragon sleeps beneath the mountain.", 9, 7));
+    upstream.always(openai::success(
+        "The dragon sleeps beneath the mountain.",
+        9,
+        7,
+    ));
     let (app, worker) = app_with_worker(&openai_flags(&upstream)).await;
     refuse_completions(&app.db.pool, 6).await;
 
@@ -52,8 +56,15 @@ async fn an_answer_is_stored_through_a_database_blip_and_the_provider_is_paid_on
     let done = app.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"], "The dragon sleeps beneath the mountain.");
-    assert!(refused_so_far(&app.db.pool).await >= 6, "the blip never happened");
-    assert_eq!(upstream.received().len(), 1, "the provider was called again");
+    assert!(
+        refused_so_far(&app.db.pool).await >= 6,
+        "the blip never happened"
+    );
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "the provider was called again"
+    );
     let history = done["attempt_history"].as_array().unwrap();
     assert_eq!(history.len(), 1, "{done}");
     assert_eq!(history[0]["outcome"], "succeeded", "{done}");
@@ -74,10 +85,14 @@ async fn an_answer_that_cannot_be_stored_in_time_is_recorded_and_the_request_run
     let id = app
         .submit_ok(json!({"prompt": "Where is the dragon?", "model": "gpt-4o-mini"}))
         .await;
-    let recorded = "SELECT COUNT(*) FROM generation_attempts WHERE error_kind = 'result_not_stored'";
+    let recorded =
+        "SELECT COUNT(*) FROM generation_attempts WHERE error_kind = 'result_not_stored'";
     let deadline = Instant::now() + Duration::from_secs(20);
     while app.db.count(recorded).await == 0 {
-        assert!(Instant::now() < deadline, "the lost answer was never recorded");
+        assert!(
+            Instant::now() < deadline,
+            "the lost answer was never recorded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sqlx::raw_sql("DROP TRIGGER refuse_completion ON generation_requests")
@@ -122,7 +137,10 @@ async fn an_answer_slow_to_validate_holds_up_neither_other_jobs_nor_metrics() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while upstream.received().is_empty() {
-        assert!(Instant::now() < deadline, "the worker never called the provider");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never called the provider"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The answer is being checked now: the same worker answers its metrics and runs other jobs.

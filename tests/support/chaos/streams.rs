@@ -109,8 +109,10 @@ pub(crate) async fn live_stream(
     label: &str,
 ) -> (Option<String>, bool) {
     let mut stream = client
-        .open_stream(&json!({"prompt": format!("chaos live stream {label}"), "model": "mock",
-                             "parameters": {"max_tokens": 10}, "mock": {"token_delay_ms": 200}}))
+        .open_stream(
+            &json!({"prompt": format!("chaos live stream {label}"), "model": "mock",
+                             "parameters": {"max_tokens": 10}, "mock": {"token_delay_ms": 200}}),
+        )
         .await;
     let (mut first_token_at, mut id, mut end) = (None, None, None);
     while let Some(m) = stream.next(Duration::from_secs(30)).await {

@@ -47,7 +47,13 @@ impl PaidUpstream {
     }
 
     /// Judges the calls this fake answered for the `accepted` requests ([`judge_payments`]).
-    pub(crate) async fn judge(&self, pool: &PgPool, accepted: &[Uuid], killed: &[u32], t: &mut Tally) {
+    pub(crate) async fn judge(
+        &self,
+        pool: &PgPool,
+        accepted: &[Uuid],
+        killed: &[u32],
+        t: &mut Tally,
+    ) {
         let answered: Vec<Received> = self.fake.answered().into_iter().map(|(_, c)| c).collect();
         judge_payments(pool, accepted, &answered, killed, t).await;
     }
@@ -116,7 +122,10 @@ pub(crate) fn per_completed(calls: usize, completed: usize) -> String {
     if completed == 0 {
         return "no request completed".into();
     }
-    format!("{:.3} per completed request", calls as f64 / completed as f64)
+    format!(
+        "{:.3} per completed request",
+        calls as f64 / completed as f64
+    )
 }
 
 /// The user prompt of an OpenAI chat call (its last message).

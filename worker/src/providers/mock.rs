@@ -341,7 +341,11 @@ mod tests {
         ];
         for schema in huge {
             let out = p.generate(&asking(schema.clone())).await.unwrap();
-            assert!(out.text.len() <= max_chars(8), "{schema}: {} chars", out.text.len());
+            assert!(
+                out.text.len() <= max_chars(8),
+                "{schema}: {} chars",
+                out.text.len()
+            );
             assert_eq!(out.finish_reason, "length", "{schema}");
         }
         let small = serde_json::json!({"type": "object", "required": ["name"],
@@ -349,7 +353,10 @@ mod tests {
         let out = p.generate(&asking(small)).await.unwrap();
         assert_eq!(out.finish_reason, "stop");
         let value: serde_json::Value = serde_json::from_str(&out.text).unwrap();
-        assert_eq!(value["name"].as_str().map(|s| s.split(' ').count()), Some(8));
+        assert_eq!(
+            value["name"].as_str().map(|s| s.split(' ').count()),
+            Some(8)
+        );
         assert_eq!(value["level"], 1);
     }
 

@@ -35,9 +35,12 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
     let client = ChaosClient::new(&base);
     let stop = Arc::new(AtomicBool::new(false));
     let run = unique_run();
-    let load = paced_load(&client, sizes.pg_rate, Until::Stopped(stop.clone()), move |n| {
-        PaidUpstream::body(&run, n)
-    });
+    let load = paced_load(
+        &client,
+        sizes.pg_rate,
+        Until::Stopped(stop.clone()),
+        move |n| PaidUpstream::body(&run, n),
+    );
     tokio::time::sleep(sizes.pg_load).await;
     // Streams mid-flight when the server stops: 30 tokens, 200 ms apart.
     let streams = OpenStreams::open(&client, sizes.pg_streams, 30, 200).await;
