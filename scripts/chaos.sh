@@ -22,4 +22,4 @@ if [ "$profile" = release ]; then
 else
   cargo build --workspace --bins
 fi
-exec "target/$profile/llm-chaos" "$@"
+exec "${CARGO_TARGET_DIR:-target}/$profile/llm-chaos" "$@"

@@ -177,10 +177,73 @@ fn check_at(schema: &Value, at: &str, depth: usize) -> Result<(), String> {
 
 /// Where a value breaks a (checked) schema, or `None` when it matches.
 pub fn schema_violation(schema: &Value, value: &Value) -> Option<String> {
-    violation_at(schema, value, "$")
+    violation_at(schema, value, "$", &mut Clock::unbounded())
 }
 
-fn violation_at(schema: &Value, value: &Value, at: &str) -> Option<String> {
+/// The check of [`schema_violation`] ran past its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("checking the value against its schema took too long")]
+pub struct TooSlow;
+
+/// [`schema_violation`], given up once `deadline` has passed. A large value checked against a
+/// wide schema (many `anyOf` / `oneOf` branches at every item) costs their product, so the
+/// check looks at the clock as it goes and stops, instead of holding its thread for minutes.
+pub fn schema_violation_before(
+    schema: &Value,
+    value: &Value,
+    deadline: std::time::Instant,
+) -> Result<Option<String>, TooSlow> {
+    let mut clock = Clock {
+        deadline: Some(deadline),
+        steps: 0,
+        expired: false,
+    };
+    let violation = violation_at(schema, value, "$", &mut clock);
+    if clock.expired {
+        return Err(TooSlow);
+    }
+    Ok(violation)
+}
+
+/// Steps of a check and its deadline; once expired, every step fails at once so that the
+/// check unwinds quickly.
+struct Clock {
+    deadline: Option<std::time::Instant>,
+    steps: u32,
+    expired: bool,
+}
+
+impl Clock {
+    /// Looks at the time every this many steps (reading the clock is not free).
+    const EVERY: u32 = 1024;
+
+    fn unbounded() -> Self {
+        Self {
+            deadline: None,
+            steps: 0,
+            expired: false,
+        }
+    }
+
+    /// One more step; `true` once the deadline has passed.
+    fn expired(&mut self) -> bool {
+        if self.expired {
+            return true;
+        }
+        self.steps = self.steps.wrapping_add(1);
+        if self.steps.is_multiple_of(Self::EVERY)
+            && let Some(deadline) = self.deadline
+        {
+            self.expired = std::time::Instant::now() >= deadline;
+        }
+        self.expired
+    }
+}
+
+fn violation_at(schema: &Value, value: &Value, at: &str, clock: &mut Clock) -> Option<String> {
+    if clock.expired() {
+        return Some(format!("{at}: not checked in time"));
+    }
     let map = match schema {
         Value::Bool(true) => return None,
         Value::Bool(false) => return Some(format!("{at}: no value is allowed here")),
@@ -229,13 +292,13 @@ fn violation_at(schema: &Value, value: &Value, at: &str) -> Option<String> {
                 let here = format!("{at}.{name}");
                 match props.and_then(|p| p.get(name)) {
                     Some(sub) => {
-                        if let Some(v) = violation_at(sub, item, &here) {
+                        if let Some(v) = violation_at(sub, item, &here, clock) {
                             return Some(v);
                         }
                     }
                     None => {
                         if let Some(extra) = map.get("additionalProperties")
-                            && let Some(v) = violation_at(extra, item, &here)
+                            && let Some(v) = violation_at(extra, item, &here, clock)
                         {
                             return Some(v);
                         }
@@ -261,7 +324,7 @@ fn violation_at(schema: &Value, value: &Value, at: &str) -> Option<String> {
             }
             if let Some(sub) = map.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(v) = violation_at(sub, item, &format!("{at}[{i}]")) {
+                    if let Some(v) = violation_at(sub, item, &format!("{at}[{i}]"), clock) {
                         return Some(v);
                     }
                 }
@@ -299,20 +362,22 @@ fn violation_at(schema: &Value, value: &Value, at: &str) -> Option<String> {
     }
     if let Some(all) = map.get("allOf").and_then(Value::as_array) {
         for sub in all {
-            if let Some(v) = violation_at(sub, value, at) {
+            if let Some(v) = violation_at(sub, value, at, clock) {
                 return Some(v);
             }
         }
     }
     if let Some(any) = map.get("anyOf").and_then(Value::as_array)
-        && !any.iter().any(|sub| violation_at(sub, value, at).is_none())
+        && !any
+            .iter()
+            .any(|sub| violation_at(sub, value, at, clock).is_none())
     {
         return Some(format!("{at}: matches none of anyOf"));
     }
     if let Some(one) = map.get("oneOf").and_then(Value::as_array) {
         let matching = one
             .iter()
-            .filter(|sub| violation_at(sub, value, at).is_none())
+            .filter(|sub| violation_at(sub, value, at, clock).is_none())
             .count();
         if matching != 1 {
             return Some(format!(
@@ -321,7 +386,7 @@ fn violation_at(schema: &Value, value: &Value, at: &str) -> Option<String> {
         }
     }
     if let Some(not) = map.get("not")
-        && violation_at(not, value, at).is_none()
+        && violation_at(not, value, at, clock).is_none()
     {
         return Some(format!("{at}: matches a schema it must not match"));
     }
@@ -441,5 +506,20 @@ mod tests {
         let fine = json!({"type": "array", "minItems": 3, "maxItems": 1_000_000_000_u64,
             "items": {"type": "string", "minLength": 1000, "maxLength": 50_000_000}});
         assert!(check_schema(&fine).is_ok());
+    }
+
+    #[test]
+    fn a_check_past_its_deadline_stops_and_says_so() {
+        // Every item matches one branch of many: each is checked against all of them.
+        let mut branches = vec![json!({"type": "integer"})];
+        branches.extend((0..200).map(|_| json!({"type": "null"})));
+        let schema = json!({"type": "array", "items": {"oneOf": branches}});
+        let value = Value::Array(vec![json!(1); 2_000]);
+        let past = std::time::Instant::now();
+        assert_eq!(schema_violation_before(&schema, &value, past), Err(TooSlow));
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        assert_eq!(schema_violation_before(&schema, &value, later), Ok(None));
+        let wrong = Value::Array(vec![json!("a")]);
+        assert!(schema_violation_before(&schema, &wrong, later).is_ok_and(|v| v.is_some()));
     }
 }

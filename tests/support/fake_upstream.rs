@@ -57,6 +57,7 @@ pub struct FakeUpstream {
     fallback: Arc<Mutex<Option<Reply>>>,
     responder: Arc<Mutex<Option<Responder>>>,
     received: Arc<Mutex<Vec<Received>>>,
+    answered: Arc<Mutex<Vec<(usize, Received)>>>,
 }
 
 impl FakeUpstream {
@@ -67,15 +68,17 @@ impl FakeUpstream {
         let fallback = Arc::new(Mutex::new(None));
         let responder = Arc::new(Mutex::new(None::<Responder>));
         let received = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(Vec::new()));
         let state = (
             script.clone(),
             fallback.clone(),
             responder.clone(),
             received.clone(),
+            answered.clone(),
         );
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let (script, fallback, responder, received) = state.clone();
+                let (script, fallback, responder, received, answered) = state.clone();
                 async move {
                     let body_json = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let request = Received {
@@ -97,12 +100,16 @@ impl FakeUpstream {
                             .pop_front()
                             .or_else(|| fallback.lock().unwrap().clone()),
                     };
-                    respond(reply.unwrap_or(Reply::Raw {
+                    let response = respond(reply.unwrap_or(Reply::Raw {
                         status: 599,
                         content_type: "text/plain",
                         body: "fake upstream: no reply scripted".into(),
                     }))
-                    .await
+                    .await;
+                    // Reached only if the caller still waited (axum drops this future when
+                    // the connection closes).
+                    answered.lock().unwrap().push((number, request));
+                    response
                 }
             },
         );
@@ -115,6 +122,7 @@ impl FakeUpstream {
             fallback,
             responder,
             received,
+            answered,
         }
     }
 
@@ -141,6 +149,13 @@ impl FakeUpstream {
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered, each with its number (as [`Self::respond_with`] gets it): the
+    /// reply was sent (a streamed one started) after any delay, to a caller still waiting. A
+    /// caller that gave up or died while the reply was delayed is not counted.
+    pub fn answered(&self) -> Vec<(usize, Received)> {
+        self.answered.lock().unwrap().clone()
     }
 }
 

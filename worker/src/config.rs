@@ -51,6 +51,19 @@ pub struct WorkerConfig {
     #[arg(long, env = "PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
     pub provider_timeout_secs: u64,
 
+    /// Seconds a job keeps trying to store its outcome (a provider's answer above all) while
+    /// the database refuses the write, with backoff, holding its lease meanwhile: a database
+    /// blip must not throw an answer away and pay the provider for it again. Past this, the
+    /// job gives up and the request runs again later.
+    #[arg(long, env = "WORKER_RESULT_RETRY_SECS", default_value_t = 60)]
+    pub result_retry_secs: u64,
+
+    /// Milliseconds the validation of one JSON answer against its schema may take. It runs off
+    /// the job loop (heartbeats, leases and other jobs go on meanwhile); an answer whose check
+    /// takes longer fails the request as `validation_timeout`.
+    #[arg(long, env = "VALIDATION_TIMEOUT_MS", default_value_t = 2000)]
+    pub validation_timeout_ms: u64,
+
     /// Seconds in-flight jobs get to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -79,6 +92,12 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs.max(3))
+    }
+    pub fn result_retry(&self) -> Duration {
+        Duration::from_secs(self.result_retry_secs)
+    }
+    pub fn validation_timeout(&self) -> Duration {
+        Duration::from_millis(self.validation_timeout_ms.max(1))
     }
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))

@@ -22,7 +22,7 @@ use crate::providers::{
     DeltaSink, GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider,
     Provider, ProviderClient, ProviderError, collect_stream_into,
 };
-use crate::validation::validate_output;
+use crate::validation::validate_off_runtime;
 use llm_shared::models::{Capability, LiveRegistry, ModelRegistry, ModelSpec, ProviderKind};
 use llm_shared::requests::{self, AttemptFailure, ClaimedRequest};
 use llm_shared::stream_relay::{RelayKind, StreamRelay};
@@ -66,6 +66,15 @@ pub enum Outcome {
     },
 }
 
+/// Time bounds of a run's work.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Upper bound on any one provider call (`PROVIDER_TIMEOUT_SECS`).
+    pub call: Duration,
+    /// Upper bound on checking one answer against its JSON Schema (`VALIDATION_TIMEOUT_MS`).
+    pub validation: Duration,
+}
+
 pub struct Executor {
     /// The registry in use; a reload is picked up by the next request.
     pub models: LiveRegistry,
@@ -77,6 +86,8 @@ pub struct Executor {
     pub circuits: CircuitBreakers,
     /// Upper bound on any one provider call.
     call_timeout: Duration,
+    /// Upper bound on one answer's validation.
+    validation_timeout: Duration,
     /// Provider calls, retries and fallbacks are counted here.
     metrics: Arc<Metrics>,
 }
@@ -85,7 +96,7 @@ impl Executor {
     pub fn new(
         models: LiveRegistry,
         mock: MockProvider,
-        call_timeout: Duration,
+        limits: Limits,
         relay: Option<StreamRelay>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -97,7 +108,8 @@ impl Executor {
             relay,
             mock,
             clients: Mutex::new((registry, clients)),
-            call_timeout,
+            call_timeout: limits.call,
+            validation_timeout: limits.validation,
             metrics,
         }
     }
@@ -351,12 +363,12 @@ impl Executor {
             }
         };
         let result = match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
+            Ok(Ok(output)) => {
+                validate_off_runtime(output, &input.params, self.validation_timeout).await
+            }
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(ProviderError::Timeout(limit)),
-        }
-        .and_then(|output| {
-            validate_output(&output, &input.params).map(|text| GenerationOutput { text, ..output })
-        });
+        };
         let latency = started.elapsed();
         let outcome = match &result {
             Ok(_) => "success",

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::state::WorkerState;
 
 use crate::execution::Outcome;
+use crate::persist;
 use llm_shared::queue::GenerationJob;
 use llm_shared::requests::{self, Claim, ClaimedRequest};
 
@@ -47,11 +48,21 @@ impl Drop for RunningGuard<'_> {
 
 /// The apalis job handler. `Ok` means "nothing left for this delivery to do"; an `Err` (only
 /// for database failures) lets apalis deliver the job again.
+///
+/// The run goes on in a task of its own: an apalis worker that stops on a backend error (a
+/// database outage) drops the handlers it was running, and a provider's answer in hand would
+/// be dropped with them, and paid for again by the next delivery. The task keeps its request
+/// among those whose leases are renewed, so that delivery waits for it instead.
 pub async fn handle_generation(
     job: GenerationJob,
     state: Data<Arc<WorkerState>>,
 ) -> Result<(), BoxDynError> {
-    process(&state, job.request_id).await.map_err(Into::into)
+    let state: Arc<WorkerState> = Arc::clone(&state);
+    let run = tokio::spawn(async move { process(&state, job.request_id).await });
+    match run.await {
+        Ok(done) => done.map_err(Into::into),
+        Err(stopped) => Err(stopped.into()),
+    }
 }
 
 /// Runs one delivery of a request's job to its end.
@@ -110,7 +121,17 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
                 cost_usd: *cost_usd,
                 cache_ttl: state.cache_ttl(&claimed),
             };
-            let held = state.complete(&claimed, &completion).await?;
+            let stored = persist::retrying(request_id, "result", state.result_retry, || {
+                state.complete(&claimed, &completion)
+            })
+            .await;
+            let held = match stored {
+                Ok(held) => held,
+                Err(err) => {
+                    give_up_answer(state, &claimed, &completion, &err).await;
+                    return Err(err);
+                }
+            };
             if held {
                 tracing::info!(request.id = %request_id, provider, latency_ms = latency.as_millis() as u64, "generation completed");
                 let metrics = &state.metrics;
@@ -132,7 +153,10 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
         }
         Outcome::Failed { code, message } => {
             tracing::warn!(request.id = %request_id, error.code = code, error = %message, "generation failed");
-            let held = requests::fail(&state.pool, &claimed, &state.name, code, message).await?;
+            let held = persist::retrying(request_id, "failure", state.result_retry, || {
+                requests::fail(&state.pool, &claimed, &state.name, code, message)
+            })
+            .await?;
             if held {
                 let elapsed = since(claimed.created_at);
                 state
@@ -151,15 +175,17 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
             state
                 .metrics
                 .generation_ended(&claimed.model, "none", "rescheduled", None);
-            requests::release_for_retry(
-                &state.pool,
-                &claimed,
-                &state.name,
-                *delay,
-                *fallback_index,
-                code,
-                message,
-            )
+            persist::retrying(request_id, "reschedule", state.result_retry, || {
+                requests::release_for_retry(
+                    &state.pool,
+                    &claimed,
+                    &state.name,
+                    *delay,
+                    *fallback_index,
+                    code,
+                    message,
+                )
+            })
             .await?
         }
     };
@@ -167,6 +193,32 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
         tracing::warn!(request.id = %request_id, run = claimed.attempts, "lost the claim while running; outcome discarded");
     }
     Ok(())
+}
+
+/// The answer could not be stored within `WORKER_RESULT_RETRY_SECS`: the request will run again.
+/// Its attempt is closed as what it was (the provider answered, the result was not stored), if
+/// the database takes even that.
+async fn give_up_answer(
+    state: &WorkerState,
+    claimed: &ClaimedRequest,
+    completion: &requests::Success<'_>,
+    err: &sqlx::Error,
+) {
+    tracing::error!(request.id = %claimed.id, error = %err, "the provider answered but the result could not be stored; the request will run again");
+    let message = format!("the provider answered, but the result could not be stored: {err}");
+    let failure = requests::AttemptFailure {
+        kind: "result_not_stored",
+        http_status: None,
+        message: &message,
+        latency: completion.latency,
+        provider: Some(completion.provider),
+        upstream_model: Some(&completion.output.upstream_model),
+    };
+    if let Err(err) =
+        requests::fail_attempt(&state.pool, claimed.id, completion.attempt, &failure).await
+    {
+        tracing::warn!(request.id = %claimed.id, error = %err, "could not record the attempt whose result was not stored");
+    }
 }
 
 /// Runs the request, unless it is cancelled meanwhile (then `None`: the provider call is

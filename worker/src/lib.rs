@@ -9,6 +9,7 @@ pub mod config;
 pub mod execution;
 pub mod job;
 pub mod outbox;
+mod persist;
 pub mod process;
 pub mod providers;
 pub mod state;

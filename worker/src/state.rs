@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::WorkerConfig;
-use crate::execution::Executor;
+use crate::execution::{Executor, Limits};
 use crate::providers::MockProvider;
 use llm_shared::cache::ResponseCache;
 use llm_shared::generation::GenerationOutput;
@@ -33,6 +33,8 @@ pub struct WorkerState {
     pub pool: PgPool,
     pub name: String,
     pub lease: Duration,
+    /// How long a job keeps trying to store its outcome while the database refuses it.
+    pub result_retry: Duration,
     pub executor: Executor,
     /// Notices of requests reaching a final state: a running request cancelled under us.
     pub notices: FinalNotices,
@@ -104,7 +106,17 @@ impl WorkerState {
             pool,
             name,
             lease: config.lease(),
-            executor: Executor::new(models, mock, call_timeout, relay, metrics.clone()),
+            result_retry: config.result_retry(),
+            executor: Executor::new(
+                models,
+                mock,
+                Limits {
+                    call: call_timeout,
+                    validation: config.validation_timeout(),
+                },
+                relay,
+                metrics.clone(),
+            ),
             notices: FinalNotices::default(),
             cache,
             limiter,

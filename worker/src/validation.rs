@@ -2,18 +2,65 @@
 //! failed attempt; when JSON was asked for, output that does not parse, was cut by the token
 //! limit, or does not match the request's JSON Schema is a failed attempt too (retried, then
 //! the next model), never a success.
+//!
+//! Checking a JSON answer is CPU work that grows with the answer's size times the schema's
+//! width, so the job loop does not do it itself: [`validate_off_runtime`] runs it on tokio's
+//! blocking threads within a time bound (`VALIDATION_TIMEOUT_MS`), and a check that takes
+//! longer stops and fails the request (`validation_timeout`). One heavy answer can then hold
+//! neither the worker's heartbeats and lease renewals nor its other jobs.
+
+use std::time::{Duration, Instant};
 
 use llm_shared::generation::{GenerationOutput, GenerationParams};
-use llm_shared::json_schema::schema_violation;
+use llm_shared::json_schema::schema_violation_before;
 use serde_json::Value;
 
 use crate::providers::ProviderError;
+
+/// How much longer than its bound the job waits for a check before it stops waiting (the check
+/// looks at the clock itself; this only covers a thread pool too busy to start it).
+const WAIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Validates `output` as [`validate_output`] does, a JSON answer off the async runtime and
+/// within `limit`; on success, the output with the text to store.
+pub async fn validate_off_runtime(
+    output: GenerationOutput,
+    params: &GenerationParams,
+    limit: Duration,
+) -> Result<GenerationOutput, ProviderError> {
+    if params.json_output().is_none() {
+        let text = validate_output(&output, params)?;
+        return Ok(GenerationOutput { text, ..output });
+    }
+    let params = params.clone();
+    let check = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + limit;
+        validate_before(&output, &params, Some((deadline, limit)))
+            .map(|text| GenerationOutput { text, ..output })
+    });
+    match tokio::time::timeout(limit + WAIT_GRACE, check).await {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(panicked)) => Err(ProviderError::InvalidOutput {
+            message: format!("the answer could not be validated: {panicked}"),
+        }),
+        Err(_) => Err(ProviderError::ValidationTimeout(limit)),
+    }
+}
 
 /// Validates an answer against what the request asked for. On success returns the text to
 /// store: for JSON output, the JSON itself (a surrounding Markdown code fence is removed).
 pub fn validate_output(
     output: &GenerationOutput,
     params: &GenerationParams,
+) -> Result<String, ProviderError> {
+    validate_before(output, params, None)
+}
+
+/// [`validate_output`], the schema check given up at `deadline` (`limit` after its start).
+fn validate_before(
+    output: &GenerationOutput,
+    params: &GenerationParams,
+    deadline: Option<(Instant, Duration)>,
 ) -> Result<String, ProviderError> {
     let invalid = |message: String| ProviderError::InvalidOutput { message };
     if output.text.trim().is_empty() {
@@ -28,9 +75,15 @@ pub fn validate_output(
     let text = strip_code_fence(output.text.trim());
     let value: Value = serde_json::from_str(text)
         .map_err(|e| invalid(format!("output is not valid JSON: {e}")))?;
-    if let Some(schema) = schema
-        && let Some(violation) = schema_violation(schema, &value)
-    {
+    let Some(schema) = schema else {
+        return Ok(text.to_owned());
+    };
+    // Without a deadline: one far enough away never to be met.
+    let (deadline, limit) =
+        deadline.unwrap_or_else(|| (Instant::now() + Duration::from_secs(86_400), Duration::MAX));
+    let violation = schema_violation_before(schema, &value, deadline)
+        .map_err(|_| ProviderError::ValidationTimeout(limit))?;
+    if let Some(violation) = violation {
         return Err(invalid(format!(
             "output does not match the JSON Schema: {violation}"
         )));
@@ -64,6 +117,29 @@ mod tests {
             finish_reason: finish.into(),
             upstream_model: "m".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_schema_check_past_its_bound_fails_the_request() {
+        // Every item matches one branch of many: each is checked against all of them.
+        let mut branches = vec![json!({"type": "integer"})];
+        branches.extend((0..500).map(|_| json!({"type": "null"})));
+        let params = GenerationParams {
+            response_format: Some(ResponseFormat::JsonSchema {
+                schema: json!({"type": "array", "items": {"oneOf": branches}}),
+            }),
+            ..Default::default()
+        };
+        let ones = format!("[{}1]", "1,".repeat(200_000));
+        let slow = validate_off_runtime(output(&ones, "stop"), &params, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(slow.kind(), "validation_timeout");
+        assert!(!slow.is_retryable() && !slow.falls_back(), "{slow}");
+        let fine = validate_off_runtime(output("[1]", "stop"), &params, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(fine.text, "[1]");
     }
 
     #[test]

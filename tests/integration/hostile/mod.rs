@@ -3,15 +3,17 @@
 //! id, and cache invalidations that would wipe every user's entries. Each file of this folder
 //! holds the attacks on one area.
 
+mod operations;
 mod owasp;
+mod tenancy;
+mod worker;
+
 
 use llm_api::jwt::JwtKeys;
 use llm_tests::{TEST_SECRET, TestApp, spawn_app, spawn_app_with_providers};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-mod tenancy;
 
 /// `GET path` with `token`; the status.
 async fn status_with(app: &TestApp, path: &str, token: &str) -> u16 {
@@ -264,4 +266,3 @@ async fn a_bulk_replay_names_its_requests_and_leaves_cancelled_ones_alone_unless
         .unwrap();
     assert_eq!(asked["request_ids"], json!([cancelled]), "{asked}");
 }
-mod operations;

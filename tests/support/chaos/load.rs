@@ -1,6 +1,7 @@
 //! The load a scenario puts on the service: an HTTP client of one user ([`ChaosClient`]),
 //! submitters that send bodies from many tasks until a count, a time or a flag ([`submit_load`],
-//! [`Until`]), and the record of every answer they got ([`Load`]).
+//! [`Until`]) or at a fixed rate ([`paced_load`]: the load scenarios' own, bounded whatever
+//! the service does), and the record of every answer they got ([`Load`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use llm_api::jwt::JwtKeys;
 use secrecy::SecretString;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -207,20 +208,42 @@ pub(crate) fn unique_run() -> String {
     Uuid::now_v7().simple().to_string()
 }
 
-/// In the background: a load of mock requests answering after `latency_ms`, each prompt
-/// unique (no cache hit, no coalescing).
-pub(crate) fn mock_load(
+/// In the background: a load at a fixed rate, `per_sec` submits a second until `until`, each
+/// submit on a task of its own (a slow answer never slows the rate down, and the load is what
+/// the scenario says, whatever the service's speed); body `n` comes from `body(n)`.
+pub(crate) fn paced_load(
     client: &ChaosClient,
-    concurrency: usize,
+    per_sec: u32,
     until: Until,
-    latency_ms: u64,
+    body: impl Fn(usize) -> Value + Send + 'static,
 ) -> tokio::task::JoinHandle<Load> {
     let client = client.clone();
-    let run = unique_run();
     tokio::spawn(async move {
-        submit_load(&client, concurrency, until, move |n| {
-            json!({"prompt": format!("chaos {run} {n}"), "mock": {"latency_ms": latency_ms}})
-        })
-        .await
+        let gap = Duration::from_secs_f64(1.0 / f64::from(per_sec.max(1)));
+        let start = Instant::now();
+        let mut submits = Vec::new();
+        for n in 0_u32.. {
+            tokio::time::sleep_until(start + gap * n).await;
+            let more = match &until {
+                Until::Sent(total) => (n as usize) < *total,
+                Until::Deadline(at) => Instant::now() < *at,
+                Until::Stopped(flag) => !flag.load(Ordering::Relaxed),
+            };
+            if !more {
+                break;
+            }
+            let (client, body) = (client.clone(), body(n as usize));
+            submits.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let answer = client.submit(&body).await;
+                (sent, sent.elapsed(), answer)
+            }));
+        }
+        let mut load = Load::default();
+        for submit in futures::future::join_all(submits).await {
+            load.answers.push(submit.unwrap());
+        }
+        load.answers.sort_by_key(|(at, _, _)| *at);
+        load
     })
 }

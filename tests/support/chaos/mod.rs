@@ -12,7 +12,12 @@
 //! [`Sizes`] of a run, and the re-exports of the parts below. The load generator is in `load`,
 //! streams held open across a fault in `streams`, how loss and double completion are counted
 //! in `judge`, the table in `report`, the processes' environment in `stack`, the misbehaving
-//! fake providers in `faulty_upstream`, and each scenario in `scenarios`.
+//! fake providers in `faulty_upstream`, the fake provider the load scenarios pay (and the count
+//! of its answers per request) in `upstream`, and each scenario in `scenarios`.
+//!
+//! The load is bounded (a fixed number of requests, or a fixed rate for a fixed time), the
+//! workers run at their production defaults, and a request is lost when it has no row or is
+//! not final once the queue is idle again.
 
 mod faulty_upstream;
 mod judge;
@@ -21,6 +26,7 @@ mod report;
 mod scenarios;
 mod stack;
 mod streams;
+mod upstream;
 
 use std::time::Duration;
 
@@ -35,19 +41,28 @@ pub use streams::OpenStreams;
 #[derive(Debug, Clone)]
 pub struct Sizes {
     pub kill_jobs: usize,
+    /// Submits a second of the worker-kills load (its `kill_jobs` arrive at this rate).
+    pub kill_rate: u32,
     pub kill_workers: usize,
     pub kill_every: Duration,
     pub kill_streams: usize,
     pub api_load: Duration,
+    /// Submits a second during `api_load`.
+    pub api_rate: u32,
     pub api_kills: usize,
     pub pg_load: Duration,
     pub pg_outage: Duration,
     pub pg_streams: usize,
+    /// Submits a second before, during and after the outage.
+    pub pg_rate: u32,
     pub redis_load: Duration,
     pub redis_outage: Duration,
     pub redis_streams: usize,
+    /// Submits a second (to each of the two apis) during `redis_load`.
+    pub redis_rate: u32,
     pub fault_requests: usize,
-    /// How long every accepted request has to reach a final state once the fault is over.
+    /// The longest wait, once the fault is over, for every accepted request to be final or
+    /// the queue to be idle (only a queue that never goes idle meets it).
     pub settle: Duration,
 }
 
@@ -56,19 +71,23 @@ impl Sizes {
     pub fn full() -> Self {
         Self {
             kill_jobs: 1000,
+            kill_rate: 50,
             kill_workers: 3,
             kill_every: Duration::from_secs(3),
             kill_streams: 30,
             api_load: Duration::from_secs(20),
+            api_rate: 40,
             api_kills: 3,
             pg_load: Duration::from_secs(10),
             pg_outage: Duration::from_secs(10),
             pg_streams: 50,
+            pg_rate: 20,
             redis_load: Duration::from_secs(12),
             redis_outage: Duration::from_secs(3),
             redis_streams: 100,
+            redis_rate: 20,
             fault_requests: 300,
-            settle: Duration::from_secs(120),
+            settle: Duration::from_secs(600),
         }
     }
 
@@ -76,19 +95,23 @@ impl Sizes {
     pub fn quick() -> Self {
         Self {
             kill_jobs: 150,
+            kill_rate: 50,
             kill_workers: 3,
             kill_every: Duration::from_millis(1500),
             kill_streams: 6,
             api_load: Duration::from_secs(6),
+            api_rate: 40,
             api_kills: 2,
             pg_load: Duration::from_secs(5),
             pg_outage: Duration::from_secs(7),
             pg_streams: 8,
+            pg_rate: 20,
             redis_load: Duration::from_secs(6),
             redis_outage: Duration::from_secs(2),
             redis_streams: 12,
+            redis_rate: 20,
             fault_requests: 48,
-            settle: Duration::from_secs(90),
+            settle: Duration::from_secs(300),
         }
     }
 }

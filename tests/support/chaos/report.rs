@@ -17,6 +17,12 @@ pub struct Tally {
     /// Requests with more than one succeeded provider call recorded, more than one
     /// `generation.completed` event, or usage counted more than once.
     pub completed_twice: usize,
+    /// Successful answers the scenario's fake providers gave for the requests they served,
+    /// and how many of those requests completed (`None` where only the built-in mock runs).
+    pub provider_calls: Option<(usize, usize)>,
+    /// Requests the provider answered more than once that no kill of their worker (between
+    /// the answer and the commit) explains.
+    pub paid_twice: usize,
     /// What the scenario did and saw (kills, status counts, streams' ends, …).
     pub notes: Vec<String>,
     /// Broken expectations besides lost / completed twice (a 500 during an outage, a stream
@@ -25,9 +31,22 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Lost = 0, completed twice = 0, and nothing else broken.
+    /// Lost = 0, completed twice = 0, paid twice = 0, and nothing else broken.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.completed_twice == 0 && self.problems.is_empty()
+        self.lost == 0
+            && self.completed_twice == 0
+            && self.paid_twice == 0
+            && self.problems.is_empty()
+    }
+
+    /// Provider calls per completed request, or `-` without a counting provider.
+    fn calls_per_completed(&self) -> String {
+        match self.provider_calls {
+            Some((calls, completed)) if completed > 0 => {
+                format!("{:.3}", calls as f64 / completed as f64)
+            }
+            _ => "-".into(),
+        }
     }
 
     pub(crate) fn problem(&mut self, what: impl Into<String>) {
@@ -42,18 +61,28 @@ impl Tally {
 /// The tallies as one table, each scenario followed by its notes and problems.
 pub fn render_table(tallies: &[Tally]) -> String {
     let mut out = format!(
-        "{:<18} {:>9} {:>10} {:>7} {:>5} {:>16}  {}\n",
-        "scenario", "accepted", "completed", "failed", "lost", "completed twice", "result"
+        "{:<18} {:>9} {:>10} {:>7} {:>5} {:>16} {:>16} {:>11}  {}\n",
+        "scenario",
+        "accepted",
+        "completed",
+        "failed",
+        "lost",
+        "completed twice",
+        "calls/completed",
+        "paid twice",
+        "result"
     );
     for t in tallies {
         out.push_str(&format!(
-            "{:<18} {:>9} {:>10} {:>7} {:>5} {:>16}  {}\n",
+            "{:<18} {:>9} {:>10} {:>7} {:>5} {:>16} {:>16} {:>11}  {}\n",
             t.scenario,
             t.accepted,
             t.completed,
             t.failed,
             t.lost,
             t.completed_twice,
+            t.calls_per_completed(),
+            t.paid_twice,
             if t.passed() { "ok" } else { "FAILED" }
         ));
         for note in &t.notes {

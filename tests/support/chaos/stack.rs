@@ -1,9 +1,36 @@
 //! The processes a scenario starts: the environment every chaos `llm-api` / `llm-worker` runs
-//! with, and the check that a process the scenario did not kill is still running.
+//! with, workers as they run in production, and the check that a process the scenario did not
+//! kill is still running.
 
-use tokio::process::Child;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
 
 use super::report::Tally;
+use crate::{TestDb, binary, redis_url};
+
+/// A real `llm-worker` against the scenario's database with every `WORKER_*` setting at its
+/// production default (concurrency, heartbeats, leases, polling), except a metrics port of its
+/// own; `env` comes on top. Judged as deployed, not as tuned for quick tests.
+pub(crate) fn spawn_worker(db: &TestDb, env: &[(&str, &str)]) -> Child {
+    let logs = if std::env::var_os("TEST_PROCESS_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    Command::new(binary("llm-worker"))
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_KEY_PREFIX", db.redis_prefix())
+        .env("WORKER_METRICS_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdout(logs)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn llm-worker")
+}
 
 /// Environment of every chaos process: limits far above the load (one user sends it all),
 /// small pools (the shared PostgreSQL serves parallel tests too), and `CHAOS_LOG_LEVEL`

@@ -30,7 +30,7 @@ impl OpenStreams {
             readers: Vec::new(),
         };
         for i in 0..n {
-            let body = json!({"prompt": format!("chaos stream {run} {i}"),
+            let body = json!({"prompt": format!("chaos stream {run} {i}"), "model": "mock",
                               "parameters": {"max_tokens": tokens}, "mock": {"token_delay_ms": token_delay_ms}});
             let mut reader = client.open_stream(&body).await;
             let Some(start) = reader.next(Duration::from_secs(10)).await else {
@@ -109,8 +109,10 @@ pub(crate) async fn live_stream(
     label: &str,
 ) -> (Option<String>, bool) {
     let mut stream = client
-        .open_stream(&json!({"prompt": format!("chaos live stream {label}"),
-                             "parameters": {"max_tokens": 10}, "mock": {"token_delay_ms": 200}}))
+        .open_stream(
+            &json!({"prompt": format!("chaos live stream {label}"), "model": "mock",
+                             "parameters": {"max_tokens": 10}, "mock": {"token_delay_ms": 200}}),
+        )
         .await;
     let (mut first_token_at, mut id, mut end) = (None, None, None);
     while let Some(m) = stream.next(Duration::from_secs(30)).await {

@@ -129,11 +129,24 @@ impl MockProvider {
                 .collect(),
         };
         let prose = deterministic_text(&seed, words);
+        let mut finish_reason = "stop";
         let text = match input.params.json_output() {
             Some(_) if behaviour.fail == Some(MockFailure::InvalidJson) && failing => {
                 format!("Sure! Here it is: {prose}")
             }
-            Some(Some(schema)) => instance_of(schema, &prose).to_string(),
+            Some(Some(schema)) => {
+                // Like a model, the mock writes no more than its token budget allows: a
+                // schema demanding more gets an answer cut at the limit.
+                let limit = max_chars(words);
+                let mut budget = limit;
+                let value = instance_of(schema, &prose, &mut budget).to_string();
+                if budget == 0 || value.len() > limit {
+                    finish_reason = "length";
+                    value.chars().take(limit).collect()
+                } else {
+                    value
+                }
+            }
             Some(None) => serde_json::json!({ "text": prose }).to_string(),
             None => prose,
         };
@@ -142,21 +155,33 @@ impl MockProvider {
                 .iter()
                 .fold(0, |n, t| n.saturating_add(estimate_tokens(t.content))),
             completion_tokens: words,
-            finish_reason: "stop".into(),
+            finish_reason: finish_reason.into(),
             upstream_model: input.upstream_model.clone(),
             text,
         })
     }
 }
 
+/// The most characters the mock writes for `words` tokens of output: generous (its prose is
+/// at most 8 characters a word; JSON adds keys and punctuation), yet bounded by `max_tokens`.
+pub(crate) fn max_chars(words: u32) -> usize {
+    (words as usize).saturating_mul(MAX_CHARS_PER_TOKEN)
+}
+
+const MAX_CHARS_PER_TOKEN: usize = 64;
+
 /// A deterministic value that matches `schema` (the subset `validation` supports), built from
-/// the mock's words.
-fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
+/// the mock's words, spending at most `budget` characters (roughly: JSON punctuation aside).
+/// A schema that asks for more gets less than it asked for, and `budget` ends at 0.
+fn instance_of(schema: &serde_json::Value, words: &str, budget: &mut usize) -> serde_json::Value {
     use serde_json::{Value, json};
+    let spend = |budget: &mut usize, n: usize| *budget = budget.saturating_sub(n);
     let Some(map) = schema.as_object() else {
+        spend(budget, 2);
         return json!({});
     };
     if let Some(value) = map.get("const") {
+        spend(budget, value.to_string().len());
         return value.clone();
     }
     if let Some(first) = map
@@ -164,6 +189,7 @@ fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
         .and_then(Value::as_array)
         .and_then(|e| e.first())
     {
+        spend(budget, first.to_string().len());
         return first.clone();
     }
     for key in ["anyOf", "oneOf", "allOf"] {
@@ -172,7 +198,7 @@ fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
             .and_then(Value::as_array)
             .and_then(|e| e.first())
         {
-            return instance_of(first, words);
+            return instance_of(first, words, budget);
         }
     }
     let kind = match map.get("type") {
@@ -187,40 +213,63 @@ fn instance_of(schema: &serde_json::Value, words: &str) -> serde_json::Value {
             .or_else(|| map.get("maximum").and_then(Value::as_f64))
             .unwrap_or(default)
     };
+    let scalar = |budget: &mut usize, value: Value| {
+        spend(budget, value.to_string().len());
+        value
+    };
     match kind {
         "object" => {
             let mut object = serde_json::Map::new();
             if let Some(props) = map.get("properties").and_then(Value::as_object) {
                 for (name, sub) in props {
-                    object.insert(name.clone(), instance_of(sub, words));
+                    if *budget == 0 {
+                        break;
+                    }
+                    spend(budget, name.len() + 4);
+                    object.insert(name.clone(), instance_of(sub, words, budget));
                 }
             }
             Value::Object(object)
         }
         "array" => {
-            let count = map
+            let wanted = map
                 .get("minItems")
                 .and_then(Value::as_u64)
                 .unwrap_or(1)
                 .max(1);
-            let item = map
-                .get("items")
-                .map_or(json!(words), |s| instance_of(s, words));
+            let before = *budget;
+            let item = match map.get("items") {
+                Some(sub) => instance_of(sub, words, budget),
+                None => scalar(budget, json!(words)),
+            };
+            // Every copy costs what the first did.
+            let each = before.saturating_sub(*budget).max(1) + 1;
+            let affordable = (before / each).max(1) as u64;
+            let count = wanted.min(affordable);
+            spend(budget, each.saturating_mul(count as usize - 1));
+            if count < wanted {
+                *budget = 0;
+            }
             Value::Array(vec![item; count as usize])
         }
-        "integer" => json!(number(1.0).ceil() as i64),
-        "number" => json!(number(1.0)),
-        "boolean" => json!(true),
-        "null" => Value::Null,
+        "integer" => scalar(budget, json!(number(1.0).ceil() as i64)),
+        "number" => scalar(budget, json!(number(1.0))),
+        "boolean" => scalar(budget, json!(true)),
+        "null" => scalar(budget, Value::Null),
         _ => {
             let max = map
                 .get("maxLength")
                 .and_then(Value::as_u64)
                 .unwrap_or(u64::MAX) as usize;
             let min = map.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let mut text: String = words.chars().take(max).collect();
+            let mut text: String = words.chars().take(max.min(*budget)).collect();
             let missing = min.saturating_sub(text.chars().count());
-            text.extend(std::iter::repeat_n('!', missing));
+            let padding = missing.min(budget.saturating_sub(text.len()));
+            text.extend(std::iter::repeat_n('!', padding));
+            spend(budget, text.len() + 2);
+            if padding < missing {
+                *budget = 0;
+            }
             json!(text)
         }
     }
@@ -273,6 +322,42 @@ mod tests {
         assert_ne!(a.text, c.text);
         assert_eq!(a.text.split(' ').count(), 8);
         assert_eq!(a.completion_tokens, 8);
+    }
+
+    #[tokio::test]
+    async fn schema_shaped_output_is_bounded_by_max_tokens() {
+        use llm_shared::generation::ResponseFormat;
+        let p = MockProvider::default();
+        let asking = |schema: serde_json::Value| {
+            let mut input = input("a hero", 1, None);
+            input.params.response_format = Some(ResponseFormat::JsonSchema { schema });
+            input
+        };
+        let huge = [
+            serde_json::json!({"type": "array", "minItems": 1_000_000, "items": {"type": "integer"}}),
+            serde_json::json!({"type": "string", "minLength": 900_000}),
+            serde_json::json!({"type": "array", "minItems": 1000,
+                "items": {"type": "array", "minItems": 1000, "items": {"type": "string"}}}),
+        ];
+        for schema in huge {
+            let out = p.generate(&asking(schema.clone())).await.unwrap();
+            assert!(
+                out.text.len() <= max_chars(8),
+                "{schema}: {} chars",
+                out.text.len()
+            );
+            assert_eq!(out.finish_reason, "length", "{schema}");
+        }
+        let small = serde_json::json!({"type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string"}, "level": {"type": "integer"}}});
+        let out = p.generate(&asking(small)).await.unwrap();
+        assert_eq!(out.finish_reason, "stop");
+        let value: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+        assert_eq!(
+            value["name"].as_str().map(|s| s.split(' ').count()),
+            Some(8)
+        );
+        assert_eq!(value["level"], 1);
     }
 
     #[tokio::test]

@@ -83,6 +83,11 @@ pub enum ProviderError {
     /// The answer came but fails validation (empty, not the JSON asked for).
     #[error("{message}")]
     InvalidOutput { message: String },
+    /// Checking the answer against the request's JSON Schema took longer than its bound: the
+    /// same answer (or any model's, to the same schema) would cost as much again, so the
+    /// request fails.
+    #[error("checking the answer against the JSON Schema took longer than {0:?}")]
+    ValidationTimeout(Duration),
 }
 
 impl ProviderError {
@@ -95,7 +100,7 @@ impl ProviderError {
 
     /// Whether the next model of the fallback chain should be tried after this error.
     pub fn falls_back(&self) -> bool {
-        !matches!(self, Self::Rejected { .. })
+        !matches!(self, Self::Rejected { .. } | Self::ValidationTimeout(_))
     }
 
     /// Short, stable name of the error class (stored with each attempt).
@@ -106,6 +111,7 @@ impl ProviderError {
             Self::Unavailable { .. } => "provider_unavailable",
             Self::Rejected { .. } => "rejected",
             Self::InvalidOutput { .. } => "invalid_output",
+            Self::ValidationTimeout(_) => "validation_timeout",
         }
     }
 
@@ -114,7 +120,7 @@ impl ProviderError {
             Self::Transient { http_status, .. }
             | Self::Unavailable { http_status, .. }
             | Self::Rejected { http_status, .. } => *http_status,
-            Self::Timeout(_) | Self::InvalidOutput { .. } => None,
+            Self::Timeout(_) | Self::InvalidOutput { .. } | Self::ValidationTimeout(_) => None,
         }
     }
 
@@ -152,7 +158,7 @@ impl ProviderError {
             Self::InvalidOutput { message } => Self::InvalidOutput {
                 message: clean(message),
             },
-            other @ Self::Timeout(_) => other,
+            other @ (Self::Timeout(_) | Self::ValidationTimeout(_)) => other,
         }
     }
 

@@ -1,29 +1,34 @@
 //! The api-kills scenario: the api SIGKILLed and restarted on its port under a submit load;
-//! every `202` must complete, and rows committed without an answer must finish too.
+//! every `202` must complete, rows committed without an answer must finish too, and no request
+//! is paid twice (no worker dies here).
 
 use tokio::process::Child;
 use tokio::time::Instant;
 
 use crate::chaos::Sizes;
 use crate::chaos::judge::{tally, unanswered_rows};
-use crate::chaos::load::{ChaosClient, Until, mock_load};
+use crate::chaos::load::{ChaosClient, Until, paced_load, unique_run};
 use crate::chaos::report::{Tally, describe};
-use crate::chaos::stack::{base_env, refs};
-use crate::{TestDb, free_port, signal, spawn_api_process_on, spawn_worker_process};
+use crate::chaos::stack::{base_env, refs, spawn_worker};
+use crate::chaos::upstream::PaidUpstream;
+use crate::{TestDb, free_port, signal, spawn_api_process_on};
 
-/// A submit load while the api is SIGKILLed (and restarted on its port) `api_kills` times:
-/// every id that got a 202 completes; rows committed without an answer finish too.
+/// Submits at `api_rate` a second for `api_load` while the api is SIGKILLed (and restarted on
+/// its port) `api_kills` times: every id that got a 202 completes; rows committed without an
+/// answer finish too.
 pub async fn api_kills(sizes: &Sizes) -> Tally {
     let db = TestDb::new().await;
-    let env = base_env(&[]);
+    let upstream = PaidUpstream::start(std::time::Duration::from_millis(50)).await;
+    let env = base_env(&upstream.env());
     let port = free_port();
     let (mut api, base) = spawn_api_process_on(&db, port, &refs(&env)).await;
-    let _workers: Vec<Child> = (0..2)
-        .map(|_| spawn_worker_process(&db, &refs(&env)))
-        .collect();
+    let _workers: Vec<Child> = (0..2).map(|_| spawn_worker(&db, &refs(&env))).collect();
     let client = ChaosClient::new(&base);
     let end = Instant::now() + sizes.api_load;
-    let load = mock_load(&client, 16, Until::Deadline(end), 50);
+    let run = unique_run();
+    let load = paced_load(&client, sizes.api_rate, Until::Deadline(end), move |n| {
+        PaidUpstream::body(&run, n)
+    });
     let gap = sizes.api_load / (sizes.api_kills as u32 + 1);
     for _ in 0..sizes.api_kills {
         tokio::time::sleep(gap).await;
@@ -35,10 +40,12 @@ pub async fn api_kills(sizes: &Sizes) -> Tally {
     let accepted = load.accepted();
     let mut t = tally("api SIGKILLs", &db.pool, &accepted, sizes.settle).await;
     let (rows, open) = unanswered_rows(&db.pool, &accepted, sizes.settle).await;
+    upstream.judge(&db.pool, &accepted, &[], &mut t).await;
     t.note(format!(
-        "{} SIGKILLs of the api during {:?} of submits at concurrency 16; answers: {}",
+        "{} SIGKILLs of the api during {:?} of submits at {} a second; answers: {}",
         sizes.api_kills,
         sizes.api_load,
+        sizes.api_rate,
         describe(&load.statuses())
     ));
     t.note(format!(

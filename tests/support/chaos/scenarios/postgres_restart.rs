@@ -13,27 +13,34 @@ use uuid::Uuid;
 
 use crate::chaos::Sizes;
 use crate::chaos::judge::tally;
-use crate::chaos::load::{ChaosClient, Until, mock_load};
+use crate::chaos::load::{ChaosClient, Until, paced_load, unique_run};
 use crate::chaos::report::{Tally, describe};
-use crate::chaos::stack::{base_env, refs, still_running};
+use crate::chaos::stack::{base_env, refs, spawn_worker, still_running};
 use crate::chaos::streams::OpenStreams;
+use crate::chaos::upstream::PaidUpstream;
 use crate::servers::PrivatePostgres;
-use crate::{TestDb, spawn_api_process_with, spawn_worker_process};
+use crate::{TestDb, spawn_api_process_with};
 
 /// A submit load while a private PostgreSQL is stopped for `pg_outage` and started again:
-/// the api and the workers recover without a restart, the api answers 503 meanwhile. The load
-/// runs `pg_load` before the outage and `pg_load` after the restart.
+/// the api and the workers recover without a restart, the api answers 503 meanwhile, and no
+/// answer a provider gave is paid for twice. The load (`pg_rate` a second) runs `pg_load`
+/// before the outage, through it, and `pg_load` after the restart.
 pub async fn postgres_restart(sizes: &Sizes) -> Tally {
     let pg = PrivatePostgres::start().await;
     let db = TestDb::on(&pg.admin_url()).await;
-    let env = base_env(&[]);
+    let upstream = PaidUpstream::start(Duration::from_millis(100)).await;
+    let env = base_env(&upstream.env());
     let (mut api, base) = spawn_api_process_with(&db, &refs(&env)).await;
-    let mut workers: Vec<Child> = (0..2)
-        .map(|_| spawn_worker_process(&db, &refs(&env)))
-        .collect();
+    let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(&db, &refs(&env))).collect();
     let client = ChaosClient::new(&base);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = mock_load(&client, 8, Until::Stopped(stop.clone()), 100);
+    let run = unique_run();
+    let load = paced_load(
+        &client,
+        sizes.pg_rate,
+        Until::Stopped(stop.clone()),
+        move |n| PaidUpstream::body(&run, n),
+    );
     tokio::time::sleep(sizes.pg_load).await;
     // Streams mid-flight when the server stops: 30 tokens, 200 ms apart.
     let streams = OpenStreams::open(&client, sizes.pg_streams, 30, 200).await;
@@ -61,11 +68,14 @@ pub async fn postgres_restart(sizes: &Sizes) -> Tally {
     let mut accepted = load.accepted();
     accepted.extend(&streams.ids);
     let mut t = tally("PostgreSQL restart", &db.pool, &accepted, sizes.settle).await;
+    upstream
+        .judge(&db.pool, &load.accepted(), &[], &mut t)
+        .await;
     let during = load.statuses_between(down_at, up_at);
     let after = load.statuses_between(ready_at + Duration::from_secs(2), end);
     t.note(format!(
-        "PostgreSQL down for {:?} between {:?} of submits (concurrency 8) before and after",
-        sizes.pg_outage, sizes.pg_load
+        "PostgreSQL down for {:?} between {:?} of submits ({} a second) before and after",
+        sizes.pg_outage, sizes.pg_load, sizes.pg_rate
     ));
     streams.check(&db.pool, &mut t).await;
     t.note(format!(

@@ -19,10 +19,11 @@ use crate::chaos::faulty_upstream::{
 use crate::chaos::judge::tally;
 use crate::chaos::load::{ChaosClient, Load, Until, submit_load, unique_run};
 use crate::chaos::report::{Tally, describe};
-use crate::chaos::stack::{base_env, refs, still_running};
+use crate::chaos::stack::{base_env, refs, spawn_worker, still_running};
+use crate::chaos::upstream::judge_payments;
 use crate::fake_upstream::FakeUpstream;
 use crate::sse::{SseMessage, output_of};
-use crate::{TestDb, spawn_api_process_with, spawn_worker_process};
+use crate::{TestDb, spawn_api_process_with};
 
 /// Requests to fake OpenAI, Anthropic and Ollama upstreams that cycle through faults (429
 /// storms with `Retry-After`, 5xx, timeouts, garbage bodies, cut streams), some of them
@@ -47,7 +48,7 @@ pub async fn provider_faults(sizes: &Sizes) -> Tally {
         FAULTS_CALL_TIMEOUT_SECS.to_string(),
     ));
     let mut workers: Vec<Child> = (0..2)
-        .map(|_| spawn_worker_process(&db, &refs(&worker_env)))
+        .map(|_| spawn_worker(&db, &refs(&worker_env)))
         .collect();
     let client = ChaosClient::new(&base);
     let run = unique_run();
@@ -93,6 +94,15 @@ pub async fn provider_faults(sizes: &Sizes) -> Tally {
         calls.join(", ")
     ));
     judge_outcomes(&mut t, kinds, &stored, &streams, &load);
+    // The fakes' successful answers (a success delayed past the call's timeout is not one: the
+    // worker hung up first); no worker dies here, so none may be paid twice.
+    let paid: Vec<_> = fakes
+        .iter()
+        .flat_map(|(fake, _)| fake.answered())
+        .filter(|(n, _)| matches!(FAULT_CYCLE[n % FAULT_CYCLE.len()], Fault::Success))
+        .map(|(_, call)| call)
+        .collect();
+    judge_payments(&db.pool, &accepted, &paid, &[], &mut t).await;
     still_running(&mut api, "the api", &mut t);
     for (i, worker) in workers.iter_mut().enumerate() {
         still_running(worker, &format!("worker {i}"), &mut t);

@@ -8,12 +8,13 @@ use tokio::time::Instant;
 
 use crate::chaos::Sizes;
 use crate::chaos::judge::tally;
-use crate::chaos::load::{ChaosClient, Until, mock_load, unique_run};
+use crate::chaos::load::{ChaosClient, Until, paced_load, unique_run};
 use crate::chaos::report::{Tally, describe};
-use crate::chaos::stack::{base_env, refs, still_running};
+use crate::chaos::stack::{base_env, refs, spawn_worker, still_running};
 use crate::chaos::streams::{OpenStreams, live_stream};
+use crate::chaos::upstream::PaidUpstream;
 use crate::servers::PrivateRedis;
-use crate::{TestDb, spawn_api_process_with, spawn_worker_process};
+use crate::{TestDb, spawn_api_process_with};
 
 /// A submit load and open streams while a private Redis is killed and started again:
 /// submits are unaffected, every stream ends (`done` with the stored result, or `error`),
@@ -21,15 +22,15 @@ use crate::{TestDb, spawn_api_process_with, spawn_worker_process};
 pub async fn redis_restart(sizes: &Sizes) -> Tally {
     let mut redis = PrivateRedis::start().await;
     let db = TestDb::new().await;
-    let redis_env = [("REDIS_URL", redis.url())];
+    let upstream = PaidUpstream::start(Duration::from_millis(20)).await;
+    let mut redis_env = upstream.env();
+    redis_env.push(("REDIS_URL", redis.url()));
     let open_env = base_env(&redis_env);
     let mut closed_env = base_env(&redis_env);
     closed_env.push(("RATE_LIMIT_FAIL_MODE", "closed".to_owned()));
     let (mut api, base) = spawn_api_process_with(&db, &refs(&open_env)).await;
     let (mut api_closed, closed_base) = spawn_api_process_with(&db, &refs(&closed_env)).await;
-    let mut worker_env = base_env(&redis_env);
-    worker_env.push(("WORKER_CONCURRENCY", "64".to_owned()));
-    let mut worker = spawn_worker_process(&db, &refs(&worker_env));
+    let mut worker = spawn_worker(&db, &refs(&open_env));
     let client = ChaosClient::new(&base);
     let closed_client = ChaosClient::new(&closed_base);
     let run = unique_run();
@@ -40,8 +41,12 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
     let stream_ids = streams.ids.clone();
 
     let end = Instant::now() + sizes.redis_load;
-    let load = mock_load(&client, 4, Until::Deadline(end), 20);
-    let closed_load = mock_load(&closed_client, 2, Until::Deadline(end), 20);
+    let open_run = format!("{run} open");
+    let body = move |n| PaidUpstream::body(&open_run, n);
+    let load = paced_load(&client, sizes.redis_rate, Until::Deadline(end), body);
+    let closed_run = format!("{run} closed");
+    let body = move |n| PaidUpstream::body(&closed_run, n);
+    let closed_load = paced_load(&closed_client, sizes.redis_rate, Until::Deadline(end), body);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let down_at = Instant::now();
     redis.kill().await;
@@ -58,9 +63,12 @@ pub async fn redis_restart(sizes: &Sizes) -> Tally {
     accepted.extend(closed_load.accepted());
     accepted.extend(&stream_ids);
     let mut t = tally("Redis restart", &db.pool, &accepted, sizes.settle).await;
+    let mut paid_for = load.accepted();
+    paid_for.extend(closed_load.accepted());
+    upstream.judge(&db.pool, &paid_for, &[], &mut t).await;
     t.note(format!(
-        "Redis killed for {:?} during {:?} of submits",
-        sizes.redis_outage, sizes.redis_load,
+        "Redis killed for {:?} during {:?} of submits ({} a second to each api)",
+        sizes.redis_outage, sizes.redis_load, sizes.redis_rate,
     ));
     streams.check(&db.pool, &mut t).await;
     let during = load.statuses_between(down_at, up_at);
