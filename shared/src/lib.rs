@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod batches;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod db;

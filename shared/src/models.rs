@@ -17,6 +17,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::EndpointLimits;
 use crate::config::{CommonConfig, present};
 
 /// What a deployment with no runnable model is told (at start, and by a submit that names no
@@ -143,6 +144,9 @@ struct ProviderFile {
     version: Option<String>,
     #[serde(flatten)]
     timeouts: Timeouts,
+    /// `[providers.<name>.limits]`: what the provider allows this service's key.
+    #[serde(default)]
+    limits: EndpointLimits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +174,8 @@ pub struct UpstreamSettings {
     /// `anthropic-version` header.
     pub version: Option<String>,
     pub timeouts: Timeouts,
+    /// What the provider allows this service's key, shared by every worker.
+    pub limits: EndpointLimits,
     /// `None` when usable; otherwise why not.
     pub unavailable: Option<String>,
 }
@@ -373,6 +379,7 @@ fn resolve_upstreams(file: &ProvidersFile, config: &CommonConfig) -> Upstreams {
                 api_key,
                 version: settings.version.clone(),
                 timeouts: settings.timeouts,
+                limits: settings.limits,
             }
         };
     let ollama_url = config.ollama_url.clone().filter(|u| !u.is_empty());
@@ -399,6 +406,7 @@ fn resolve_upstreams(file: &ProvidersFile, config: &CommonConfig) -> Upstreams {
             api_key: None,
             version: None,
             timeouts: file.ollama.timeouts,
+            limits: file.ollama.limits,
         },
     }
 }

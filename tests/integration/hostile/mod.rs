@@ -8,7 +8,6 @@ mod owasp;
 mod tenancy;
 mod worker;
 
-
 use llm_api::jwt::JwtKeys;
 use llm_tests::{TEST_SECRET, TestApp, spawn_app, spawn_app_with_providers};
 use secrecy::SecretString;
