@@ -30,6 +30,8 @@ fi
 
 DATABASE_URL=$ADMIN_URL REDIS_URL=$REDIS scripts/services.sh
 cargo build --bin llm-api
+# The binaries just built (CARGO_TARGET_DIR is honoured, as cargo does).
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
 psql_admin() { PGCONNECT_TIMEOUT=5 psql -X -w -q -tA -d "$ADMIN_URL" "$@"; }
 psql_admin -c "CREATE DATABASE $DB_NAME" >/dev/null
@@ -48,7 +50,7 @@ trap cleanup EXIT
 SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export SECRET_KEY
 DATABASE_URL="${ADMIN_URL%/*}/$DB_NAME" REDIS_URL=$REDIS REDIS_KEY_PREFIX="$DB_NAME:" \
-  LOG_LEVEL=warn API_LISTEN=127.0.0.1:$PORT target/debug/llm-api serve >"$OUT/api.log" 2>&1 &
+  LOG_LEVEL=warn API_LISTEN=127.0.0.1:$PORT "$BIN"/llm-api serve >"$OUT/api.log" 2>&1 &
 api_pid=$!
 for _ in $(seq 1 100); do
   curl -fsS "$BASE/health" >/dev/null 2>&1 && break

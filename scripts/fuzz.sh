@@ -23,6 +23,8 @@ mkdir -p "$OUT"
 
 DATABASE_URL=$ADMIN_URL REDIS_URL=$REDIS scripts/services.sh
 cargo build --workspace --bins
+# The binaries just built (CARGO_TARGET_DIR is honoured, as cargo does).
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
 if [ ! -x .venv-fuzz/bin/schemathesis ]; then
   python3 -m venv .venv-fuzz
@@ -52,10 +54,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/debug/llm-api migrate >/dev/null
-API_LISTEN=127.0.0.1:$PORT target/debug/llm-api serve >"$OUT/api.log" 2>&1 &
+"$BIN"/llm-api migrate >/dev/null
+API_LISTEN=127.0.0.1:$PORT "$BIN"/llm-api serve >"$OUT/api.log" 2>&1 &
 pids+=($!)
-WORKER_METRICS_LISTEN=127.0.0.1:0 target/debug/llm-worker >"$OUT/worker.log" 2>&1 &
+WORKER_METRICS_LISTEN=127.0.0.1:0 "$BIN"/llm-worker >"$OUT/worker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -fsS "$BASE/health" >/dev/null 2>&1 && break
@@ -63,7 +65,7 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "$BASE/health/ready" >/dev/null
 
-TOKEN=$(target/debug/llm-api token --user 00000000-0000-4000-8000-0000000f0220 --role admin)
+TOKEN=$("$BIN"/llm-api token --user 00000000-0000-4000-8000-0000000f0220 --role admin)
 
 echo "==> schemathesis against $BASE/openapi.json for ${FUZZ_SECONDS}s"
 set +e
