@@ -39,6 +39,7 @@ BASE="http://127.0.0.1:$PORT"
 export DATABASE_URL=$DB_URL REDIS_URL=$REDIS REDIS_KEY_PREFIX="$DB_NAME:" LOG_LEVEL=${LOG_LEVEL:-warn}
 # Limits far above what the fuzzer sends: a 429 is not a bug, but it hides the handlers.
 export RATE_LIMIT_RPM=1000000 RATE_LIMIT_TPM=2000000000
+export USER_MAX_QUEUED=0 USER_MAX_STREAMS=0 USER_MAX_WAITS=0
 
 pids=()
 cleanup() {

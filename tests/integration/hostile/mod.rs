@@ -3,6 +3,8 @@
 //! id, and cache invalidations that would wipe every user's entries. Each file of this folder
 //! holds the attacks on one area.
 
+mod quotas;
+
 use llm_api::jwt::JwtKeys;
 use llm_tests::{TEST_SECRET, TestApp, spawn_app, spawn_app_with_providers};
 use secrecy::SecretString;
