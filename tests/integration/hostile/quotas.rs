@@ -25,7 +25,8 @@ async fn away_from_a_minute_boundary() {
     }
 }
 
-/// A JSON answer: status, `Retry-After` (seconds) and body.
+/// A JSON answer: status, `Retry-After` (seconds) and body (null if none came within a few
+/// seconds: a stream that opened instead of being refused).
 async fn answer(response: reqwest::Response) -> (u16, Option<u64>, Value) {
     let status = response.status().as_u16();
     let retry_after = response
@@ -33,10 +34,11 @@ async fn answer(response: reqwest::Response) -> (u16, Option<u64>, Value) {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let body = tokio::time::timeout(Duration::from_secs(5), response.json::<Value>()).await;
     (
         status,
         retry_after,
-        response.json().await.unwrap_or(Value::Null),
+        body.ok().and_then(Result::ok).unwrap_or(Value::Null),
     )
 }
 
