@@ -108,7 +108,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
-            Self::QuotaExceeded { code, .. } => *code,
+            Self::QuotaExceeded { code, .. } => code,
             Self::Unavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
         }
