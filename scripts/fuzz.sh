@@ -45,6 +45,7 @@ export RATE_LIMIT_RPM=1000000 RATE_LIMIT_TPM=2000000000
 SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export SECRET_KEY
 export MOCK_PROVIDER=true # submits reach the workers with no provider key
+export USER_MAX_QUEUED=0 USER_MAX_STREAMS=0 USER_MAX_WAITS=0
 
 pids=()
 cleanup() {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
 use crate::jwt::JwtKeys;
-use crate::state::{ApiLimits, AppServices, AppState};
+use crate::state::{ApiLimits, AppServices, AppState, Quotas};
 
 /// The api, built and bound, ready to serve.
 pub struct App {
@@ -79,6 +79,13 @@ impl App {
                 max_wait: Duration::from_secs(config.max_wait_secs),
                 job_max_attempts: config.common.job_max_attempts,
                 compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
+            },
+            quotas: Quotas {
+                queued: llm_shared::quota::QueuedQuota {
+                    max: config.user_max_queued,
+                },
+                streams: llm_shared::quota::UserSlots::new(config.user_max_streams),
+                waits: llm_shared::quota::UserSlots::new(config.user_max_waits),
             },
             metrics: Arc::new(Metrics::new()),
             shutdown: CancellationToken::new(),

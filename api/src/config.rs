@@ -30,6 +30,22 @@ pub struct ApiConfig {
     #[arg(long, env = "OPENAI_COMPAT_WAIT_SECS", default_value_t = 120)]
     pub openai_compat_wait_secs: u64,
 
+    /// Most requests a user may have unfinished (pending or running) at once, counted in
+    /// the database across every api process; a submit or batch that would pass it is refused
+    /// whole (429 `queue_quota_exceeded`). 0: no quota.
+    #[arg(long, env = "USER_MAX_QUEUED", default_value_t = 10_000)]
+    pub user_max_queued: u32,
+
+    /// Most SSE streams a user may hold open at once on this api process (native streams and
+    /// the OpenAI door's `stream: true`); past it, 429 `too_many_streams`. 0: no cap.
+    #[arg(long, env = "USER_MAX_STREAMS", default_value_t = 32)]
+    pub user_max_streams: u32,
+
+    /// Most waits a user may hold open at once on this api process (`?wait=` polls and
+    /// unstreamed OpenAI-door calls); past it, 429 `too_many_waits`. 0: no cap.
+    #[arg(long, env = "USER_MAX_WAITS", default_value_t = 32)]
+    pub user_max_waits: u32,
+
     /// Pin each runtime thread to a CPU of its own when there is one thread per CPU this
     /// process may run on ([`crate::runtime`]): the kernel otherwise may pack them onto one CPU
     /// while another idles.

@@ -50,6 +50,14 @@ pub enum ApiError {
         retry_after_secs: u32,
         state: Option<llm_shared::ratelimit::RateState>,
     },
+    /// Over a per-user quota (queued work, open streams, waits): `code` says which; retry
+    /// after the given seconds.
+    #[error("{message}")]
+    QuotaExceeded {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u32,
+    },
     /// A dependency (PostgreSQL, Redis) is unreachable: the client may retry.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -81,7 +89,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,6 +108,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { code, .. } => code,
             Self::Unavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
         }
@@ -163,6 +172,14 @@ impl IntoResponse for ApiError {
             if let Some(state) = state {
                 response.extensions_mut().insert(*state);
             }
+        }
+        if let Self::QuotaExceeded {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
     }
@@ -238,7 +255,7 @@ pub mod doc {
     #[response(status = 422)]
     pub struct Invalid(#[allow(dead_code)] ErrorBody);
 
-    /// over the rate limit (see Retry-After)
+    /// over a rate limit or a per-user quota (see Retry-After)
     #[derive(utoipa::IntoResponses)]
     #[response(status = 429)]
     pub struct RateLimited(#[allow(dead_code)] ErrorBody);

@@ -1,5 +1,5 @@
 //! What every handler shares ([`AppState`]): connections, clients, the registry and templates,
-//! the limits of the HTTP surface, metrics and the stop signal.
+//! the limits of the HTTP surface, the per-user quotas, metrics and the stop signal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use llm_shared::metrics::Metrics;
 use llm_shared::models::LiveRegistry;
 use llm_shared::notices::FinalNotices;
 use llm_shared::prompts::PromptLibrary;
+use llm_shared::quota::{QueuedQuota, UserSlots};
 use llm_shared::ratelimit::RateLimiter;
 use llm_shared::requests::Submitter;
 use llm_shared::stream_relay::RelayListener;
@@ -51,6 +52,9 @@ pub struct AppServices {
     pub prompts: std::sync::Arc<PromptLibrary>,
     pub notices: FinalNotices,
     pub limits: ApiLimits,
+    /// Per-user quotas: unfinished requests (all processes), open streams and waits (this
+    /// process).
+    pub quotas: Quotas,
     /// This process's metrics, served on `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the process starts to stop: requests that wait on a generation (streams,
@@ -66,4 +70,13 @@ pub struct ApiLimits {
     pub job_max_attempts: u32,
     /// How long a `/v1/...` call waits for its generation (`OPENAI_COMPAT_WAIT_SECS`).
     pub compat_wait: Duration,
+}
+
+/// Per-user quotas ([`llm_shared::quota`]): `USER_MAX_QUEUED`, `USER_MAX_STREAMS`,
+/// `USER_MAX_WAITS`.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    pub queued: QueuedQuota,
+    pub streams: UserSlots,
+    pub waits: UserSlots,
 }

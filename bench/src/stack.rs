@@ -33,7 +33,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// The environment of every process of the stack: the benchmark's database, Redis and hub.
-pub fn environment(args: &Args, bench_db: &BenchDb, hub_url: &str) -> [(&'static str, String); 9] {
+pub fn environment(args: &Args, bench_db: &BenchDb, hub_url: &str) -> [(&'static str, String); 12] {
     [
         ("DATABASE_URL", bench_db.url.clone()),
         // A message hub that accepts every event: the outbox drains as in production.
@@ -48,6 +48,10 @@ pub fn environment(args: &Args, bench_db: &BenchDb, hub_url: &str) -> [(&'static
         ("REDIS_KEY_PREFIX", bench_db.redis_prefix()),
         ("RATE_LIMIT_TPM", "4000000000".to_owned()),
         ("MOCK_PROVIDER", "true".to_owned()),
+        // Its backlog and its concurrent streams are far past one user's quotas too.
+        ("USER_MAX_QUEUED", "0".to_owned()),
+        ("USER_MAX_STREAMS", "0".to_owned()),
+        ("USER_MAX_WAITS", "0".to_owned()),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! The LLM service's domain and storage, shared by the `llm-api` and `llm-worker` crates:
 //! configuration common to both, the database and its queue, requests from submit to final
-//! state, the response cache, rate limits, the stream relay, completion notices, usage,
+//! state, the response cache, rate limits, per-user quotas, the stream relay, completion notices, usage,
 //! batches, operators' tools, prompt templates and the model registry. Nothing here speaks
 //! HTTP to clients or calls a provider.
 //!
@@ -23,6 +23,7 @@ pub mod models;
 pub mod notices;
 pub mod prompts;
 pub mod queue;
+pub mod quota;
 pub mod ratelimit;
 pub mod requests;
 pub mod stream_relay;

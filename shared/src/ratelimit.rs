@@ -1,7 +1,8 @@
 //! Per-user rate limits: requests per minute and tokens per minute, counted in Redis in fixed
 //! one-minute windows (Redis' clock) by one Lua script, so the limit is exact across any number
 //! of api replicas. Tokens are estimated at submit (prompt + output limit) and reconciled with
-//! the actual usage when the request completes. Admins may override a user's limits.
+//! the actual usage when the request completes. A batch counts as its items: every item's
+//! request and estimated tokens, all or nothing. Admins may override a user's limits.
 //!
 //! Redis down: `RATE_LIMIT_FAIL_MODE=open` (default) lets requests through with a warning;
 //! `closed` refuses them with 503.
@@ -32,6 +33,8 @@ local rkey = KEYS[1] .. ':r:' .. w
 local tkey = KEYS[1] .. ':t:' .. w
 local reset = 60 - (now % 60)
 local n = tonumber(ARGV[3])
+-- requests counted: one per submit, a batch's items at once
+local k = tonumber(ARGV[5])
 -- the response cache's fast copy, when asked: a hit takes no tokens (no provider runs it)
 local cached = false
 if KEYS[2] then
@@ -44,8 +47,8 @@ if ARGV[4] ~= 'take' then
   return {1, 0, r, t, reset, window, cached}
 end
 -- a counter's expiry is set once, when its window's first count creates it
-local r = redis.call('INCR', rkey)
-if r == 1 then redis.call('EXPIRE', rkey, 120) end
+local r = redis.call('INCRBY', rkey, k)
+if r == k then redis.call('EXPIRE', rkey, 120) end
 local t
 if n > 0 then
   t = redis.call('INCRBY', tkey, n)
@@ -56,9 +59,9 @@ end
 local by = 0
 if r > tonumber(ARGV[1]) then by = 1 elseif t > tonumber(ARGV[2]) then by = 2 end
 if by > 0 then
-  redis.call('DECR', rkey)
+  redis.call('DECRBY', rkey, k)
   if n > 0 then redis.call('DECRBY', tkey, n) end
-  return {0, by, r - 1, t - n, reset, window, cached}
+  return {0, by, r - k, t - n, reset, window, cached}
 end
 return {1, 0, r, t, reset, window, cached}
 ";
@@ -105,9 +108,14 @@ pub enum Decision {
         by: Exceeded,
         state: RateState,
     },
-    /// A single request larger than the whole tokens-per-minute limit.
+    /// A single request (or a batch) larger than the whole tokens-per-minute limit.
     TooLarge {
         tokens: u32,
+        limit: u32,
+    },
+    /// A batch of more requests than the whole requests-per-minute limit.
+    TooManyRequests {
+        requests: u32,
         limit: u32,
     },
     /// Redis unreachable and the fail mode is open.
@@ -210,7 +218,57 @@ impl RateLimiter {
                 limit: limits.tokens_per_minute,
             });
         }
-        Ok(self.run(user, limits, tokens, true, None).await.0)
+        Ok(self.run(user, limits, 1, tokens, true, None).await.0)
+    }
+
+    /// Counts `requests` requests of `tokens` estimated tokens in all (a batch's items)
+    /// against the user's limits, all or nothing: either every one is counted or none is.
+    pub async fn take_many(
+        &self,
+        pool: &PgPool,
+        user: Uuid,
+        requests: u32,
+        tokens: u32,
+    ) -> Result<Decision, sqlx::Error> {
+        let limits = self.limits(pool, user).await?;
+        if requests > limits.requests_per_minute {
+            return Ok(Decision::TooManyRequests {
+                requests,
+                limit: limits.requests_per_minute,
+            });
+        }
+        if tokens > limits.tokens_per_minute {
+            return Ok(Decision::TooLarge {
+                tokens,
+                limit: limits.tokens_per_minute,
+            });
+        }
+        Ok(self.run(user, limits, requests, tokens, true, None).await.0)
+    }
+
+    /// Takes back what a take counted in `window` (`requests` requests, `tokens` tokens)
+    /// for work that was then refused or not stored. Best effort, only while the window is
+    /// kept.
+    pub async fn give_back(&self, user: Uuid, window: i64, requests: u32, tokens: u32) {
+        let key = self.user_key(user);
+        let mut conn = self.conn.clone();
+        for (key, n) in [
+            (format!("{key}:r:{window}"), requests),
+            (format!("{key}:t:{window}"), tokens),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let exists: Result<bool, _> =
+                redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
+            if exists.unwrap_or(false) {
+                let _: Result<i64, _> = redis::cmd("DECRBY")
+                    .arg(&key)
+                    .arg(n)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
     }
 
     /// [`RateLimiter::take`] for a request that may be answered from the response cache: the
@@ -225,7 +283,9 @@ impl RateLimiter {
         cache_key: String,
     ) -> Result<(Decision, Option<String>), sqlx::Error> {
         let limits = self.limits(pool, user).await?;
-        let (decision, cached) = self.run(user, limits, tokens, true, Some(cache_key)).await;
+        let (decision, cached) = self
+            .run(user, limits, 1, tokens, true, Some(cache_key))
+            .await;
         if cached.is_none() && tokens > limits.tokens_per_minute {
             // Refused by the script as over the tokens limit (nothing counted), or not checked.
             return Ok((
@@ -242,13 +302,14 @@ impl RateLimiter {
     /// The user's current state, without counting anything.
     pub async fn peek(&self, pool: &PgPool, user: Uuid) -> Result<Decision, sqlx::Error> {
         let limits = self.limits(pool, user).await?;
-        Ok(self.run(user, limits, 0, false, None).await.0)
+        Ok(self.run(user, limits, 1, 0, false, None).await.0)
     }
 
     async fn run(
         &self,
         user: Uuid,
         limits: RateLimits,
+        requests: u32,
         tokens: u32,
         take: bool,
         cache_key: Option<String>,
@@ -263,6 +324,7 @@ impl RateLimiter {
             .arg(limits.tokens_per_minute)
             .arg(tokens)
             .arg(if take { "take" } else { "peek" })
+            .arg(requests)
             .invoke_async(&mut conn)
             .await;
         match result {

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::extract::JsonBody;
@@ -13,8 +14,10 @@ use crate::error::doc;
 use crate::state::AppState;
 use llm_shared::batches::{self, BatchBody, BatchView, NewBatch};
 
-/// A batch counts as one request against the caller's rate limit; its tokens are not counted
-/// (batches are background work, run after interactive requests).
+/// A batch is charged as its items: each one a request, with its estimated tokens, against
+/// the caller's rate limits, and each one an unfinished request against `USER_MAX_QUEUED`;
+/// all or nothing (a refused batch stores and charges nothing). Its jobs run after
+/// interactive requests.
 #[utoipa::path(
     post,
     path = "/api/v1/generate/batch",
@@ -32,23 +35,46 @@ pub async fn submit(
     user: AuthUser,
     trace: crate::telemetry::TraceContext,
     JsonBody(body): JsonBody<BatchBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let models = state.models.current();
     let max_attempts = state.limits.job_max_attempts;
     let scope = state.cache.scope;
     let mut batch =
         NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts, scope)?;
     batch.trace_id = Some(trace.trace_id);
-    super::rate_limits::enforce(&state, &user, 0).await?;
+    let items = u32::try_from(batch.items.len()).unwrap_or(u32::MAX);
+    let tokens: u64 = batch
+        .items
+        .iter()
+        .map(|item| u64::try_from(item.estimated_tokens).unwrap_or(0))
+        .sum();
+    // The queue first: refused there, nothing has been charged yet.
+    super::quota::admit_queued(&state, &user, items).await?;
+    let rate = super::rate_limits::enforce_batch(&state, &user, items, tokens).await?;
     let batch_id = batch.id;
-    let request_ids = batches::create(&state.pool, batch).await?;
+    let request_ids = match batches::create(&state.pool, batch).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            // Nothing was stored: nothing stays charged.
+            if let Some(rate) = rate {
+                let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
+                state
+                    .limiter
+                    .give_back(user.id, rate.window, items, tokens)
+                    .await;
+            }
+            return Err(err.into());
+        }
+    };
     tracing::info!(batch.id = %batch_id, user.id = %user.id, items = request_ids.len(), "batch accepted");
     let body = json!({
         "batch_id": batch_id,
         "request_ids": request_ids,
         "poll_url": format!("/api/v1/generate/batch/{batch_id}"),
     });
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    super::rate_limits::attach(&mut response, rate);
+    Ok(response)
 }
 
 #[utoipa::path(

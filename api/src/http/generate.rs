@@ -1,5 +1,5 @@
 //! `POST /api/v1/generate` (durable submit) and `GET /api/v1/generate/{request_id}` (poll,
-//! optionally long-poll with `?wait=N`).
+//! optionally long-poll with `?wait=N`, at most `USER_MAX_WAITS` at once per user).
 
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
+use llm_shared::quota::Slot;
 use llm_shared::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -114,8 +115,10 @@ pub(super) struct Admitted {
 }
 
 /// Looks a validated request up in the cache, counts it against the caller's rate limits (a
-/// cache hit as a request without tokens: no provider runs it) and stores it (answered from
-/// the cache, attached to an identical request in flight, or committed with its job).
+/// cache hit as a request without tokens: no provider runs it), refuses it if it would take
+/// the caller past its queued-work quota (a fast-copy cache hit queues nothing and is not
+/// counted) and stores it (answered from the cache, attached to an identical request in
+/// flight, or committed with its job).
 pub(super) async fn accept(
     state: &AppState,
     user: &AuthUser,
@@ -141,6 +144,19 @@ pub(super) async fn accept(
         requests::Insert::CacheHit(_) => 0,
         requests::Insert::Queued | requests::Insert::CachedOrQueued => estimated,
     };
+    if !matches!(how, requests::Insert::CacheHit(_))
+        && let Err(refused) = super::quota::admit_queued(state, user, 1).await
+    {
+        // Refused after the limiter counted it: nothing is stored, so nothing stays charged.
+        if let Some(rate) = rate {
+            let tokens = u32::try_from(tokens.max(0)).unwrap_or(0);
+            state
+                .limiter
+                .give_back(user.id, rate.window, 1, tokens)
+                .await;
+        }
+        return Err(refused);
+    }
     let submitted = state.submitter.store(new, how).await?;
     if let Some(rate) = rate
         && tokens > 0
@@ -202,7 +218,7 @@ pub struct PollResponse {
     params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), PollQuery),
     responses(
         (status = 200, description = "the request and its attempt history", body = PollResponse),
-        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Unavailable,
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::RateLimited, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -231,7 +247,7 @@ pub async fn poll(
     let request = if wait.is_zero() {
         find(&state, id, user.id).await?
     } else {
-        wait_until_final(&state, id, user.id, wait).await?
+        wait_until_final(&state, id, &user, wait, None).await?
     };
     let attempt_history = requests::attempts_of(&state.pool, id).await?;
     Ok(Json(PollResponse {
@@ -251,26 +267,36 @@ pub(super) async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<Reque
 /// Answers as soon as the request is final, or when `wait` is up, or at once when the process
 /// starts to stop. The subscription is taken before the row is read, so a completion between
 /// the read and the wait is not missed.
+///
+/// Waiting holds one of the user's `USER_MAX_WAITS` slots on this process: `held` if the
+/// caller took it already (before submitting what it waits for), else one taken once the
+/// request is found unfinished (a final request is answered without one). The slot is freed
+/// when this returns or is dropped (the client went away).
 pub(super) async fn wait_until_final(
     state: &AppState,
     id: Uuid,
-    user: Uuid,
+    user: &AuthUser,
     wait: Duration,
+    mut held: Option<Slot>,
 ) -> Result<RequestView, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let subscription = state.notices.subscribe(id);
+    let user_id = user.id;
     loop {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let request = find(state, id, user).await?;
+        let request = find(state, id, user_id).await?;
         if request.status.is_final() {
             return Ok(request);
         }
+        if held.is_none() {
+            held = Some(super::quota::wait_slot(state, user)?);
+        }
         tokio::select! {
             _ = &mut notified => {}
-            () = tokio::time::sleep_until(deadline) => return find(state, id, user).await,
-            () = state.shutdown.cancelled() => return find(state, id, user).await,
+            () = tokio::time::sleep_until(deadline) => return find(state, id, user_id).await,
+            () = state.shutdown.cancelled() => return find(state, id, user_id).await,
         }
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod models;
 pub(crate) mod openai;
 pub(crate) mod prompts;
+pub(crate) mod quota;
 pub(crate) mod rate_limits;
 pub(crate) mod stream;
 pub(crate) mod usage;

@@ -28,6 +28,37 @@ pub(super) async fn enforce(
     admit(state, user, decision)
 }
 
+/// Counts a batch against the caller's limits: each of its `requests` items as a request,
+/// and `tokens`, their estimated tokens in all; all or nothing. A batch larger than a whole
+/// minute's limit can never fit: a 422 that says so, not a 429 to retry.
+pub(super) async fn enforce_batch(
+    state: &AppState,
+    user: &AuthUser,
+    requests: u32,
+    tokens: u64,
+) -> Result<Option<RateState>, ApiError> {
+    let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
+    let decision = state
+        .limiter
+        .take_many(&state.pool, user.id, requests, tokens)
+        .await?;
+    match decision {
+        Decision::TooLarge { tokens, limit } => Err(ApiError::validation(
+            "items",
+            format!(
+                "this batch may use about {tokens} tokens, more than your limit of {limit} tokens per minute; send fewer items or lower their max_tokens"
+            ),
+        )),
+        Decision::TooManyRequests { requests, limit } => Err(ApiError::validation(
+            "items",
+            format!(
+                "this batch holds {requests} requests, more than your limit of {limit} requests per minute; send fewer items per batch"
+            ),
+        )),
+        other => admit(state, user, other),
+    }
+}
+
 /// [`enforce`] for a request the response cache may answer: one Redis round trip reads the
 /// cache's fast copy (`cache_key`) and counts the request, a hit without tokens. Answers the
 /// state counted and what the fast copy held.
@@ -56,6 +87,10 @@ fn admit(
         Decision::Unchecked => Ok(None),
         Decision::Unavailable => Err(ApiError::Unavailable(
             "rate limiting is unavailable right now; retry shortly",
+        )),
+        Decision::TooManyRequests { requests, limit } => Err(ApiError::validation(
+            "items",
+            format!("{requests} requests are more than your limit of {limit} requests per minute"),
         )),
         Decision::TooLarge { tokens, limit } => Err(ApiError::validation(
             "parameters.max_tokens",

@@ -1,6 +1,7 @@
 //! Streaming over SSE: `POST /api/v1/generate/stream` (submit, then follow) and
 //! `GET /api/v1/generate/{request_id}/stream` (attach at any time, resuming after
-//! `Last-Event-ID`), plus `DELETE /api/v1/generate/{request_id}` (cancel).
+//! `Last-Event-ID`), plus `DELETE /api/v1/generate/{request_id}` (cancel). A user holds at
+//! most `USER_MAX_STREAMS` streams open on one api process.
 //!
 //! Events: `start` (request id, model), `token` (`id:` = relay seq, data `{"text"}`),
 //! `restart` (the output starts over: drop what you have), and exactly one terminal event,
@@ -27,6 +28,7 @@ use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
+use llm_shared::quota::Slot;
 use llm_shared::ratelimit::RateState;
 use llm_shared::requests::{self, GenerateBody, NewRequest, RequestView, Status};
 use llm_shared::stream_relay::{RelayEvent, RelayKind, RelayMessage, RelaySubscription};
@@ -64,20 +66,36 @@ pub async fn submit_stream(
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
     let new = new_request(&state, &user, &headers, body, trace)?;
-    let (id, subscription, rate) = submit_subscribed(&state, &user, new).await?;
-    let mut response = follow(state, id, user.id, subscription, 0).into_response();
+    let Subscribed {
+        id,
+        subscription,
+        rate,
+        slot,
+    } = submit_subscribed(&state, &user, new).await?;
+    let mut response = follow(state, id, user.id, subscription, 0, slot).into_response();
     super::rate_limits::attach(&mut response, rate);
     Ok(response)
 }
 
+/// A streamed submit, stored and subscribed to.
+pub(super) struct Subscribed {
+    pub id: Uuid,
+    pub subscription: RelaySubscription,
+    /// The rate-limit state the submit counted.
+    pub rate: Option<RateState>,
+    /// The user's stream slot on this process, for the stream's lifetime.
+    pub slot: Slot,
+}
+
 /// Submits a request whose worker relays its tokens, subscribed to its relay channel before
-/// the job exists, so that not even the first token can be missed. Also answers the rate-limit
-/// state the submit counted.
+/// the job exists, so that not even the first token can be missed. The user's stream slot is
+/// taken first: a user at `USER_MAX_STREAMS` is refused before anything is stored or counted.
 pub(super) async fn submit_subscribed(
     state: &AppState,
     user: &AuthUser,
     mut new: NewRequest,
-) -> Result<(Uuid, RelaySubscription, Option<RateState>), ApiError> {
+) -> Result<Subscribed, ApiError> {
+    let slot = super::quota::stream_slot(state, user)?;
     new.stream = true;
     let subscription = state
         .relay
@@ -86,17 +104,23 @@ pub(super) async fn submit_subscribed(
         .map_err(|_| relay_unavailable())?;
     let super::generate::Admitted { submitted, rate } =
         super::generate::accept(state, user, new).await?;
-    if submitted.replayed {
+    let subscription = if submitted.replayed {
         // An earlier request with the same Idempotency-Key: follow that one instead.
         drop(subscription);
-        let subscription = state
+        state
             .relay
             .subscribe(submitted.id)
             .await
-            .map_err(|_| relay_unavailable())?;
-        return Ok((submitted.id, subscription, rate));
-    }
-    Ok((submitted.id, subscription, rate))
+            .map_err(|_| relay_unavailable())?
+    } else {
+        subscription
+    };
+    Ok(Subscribed {
+        id: submitted.id,
+        subscription,
+        rate,
+        slot,
+    })
 }
 
 #[utoipa::path(
@@ -107,7 +131,7 @@ pub(super) async fn submit_subscribed(
     params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
     responses(
         (status = 200, description = "SSE events after Last-Event-ID", body = String, content_type = "text/event-stream"),
-        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::Unavailable,
+        doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::RateLimited, doc::Unavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -133,12 +157,13 @@ pub async fn attach(
             })?,
     };
     super::generate::find(&state, id, user.id).await?;
+    let slot = super::quota::stream_slot(&state, &user)?;
     let subscription = state
         .relay
         .subscribe(id)
         .await
         .map_err(|_| relay_unavailable())?;
-    Ok(follow(state, id, user.id, subscription, last_seen))
+    Ok(follow(state, id, user.id, subscription, last_seen, slot))
 }
 
 #[utoipa::path(
@@ -189,8 +214,9 @@ fn follow(
     user: Uuid,
     subscription: RelaySubscription,
     last_seen: u64,
+    slot: Slot,
 ) -> EventStream {
-    let rx = follow_events(state, id, user, subscription, last_seen);
+    let rx = follow_events(state, id, user, subscription, last_seen, slot);
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok(to_sse(&e)), rx))
     });
@@ -231,18 +257,21 @@ pub(super) enum FollowEvent {
 }
 
 /// Follows a request in a task of its own: the events go to the returned receiver. Dropping
-/// the receiver stops the follower (the generation itself carries on).
+/// the receiver stops the follower (the generation itself carries on). The follower holds the
+/// user's stream `slot` until it ends, however it ends.
 pub(super) fn follow_events(
     state: AppState,
     id: Uuid,
     user: Uuid,
     subscription: RelaySubscription,
     last_seen: u64,
+    slot: Slot,
 ) -> mpsc::Receiver<FollowEvent> {
     let (tx, rx) = mpsc::channel::<FollowEvent>(16);
     let active = crate::metrics::ActiveStream::new(state.metrics.clone());
     tokio::spawn(async move {
         let _active = active;
+        let _slot = slot;
         // A client resuming after an event id has output we cannot see until the log is read.
         let tokens = usize::from(last_seen > 0);
         let mut follower = Follower {

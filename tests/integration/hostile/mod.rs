@@ -5,6 +5,7 @@
 
 mod operations;
 mod owasp;
+mod quotas;
 mod tenancy;
 mod worker;
 

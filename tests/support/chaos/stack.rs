@@ -43,6 +43,9 @@ pub(crate) fn base_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, S
         ("RATE_LIMIT_RPM", "1000000000".to_owned()),
         ("RATE_LIMIT_TPM", "4000000000".to_owned()),
         ("MOCK_PROVIDER", "true".to_owned()),
+        ("USER_MAX_QUEUED", "0".to_owned()),
+        ("USER_MAX_STREAMS", "0".to_owned()),
+        ("USER_MAX_WAITS", "0".to_owned()),
     ];
     env.extend(extra.iter().cloned());
     env

@@ -31,7 +31,7 @@ pub(super) enum CompletionErrors {
     /// body too large
     #[response(status = 413)]
     TooLarge(OpenAiErrorBody),
-    /// over the rate limit (see Retry-After)
+    /// over a rate limit or a per-user quota (see Retry-After)
     #[response(status = 429)]
     RateLimited(OpenAiErrorBody),
     /// the generation failed after the service's retries and fallbacks
@@ -67,7 +67,8 @@ pub struct OpenAiErrorDetail {
     /// The request parameter at fault, if one is.
     pub param: Option<String>,
     /// e.g. `model_not_found`, `unsupported_parameter`, `invalid_api_key`,
-    /// `rate_limit_exceeded`, `generation_pending`, `generation_restarted`.
+    /// `rate_limit_exceeded`, `queue_quota_exceeded`, `too_many_streams`, `too_many_waits`,
+    /// `generation_pending`, `generation_restarted`.
     pub code: Option<String>,
     /// The durable request concerned, when one was created.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +179,10 @@ fn native_response(error: ApiError, endpoint: Option<Endpoint>) -> Response {
         "unauthorized" => ("invalid_request_error", "invalid_api_key"),
         "forbidden" => ("permission_error", "forbidden"),
         "rate_limited" => ("requests", "rate_limit_exceeded"),
+        // The per-user quotas keep their own codes, under OpenAI's type for 429s.
+        code @ ("queue_quota_exceeded" | "too_many_streams" | "too_many_waits") => {
+            ("requests", code)
+        }
         "service_unavailable" => ("server_error", "service_unavailable"),
         "internal_error" => ("server_error", "internal_error"),
         other => ("invalid_request_error", other),

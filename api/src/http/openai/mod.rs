@@ -3,7 +3,7 @@
 //! unchanged (base URL = this service, API key = the same JWT).
 //!
 //! Each call is an ordinary durable generation request (row + job in one transaction, attempts,
-//! cache, rate limits, usage), so it can be polled, audited and replayed; its id is the
+//! cache, rate limits, per-user quotas, usage), so it can be polled, audited and replayed; its id is the
 //! response's `id` and its `x-request-id` header. A call waits for its generation up to
 //! `OPENAI_COMPAT_WAIT_SECS` (or streams it through the relay); past that it answers 504 with
 //! the id to poll, and `x-should-retry: false` so that SDKs do not submit it again.
@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::extract::JsonBody;
 use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
-use super::stream::{follow_events, submit_subscribed};
+use super::stream::{Subscribed, follow_events, submit_subscribed};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -151,19 +151,29 @@ async fn run(
     .map_err(|e| OpenAiError::from_native(e.into(), call.endpoint))?;
     new.trace_id = Some(trace.trace_id);
     if call.stream {
-        let (id, subscription, rate) = submit_subscribed(&state, &user, new)
+        let Subscribed {
+            id,
+            subscription,
+            rate,
+            slot,
+        } = submit_subscribed(&state, &user, new)
             .await
             .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
-        let events = follow_events(state, id, user.id, subscription, 0);
+        let events = follow_events(state, id, user.id, subscription, 0, slot);
         let writer = ChunkWriter::new(id, call.model, call.endpoint, call.include_usage);
         let mut response = with_request_id(sse(events, writer), id);
         super::rate_limits::attach(&mut response, rate);
         return Ok(response);
     }
+    // The call waits for its generation: its wait slot is taken before anything is stored, so
+    // a user at USER_MAX_WAITS is refused with nothing queued.
+    let slot = super::quota::wait_slot(&state, &user)
+        .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
     let Admitted { submitted, rate } = accept(&state, &user, new)
         .await
         .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
-    let row = wait_until_final(&state, submitted.id, user.id, state.limits.compat_wait).await?;
+    let wait = state.limits.compat_wait;
+    let row = wait_until_final(&state, submitted.id, &user, wait, Some(slot)).await?;
     let response = response::answer(&row, call.endpoint, state.limits.compat_wait);
     let mut response = with_request_id(response, submitted.id);
     super::rate_limits::attach(&mut response, rate);
