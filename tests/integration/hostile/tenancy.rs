@@ -197,6 +197,14 @@ async fn a_worker_without_the_mock_provider_fails_a_mock_request_for_good() {
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error_code"], "unknown_model", "{done}");
     assert!(done.to_string().contains("MOCK_PROVIDER"), "{done}");
+    // The run's attempt row is closed with the request, not left `running` for ever.
+    let open = app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM generation_attempts WHERE request_id = '{id}' AND outcome = 'running'"
+        ))
+        .await;
+    assert_eq!(open, 0);
     worker.stop().await;
 }
 
