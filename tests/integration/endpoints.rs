@@ -29,7 +29,7 @@ cooldown_secs = 1
 "#;
 
 /// A model of a test registry; `route` is its `endpoint = …` / `endpoints = […]` line.
-fn model(id: &str, route: &str, upstream: &str) -> String {
+pub(crate) fn model(id: &str, route: &str, upstream: &str) -> String {
     format!(
         r#"
 [[models]]
