@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use llm_shared::models::ModelRegistry;
 use llm_tests::fake_upstream::{FakeUpstream, Received, azure, openai};
+use llm_tests::sse::{SseReader, output_of};
 use llm_tests::{
     TestApp, common_config, spawn_api_process_with, spawn_app, spawn_app_with_providers,
     spawn_worker_process,
@@ -179,6 +180,26 @@ api_version = "2024-10-21"
         call.body
     );
     assert_eq!(header(call, "authorization"), None);
+
+    // Streamed: Azure's first chunk carries no choice, only its prompt filter results.
+    let mut sse = SseReader::open(
+        service
+            .app
+            .http
+            .post(format!("{}/api/v1/generate/stream", service.base))
+            .bearer_auth(service.app.token())
+            .json(&json!({"model": "gpt-4o-azure", "prompt": "Greet me, streamed"})),
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let events = sse.until_terminal(Duration::from_secs(30)).await;
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("done"),
+        "{events:?}"
+    );
+    assert_eq!(output_of(&events), "Hail, adventurer");
+    assert_eq!(fake.received().len(), 2);
 }
 
 #[tokio::test]
