@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod endpoints;
 pub mod error;
 pub mod generation;
 pub mod group_commit;

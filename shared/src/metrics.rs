@@ -23,8 +23,6 @@ use prometheus::{
 };
 use sqlx::PgPool;
 
-use crate::models::ProviderKind;
-
 /// Content type of the Prometheus text format, as `/metrics` answers it.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -71,7 +69,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `llm_fallbacks_total{model}`: a model given up for the next one of its chain.
     pub fallbacks: IntCounterVec,
-    /// `llm_circuit_state{provider}`: 0 closed, 1 half-open, 2 open (this worker's breakers).
+    /// `llm_circuit_state{provider}`: 0 closed, 1 half-open, 2 open (this worker's breakers),
+    /// per endpoint: the label holds the endpoint's registry name (the built-in ones are named
+    /// after their providers).
     pub circuit_state: IntGaugeVec,
     /// `llm_active_streams`: SSE streams this api process is serving now.
     pub active_streams: IntGauge,
@@ -320,11 +320,10 @@ impl Metrics {
         self.cost.with_label_values(&[model]).inc_by(cost);
     }
 
-    /// Sets `llm_circuit_state` of one provider: 0 closed, 1 half-open, 2 open.
-    pub fn set_circuit(&self, provider: ProviderKind, state: i64) {
-        self.circuit_state
-            .with_label_values(&[provider.as_str()])
-            .set(state);
+    /// Sets `llm_circuit_state` of one endpoint (named in the registry, or `mock`): 0 closed,
+    /// 1 half-open, 2 open.
+    pub fn set_circuit(&self, endpoint: &str, state: i64) {
+        self.circuit_state.with_label_values(&[endpoint]).set(state);
     }
 
     /// Re-reads the queue and outbox gauges from the database, unless they were read less than

@@ -1,24 +1,24 @@
-//! The model registry: which model ids exist, which provider serves each, its limits, prices,
+//! The model registry: which model ids exist, which endpoint(s) serve each, its limits, prices,
 //! capabilities and fallback chain, plus the retry and circuit-breaker policies.
 //!
 //! Read once at start from `config/models.toml` (embedded in the binaries; `MODELS_FILE`
-//! points to another file). Provider credentials and base URLs come from the configuration
-//! (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OLLAMA_URL`, `*_BASE_URL`): a model whose provider
-//! lacks them stays listed, as unavailable with the reason, and is skipped in fallback chains.
+//! points to another file). Endpoints (`endpoints`) hold the base URLs and name the variables
+//! holding the keys: a model none of whose endpoints has its key or URL stays listed, as
+//! unavailable with the reason, and is skipped in fallback chains.
 //!
 //! Mock models exist only with `MOCK_PROVIDER=true`: otherwise they are left out of the
 //! registry as it loads (and out of every fallback chain), so that no listing shows them, no
 //! request can name them, and the default model is never one of them. A deployment may run
 //! without one: the mock answers anything for free and takes failure and latency controls.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::EndpointLimits;
-use crate::config::{CommonConfig, present};
+use crate::config::CommonConfig;
+pub use crate::endpoints::{Endpoint, EndpointKind, Timeouts, UpstreamSettings};
+use crate::endpoints::{EndpointFile, ProvidersFile};
 
 /// What a deployment with no runnable model is told (at start, and by a submit that names no
 /// model).
@@ -36,6 +36,13 @@ pub enum ProviderKind {
     Anthropic,
     Ollama,
     Mock,
+}
+
+/// A provider's name, e.g. as the key of its built-in endpoint's circuit.
+impl AsRef<str> for ProviderKind {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
 }
 
 impl ProviderKind {
@@ -56,13 +63,41 @@ pub enum Capability {
     Json,
 }
 
-/// One model, as the registry file declares it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One model, as the registry file declares it: `provider` alone (the built-in endpoint of
+/// that name, or the mock), or `endpoint` / `endpoints` naming where its calls go.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ModelFile {
+    id: String,
+    #[serde(default)]
+    provider: Option<ProviderKind>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    endpoints: Option<Vec<String>>,
+    upstream: String,
+    context_window: u32,
+    max_output_tokens: u32,
+    input_price: f64,
+    output_price: f64,
+    #[serde(default)]
+    capabilities: Vec<Capability>,
+    #[serde(default)]
+    fallback: Vec<String>,
+}
+
+/// One model of the registry.
+#[derive(Debug, Clone, Serialize)]
 pub struct ModelSpec {
     pub id: String,
+    /// The wire format it is called in (of its endpoints), or `mock`.
     pub provider: ProviderKind,
-    /// The provider's own name for the model.
+    /// The endpoints its calls are spread across (round-robin, skipping unavailable ones and
+    /// open circuits); empty for mock models.
+    #[serde(skip)]
+    pub endpoints: Vec<String>,
+    /// The provider's own name for the model (Azure OpenAI: the deployment, unless the
+    /// endpoint fixes one).
     pub upstream: String,
     pub context_window: u32,
     pub max_output_tokens: u32,
@@ -112,90 +147,16 @@ pub struct CircuitPolicy {
     pub cooldown_secs: u64,
 }
 
-/// Timeouts of one upstream.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Timeouts {
-    pub connect_timeout_ms: u64,
-    pub request_timeout_secs: u64,
-    pub first_token_timeout_secs: u64,
-    pub idle_timeout_secs: u64,
-}
-
-impl Timeouts {
-    pub fn connect(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-    pub fn request(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
-    }
-    pub fn first_token(&self) -> Duration {
-        Duration::from_secs(self.first_token_timeout_secs)
-    }
-    pub fn idle(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct ProviderFile {
-    #[serde(default)]
-    base_url: Option<String>,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(flatten)]
-    timeouts: Timeouts,
-    /// `[providers.<name>.limits]`: what the provider allows this service's key.
-    #[serde(default)]
-    limits: EndpointLimits,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProvidersFile {
-    openai: ProviderFile,
-    anthropic: ProviderFile,
-    ollama: ProviderFile,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
     retry: RetryPolicy,
     circuit: CircuitPolicy,
+    #[serde(default)]
     providers: ProvidersFile,
-    models: Vec<ModelSpec>,
-}
-
-/// How to reach one upstream, or why it cannot be reached.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub base_url: String,
-    pub api_key: Option<SecretString>,
-    /// `anthropic-version` header.
-    pub version: Option<String>,
-    pub timeouts: Timeouts,
-    /// What the provider allows this service's key, shared by every worker.
-    pub limits: EndpointLimits,
-    /// `None` when usable; otherwise why not.
-    pub unavailable: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Upstreams {
-    pub openai: UpstreamSettings,
-    pub anthropic: UpstreamSettings,
-    pub ollama: UpstreamSettings,
-}
-
-impl Upstreams {
-    pub fn get(&self, kind: ProviderKind) -> Option<&UpstreamSettings> {
-        match kind {
-            ProviderKind::OpenAi => Some(&self.openai),
-            ProviderKind::Anthropic => Some(&self.anthropic),
-            ProviderKind::Ollama => Some(&self.ollama),
-            ProviderKind::Mock => None,
-        }
-    }
+    #[serde(default)]
+    endpoints: BTreeMap<String, EndpointFile>,
+    models: Vec<ModelFile>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +183,7 @@ pub struct ModelRegistry {
     /// The mock models the file declares, left out because `MOCK_PROVIDER` is off.
     mocks_off: Vec<String>,
     default_model: String,
-    pub upstreams: Upstreams,
+    endpoints: Vec<Endpoint>,
     pub retry: RetryPolicy,
     pub circuit: CircuitPolicy,
 }
@@ -259,8 +220,16 @@ impl ModelRegistry {
             message,
         };
         let file: RegistryFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let endpoints =
+            crate::endpoints::resolve(file.providers, file.endpoints, config).map_err(invalid)?;
+        let models = file
+            .models
+            .into_iter()
+            .map(|m| model_spec(m, &endpoints))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
         let mut seen = HashSet::new();
-        for model in &file.models {
+        for model in &models {
             if !seen.insert(model.id.as_str()) {
                 return Err(invalid(format!("model `{}` is declared twice", model.id)));
             }
@@ -271,7 +240,7 @@ impl ModelRegistry {
                 )));
             }
         }
-        for model in &file.models {
+        for model in &models {
             if let Some(unknown) = model.fallback.iter().find(|f| !seen.contains(f.as_str())) {
                 return Err(invalid(format!(
                     "model `{}` falls back to unknown model `{unknown}`",
@@ -280,11 +249,10 @@ impl ModelRegistry {
             }
         }
         let (models, mocks_off) = if config.mock_provider {
-            (file.models, Vec::new())
+            (models, Vec::new())
         } else {
-            without_mocks(file.models)
+            without_mocks(models)
         };
-        let upstreams = resolve_upstreams(&file.providers, config);
         let default_model = match &config.default_model {
             Some(id) if !id.is_empty() => {
                 if mocks_off.contains(id) {
@@ -295,13 +263,13 @@ impl ModelRegistry {
                 }
                 id.clone()
             }
-            _ => pick_default(&models, &upstreams),
+            _ => pick_default(&models, &endpoints),
         };
         Ok(Self {
             models,
             mocks_off,
             default_model,
-            upstreams,
+            endpoints,
             retry: file.retry,
             circuit: file.circuit,
         })
@@ -339,11 +307,28 @@ impl ModelRegistry {
         }
     }
 
-    /// Why the model cannot be used now, if it cannot.
+    /// Why the model cannot be used now, if it cannot: none of its endpoints is usable (the
+    /// reason of the first).
     pub fn unavailable_reason(&self, model: &ModelSpec) -> Option<&str> {
-        self.upstreams
-            .get(model.provider)
-            .and_then(|u| u.unavailable.as_deref())
+        unavailable(model, &self.endpoints)
+    }
+
+    /// Every endpoint of the registry, in file order (built-in sections first).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The endpoint of this name: its kind, settings and `limits` (the name is the budget key).
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    /// The endpoints the model's calls are spread across, in its order.
+    pub fn endpoints_of<'a>(&'a self, model: &'a ModelSpec) -> impl Iterator<Item = &'a Endpoint> {
+        model
+            .endpoints
+            .iter()
+            .filter_map(|name| self.endpoint(name))
     }
 
     /// The model followed by its fallbacks, without repeats, in order.
@@ -365,50 +350,86 @@ impl ModelRegistry {
     }
 }
 
-fn resolve_upstreams(file: &ProvidersFile, config: &CommonConfig) -> Upstreams {
-    let keyed =
-        |settings: &ProviderFile, base: &Option<String>, key: &Option<SecretString>, var: &str| {
-            let api_key = present(key).cloned();
-            UpstreamSettings {
-                base_url: base
-                    .clone()
-                    .filter(|b| !b.is_empty())
-                    .or_else(|| settings.base_url.clone())
-                    .unwrap_or_default(),
-                unavailable: api_key.is_none().then(|| format!("{var} is not set")),
-                api_key,
-                version: settings.version.clone(),
-                timeouts: settings.timeouts,
-                limits: settings.limits,
-            }
-        };
-    let ollama_url = config.ollama_url.clone().filter(|u| !u.is_empty());
-    Upstreams {
-        openai: keyed(
-            &file.openai,
-            &config.openai_base_url,
-            &config.openai_api_key,
-            "OPENAI_API_KEY",
-        ),
-        anthropic: keyed(
-            &file.anthropic,
-            &config.anthropic_base_url,
-            &config.anthropic_api_key,
-            "ANTHROPIC_API_KEY",
-        ),
-        ollama: UpstreamSettings {
-            unavailable: ollama_url
-                .is_none()
-                .then(|| "OLLAMA_URL is not set".to_owned()),
-            base_url: ollama_url
-                .or_else(|| file.ollama.base_url.clone())
-                .unwrap_or_default(),
-            api_key: None,
-            version: None,
-            timeouts: file.ollama.timeouts,
-            limits: file.ollama.limits,
-        },
+/// A model of the file with its endpoints checked and its provider resolved.
+fn model_spec(file: ModelFile, endpoints: &[Endpoint]) -> Result<ModelSpec, String> {
+    let id = &file.id;
+    let names = match (file.endpoint, file.endpoints, file.provider) {
+        (Some(_), Some(_), _) => {
+            return Err(format!(
+                "model `{id}` sets both `endpoint` and `endpoints`: name one or the other"
+            ));
+        }
+        (Some(one), None, _) => vec![one],
+        (None, Some(many), _) => many,
+        (None, None, Some(ProviderKind::Mock)) => Vec::new(),
+        (None, None, Some(kind)) => vec![kind.as_str().to_owned()],
+        (None, None, None) => {
+            return Err(format!(
+                "model `{id}` names no `endpoint` (nor a `provider`)"
+            ));
+        }
+    };
+    if file.provider == Some(ProviderKind::Mock) && !names.is_empty() {
+        return Err(format!("mock model `{id}` cannot name an endpoint"));
     }
+    if file.provider != Some(ProviderKind::Mock) && names.is_empty() {
+        return Err(format!("model `{id}` has an empty `endpoints` list"));
+    }
+    let mut provider = file.provider;
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Err(format!("model `{id}` names endpoint `{name}` twice"));
+        }
+        let Some(endpoint) = endpoints.iter().find(|e| &e.name == name) else {
+            return Err(format!("model `{id}` names unknown endpoint `{name}`"));
+        };
+        if endpoint.kind == EndpointKind::AzureOpenAi
+            && endpoint.settings.deployment.is_none()
+            && !crate::endpoints::valid_deployment(&file.upstream)
+        {
+            return Err(format!(
+                "model `{id}`: its upstream `{}`, the deployment on azure-openai endpoint `{name}`, {}",
+                file.upstream,
+                crate::endpoints::DEPLOYMENT_RULE
+            ));
+        }
+        let wire = endpoint.kind.provider();
+        match provider {
+            Some(p) if p != wire => {
+                return Err(format!(
+                    "model `{id}`: endpoint `{name}` speaks {}, not {}",
+                    wire.as_str(),
+                    p.as_str()
+                ));
+            }
+            _ => provider = Some(wire),
+        }
+    }
+    Ok(ModelSpec {
+        provider: provider.unwrap_or(ProviderKind::Mock),
+        endpoints: names,
+        id: file.id,
+        upstream: file.upstream,
+        context_window: file.context_window,
+        max_output_tokens: file.max_output_tokens,
+        input_price: file.input_price,
+        output_price: file.output_price,
+        capabilities: file.capabilities,
+        fallback: file.fallback,
+    })
+}
+
+/// Why none of the model's endpoints is usable (mock models always are).
+fn unavailable<'a>(model: &ModelSpec, endpoints: &'a [Endpoint]) -> Option<&'a str> {
+    let mut first = None;
+    for name in &model.endpoints {
+        match endpoints.iter().find(|e| &e.name == name) {
+            Some(e) if e.available() => return None,
+            Some(e) => first = first.or(e.settings.unavailable.as_deref()),
+            None => first = first.or(Some("its endpoint is not in the registry")),
+        }
+    }
+    first
 }
 
 /// The models without the mock ones (and without them in any fallback chain), and the ids of
@@ -427,12 +448,9 @@ fn without_mocks(models: Vec<ModelSpec>) -> (Vec<ModelSpec>, Vec<String>) {
 /// Without `DEFAULT_MODEL`: the first model (in file order) of a configured real provider,
 /// else the first mock model (present only with `MOCK_PROVIDER`), so a machine with no keys
 /// runs on the mock provider; else the first model, unavailable, whose submits say why.
-fn pick_default(models: &[ModelSpec], upstreams: &Upstreams) -> String {
-    let usable = |m: &&ModelSpec| {
-        upstreams
-            .get(m.provider)
-            .is_some_and(|u| u.unavailable.is_none())
-    };
+fn pick_default(models: &[ModelSpec], endpoints: &[Endpoint]) -> String {
+    let usable =
+        |m: &&ModelSpec| m.provider != ProviderKind::Mock && unavailable(m, endpoints).is_none();
     models
         .iter()
         .find(usable)

@@ -42,6 +42,8 @@ pub enum Reply {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
+    /// The query string (`api-version=…`), empty when none.
+    pub query: String,
     pub headers: HeaderMap,
     pub body: Value,
 }
@@ -83,6 +85,7 @@ impl FakeUpstream {
                     let body_json = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let request = Received {
                         path: uri.path().to_owned(),
+                        query: uri.query().unwrap_or_default().to_owned(),
                         headers,
                         body: body_json,
                     };
@@ -431,6 +434,94 @@ pub mod ollama {
             headers: retry_after
                 .map(|r| vec![("retry-after", r.to_owned())])
                 .unwrap_or_default(),
+        }
+    }
+}
+
+/// Azure OpenAI: OpenAI's Chat Completions formats on
+/// `/openai/deployments/{deployment}/chat/completions?api-version=…` with an `api-key` header,
+/// plus its content-filter annotations.
+pub mod azure {
+    use super::*;
+
+    /// What an Azure resource checks before answering, as Azure answers when it does not hold.
+    pub struct Resource {
+        pub deployment: &'static str,
+        pub api_version: &'static str,
+        pub key: &'static str,
+    }
+
+    impl Resource {
+        /// `None` when the request reaches the deployment with the version and key; otherwise
+        /// Azure's own refusal (404 for an unknown path, deployment or version, 401 for a bad key).
+        pub fn refusal(&self, request: &Received) -> Option<Reply> {
+            let path = format!("/openai/deployments/{}/chat/completions", self.deployment);
+            let version = format!("api-version={}", self.api_version);
+            if request.path != path {
+                return Some(error(
+                    404,
+                    "DeploymentNotFound",
+                    "The API deployment for this resource does not exist.",
+                ));
+            }
+            if !request.query.split('&').any(|pair| pair == version) {
+                return Some(error(404, "404", "Resource not found"));
+            }
+            let key = request.headers.get("api-key").and_then(|v| v.to_str().ok());
+            if key != Some(self.key) {
+                return Some(error(
+                    401,
+                    "401",
+                    "Access denied due to invalid subscription key or wrong API endpoint.",
+                ));
+            }
+            None
+        }
+    }
+
+    pub fn error(status: u16, code: &str, message: &str) -> Reply {
+        Reply::Json {
+            status,
+            body: json!({"error": {"code": code, "message": message}}),
+            headers: vec![],
+        }
+    }
+
+    /// A whole answer, with the prompt and content filter results Azure adds.
+    pub fn success(text: &str, prompt_tokens: u32, completion_tokens: u32) -> Reply {
+        let filters = json!({"hate": {"filtered": false, "severity": "safe"}, "violence": {"filtered": false, "severity": "safe"}});
+        Reply::Json {
+            status: 200,
+            body: json!({
+                "id": "chatcmpl-az1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06",
+                "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "content_filter_results": filters}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+            }),
+            headers: vec![],
+        }
+    }
+
+    /// A streamed answer: Azure's first chunk carries no choice, only the prompt filter results.
+    pub fn stream(pieces: &[&str], prompt_tokens: u32, completion_tokens: u32) -> Reply {
+        let first = format!(
+            "data: {}\n\n",
+            json!({"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                   "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]})
+        );
+        match super::openai::stream(pieces, prompt_tokens, completion_tokens, true) {
+            Reply::Stream {
+                content_type,
+                pieces,
+                gap,
+                cut,
+            } => Reply::Stream {
+                content_type,
+                pieces: std::iter::once(first).chain(pieces).collect(),
+                gap,
+                cut,
+            },
+            other => other,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Per-provider circuit breakers (one set per worker process): after `failure_threshold`
-//! consecutive provider-side failures a provider is skipped for `cooldown_secs`; then one call
-//! is let through as a probe, and its outcome closes or re-opens the circuit.
+//! Per-endpoint circuit breakers (one set per worker process): after `failure_threshold`
+//! consecutive provider-side failures an endpoint is skipped for `cooldown_secs`; then one call
+//! is let through as a probe, and its outcome closes or re-opens the circuit. Circuits are
+//! keyed by endpoint name (`mock` for the mock provider; a built-in endpoint is named after its
+//! provider): one Azure region failing leaves the other's calls going.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use llm_shared::metrics::Metrics;
-use llm_shared::models::{CircuitPolicy, ProviderKind};
+use llm_shared::models::CircuitPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,7 +31,7 @@ struct Circuit {
 #[derive(Debug)]
 pub struct CircuitBreakers {
     policy: CircuitPolicy,
-    circuits: Mutex<HashMap<ProviderKind, Circuit>>,
+    circuits: Mutex<HashMap<String, Circuit>>,
 }
 
 impl CircuitBreakers {
@@ -40,12 +42,20 @@ impl CircuitBreakers {
         }
     }
 
-    /// Whether a call to the provider may go ahead now; `Err` says when it may again.
-    pub fn admit(&self, provider: ProviderKind) -> Result<(), Duration> {
+    /// Gives the endpoint a (closed) circuit if it has none, so that its state is exported
+    /// before its first call.
+    pub fn track(&self, endpoint: impl AsRef<str>) {
+        if let Ok(mut circuits) = self.circuits.lock() {
+            circuit(&mut circuits, endpoint.as_ref());
+        }
+    }
+
+    /// Whether a call to the endpoint may go ahead now; `Err` says when it may again.
+    pub fn admit(&self, endpoint: impl AsRef<str>) -> Result<(), Duration> {
         let Ok(mut circuits) = self.circuits.lock() else {
             return Ok(());
         };
-        let circuit = circuits.entry(provider).or_default();
+        let circuit = circuit(&mut circuits, endpoint.as_ref());
         match circuit.open_until {
             None => Ok(()),
             Some(until) => {
@@ -62,11 +72,12 @@ impl CircuitBreakers {
         }
     }
 
-    pub fn record(&self, provider: ProviderKind, success: bool) {
+    pub fn record(&self, endpoint: impl AsRef<str>, success: bool) {
+        let endpoint = endpoint.as_ref();
         let Ok(mut circuits) = self.circuits.lock() else {
             return;
         };
-        let circuit = circuits.entry(provider).or_default();
+        let circuit = circuit(&mut circuits, endpoint);
         circuit.probe_in_flight = false;
         if success {
             *circuit = Circuit::default();
@@ -77,7 +88,7 @@ impl CircuitBreakers {
         if probe_failed || circuit.consecutive_failures >= self.policy.failure_threshold.max(1) {
             if circuit.open_until.is_none() || probe_failed {
                 tracing::warn!(
-                    provider = provider.as_str(),
+                    endpoint,
                     failures = circuit.consecutive_failures,
                     "circuit opened"
                 );
@@ -91,46 +102,52 @@ impl CircuitBreakers {
     /// answer, a refusal, a client error): if it was the half-open probe, the next call may
     /// probe. Without this the probe stayed "in flight" for good and the provider's circuit
     /// never closed again in this process.
-    pub fn settle(&self, provider: ProviderKind) {
+    pub fn settle(&self, endpoint: impl AsRef<str>) {
         if let Ok(mut circuits) = self.circuits.lock()
-            && let Some(circuit) = circuits.get_mut(&provider)
+            && let Some(circuit) = circuits.get_mut(endpoint.as_ref())
         {
             circuit.probe_in_flight = false;
         }
     }
 
-    pub fn state(&self, provider: ProviderKind) -> CircuitState {
+    pub fn state(&self, endpoint: impl AsRef<str>) -> CircuitState {
         let Ok(circuits) = self.circuits.lock() else {
             return CircuitState::Closed;
         };
-        match circuits.get(&provider).and_then(|c| c.open_until) {
+        match circuits.get(endpoint.as_ref()).and_then(|c| c.open_until) {
             None => CircuitState::Closed,
             Some(until) if Instant::now() < until => CircuitState::Open,
             Some(_) => CircuitState::HalfOpen,
         }
     }
 
-    /// Copies every provider's state into `llm_circuit_state` (0 closed, 1 half-open, 2 open).
+    /// Copies every endpoint's state into `llm_circuit_state` (0 closed, 1 half-open, 2 open).
+    /// The endpoints are the registry's (names from the file): the label stays bounded.
     pub fn export(&self, metrics: &Metrics) {
-        for kind in [
-            ProviderKind::OpenAi,
-            ProviderKind::Anthropic,
-            ProviderKind::Ollama,
-            ProviderKind::Mock,
-        ] {
-            let value = match self.state(kind) {
+        let names: Vec<String> = match self.circuits.lock() {
+            Ok(circuits) => circuits.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        for name in names {
+            let value = match self.state(&name) {
                 CircuitState::Closed => 0,
                 CircuitState::HalfOpen => 1,
                 CircuitState::Open => 2,
             };
-            metrics.set_circuit(kind, value);
+            metrics.set_circuit(&name, value);
         }
     }
+}
+
+/// The endpoint's circuit, made closed on first use.
+fn circuit<'a>(circuits: &'a mut HashMap<String, Circuit>, endpoint: &str) -> &'a mut Circuit {
+    circuits.entry(endpoint.to_owned()).or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llm_shared::models::ProviderKind;
 
     #[test]
     fn opens_after_the_threshold_and_probes_after_the_cooldown() {

@@ -2,12 +2,12 @@
 //! `attempts_per_model` provider calls with exponential backoff and jitter (`backon`),
 //! honouring `Retry-After`; a wait longer than `reschedule_after_secs` hands the request back
 //! to the queue instead of holding a worker slot. Every provider call is one row of the
-//! attempt history. Providers whose circuit is open are skipped.
+//! attempt history. A model spread across endpoints takes them in turn, call by call
+//! ([`ClientSet::routes`]); endpoints whose circuit is open are skipped.
 //!
 //! What ends the request is the caller's to write (`worker`), in one statement with the
 //! request row; failed calls are recorded here as they happen.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,27 +18,29 @@ use crate::circuit::CircuitBreakers;
 use llm_shared::metrics::Metrics;
 use uuid::Uuid;
 
+use crate::providers::clients::{ClientSet, Route};
 use crate::providers::{
     DeltaSink, GenerationInput, GenerationOutput, GenerationParams, MockBehaviour, MockProvider,
-    Provider, ProviderClient, ProviderError, collect_stream_into,
+    Provider, ProviderError, collect_stream_into,
 };
 use crate::validation::validate_off_runtime;
-use llm_shared::models::{Capability, LiveRegistry, ModelRegistry, ModelSpec, ProviderKind};
+use llm_shared::models::{Capability, LiveRegistry, ModelRegistry, ModelSpec};
 use llm_shared::requests::{self, AttemptFailure, ClaimedRequest};
 use llm_shared::stream_relay::{RelayKind, StreamRelay};
 
-type Clients = HashMap<ProviderKind, ProviderClient>;
+type Clients = Arc<ClientSet>;
 
-fn build_clients(registry: &ModelRegistry, mock: &MockProvider) -> Clients {
-    [
-        ProviderKind::Mock,
-        ProviderKind::OpenAi,
-        ProviderKind::Anthropic,
-        ProviderKind::Ollama,
-    ]
-    .into_iter()
-    .filter_map(|kind| ProviderClient::new(kind, registry, mock).map(|c| (kind, c)))
-    .collect()
+/// The clients of the registry, every endpoint's circuit tracked (exported from the start).
+fn build_clients(
+    registry: &ModelRegistry,
+    mock: &MockProvider,
+    circuits: &CircuitBreakers,
+) -> Clients {
+    let clients = ClientSet::new(registry, mock);
+    for name in clients.names() {
+        circuits.track(name);
+    }
+    Arc::new(clients)
 }
 
 /// How a run of a request ended.
@@ -101,9 +103,10 @@ impl Executor {
         metrics: Arc<Metrics>,
     ) -> Self {
         let registry = models.current();
-        let clients = build_clients(&registry, &mock);
+        let circuits = CircuitBreakers::new(registry.circuit);
+        let clients = build_clients(&registry, &mock, &circuits);
         Self {
-            circuits: CircuitBreakers::new(registry.circuit),
+            circuits,
             models,
             relay,
             mock,
@@ -118,25 +121,28 @@ impl Executor {
     fn snapshot(&self) -> (Arc<ModelRegistry>, Clients) {
         let current = self.models.current();
         let Ok(mut cached) = self.clients.lock() else {
-            let clients = build_clients(&current, &self.mock);
+            let clients = build_clients(&current, &self.mock, &self.circuits);
             return (current, clients);
         };
         if !Arc::ptr_eq(&cached.0, &current) {
-            *cached = (current.clone(), build_clients(&current, &self.mock));
+            *cached = (
+                current.clone(),
+                build_clients(&current, &self.mock, &self.circuits),
+            );
         }
         (cached.0.clone(), cached.1.clone())
     }
 
     /// Time limits of a streamed call: for the first event, and between two events.
-    fn stream_limits(&self, registry: &ModelRegistry, model: &ModelSpec) -> (Duration, Duration) {
-        match registry.upstreams.get(model.provider) {
+    fn stream_limits(&self, route: &Route<'_>) -> (Duration, Duration) {
+        match route.settings {
             Some(upstream) => (upstream.timeouts.first_token(), upstream.timeouts.idle()),
             None => (self.call_timeout, self.call_timeout),
         }
     }
 
-    fn timeout_for(&self, registry: &ModelRegistry, model: &ModelSpec) -> Duration {
-        match registry.upstreams.get(model.provider) {
+    fn timeout_for(&self, route: &Route<'_>) -> Duration {
+        match route.settings {
             Some(upstream) => upstream.timeouts.request().min(self.call_timeout),
             None => self.call_timeout,
         }
@@ -185,17 +191,9 @@ impl Executor {
                     .push(format!("{}: unavailable ({reason})", model.id));
                 continue;
             }
-            let Some(client) = clients.get(&model.provider) else {
-                walk.notes.push(format!(
-                    "{}: no client for provider {}",
-                    model.id,
-                    model.provider.as_str()
-                ));
-                continue;
-            };
             let last = index + 1 == chain.len();
             if let Some(outcome) = self
-                .try_model(&mut walk, &registry, index, model, client, last)
+                .try_model(&mut walk, &registry, index, model, &clients, last)
                 .await?
             {
                 return Ok(outcome);
@@ -222,14 +220,14 @@ impl Executor {
 
     /// Up to `attempts_per_model` calls of one model of the chain, with backoff between them.
     /// `Some` ends the request's run (completed, failed for good, or rescheduled); `None` moves
-    /// on to the next model (its circuit is open, or its errors fall back).
+    /// on to the next model (every endpoint's circuit is open, or its errors fall back).
     async fn try_model(
         &self,
         walk: &mut Walk<'_>,
         registry: &ModelRegistry,
         index: usize,
         model: &ModelSpec,
-        client: &ProviderClient,
+        clients: &ClientSet,
         last: bool,
     ) -> Result<Option<Outcome>, sqlx::Error> {
         let policy = registry.retry;
@@ -241,15 +239,32 @@ impl Executor {
             .without_max_times()
             .build();
         for try_no in 1..=policy.attempts_per_model.max(1) {
-            if let Err(wait) = self.circuits.admit(model.provider) {
-                walk.notes.push(format!(
-                    "{}: skipped, {} circuit open",
-                    model.id,
-                    model.provider.as_str()
-                ));
-                walk.reopen_in = Some(walk.reopen_in.map_or(wait, |w| w.min(wait)));
-                return Ok(None);
+            let routes = clients.routes(model);
+            let mut soonest: Option<Duration> = None;
+            let mut chosen = None;
+            for route in &routes {
+                match self.circuits.admit(route.endpoint) {
+                    Ok(()) => {
+                        chosen = Some(*route);
+                        break;
+                    }
+                    Err(wait) => soonest = Some(soonest.map_or(wait, |w| w.min(wait))),
+                }
             }
+            let Some(route) = chosen else {
+                let names: Vec<&str> = routes.iter().map(|r| r.endpoint).collect();
+                walk.notes.push(match soonest {
+                    Some(_) => {
+                        format!("{}: skipped, circuit open ({})", model.id, names.join(", "))
+                    }
+                    None => format!("{}: no usable endpoint", model.id),
+                });
+                if let Some(wait) = soonest {
+                    walk.reopen_in = Some(walk.reopen_in.map_or(wait, |w| w.min(wait)));
+                }
+                return Ok(None);
+            };
+            let client = route.client;
             walk.called = true;
             let attempt = match walk.first_attempt.take() {
                 Some(a) => a,
@@ -265,19 +280,12 @@ impl Executor {
                 mock: walk.mock.clone(),
             };
             let (result, latency) = self
-                .call(
-                    registry,
-                    model,
-                    client,
-                    &input,
-                    walk.relay.as_mut(),
-                    attempt,
-                )
+                .call(model, &route, &input, walk.relay.as_mut(), attempt)
                 .await;
 
             let err = match result {
                 Ok(output) => {
-                    self.circuits.record(model.provider, true);
+                    self.circuits.record(route.endpoint, true);
                     return Ok(Some(Outcome::Completed {
                         cost_usd: model.cost_usd(output.prompt_tokens, output.completion_tokens),
                         output,
@@ -289,7 +297,7 @@ impl Executor {
                 }
                 Err(err) => err,
             };
-            self.record_failure(pool, claimed, attempt, model, client, &err, latency)
+            self.record_failure(pool, claimed, attempt, model, &route, &err, latency)
                 .await?;
 
             if !err.falls_back() {
@@ -334,16 +342,16 @@ impl Executor {
     /// streamed and the model can, its answer validated; counted in the metrics.
     async fn call(
         &self,
-        registry: &ModelRegistry,
         model: &ModelSpec,
-        client: &ProviderClient,
+        route: &Route<'_>,
         input: &GenerationInput,
         relay: Option<&mut RelaySink<'_>>,
         attempt: i32,
     ) -> (Result<GenerationOutput, ProviderError>, Duration) {
         let started = Instant::now();
-        let limit = self.timeout_for(registry, model);
-        let (first_token, idle) = self.stream_limits(registry, model);
+        let client = route.client;
+        let limit = self.timeout_for(route);
+        let (first_token, idle) = self.stream_limits(route);
         let call = async {
             match relay {
                 Some(sink) if model.supports(Capability::Streaming) => {
@@ -379,7 +387,7 @@ impl Executor {
         (result, latency)
     }
 
-    /// A failed call: its provider's circuit told (availability errors count against it; any
+    /// A failed call: its endpoint's circuit told (availability errors count against it; any
     /// other answer only ends a half-open probe), its attempt row closed, a warning logged.
     #[allow(clippy::too_many_arguments)]
     async fn record_failure(
@@ -388,19 +396,20 @@ impl Executor {
         claimed: &ClaimedRequest,
         attempt: i32,
         model: &ModelSpec,
-        client: &ProviderClient,
+        route: &Route<'_>,
         err: &ProviderError,
         latency: Duration,
     ) -> Result<(), sqlx::Error> {
+        let client = route.client;
         if matches!(
             err,
             ProviderError::Transient { .. }
                 | ProviderError::Timeout(_)
                 | ProviderError::Unavailable { .. }
         ) {
-            self.circuits.record(model.provider, false);
+            self.circuits.record(route.endpoint, false);
         } else {
-            self.circuits.settle(model.provider);
+            self.circuits.settle(route.endpoint);
         }
         let message = err.to_string();
         let failure = AttemptFailure {
@@ -412,7 +421,7 @@ impl Executor {
             upstream_model: Some(&model.upstream),
         };
         requests::fail_attempt(pool, claimed.id, attempt, &failure).await?;
-        tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, error.kind = err.kind(), error = %err, "provider call failed");
+        tracing::warn!(request.id = %claimed.id, attempt, model = %model.id, endpoint = route.endpoint, error.kind = err.kind(), error = %err, "provider call failed");
         Ok(())
     }
 }

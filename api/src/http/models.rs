@@ -19,7 +19,7 @@ use crate::auth::{AdminUser, AuthUser};
 use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
-use llm_shared::models::{self, ModelRegistry, ModelSpec, Requirements};
+use llm_shared::models::{self, EndpointKind, ModelRegistry, ModelSpec, Requirements};
 use llm_shared::requests::{self, CallStats};
 
 const HEALTH_WINDOW: Duration = Duration::from_secs(300);
@@ -34,7 +34,19 @@ pub struct ModelView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable_reason: Option<String>,
     pub default: bool,
+    /// Where its calls go, each with whether it can be called and why not.
+    pub endpoints: Vec<EndpointView>,
     pub health: Value,
+}
+
+/// One endpoint of a model, as the listing shows it (never its key).
+#[derive(Debug, Serialize)]
+pub struct EndpointView {
+    pub name: String,
+    pub kind: EndpointKind,
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
 }
 
 fn view(registry: &ModelRegistry, spec: &ModelSpec, stats: &[CallStats]) -> ModelView {
@@ -67,6 +79,15 @@ fn view(registry: &ModelRegistry, spec: &ModelSpec, stats: &[CallStats]) -> Mode
         available: reason.is_none(),
         unavailable_reason: reason,
         default: spec.id == registry.default_model(),
+        endpoints: registry
+            .endpoints_of(spec)
+            .map(|e| EndpointView {
+                name: e.name.clone(),
+                kind: e.kind,
+                available: e.available(),
+                unavailable_reason: e.settings.unavailable.clone(),
+            })
+            .collect(),
         health,
     }
 }

@@ -32,7 +32,7 @@ pub struct AnthropicProvider {
 impl AnthropicProvider {
     pub fn new(settings: &UpstreamSettings) -> Self {
         Self {
-            http: wire::client(&settings.timeouts),
+            http: wire::client(settings),
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             api_key: settings.api_key.clone(),
             version: settings

@@ -7,6 +7,7 @@
 //! ([`ProviderError::falls_back`]), or nothing (the request itself was refused).
 
 pub mod anthropic;
+pub mod clients;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
@@ -27,7 +28,7 @@ pub(crate) use llm_shared::generation::{
     GenerationOutput, GenerationParams, MAX_MOCK_LATENCY_MS, MockBehaviour, MockFailure,
     ResponseFormat, estimate_tokens,
 };
-use llm_shared::models::{ModelRegistry, ProviderKind, UpstreamSettings};
+use llm_shared::models::{Endpoint, EndpointKind, ModelRegistry, ProviderKind};
 
 /// What a provider is asked to do.
 #[derive(Debug, Clone)]
@@ -199,15 +200,25 @@ pub enum ProviderClient {
 }
 
 impl ProviderClient {
-    /// The client of a provider kind, built from its upstream settings.
+    /// The client of a provider kind: the mock, or the client of the registry's endpoint named
+    /// after the provider (`openai`, `anthropic`, `ollama`).
     pub fn new(kind: ProviderKind, registry: &ModelRegistry, mock: &MockProvider) -> Option<Self> {
-        let settings: Option<&UpstreamSettings> = registry.upstreams.get(kind);
-        Some(match kind {
-            ProviderKind::Mock => Self::Mock(mock.clone()),
-            ProviderKind::OpenAi => Self::OpenAi(OpenAiProvider::new(settings?)),
-            ProviderKind::Anthropic => Self::Anthropic(AnthropicProvider::new(settings?)),
-            ProviderKind::Ollama => Self::Ollama(OllamaProvider::new(settings?)),
-        })
+        match kind {
+            ProviderKind::Mock => Some(Self::Mock(mock.clone())),
+            _ => registry.endpoint(kind.as_str()).map(Self::for_endpoint),
+        }
+    }
+
+    /// The client of one endpoint, with its own connection pool.
+    pub fn for_endpoint(endpoint: &Endpoint) -> Self {
+        let settings = &endpoint.settings;
+        match endpoint.kind {
+            EndpointKind::OpenAi | EndpointKind::OpenAiCompatible | EndpointKind::AzureOpenAi => {
+                Self::OpenAi(OpenAiProvider::of_kind(endpoint.kind, settings))
+            }
+            EndpointKind::Anthropic => Self::Anthropic(AnthropicProvider::new(settings)),
+            EndpointKind::Ollama => Self::Ollama(OllamaProvider::new(settings)),
+        }
     }
 }
 

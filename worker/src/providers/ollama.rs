@@ -2,6 +2,7 @@
 //! per line, the last with `"done": true`, `done_reason`, `prompt_eval_count` and `eval_count`.
 
 use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -16,13 +17,16 @@ use llm_shared::models::UpstreamSettings;
 pub struct OllamaProvider {
     http: reqwest::Client,
     base_url: String,
+    /// Sent as a bearer token when the endpoint names one (an Ollama behind a proxy).
+    api_key: Option<SecretString>,
 }
 
 impl OllamaProvider {
     pub fn new(settings: &UpstreamSettings) -> Self {
         Self {
-            http: wire::client(&settings.timeouts),
+            http: wire::client(settings),
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            api_key: settings.api_key.clone(),
         }
     }
 
@@ -37,10 +41,14 @@ impl OllamaProvider {
                 http_status: None,
             });
         }
-        Ok(self
+        let request = self
             .http
             .post(format!("{}/api/chat", self.base_url))
-            .json(&ChatRequest::new(input, stream)))
+            .json(&ChatRequest::new(input, stream));
+        Ok(match &self.api_key {
+            Some(key) => request.bearer_auth(key.expose_secret()),
+            None => request,
+        })
     }
 }
 
@@ -115,7 +123,7 @@ impl Provider for OllamaProvider {
     }
 
     async fn generate(&self, input: &GenerationInput) -> Result<GenerationOutput, ProviderError> {
-        let response = wire::send(self.request(input, false)?).await?;
+        let response = wire::send_keyed(self.request(input, false)?, self.api_key.as_ref()).await?;
         let line: ChatLine = wire::json_body(response).await?;
         if let Some(error) = line.error {
             return Err(ProviderError::Transient {
@@ -140,7 +148,7 @@ impl Provider for OllamaProvider {
     }
 
     async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
-        let response = wire::send(self.request(input, true)?).await?;
+        let response = wire::send_keyed(self.request(input, true)?, self.api_key.as_ref()).await?;
         let stream = wire::lines(response.bytes_stream())
             .filter(|line| futures::future::ready(!matches!(line, Ok(l) if l.trim().is_empty())))
             .scan(false, |done, line| {

@@ -1,6 +1,12 @@
 //! OpenAI Chat Completions (`POST {base}/chat/completions`), JSON and SSE streaming
 //! (`data:` chunks ending with `data: [DONE]`, usage in the last chunk through
-//! `stream_options.include_usage`). `Authorization: Bearer <OPENAI_API_KEY>`.
+//! `stream_options.include_usage`), for the three endpoint kinds that speak it:
+//!
+//! - `openai`: `Authorization: Bearer <key>`, a key is required;
+//! - `openai-compatible` (vLLM, Groq, OpenRouter, …): the same, the key optional;
+//! - `azure-openai`: `POST {base}/openai/deployments/{deployment}/chat/completions
+//!   ?api-version=…` with `api-key: <key>`; the deployment names the model, so the body
+//!   carries none.
 
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -12,22 +18,61 @@ use super::{
     ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, ResponseFormat,
     StreamEvent, estimate_tokens, normalise_finish_reason,
 };
-use llm_shared::models::UpstreamSettings;
+use llm_shared::models::{EndpointKind, UpstreamSettings};
 
 #[derive(Debug, Clone)]
 pub struct OpenAiProvider {
     http: reqwest::Client,
+    kind: EndpointKind,
     base_url: String,
     api_key: Option<SecretString>,
+    /// Why the endpoint cannot be called (its key is missing), if it cannot.
+    unavailable: Option<String>,
+    api_version: Option<String>,
+    deployment: Option<String>,
 }
 
 impl OpenAiProvider {
+    /// The client of an OpenAI endpoint (kind `openai`).
     pub fn new(settings: &UpstreamSettings) -> Self {
+        Self::of_kind(EndpointKind::OpenAi, settings)
+    }
+
+    /// The client of an endpoint of any OpenAI wire-format kind.
+    pub fn of_kind(kind: EndpointKind, settings: &UpstreamSettings) -> Self {
         Self {
-            http: wire::client(&settings.timeouts),
+            http: wire::client(settings),
+            kind,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             api_key: settings.api_key.clone(),
+            unavailable: settings.unavailable.clone(),
+            api_version: settings.api_version.clone(),
+            deployment: settings.deployment.clone(),
         }
+    }
+
+    fn unavailable(&self, message: String) -> ProviderError {
+        ProviderError::Unavailable {
+            message,
+            http_status: None,
+        }
+    }
+
+    /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, the deployment
+    /// as one path segment whatever it holds.
+    fn azure_url(&self, input: &GenerationInput) -> Result<reqwest::Url, ProviderError> {
+        let deployment = self.deployment.as_deref().unwrap_or(&input.upstream_model);
+        let mut url = reqwest::Url::parse(&self.base_url)
+            .map_err(|e| self.unavailable(format!("base_url is not a URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| self.unavailable("base_url cannot take a path".into()))?
+            .pop_if_empty()
+            .extend(["openai", "deployments", deployment, "chat", "completions"]);
+        url.query_pairs_mut().append_pair(
+            "api-version",
+            self.api_version.as_deref().unwrap_or_default(),
+        );
+        Ok(url)
     }
 
     fn request(
@@ -35,24 +80,36 @@ impl OpenAiProvider {
         input: &GenerationInput,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        let key = self
-            .api_key
-            .as_ref()
-            .ok_or_else(|| ProviderError::Unavailable {
-                message: "OPENAI_API_KEY is not set".into(),
-                http_status: None,
-            })?;
-        Ok(self
-            .http
-            .post(format!("{}/chat/completions", self.base_url))
-            .bearer_auth(key.expose_secret())
-            .json(&ChatRequest::new(input, stream)))
+        if let Some(reason) = &self.unavailable {
+            return Err(self.unavailable(reason.clone()));
+        }
+        let body = ChatRequest::new(input, stream, self.kind != EndpointKind::AzureOpenAi);
+        let request = match self.kind {
+            EndpointKind::AzureOpenAi => {
+                let request = self.http.post(self.azure_url(input)?);
+                match &self.api_key {
+                    Some(key) => request.header("api-key", key.expose_secret()),
+                    None => request,
+                }
+            }
+            _ => {
+                let request = self
+                    .http
+                    .post(format!("{}/chat/completions", self.base_url));
+                match &self.api_key {
+                    Some(key) => request.bearer_auth(key.expose_secret()),
+                    None => request,
+                }
+            }
+        };
+        Ok(request.json(&body))
     }
 }
 
 #[derive(Debug, Serialize)]
 struct ChatRequest<'a> {
-    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
     messages: Vec<wire::ChatMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
@@ -70,11 +127,12 @@ struct ChatRequest<'a> {
 }
 
 impl<'a> ChatRequest<'a> {
-    fn new(input: &'a GenerationInput, stream: bool) -> Self {
+    /// `with_model`: false where the URL names the model (Azure's deployment).
+    fn new(input: &'a GenerationInput, stream: bool, with_model: bool) -> Self {
         let p = &input.params;
         let messages = wire::chat_messages(input);
         Self {
-            model: &input.upstream_model,
+            model: with_model.then_some(input.upstream_model.as_str()),
             messages,
             max_tokens: p.max_tokens,
             temperature: p.temperature,

@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 
 use super::ProviderError;
-use llm_shared::models::Timeouts;
+use llm_shared::models::UpstreamSettings;
 
 /// Longest error body quoted in an error message.
 const MAX_QUOTED_BODY: usize = 300;
@@ -56,13 +56,34 @@ fn history_len(input: &super::GenerationInput) -> usize {
     input.params.history.as_ref().map_or(0, Vec::len)
 }
 
-pub fn client(timeouts: &Timeouts) -> reqwest::Client {
+/// The client of one endpoint (its own connection pool), sending the endpoint's extra headers
+/// with every call.
+pub fn client(settings: &UpstreamSettings) -> reqwest::Client {
     reqwest::Client::builder()
-        .connect_timeout(timeouts.connect())
+        .connect_timeout(settings.timeouts.connect())
         .pool_idle_timeout(Duration::from_secs(90))
+        .default_headers(extra_headers(&settings.headers))
         .build()
         // Building only fails when the TLS backend cannot initialise; fall back to defaults.
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The registry checked the headers as it loaded; one that still does not parse is left out
+/// (logged), never a reason to fail every call.
+fn extra_headers(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        match (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.insert(name, value);
+            }
+            _ => tracing::warn!(header = %name, "extra header left out: not a valid HTTP header"),
+        }
+    }
+    map
 }
 
 /// A transport failure (no HTTP answer, or a body that could not be read).

@@ -9,7 +9,7 @@ use super::error::{OpenAiError, OpenAiErrorBody};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
-use llm_shared::models::ModelRegistry;
+use llm_shared::models::{ModelRegistry, ModelSpec};
 
 #[utoipa::path(
     get,
@@ -32,7 +32,7 @@ pub async fn list_models(
         .all()
         .iter()
         .filter(|m| usable(&registry, &m.id))
-        .map(|m| ModelObject::new(&m.id, m.provider.as_str()))
+        .map(ModelObject::new)
         .collect();
     Ok(Json(ModelList {
         object: "list".into(),
@@ -61,9 +61,7 @@ pub async fn show_model(
     user?;
     let registry = state.models.current();
     match registry.get(&model) {
-        Some(m) if usable(&registry, &m.id) => {
-            Ok(Json(ModelObject::new(&m.id, m.provider.as_str())))
-        }
+        Some(m) if usable(&registry, &m.id) => Ok(Json(ModelObject::new(m))),
         _ => Err(OpenAiError::model_not_found(&model)),
     }
 }
@@ -85,15 +83,18 @@ pub struct ModelObject {
     pub created: i64,
     /// The model's provider.
     pub owned_by: String,
+    /// The registry endpoints its calls go to (empty for mock models).
+    pub endpoints: Vec<String>,
 }
 
 impl ModelObject {
-    fn new(id: &str, owner: &str) -> Self {
+    fn new(model: &ModelSpec) -> Self {
         Self {
-            id: id.to_owned(),
+            id: model.id.clone(),
             object: "model".into(),
             created: 0,
-            owned_by: owner.to_owned(),
+            owned_by: model.provider.as_str().to_owned(),
+            endpoints: model.endpoints.clone(),
         }
     }
 }
