@@ -2,7 +2,9 @@
 //! `attempts_per_model` provider calls with exponential backoff and jitter (`backon`),
 //! honouring `Retry-After`; a wait longer than `reschedule_after_secs` hands the request back
 //! to the queue instead of holding a worker slot. Every provider call is one row of the
-//! attempt history. Providers whose circuit is open are skipped.
+//! attempt history. Providers whose circuit is open are skipped. Every call first takes its
+//! endpoint's shared budget (`admission`); without it the request waits in place briefly or
+//! goes back to the queue until the budget frees, which costs it no attempt.
 //!
 //! What ends the request is the caller's to write (`worker`), in one statement with the
 //! request row; failed calls are recorded here as they happen.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 
+use crate::admission::{self, Admission, Admit, Endpoint, Permit};
 use crate::circuit::CircuitBreakers;
 use llm_shared::metrics::Metrics;
 use uuid::Uuid;
@@ -90,6 +93,8 @@ pub struct Executor {
     validation_timeout: Duration,
     /// Provider calls, retries and fallbacks are counted here.
     metrics: Arc<Metrics>,
+    /// The endpoints' budgets shared with every other worker.
+    admission: Admission,
 }
 
 impl Executor {
@@ -99,6 +104,7 @@ impl Executor {
         limits: Limits,
         relay: Option<StreamRelay>,
         metrics: Arc<Metrics>,
+        admission: Admission,
     ) -> Self {
         let registry = models.current();
         let clients = build_clients(&registry, &mock);
@@ -111,6 +117,7 @@ impl Executor {
             call_timeout: limits.call,
             validation_timeout: limits.validation,
             metrics,
+            admission,
         }
     }
 
@@ -240,6 +247,8 @@ impl Executor {
             .with_jitter()
             .without_max_times()
             .build();
+        let endpoint = admission::endpoint_of(model, registry);
+        let tokens = admission::tokens_needed(&claimed.prompt, &walk.params, model);
         for try_no in 1..=policy.attempts_per_model.max(1) {
             if let Err(wait) = self.circuits.admit(model.provider) {
                 walk.notes.push(format!(
@@ -250,6 +259,22 @@ impl Executor {
                 walk.reopen_in = Some(walk.reopen_in.map_or(wait, |w| w.min(wait)));
                 return Ok(None);
             }
+            let permit = match self.take_budget(&endpoint, tokens).await {
+                Ok(permit) => permit,
+                Err((delay, reason)) => {
+                    // No call goes out: a half-open probe this was is not spent either.
+                    self.circuits.settle(model.provider);
+                    return Ok(Some(Outcome::Reschedule {
+                        delay,
+                        fallback_index: i32::try_from(index).unwrap_or(0),
+                        code: "budget_wait",
+                        message: format!(
+                            "waiting for the budget of endpoint {} ({reason})",
+                            endpoint.name
+                        ),
+                    }));
+                }
+            };
             walk.called = true;
             let attempt = match walk.first_attempt.take() {
                 Some(a) => a,
@@ -264,16 +289,22 @@ impl Executor {
                 attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
                 mock: walk.mock.clone(),
             };
-            let (result, latency) = self
-                .call(
+            let (result, latency) = {
+                let call = self.call(
                     registry,
                     model,
                     client,
                     &input,
                     walk.relay.as_mut(),
                     attempt,
-                )
-                .await;
+                );
+                tokio::pin!(call);
+                tokio::select! {
+                    out = &mut call => out,
+                    never = permit.keep_alive() => match never {},
+                }
+            };
+            self.settle_budget(&endpoint, permit, &result).await;
 
             let err = match result {
                 Ok(output) => {
@@ -328,6 +359,55 @@ impl Executor {
             return Ok(None);
         }
         Ok(None)
+    }
+
+    /// Takes the endpoint's budget for one call, waiting in place while the waits are short;
+    /// `Err` is how long until it frees (the request goes back to the queue) and why.
+    async fn take_budget(
+        &self,
+        endpoint: &Endpoint,
+        tokens: u32,
+    ) -> Result<Permit, (Duration, &'static str)> {
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.admission.admit(endpoint, tokens).await {
+                Admit::Granted(permit) => return Ok(permit),
+                Admit::Wait { after, .. }
+                    if after <= admission::WAIT_IN_PLACE
+                        && waited + after <= admission::WAIT_IN_PLACE_TOTAL =>
+                {
+                    tokio::time::sleep(after).await;
+                    waited += after;
+                }
+                Admit::Wait { after, reason } => {
+                    return Err((admission::spread(after), reason));
+                }
+            }
+        }
+    }
+
+    /// After a call: its slot freed and its tokens corrected; a 429 cuts the endpoint's limits
+    /// for every worker.
+    async fn settle_budget(
+        &self,
+        endpoint: &Endpoint,
+        permit: Permit,
+        result: &Result<GenerationOutput, ProviderError>,
+    ) {
+        let used = match result {
+            Ok(output) => Some(
+                output
+                    .prompt_tokens
+                    .saturating_add(output.completion_tokens),
+            ),
+            Err(err) => {
+                if err.http_status() == Some(429) {
+                    self.admission.throttled(endpoint, &permit).await;
+                }
+                None
+            }
+        };
+        permit.release(used).await;
     }
 
     /// One provider call within its time limit, streamed through `relay` when the request is
