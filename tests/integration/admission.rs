@@ -1,10 +1,16 @@
 //! Admission control across worker processes: two real `llm-worker` processes share a fake
 //! OpenAI's limits (calls at once, requests per minute) through Redis, so that the fake never
 //! has to refuse a call; a limit declared too high converges after the provider's 429s; and
-//! with Redis unreachable, calls go ahead.
+//! with Redis unreachable, calls go ahead. The budget itself (tokens, slots of dead workers)
+//! is checked on the test Redis directly.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use llm_shared::budget::EndpointLimits;
+use llm_shared::metrics::Metrics;
+use llm_worker::admission::{Admission, Admit, Endpoint};
 
 use llm_tests::fake_upstream::{FakeUpstream, ProviderLimits, openai};
 use llm_tests::{TestApp, spawn_app_with_providers, spawn_worker_process};
@@ -210,4 +216,99 @@ async fn with_redis_unreachable_calls_go_ahead_unadmitted() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(openai.received().len(), 4);
     let _ = std::fs::remove_file(registry);
+}
+
+/// Admission control on the test Redis, under a namespace of its own.
+fn admission_on_test_redis() -> (Admission, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let client = redis::Client::open(llm_tests::redis_url()).unwrap();
+    let prefix = format!("admissiontest{}:", Uuid::now_v7().simple());
+    (
+        Admission::new(Some(client), &prefix, metrics.clone()),
+        metrics,
+    )
+}
+
+fn endpoint(limits: EndpointLimits) -> Endpoint {
+    Endpoint {
+        name: "openai".into(),
+        limits,
+    }
+}
+
+#[tokio::test]
+async fn a_tokens_per_minute_budget_spaces_calls_by_the_tokens_they_take_and_gives_back_what_they_did_not_use()
+ {
+    let (admission, metrics) = admission_on_test_redis();
+    // 60,000 a minute is 1,000 a second: a call taking 500 holds the budget for 500 ms.
+    let openai = endpoint(EndpointLimits {
+        tokens_per_minute: Some(60_000),
+        ..EndpointLimits::default()
+    });
+    let Admit::Granted(first) = admission.admit(&openai, 500).await else {
+        panic!("the first call is admitted");
+    };
+    match admission.admit(&openai, 500).await {
+        Admit::Wait { after, reason } => {
+            assert_eq!(reason, "tokens");
+            assert!(
+                after > Duration::from_millis(300) && after <= Duration::from_millis(500),
+                "{after:?}"
+            );
+        }
+        Admit::Granted(_) => panic!("a second call within the same 500 ms is refused"),
+    }
+    // It used 50 of its 500: the 450 it did not use are the next call's.
+    first.release(Some(50)).await;
+    match admission.admit(&openai, 500).await {
+        Admit::Granted(_) => {}
+        Admit::Wait { after, .. } => assert!(after <= Duration::from_millis(60), "{after:?}"),
+    }
+    let text = metrics.encode().unwrap();
+    let waits = text.lines().find_map(|l| {
+        l.strip_prefix(r#"llm_budget_waits_total{endpoint="openai",reason="tokens"} "#)
+    });
+    assert!(waits.is_some_and(|n| n != "0"), "{text}");
+}
+
+#[tokio::test]
+async fn a_slot_held_by_a_worker_that_died_frees_itself() {
+    let (admission, _) = admission_on_test_redis();
+    let openai = endpoint(EndpointLimits {
+        max_concurrency: Some(1),
+        ..EndpointLimits::default()
+    });
+    let Admit::Granted(held) = admission.admit(&openai, 10).await else {
+        panic!("the first call is admitted");
+    };
+    // Its worker dies mid-call: nothing releases the slot or renews it.
+    std::mem::forget(held);
+    assert!(matches!(
+        admission.admit(&openai, 10).await,
+        Admit::Wait {
+            reason: "concurrency",
+            ..
+        }
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Admit::Granted(permit) = admission.admit(&openai, 10).await {
+            permit.release(None).await;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead worker's slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A call that ends frees its slot at once.
+    let Admit::Granted(permit) = admission.admit(&openai, 10).await else {
+        panic!("the freed slot is taken");
+    };
+    permit.release(None).await;
+    assert!(matches!(
+        admission.admit(&openai, 10).await,
+        Admit::Granted(_)
+    ));
 }
