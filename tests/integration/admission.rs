@@ -79,7 +79,7 @@ fn statuses(done: &[Value]) -> Vec<String> {
             format!(
                 "{} {}",
                 d["status"].as_str().unwrap_or("?"),
-                d["error"].as_str().unwrap_or("")
+                d["error_code"].as_str().unwrap_or("")
             )
         })
         .collect()
