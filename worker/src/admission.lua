@@ -18,7 +18,8 @@
 -- renew:    ARGV[2] holder  ARGV[3] slot hold ms  answers 1
 --
 -- Every mode takes ARGV[9] hold ms and ARGV[10] recovery ms of a cut (after a cut the limits
--- stay cut for `hold`, then return linearly to the declared ones over `recovery`).
+-- stay cut for `hold`, then return linearly to the declared ones over `recovery`), and
+-- ARGV[11] the furthest turn promised to a refused caller, ms.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = KEYS[1]
@@ -63,6 +64,18 @@ if mode == 'take' then
     if redis.call('ZCARD', base .. ':slots') >= conc and wait == 0 then
       wait = tonumber(ARGV[8]); reason = 3
     end
+  end
+  if reason == 1 or reason == 2 then
+    -- Callers refused together are promised successive turns (a horizon one call's pacing
+    -- further each), so that each comes back about once instead of all at every turn.
+    local step = 0
+    if rpm > 0 then step = 60000 / rpm end
+    if tpm > 0 then step = math.max(step, need * 60000 / tpm) end
+    local hkey = base .. ':horizon'
+    local promise = math.max(tonumber(redis.call('GET', hkey) or '0'), now + wait)
+    promise = math.min(promise, now + tonumber(ARGV[11]))
+    redis.call('SET', hkey, fmt(promise + step), 'PX', math.ceil(promise + step - now) + 1000)
+    wait = promise - now
   end
   if reason > 0 then
     return {0, math.ceil(wait), reason, rpm, tpm, conc, now}

@@ -8,7 +8,9 @@
 //! budgets are paced evenly (a cell-rate pacer: 120 per minute is one call every 500 ms),
 //! since providers enforce their per-minute limits over shorter periods too. Refused, the
 //! script says how long until the budget frees: the caller waits in place if that is short,
-//! and otherwise hands the request back to the queue (see `execution`).
+//! and otherwise hands the request back to the queue (see `execution`). Callers refused by a
+//! per-minute budget are promised successive turns, so a backlog costs about one retry per
+//! call, not one per caller at every turn.
 //!
 //! A slot is a member of a sorted set scored by when its hold expires: renewed while the call
 //! runs, removed when it ends, and left to expire (a few seconds) when its worker dies.
@@ -42,6 +44,9 @@ const SLOT_WAIT: Duration = Duration::from_millis(500);
 /// How long the limits stay cut after an upstream 429, then how long they take to recover.
 const CUT_HOLD: Duration = Duration::from_secs(60);
 const CUT_RECOVERY: Duration = Duration::from_secs(60);
+/// The furthest ahead a refused call is told to come back: past it, turns are not promised in
+/// order any more (a backlog of over a minute of calls comes back in bursts of retries).
+const HORIZON_CAP: Duration = Duration::from_secs(60);
 /// The smallest share of the declared limits a run of 429s can cut them to.
 const CUT_FLOOR: f64 = 1.0 / 16.0;
 /// Output tokens counted for a call that sets no `max_tokens` (as the api counts at submit).
@@ -57,11 +62,11 @@ pub const WAIT_IN_PLACE: Duration = Duration::from_millis(250);
 /// The most one call waits in place in all, before it goes back to the queue instead.
 pub const WAIT_IN_PLACE_TOTAL: Duration = Duration::from_secs(1);
 
-/// The delay of a request sent back to the queue for `wait`: up to half as long again, at
-/// random, so that the requests refused together do not all come back at the same moment.
+/// The delay of a request sent back to the queue for `wait`: up to a fifth longer, at random,
+/// so that the requests refused together for a slot do not all come back at the same moment.
 pub fn spread(wait: Duration) -> Duration {
     let random = ulid::Ulid::generate().random();
-    let share = (random % 1000) as f64 / 2000.0;
+    let share = (random % 1000) as f64 / 5000.0;
     wait + wait.mul_f64(share)
 }
 
@@ -289,9 +294,13 @@ impl Admission {
     }
 }
 
-/// The hold and recovery of a cut, which every mode of the script takes as ARGV[9] and [10].
+/// The hold and recovery of a cut and the horizon's cap, which every mode of the script takes
+/// as ARGV[9], [10] and [11].
 fn with_cut_timing(invocation: &mut redis::ScriptInvocation<'_>) {
-    invocation.arg(millis(CUT_HOLD)).arg(millis(CUT_RECOVERY));
+    invocation
+        .arg(millis(CUT_HOLD))
+        .arg(millis(CUT_RECOVERY))
+        .arg(millis(HORIZON_CAP));
 }
 
 fn millis(d: Duration) -> u64 {
