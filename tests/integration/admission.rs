@@ -293,13 +293,20 @@ async fn a_slot_held_by_a_worker_that_died_frees_itself() {
     };
     // Its worker dies mid-call: nothing releases the slot or renews it.
     std::mem::forget(held);
-    assert!(matches!(
-        admission.admit(&openai, 10).await,
+    let turn = |admit: Admit| match admit {
         Admit::Wait {
+            after,
             reason: "concurrency",
-            ..
-        }
-    ));
+        } => after,
+        other => panic!("{other:?}"),
+    };
+    // Callers refused together are told successive turns, not all the same moment.
+    let first = turn(admission.admit(&openai, 10).await);
+    let second = turn(admission.admit(&openai, 10).await);
+    assert!(
+        second >= first + Duration::from_millis(500),
+        "{first:?} {second:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Admit::Granted(permit) = admission.admit(&openai, 10).await {

@@ -8,11 +8,11 @@
 -- ARGV[1]  mode: `take`, `release` or `throttle`
 -- take:     ARGV[2] rpm  ARGV[3] tpm  ARGV[4] concurrency (0: not limited)
 --           ARGV[5] tokens needed  ARGV[6] holder  ARGV[7] slot hold ms
---           ARGV[8] wait answered when every slot is taken, ms
+--           ARGV[8] a call's time in a slot until one was measured, ms
 --           answers {admitted 0/1, wait ms, reason (0 none, 1 requests, 2 tokens,
 --           3 concurrency), effective rpm, tpm, concurrency, now ms}
 -- release:  ARGV[2] holder  ARGV[3] token correction (actual - estimated)  ARGV[4] tpm
---           answers 1
+--           ARGV[5] when the call was admitted (ms)  answers 1
 -- throttle: ARGV[2] smallest factor  ARGV[3] when the refused call was admitted (ms)
 --           answers the factor in force * 1000
 -- renew:    ARGV[2] holder  ARGV[3] slot hold ms  answers 1
@@ -62,7 +62,15 @@ if mode == 'take' then
   if conc > 0 then
     redis.call('ZREMRANGEBYSCORE', base .. ':slots', '-inf', now)
     if redis.call('ZCARD', base .. ':slots') >= conc and wait == 0 then
-      wait = tonumber(ARGV[8]); reason = 3
+      -- A slot frees about every (mean call time / slots); callers refused together are
+      -- promised successive turns of that, as for the per-minute budgets.
+      local mean = tonumber(redis.call('GET', base .. ':calltime') or ARGV[8])
+      local step = math.max(mean / conc, 10)
+      local hkey = base .. ':slotturns'
+      local promise = math.max(tonumber(redis.call('GET', hkey) or '0'), now + step)
+      promise = math.min(promise, now + tonumber(ARGV[11]))
+      redis.call('SET', hkey, fmt(promise + step), 'PX', math.ceil(promise + step - now) + 1000)
+      wait = promise - now; reason = 3
     end
   end
   if reason == 1 or reason == 2 then
@@ -104,7 +112,13 @@ if mode == 'renew' then
 end
 
 if mode == 'release' then
-  redis.call('ZREM', base .. ':slots', ARGV[2])
+  local admitted = tonumber(ARGV[5])
+  if redis.call('ZREM', base .. ':slots', ARGV[2]) == 1 and admitted > 0 then
+    -- the mean time a call holds its slot (a moving average), for the turns of refused callers
+    local took = math.max(now - admitted, 0)
+    local mean = tonumber(redis.call('GET', base .. ':calltime') or tostring(took))
+    redis.call('SET', base .. ':calltime', fmt(mean * 0.8 + took * 0.2), 'PX', 600000)
+  end
   local delta, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
   if delta ~= 0 and tpm > 0 then
     -- the pacer's next arrival moves by the tokens estimated but not used (or used beyond)

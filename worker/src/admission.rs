@@ -10,10 +10,11 @@
 //! script says how long until the budget frees: the caller waits in place if that is short,
 //! and otherwise hands the request back to the queue (see `execution`). Callers refused by a
 //! per-minute budget are promised successive turns, so a backlog costs about one retry per
-//! call, not one per caller at every turn.
+//! call, not one per caller at every turn; callers refused a slot likewise, spaced by the
+//! endpoint's mean call time (measured at each release) over its slots.
 //!
 //! A slot is a member of a sorted set scored by when its hold expires: renewed while the call
-//! runs, removed when it ends, and left to expire (a few seconds) when its worker dies.
+//! runs, removed when it ends, and left to expire (within `SLOT_HOLD`) when its worker dies.
 //!
 //! An upstream 429 to a call admitted under the current limits halves the endpoint's limits
 //! for every worker (down to a floor), held for a while, then recovered linearly: a limit
@@ -39,8 +40,8 @@ const SCRIPT: &str = include_str!("admission.lua");
 const SLOT_HOLD: Duration = Duration::from_secs(10);
 /// How often a running call renews its slot.
 const SLOT_RENEW: Duration = Duration::from_secs(3);
-/// How long a call waits when every slot is taken: the script cannot know when one frees.
-const SLOT_WAIT: Duration = Duration::from_millis(500);
+/// How long a call is taken to hold its slot until the endpoint's calls were measured.
+const SLOT_WAIT: Duration = Duration::from_millis(1000);
 /// How long the limits stay cut after an upstream 429, then how long they take to recover.
 const CUT_HOLD: Duration = Duration::from_secs(60);
 const CUT_RECOVERY: Duration = Duration::from_secs(60);
@@ -346,14 +347,14 @@ impl std::fmt::Debug for Budget {
 
 impl Budget {
     /// One mode of the script on this budget, its answer ignored (logged at debug).
-    async fn run(&self, mode: &str, args: [String; 3]) {
+    async fn run(&self, mode: &str, args: [String; 4]) {
         let mut invocation = self.script.key(&self.key);
         invocation.arg(mode);
         for arg in args {
             invocation.arg(arg);
         }
-        // ARGV[5..=8] belong to `take` alone
-        invocation.arg(0).arg(0).arg(0).arg(0);
+        // ARGV[6..=8] belong to `take` alone
+        invocation.arg(0).arg(0).arg(0);
         with_cut_timing(&mut invocation);
         let mut conn = self.conn.clone();
         if let Err(err) = invocation.invoke_async::<i64>(&mut conn).await {
@@ -382,7 +383,12 @@ impl Permit {
         };
         loop {
             tokio::time::sleep(SLOT_RENEW).await;
-            let args = [holder.clone(), millis(SLOT_HOLD).to_string(), "0".into()];
+            let args = [
+                holder.clone(),
+                millis(SLOT_HOLD).to_string(),
+                "0".into(),
+                "0".into(),
+            ];
             budget.run("renew", args).await;
         }
     }
@@ -402,6 +408,7 @@ impl Permit {
                 slot.unwrap_or_default(),
                 delta.to_string(),
                 self.tpm.to_string(),
+                self.admitted_at.to_string(),
             ];
             budget.run("release", args).await;
         }
@@ -416,7 +423,7 @@ impl Drop for Permit {
         {
             runtime.spawn(async move {
                 budget
-                    .run("release", [holder, "0".into(), "0".into()])
+                    .run("release", [holder, "0".into(), "0".into(), "0".into()])
                     .await;
             });
         }
