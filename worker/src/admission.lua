@@ -14,7 +14,7 @@
 -- release:  ARGV[2] holder  ARGV[3] token correction (actual - estimated)  ARGV[4] tpm
 --           ARGV[5] when the call was admitted (ms)  answers 1
 -- throttle: ARGV[2] smallest factor  ARGV[3] when the refused call was admitted (ms)
---           answers the factor in force * 1000
+--           answers the factor in force * 1000, negated when this 429 cut nothing
 -- renew:    ARGV[2] holder  ARGV[3] slot hold ms  answers 1
 --
 -- Every mode takes ARGV[9] hold ms and ARGV[10] recovery ms of a cut (after a cut the limits
@@ -134,7 +134,7 @@ end
 if mode == 'throttle' then
   local f, at = factor()
   -- a call admitted before the last cut ran under the old limits: its 429 is no news
-  if at and tonumber(ARGV[3]) <= at then return math.floor(f * 1000) end
+  if at and tonumber(ARGV[3]) <= at then return -math.floor(f * 1000) end
   local cut = math.max(tonumber(ARGV[2]), f / 2)
   redis.call('HSET', base .. ':shrink', 'factor', fmt(cut), 'at', now)
   redis.call('PEXPIRE', base .. ':shrink', hold + recovery + 1000)

@@ -243,6 +243,9 @@ impl Admission {
         with_cut_timing(&mut invocation);
         let mut conn = conn.clone();
         match invocation.invoke_async::<i64>(&mut conn).await {
+            Ok(per_mille) if per_mille <= 0 => {
+                tracing::debug!(endpoint = %endpoint.name, "provider answered 429 to a call admitted before the last cut");
+            }
             Ok(per_mille) => {
                 self.metrics
                     .budget_throttles
