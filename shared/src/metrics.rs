@@ -8,7 +8,8 @@
 //! credentials, so those reads are shared: at most one per [`GAUGES_MAX_AGE`] per process,
 //! however many scrapes arrive (concurrent ones wait for the one read in progress). The events themselves are recorded where they happen: the api's HTTP
 //! middleware (`llm_api::metrics`), the worker's execution (provider calls, retries, fallbacks)
-//! and job loop (outcomes, tokens, cost, end-to-end latency), the submit handlers (cache), the
+//! and job loop (outcomes, tokens, cost, end-to-end latency), the admission control (budget
+//! waits, throttles, effective limits), the submit handlers (cache), the
 //! rate-limit answers (rejections) and the streams (active streams).
 //!
 //! **Invariant:** label values are bounded: route templates (never raw paths), status codes,
@@ -91,6 +92,16 @@ pub struct Metrics {
     /// `llm_worker_batch_size{statement}`: calls a group-committed statement (`claim`,
     /// `complete`) wrote at once.
     pub batch_size: HistogramVec,
+    /// `llm_budget_waits_total{endpoint, reason}`: provider calls held back by their endpoint's
+    /// budget (`requests`, `tokens`, `concurrency`), in place or by rescheduling the request.
+    pub budget_waits: IntCounterVec,
+    /// `llm_budget_unchecked_total{endpoint}`: calls let through unadmitted (Redis unreachable).
+    pub budget_unchecked: IntCounterVec,
+    /// `llm_budget_throttles_total{endpoint}`: upstream 429s that cut the endpoint's limits.
+    pub budget_throttles: IntCounterVec,
+    /// `llm_budget_effective_limit{endpoint, limit}`: the limit in force at this worker's last
+    /// admission (the declared one, or less after a 429).
+    pub budget_limit: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -225,6 +236,29 @@ impl Metrics {
                 &["statement"],
             )
             .unwrap_or_else(|_| unreachable_metric()),
+            budget_waits: counter(
+                "llm_budget_waits_total",
+                "Provider calls held back by their endpoint's shared budget, by reason (requests, tokens, concurrency).",
+                &["endpoint", "reason"],
+            ),
+            budget_unchecked: counter(
+                "llm_budget_unchecked_total",
+                "Provider calls let through without admission because Redis was unreachable.",
+                &["endpoint"],
+            ),
+            budget_throttles: counter(
+                "llm_budget_throttles_total",
+                "Upstream 429s to this worker's calls that cut their endpoint's limits for every worker.",
+                &["endpoint"],
+            ),
+            budget_limit: IntGaugeVec::new(
+                Opts::new(
+                    "llm_budget_effective_limit",
+                    "An endpoint's limit in force at this worker's last admission (requests_per_minute, tokens_per_minute, max_concurrency).",
+                ),
+                &["endpoint", "limit"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             registry,
         };
         metrics.register_all();
@@ -253,6 +287,10 @@ impl Metrics {
             Box::new(self.outbox_dead_letters.clone()),
             Box::new(self.gauge_reads.clone()),
             Box::new(self.batch_size.clone()),
+            Box::new(self.budget_waits.clone()),
+            Box::new(self.budget_unchecked.clone()),
+            Box::new(self.budget_throttles.clone()),
+            Box::new(self.budget_limit.clone()),
         ];
         for collector in collectors {
             if let Err(err) = self.registry.register(collector) {

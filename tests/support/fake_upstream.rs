@@ -1,6 +1,8 @@
 //! Fake provider upstreams for tests: a local HTTP server that answers each request with the
 //! next scripted reply, in the providers' real wire formats (JSON bodies, server-sent events,
-//! newline-delimited JSON), including their failures, and records what it was sent.
+//! newline-delimited JSON), including their failures, and records what it was sent. It can
+//! also enforce a provider's limits ([`FakeUpstream::enforce`]): calls at once and requests per
+//! minute, answering 429 above them and counting what it saw.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -52,6 +54,75 @@ pub struct Received {
 /// fakes that answer many concurrent callers (e.g. streaming or not, as each one asked).
 pub type Responder = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 
+/// Limits a fake enforces as a provider does. Requests per minute are a token bucket holding
+/// one second's worth (at least one), refilled continuously: providers enforce per-minute
+/// limits over shorter periods too, so a minute's requests sent at once are refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProviderLimits {
+    pub max_concurrency: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+}
+
+/// What an enforcing fake saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitStats {
+    /// Calls answered within the limits.
+    pub served: usize,
+    /// Calls refused with the 429 (over a limit).
+    pub refused: usize,
+    /// The most calls in flight at once.
+    pub max_in_flight: usize,
+}
+
+struct Enforcer {
+    limits: ProviderLimits,
+    refusal: Reply,
+    in_flight: usize,
+    bucket: f64,
+    refilled_at: std::time::Instant,
+    stats: LimitStats,
+}
+
+impl Enforcer {
+    /// Admits a call (`None`) or answers the refusal.
+    fn admit(&mut self) -> Option<Reply> {
+        if let Some(rpm) = self.limits.requests_per_minute {
+            let per_sec = f64::from(rpm) / 60.0;
+            let now = std::time::Instant::now();
+            let elapsed = (now - self.refilled_at).as_secs_f64();
+            self.bucket = (self.bucket + elapsed * per_sec).min(per_sec.max(1.0));
+            self.refilled_at = now;
+        }
+        let over_concurrency = self
+            .limits
+            .max_concurrency
+            .is_some_and(|max| self.in_flight >= max);
+        let over_rate = self.limits.requests_per_minute.is_some() && self.bucket < 1.0;
+        if over_concurrency || over_rate {
+            self.stats.refused += 1;
+            return Some(self.refusal.clone());
+        }
+        if self.limits.requests_per_minute.is_some() {
+            self.bucket -= 1.0;
+        }
+        self.in_flight += 1;
+        self.stats.served += 1;
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight);
+        None
+    }
+}
+
+/// A call counted in flight until its answer is ready (or its caller went away).
+struct InFlight(Arc<Mutex<Option<Enforcer>>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(enforcer) = self.0.lock().unwrap().as_mut() {
+            enforcer.in_flight -= 1;
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct FakeUpstream {
     pub base_url: String,
@@ -60,6 +131,7 @@ pub struct FakeUpstream {
     responder: Arc<Mutex<Option<Responder>>>,
     received: Arc<Mutex<Vec<Received>>>,
     answered: Arc<Mutex<Vec<(usize, Received)>>>,
+    enforcer: Arc<Mutex<Option<Enforcer>>>,
 }
 
 impl FakeUpstream {
@@ -71,16 +143,18 @@ impl FakeUpstream {
         let responder = Arc::new(Mutex::new(None::<Responder>));
         let received = Arc::new(Mutex::new(Vec::new()));
         let answered = Arc::new(Mutex::new(Vec::new()));
+        let enforcer = Arc::new(Mutex::new(None::<Enforcer>));
         let state = (
             script.clone(),
             fallback.clone(),
             responder.clone(),
             received.clone(),
             answered.clone(),
+            enforcer.clone(),
         );
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let (script, fallback, responder, received, answered) = state.clone();
+                let (script, fallback, responder, received, answered, enforcer) = state.clone();
                 async move {
                     let body_json = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let request = Received {
@@ -93,6 +167,12 @@ impl FakeUpstream {
                         let mut all = received.lock().unwrap();
                         all.push(request.clone());
                         all.len() - 1
+                    };
+                    let refused = enforcer.lock().unwrap().as_mut().map(Enforcer::admit);
+                    let _in_flight = match refused {
+                        Some(Some(refusal)) => return respond(refusal).await,
+                        Some(None) => Some(InFlight(enforcer.clone())),
+                        None => None,
                     };
                     let respond_with = responder.lock().unwrap().clone();
                     let reply = match respond_with {
@@ -126,7 +206,35 @@ impl FakeUpstream {
             responder,
             received,
             answered,
+            enforcer,
         }
+    }
+
+    /// Enforces `limits` from now on: a call over them is answered `refusal` (a 429 in the
+    /// provider's format) and counted in [`Self::limit_stats`].
+    pub fn enforce(&self, limits: ProviderLimits, refusal: Reply) -> &Self {
+        let per_sec = limits
+            .requests_per_minute
+            .map_or(1.0, |rpm| f64::from(rpm) / 60.0);
+        *self.enforcer.lock().unwrap() = Some(Enforcer {
+            limits,
+            refusal,
+            in_flight: 0,
+            bucket: per_sec.max(1.0),
+            refilled_at: std::time::Instant::now(),
+            stats: LimitStats::default(),
+        });
+        self
+    }
+
+    /// What the limits of [`Self::enforce`] saw (all zero when none are enforced).
+    pub fn limit_stats(&self) -> LimitStats {
+        self.enforcer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|e| e.stats)
+            .unwrap_or_default()
     }
 
     /// Answers every request with what `f` computes (instead of a script).

@@ -3,7 +3,9 @@
 //! honouring `Retry-After`; a wait longer than `reschedule_after_secs` hands the request back
 //! to the queue instead of holding a worker slot. Every provider call is one row of the
 //! attempt history. A model spread across endpoints takes them in turn, call by call
-//! ([`ClientSet::routes`]); endpoints whose circuit is open are skipped.
+//! ([`ClientSet::routes`]); endpoints whose circuit is open are skipped. Every call first takes
+//! its endpoint's shared budget (`admission`); without it the request waits in place briefly or
+//! goes back to the queue until the budget frees, which costs it no attempt.
 //!
 //! What ends the request is the caller's to write (`worker`), in one statement with the
 //! request row; failed calls are recorded here as they happen.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 
+use crate::admission::{self, Admission, Admit, Endpoint, Permit};
 use crate::circuit::CircuitBreakers;
 use llm_shared::metrics::Metrics;
 use uuid::Uuid;
@@ -92,6 +95,8 @@ pub struct Executor {
     validation_timeout: Duration,
     /// Provider calls, retries and fallbacks are counted here.
     metrics: Arc<Metrics>,
+    /// The endpoints' budgets shared with every other worker.
+    admission: Admission,
 }
 
 impl Executor {
@@ -101,6 +106,7 @@ impl Executor {
         limits: Limits,
         relay: Option<StreamRelay>,
         metrics: Arc<Metrics>,
+        admission: Admission,
     ) -> Self {
         let registry = models.current();
         let circuits = CircuitBreakers::new(registry.circuit);
@@ -114,6 +120,7 @@ impl Executor {
             call_timeout: limits.call,
             validation_timeout: limits.validation,
             metrics,
+            admission,
         }
     }
 
@@ -238,6 +245,7 @@ impl Executor {
             .with_jitter()
             .without_max_times()
             .build();
+        let tokens = admission::tokens_needed(&claimed.prompt, &walk.params, model);
         for try_no in 1..=policy.attempts_per_model.max(1) {
             let routes = clients.routes(model);
             let mut soonest: Option<Duration> = None;
@@ -265,6 +273,23 @@ impl Executor {
                 return Ok(None);
             };
             let client = route.client;
+            let endpoint = admission::endpoint_of(&route);
+            let permit = match self.take_budget(&endpoint, tokens).await {
+                Ok(permit) => permit,
+                Err((delay, reason)) => {
+                    // No call goes out: a half-open probe this was is not spent either.
+                    self.circuits.settle(route.endpoint);
+                    return Ok(Some(Outcome::Reschedule {
+                        delay,
+                        fallback_index: i32::try_from(index).unwrap_or(0),
+                        code: "budget_wait",
+                        message: format!(
+                            "waiting for the budget of endpoint {} ({reason})",
+                            endpoint.name
+                        ),
+                    }));
+                }
+            };
             walk.called = true;
             let attempt = match walk.first_attempt.take() {
                 Some(a) => a,
@@ -279,9 +304,15 @@ impl Executor {
                 attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
                 mock: walk.mock.clone(),
             };
-            let (result, latency) = self
-                .call(model, &route, &input, walk.relay.as_mut(), attempt)
-                .await;
+            let (result, latency) = {
+                let call = self.call(model, &route, &input, walk.relay.as_mut(), attempt);
+                tokio::pin!(call);
+                tokio::select! {
+                    out = &mut call => out,
+                    never = permit.keep_alive() => match never {},
+                }
+            };
+            self.settle_budget(&endpoint, permit, &result).await;
 
             let err = match result {
                 Ok(output) => {
@@ -336,6 +367,55 @@ impl Executor {
             return Ok(None);
         }
         Ok(None)
+    }
+
+    /// Takes the endpoint's budget for one call, waiting in place while the waits are short;
+    /// `Err` is how long until it frees (the request goes back to the queue) and why.
+    async fn take_budget(
+        &self,
+        endpoint: &Endpoint,
+        tokens: u32,
+    ) -> Result<Permit, (Duration, &'static str)> {
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.admission.admit(endpoint, tokens).await {
+                Admit::Granted(permit) => return Ok(permit),
+                Admit::Wait { after, .. }
+                    if after <= admission::WAIT_IN_PLACE
+                        && waited + after <= admission::WAIT_IN_PLACE_TOTAL =>
+                {
+                    tokio::time::sleep(after).await;
+                    waited += after;
+                }
+                Admit::Wait { after, reason } => {
+                    return Err((admission::spread(after), reason));
+                }
+            }
+        }
+    }
+
+    /// After a call: its slot freed and its tokens corrected; a 429 cuts the endpoint's limits
+    /// for every worker.
+    async fn settle_budget(
+        &self,
+        endpoint: &Endpoint,
+        permit: Permit,
+        result: &Result<GenerationOutput, ProviderError>,
+    ) {
+        let used = match result {
+            Ok(output) => Some(
+                output
+                    .prompt_tokens
+                    .saturating_add(output.completion_tokens),
+            ),
+            Err(err) => {
+                if err.http_status() == Some(429) {
+                    self.admission.throttled(endpoint, &permit).await;
+                }
+                None
+            }
+        };
+        permit.release(used).await;
     }
 
     /// One provider call within its time limit, streamed through `relay` when the request is

@@ -4,6 +4,7 @@
 //!
 //! Read `docs/ARCHITECTURE.md` for the map and the invariants.
 
+pub mod admission;
 pub mod circuit;
 pub mod config;
 pub mod execution;

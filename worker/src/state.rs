@@ -1,5 +1,5 @@
 //! The state every job of a worker process shares ([`WorkerState`]): pools, the executor,
-//! completion notices, cache and limiter, metrics, the requests running here (whose leases are
+//! completion notices, cache and limiter, admission control (in the executor), metrics, the requests running here (whose leases are
 //! renewed), and the group-committed claim and completion writers.
 //!
 //! The claim and the completing write are group-committed: the concurrent jobs of a process
@@ -15,6 +15,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Limits};
 use crate::providers::MockProvider;
@@ -102,6 +103,12 @@ impl WorkerState {
                 async move { requests::complete_each(&pool, &name, &rows).await }
             })
         };
+        // Without a usable Redis URL every call goes unadmitted (logged by `Admission`).
+        let admission = Admission::new(
+            config.common.redis_client().ok(),
+            &config.common.redis_key_prefix,
+            metrics.clone(),
+        );
         Self {
             pool,
             name,
@@ -116,6 +123,7 @@ impl WorkerState {
                 },
                 relay,
                 metrics.clone(),
+                admission,
             ),
             notices: FinalNotices::default(),
             cache,

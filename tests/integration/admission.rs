@@ -1,0 +1,331 @@
+//! Admission control across worker processes: two real `llm-worker` processes share a fake
+//! OpenAI's limits (calls at once, requests per minute) through Redis, so that the fake never
+//! has to refuse a call; a limit declared too high converges after the provider's 429s; and
+//! with Redis unreachable, calls go ahead. The budget itself (tokens, slots of dead workers)
+//! is checked on the test Redis directly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llm_shared::budget::EndpointLimits;
+use llm_shared::metrics::Metrics;
+use llm_worker::admission::{Admission, Admit, Endpoint};
+
+use llm_tests::fake_upstream::{FakeUpstream, ProviderLimits, openai};
+use llm_tests::{TestApp, spawn_app_with_providers, spawn_worker_process};
+use serde_json::{Value, json};
+use tokio::process::Child;
+use uuid::Uuid;
+
+/// The built-in registry with `limits` as OpenAI's declared limits and `retry` / `circuit`
+/// lines replacing those sections' bodies, written where the workers read it (`MODELS_FILE`).
+fn registry_file(limits: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let mut text = include_str!("../../config/models.toml").replace(
+        "[providers.openai.limits]\n",
+        &format!("[providers.openai.limits]\n{limits}\n"),
+    );
+    for (from, to) in extra {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    let path = std::env::temp_dir().join(format!("models-admission-{}.toml", Uuid::now_v7()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An app accepting OpenAI models and two worker processes calling `openai` under `registry`.
+async fn app_and_two_workers(
+    openai: &FakeUpstream,
+    registry: &Path,
+    env: &[(&str, &str)],
+) -> (TestApp, Vec<Child>) {
+    let app = spawn_app_with_providers(&llm_tests::openai_flags(openai)).await;
+    let registry = registry.display().to_string();
+    let mut all = vec![
+        ("OPENAI_BASE_URL", openai.base_url.as_str()),
+        ("OPENAI_API_KEY", "sk-test-0123456789"),
+        ("MODELS_FILE", registry.as_str()),
+        // Small pools: the tests run in parallel on one PostgreSQL.
+        ("DATABASE_MAX_CONNECTIONS", "6"),
+    ];
+    all.extend_from_slice(env);
+    let workers = (0..2)
+        .map(|_| spawn_worker_process(&app.db, &all))
+        .collect();
+    (app, workers)
+}
+
+/// Submits `n` requests to `gpt-4o-mini` and waits until every one is final; their bodies.
+async fn run_requests(app: &TestApp, n: usize, within: Duration) -> Vec<Value> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            app.submit_ok(json!({"model": "gpt-4o-mini", "prompt": format!("npc {i}"),
+                "cache": {"no_cache": true}}))
+                .await,
+        );
+    }
+    let mut done = Vec::new();
+    for id in ids {
+        done.push(app.wait_final(id, within).await);
+    }
+    done
+}
+
+fn statuses(done: &[Value]) -> Vec<String> {
+    done.iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["status"].as_str().unwrap_or("?"),
+                d["error_code"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+fn refusal() -> llm_tests::fake_upstream::Reply {
+    openai::error(429, "Rate limit reached for requests", Some("1"))
+}
+
+#[tokio::test]
+async fn two_workers_share_a_concurrency_limit_and_never_draw_a_429() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        .always(llm_tests::fake_upstream::Reply::Delayed(
+            Duration::from_millis(300),
+            Box::new(openai::success("A gnome tinkerer", 5, 7)),
+        ))
+        .enforce(
+            ProviderLimits {
+                max_concurrency: Some(2),
+                ..ProviderLimits::default()
+            },
+            refusal(),
+        );
+    let registry = registry_file("max_concurrency = 2", &[]);
+    let (app, _workers) = app_and_two_workers(&openai, &registry, &[]).await;
+
+    let done = run_requests(&app, 12, Duration::from_secs(60)).await;
+    let stats = openai.limit_stats();
+    assert!(
+        done.iter().all(|d| d["status"] == "completed"),
+        "{:?}",
+        statuses(&done)
+    );
+    assert_eq!(stats.refused, 0, "{stats:?}");
+    assert_eq!(stats.served, 12, "{stats:?}");
+    assert!(stats.max_in_flight <= 2, "{stats:?}");
+    let _ = std::fs::remove_file(registry);
+}
+
+#[tokio::test]
+async fn a_requests_per_minute_limit_is_paced_across_workers_and_waiting_costs_no_attempt() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        .always(openai::success("A halfling bard", 5, 7))
+        .enforce(
+            ProviderLimits {
+                requests_per_minute: Some(120),
+                ..ProviderLimits::default()
+            },
+            refusal(),
+        );
+    let registry = registry_file("requests_per_minute = 120", &[]);
+    let (app, _workers) = app_and_two_workers(&openai, &registry, &[]).await;
+
+    let started = Instant::now();
+    let done = run_requests(&app, 12, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    let stats = openai.limit_stats();
+    assert!(
+        done.iter().all(|d| d["status"] == "completed"),
+        "{:?}",
+        statuses(&done)
+    );
+    assert_eq!((stats.refused, stats.served), (0, 12), "{stats:?}");
+    // 120 a minute is one call every 500 ms: twelve take at least 5.5 s, and not much more.
+    assert!(
+        took >= Duration::from_millis(5000) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    // The requests waited several times each, but ran once: no wait was counted as an attempt.
+    let sql = "SELECT COUNT(*) FROM generation_requests WHERE attempts <> 1";
+    assert_eq!(app.db.count(sql).await, 0);
+    let sql = "SELECT COUNT(*) FROM generation_attempts";
+    assert_eq!(app.db.count(sql).await, 12);
+    let _ = std::fs::remove_file(registry);
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_declared_too_high_converges_after_a_few_429s() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        .always(llm_tests::fake_upstream::Reply::Delayed(
+            Duration::from_millis(300),
+            Box::new(openai::success("A dragonborn paladin", 5, 7)),
+        ))
+        .enforce(
+            ProviderLimits {
+                max_concurrency: Some(2),
+                ..ProviderLimits::default()
+            },
+            openai::error(429, "Too many requests at once", None),
+        );
+    // Declared four times what the provider allows.
+    let registry = registry_file(
+        "max_concurrency = 8",
+        &[
+            ("attempts_per_model = 3", "attempts_per_model = 5"),
+            ("failure_threshold = 5", "failure_threshold = 100"),
+        ],
+    );
+    let (app, _workers) = app_and_two_workers(&openai, &registry, &[]).await;
+
+    let done = run_requests(&app, 24, Duration::from_secs(60)).await;
+    let stats = openai.limit_stats();
+    assert!(
+        done.iter().all(|d| d["status"] == "completed"),
+        "{:?} {stats:?}",
+        statuses(&done)
+    );
+    assert_eq!(stats.served, 24, "{stats:?}");
+    // The first calls at once meet the provider's limit; after that the workers keep to it.
+    assert!(stats.refused <= 12, "{stats:?}");
+    let _ = std::fs::remove_file(registry);
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_calls_go_ahead_unadmitted() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai.always(openai::success("A tabaxi rogue", 5, 7));
+    let registry = registry_file("max_concurrency = 1\nrequests_per_minute = 6", &[]);
+    let dead_redis = format!("redis://127.0.0.1:{}", llm_tests::free_port());
+    let (app, _workers) =
+        app_and_two_workers(&openai, &registry, &[("REDIS_URL", dead_redis.as_str())]).await;
+
+    let started = Instant::now();
+    let done = run_requests(&app, 4, Duration::from_secs(30)).await;
+    assert!(
+        done.iter().all(|d| d["status"] == "completed"),
+        "{:?}",
+        statuses(&done)
+    );
+    // Admitted, six a minute would take 30 s for four.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(openai.received().len(), 4);
+    let _ = std::fs::remove_file(registry);
+}
+
+/// Admission control on the test Redis, under a namespace of its own.
+fn admission_on_test_redis() -> (Admission, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let client = redis::Client::open(llm_tests::redis_url()).unwrap();
+    let prefix = format!("admissiontest{}:", Uuid::now_v7().simple());
+    (
+        Admission::new(Some(client), &prefix, metrics.clone()),
+        metrics,
+    )
+}
+
+fn endpoint(limits: EndpointLimits) -> Endpoint {
+    Endpoint {
+        name: "openai".into(),
+        limits,
+    }
+}
+
+#[tokio::test]
+async fn a_tokens_per_minute_budget_spaces_calls_by_the_tokens_they_take_and_gives_back_what_they_did_not_use()
+ {
+    // 60,000 a minute is 1,000 a second: a call taking 500 holds the budget for 500 ms.
+    let openai = endpoint(EndpointLimits {
+        tokens_per_minute: Some(60_000),
+        ..EndpointLimits::default()
+    });
+    let (admission, metrics) = admission_on_test_redis();
+    let Admit::Granted(_first) = admission.admit(&openai, 500).await else {
+        panic!("the first call is admitted");
+    };
+    let wait = |admit: Admit| match admit {
+        Admit::Wait { after, reason } => {
+            assert_eq!(reason, "tokens");
+            after
+        }
+        Admit::Granted(_) => panic!("a call within the first one's 500 ms is refused"),
+    };
+    let second = wait(admission.admit(&openai, 500).await);
+    assert!(
+        second > Duration::from_millis(300) && second <= Duration::from_millis(500),
+        "{second:?}"
+    );
+    // Refused together, they are promised successive turns, not the same one.
+    let third = wait(admission.admit(&openai, 500).await);
+    assert!(third >= second + Duration::from_millis(400), "{third:?}");
+    let text = metrics.encode().unwrap();
+    let waits = text.lines().find_map(|l| {
+        l.strip_prefix(r#"llm_budget_waits_total{endpoint="openai",reason="tokens"} "#)
+    });
+    assert_eq!(waits, Some("2"), "{text}");
+
+    // A call that used 50 of its 500 gives the other 450 back to the next one.
+    let (admission, _) = admission_on_test_redis();
+    let Admit::Granted(first) = admission.admit(&openai, 500).await else {
+        panic!("the first call is admitted");
+    };
+    first.release(Some(50)).await;
+    match admission.admit(&openai, 500).await {
+        Admit::Granted(_) => {}
+        Admit::Wait { after, .. } => assert!(after <= Duration::from_millis(60), "{after:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_slot_held_by_a_worker_that_died_frees_itself() {
+    let (admission, _) = admission_on_test_redis();
+    let openai = endpoint(EndpointLimits {
+        max_concurrency: Some(1),
+        ..EndpointLimits::default()
+    });
+    let Admit::Granted(held) = admission.admit(&openai, 10).await else {
+        panic!("the first call is admitted");
+    };
+    // Its worker dies mid-call: nothing releases the slot or renews it.
+    std::mem::forget(held);
+    let turn = |admit: Admit| match admit {
+        Admit::Wait {
+            after,
+            reason: "concurrency",
+        } => after,
+        other => panic!("{other:?}"),
+    };
+    // Callers refused together are told successive turns, not all the same moment.
+    let first = turn(admission.admit(&openai, 10).await);
+    let second = turn(admission.admit(&openai, 10).await);
+    assert!(
+        second >= first + Duration::from_millis(500),
+        "{first:?} {second:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Admit::Granted(permit) = admission.admit(&openai, 10).await {
+            permit.release(None).await;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead worker's slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A call that ends frees its slot at once.
+    let Admit::Granted(permit) = admission.admit(&openai, 10).await else {
+        panic!("the freed slot is taken");
+    };
+    permit.release(None).await;
+    assert!(matches!(
+        admission.admit(&openai, 10).await,
+        Admit::Granted(_)
+    ));
+}
