@@ -8,6 +8,7 @@ mod bad_input;
 mod batches;
 mod cache;
 mod chaos;
+mod fairness;
 mod generate;
 mod group_commit;
 mod health;
