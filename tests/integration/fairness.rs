@@ -201,10 +201,11 @@ async fn a_user_idle_for_a_long_time_starts_level_with_the_others() {
         .await;
     assert_eq!(done, 0, "the first requests did not all finish");
 
-    // Both now queue 40 at once, the busy user first: the idle one has no credit to burst with.
+    // Both now queue 40 on the drained queue, the idle user first: it has no credit to burst
+    // with, so the busy user's requests, queued next, interleave with its own.
     let seen = started(&app).await.len();
-    submit_many(&app, busy, 40, 5).await;
     submit_many(&app, app.user, 40, 5).await;
+    submit_many(&app, busy, 40, 5).await;
     let worker = start_worker(&app.db, &["--concurrency", "1"]);
     let order = wait_count(&app, seen + 20, Duration::from_secs(60)).await;
     worker.stop().await;
