@@ -105,6 +105,9 @@ impl NewBatch {
     }
 }
 
+/// The statement that stores a batch's requests and their jobs.
+const INSERT_ITEMS: &str = include_str!("batches/sql/insert_items.sql");
+
 /// Stores the batch, its requests and their jobs in one transaction (in a task of its own, so
 /// a client that disconnects cannot cancel it halfway).
 pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainError> {
@@ -125,7 +128,7 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
             .map(|i| queue::JobRow::new(i.id, i.max_attempts, queue::BATCH_PRIORITY))
             .collect::<Result<Vec<_>, _>>()?;
         let json = |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();
-        sqlx::query(include_str!("batches/sql/insert_items.sql"))
+        sqlx::query(INSERT_ITEMS)
         .bind(&ids)
         .bind(items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>())
         .bind(json(|i| &i.context))
@@ -226,4 +229,18 @@ pub async fn find_for_user(
         done: finished as i64 == total,
         items,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_jobs_go_to_the_generation_queue() {
+        let queue = format!("'{}'", queue::QUEUE);
+        assert!(
+            INSERT_ITEMS.contains(&queue),
+            "insert_items.sql names another queue"
+        );
+    }
 }
