@@ -1,7 +1,8 @@
 //! Batches: many generation requests submitted at once. The batch is validated as a whole (one
 //! bad item rejects it, naming every bad item's index, and nothing is created); then one
-//! transaction creates the batch, every request row (one bulk insert) and every job (one bulk
-//! push, at [`queue::BATCH_PRIORITY`] so interactive requests go first).
+//! transaction creates the batch, every request row and every job (one statement; the jobs at
+//! [`queue::BATCH_PRIORITY`] so interactive requests go first, placed by the user's fair share
+//! of the batch class so that one user's batches do not hold back another's).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,9 @@ impl NewBatch {
     }
 }
 
+/// The statement that stores a batch's requests and their jobs.
+const INSERT_ITEMS: &str = include_str!("batches/sql/insert_items.sql");
+
 /// Stores the batch, its requests and their jobs in one transaction (in a task of its own, so
 /// a client that disconnects cannot cancel it halfway).
 pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainError> {
@@ -119,15 +123,19 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
             .await?;
         let items = &batch.items;
         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+        let jobs = items
+            .iter()
+            .map(|i| queue::JobRow::new(i.id, i.max_attempts, queue::BATCH_PRIORITY))
+            .collect::<Result<Vec<_>, _>>()?;
         let json = |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();
-        sqlx::query(include_str!("batches/sql/insert_items.sql"))
+        sqlx::query(INSERT_ITEMS)
         .bind(&ids)
         .bind(items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>())
         .bind(json(|i| &i.context))
         .bind(items.iter().map(|i| i.model.clone()).collect::<Vec<_>>())
         .bind(json(|i| &i.metadata))
         .bind(json(|i| &i.parameters))
-        .bind(ids.iter().map(|id| queue::job_id_for(*id).to_string()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.max_attempts).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.cache_key.clone()).collect::<Vec<_>>())
         .bind(
@@ -140,10 +148,11 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
         .bind(batch.user_id)
         .bind(batch.id)
         .bind(&batch.trace_id)
+        .bind(jobs.iter().map(|j| j.job.clone()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(i32::try_from(queue::BATCH_PRIORITY).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
-        let jobs: Vec<(Uuid, i32)> = items.iter().map(|i| (i.id, i.max_attempts)).collect();
-        queue::push_generations(&mut tx, &jobs, queue::BATCH_PRIORITY).await?;
         tx.commit().await?;
         Ok(ids)
     })
@@ -220,4 +229,18 @@ pub async fn find_for_user(
         done: finished as i64 == total,
         items,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_jobs_go_to_the_generation_queue() {
+        let queue = format!("'{}'", queue::QUEUE);
+        assert!(
+            INSERT_ITEMS.contains(&queue),
+            "insert_items.sql names another queue"
+        );
+    }
 }

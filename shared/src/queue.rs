@@ -3,6 +3,22 @@
 //! A job carries only the request id; the request row is the source of truth. Its id is a
 //! ULID derived from the request's UUIDv7 (same 128 bits), so the job of any request can be
 //! found without a lookup, and both sort by creation time.
+//!
+//! # Fair share
+//!
+//! Workers fetch `ORDER BY priority DESC, run_at ASC` (apalis' `get_jobs`). The priority is the
+//! class: [`INTERACTIVE_PRIORITY`] before [`BATCH_PRIORITY`], each preceded by its
+//! [`returning`] jobs. Within a class, a new job's `run_at` is not "now" but its *virtual
+//! time*, given by the statement that inserts it (start-time fair queuing): each user has a
+//! virtual finish time per class (`fair_share`), and a job takes `max(V, user's) + 1 ms /
+//! weight`, where V, the class's virtual time, is the head of its queue (or, once the queue
+//! has drained, the latest time any user reached: `fair_share_clock`). So a user's backlog
+//! holds times far ahead of V while another user's new job lands next to the head: it waits
+//! about one call, not for the backlog. Weights (1 to 100, default 1) give a user a larger
+//! share. Virtual times are timestamps from 1970 (apalis decodes no earlier `run_at`) to 2000:
+//! always due, and far from running out (a millisecond per job: ~10^12 jobs); jobs due at a real time
+//! (rescheduled, rescued, replayed) sort after them within the same priority, which is why a
+//! rescheduled or rescued job moves to its class's returning priority.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,14 +52,26 @@ pub const INTERACTIVE_PRIORITY: usize = 10;
 /// Priority of batch items' jobs, so that a large batch never starves interactive users.
 pub const BATCH_PRIORITY: usize = 0;
 
-/// Pushes the job of a request on the caller's connection (normally inside the transaction
-/// that inserts the request row).
+/// The priority of a class's jobs that have waited their turn already (a rescheduled or rescued
+/// run, a follower whose leader ended): ahead of the class's new jobs, by due time. `priority |
+/// 1` in SQL: the classes' priorities are even.
+pub const fn returning(priority: usize) -> usize {
+    priority | 1
+}
+
+/// Pushes the job of a request that has waited already (a follower whose leader ended without
+/// answering it) on the caller's connection, ahead of the new interactive jobs.
 pub async fn push_generation(
     conn: &mut PgConnection,
     request_id: Uuid,
     max_attempts: i32,
 ) -> Result<(), sqlx::Error> {
-    push_generations(conn, &[(request_id, max_attempts)], INTERACTIVE_PRIORITY).await
+    push_generations(
+        conn,
+        &[(request_id, max_attempts)],
+        returning(INTERACTIVE_PRIORITY),
+    )
+    .await
 }
 
 /// The values of a request's job row, for a statement that inserts the request and its job
@@ -100,8 +128,9 @@ pub async fn push_generations(
         })
 }
 
-/// Puts a request's job back in the queue to run after `delay`. Clearing `lock_by` also makes
-/// the running worker's pending acknowledgement of this run a no-op.
+/// Puts a request's job back in the queue to run after `delay`, ahead of its class's new jobs
+/// once due ([`returning`]: it had its turn). Clearing `lock_by` also makes the running
+/// worker's pending acknowledgement of this run a no-op.
 pub async fn reschedule(
     conn: &mut PgConnection,
     request_id: Uuid,
@@ -110,7 +139,7 @@ pub async fn reschedule(
     sqlx::query(
         "UPDATE apalis.jobs
          SET status = 'Pending', run_at = NOW() + make_interval(secs => $2),
-             lock_by = NULL, lock_at = NULL, done_at = NULL
+             priority = priority | 1, lock_by = NULL, lock_at = NULL, done_at = NULL
          WHERE id = $1",
     )
     .bind(job_id_for(request_id).to_string())
@@ -235,6 +264,13 @@ impl PollStrategy for WakeStrategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn returning_jobs_stay_in_their_class() {
+        assert_eq!(returning(INTERACTIVE_PRIORITY), INTERACTIVE_PRIORITY + 1);
+        assert_eq!(returning(BATCH_PRIORITY), BATCH_PRIORITY + 1);
+        assert!(returning(BATCH_PRIORITY) < INTERACTIVE_PRIORITY);
+    }
 
     #[test]
     fn job_id_keeps_the_request_ids_bits() {

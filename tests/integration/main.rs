@@ -10,6 +10,7 @@ mod batches;
 mod cache;
 mod chaos;
 mod endpoints;
+mod fairness;
 mod generate;
 mod group_commit;
 mod health;

@@ -221,9 +221,13 @@ pub async fn mine(State(state): State<AppState>, user: AuthUser) -> Result<Json<
 pub struct Override {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
+    /// The user's share of the workers against other users with work queued in the same class
+    /// (1 to 100; absent = 1): a user of weight 2 is served about twice as often as one of 1.
+    pub weight: Option<u32>,
 }
 
-/// `PUT /api/v1/admin/rate_limits/{user_id}`: sets a user's limits (absent = the default).
+/// `PUT /api/v1/admin/rate_limits/{user_id}`: sets a user's limits and fair-share weight
+/// (absent = the default).
 #[utoipa::path(
     put,
     path = "/api/v1/admin/rate_limits/{user_id}",
@@ -245,21 +249,33 @@ pub async fn set_override(
 ) -> Result<Json<Value>, ApiError> {
     let target = parse_user(&target)?;
     let as_i32 = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-    sqlx::query(
-        "INSERT INTO rate_limit_overrides (user_id, requests_per_minute, tokens_per_minute)
-         VALUES ($1, $2, $3)
+    if let Some(weight) = body.weight
+        && !(1..=MAX_WEIGHT).contains(&weight)
+    {
+        return Err(ApiError::validation(
+            "weight",
+            format!("weight must be 1 to {MAX_WEIGHT}"),
+        ));
+    }
+    let weight: i32 = sqlx::query_scalar(
+        "INSERT INTO rate_limit_overrides (user_id, requests_per_minute, tokens_per_minute, weight)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (user_id) DO UPDATE
-         SET requests_per_minute = $2, tokens_per_minute = $3, updated_at = NOW()",
+         SET requests_per_minute = $2, tokens_per_minute = $3, weight = $4, updated_at = NOW()
+         RETURNING COALESCE(weight, 1)",
     )
     .bind(target)
     .bind(as_i32(body.requests_per_minute))
     .bind(as_i32(body.tokens_per_minute))
-    .execute(&state.pool)
+    .bind(as_i32(body.weight))
+    .fetch_one(&state.pool)
     .await?;
     state.limiter.forget(target);
     let limits = state.limiter.limits(&state.pool, target).await?;
     tracing::info!(admin.id = %user.id, user.id = %target, "rate limits overridden");
-    Ok(Json(json!({"user_id": target, "limits": limits})))
+    Ok(Json(
+        json!({"user_id": target, "limits": limits, "weight": weight}),
+    ))
 }
 
 /// `DELETE /api/v1/admin/rate_limits/{user_id}`: back to the defaults.
@@ -289,6 +305,9 @@ pub async fn clear_override(
     let limits = state.limiter.limits(&state.pool, target).await?;
     Ok(Json(json!({"user_id": target, "limits": limits})))
 }
+
+/// The largest fair-share weight (the schema's CHECK says the same).
+const MAX_WEIGHT: u32 = 100;
 
 fn parse_user(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest("user_id must be a UUID".into()))

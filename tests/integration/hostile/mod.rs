@@ -4,6 +4,7 @@
 //! holds the attacks on one area.
 
 mod endpoints;
+mod fair_share;
 mod operations;
 mod owasp;
 mod quotas;

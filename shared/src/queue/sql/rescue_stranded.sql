@@ -1,6 +1,7 @@
 -- Re-queues the jobs of unfinished requests that nothing will run any more: the request is
 -- `pending`, or `running` with an expired lease, unchanged for the grace period, while its job
--- is finished or out of attempts. Jobs another worker is re-queuing are skipped.
+-- is finished or out of attempts. Jobs another worker is re-queuing are skipped. A rescued job
+-- goes ahead of its class's new jobs (`queue::returning`).
 --
 -- Parameters:
 --   $1 grace float8     seconds a request must have been left alone
@@ -17,6 +18,6 @@ WITH stranded AS (
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE apalis.jobs j
-SET status = 'Pending', run_at = NOW(), lock_by = NULL, lock_at = NULL, done_at = NULL,
+SET status = 'Pending', run_at = NOW(), priority = j.priority | 1, lock_by = NULL, lock_at = NULL, done_at = NULL,
     attempts = LEAST(j.attempts, j.max_attempts - 1)
 FROM stranded WHERE j.id = stranded.id

@@ -1,8 +1,8 @@
 -- Stores a batch of submitted requests in one statement (atomic, one round trip), each row as
 -- its `Insert` says: completed from the cache (the answer it comes with, or the cache table's
 -- live entry), pending as the follower of an identical request in flight, or pending with its
--- apalis job. Cache hits are counted in `usage_daily`. A row whose Idempotency-Key its user
--- used before is not stored (ON CONFLICT DO NOTHING): the caller reads the earlier one.
+-- apalis job, placed by fair share within its class (its `run_at`, see `queue.rs`). Cache
+-- hits are counted in `usage_daily`. A row whose Idempotency-Key its user used before is not stored (ON CONFLICT DO NOTHING): the caller reads the earlier one.
 -- Answers (id, cached) of each row stored.
 --
 -- Parameters, one array per column, one element per request (see `columns.rs`):
@@ -21,7 +21,7 @@
 --
 -- The job row is the one apalis-postgres' own sink writes (`queries/task/sink.sql`): job type
 -- `queue::QUEUE` (spelt out below; a unit test checks they agree), status `Pending`, no
--- attempts yet, `run_at` now, an empty `metadata`.
+-- attempts yet, an empty `metadata`; but its `run_at` is its virtual time (always due).
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
         $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::bool[], $11::text[], $12::jsonb[],
@@ -103,11 +103,43 @@ RETURNING id, coalesced_into, user_id, model, cached
     ON CONFLICT (user_id, day, model, shard) DO UPDATE
     SET requests = u.requests + EXCLUDED.requests,
         cached_requests = u.cached_requests + EXCLUDED.cached_requests
-), job AS (
-    INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-    SELECT v.job_id, 'llm::generation', v.job, 'Pending', 0, v.job_max_attempts, NOW(),
-           v.priority, ''::hstore
+), queued AS (
+    -- the rows that get a job, numbered per user and class in the callers' order
+    SELECT v.id, v.job_id, v.job, v.job_max_attempts, v.user_id, v.priority AS class,
+           row_number() OVER (PARTITION BY v.user_id, v.priority ORDER BY v.ord) AS k
     FROM inserted JOIN input v USING (id)
     WHERE NOT inserted.cached AND inserted.coalesced_into IS NULL
+), demand AS (
+    -- per user and class: how many jobs, and the virtual time each costs (1 ms / weight)
+    -- and the class's virtual time (read once per class)
+    SELECT q.user_id, q.class, q.n, c.clock,
+           make_interval(secs => 0.001 / COALESCE(o.weight, 1)) AS cost
+    FROM (SELECT user_id, class, COUNT(*) AS n FROM queued GROUP BY user_id, class) q
+    JOIN (SELECT class, fair_share_clock(class) AS clock
+          FROM (SELECT DISTINCT class FROM queued) classes) c USING (class)
+    LEFT JOIN rate_limit_overrides o ON o.user_id = q.user_id
+), shares AS (
+    -- each user's virtual finish time moves on by its jobs' cost, from the class's virtual
+    -- time or its own if later (its backlog). Rows in key order, so that two statements never
+    -- deadlock; the row lock makes concurrent statements of one user take turns, so their
+    -- jobs get consecutive times.
+    INSERT INTO fair_share AS f (user_id, class, finish_at)
+    SELECT d.user_id, d.class, d.clock + d.cost * d.n
+    FROM demand d
+    ORDER BY d.user_id, d.class
+    ON CONFLICT (user_id, class) DO UPDATE
+    SET finish_at = (SELECT GREATEST(f.finish_at, d.clock) + d.cost * d.n FROM demand d
+                     WHERE d.user_id = f.user_id AND d.class = f.class)
+    RETURNING f.user_id, f.class, f.finish_at
+), job AS (
+    -- a job's virtual start time is its `run_at` (see migrations/20261207000001_fair_share.sql):
+    -- the user's k-th of n jobs here gets the k-th of the n times its share just moved through
+    INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+    SELECT q.job_id, 'llm::generation', q.job, 'Pending', 0, q.job_max_attempts,
+           LEAST(s.finish_at - d.cost * (d.n - q.k), TIMESTAMPTZ '1999-12-31 00:00:00+00'),
+           q.class, ''::hstore
+    FROM queued q
+    JOIN demand d USING (user_id, class)
+    JOIN shares s USING (user_id, class)
 )
 SELECT id, cached FROM inserted
