@@ -132,7 +132,7 @@ RETURNING id, coalesced_into, user_id, model, cached
                      WHERE d.user_id = f.user_id AND d.class = f.class)
     RETURNING f.user_id, f.class, f.finish_at
 ), job AS (
-    -- a job's virtual start time is its `run_at` (see migrations/20261207000001_fair_share.sql):
+    -- a job's virtual start time is its `run_at` (see migrations/20261206000005_fair_share.sql):
     -- the user's k-th of n jobs here gets the k-th of the n times its share just moved through
     INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
     SELECT q.job_id, 'llm::generation', q.job, 'Pending', 0, q.job_max_attempts,
