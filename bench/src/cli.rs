@@ -78,7 +78,7 @@ pub struct Args {
     #[arg(long)]
     pub llm_only: bool,
     /// The LLM-shaped phase at a size for trying it (a 1,000-item batch, 1,000 calls in flight,
-    /// 1,000 open streams): about a minute.
+    /// 1,000 open streams): a few minutes at most.
     #[arg(long)]
     pub quick: bool,
     /// Where the JSON results go.

@@ -155,7 +155,10 @@ impl Fake {
             }
         }
         let now_ms = self.started.elapsed().as_millis() as u64;
-        let _ = self.counters.first_accepted_ms.compare_exchange(0, now_ms, Relaxed, Relaxed);
+        let _ = self
+            .counters
+            .first_accepted_ms
+            .compare_exchange(0, now_ms, Relaxed, Relaxed);
         self.counters.last_accepted_ms.fetch_max(now_ms, Relaxed);
         let open = self.counters.in_flight.fetch_add(1, Relaxed) + 1;
         self.counters.peak_in_flight.fetch_max(open, Relaxed);

@@ -30,8 +30,11 @@ impl LlmResult {
             "0",
         );
         line(
-            "batch completed / failed",
-            format!("{} / {}", self.batch_completed, self.batch_failed),
+            "batch completed / failed / unfinished",
+            format!(
+                "{} / {} / {}",
+                self.batch_completed, self.batch_failed, self.batch_unfinished
+            ),
             "",
         );
         if !self.failures.is_empty() {

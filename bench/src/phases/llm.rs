@@ -42,7 +42,7 @@ pub struct LlmResult {
     pub limit_rpm: u64,
     pub batch_items: usize,
     pub interactive_users: usize,
-    /// From the first batch call until every batch item is final.
+    /// From the first batch call until every batch item is final (or the phase stopped waiting).
     pub drain_secs: f64,
     /// Calls the fake answered (`200`), and refused with `429`.
     pub upstream_answered: u64,
@@ -52,6 +52,9 @@ pub struct LlmResult {
     pub throughput_pct_of_limit: f64,
     pub batch_completed: i64,
     pub batch_failed: i64,
+    /// Items not final when the phase stopped waiting (half again the time the limit allows
+    /// the batch, plus a minute).
+    pub batch_unfinished: i64,
     /// Why requests failed (error code, count), if any did.
     pub failures: Vec<(String, i64)>,
     pub interactive_requests: usize,
@@ -145,14 +148,21 @@ async fn drain_with_users(
     let mut interactive = Vec::new();
     for (n, user) in users.iter().enumerate() {
         let token = keys.issue(*user, 7200, None)?;
-        let (client, base, stop) = (stack.client.clone(), stack.base.to_owned(), stop_users.clone());
+        let (client, base, stop) = (
+            stack.client.clone(),
+            stack.base.to_owned(),
+            stop_users.clone(),
+        );
         interactive.push(tokio::spawn(interactive_user(client, base, token, n, stop)));
     }
 
     let started = Instant::now();
     for call in 0..batch_items.div_ceil(PER_BATCH_CALL) {
-        let items: Vec<Value> = (call * PER_BATCH_CALL..batch_items.min((call + 1) * PER_BATCH_CALL))
-            .map(|i| json!({"prompt": format!("Describe the village of item {i}."), "model": MODEL}))
+        let items: Vec<Value> = (call * PER_BATCH_CALL
+            ..batch_items.min((call + 1) * PER_BATCH_CALL))
+            .map(
+                |i| json!({"prompt": format!("Describe the village of item {i}."), "model": MODEL}),
+            )
             .collect();
         let response = stack
             .client
@@ -162,14 +172,21 @@ async fn drain_with_users(
             .send()
             .await?;
         if response.status().as_u16() != 202 {
-            bail!("batch call {call} answered {}: {}", response.status(), response.text().await?);
+            bail!(
+                "batch call {call} answered {}: {}",
+                response.status(),
+                response.text().await?
+            );
         }
     }
 
-    // Until the batch has drained: the calls in flight and the worker's memory, twice a second.
-    let deadline = started
-        + Duration::from_secs_f64(batch_items as f64 / (args.llm_rpm.max(1) as f64 / 60.0) * 3.0 + 180.0);
+    // Until the batch has drained, or half again the time the limit allows it plus a minute
+    // (what is left then is reported): the calls in flight and the worker's memory, twice a
+    // second.
+    let at_limit = batch_items as f64 / (args.llm_rpm.max(1) as f64 / 60.0);
+    let deadline = started + Duration::from_secs_f64(at_limit * 1.5 + 60.0);
     let (mut in_flight, mut rss_peak) = (Vec::new(), worker_rss_idle_mb);
+    let mut batch_unfinished = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         in_flight.push(fake.counters.in_flight.load(Relaxed));
@@ -184,7 +201,8 @@ async fn drain_with_users(
             break;
         }
         if Instant::now() > deadline {
-            bail!("{left} batch items still unfinished after {:.0} s", started.elapsed().as_secs_f64());
+            batch_unfinished = left;
+            break;
         }
     }
     let drain_secs = started.elapsed().as_secs_f64();
@@ -221,7 +239,8 @@ async fn drain_with_users(
 
     let c = &fake.counters;
     let answered = c.answered.load(Relaxed);
-    let span_min = (c.last_accepted_ms.load(Relaxed) as f64 - c.first_accepted_ms.load(Relaxed) as f64)
+    let span_min = (c.last_accepted_ms.load(Relaxed) as f64
+        - c.first_accepted_ms.load(Relaxed) as f64)
         .max(1.0)
         / 60_000.0;
     let throughput_rpm = answered as f64 / span_min;
@@ -236,6 +255,7 @@ async fn drain_with_users(
         throughput_pct_of_limit: throughput_rpm * 100.0 / args.llm_rpm.max(1) as f64,
         batch_completed,
         batch_failed,
+        batch_unfinished,
         failures,
         interactive_requests,
         interactive_streamed,
@@ -307,7 +327,10 @@ async fn submit_and_wait(
             .await?
             .json()
             .await?;
-        if matches!(state["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+        if matches!(
+            state["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
             return Ok(());
         }
     }

@@ -38,10 +38,7 @@ pub struct OpenStreams {
 
 /// `calls` requests to one worker allowed as many at once: its resident memory with them all
 /// open at the fake, minus its idle memory.
-pub async fn in_flight_memory(
-    stack: &Stack<'_>,
-    calls: usize,
-) -> anyhow::Result<InFlightMemory> {
+pub async fn in_flight_memory(stack: &Stack<'_>, calls: usize) -> anyhow::Result<InFlightMemory> {
     let fake = FakeOpenAi::start(0)?;
     let extra = [
         ("OPENAI_BASE_URL", fake.url.clone()),
@@ -98,10 +95,7 @@ pub async fn in_flight_memory(
 
 /// `streams` streams opened on a fresh api (the mock provider, no worker yet), then two
 /// workers produce their tokens: the api's memory with them open and its CPU per token.
-pub async fn open_streams(
-    stack: &Stack<'_>,
-    streams: usize,
-) -> anyhow::Result<OpenStreams> {
+pub async fn open_streams(stack: &Stack<'_>, streams: usize) -> anyhow::Result<OpenStreams> {
     const TOKENS: usize = 20;
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -136,9 +130,11 @@ pub async fn open_streams(
         let extra = [("WORKER_CONCURRENCY", per_worker.clone())];
         workers.push(fresh.worker(&format!("bench-open-streams-{i}"), &extra)?);
     }
-    let counts =
-        futures::future::join_all(open.into_iter().map(|mut s| async move { s.until_done().await }))
-            .await;
+    let counts = futures::future::join_all(
+        open.into_iter()
+            .map(|mut s| async move { s.until_done().await }),
+    )
+    .await;
     let all_done_secs = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(pid) - cpu_before;
     let relayed: usize = counts.iter().sum();
