@@ -100,5 +100,10 @@ impl LlmResult {
             ),
             "",
         );
+        line(
+            "  streams not ended after 120 s",
+            s.streams_unfinished.to_string(),
+            "",
+        );
     }
 }

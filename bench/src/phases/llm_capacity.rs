@@ -31,6 +31,8 @@ pub struct OpenStreams {
     pub api_rss_open_mb: f64,
     pub api_rss_per_stream_kb: f64,
     pub tokens_relayed: usize,
+    /// Streams without their terminal event 120 s after the workers started.
+    pub streams_unfinished: usize,
     /// api CPU time from the first token to the end of the last stream, per relayed token.
     pub api_cpu_us_per_token: f64,
     pub all_done_secs: f64,
@@ -130,14 +132,19 @@ pub async fn open_streams(stack: &Stack<'_>, streams: usize) -> anyhow::Result<O
         let extra = [("WORKER_CONCURRENCY", per_worker.clone())];
         workers.push(fresh.worker(&format!("bench-open-streams-{i}"), &extra)?);
     }
-    let counts = futures::future::join_all(
-        open.into_iter()
-            .map(|mut s| async move { s.until_done().await }),
-    )
+    // Bounded: a stream that never ends is counted, not waited for.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let counts = futures::future::join_all(open.into_iter().map(|mut s| async move {
+        let ended = tokio::time::timeout_at(deadline, s.until_done())
+            .await
+            .is_ok();
+        (s.tokens(), ended)
+    }))
     .await;
     let all_done_secs = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(pid) - cpu_before;
-    let relayed: usize = counts.iter().sum();
+    let relayed: usize = counts.iter().map(|c| c.0).sum();
+    let unfinished = counts.iter().filter(|c| !c.1).count();
     for worker in &mut workers {
         stop(worker).await;
     }
@@ -148,6 +155,7 @@ pub async fn open_streams(stack: &Stack<'_>, streams: usize) -> anyhow::Result<O
         api_rss_open_mb: open_rss,
         api_rss_per_stream_kb: (open_rss - idle) * 1024.0 / streams.max(1) as f64,
         tokens_relayed: relayed,
+        streams_unfinished: unfinished,
         api_cpu_us_per_token: cpu * 1e6 / relayed.max(1) as f64,
         all_done_secs,
     })
