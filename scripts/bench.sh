@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo build --release --bins
-exec target/release/llm-bench "$@"
+# The LLM-shaped phase holds 10,000 streams open on one api: as many sockets as the hard limit allows.
+ulimit -n "$(ulimit -Hn)"
+exec "${CARGO_TARGET_DIR:-target}/release/llm-bench" "$@"

@@ -57,6 +57,30 @@ pub struct Args {
     /// Submits per second during the soak.
     #[arg(long, default_value_t = 200)]
     pub soak_rate: u64,
+    /// Requests per minute the fake OpenAI of the LLM-shaped phase allows (declared in the
+    /// registry as `[providers.openai.limits] requests_per_minute`); above it, `429`.
+    #[arg(long, default_value_t = 3000)]
+    pub llm_rpm: u64,
+    /// Items of the LLM-shaped phase's batch (submitted 1,000 per call).
+    #[arg(long, default_value_t = 10_000)]
+    pub llm_batch: usize,
+    /// Interactive users of the LLM-shaped phase, each one request at a time.
+    #[arg(long, default_value_t = 20)]
+    pub llm_users: usize,
+    /// Calls held in flight on one worker to measure its memory per call.
+    #[arg(long, default_value_t = 2000)]
+    pub in_flight_calls: usize,
+    /// Streams held open at once on one api (needs `ulimit -n` above it; scripts/bench.sh
+    /// raises it to the hard limit).
+    #[arg(long, default_value_t = 10_000)]
+    pub open_streams: usize,
+    /// Run only the LLM-shaped phase.
+    #[arg(long)]
+    pub llm_only: bool,
+    /// The LLM-shaped phase at a size for trying it (a 1,000-item batch, 1,000 calls in flight,
+    /// 1,000 open streams): a few minutes at most.
+    #[arg(long)]
+    pub quick: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = ".bench/results.json")]
     pub output: PathBuf,

@@ -11,6 +11,9 @@
 //!   function, through a pool like the api's, no HTTP): the ceiling the database allows;
 //! - resident memory of the api and of a worker: idle, peak, and its slope over a soak under a
 //!   steady load (`--soak-secs`);
+//! - an LLM-shaped phase: generations with real timing against a fake OpenAI with a request
+//!   limit, a large batch beside interactive users, calls in flight per worker and their memory,
+//!   and thousands of streams open on one api (`--llm-only`, `--quick`);
 //! - the machine it ran on (CPU model, cores, memory).
 #![allow(clippy::print_stdout)]
 
@@ -18,12 +21,14 @@ mod cli;
 mod client;
 mod cpu;
 mod database;
+mod fake_openai;
 mod hub;
 mod load;
 mod machine;
 mod phases;
 mod procfs;
 mod report;
+mod report_llm;
 mod sse;
 mod stack;
 mod stats;
@@ -43,6 +48,17 @@ async fn main() -> anyhow::Result<()> {
     println!("llm-bench on {machine}");
 
     let bench_db = BenchDb::create(&args.admin_database_url).await?;
+    if args.llm_only {
+        let result = phases::run_llm_only(&args, &bin_dir, &bench_db).await;
+        forget_redis_namespace(&args.redis_url, &bench_db.redis_prefix()).await;
+        bench_db.drop_it(&args.admin_database_url).await;
+        let result = result?;
+        println!("\n== llm-bench, LLM-shaped phase  ({machine})");
+        result.print();
+        report::save_json(&result, &args.output)?;
+        println!("\nJSON written to {}", args.output.display());
+        return Ok(());
+    }
     let result = phases::run(&args, &bin_dir, &bench_db, machine).await;
     forget_redis_namespace(&args.redis_url, &bench_db.redis_prefix()).await;
     bench_db.drop_it(&args.admin_database_url).await;

@@ -27,6 +27,8 @@ pub struct Report {
     /// Round trip of the rate limiter's check (what it adds to every submit).
     pub rate_limiter: Latencies,
     pub memory: MemoryResult,
+    /// The LLM-shaped phase (realistic generation timing against a limited endpoint).
+    pub llm: Option<crate::phases::llm::LlmResult>,
     /// Events the workers' outbox relays delivered to the benchmark's hub during the run.
     pub hub_events_delivered: u64,
 }
@@ -73,14 +75,19 @@ fn print_at_concurrency(results: &[SubmitResult]) {
     }
 }
 
+/// Writes `results` as JSON to `path`, making its directory.
+pub fn save_json(results: &impl Serialize, path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(results)?)?;
+    Ok(())
+}
+
 impl Report {
     /// Writes the report as JSON to `path`, making its directory.
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
-        Ok(())
+        save_json(self, path)
     }
 
     /// Prints the report's tables.
@@ -93,6 +100,9 @@ impl Report {
         self.print_cache_hits();
         self.print_streaming();
         self.print_memory();
+        if let Some(llm) = &self.llm {
+            llm.print();
+        }
         println!(
             "\nmessage hub: {} events delivered by the workers' outbox relays",
             self.hub_events_delivered

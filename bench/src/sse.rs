@@ -66,6 +66,11 @@ impl SseCounter {
         false
     }
 
+    /// The token events read so far.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
     /// Reads to the terminal event; returns the tokens seen.
     pub async fn until_done(&mut self) -> usize {
         while let Some(event) = self.next_event().await {

@@ -16,6 +16,7 @@ mod group_commit;
 mod health;
 mod hostile;
 mod hub;
+mod in_flight;
 mod indexes;
 mod layers;
 mod metrics;

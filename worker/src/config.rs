@@ -15,9 +15,10 @@ pub struct WorkerConfig {
 
     /// Jobs this process runs at once. A job is mostly waiting (on its provider, and on the
     /// database's fetch, claim, completion and acknowledgement, each a batched round trip), so
-    /// under load a worker's throughput is this divided by a job's cycle time: 32 leaves jobs
-    /// queued while the cores are a quarter idle (`llm-bench`, end to end).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
+    /// a worker's throughput is this divided by a job's cycle time. Real generations take
+    /// 1–30 s: at 64, calls of 2 s cap a worker at 32 jobs/s. A call in flight costs a few
+    /// tens of kilobytes (docs/PERFORMANCE.md), so the default is sized for waiting calls.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1024)]
     pub concurrency: usize,
 
     /// Threads of this process's runtime. With one (the default), every task runs on the main

@@ -4,6 +4,8 @@
 mod cache;
 mod drain;
 mod end_to_end;
+pub mod llm;
+mod llm_capacity;
 mod rate_limiter;
 mod relay;
 mod soak;
@@ -80,6 +82,7 @@ pub async fn run(
     let (mut api, soak_api_pid) = stack::start_api(bin_dir, &env, port).await?;
     let memory = soak::measure(&stack, soak_api_pid).await?;
     reset_tables(pool).await?;
+    let llm = llm::measure(&stack, pool).await?;
     stop(&mut api).await;
     Ok(Report {
         machine,
@@ -95,6 +98,36 @@ pub async fn run(
         cache_hits_at_rate,
         rate_limiter,
         memory,
+        llm: Some(llm),
         hub_events_delivered: hub.received.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// Only the LLM-shaped phase (`--llm-only`), on a stack started for it.
+pub async fn run_llm_only(
+    args: &Args,
+    bin_dir: &std::path::Path,
+    bench_db: &BenchDb,
+) -> anyhow::Result<llm::LlmResult> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let hub = HubSink::start()?;
+    let env = stack::environment(args, bench_db, &hub.url);
+    let (mut api, api_pid) = stack::start_api(bin_dir, &env, port).await?;
+    let token = JwtKeys::new(&SecretString::from(SECRET)).issue(Uuid::now_v7(), 3600, None)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let stack = Stack {
+        args,
+        api_pid,
+        bin_dir,
+        env: &env,
+        client: &client,
+        base: &base,
+        token: &token,
+    };
+    let result = llm::measure(&stack, &bench_db.pool).await;
+    stop(&mut api).await;
+    result
 }

@@ -7,14 +7,26 @@
 --   $1 ids uuid[]       the requests, each once
 --   $2 worker text      the claiming worker
 --   $3 lease float8     the lease, in seconds
-WITH claimed AS (
+WITH locked AS (
+    -- LOCK_ORDER: the rows are locked in id order before they are updated, as every batched
+    -- statement on this table locks them, so two batches sharing rows queue behind each other
+    -- instead of each holding a row the other waits for (a deadlock).
+    SELECT r.id
+    FROM generation_requests r
+    JOIN unnest($1::uuid[]) AS wanted(id) ON r.id = wanted.id
+    -- found by id (see BY_ID_ONLY): pending, or running on a lease that ran out
+    WHERE CASE r.status WHEN 'pending' THEN true
+                        WHEN 'running' THEN r.lease_expires_at < NOW()
+                        ELSE false END
+    ORDER BY r.id
+    FOR UPDATE OF r
+), claimed AS (
     UPDATE generation_requests r
     SET status = 'running', attempts = r.attempts + 1,
         started_at = COALESCE(r.started_at, NOW()), updated_at = NOW(), claimed_by = $2,
         lease_expires_at = NOW() + make_interval(secs => $3)
-    FROM unnest($1::uuid[]) AS wanted(id)
-    -- found by id (see BY_ID_ONLY): pending, or running on a lease that ran out
-    WHERE r.id = wanted.id
+    FROM locked
+    WHERE r.id = locked.id
       AND CASE r.status WHEN 'pending' THEN true
                         WHEN 'running' THEN r.lease_expires_at < NOW()
                         ELSE false END

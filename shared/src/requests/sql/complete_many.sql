@@ -21,6 +21,16 @@ WITH v AS (
         WITH ORDINALITY AS v(id, run, attempt, result, provider, provider_model,
                              prompt_tokens, completion_tokens, finish_reason, latency_ms,
                              served_model, cost_usd, store_key, ttl_secs, metadata, ord)
+), locked AS (
+    -- in id order, as every batched statement on this table (LOCK_ORDER in claim_many.sql)
+    SELECT r.id
+    FROM generation_requests r
+    JOIN v ON r.id = v.id
+    -- found by id (see BY_ID_ONLY), still held by this claim
+    WHERE CASE r.status WHEN 'running' THEN true ELSE false END
+      AND r.claimed_by = $1 AND r.attempts = v.run
+    ORDER BY r.id
+    FOR UPDATE OF r
 ), done AS (
     UPDATE generation_requests r
     SET status = 'completed', result = v.result, provider = v.provider,
@@ -30,8 +40,7 @@ WITH v AS (
         finish_reason = v.finish_reason, served_model = v.served_model,
         cost_usd = v.cost_usd, error_code = NULL, error_message = NULL,
         completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
-    FROM v
-    -- found by id (see BY_ID_ONLY), still held by this claim
+    FROM v JOIN locked ON locked.id = v.id
     WHERE r.id = v.id AND CASE r.status WHEN 'running' THEN true ELSE false END
       AND r.claimed_by = $1 AND r.attempts = v.run
     RETURNING v.*, r.user_id, r.prompt, r.model
