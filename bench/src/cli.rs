@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub soak_rate: u64,
     /// Requests per minute the fake OpenAI of the LLM-shaped phase allows (declared in the
-    /// registry as `[providers.openai.limits] requests_per_minute`); above it, `429`.
+    /// registry as `[endpoints.openai.limits] requests_per_minute`); above it, `429`.
     #[arg(long, default_value_t = 3000)]
     pub llm_rpm: u64,
     /// Items of the LLM-shaped phase's batch (submitted 1,000 per call).

@@ -21,9 +21,11 @@ use uuid::Uuid;
 /// The built-in registry with `limits` as OpenAI's declared limits and `retry` / `circuit`
 /// lines replacing those sections' bodies, written where the workers read it (`MODELS_FILE`).
 fn registry_file(limits: &str, extra: &[(&str, &str)]) -> PathBuf {
+    const SECTION: &str = "[endpoints.openai.limits]\n";
+    assert!(include_str!("../../config/models.toml").contains(SECTION));
     let mut text = include_str!("../../config/models.toml").replace(
-        "[providers.openai.limits]\n",
-        &format!("[providers.openai.limits]\n{limits}\n"),
+        "[endpoints.openai.limits]\n",
+        &format!("[endpoints.openai.limits]\n{limits}\n"),
     );
     for (from, to) in extra {
         assert!(text.contains(from), "{from}");

@@ -1,7 +1,7 @@
 //! The LLM-shaped phase: generations with the timing of real ones (first token after
 //! 300–800 ms, 30–80 tokens/s, 200–800 tokens) paid to a fake OpenAI that allows
 //! `--llm-rpm` requests a minute (and answers `429` above it), declared in the registry as
-//! `[providers.openai.limits] requests_per_minute`. One tenant submits a `--llm-batch`-item
+//! `[endpoints.openai.limits] requests_per_minute`. One tenant submits a `--llm-batch`-item
 //! batch (1,000 items per call) while `--llm-users` interactive users each submit one request
 //! at a time (every fourth streamed), until the batch has drained. One worker runs it all at
 //! its default concurrency.
@@ -72,9 +72,14 @@ pub struct LlmResult {
 
 /// The registry with the fake's limit declared (the built-in one, plus one line).
 pub fn models_file(limit_rpm: u64) -> anyhow::Result<std::path::PathBuf> {
-    let registry = include_str!("../../../config/models.toml").replace(
-        "[providers.openai.limits]\n",
-        &format!("[providers.openai.limits]\nrequests_per_minute = {limit_rpm}\n"),
+    let builtin = include_str!("../../../config/models.toml");
+    anyhow::ensure!(
+        builtin.contains("[endpoints.openai.limits]\n"),
+        "the built-in registry has no [endpoints.openai.limits] section to declare the limit in"
+    );
+    let registry = builtin.replace(
+        "[endpoints.openai.limits]\n",
+        &format!("[endpoints.openai.limits]\nrequests_per_minute = {limit_rpm}\n"),
     );
     let path = std::env::temp_dir().join(format!("llm-bench-models-{}.toml", std::process::id()));
     std::fs::write(&path, registry)?;
