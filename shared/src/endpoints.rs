@@ -18,7 +18,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::EndpointLimits;
 use crate::config::{CommonConfig, present};
-use crate::models::ProviderKind;
+
+/// The wire format a model's calls speak (an Azure OpenAI or OpenAI-compatible endpoint
+/// speaks `openai`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+    Ollama,
+    Mock,
+}
+
+/// A provider's name, e.g. as the key of its built-in endpoint's circuit.
+impl AsRef<str> for ProviderKind {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Ollama => "ollama",
+            Self::Mock => "mock",
+        }
+    }
+}
 
 /// Longest endpoint name: names are metric label values and budget keys.
 pub const MAX_ENDPOINT_NAME: usize = 50;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::CommonConfig;
-pub use crate::endpoints::{Endpoint, EndpointKind, Timeouts, UpstreamSettings};
+pub use crate::endpoints::{Endpoint, EndpointKind, ProviderKind, Timeouts, UpstreamSettings};
 use crate::endpoints::{EndpointFile, ProvidersFile};
 
 /// What a deployment with no runnable model is told (at start, and by a submit that names no
@@ -27,34 +27,6 @@ pub const NO_MODEL_AVAILABLE: &str = "no model is available: set OPENAI_API_KEY,
 
 /// The registry file the binaries carry with them.
 const EMBEDDED: &str = include_str!("../../config/models.toml");
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    #[serde(rename = "openai")]
-    OpenAi,
-    Anthropic,
-    Ollama,
-    Mock,
-}
-
-/// A provider's name, e.g. as the key of its built-in endpoint's circuit.
-impl AsRef<str> for ProviderKind {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OpenAi => "openai",
-            Self::Anthropic => "anthropic",
-            Self::Ollama => "ollama",
-            Self::Mock => "mock",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
