@@ -3,7 +3,7 @@
 #   docker build -t llm-service .
 #   docker run --rm -e SECRET_KEY=... -e DATABASE_URL=... -e REDIS_URL=... llm-service          # api
 #   docker run --rm -e ... llm-service llm-worker                                                 # worker
-# The api listens on 0.0.0.0:8100 here, so SECRET_KEY (32+ bytes) is required.
+# SECRET_KEY (32+ bytes) is required: the api has no default signing key.
 # No HEALTHCHECK in the image: the worker shares it and has no HTTP port; compose.yaml checks
 # the api with curl (installed below) on /health/ready.
 
