@@ -28,10 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use llm_shared::budget::EndpointLimits;
-use llm_shared::generation::{GenerationParams, estimate_tokens};
 use llm_shared::kv::KvConnection;
 use llm_shared::metrics::Metrics;
-use llm_shared::models::ModelSpec;
 
 use crate::providers::clients::Route;
 
@@ -52,8 +50,6 @@ const CUT_RECOVERY: Duration = Duration::from_secs(60);
 const HORIZON_CAP: Duration = Duration::from_secs(60);
 /// The smallest share of the declared limits a run of 429s can cut them to.
 const CUT_FLOOR: f64 = 1.0 / 16.0;
-/// Output tokens counted for a call that sets no `max_tokens` (as the api counts at submit).
-const DEFAULT_OUTPUT_ESTIMATE: u32 = 1024;
 /// How long Redis may take to answer an admission before the call goes ahead unadmitted.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// At most one warning per this interval while Redis is unreachable.
@@ -91,25 +87,6 @@ pub fn endpoint_of(route: &Route<'_>) -> Endpoint {
             .map(|settings| settings.limits)
             .unwrap_or_default(),
     }
-}
-
-/// Tokens a call may use, as the api estimates them at submit: the prompt, system prompt and
-/// history as estimated, plus the output limit.
-pub fn tokens_needed(prompt: &str, params: &GenerationParams, model: &ModelSpec) -> u32 {
-    estimate_tokens(prompt)
-        .saturating_add(params.system.as_deref().map_or(0, estimate_tokens))
-        .saturating_add(
-            params
-                .history
-                .iter()
-                .flatten()
-                .fold(0, |n, t| n.saturating_add(estimate_tokens(&t.content))),
-        )
-        .saturating_add(
-            params
-                .max_tokens
-                .unwrap_or(DEFAULT_OUTPUT_ESTIMATE.min(model.max_output_tokens)),
-        )
 }
 
 /// What the budget said.

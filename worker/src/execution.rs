@@ -245,7 +245,7 @@ impl Executor {
             .with_jitter()
             .without_max_times()
             .build();
-        let tokens = admission::tokens_needed(&claimed.prompt, &walk.params, model);
+        let tokens = llm_shared::requests::estimated_tokens(&claimed.prompt, &walk.params, model);
         for try_no in 1..=policy.attempts_per_model.max(1) {
             let routes = clients.routes(model);
             let mut soonest: Option<Duration> = None;

@@ -342,9 +342,10 @@ fn validate_json_output(params: &GenerationParams, model: &ModelSpec) -> Result<
     Ok(())
 }
 
-/// Tokens the request may consume, for rate limits: the prompt, system prompt and history as
-/// estimated, plus the output limit (or [`DEFAULT_OUTPUT_ESTIMATE`]).
-fn estimated_tokens(prompt: &str, params: &GenerationParams, model: &ModelSpec) -> u32 {
+/// Tokens the request may consume, for rate limits at submit and the endpoint's budget before a
+/// call: the prompt, system prompt and history as estimated, plus the output limit (or
+/// [`DEFAULT_OUTPUT_ESTIMATE`]).
+pub fn estimated_tokens(prompt: &str, params: &GenerationParams, model: &ModelSpec) -> u32 {
     estimate_tokens(prompt)
         .saturating_add(params.system.as_deref().map_or(0, estimate_tokens))
         .saturating_add(
