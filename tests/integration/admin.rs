@@ -6,26 +6,11 @@ use std::time::Duration;
 use llm_shared::admin;
 use llm_tests::fake_upstream::{self, FakeUpstream};
 use llm_tests::{TestApp, spawn_app, start_worker};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 fn admin_token(app: &TestApp) -> String {
     app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap()
-}
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let r = request.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]
@@ -45,23 +30,23 @@ async fn a_failed_request_is_replayed_after_the_provider_is_repaired() {
 
     openai.always(fake_upstream::openai::success("Fixed at last.", 5, 3));
     let admin = admin_token(&app);
-    let (status, body) = call(
-        &app,
-        reqwest::Method::POST,
-        &format!("/api/v1/admin/requests/{id}/replay"),
-        &app.token(),
-        None,
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/requests/{id}/replay"),
+            &app.token(),
+            None,
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = call(
-        &app,
-        reqwest::Method::POST,
-        &format!("/api/v1/admin/requests/{id}/replay"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/requests/{id}/replay"),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
 
     let done = app.wait_final(id, Duration::from_secs(30)).await;
@@ -79,25 +64,25 @@ async fn a_failed_request_is_replayed_after_the_provider_is_repaired() {
             .all(|a| a["outcome"] == "failed")
     );
     assert_eq!(history[failed_calls]["outcome"], "succeeded");
-    let (_, listed) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/v1/admin/requests?status=completed",
-        &admin,
-        None,
-    )
-    .await;
+    let (_, listed) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/requests?status=completed",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(listed["requests"][0]["replays"], 1);
 
     // Only failed or cancelled requests can be replayed.
-    let (status, body) = call(
-        &app,
-        reqwest::Method::POST,
-        &format!("/api/v1/admin/requests/{id}/replay"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/requests/{id}/replay"),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     worker.stop().await;
 }
@@ -119,14 +104,14 @@ async fn many_failed_requests_are_replayed_by_filter_after_a_dry_run() {
     }
     let admin = admin_token(&app);
     let filter = json!({"filter": {"model": "mock", "status": "failed"}, "dry_run": true});
-    let (status, dry) = call(
-        &app,
-        reqwest::Method::POST,
-        "/api/v1/admin/requests/replay",
-        &admin,
-        Some(filter),
-    )
-    .await;
+    let (status, dry) = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/admin/requests/replay",
+            &admin,
+            Some(filter),
+        )
+        .await;
     assert_eq!(status, 200, "{dry}");
     assert_eq!(dry["count"], 3);
     assert_eq!(
@@ -138,14 +123,14 @@ async fn many_failed_requests_are_replayed_by_filter_after_a_dry_run() {
     );
 
     let filter = json!({"filter": {"model": "mock", "status": "failed"}});
-    let (_, done) = call(
-        &app,
-        reqwest::Method::POST,
-        "/api/v1/admin/requests/replay",
-        &admin,
-        Some(filter),
-    )
-    .await;
+    let (_, done) = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/admin/requests/replay",
+            &admin,
+            Some(filter),
+        )
+        .await;
     assert_eq!(done["count"], 3);
     for id in &failed {
         let again = app.wait_final(*id, Duration::from_secs(20)).await;
@@ -187,29 +172,29 @@ async fn admins_list_every_users_requests_newest_first_with_keyset_pages() {
         .unwrap();
     let admin = admin_token(&app);
 
-    let (status, _) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/v1/admin/requests",
-        &app.token(),
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/requests",
+            &app.token(),
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
-    let (_, all) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/v1/admin/requests?limit=100",
-        &admin,
-        None,
-    )
-    .await;
+    let (_, all) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/requests?limit=100",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(all["requests"].as_array().unwrap().len(), 6);
 
     let mut seen = Vec::new();
     let mut path = format!("/api/v1/admin/requests?user_id={}&limit=2", app.user);
     loop {
-        let (status, page) = call(&app, reqwest::Method::GET, &path, &admin, None).await;
+        let (status, page) = app.call(reqwest::Method::GET, &path, &admin, None).await;
         assert_eq!(status, 200, "{page}");
         for r in page["requests"].as_array().unwrap() {
             seen.push(r["id"].as_str().unwrap().parse::<Uuid>().unwrap());
@@ -230,24 +215,24 @@ async fn admins_list_every_users_requests_newest_first_with_keyset_pages() {
     assert_eq!(seen, newest_first);
 
     // An admin may cancel anyone's request.
-    let (status, body) = call(
-        &app,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/generate/{}", ids[0]),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/generate/{}", ids[0]),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "cancelled");
-    let (status, _) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/v1/admin/requests?status=bogus",
-        &admin,
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/requests?status=bogus",
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -334,7 +319,7 @@ async fn every_admin_endpoint_refuses_ordinary_users() {
         ),
     ];
     for (method, path, body) in routes {
-        let (status, response) = call(&app, method.clone(), &path, &app.token(), body).await;
+        let (status, response) = app.call(method.clone(), &path, &app.token(), body).await;
         assert_eq!(status, 403, "{method} {path}: {response}");
         assert_eq!(response["error"]["code"], "forbidden");
     }

@@ -233,6 +233,26 @@ impl TestApp {
         self.token_for(self.user)
     }
 
+    /// `method path` with `token` and an optional JSON body; returns status and JSON body
+    /// (null if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// `GET path` as the test's user; returns status and JSON body (null if none).
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self

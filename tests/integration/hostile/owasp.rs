@@ -6,27 +6,9 @@
 use llm_shared::admin::MAX_PAGE;
 use llm_shared::batches::MAX_BATCH_ITEMS;
 use llm_shared::requests::MAX_IDEMPOTENCY_KEY_LEN;
-use llm_tests::{TestApp, spawn_app};
+use llm_tests::spawn_app;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
 
 /// Asserts the one JSON error shape with `status` and `code`.
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
@@ -50,22 +32,22 @@ async fn every_route_taking_a_request_id_answers_another_user_as_if_it_did_not_e
         (Method::GET, "/api/v1/generate/{}/stream"),
         (Method::DELETE, "/api/v1/generate/{}"),
     ] {
-        let theirs = call(
-            &app,
-            method.clone(),
-            &path.replace("{}", &id.to_string()),
-            &intruder,
-            None,
-        )
-        .await;
-        let nobodys = call(
-            &app,
-            method.clone(),
-            &path.replace("{}", &unknown.to_string()),
-            &intruder,
-            None,
-        )
-        .await;
+        let theirs = app
+            .call(
+                method.clone(),
+                &path.replace("{}", &id.to_string()),
+                &intruder,
+                None,
+            )
+            .await;
+        let nobodys = app
+            .call(
+                method.clone(),
+                &path.replace("{}", &unknown.to_string()),
+                &intruder,
+                None,
+            )
+            .await;
         assert_error(theirs.0, &theirs.1, 404, "not_found");
         // The same answer as for an id nobody has: the route is no oracle of which ids exist.
         assert_eq!(
@@ -103,14 +85,14 @@ async fn another_users_batch_is_not_found() {
     let batch_id = batch["batch_id"].as_str().unwrap();
 
     let intruder = app.token_for(Uuid::now_v7());
-    let (status, body) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/v1/generate/batch/{batch_id}"),
-        &intruder,
-        None,
-    )
-    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/generate/batch/{batch_id}"),
+            &intruder,
+            None,
+        )
+        .await;
     assert_error(status, &body, 404, "not_found");
     let (status, _) = app
         .get_json(&format!("/api/v1/generate/batch/{batch_id}"))
@@ -170,7 +152,7 @@ async fn admin_routes_refuse_an_ordinary_token() {
         ),
     ];
     for (method, path, body) in routes {
-        let (status, answer) = call(&app, method.clone(), &path, &user, body).await;
+        let (status, answer) = app.call(method.clone(), &path, &user, body).await;
         assert_error(status, &answer, 403, "forbidden");
     }
     assert_eq!(
@@ -371,14 +353,14 @@ async fn a_page_asking_for_everything_gets_at_most_one_page() {
 
     let admin = app.jwt.issue(Uuid::now_v7(), 600, Some("admin")).unwrap();
     for limit in ["1000000", "9223372036854775807"] {
-        let (status, page) = call(
-            &app,
-            reqwest::Method::GET,
-            &format!("/api/v1/admin/requests?limit={limit}"),
-            &admin,
-            None,
-        )
-        .await;
+        let (status, page) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/admin/requests?limit={limit}"),
+                &admin,
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "{page}");
         assert_eq!(
             page["requests"].as_array().unwrap().len(),
@@ -387,14 +369,14 @@ async fn a_page_asking_for_everything_gets_at_most_one_page() {
         assert!(page["next_cursor"].is_string(), "{page}");
     }
     for limit in ["-1", "99999999999999999999999", "ten"] {
-        let (status, page) = call(
-            &app,
-            reqwest::Method::GET,
-            &format!("/api/v1/admin/requests?limit={limit}"),
-            &admin,
-            None,
-        )
-        .await;
+        let (status, page) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/admin/requests?limit={limit}"),
+                &admin,
+                None,
+            )
+            .await;
         assert!(status == 200 || status == 400, "{limit}: {status} {page}");
         if status == 200 {
             assert!(page["requests"].as_array().unwrap().len() <= MAX_PAGE as usize);
