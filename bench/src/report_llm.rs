@@ -17,12 +17,21 @@ impl LlmResult {
             println!("{name:<44} {value:>32}   {target}");
         };
         line(
-            "throughput against the limit",
+            "throughput against the limit, backlog waiting",
             format!(
                 "{:.0}/min = {:.1}%",
                 self.throughput_rpm, self.throughput_pct_of_limit
             ),
             ">= 95%",
+        );
+        line(
+            "  over the whole phase (ramp and tail)",
+            format!(
+                "{:.0}/min = {:.1}%",
+                self.overall_rpm,
+                self.overall_rpm * 100.0 / self.limit_rpm.max(1) as f64
+            ),
+            "",
         );
         line(
             "upstream 429s (calls answered)",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use llm_shared::budget::EndpointLimits;
 use llm_shared::metrics::Metrics;
-use llm_worker::admission::{Admission, Admit, Endpoint};
+use llm_worker::admission::{Admission, Admit, Class, Endpoint, Ticket};
 
 use llm_tests::fake_upstream::{FakeUpstream, ProviderLimits, openai};
 use llm_tests::{TestApp, spawn_app_with_providers, spawn_worker_process};
@@ -247,40 +247,126 @@ async fn a_tokens_per_minute_budget_spaces_calls_by_the_tokens_they_take_and_giv
         ..EndpointLimits::default()
     });
     let (admission, metrics) = admission_on_test_redis();
-    let Admit::Granted(_first) = admission.admit(&openai, 500).await else {
+    let Admit::Granted(_first) = admission.admit(&openai, 500, &mut batch()).await else {
         panic!("the first call is admitted");
     };
     let wait = |admit: Admit| match admit {
-        Admit::Wait { after, reason } => {
+        Admit::Wait {
+            after,
+            reason,
+            in_line,
+        } => {
             assert_eq!(reason, "tokens");
+            assert!(in_line, "a wait this short is waited in place");
             after
         }
         Admit::Granted(_) => panic!("a call within the first one's 500 ms is refused"),
     };
-    let second = wait(admission.admit(&openai, 500).await);
+    let (mut second, mut third) = (batch(), batch());
+    let second_wait = wait(admission.admit(&openai, 500, &mut second).await);
     assert!(
-        second > Duration::from_millis(300) && second <= Duration::from_millis(500),
-        "{second:?}"
+        second_wait > Duration::from_millis(300) && second_wait <= Duration::from_millis(500),
+        "{second_wait:?}"
     );
-    // Refused together, they are promised successive turns, not the same one.
-    let third = wait(admission.admit(&openai, 500).await);
-    assert!(third >= second + Duration::from_millis(400), "{third:?}");
+    // Refused together, they are given successive turns in line, not the same one.
+    let third_wait = wait(admission.admit(&openai, 500, &mut third).await);
+    assert!(
+        third_wait >= second_wait + Duration::from_millis(400),
+        "{third_wait:?}"
+    );
     let text = metrics.encode().unwrap();
     let waits = text.lines().find_map(|l| {
         l.strip_prefix(r#"llm_budget_waits_total{endpoint="openai",reason="tokens"} "#)
     });
     assert_eq!(waits, Some("2"), "{text}");
+    // Each comes back at its turn and is admitted, in order.
+    tokio::time::sleep(second_wait).await;
+    assert!(matches!(
+        admission.admit(&openai, 500, &mut second).await,
+        Admit::Granted(_)
+    ));
+    tokio::time::sleep(third_wait - second_wait).await;
+    assert!(matches!(
+        admission.admit(&openai, 500, &mut third).await,
+        Admit::Granted(_)
+    ));
 
     // A call that used 50 of its 500 gives the other 450 back to the next one.
     let (admission, _) = admission_on_test_redis();
-    let Admit::Granted(first) = admission.admit(&openai, 500).await else {
+    let Admit::Granted(first) = admission.admit(&openai, 500, &mut batch()).await else {
         panic!("the first call is admitted");
     };
     first.release(Some(50)).await;
-    match admission.admit(&openai, 500).await {
+    match admission.admit(&openai, 500, &mut batch()).await {
         Admit::Granted(_) => {}
         Admit::Wait { after, .. } => assert!(after <= Duration::from_millis(60), "{after:?}"),
     }
+}
+
+fn batch() -> Ticket {
+    Ticket::new(Class::Batch)
+}
+
+#[tokio::test]
+async fn an_interactive_call_goes_before_a_waiting_backlog_and_a_far_turn_is_sent_back() {
+    // 600 a minute is one call every 100 ms; five seconds of waiting in place is 50 calls.
+    let openai = endpoint(EndpointLimits {
+        requests_per_minute: Some(600),
+        ..EndpointLimits::default()
+    });
+    let (admission, _) = admission_on_test_redis();
+    let mut backlog: Vec<Ticket> = (0..60).map(|_| batch()).collect();
+    let mut waits = Vec::new();
+    for ticket in &mut backlog {
+        match admission.admit(&openai, 10, ticket).await {
+            Admit::Granted(_) => waits.push((Duration::ZERO, true)),
+            Admit::Wait { after, in_line, .. } => waits.push((after, in_line)),
+        }
+    }
+    // The first is admitted, the next ones wait in place a turn apart, and those whose turn is
+    // past five seconds go back to the queue, promised successive times to come back.
+    assert_eq!(waits[0], (Duration::ZERO, true));
+    assert!(
+        waits[1].1 && waits[1].0 <= Duration::from_millis(100),
+        "{waits:?}"
+    );
+    assert!(
+        waits[10].1 && waits[10].0 >= Duration::from_millis(900),
+        "{waits:?}"
+    );
+    let sent_back: Vec<Duration> = waits.iter().filter(|w| !w.1).map(|w| w.0).collect();
+    assert!(!sent_back.is_empty() && sent_back.len() <= 12, "{waits:?}");
+    assert!(
+        sent_back
+            .windows(2)
+            .all(|w| w[1] >= w[0] + Duration::from_millis(90)),
+        "{sent_back:?}"
+    );
+
+    // An interactive request's call is next, whatever the backlog waiting in line.
+    let mut interactive = Ticket::new(Class::Interactive);
+    match admission.admit(&openai, 10, &mut interactive).await {
+        Admit::Granted(_) => {}
+        Admit::Wait { after, in_line, .. } => {
+            assert!(in_line && after <= Duration::from_millis(100), "{after:?}");
+        }
+    }
+    // A waiting caller that gives up (its request was cancelled) leaves the line at once:
+    // the one behind it moves up a turn.
+    let behind = match admission.admit(&openai, 10, &mut backlog[20]).await {
+        Admit::Wait { after, .. } => after,
+        Admit::Granted(_) => panic!("the 21st of the backlog is not yet due"),
+    };
+    backlog.remove(19);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let moved_up = match admission.admit(&openai, 10, &mut backlog[19]).await {
+        Admit::Wait { after, .. } => after,
+        Admit::Granted(_) => Duration::ZERO,
+    };
+    assert!(
+        moved_up + Duration::from_millis(150) < behind,
+        "{behind:?} {moved_up:?}"
+    );
 }
 
 #[tokio::test]
@@ -290,7 +376,7 @@ async fn a_slot_held_by_a_worker_that_died_frees_itself() {
         max_concurrency: Some(1),
         ..EndpointLimits::default()
     });
-    let Admit::Granted(held) = admission.admit(&openai, 10).await else {
+    let Admit::Granted(held) = admission.admit(&openai, 10, &mut batch()).await else {
         panic!("the first call is admitted");
     };
     // Its worker dies mid-call: nothing releases the slot or renews it.
@@ -299,19 +385,24 @@ async fn a_slot_held_by_a_worker_that_died_frees_itself() {
         Admit::Wait {
             after,
             reason: "concurrency",
+            ..
         } => after,
         other => panic!("{other:?}"),
     };
-    // Callers refused together are told successive turns, not all the same moment.
-    let first = turn(admission.admit(&openai, 10).await);
-    let second = turn(admission.admit(&openai, 10).await);
+    // Callers refused together are told successive turns, not all the same moment; these two
+    // never ask again (their worker died too), and lose their places.
+    let (mut dead, mut dead_too) = (batch(), batch());
+    let first = turn(admission.admit(&openai, 10, &mut dead).await);
+    let second = turn(admission.admit(&openai, 10, &mut dead_too).await);
     assert!(
         second >= first + Duration::from_millis(500),
         "{first:?} {second:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
+    std::mem::forget((dead, dead_too));
+    let mut caller = batch();
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Admit::Granted(permit) = admission.admit(&openai, 10).await {
+        if let Admit::Granted(permit) = admission.admit(&openai, 10, &mut caller).await {
             permit.release(None).await;
             break;
         }
@@ -322,12 +413,12 @@ async fn a_slot_held_by_a_worker_that_died_frees_itself() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A call that ends frees its slot at once.
-    let Admit::Granted(permit) = admission.admit(&openai, 10).await else {
+    let Admit::Granted(permit) = admission.admit(&openai, 10, &mut batch()).await else {
         panic!("the freed slot is taken");
     };
     permit.release(None).await;
     assert!(matches!(
-        admission.admit(&openai, 10).await,
+        admission.admit(&openai, 10, &mut batch()).await,
         Admit::Granted(_)
     ));
 }

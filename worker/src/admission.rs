@@ -1,17 +1,21 @@
 //! Admission control: a provider call first takes its endpoint's budget, shared by every
 //! worker process through Redis, so that the service's own traffic stays within what the
-//! provider allows (`[providers.<name>.limits]`) instead of meeting it as a storm of 429s.
+//! provider allows (`[endpoints.<name>.limits]`) instead of meeting it as a storm of 429s.
 //!
 //! One script (`admission.lua`, one round trip) checks and takes, all or nothing: one request
 //! of the requests-per-minute budget, the tokens the call may use (prompt estimate + output
 //! limit) of the tokens-per-minute budget, and a slot among the calls at once. Both per-minute
 //! budgets are paced evenly (a cell-rate pacer: 120 per minute is one call every 500 ms),
-//! since providers enforce their per-minute limits over shorter periods too. Refused, the
-//! script says how long until the budget frees: the caller waits in place if that is short,
-//! and otherwise hands the request back to the queue (see `execution`). Callers refused by a
-//! per-minute budget are promised successive turns, so a backlog costs about one retry per
-//! call, not one per caller at every turn; callers refused a slot likewise, spaced by the
-//! endpoint's mean call time (measured at each release) over its slots.
+//! since providers enforce their per-minute limits over shorter periods too.
+//!
+//! Refused callers stand in a line per endpoint, interactive requests before batch items and
+//! each class in order of arrival, and the budget goes to them in that order: a caller's
+//! answer is how long until its turn, which it waits in place (its job keeps its worker slot,
+//! no call goes out) and then asks again with the same [`Ticket`]. A caller whose turn is
+//! further than [`WAIT_IN_PLACE`] leaves the line and goes back to the queue, due at a time
+//! promised to it (callers sent back together get successive ones, so each comes back about
+//! once). Waiting in place keeps the budget spent at its pace: a turn is never lost to a
+//! caller that is still in the queue when its time comes.
 //!
 //! A slot is a member of a sorted set scored by when its hold expires: renewed while the call
 //! runs, removed when it ends, and left to expire (within `SLOT_HOLD`) when its worker dies.
@@ -45,9 +49,15 @@ const SLOT_WAIT: Duration = Duration::from_millis(1000);
 /// How long the limits stay cut after an upstream 429, then how long they take to recover.
 const CUT_HOLD: Duration = Duration::from_secs(60);
 const CUT_RECOVERY: Duration = Duration::from_secs(60);
-/// The furthest ahead a refused call is told to come back: past it, turns are not promised in
-/// order any more (a backlog of over a minute of calls comes back in bursts of retries).
-const HORIZON_CAP: Duration = Duration::from_secs(60);
+/// The furthest ahead a caller sent back to the queue is told to come back (a promise made
+/// for callers that were cancelled since is forgotten by then).
+const PROMISE_CAP: Duration = Duration::from_secs(600);
+/// How long past its turn a waiting caller keeps its place in the line without asking again
+/// (its worker died, or is that slow): then the callers behind it move up.
+const PLACE_GRACE: Duration = Duration::from_secs(2);
+/// How late a per-minute turn may still be taken, so that a caller waking a few ms after its
+/// turn loses none (it is also the largest burst after an idle spell: 50 ms of calls).
+const LATE_TURN: Duration = Duration::from_millis(50);
 /// The smallest share of the declared limits a run of 429s can cut them to.
 const CUT_FLOOR: f64 = 1.0 / 16.0;
 /// How long Redis may take to answer an admission before the call goes ahead unadmitted.
@@ -55,18 +65,52 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// At most one warning per this interval while Redis is unreachable.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// A wait up to this long is waited in place (the job keeps its worker slot); a longer one
-/// hands the request back to the queue, due when the budget frees.
-pub const WAIT_IN_PLACE: Duration = Duration::from_millis(250);
-/// The most one call waits in place in all, before it goes back to the queue instead.
-pub const WAIT_IN_PLACE_TOTAL: Duration = Duration::from_secs(1);
+/// The longest a caller waits for its turn in place (its job keeps its worker slot); one whose
+/// turn is further back hands its request back to the queue. At 3,000 calls a minute, 5 s is
+/// 250 callers waiting across all workers: enough that the budget never waits for a caller.
+pub const WAIT_IN_PLACE: Duration = Duration::from_secs(5);
 
-/// The delay of a request sent back to the queue for `wait`: up to a fifth longer, at random,
-/// so that the requests refused together for a slot do not all come back at the same moment.
-pub fn spread(wait: Duration) -> Duration {
-    let random = ulid::Ulid::generate().random();
-    let share = (random % 1000) as f64 / 5000.0;
-    wait + wait.mul_f64(share)
+/// Whose line a caller stands in: interactive requests go before batch items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Interactive = 0,
+    Batch = 1,
+}
+
+/// One call's place in its endpoint's line, kept while it waits in place so that asking again
+/// keeps its turn. Dropped while in the line (the request was cancelled, or the job stopped),
+/// it leaves the line, so the callers behind it move up at once.
+#[derive(Debug)]
+pub struct Ticket {
+    holder: String,
+    class: Class,
+    /// Where it stands in line, if it does.
+    line: Option<Budget>,
+}
+
+impl Ticket {
+    pub fn new(class: Class) -> Self {
+        Self {
+            holder: ulid::Ulid::generate().to_string(),
+            class,
+            line: None,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(budget) = self.line.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let holder = std::mem::take(&mut self.holder);
+            runtime.spawn(async move {
+                budget
+                    .run("leave", [holder, "0".into(), "0".into(), "0".into()])
+                    .await;
+            });
+        }
+    }
 }
 
 /// Where a call goes, for its budget: the endpoint's name (the key of its shared budget and
@@ -94,10 +138,13 @@ pub fn endpoint_of(route: &Route<'_>) -> Endpoint {
 pub enum Admit {
     /// Call now; the permit holds the slot until released (or dropped).
     Granted(Permit),
-    /// Not before `after`; `reason` is `requests`, `tokens` or `concurrency`.
+    /// Not before `after`; `reason` is `requests`, `tokens` or `concurrency`. `in_line`: wait
+    /// in place and ask again with the same ticket; otherwise the call's turn is further than
+    /// [`WAIT_IN_PLACE`] and its request goes back to the queue for `after`.
     Wait {
         after: Duration,
         reason: &'static str,
+        in_line: bool,
     },
 }
 
@@ -121,8 +168,8 @@ impl std::fmt::Debug for Admission {
 }
 
 /// The script's answer to `take`: admitted, wait ms, reason, effective rpm, tpm and
-/// concurrency, Redis' time in ms.
-type TakeReply = (i64, i64, i64, i64, i64, i64, i64);
+/// concurrency, Redis' time in ms, still in line.
+type TakeReply = (i64, i64, i64, i64, i64, i64, i64, i64);
 
 impl Admission {
     /// Admission through `client` (keys under `prefix`); `None`: every call is let through.
@@ -145,8 +192,9 @@ impl Admission {
         format!("{}budget:{}", self.prefix, endpoint.name)
     }
 
-    /// Takes the budget of one call to `endpoint` needing `tokens`, all or nothing.
-    pub async fn admit(&self, endpoint: &Endpoint, tokens: u32) -> Admit {
+    /// Takes the budget of one call to `endpoint` needing `tokens`, all or nothing, for the
+    /// caller holding `ticket` (the same one each time it asks again after waiting).
+    pub async fn admit(&self, endpoint: &Endpoint, tokens: u32, ticket: &mut Ticket) -> Admit {
         let limits = endpoint.limits;
         if limits.is_unlimited() {
             return Admit::Granted(Permit::unchecked());
@@ -154,7 +202,7 @@ impl Admission {
         let Some(conn) = &self.conn else {
             return self.unchecked(endpoint, "no Redis connection");
         };
-        let holder = ulid::Ulid::generate().to_string();
+        let holder = ticket.holder.clone();
         let key = self.key(endpoint);
         let mut invocation = self.script.key(&key);
         invocation
@@ -167,20 +215,27 @@ impl Admission {
             .arg(millis(SLOT_HOLD))
             .arg(millis(SLOT_WAIT));
         with_cut_timing(&mut invocation);
+        invocation
+            .arg(ticket.class as u8)
+            .arg(millis(PLACE_GRACE))
+            .arg(millis(LATE_TURN))
+            .arg(millis(PROMISE_CAP));
         let mut conn = conn.clone();
         let reply: Result<TakeReply, _> = invocation.invoke_async(&mut conn).await;
-        let (admitted, wait_ms, reason, rpm, tpm, conc, now) = match reply {
+        let (admitted, wait_ms, reason, rpm, tpm, conc, now, in_line) = match reply {
             Ok(reply) => reply,
             Err(err) => return self.unchecked(endpoint, &err.to_string()),
         };
         self.export_limits(endpoint, rpm, tpm, conc);
+        let budget = Budget {
+            conn,
+            script: self.script.clone(),
+            key,
+        };
+        ticket.line = (in_line == 1).then(|| budget.clone());
         if admitted == 1 {
             return Admit::Granted(Permit {
-                budget: Some(Budget {
-                    conn,
-                    script: self.script.clone(),
-                    key,
-                }),
+                budget: Some(budget),
                 slot: (conc > 0).then_some(holder),
                 tpm: u32::try_from(tpm).unwrap_or(0),
                 tokens,
@@ -199,6 +254,7 @@ impl Admission {
         Admit::Wait {
             after: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0).max(1)),
             reason,
+            in_line: in_line == 1,
         }
     }
 
@@ -276,13 +332,13 @@ impl Admission {
     }
 }
 
-/// The hold and recovery of a cut and the horizon's cap, which every mode of the script takes
-/// as ARGV[9], [10] and [11].
+/// The hold and recovery of a cut and the longest wait in place, which every mode of the
+/// script takes as ARGV[9], [10] and [11].
 fn with_cut_timing(invocation: &mut redis::ScriptInvocation<'_>) {
     invocation
         .arg(millis(CUT_HOLD))
         .arg(millis(CUT_RECOVERY))
-        .arg(millis(HORIZON_CAP));
+        .arg(millis(WAIT_IN_PLACE));
 }
 
 fn millis(d: Duration) -> u64 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 
-use crate::admission::{self, Admission, Admit, Endpoint, Permit};
+use crate::admission::{self, Admission, Admit, Class, Endpoint, Permit, Ticket};
 use crate::circuit::CircuitBreakers;
 use llm_shared::metrics::Metrics;
 use uuid::Uuid;
@@ -274,7 +274,11 @@ impl Executor {
             };
             let client = route.client;
             let endpoint = admission::endpoint_of(&route);
-            let permit = match self.take_budget(&endpoint, tokens).await {
+            let class = match claimed.batch_id {
+                Some(_) => Class::Batch,
+                None => Class::Interactive,
+            };
+            let permit = match self.take_budget(&endpoint, tokens, class).await {
                 Ok(permit) => permit,
                 Err((delay, reason)) => {
                     // No call goes out: a half-open probe this was is not spent either.
@@ -369,27 +373,25 @@ impl Executor {
         Ok(None)
     }
 
-    /// Takes the endpoint's budget for one call, waiting in place while the waits are short;
-    /// `Err` is how long until it frees (the request goes back to the queue) and why.
+    /// Takes the endpoint's budget for one call, waiting in place for its turn in the
+    /// endpoint's line; `Err`: the turn is too far back, the request goes back to the queue
+    /// for that long (and why).
     async fn take_budget(
         &self,
         endpoint: &Endpoint,
         tokens: u32,
+        class: Class,
     ) -> Result<Permit, (Duration, &'static str)> {
-        let mut waited = Duration::ZERO;
+        let mut ticket = Ticket::new(class);
         loop {
-            match self.admission.admit(endpoint, tokens).await {
+            match self.admission.admit(endpoint, tokens, &mut ticket).await {
                 Admit::Granted(permit) => return Ok(permit),
-                Admit::Wait { after, .. }
-                    if after <= admission::WAIT_IN_PLACE
-                        && waited + after <= admission::WAIT_IN_PLACE_TOTAL =>
-                {
-                    tokio::time::sleep(after).await;
-                    waited += after;
-                }
-                Admit::Wait { after, reason } => {
-                    return Err((admission::spread(after), reason));
-                }
+                Admit::Wait {
+                    after,
+                    in_line: true,
+                    ..
+                } => tokio::time::sleep(after).await,
+                Admit::Wait { after, reason, .. } => return Err((after, reason)),
             }
         }
     }

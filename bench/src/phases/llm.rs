@@ -6,13 +6,13 @@
 //! at a time (every fourth streamed), until the batch has drained. One worker runs it all at
 //! its default concurrency.
 //!
-//! It reports what happens, whatever the workers do with the limit: calls answered per minute
-//! against the limit, the upstream's `429`s, how the batch ended, the interactive requests'
+//! It reports what happens, whatever the workers do with the limit: calls accepted per minute
+//! against the limit while the batch had items waiting (and over the whole phase), the upstream's `429`s, how the batch ended, the interactive requests'
 //! queue wait (`started_at - created_at`), the calls in flight on the worker and its memory.
 //! [`super::llm_capacity`] measures memory per call in flight and open streams on one api.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -47,9 +47,13 @@ pub struct LlmResult {
     /// Calls the fake answered (`200`), and refused with `429`.
     pub upstream_answered: u64,
     pub upstream_429: u64,
-    /// Calls answered per minute, from the first to the last accepted call.
+    /// Calls accepted per minute while the batch had items waiting for a call (more items
+    /// left than calls out): what the workers draw from the limit when they have the work.
     pub throughput_rpm: f64,
     pub throughput_pct_of_limit: f64,
+    /// Calls accepted per minute from the first accepted call to the last (the batch's ramp
+    /// up and its tail, when only its last calls and the interactive users remain, included).
+    pub overall_rpm: f64,
     pub batch_completed: i64,
     pub batch_failed: i64,
     /// Items not final when the phase stopped waiting (half again the time the limit allows
@@ -149,16 +153,14 @@ async fn drain_with_users(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let worker_rss_idle_mb = rss_mb(worker_pid);
 
-    let stop_users = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(UserCounts::default());
     let mut interactive = Vec::new();
     for (n, user) in users.iter().enumerate() {
         let token = keys.issue(*user, 7200, None)?;
-        let (client, base, stop) = (
-            stack.client.clone(),
-            stack.base.to_owned(),
-            stop_users.clone(),
-        );
-        interactive.push(tokio::spawn(interactive_user(client, base, token, n, stop)));
+        let (client, base, counts) = (stack.client.clone(), stack.base.to_owned(), counts.clone());
+        interactive.push(tokio::spawn(interactive_user(
+            client, base, token, n, counts,
+        )));
     }
 
     let started = Instant::now();
@@ -192,9 +194,14 @@ async fn drain_with_users(
     let deadline = started + Duration::from_secs_f64(at_limit * 1.5 + 60.0);
     let (mut in_flight, mut rss_peak) = (Vec::new(), worker_rss_idle_mb);
     let mut batch_unfinished = 0;
+    // The window in which the batch had items waiting (more left than calls out): calls
+    // accepted then, at the first and the latest sample of it.
+    let mut backlog: Option<((Instant, u64), (Instant, u64))> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        in_flight.push(fake.counters.in_flight.load(Relaxed));
+        let out = fake.counters.in_flight.load(Relaxed);
+        let accepted = (Instant::now(), fake.counters.answered.load(Relaxed));
+        in_flight.push(out);
         rss_peak = rss_peak.max(rss_mb(worker_pid));
         let left: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM generation_requests WHERE completed_at IS NULL AND user_id = $1",
@@ -202,6 +209,9 @@ async fn drain_with_users(
         .bind(tenant)
         .fetch_one(pool)
         .await?;
+        if left > i64::try_from(out).unwrap_or(i64::MAX) && accepted.1 > 0 {
+            backlog = Some((backlog.map_or(accepted, |(first, _)| first), accepted));
+        }
         if left == 0 {
             break;
         }
@@ -211,14 +221,17 @@ async fn drain_with_users(
         }
     }
     let drain_secs = started.elapsed().as_secs_f64();
-    stop_users.store(true, Relaxed);
-    let (mut interactive_requests, mut interactive_streamed) = (0, 0);
-    for user in interactive {
-        if let Ok((sent, streamed)) = user.await {
-            interactive_requests += sent;
-            interactive_streamed += streamed;
-        }
+    // The users finish the request in hand, if it ends soon: the phase keeps its bound.
+    counts.stop.store(true, Relaxed);
+    let users_done = futures::future::join_all(interactive.iter_mut());
+    if tokio::time::timeout(Duration::from_secs(30), users_done)
+        .await
+        .is_err()
+    {
+        interactive.iter().for_each(|user| user.abort());
     }
+    let interactive_requests = counts.sent.load(Relaxed);
+    let interactive_streamed = counts.streamed.load(Relaxed);
     stop(&mut worker).await;
 
     let waits: Vec<f64> = sqlx::query_scalar(
@@ -248,7 +261,11 @@ async fn drain_with_users(
         - c.first_accepted_ms.load(Relaxed) as f64)
         .max(1.0)
         / 60_000.0;
-    let throughput_rpm = answered as f64 / span_min;
+    let overall_rpm = answered as f64 / span_min;
+    let throughput_rpm = match backlog {
+        Some(((t0, n0), (t1, n1))) if t1 > t0 => (n1 - n0) as f64 * 60.0 / (t1 - t0).as_secs_f64(),
+        _ => overall_rpm,
+    };
     Ok(LlmResult {
         limit_rpm: args.llm_rpm,
         batch_items,
@@ -258,6 +275,7 @@ async fn drain_with_users(
         upstream_429: c.limited.load(Relaxed),
         throughput_rpm,
         throughput_pct_of_limit: throughput_rpm * 100.0 / args.llm_rpm.max(1) as f64,
+        overall_rpm,
         batch_completed,
         batch_failed,
         batch_unfinished,
@@ -274,20 +292,29 @@ async fn drain_with_users(
     })
 }
 
+/// What the interactive users did, and the flag that stops them.
+#[derive(Default)]
+struct UserCounts {
+    stop: AtomicBool,
+    /// Requests sent, and how many of them streamed.
+    sent: AtomicUsize,
+    streamed: AtomicUsize,
+}
+
 /// One interactive user: a request at a time (every [`STREAMED_EVERY`]th streamed, the others
-/// long-polled to their end), a second of thought between them, until `stop`. Answers the
-/// requests sent and how many were streamed.
+/// long-polled to their end), a second of thought between them, until told to stop.
 async fn interactive_user(
     client: reqwest::Client,
     base: String,
     token: String,
     user: usize,
-    stop: Arc<AtomicBool>,
-) -> (usize, usize) {
-    let (mut sent, mut streamed) = (0, 0);
-    while !stop.load(Relaxed) {
+    counts: Arc<UserCounts>,
+) {
+    let mut sent = 0;
+    while !counts.stop.load(Relaxed) {
         let body = json!({"prompt": format!("User {user} asks question {sent}: a backstory."),
                           "model": MODEL});
+        counts.sent.fetch_add(1, Relaxed);
         if sent % STREAMED_EVERY == STREAMED_EVERY - 1 {
             let opened = client
                 .post(format!("{base}/api/v1/generate/stream"))
@@ -296,8 +323,8 @@ async fn interactive_user(
                 .send()
                 .await;
             if let Ok(response) = opened {
+                counts.streamed.fetch_add(1, Relaxed);
                 crate::sse::SseCounter::new(response).until_done().await;
-                streamed += 1;
             }
         } else {
             let _ = submit_and_wait(&client, &base, &token, &body).await;
@@ -305,7 +332,6 @@ async fn interactive_user(
         sent += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    (sent, streamed)
 }
 
 /// Submits `body` and long-polls the request until it is final.

@@ -40,6 +40,8 @@ pub struct ClaimedRequest {
     pub first_attempt: i32,
     /// Times an admin sent it back to the queue.
     pub replays: i32,
+    /// The batch it is an item of (its calls wait behind interactive requests' for budget).
+    pub batch_id: Option<Uuid>,
 }
 
 /// What a claim found.

@@ -32,7 +32,7 @@ WITH locked AS (
                         ELSE false END
     RETURNING r.id, r.attempts, r.max_attempts, r.prompt, r.model, r.parameters,
               r.metadata, r.fallback_index, r.stream, r.cache_key, r.cache_policy,
-              r.user_id, r.estimated_tokens, r.created_at, r.trace_id, r.replays
+              r.user_id, r.estimated_tokens, r.created_at, r.trace_id, r.replays, r.batch_id
 ), opened AS (
     INSERT INTO generation_attempts (request_id, attempt, run, worker)
     SELECT c.id,
