@@ -149,6 +149,23 @@ pub async fn reschedule(
     Ok(())
 }
 
+/// Stops `worker` fetching jobs below priority `below` for `pause` (a longer pause already
+/// running is kept): `apalis.get_jobs` skips them for that worker meanwhile.
+pub async fn pause_fetch(
+    pool: &PgPool,
+    worker: &str,
+    below: i32,
+    pause: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(include_str!("queue/sql/pause_fetch.sql"))
+        .bind(worker)
+        .bind(below)
+        .bind(pause.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Re-queues the jobs of unfinished requests that nothing will run any more: the request is
 /// `pending`, or `running` with an expired lease, while its job is finished or out of
 /// attempts (e.g. an acknowledgement raced a reschedule). Returns how many it re-queued.

@@ -42,6 +42,16 @@ async fn app_and_two_workers(
     registry: &Path,
     env: &[(&str, &str)],
 ) -> (TestApp, Vec<Child>) {
+    app_and_workers(openai, registry, env, 2).await
+}
+
+/// An app accepting OpenAI models and `n` worker processes calling `openai` under `registry`.
+async fn app_and_workers(
+    openai: &FakeUpstream,
+    registry: &Path,
+    env: &[(&str, &str)],
+    n: usize,
+) -> (TestApp, Vec<Child>) {
     let app = spawn_app_with_providers(&llm_tests::openai_flags(openai)).await;
     let registry = registry.display().to_string();
     let mut all = vec![
@@ -52,7 +62,7 @@ async fn app_and_two_workers(
         ("DATABASE_MAX_CONNECTIONS", "6"),
     ];
     all.extend_from_slice(env);
-    let workers = (0..2)
+    let workers = (0..n)
         .map(|_| spawn_worker_process(&app.db, &all))
         .collect();
     (app, workers)
@@ -421,4 +431,74 @@ async fn a_slot_held_by_a_worker_that_died_frees_itself() {
         admission.admit(&openai, 10, &mut batch()).await,
         Admit::Granted(_)
     ));
+}
+
+#[tokio::test]
+async fn a_worker_leaves_a_batch_backlog_it_has_no_budget_for_in_the_queue_and_still_starts_interactive_requests_at_once()
+ {
+    // Two calls a second: five seconds of waiting in place is ten batch items.
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        .always(openai::success("A dwarf smith", 5, 7))
+        .enforce(
+            ProviderLimits {
+                requests_per_minute: Some(120),
+                ..ProviderLimits::default()
+            },
+            refusal(),
+        );
+    let registry = registry_file("requests_per_minute = 120", &[]);
+    // Slots to spare: the worker would fetch items to send back, not wait for a slot.
+    let concurrency = [("WORKER_CONCURRENCY", "100")];
+    let (app, _worker) = app_and_workers(&openai, &registry, &concurrency, 1).await;
+    let owner = Uuid::now_v7();
+    for half in 0..2 {
+        let items: Vec<Value> = (0..150)
+            .map(|i| {
+                json!({"model": "gpt-4o-mini", "prompt": format!("village {half} {i}"),
+                            "cache": {"no_cache": true}})
+            })
+            .collect();
+        let (status, body) = app
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/generate/batch",
+                &app.token_for(owner),
+                Some(json!({"items": items})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // Items whose turn is far off went back to the queue once, and then the worker stopped
+    // fetching new ones: most were never claimed (without the pause it would have claimed and
+    // sent back all 300 by now, each costing a claim and a release).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paused = "SELECT COUNT(*) FROM apalis.fetch_pauses WHERE until > NOW()";
+    assert_eq!(app.db.count(paused).await, 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let claimed = "SELECT COUNT(*) FROM generation_requests WHERE started_at IS NOT NULL";
+    let claimed = app.db.count(claimed).await;
+    assert!(claimed < 250, "{claimed} of 300 batch items claimed");
+
+    // An interactive request is still fetched at once, and its call goes before the backlog's.
+    let id = app
+        .submit_ok(json!({"model": "gpt-4o-mini", "prompt": "the innkeeper",
+                          "cache": {"no_cache": true}}))
+        .await;
+    let done = app.wait_final(id, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let waited: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (started_at - created_at))::float8 FROM generation_requests
+         WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        waited < 1.0,
+        "the interactive request waited {waited} s to start"
+    );
+    assert_eq!(openai.limit_stats().refused, 0);
+    let _ = std::fs::remove_file(registry);
 }

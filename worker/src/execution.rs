@@ -33,6 +33,9 @@ use llm_shared::stream_relay::{RelayKind, StreamRelay};
 
 type Clients = Arc<ClientSet>;
 
+/// The code of a request sent back to the queue to wait for its endpoint's budget.
+pub const BUDGET_WAIT: &str = "budget_wait";
+
 /// The clients of the registry, every endpoint's circuit tracked (exported from the start).
 fn build_clients(
     registry: &ModelRegistry,
@@ -286,7 +289,7 @@ impl Executor {
                     return Ok(Some(Outcome::Reschedule {
                         delay,
                         fallback_index: i32::try_from(index).unwrap_or(0),
-                        code: "budget_wait",
+                        code: BUDGET_WAIT,
                         message: format!(
                             "waiting for the budget of endpoint {} ({reason})",
                             endpoint.name

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::state::WorkerState;
 
-use crate::execution::Outcome;
+use crate::execution::{BUDGET_WAIT, Outcome};
 use crate::persist;
 use llm_shared::queue::GenerationJob;
 use llm_shared::requests::{self, Claim, ClaimedRequest};
@@ -175,6 +175,10 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
             state
                 .metrics
                 .generation_ended(&claimed.model, "none", "rescheduled", None);
+            if *code == BUDGET_WAIT && claimed.batch_id.is_some() {
+                // Before the release: the sooner the pause, the fewer items fetched for nothing.
+                state.fetch_pause.batch_item_sent_back(*delay).await;
+            }
             persist::retrying(request_id, "reschedule", state.result_retry, || {
                 requests::release_for_retry(
                     &state.pool,

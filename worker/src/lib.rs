@@ -8,6 +8,7 @@ pub mod admission;
 pub mod circuit;
 pub mod config;
 pub mod execution;
+pub mod fetch_pause;
 pub mod job;
 pub mod outbox;
 mod persist;

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::admission::Admission;
 use crate::config::WorkerConfig;
 use crate::execution::{Executor, Limits};
+use crate::fetch_pause::FetchPause;
 use crate::providers::MockProvider;
 use llm_shared::cache::ResponseCache;
 use llm_shared::generation::GenerationOutput;
@@ -48,6 +49,8 @@ pub struct WorkerState {
     pub metrics: Arc<Metrics>,
     /// Requests this process is running now (their leases are renewed).
     pub(crate) running: Mutex<HashSet<Uuid>>,
+    /// This worker's pause of new batch jobs while their calls wait for budget.
+    pub fetch_pause: FetchPause,
     /// The claims of this process's jobs, group-committed.
     claims: Batcher<Uuid, Result<Claim, sqlx::Error>>,
     /// The completing writes of this process's jobs, group-committed.
@@ -110,6 +113,7 @@ impl WorkerState {
             metrics.clone(),
         );
         Self {
+            fetch_pause: FetchPause::new(pool.clone(), name.clone()),
             pool,
             name,
             lease: config.lease(),

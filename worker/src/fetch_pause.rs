@@ -1,0 +1,67 @@
+//! Pausing this worker's fetch of new batch jobs while the batch items it fetches are being
+//! sent back to the queue for want of provider budget: fetching one only to send it back costs
+//! the database a claim and a release, and a worker with free slots and a backlog of thousands
+//! would do little else. Interactive jobs, and batch jobs coming back at the time promised to
+//! them, are still fetched (`apalis.get_jobs` reads the pause: `queue::pause_fetch`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use llm_shared::queue;
+use sqlx::PgPool;
+
+/// The longest pause: a batch for another endpoint, which may have budget, waits this long at
+/// most for its next fetch.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// A pause is written again only when it would end at least this much later (one write per
+/// second or so, not one per item sent back).
+const EXTEND_BY: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+pub struct FetchPause {
+    pool: PgPool,
+    worker: String,
+    /// When the pause written last ends, in Unix ms.
+    until_ms: AtomicU64,
+}
+
+impl FetchPause {
+    pub fn new(pool: PgPool, worker: String) -> Self {
+        Self {
+            pool,
+            worker,
+            until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A batch item went back to the queue for `wait`: new batch jobs are not fetched for that
+    /// long (at most [`MAX_PAUSE`]). A failed write only leaves the fetch unpaused.
+    pub async fn batch_item_sent_back(&self, wait: Duration) {
+        let pause = wait.min(MAX_PAUSE);
+        let until = unix_ms().saturating_add(millis(pause));
+        let current = self.until_ms.load(Ordering::Relaxed);
+        if until < current.saturating_add(millis(EXTEND_BY))
+            || self
+                .until_ms
+                .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let below = i32::try_from(queue::returning(queue::BATCH_PRIORITY)).unwrap_or(1);
+        if let Err(err) = queue::pause_fetch(&self.pool, &self.worker, below, pause).await {
+            tracing::debug!(error = %err, "could not pause the fetch of new batch jobs");
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
