@@ -69,6 +69,7 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         http::openai::completions,
         http::openai::list_models,
         http::openai::show_model,
+        http::anthropic::messages,
         http::health::live,
         http::health::ready,
         http::health::metrics,
