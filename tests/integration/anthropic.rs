@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use llm_tests::fake_upstream::{self, FakeUpstream};
 use llm_tests::sse::{SseMessage, SseReader};
-use llm_tests::{TestApp, spawn_api_process_with, start_worker};
+use llm_tests::{TestApp, spawn_api_process_with, spawn_worker_process, start_worker};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -145,9 +145,20 @@ async fn a_message_is_a_durable_request_answered_in_anthropic_format() {
 }
 
 #[tokio::test]
-async fn a_max_tokens_cut_reports_max_tokens_and_the_conversation_reaches_anthropic_whole() {
+async fn the_conversation_reaches_anthropic_whole_and_a_cut_answer_stops_for_max_tokens() {
     let anthropic = FakeUpstream::start("").await;
-    anthropic.always(fake_upstream::anthropic::success("Aye.", 20, 1));
+    anthropic
+        .then(fake_upstream::anthropic::success("Aye.", 20, 1))
+        .then(fake_upstream::Reply::Json {
+            status: 200,
+            body: json!({
+                "id": "msg_02", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                "content": [{"type": "text", "text": "Arr, the treasure lies"}],
+                "stop_reason": "max_tokens", "stop_sequence": null,
+                "usage": {"input_tokens": 9, "output_tokens": 5}
+            }),
+            headers: vec![],
+        });
     let flags = [
         "--anthropic-base-url",
         &anthropic.base_url,
@@ -181,6 +192,21 @@ async fn a_max_tokens_cut_reports_max_tokens_and_the_conversation_reaches_anthro
             {"role": "assistant", "content": "Ahoy."},
             {"role": "user", "content": "Where is the treasure?"}
         ])
+    );
+
+    // An answer cut by its token limit stops for `max_tokens`.
+    let (status, _, body) = post(
+        &app,
+        &app.token(),
+        json!({"model": "claude-sonnet", "max_tokens": 5,
+               "messages": [{"role": "user", "content": "Where, exactly?"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stop_reason"], "max_tokens");
+    assert_eq!(
+        body["usage"],
+        json!({"input_tokens": 9, "output_tokens": 5})
     );
     worker.stop().await;
 }
@@ -457,6 +483,124 @@ async fn a_rate_limited_message_is_429_with_retry_after_and_anthropics_error() {
     assert!(
         headers.get("x-should-retry").is_none(),
         "a 429 may be retried"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_that_regenerates_what_was_sent_streams_on_and_one_that_differs_errors() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        // Cut after "Hello ", then the retry says the same and more: seamless.
+        .then(fake_upstream::openai::stream(
+            &["Hello ", "wor"],
+            5,
+            2,
+            false,
+        ))
+        .then(fake_upstream::openai::stream(
+            &["Hello ", "world."],
+            5,
+            2,
+            true,
+        ))
+        // Cut after "Half ", then the retry says something else: the client is told.
+        .then(fake_upstream::openai::stream(&["Half ", "a "], 5, 2, false))
+        .then(fake_upstream::openai::stream(
+            &["A whole answer."],
+            5,
+            3,
+            true,
+        ));
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 16, "stream": true,
+                      "cache": {"no_cache": true},
+                      "messages": [{"role": "user", "content": "Greet"}]});
+    let (_, id, seamless) = events(&app, body.clone()).await;
+    assert_eq!(seamless.last().unwrap().event, "message_stop");
+    assert_eq!(streamed_text(&seamless), "Hello world.");
+    let (_, row) = app.poll(id.unwrap(), 0).await;
+    assert_eq!(row["result"], "Hello world.");
+
+    let (_, id, diverged) = events(&app, body).await;
+    let last = diverged.last().unwrap();
+    assert_eq!(last.event, "error", "{diverged:?}");
+    assert_eq!(last.data["error"]["type"], "api_error");
+    let id = id.unwrap();
+    assert_eq!(last.data["request_id"], id.to_string());
+    assert!(streamed_text(&diverged).starts_with("Half"));
+    let (_, row) = app.poll(id, 0).await;
+    assert_eq!(row["status"], "completed");
+    assert_eq!(
+        row["result"], "A whole answer.",
+        "the stored result is whole"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_relay_a_streamed_message_is_529_overloaded_and_nothing_is_stored() {
+    let app = llm_tests::spawn_app_with("redis://127.0.0.1:1".into()).await;
+    let (status, headers, answer) = post(
+        &app,
+        &app.token(),
+        json!({"model": "mock", "max_tokens": 4, "stream": true,
+               "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 529, "{answer}");
+    assert_eq!(answer["error"]["type"], "overloaded_error");
+    assert!(
+        headers.get("x-should-retry").is_none(),
+        "an overload may be retried"
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM generation_requests")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
+    let db = llm_tests::TestDb::new().await;
+    let (_api, base) = spawn_api_process_with(&db, &[("OPENAI_COMPAT_WAIT_SECS", "1")]).await;
+    let _worker = spawn_worker_process(&db, &[]);
+    let token = test_jwt().issue(Uuid::now_v7(), 600, None).unwrap();
+    let http = reqwest::Client::new();
+    let call = || {
+        http.post(format!("{base}/v1/messages"))
+            .header("x-api-key", &token)
+            .header("anthropic-version", VERSION)
+            .header("Idempotency-Key", "slow-message-1")
+            .json(
+                &json!({"model": "mock", "max_tokens": 8, "mock": {"latency_ms": 3000},
+                          "messages": [{"role": "user", "content": "slowly"}]}),
+            )
+            .send()
+    };
+    let response = call().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let id = request_id(response.headers());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "timeout_error");
+    assert_eq!(body["request_id"], id.to_string());
+    let poll_url = body["error"]["poll_url"].as_str().unwrap().to_owned();
+    let polled = http
+        .get(format!("{base}{poll_url}?wait=10"))
+        .bearer_auth(&token);
+    let polled: Value = polled.send().await.unwrap().json().await.unwrap();
+    assert_eq!(polled["status"], "completed", "{polled}");
+    // The same call again (its Idempotency-Key) is the same request, now complete.
+    let again: Value = call().await.unwrap().json().await.unwrap();
+    assert_eq!(again["id"], format!("msg_{id}"));
+    assert_eq!(again["content"][0]["text"], polled["result"]);
+    assert_eq!(
+        db.count("SELECT count(*) FROM generation_requests").await,
+        1
     );
 }
 
