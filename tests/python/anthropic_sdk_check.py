@@ -64,7 +64,9 @@ check(
     and len(streamed.split()) == 24
     and final.content[0].text == streamed
     and final.stop_reason == "end_turn"
-    and final.usage.output_tokens == 24,
+    and final.usage.output_tokens == 24
+    and final.usage.input_tokens > 0
+    and final.id.startswith("msg_"),
     f"pieces={pieces!r} final={final!r}",
 )
 
