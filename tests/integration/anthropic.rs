@@ -42,7 +42,7 @@ fn request_id(headers: &reqwest::header::HeaderMap) -> Uuid {
 }
 
 /// The events of a streamed message, up to `message_stop` or `error` (included).
-async fn events(app: &TestApp, body: Value) -> (u16, Option<Uuid>, Vec<SseMessage>) {
+async fn events_of(app: &TestApp, body: Value) -> (u16, Option<Uuid>, Vec<SseMessage>) {
     let request = app
         .http
         .post(app.url("/v1/messages"))
@@ -214,12 +214,9 @@ async fn the_conversation_reaches_anthropic_whole_and_a_cut_answer_stops_for_max
 #[tokio::test]
 async fn a_streamed_message_sends_anthropics_event_sequence() {
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
-    let (status, id, events) = events(
-        &app,
-        json!({"model": "mock", "stream": true, "max_tokens": 20,
-               "messages": [{"role": "user", "content": "A rumour"}]}),
-    )
-    .await;
+    let body = json!({"model": "mock", "stream": true, "max_tokens": 20,
+                      "messages": [{"role": "user", "content": "A rumour"}]});
+    let (status, id, events) = events_of(&app, body.clone()).await;
     assert_eq!(status, 200);
     let id = id.expect("message_start carries the request id");
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
@@ -258,13 +255,24 @@ async fn a_streamed_message_sends_anthropics_event_sequence() {
     assert_eq!(row["status"], "completed");
     assert_eq!(row["metadata"]["api"], "anthropic.messages");
     assert_eq!(streamed_text(&events), row["result"].as_str().unwrap());
+
+    // The same call again is answered from the cache: the same sequence and text.
+    let (status, again, cached) = events_of(&app, body).await;
+    assert_eq!(status, 200);
+    let again = again.unwrap();
+    assert_ne!(again, id, "a request of its own");
+    assert_eq!(app.poll(again, 0).await.1["cached"], true);
+    let names: Vec<&str> = cached.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names[0], "message_start", "{names:?}");
+    assert_eq!(names[names.len() - 1], "message_stop", "{names:?}");
+    assert_eq!(streamed_text(&cached), row["result"].as_str().unwrap());
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn a_failed_streamed_message_ends_with_an_error_event() {
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
-    let (status, id, events) = events(
+    let (status, id, events) = events_of(
         &app,
         json!({"model": "mock", "stream": true, "max_tokens": 8, "mock": {"fail": "permanent"},
                "messages": [{"role": "user", "content": "doomed"}]}),
@@ -516,13 +524,13 @@ async fn a_retry_that_regenerates_what_was_sent_streams_on_and_one_that_differs_
     let body = json!({"model": "gpt-4o", "max_tokens": 16, "stream": true,
                       "cache": {"no_cache": true},
                       "messages": [{"role": "user", "content": "Greet"}]});
-    let (_, id, seamless) = events(&app, body.clone()).await;
+    let (_, id, seamless) = events_of(&app, body.clone()).await;
     assert_eq!(seamless.last().unwrap().event, "message_stop");
     assert_eq!(streamed_text(&seamless), "Hello world.");
     let (_, row) = app.poll(id.unwrap(), 0).await;
     assert_eq!(row["result"], "Hello world.");
 
-    let (_, id, diverged) = events(&app, body).await;
+    let (_, id, diverged) = events_of(&app, body).await;
     let last = diverged.last().unwrap();
     assert_eq!(last.event, "error", "{diverged:?}");
     assert_eq!(last.data["error"]["type"], "api_error");
