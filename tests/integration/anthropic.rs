@@ -612,6 +612,63 @@ async fn a_message_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     );
 }
 
+#[tokio::test]
+async fn models_are_listed_in_anthropic_format_to_anthropic_clients() {
+    let app = llm_tests::spawn_app().await;
+    let get = |path: &str, key: Option<String>| {
+        let mut request = app
+            .http
+            .get(app.url(path))
+            .header("anthropic-version", VERSION);
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    let response = get("/v1/models", Some(app.token())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let list: Value = response.json().await.unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"mock") && ids.contains(&"mock-large"),
+        "{ids:?}"
+    );
+    assert!(!ids.contains(&"claude-sonnet"), "no Anthropic key here");
+    assert_eq!(list["has_more"], false);
+    assert_eq!(list["first_id"], ids[0]);
+    assert_eq!(list["data"][0]["type"], "model");
+    assert!(list["data"][0]["created_at"].is_string());
+
+    let one: Value = get("/v1/models/mock", Some(app.token()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["type"], "model");
+    assert_eq!(one["id"], "mock");
+    let missing = get("/v1/models/claude-sonnet", Some(app.token()))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!(missing["error"]["type"], "not_found_error");
+    let anonymous = get("/v1/models", None).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let anonymous: Value = anonymous.json().await.unwrap();
+    assert_eq!(anonymous["error"]["type"], "authentication_error");
+
+    // Without anthropic-version, the same route answers OpenAI's list.
+    let (status, list) = app.get_json("/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["object"], "list");
+}
+
 fn test_jwt() -> llm_api::jwt::JwtKeys {
     llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
 }
@@ -663,6 +720,7 @@ async fn the_official_anthropic_python_sdk_works_unchanged() {
         "stream_events",
         "rate_limit",
         "bad_request",
+        "models",
     ] {
         assert!(
             stdout.lines().any(|l| l == format!("ok {check}")),

@@ -119,3 +119,12 @@ except anthropic.BadRequestError as err:
         and "max_tokens" in err.body["error"]["message"],
         repr(err),
     )
+
+# The models: the registry's, listed and retrieved as Anthropic model objects.
+models = [m.id for m in client.models.list()]
+model = client.models.retrieve("mock")
+check(
+    "models",
+    "mock" in models and model.type == "model" and model.id == "mock",
+    f"models={models!r} model={model!r}",
+)

@@ -15,9 +15,11 @@
 //! `2023-06-01`). Errors have Anthropic's shape and statuses (`error`).
 //!
 //! This file holds the handler; the request body and its translation are in `request`, the
-//! JSON answer in `response`, the SSE events in `stream` and the error shape in `error`.
+//! JSON answer in `response`, the SSE events in `stream`, the error shape in `error`, and the
+//! Anthropic answers of the shared `/v1/models` routes in `models`.
 
 mod error;
+pub(crate) mod models;
 mod request;
 mod response;
 mod stream;
