@@ -188,6 +188,14 @@ async fn openapi_document_has_schemas_the_error_shape_and_the_bearer_scheme() {
         chat_body.get("other").is_none(),
         "the catch-all is not a parameter"
     );
+    let key = &doc["components"]["securitySchemes"]["api_key"];
+    assert_eq!(key["type"], "apiKey");
+    assert_eq!(key["in"], "header");
+    assert_eq!(key["name"], "x-api-key");
+    assert_eq!(
+        doc["paths"]["/v1/messages"]["post"]["security"][1]["api_key"],
+        Value::Array(vec![])
+    );
     let messages = &doc["components"]["schemas"]["MessagesRequest"]["properties"];
     for field in ["model", "messages", "max_tokens", "system", "stream"] {
         assert!(messages.get(field).is_some(), "MessagesRequest.{field}");

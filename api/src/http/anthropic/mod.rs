@@ -68,7 +68,7 @@ const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry"
         (status = 200, description = "the message (`stream: true`: `message_start` … `message_stop` events)", body = MessageObject),
         MessageErrors,
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
 )]
 pub async fn messages(
     State(state): State<AppState>,

@@ -24,7 +24,7 @@ use llm_shared::models::{ModelRegistry, ModelSpec};
         (status = 200, description = "the models", body = ModelList),
         (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
 )]
 pub async fn list_models(
     State(state): State<AppState>,
@@ -66,7 +66,7 @@ pub async fn list_models(
         (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
         (status = 404, description = "unknown or unusable model (`model_not_found`)", body = OpenAiErrorBody),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
 )]
 pub async fn show_model(
     State(state): State<AppState>,
