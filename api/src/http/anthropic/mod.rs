@@ -32,7 +32,7 @@ use uuid::Uuid;
 use super::extract::JsonBody;
 use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
 use super::stream::{Subscribed, follow_events, submit_subscribed};
-use crate::auth::ApiKeyUser;
+use crate::auth::{ApiKeyUser, AuthUser};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
@@ -102,7 +102,7 @@ fn require_version(headers: &HeaderMap) -> Result<(), AnthropicError> {
 /// to `OPENAI_COMPAT_WAIT_SECS` and answered from its row.
 async fn run(
     state: AppState,
-    user: crate::auth::AuthUser,
+    user: AuthUser,
     trace: TraceContext,
     headers: &HeaderMap,
     call: Call,
