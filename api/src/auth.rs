@@ -1,11 +1,12 @@
 //! Authentication of a request: the [`AuthUser`] extractor takes the bearer token of the
 //! `Authorization` header and verifies it with the api's [`JwtKeys`](crate::jwt::JwtKeys); the
 //! roles that grant the admin and service routes ([`AdminUser`] refuses any other caller before
-//! a route reads its body, so a non-admin learns nothing of an admin route's input).
+//! a route reads its body, so a non-admin learns nothing of an admin route's input); and
+//! [`ApiKeyUser`], the same token sent as Anthropic's SDKs send their key (`x-api-key`).
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderName, header};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -63,6 +64,45 @@ impl FromRequestParts<AppState> for AuthUser {
             id: claims.sub,
             role: claims.role,
         })
+    }
+}
+
+/// The header Anthropic's SDKs carry their API key in.
+const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The caller of the Anthropic-compatible door: the JWT in `x-api-key` (as Anthropic's SDKs
+/// send their key), or else the bearer token of `Authorization`.
+#[derive(Debug, Clone)]
+pub struct ApiKeyUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for ApiKeyUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(API_KEY_HEADER) else {
+            if parts.headers.contains_key(header::AUTHORIZATION) {
+                return AuthUser::from_request_parts(parts, state).await.map(Self);
+            }
+            return Err(ApiError::Unauthorized(
+                "missing x-api-key header (expected: x-api-key: <token>, or Authorization: Bearer <token>)",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized(
+                "the x-api-key header must be a token",
+            ))?;
+        let claims = state.jwt.verify(token)?;
+        Ok(Self(AuthUser {
+            id: claims.sub,
+            role: claims.role,
+        }))
     }
 }
 

@@ -11,7 +11,7 @@
 
 use axum::http::{HeaderValue, header};
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::error::ErrorBody;
@@ -69,6 +69,7 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         http::openai::completions,
         http::openai::list_models,
         http::openai::show_model,
+        http::anthropic::messages,
         http::health::live,
         http::health::ready,
         http::health::metrics,
@@ -78,7 +79,8 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
 )]
 pub struct ApiDoc;
 
-/// The `bearer` security scheme the paths refer to: an HS256 JWT, `sub` = the user's UUID.
+/// The `bearer` security scheme the paths refer to: an HS256 JWT, `sub` = the user's UUID; and
+/// `api_key`, the same token in `x-api-key`.
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -96,6 +98,14 @@ impl utoipa::Modify for BearerAuth {
                     ))
                     .build(),
             ),
+        );
+        // The same JWT as Anthropic's SDKs send their key (`/v1/messages`, `/v1/models`).
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-api-key",
+                "the same JWT as the bearer scheme, in Anthropic's header",
+            ))),
         );
     }
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod admission;
+mod anthropic;
 mod auth;
 mod bad_input;
 mod batches;

@@ -150,8 +150,10 @@ async fn openapi_document_has_schemas_the_error_shape_and_the_bearer_scheme() {
                 "{method} {path}: /api routes need the bearer scheme, public ones none"
             );
             if !public {
-                // The OpenAI-compatible routes answer errors in OpenAI's shape, the rest in ours.
-                let shape = if path.starts_with("/v1/") {
+                // The compatible doors answer errors in their vendor's shape, the rest in ours.
+                let shape = if path == "/v1/messages" {
+                    "#/components/schemas/AnthropicErrorBody"
+                } else if path.starts_with("/v1/") {
                     "#/components/schemas/OpenAiErrorBody"
                 } else {
                     "#/components/schemas/ErrorBody"
@@ -184,6 +186,22 @@ async fn openapi_document_has_schemas_the_error_shape_and_the_bearer_scheme() {
     }
     assert!(
         chat_body.get("other").is_none(),
+        "the catch-all is not a parameter"
+    );
+    let key = &doc["components"]["securitySchemes"]["api_key"];
+    assert_eq!(key["type"], "apiKey");
+    assert_eq!(key["in"], "header");
+    assert_eq!(key["name"], "x-api-key");
+    assert_eq!(
+        doc["paths"]["/v1/messages"]["post"]["security"][1]["api_key"],
+        Value::Array(vec![])
+    );
+    let messages = &doc["components"]["schemas"]["MessagesRequest"]["properties"];
+    for field in ["model", "messages", "max_tokens", "system", "stream"] {
+        assert!(messages.get(field).is_some(), "MessagesRequest.{field}");
+    }
+    assert!(
+        messages.get("other").is_none(),
         "the catch-all is not a parameter"
     );
     let generate = &doc["components"]["schemas"]["GenerateBody"]["properties"];

@@ -3,6 +3,7 @@
 //! **Invariant:** handlers never call a provider; they persist and enqueue, or read.
 
 pub(crate) mod admin;
+pub(crate) mod anthropic;
 pub(crate) mod batch;
 pub(crate) mod events;
 pub(crate) mod extract;
@@ -84,6 +85,8 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{model}", get(openai::show_model))
+        // The Anthropic-compatible front door (`http::anthropic`).
+        .route("/v1/messages", post(anthropic::messages))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limits::headers,

@@ -3,6 +3,7 @@
 //! id, and cache invalidations that would wipe every user's entries. Each file of this folder
 //! holds the attacks on one area.
 
+mod anthropic;
 mod endpoints;
 mod fair_share;
 mod operations;

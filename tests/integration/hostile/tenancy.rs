@@ -153,6 +153,24 @@ async fn mock_controls_are_refused_on_every_door_unless_the_mock_provider_is_on(
                             "messages": [{"role": "user", "content": "x"}]});
         let (status, refused) = app.post_json("/v1/chat/completions", &compat).await;
         assert!((400..500).contains(&status), "{compat}: {status} {refused}");
+        let anthropic = json!({"model": model, "mock": controls, "max_tokens": 5,
+                               "messages": [{"role": "user", "content": "x"}]});
+        let response = app
+            .http
+            .post(app.url("/v1/messages"))
+            .header("x-api-key", app.token())
+            .header("anthropic-version", "2023-06-01")
+            .json(&anthropic)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let refused: Value = response.json().await.unwrap();
+        assert!(
+            (400..500).contains(&status),
+            "{anthropic}: {status} {refused}"
+        );
+        assert_eq!(refused["type"], "error", "{refused}");
     }
     assert_eq!(
         app.db

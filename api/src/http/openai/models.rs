@@ -1,13 +1,17 @@
 //! `GET /v1/models` and `GET /v1/models/{model}`: the registry's models that can run here, as
-//! OpenAI model objects.
+//! OpenAI model objects, or as Anthropic's when the call carries `anthropic-version` (the two
+//! doors share these paths; `http::anthropic::models` shapes Anthropic's answer).
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::{OpenAiError, OpenAiErrorBody};
-use crate::auth::AuthUser;
+use crate::auth::ApiKeyUser;
 use crate::error::ApiError;
+use crate::http::anthropic::models as anthropic;
 use crate::state::AppState;
 use llm_shared::models::{ModelRegistry, ModelSpec};
 
@@ -15,54 +19,73 @@ use llm_shared::models::{ModelRegistry, ModelSpec};
     get,
     path = "/v1/models",
     tag = "openai",
-    summary = "The models that can run here, as OpenAI model objects",
+    summary = "The models that can run here, as OpenAI model objects (Anthropic's, for a call with `anthropic-version`)",
     responses(
         (status = 200, description = "the models", body = ModelList),
         (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
 )]
 pub async fn list_models(
     State(state): State<AppState>,
-    user: Result<AuthUser, ApiError>,
-) -> Result<Json<ModelList>, OpenAiError> {
-    user?;
+    user: Result<ApiKeyUser, ApiError>,
+    headers: HeaderMap,
+) -> Result<Response, OpenAiError> {
     let registry = state.models.current();
-    let data = registry
+    let usable: Vec<&ModelSpec> = registry
         .all()
         .iter()
         .filter(|m| usable(&registry, &m.id))
-        .map(ModelObject::new)
         .collect();
+    if anthropic::is_anthropic(&headers) {
+        return Ok(match user {
+            Ok(_) => {
+                let ids: Vec<&str> = usable.iter().map(|m| m.id.as_str()).collect();
+                anthropic::list(&registry, &ids)
+            }
+            Err(e) => anthropic::error(e),
+        });
+    }
+    user?;
+    let data = usable.into_iter().map(ModelObject::new).collect();
     Ok(Json(ModelList {
         object: "list".into(),
         data,
-    }))
+    })
+    .into_response())
 }
 
 #[utoipa::path(
     get,
     path = "/v1/models/{model}",
     tag = "openai",
-    summary = "One model, as an OpenAI model object",
+    summary = "One model, as an OpenAI model object (Anthropic's, for a call with `anthropic-version`)",
     params(("model" = String, Path, description = "a registry model id")),
     responses(
         (status = 200, description = "the model", body = ModelObject),
         (status = 401, description = "missing or invalid bearer token (API key)", body = OpenAiErrorBody),
         (status = 404, description = "unknown or unusable model (`model_not_found`)", body = OpenAiErrorBody),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
 )]
 pub async fn show_model(
     State(state): State<AppState>,
-    user: Result<AuthUser, ApiError>,
+    user: Result<ApiKeyUser, ApiError>,
+    headers: HeaderMap,
     Path(model): Path<String>,
-) -> Result<Json<ModelObject>, OpenAiError> {
-    user?;
+) -> Result<Response, OpenAiError> {
     let registry = state.models.current();
-    match registry.get(&model) {
-        Some(m) if usable(&registry, &m.id) => Ok(Json(ModelObject::new(m))),
-        _ => Err(OpenAiError::model_not_found(&model)),
+    let found = registry.get(&model).filter(|m| usable(&registry, &m.id));
+    if anthropic::is_anthropic(&headers) {
+        return Ok(match user {
+            Ok(_) => anthropic::show(found, &model),
+            Err(e) => anthropic::error(e),
+        });
+    }
+    user?;
+    match found {
+        Some(m) => Ok(Json(ModelObject::new(m)).into_response()),
+        None => Err(OpenAiError::model_not_found(&model)),
     }
 }
 

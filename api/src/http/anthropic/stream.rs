@@ -1,0 +1,226 @@
+//! The streamed answer (`stream: true`): the relay follower's events turned into Anthropic's
+//! event sequence — `message_start`, `content_block_start`, `ping`, `content_block_delta`s
+//! (`text_delta`), `content_block_stop`, `message_delta` (stop reason, usage), `message_stop`
+//! — or ended by an `error` event in Anthropic's shape. Keep-alives are `ping` events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::error::{AnthropicErrorBody, AnthropicErrorDetail};
+use super::response::{failure_kind, message_id, stop_reason, usage};
+use crate::http::stream::FollowEvent;
+
+/// The follower's events, mapped by the writer as they come (no task or channel of its own:
+/// the follower's receiver is the only queue).
+pub(super) fn sse(events: mpsc::Receiver<FollowEvent>, writer: EventWriter) -> Response {
+    let frames = futures::stream::unfold((events, writer), |(mut events, mut writer)| async move {
+        if writer.finished {
+            return None;
+        }
+        let frames = writer.on(events.recv().await);
+        Some((futures::stream::iter(frames), (events, writer)))
+    })
+    .flatten()
+    .map(Ok::<_, Infallible>);
+    Sse::new(frames)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .event(ping()),
+        )
+        .into_response()
+}
+
+fn ping() -> Event {
+    Event::default().event("ping").data(r#"{"type": "ping"}"#)
+}
+
+/// Turns a follower's events into Anthropic's. A `restart` cannot be shown to an Anthropic
+/// client, so the writer sends only output that extends what the client already has: a retry
+/// that regenerates the same text goes on seamlessly; one whose result no longer extends what
+/// was sent ends the stream with an error naming the request id (the stored result is whole).
+pub(super) struct EventWriter {
+    id: Uuid,
+    model: String,
+    /// `message_start` and the content block's start were sent.
+    started: bool,
+    /// The text the client has.
+    sent: String,
+    /// The output since the last restart.
+    current: String,
+    finished: bool,
+}
+
+impl EventWriter {
+    pub(super) fn new(id: Uuid, model: String) -> Self {
+        Self {
+            id,
+            model,
+            started: false,
+            sent: String::new(),
+            current: String::new(),
+            finished: false,
+        }
+    }
+
+    fn on(&mut self, event: Option<FollowEvent>) -> Vec<Event> {
+        match event {
+            None => self.fail(
+                "api_error",
+                &format!(
+                    "the stream was interrupted; the generation carries on: poll GET /api/v1/generate/{}",
+                    self.id
+                ),
+            ),
+            Some(FollowEvent::Start { .. }) => self.start(),
+            Some(FollowEvent::Token { text, .. }) => {
+                self.current.push_str(&text);
+                self.flush()
+            }
+            Some(FollowEvent::Restart { .. }) => {
+                self.current.clear();
+                Vec::new()
+            }
+            Some(FollowEvent::Done { row, .. }) => {
+                let mut frames = self.start();
+                frames.extend(self.flush());
+                if self.sent != self.current {
+                    frames.extend(self.fail(
+                        "api_error",
+                        &format!(
+                            "the generation restarted after part of its output was sent; its whole result is stored: GET /api/v1/generate/{}",
+                            self.id
+                        ),
+                    ));
+                    return frames;
+                }
+                let usage = usage(&row);
+                frames.push(frame(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ));
+                frames.push(frame(
+                    "message_delta",
+                    json!({
+                        "type": "message_delta",
+                        "delta": {
+                            "stop_reason": stop_reason(row.finish_reason.as_deref()),
+                            "stop_sequence": null,
+                        },
+                        "usage": {
+                            "input_tokens": usage.input_tokens,
+                            "output_tokens": usage.output_tokens,
+                        },
+                    }),
+                ));
+                frames.push(frame("message_stop", json!({"type": "message_stop"})));
+                self.finished = true;
+                frames
+            }
+            Some(FollowEvent::Failed { code, message, .. }) => {
+                let (_, kind) = failure_kind(Some(&code));
+                self.fail(kind, &message)
+            }
+        }
+    }
+
+    /// The message's opening events, once.
+    fn start(&mut self) -> Vec<Event> {
+        if self.started {
+            return Vec::new();
+        }
+        self.started = true;
+        let message = json!({
+            "id": message_id(self.id),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            // Known once the generation ends: `message_delta` carries them.
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        });
+        vec![
+            frame(
+                "message_start",
+                json!({"type": "message_start", "message": message}),
+            ),
+            frame(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "text", "text": ""}}),
+            ),
+            ping(),
+        ]
+    }
+
+    /// Sends what extends the client's text, if the current output does.
+    fn flush(&mut self) -> Vec<Event> {
+        if self.current.len() <= self.sent.len() || !self.current.starts_with(&self.sent) {
+            return Vec::new();
+        }
+        let delta = self.current[self.sent.len()..].to_owned();
+        self.sent.push_str(&delta);
+        let mut frames = self.start();
+        frames.push(frame(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": delta}}),
+        ));
+        frames
+    }
+
+    fn fail(&mut self, kind: &str, message: &str) -> Vec<Event> {
+        self.finished = true;
+        let body = AnthropicErrorBody::new(AnthropicErrorDetail::new(kind, message), Some(self.id));
+        let data = serde_json::to_value(&body).unwrap_or(Value::Null);
+        vec![frame("error", data)]
+    }
+}
+
+fn frame(event: &str, data: Value) -> Event {
+    Event::default().event(event).data(data.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(writer: &mut EventWriter, event: FollowEvent) -> usize {
+        writer.on(Some(event)).len()
+    }
+
+    #[test]
+    fn a_retry_that_diverges_from_what_was_sent_sends_nothing_more_of_it() {
+        let mut writer = EventWriter::new(Uuid::nil(), "mock".into());
+        let start = FollowEvent::Start {
+            request_id: Uuid::nil(),
+            model: "mock".into(),
+            status: llm_shared::requests::Status::Pending,
+        };
+        assert_eq!(
+            names(&mut writer, start),
+            3,
+            "message_start, block start, ping"
+        );
+        let token = |text: &str| FollowEvent::Token {
+            seq: 1,
+            text: text.into(),
+        };
+        assert_eq!(names(&mut writer, token("Half ")), 1);
+        writer.on(Some(FollowEvent::Restart {
+            seq: 2,
+            reason: "retry".into(),
+        }));
+        assert_eq!(names(&mut writer, token("Another")), 0);
+        assert_eq!(writer.sent, "Half ");
+    }
+}
