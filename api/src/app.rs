@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use llm_shared::db;
 use llm_shared::metrics::Metrics;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
@@ -120,22 +119,12 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(listen = %self.addr, "api listening");
-        // Small writes (SSE events, short JSON answers) go out at once, not after a delayed ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let stop = self.state.shutdown.clone();
         let submitter = self.state.submitter.clone();
-        // Made a service once: served as a plain `Router`, axum rebuilds its route table for
-        // every connection (about 60 KB each, held while the connection lives, e.g. a stream).
-        let app = crate::http::router(self.state, crate::openapi::routes()).into_make_service();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Streams and long polls end now, so the drain waits only for short requests.
-                stop.cancel();
-            })
-            .await?;
+        let app = crate::http::router(self.state, crate::openapi::routes());
+        // Streams and long polls end as the stop begins, so the drain waits only for short
+        // requests.
+        crate::server::serve(self.listener, app, shutdown, move || stop.cancel()).await;
         if !submitter.finish_hit_writes(HIT_ROWS_ON_STOP).await {
             tracing::error!("api stopped with some answered cache hits' rows unwritten");
         }
