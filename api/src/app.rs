@@ -51,6 +51,7 @@ impl App {
         let redis = config.common.redis_client().context("parsing REDIS_URL")?;
         let notices = FinalNotices::default();
         tokio::spawn(notices.clone().listen(pool.clone()));
+        tokio::spawn(notices.clone().sweep(pool.clone()));
         let relay = RelayListener::new(config.common.relay().context("parsing REDIS_URL")?);
         tokio::spawn(relay.clone().run());
         let cache = config
