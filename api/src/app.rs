@@ -74,6 +74,10 @@ impl App {
             models: LiveRegistry::new(models, config.common.clone()),
             prompts: Arc::new(prompts),
             notices,
+            // Half the pool: submits and plain reads keep the other half.
+            follow_reads: tokio::sync::Semaphore::new(
+                (config.common.database_max_connections / 2).max(1) as usize,
+            ),
             limits: ApiLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_wait: Duration::from_secs(config.max_wait_secs),
