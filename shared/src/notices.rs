@@ -23,8 +23,8 @@ pub const CHANNEL: &str = "generation_finished";
 
 /// How often [`FinalNotices::sweep`] reads the state of the awaited requests: the most a missed
 /// notice delays its waiters. One read for them all: 10,000 streams each reading its own row
-/// every 5 s were 2,000 reads a second, and more than one api could keep up with while the
-/// streams were also being served (`llm-bench --llm-only --open-streams 10000`).
+/// every 5 s were 2,000 reads a second, more than the api kept up with while it also served
+/// the streams (`llm-bench --llm-only --open-streams 10000`: 2,212 left open after 120 s).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default)]
