@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use llm_shared::db;
 use llm_shared::metrics::Metrics;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
@@ -52,6 +51,7 @@ impl App {
         let redis = config.common.redis_client().context("parsing REDIS_URL")?;
         let notices = FinalNotices::default();
         tokio::spawn(notices.clone().listen(pool.clone()));
+        tokio::spawn(notices.clone().sweep(pool.clone()));
         let relay = RelayListener::new(config.common.relay().context("parsing REDIS_URL")?);
         tokio::spawn(relay.clone().run());
         let cache = config
@@ -74,6 +74,10 @@ impl App {
             models: LiveRegistry::new(models, config.common.clone()),
             prompts: Arc::new(prompts),
             notices,
+            // Half the pool: submits and plain reads keep the other half.
+            follow_reads: tokio::sync::Semaphore::new(
+                (config.common.database_max_connections / 2).max(1) as usize,
+            ),
             limits: ApiLimits {
                 max_body_bytes: config.max_body_bytes,
                 max_wait: Duration::from_secs(config.max_wait_secs),
@@ -120,22 +124,12 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(listen = %self.addr, "api listening");
-        // Small writes (SSE events, short JSON answers) go out at once, not after a delayed ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let stop = self.state.shutdown.clone();
         let submitter = self.state.submitter.clone();
-        // Made a service once: served as a plain `Router`, axum rebuilds its route table for
-        // every connection (about 60 KB each, held while the connection lives, e.g. a stream).
-        let app = crate::http::router(self.state, crate::openapi::routes()).into_make_service();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Streams and long polls end now, so the drain waits only for short requests.
-                stop.cancel();
-            })
-            .await?;
+        let app = crate::http::router(self.state, crate::openapi::routes());
+        // Streams and long polls end as the stop begins, so the drain waits only for short
+        // requests.
+        crate::server::serve(self.listener, app, shutdown, move || stop.cancel()).await;
         if !submitter.finish_hit_writes(HIT_ROWS_ON_STOP).await {
             tracing::error!("api stopped with some answered cache hits' rows unwritten");
         }

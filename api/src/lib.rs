@@ -13,6 +13,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod openapi;
 pub mod runtime;
+pub mod server;
 pub mod state;
 pub mod telemetry;
 

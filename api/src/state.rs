@@ -51,6 +51,10 @@ pub struct AppServices {
     pub models: LiveRegistry,
     pub prompts: std::sync::Arc<PromptLibrary>,
     pub notices: FinalNotices,
+    /// Stream followers' reads of their rows, at most this many at once: thousands of streams
+    /// re-reading together would each hold a query waiting for a connection (~5 KB apiece,
+    /// heaptrack of `llm-bench --llm-only --open-streams 3000`), and take the whole pool.
+    pub follow_reads: tokio::sync::Semaphore,
     pub limits: ApiLimits,
     /// Per-user quotas: unfinished requests (all processes), open streams and waits (this
     /// process).

@@ -9,7 +9,7 @@
 //!
 //! Each api process shares one pub/sub connection among all its streams ([`RelayListener`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,16 +17,17 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Events kept per request for replay.
 const LOG_MAX_EVENTS: usize = 20_000;
-/// Live events buffered per local subscriber before it must re-read the log. A broadcast
-/// channel allocates all its slots at once: 128 of them cost ~9 KB of every open stream (1,000
-/// streams: 62.6 MB of RSS, 54.0 with 32), and a follower that falls behind loses nothing, it
-/// re-reads the log (`catch_up`).
-const LOCAL_BUFFER: usize = 32;
+/// Live events queued for one local listener before it must re-read the log instead (a
+/// follower that falls behind loses nothing). The queue grows as events wait, never up front:
+/// a `broadcast` channel of 32 slots per stream, allocated at once, held ~3 KB of each idle one.
+const INBOX_MAX: usize = 1024;
+/// Room a listener's queue keeps once it is empty again; a larger one is given back.
+const INBOX_KEPT: usize = 16;
 
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[2])
@@ -101,7 +102,12 @@ impl StreamRelay {
     }
 
     pub fn channel(&self, id: Uuid) -> String {
-        format!("{}relay:{id}", self.prefix)
+        format!("{}{id}", self.channel_prefix())
+    }
+
+    /// What every request's channel name starts with (the request id follows).
+    fn channel_prefix(&self) -> String {
+        format!("{}relay:", self.prefix)
     }
 
     fn log_key(&self, id: Uuid) -> String {
@@ -160,45 +166,111 @@ pub struct RelayListener {
 /// How long a subscriber waits for the pub/sub connection before answering "unavailable".
 const CONNECT_WAIT: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 struct ListenerState {
     sink: Option<PubSubSink>,
-    channels: HashMap<String, broadcast::Sender<RelayMessage>>,
+    /// The local listeners of each subscribed request (usually one).
+    channels: HashMap<Uuid, Vec<Arc<Inbox>>>,
+    /// [`StreamRelay::channel_prefix`], to name a channel from its id and back.
+    channel_prefix: String,
 }
 
 /// What a local listener receives.
 #[derive(Debug, Clone)]
 pub enum RelayMessage {
     Event(RelayEvent),
-    /// The pub/sub connection was lost and re-established: re-read the log.
+    /// Live events may have been missed (the pub/sub connection was lost and re-established,
+    /// or the listener fell `INBOX_MAX` events behind): re-read the log.
     Resync,
+}
+
+/// One local listener's live events, in arrival order. Its queue holds memory only while
+/// events wait in it: an open stream with nothing to send costs a few words here.
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<RelayEvent>,
+    resync: bool,
+}
+
+impl Inbox {
+    fn push(&self, event: RelayEvent) {
+        if let Ok(mut queue) = self.queue.lock() {
+            if queue.events.len() >= INBOX_MAX {
+                queue.events = VecDeque::new();
+                queue.resync = true;
+            } else {
+                queue.events.push_back(event);
+            }
+        }
+        self.ready.notify_one();
+    }
+
+    fn resync(&self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.events = VecDeque::new();
+            queue.resync = true;
+        }
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<RelayMessage> {
+        let mut queue = self.queue.lock().ok()?;
+        if std::mem::take(&mut queue.resync) {
+            return Some(RelayMessage::Resync);
+        }
+        let event = queue.events.pop_front()?;
+        if queue.events.is_empty() && queue.events.capacity() > INBOX_KEPT {
+            // The burst is over: its room goes back rather than staying for the stream's life.
+            queue.events = VecDeque::new();
+        }
+        Some(RelayMessage::Event(event))
+    }
 }
 
 /// A local listener of one request's relay channel; unsubscribes when the last one is dropped.
 pub struct RelaySubscription {
-    pub receiver: broadcast::Receiver<RelayMessage>,
-    channel: String,
-    hub: RelayListener,
+    id: Uuid,
+    inbox: Arc<Inbox>,
+    state: Arc<Mutex<ListenerState>>,
+}
+
+impl RelaySubscription {
+    /// The next live message. Cancel-safe: a message is taken only when this returns it.
+    pub async fn recv(&self) -> RelayMessage {
+        loop {
+            if let Some(message) = self.inbox.take() {
+                return message;
+            }
+            // `notify_one` keeps a permit when nobody waits: a push between `take` and here
+            // is not missed.
+            self.inbox.ready.notified().await;
+        }
+    }
 }
 
 impl Drop for RelaySubscription {
     fn drop(&mut self) {
-        let sink = {
-            let Ok(mut state) = self.hub.state.lock() else {
+        let (sink, channel) = {
+            let Ok(mut state) = self.state.lock() else {
                 return;
             };
-            let last = state
-                .channels
-                .get(&self.channel)
-                .is_some_and(|tx| tx.receiver_count() <= 1);
-            if !last {
+            let Some(inboxes) = state.channels.get_mut(&self.id) else {
+                return;
+            };
+            inboxes.retain(|inbox| !Arc::ptr_eq(inbox, &self.inbox));
+            if !inboxes.is_empty() {
                 return;
             }
-            state.channels.remove(&self.channel);
-            state.sink.clone()
+            state.channels.remove(&self.id);
+            let channel = format!("{}{}", state.channel_prefix, self.id);
+            (state.sink.clone(), channel)
         };
         if let (Some(mut sink), Ok(handle)) = (sink, tokio::runtime::Handle::try_current()) {
-            let channel = std::mem::take(&mut self.channel);
             handle.spawn(async move {
                 let _ = sink.unsubscribe(channel).await;
             });
@@ -209,9 +281,14 @@ impl Drop for RelaySubscription {
 impl RelayListener {
     pub fn new(relay: StreamRelay) -> Self {
         let (connected, _) = tokio::sync::watch::channel(false);
+        let state = ListenerState {
+            sink: None,
+            channels: HashMap::new(),
+            channel_prefix: relay.channel_prefix(),
+        };
         Self {
             relay,
-            state: Arc::new(Mutex::new(ListenerState::default())),
+            state: Arc::new(Mutex::new(state)),
             connected: Arc::new(connected),
         }
     }
@@ -220,27 +297,22 @@ impl RelayListener {
     pub async fn subscribe(&self, id: Uuid) -> Result<RelaySubscription, RelayError> {
         let mut connected = self.connected.subscribe();
         let _ = tokio::time::timeout(CONNECT_WAIT, connected.wait_for(|up| *up)).await;
-        let channel = self.relay.channel(id);
-        let (receiver, new_channel, sink) = {
+        let inbox = Arc::new(Inbox::default());
+        let (new_channel, sink) = {
             let mut state = self.state.lock().map_err(|_| RelayError::Unavailable)?;
             let sink = state.sink.clone().ok_or(RelayError::Unavailable)?;
-            let (receiver, new_channel) = match state.channels.get(&channel) {
-                Some(tx) => (tx.subscribe(), false),
-                None => {
-                    let (tx, rx) = broadcast::channel(LOCAL_BUFFER);
-                    state.channels.insert(channel.clone(), tx);
-                    (rx, true)
-                }
-            };
-            (receiver, new_channel, sink)
+            let inboxes = state.channels.entry(id).or_default();
+            inboxes.push(inbox.clone());
+            (inboxes.len() == 1, sink)
         };
         let subscription = RelaySubscription {
-            receiver,
-            channel: channel.clone(),
-            hub: self.clone(),
+            id,
+            inbox,
+            state: self.state.clone(),
         };
         if new_channel {
             let mut sink = sink;
+            let channel = self.relay.channel(id);
             match tokio::time::timeout(Duration::from_secs(2), sink.subscribe(&channel)).await {
                 Ok(Ok(())) => {}
                 _ => return Err(RelayError::Unavailable),
@@ -251,6 +323,7 @@ impl RelayListener {
 
     /// Keeps the pub/sub connection up and fans messages out, until the process ends.
     pub async fn run(self) {
+        let prefix = self.relay.channel_prefix();
         loop {
             match self.relay.client.get_async_pubsub().await {
                 Ok(pubsub) => {
@@ -258,20 +331,31 @@ impl RelayListener {
                     let channels: Vec<String> = self
                         .state
                         .lock()
-                        .map(|s| s.channels.keys().cloned().collect())
+                        .map(|s| {
+                            s.channels
+                                .keys()
+                                .map(|id| self.relay.channel(*id))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     let resubscribed =
                         channels.is_empty() || sink.subscribe(&channels).await.is_ok();
                     if resubscribed {
                         if let Ok(mut state) = self.state.lock() {
                             state.sink = Some(sink);
-                            for tx in state.channels.values() {
-                                let _ = tx.send(RelayMessage::Resync);
+                            for inbox in state.channels.values().flatten() {
+                                inbox.resync();
                             }
                         }
                         self.connected.send_replace(true);
                         while let Some(msg) = stream.next().await {
-                            let channel = msg.get_channel_name().to_owned();
+                            let Some(id) = msg
+                                .get_channel_name()
+                                .strip_prefix(prefix.as_str())
+                                .and_then(|id| id.parse::<Uuid>().ok())
+                            else {
+                                continue;
+                            };
                             let Ok(payload) = msg.get_payload::<String>() else {
                                 continue;
                             };
@@ -279,9 +363,11 @@ impl RelayListener {
                                 continue;
                             };
                             if let Ok(state) = self.state.lock()
-                                && let Some(tx) = state.channels.get(&channel)
+                                && let Some(inboxes) = state.channels.get(&id)
                             {
-                                let _ = tx.send(RelayMessage::Event(event));
+                                for inbox in inboxes {
+                                    inbox.push(event.clone());
+                                }
                             }
                         }
                     }

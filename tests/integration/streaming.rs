@@ -1,6 +1,6 @@
 //! SSE streaming through the Redis relay: tokens equal the stored result, late attach and
 //! `Last-Event-ID` resume, two api processes, a worker killed mid-stream, failures,
-//! cancellation, and Redis being down.
+//! cancellation, Redis being down, and a stream ending though its completion notice is missed.
 
 use std::time::Duration;
 
@@ -448,4 +448,52 @@ async fn a_provider_stream_cut_midway_restarts_the_output_on_the_retry() {
     assert_eq!(output_of(&messages), "A whole answer.");
     assert_streamed_result(&app, id, &messages).await;
     worker.stop().await;
+}
+
+/// A stream ends though its completion notice never comes (its trigger is off here, as for a
+/// notice lost between the listener's connections) while live events keep arriving (a worker
+/// still relaying a request another one finished): the stream still ends, with the stored
+/// result. Its own re-read of the row used to be put off by each live event, and such a stream
+/// stayed open as long as the events came; now the notices' sweep makes up the missed notice.
+#[tokio::test]
+async fn a_stream_hearing_live_events_ends_though_its_completion_notice_is_missed() {
+    use llm_shared::stream_relay::{RelayKind, StreamRelay};
+
+    let app = spawn_app().await;
+    sqlx::query("ALTER TABLE generation_requests DISABLE TRIGGER generation_finished")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    // No worker: the request stays pending until the test finishes it.
+    let id = app.submit_ok(json!({"prompt": "x"})).await;
+    let mut stream = attach(&app, id, None).await;
+    assert_eq!(stream.next(LONG).await.unwrap().event, "start");
+
+    let client = redis::Client::open(llm_tests::redis_url()).unwrap();
+    let relay = StreamRelay::new(client, &app.db.redis_prefix(), Duration::from_secs(60)).unwrap();
+    let publisher = tokio::spawn(async move {
+        loop {
+            let token = RelayKind::Token { text: "x".into() };
+            let _ = relay.publish(id, &token).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sqlx::query(
+        "UPDATE generation_requests SET status = 'completed', result = 'The answer.', \
+         completed_at = NOW() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    let messages = stream.until_terminal(Duration::from_secs(20)).await;
+    publisher.abort();
+    assert_eq!(
+        messages.last().map(|m| m.event.as_str()),
+        Some("done"),
+        "{messages:?}"
+    );
+    assert_eq!(output_of(&messages), "The answer.");
 }

@@ -9,6 +9,7 @@
 //! request). The terminal event is written from the request row, after the relay's log has been
 //! drained, and the tokens sent since the last `restart` always equal the stored result.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::extract::JsonBody;
@@ -33,11 +35,11 @@ use llm_shared::ratelimit::RateState;
 use llm_shared::requests::{self, GenerateBody, NewRequest, RequestView, Status};
 use llm_shared::stream_relay::{RelayEvent, RelayKind, RelayMessage, RelaySubscription};
 
-/// How often a follower re-reads the row when no notice came (a missed notice costs at most
-/// this much delay, never a hang).
-const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// How often a follower tries to read the row again while the database is unreachable.
 const DATABASE_RETRY: Duration = Duration::from_secs(1);
+/// Room a follower's queue of found events keeps once it is empty again; a larger one (a
+/// replayed log) is given back.
+const OUT_KEPT: usize = 16;
 
 type EventStream = Sse<
     axum::response::sse::KeepAliveStream<
@@ -206,8 +208,8 @@ fn relay_unavailable() -> ApiError {
     )
 }
 
-/// The SSE response: a task follows the request and feeds the body; it ends with the terminal
-/// event, or when the client goes away (the generation itself carries on).
+/// The SSE response: the body is the follower itself, polled as the client reads; it ends
+/// with the terminal event, or when the client goes away (the generation itself carries on).
 fn follow(
     state: AppState,
     id: Uuid,
@@ -216,11 +218,8 @@ fn follow(
     last_seen: u64,
     slot: Slot,
 ) -> EventStream {
-    let rx = follow_events(state, id, user, subscription, last_seen, slot);
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok(to_sse(&e)), rx))
-    });
-    let body: futures::stream::BoxStream<'static, Result<Event, Infallible>> = Box::pin(body);
+    let events = follow_events(state, id, user, subscription, last_seen, slot);
+    let body = events.map(|e| Ok::<_, Infallible>(to_sse(&e))).boxed();
     Sse::new(body).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
@@ -256,9 +255,13 @@ pub(super) enum FollowEvent {
     },
 }
 
-/// Follows a request in a task of its own: the events go to the returned receiver. Dropping
-/// the receiver stops the follower (the generation itself carries on). The follower holds the
-/// user's stream `slot` until it ends, however it ends.
+/// A request's events as its follower finds them, ending after the terminal one.
+pub(super) type FollowStream = BoxStream<'static, FollowEvent>;
+
+/// Follows a request: no task and no channel of its own, the stream is the follower (one
+/// allocation of ~1.6 KB, by heaptrack), and it runs while its reader polls it. Dropping it
+/// stops the follower (the generation itself carries on); it holds the user's stream `slot`
+/// until then.
 pub(super) fn follow_events(
     state: AppState,
     id: Uuid,
@@ -266,153 +269,190 @@ pub(super) fn follow_events(
     subscription: RelaySubscription,
     last_seen: u64,
     slot: Slot,
-) -> mpsc::Receiver<FollowEvent> {
-    let (tx, rx) = mpsc::channel::<FollowEvent>(16);
+) -> FollowStream {
     let active = crate::metrics::ActiveStream::new(state.metrics.clone());
-    tokio::spawn(async move {
-        let _active = active;
-        let _slot = slot;
+    let completion = state.notices.subscribe(id);
+    let follower = Follower {
+        state,
+        id,
+        user,
+        subscription,
+        completion,
+        stage: Stage::Start,
+        out: VecDeque::new(),
+        last_seen,
+        text: String::new(),
         // A client resuming after an event id has output we cannot see until the log is read.
-        let tokens = usize::from(last_seen > 0);
-        let mut follower = Follower {
-            state,
-            id,
-            user,
-            tx,
-            last_seen,
-            text: String::new(),
-            tokens,
-        };
-        let shutdown = follower.state.shutdown.clone();
-        let outcome = tokio::select! {
-            outcome = follower.run(subscription) => outcome,
-            // The process is stopping: the stream ends without its terminal event, and the
-            // client resumes after its last event id on another api.
-            () = shutdown.cancelled() => Ok(()),
-        };
-        if let Err(err) = outcome {
-            tracing::debug!(request.id = %id, error = %err, "stream follower stopped");
-        }
-    });
-    rx
+        tokens: usize::from(last_seen > 0),
+        _active: active,
+        _slot: slot,
+    };
+    futures::stream::unfold(follower, |mut follower| async move {
+        let event = follower.next().await?;
+        Some((event, follower))
+    })
+    .boxed()
 }
 
-#[derive(Debug, thiserror::Error)]
-enum FollowError {
-    #[error("the client went away")]
-    Gone,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
+/// Where a follower is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing read yet: the row, then the log.
+    Start,
+    /// Waiting for live events and for the request to end.
+    Following,
+    /// The terminal event is queued (or the stream stops without one).
+    Ended,
 }
 
 struct Follower {
     state: AppState,
     id: Uuid,
     user: Uuid,
-    tx: mpsc::Sender<FollowEvent>,
-    /// Highest relay seq the client has.
+    subscription: RelaySubscription,
+    /// Completion notices of the request: registered before its row is first read. A notice
+    /// that comes while the follower is busy is counted, not lost, and one that never comes is
+    /// made up within `notices::SWEEP_EVERY` by the sweep: the follower reads its row only
+    /// when told to, however many live events it hears.
+    completion: llm_shared::notices::Subscription,
+    stage: Stage,
+    /// Events found but not yet taken by the reader.
+    out: VecDeque<FollowEvent>,
+    /// Highest relay seq queued for the client.
     last_seen: u64,
     /// Output since the last `restart`, as the client has it (replayed or sent).
     text: String,
     /// Token events in `text`.
     tokens: usize,
+    _active: crate::metrics::ActiveStream,
+    _slot: Slot,
+}
+
+/// What woke a following follower.
+enum Wake {
+    Relay(RelayMessage),
+    /// A completion notice: read the row.
+    Check,
 }
 
 impl Follower {
-    /// The request's row. While the database is unreachable it waits (keep-alives go on) and
-    /// reads again, so that an outage delays the terminal event instead of cutting the stream
-    /// without one.
-    async fn row(&self) -> Result<Option<RequestView>, FollowError> {
-        // A cache hit answered by this process may not have its row yet.
-        self.state.submitter.written(self.id).await;
+    /// The next event for the client; `None` once the stream is over.
+    async fn next(&mut self) -> Option<FollowEvent> {
         loop {
-            match requests::find_for_user(&self.state.pool, self.id, self.user).await {
-                Err(err) if llm_shared::error::is_unavailable(&err) => {
-                    tracing::debug!(request.id = %self.id, error = %err, "stream follower: database unavailable; reading again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(DATABASE_RETRY) => {}
-                        _ = self.tx.closed() => return Err(FollowError::Gone),
-                    }
+            if let Some(event) = self.out.pop_front() {
+                if self.out.is_empty() && self.out.capacity() > OUT_KEPT {
+                    // A replayed log is sent: its room goes back.
+                    self.out = VecDeque::new();
                 }
-                other => return Ok(other?),
+                return Some(event);
             }
+            if self.stage == Stage::Ended {
+                return None;
+            }
+            let shutdown = self.state.shutdown.clone();
+            let step = tokio::select! {
+                step = self.step() => step,
+                // The process is stopping: the stream ends without its terminal event, and the
+                // client resumes after its last event id on another api.
+                () = shutdown.cancelled() => Ok(Stage::Ended),
+            };
+            self.stage = step.unwrap_or_else(|err| {
+                tracing::debug!(request.id = %self.id, error = %err, "stream follower stopped");
+                Stage::Ended
+            });
         }
     }
 
-    async fn send(&self, event: FollowEvent) -> Result<(), FollowError> {
-        self.tx.send(event).await.map_err(|_| FollowError::Gone)
+    /// Moves the follower on until it has found events or ended: the stage it is in then.
+    async fn step(&mut self) -> Result<Stage, sqlx::Error> {
+        match self.stage {
+            Stage::Start => self.start().await,
+            Stage::Following => self.follow().await,
+            Stage::Ended => Ok(Stage::Ended),
+        }
     }
 
-    async fn run(&mut self, mut subscription: RelaySubscription) -> Result<(), FollowError> {
-        let completion = self.state.notices.subscribe(self.id);
+    async fn start(&mut self) -> Result<Stage, sqlx::Error> {
         let Some(row) = self.row().await? else {
-            return Ok(());
+            return Ok(Stage::Ended);
         };
-        self.send(FollowEvent::Start {
+        self.out.push_back(FollowEvent::Start {
             request_id: self.id,
             model: row.model.clone(),
             status: row.status,
-        })
-        .await?;
-        self.catch_up().await?;
+        });
+        self.catch_up().await;
         if row.status.is_final() {
-            return self.finish().await;
+            self.finish(row).await;
+            return Ok(Stage::Ended);
         }
-        loop {
-            let notified = completion.notify().notified();
+        Ok(Stage::Following)
+    }
+
+    /// Waits for a live event or a completion notice, and acts on it.
+    async fn follow(&mut self) -> Result<Stage, sqlx::Error> {
+        let wake = {
+            let notified = self.completion.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            tokio::select! {
-                message = subscription.receiver.recv() => match message {
-                    Ok(RelayMessage::Event(event)) => self.forward(event).await?,
-                    Ok(RelayMessage::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await?,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        // The relay dropped us (relay lost): carry on from the database alone.
-                        subscription = match self.state.relay.subscribe(self.id).await {
-                            Ok(s) => s,
-                            Err(_) => return self.wait_and_finish(&completion).await,
-                        };
-                    }
-                },
-                _ = &mut notified => {
-                    if self.row_is_final().await? {
-                        return self.finish().await;
-                    }
+            // A notice that came while the follower was busy (forwarding, or waiting for its
+            // reader) is counted: it is not lost to a follower that was not waiting.
+            if self.completion.noticed() {
+                Wake::Check
+            } else {
+                tokio::select! {
+                    message = self.subscription.recv() => Wake::Relay(message),
+                    () = &mut notified => Wake::Check,
                 }
-                _ = tokio::time::sleep(RECHECK_EVERY) => {
-                    if self.row_is_final().await? {
-                        return self.finish().await;
-                    }
+            }
+        };
+        match wake {
+            Wake::Relay(RelayMessage::Event(event)) => self.forward(event).await,
+            Wake::Relay(RelayMessage::Resync) => self.catch_up().await,
+            Wake::Check => {
+                // This notice is the one being acted on.
+                self.completion.noticed();
+                if let Some(row) = self.row().await?
+                    && row.status.is_final()
+                {
+                    self.finish(row).await;
+                    return Ok(Stage::Ended);
                 }
-                _ = self.tx.closed() => return Err(FollowError::Gone),
             }
         }
+        Ok(Stage::Following)
     }
 
-    async fn row_is_final(&self) -> Result<bool, FollowError> {
-        Ok(self.row().await?.is_some_and(|r| r.status.is_final()))
-    }
-
-    /// Without a relay: wait for the request to end, then send its result.
-    async fn wait_and_finish(
-        &mut self,
-        completion: &llm_shared::notices::Subscription,
-    ) -> Result<(), FollowError> {
+    /// The request's row. While the database is unreachable it waits (keep-alives go on) and
+    /// reads again, so that an outage delays the terminal event instead of cutting the stream
+    /// without one.
+    async fn row(&self) -> Result<Option<RequestView>, sqlx::Error> {
+        // A cache hit answered by this process may not have its row yet.
+        self.state.submitter.written(self.id).await;
         loop {
-            if self.row_is_final().await? {
-                return self.finish().await;
+            let read = {
+                // Closed never: without a permit the read goes ahead all the same.
+                let _permit = self.state.follow_reads.acquire().await;
+                requests::find_for_user(&self.state.pool, self.id, self.user).await
+            };
+            match read {
+                Err(err) if llm_shared::error::is_unavailable(&err) => {
+                    tracing::debug!(request.id = %self.id, error = %err, "stream follower: database unavailable; reading again");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                }
+                other => return other,
             }
-            let _ = tokio::time::timeout(RECHECK_EVERY, completion.notify().notified()).await;
         }
     }
 
-    /// Replays the relay's log: events the client lacks are sent; all are tracked.
-    async fn catch_up(&mut self) -> Result<(), FollowError> {
+    /// Replays the relay's log: events the client lacks are queued; all are tracked.
+    async fn catch_up(&mut self) {
         let Ok(log) = self.state.relay.relay.log(self.id).await else {
-            return Ok(());
+            return;
         };
         let (mut text, mut tokens) = (String::new(), 0);
-        for event in &log {
+        let last = log.last().map(|e| e.seq);
+        for event in log {
             match &event.kind {
                 RelayKind::Token { text: t } => {
                     text.push_str(t);
@@ -424,20 +464,19 @@ impl Follower {
                 }
             }
             if event.seq > self.last_seen {
-                self.send(relayed(event)).await?;
                 self.last_seen = event.seq;
+                self.out.push_back(relayed(event));
             }
         }
-        if log.last().is_some_and(|e| e.seq >= self.last_seen) {
+        if last.is_some_and(|seq| seq >= self.last_seen) {
             self.text = text;
             self.tokens = tokens;
         }
-        Ok(())
     }
 
-    async fn forward(&mut self, event: RelayEvent) -> Result<(), FollowError> {
+    async fn forward(&mut self, event: RelayEvent) {
         if event.seq <= self.last_seen {
-            return Ok(());
+            return;
         }
         if event.seq > self.last_seen.saturating_add(1) {
             // A gap (missed live message): the log has it.
@@ -454,41 +493,35 @@ impl Follower {
             }
         }
         self.last_seen = event.seq;
-        self.send(relayed(&event)).await
+        self.out.push_back(relayed(event));
     }
 
-    /// The request is final: drain the log, make the output equal the stored result, and send
-    /// the one terminal event.
-    async fn finish(&mut self) -> Result<(), FollowError> {
-        self.catch_up().await?;
-        let Some(row) = self.row().await? else {
-            return Ok(());
-        };
+    /// The request is final (its `row` says so): drain the log, make the output equal the
+    /// stored result, and queue the one terminal event.
+    async fn finish(&mut self, row: RequestView) {
+        self.catch_up().await;
         let mut next_id = self.last_seen.saturating_add(1);
         match row.status {
             Status::Completed => {
                 let result = row.result.clone().unwrap_or_default();
                 if self.text != result {
                     if self.tokens > 0 {
-                        self.send(FollowEvent::Restart {
+                        self.out.push_back(FollowEvent::Restart {
                             seq: next_id,
                             reason: "resync".into(),
-                        })
-                        .await?;
+                        });
                         next_id += 1;
                     }
-                    self.send(FollowEvent::Token {
+                    self.out.push_back(FollowEvent::Token {
                         seq: next_id,
                         text: result,
-                    })
-                    .await?;
+                    });
                     next_id += 1;
                 }
-                self.send(FollowEvent::Done {
+                self.out.push_back(FollowEvent::Done {
                     seq: next_id,
                     row: Box::new(row),
-                })
-                .await
+                });
             }
             Status::Failed | Status::Cancelled => {
                 let (code, message) = if row.status == Status::Cancelled {
@@ -504,27 +537,26 @@ impl Follower {
                             .unwrap_or_else(|| "the generation failed".into()),
                     )
                 };
-                self.send(FollowEvent::Failed {
+                self.out.push_back(FollowEvent::Failed {
                     seq: next_id,
                     code,
                     message,
-                })
-                .await
+                });
             }
-            Status::Pending | Status::Running => Ok(()),
+            Status::Pending | Status::Running => {}
         }
     }
 }
 
-fn relayed(event: &RelayEvent) -> FollowEvent {
-    match &event.kind {
+fn relayed(event: RelayEvent) -> FollowEvent {
+    match event.kind {
         RelayKind::Token { text } => FollowEvent::Token {
             seq: event.seq,
-            text: text.clone(),
+            text,
         },
         RelayKind::Restart { reason } => FollowEvent::Restart {
             seq: event.seq,
-            reason: reason.clone(),
+            reason,
         },
     }
 }
