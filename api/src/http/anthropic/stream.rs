@@ -10,21 +10,20 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::error::{AnthropicErrorBody, AnthropicErrorDetail};
 use super::response::{failure_kind, message_id, stop_reason, usage};
-use crate::http::stream::FollowEvent;
+use crate::http::stream::{FollowEvent, FollowStream};
 
 /// The follower's events, mapped by the writer as they come (no task or channel of its own:
-/// the follower's receiver is the only queue).
-pub(super) fn sse(events: mpsc::Receiver<FollowEvent>, writer: EventWriter) -> Response {
+/// the follower is polled as the client reads).
+pub(super) fn sse(events: FollowStream, writer: EventWriter) -> Response {
     let frames = futures::stream::unfold((events, writer), |(mut events, mut writer)| async move {
         if writer.finished {
             return None;
         }
-        let frames = writer.on(events.recv().await);
+        let frames = writer.on(events.next().await);
         Some((futures::stream::iter(frames), (events, writer)))
     })
     .flatten()
