@@ -74,18 +74,27 @@ pub struct LlmResult {
     pub open_streams: OpenStreams,
 }
 
-/// The registry with the fake's limit declared (the built-in one, plus one line).
-pub fn models_file(limit_rpm: u64) -> anyhow::Result<std::path::PathBuf> {
+/// The registry with the fake's limit declared (the built-in one, plus one line), or the
+/// built-in one as it is (`None`: a fake without limit), in a file of its own.
+pub fn models_file(limit_rpm: Option<u64>) -> anyhow::Result<std::path::PathBuf> {
     let builtin = include_str!("../../../config/models.toml");
     anyhow::ensure!(
         builtin.contains("[endpoints.openai.limits]\n"),
         "the built-in registry has no [endpoints.openai.limits] section to declare the limit in"
     );
-    let registry = builtin.replace(
-        "[endpoints.openai.limits]\n",
-        &format!("[endpoints.openai.limits]\nrequests_per_minute = {limit_rpm}\n"),
+    let registry = match limit_rpm {
+        Some(limit) => builtin.replace(
+            "[endpoints.openai.limits]\n",
+            &format!("[endpoints.openai.limits]\nrequests_per_minute = {limit}\n"),
+        ),
+        None => builtin.to_owned(),
+    };
+    let name = format!(
+        "llm-bench-models-{}-{}.toml",
+        std::process::id(),
+        limit_rpm.map_or("unlimited".to_owned(), |l| l.to_string())
     );
-    let path = std::env::temp_dir().join(format!("llm-bench-models-{}.toml", std::process::id()));
+    let path = std::env::temp_dir().join(name);
     std::fs::write(&path, registry)?;
     Ok(path)
 }
@@ -101,7 +110,7 @@ pub async fn measure(stack: &Stack<'_>, pool: &PgPool) -> anyhow::Result<LlmResu
         (args.llm_batch, args.in_flight_calls, args.open_streams)
     };
     let fake = FakeOpenAi::start(args.llm_rpm)?;
-    let models = models_file(args.llm_rpm)?;
+    let models = models_file(Some(args.llm_rpm))?;
     let mut env: Vec<(&str, String)> = stack.env.to_vec();
     env.extend([
         ("OPENAI_API_KEY", "sk-bench".to_owned()),

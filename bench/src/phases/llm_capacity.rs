@@ -42,9 +42,12 @@ pub struct OpenStreams {
 /// open at the fake, minus its idle memory.
 pub async fn in_flight_memory(stack: &Stack<'_>, calls: usize) -> anyhow::Result<InFlightMemory> {
     let fake = FakeOpenAi::start(0)?;
+    // The registry declares no limit either: every call is let through at once.
+    let models = super::llm::models_file(None)?;
     let extra = [
         ("OPENAI_BASE_URL", fake.url.clone()),
         ("WORKER_CONCURRENCY", (calls + 64).to_string()),
+        ("MODELS_FILE", models.display().to_string()),
     ];
     // The api is only for submitting: one started here, with the phase's registry.
     let port = free_port()?;
@@ -85,6 +88,7 @@ pub async fn in_flight_memory(stack: &Stack<'_>, calls: usize) -> anyhow::Result
     }
     let _ = worker.kill().await;
     stop(&mut api).await;
+    let _ = std::fs::remove_file(&models);
     println!("  {most} calls in flight on one worker: {idle:.1} → {rss_then:.1} MB");
     Ok(InFlightMemory {
         calls,
