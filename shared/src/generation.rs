@@ -57,7 +57,15 @@ impl TurnRole {
 pub enum ResponseFormat {
     Text,
     JsonObject,
-    JsonSchema { schema: Value },
+    JsonSchema {
+        schema: Value,
+        /// The schema's name, for providers that take one (OpenAI: 1–64 of `a-zA-Z0-9_-`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Whether the provider is asked to follow the schema exactly (OpenAI's `strict`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        strict: Option<bool>,
+    },
 }
 
 impl GenerationParams {
@@ -65,7 +73,7 @@ impl GenerationParams {
     pub fn json_output(&self) -> Option<Option<&Value>> {
         match &self.response_format {
             Some(ResponseFormat::JsonObject) => Some(None),
-            Some(ResponseFormat::JsonSchema { schema }) => Some(Some(schema)),
+            Some(ResponseFormat::JsonSchema { schema, .. }) => Some(Some(schema)),
             Some(ResponseFormat::Text) | None => None,
         }
     }

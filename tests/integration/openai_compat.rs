@@ -354,7 +354,7 @@ async fn json_response_formats_map_onto_response_validation() {
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
     let schema = json!({"type": "object", "required": ["name", "level"],
                         "properties": {"name": {"type": "string"}, "level": {"type": "integer"}}});
-    let (status, _, body) = post(
+    let (status, headers, body) = post(
         &app,
         "/v1/chat/completions",
         json!({"model": "mock", "messages": [{"role": "user", "content": "A hero"}],
@@ -366,6 +366,14 @@ async fn json_response_formats_map_onto_response_validation() {
     let hero: Value =
         serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(hero["name"].is_string() && hero["level"].is_i64(), "{hero}");
+    // The schema's name and `strict` are kept with the request, for the provider.
+    let (_, row) = app.poll(request_id(&headers), 0).await;
+    let format = &row["parameters"]["response_format"];
+    assert_eq!(
+        (&format["name"], &format["strict"]),
+        (&json!("hero"), &json!(true)),
+        "{row}"
+    );
 
     // An answer that never is the JSON asked for fails validation on every attempt: an
     // upstream error, never a completion.

@@ -514,6 +514,49 @@ async fn output_that_is_not_the_json_asked_for_is_a_failed_attempt() {
 }
 
 #[tokio::test]
+async fn a_schemas_name_and_strict_reach_openai_and_a_name_openai_would_refuse_is_a_422() {
+    let t = two_providers().await;
+    t.openai.then(fake_upstream::openai::success(
+        r#"{"name": "Vex", "level": 3}"#,
+        10,
+        8,
+    ));
+    let schema = json!({"type": "object", "required": ["name", "level"],
+                        "properties": {"name": {"type": "string"}, "level": {"type": "integer"}},
+                        "additionalProperties": false});
+    let format =
+        json!({"type": "json_schema", "schema": schema, "name": "npc_sheet", "strict": true});
+    let body = json!({"prompt": "x", "model": "gpt-4o", "parameters": {"response_format": format}});
+    let view = run(&t.app, &t.state, body).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    let sent = &t.openai.received()[0].body["response_format"];
+    assert_eq!(
+        sent,
+        &json!({"type": "json_schema",
+                "json_schema": {"name": "npc_sheet", "schema": schema, "strict": true}})
+    );
+
+    for name in ["", "a name with spaces", &"n".repeat(65), "npc/../sheet"] {
+        let format = json!({"type": "json_schema", "schema": {"type": "object"}, "name": name});
+        let (status, body) = t
+            .app
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/generate",
+                &t.app.token(),
+                Some(json!({"prompt": "x", "model": "gpt-4o",
+                            "parameters": {"response_format": format}})),
+            )
+            .await;
+        assert_eq!(status, 422, "{name}: {body}");
+        assert_eq!(
+            body["error"]["field"], "parameters.response_format.name",
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_long_retry_after_reschedules_instead_of_holding_the_worker() {
     let t = two_providers().await;
     t.openai

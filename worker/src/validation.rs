@@ -127,6 +127,8 @@ mod tests {
         let params = GenerationParams {
             response_format: Some(ResponseFormat::JsonSchema {
                 schema: json!({"type": "array", "items": {"oneOf": branches}}),
+                name: None,
+                strict: None,
             }),
             ..Default::default()
         };
@@ -165,6 +167,8 @@ mod tests {
         let with_schema = GenerationParams {
             response_format: Some(ResponseFormat::JsonSchema {
                 schema: json!({"type": "object", "required": ["name", "level"]}),
+                name: None,
+                strict: None,
             }),
             ..Default::default()
         };

@@ -119,7 +119,11 @@ impl GenerateBody {
                 .get_or_insert_with(GenerationParams::default);
             if params.response_format.is_none() {
                 params.response_format = Some(match rendered.output_schema {
-                    Some(schema) => ResponseFormat::JsonSchema { schema },
+                    Some(schema) => ResponseFormat::JsonSchema {
+                        schema,
+                        name: None,
+                        strict: None,
+                    },
                     None => ResponseFormat::JsonObject,
                 });
             }
@@ -331,6 +335,16 @@ fn validate_json_output(params: &GenerationParams, model: &ModelSpec) -> Result<
             format!("model `{}` does not support JSON output", model.id),
         ));
     }
+    if let Some(ResponseFormat::JsonSchema {
+        name: Some(name), ..
+    }) = &params.response_format
+        && !schema_name_is_valid(name)
+    {
+        return Err(DomainError::validation(
+            "parameters.response_format.name",
+            "a schema name is 1 to 64 letters, digits, `_` or `-`",
+        ));
+    }
     if let Some(schema) = schema {
         json_schema::check_schema(schema).map_err(|e| {
             DomainError::validation(
@@ -340,6 +354,14 @@ fn validate_json_output(params: &GenerationParams, model: &ModelSpec) -> Result<
         })?;
     }
     Ok(())
+}
+
+/// A schema name as OpenAI takes it: `^[a-zA-Z0-9_-]{1,64}$`.
+fn schema_name_is_valid(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Tokens the request may consume, for rate limits at submit and the endpoint's budget before a

@@ -330,7 +330,11 @@ mod tests {
         let p = MockProvider::default();
         let asking = |schema: serde_json::Value| {
             let mut input = input("a hero", 1, None);
-            input.params.response_format = Some(ResponseFormat::JsonSchema { schema });
+            input.params.response_format = Some(ResponseFormat::JsonSchema {
+                schema,
+                name: None,
+                strict: None,
+            });
             input
         };
         let huge = [

@@ -85,7 +85,7 @@ impl<'a> ChatRequest<'a> {
             stream,
             format: match &p.response_format {
                 Some(ResponseFormat::JsonObject) => Some(json!("json")),
-                Some(ResponseFormat::JsonSchema { schema }) => Some(schema.clone()),
+                Some(ResponseFormat::JsonSchema { schema, .. }) => Some(schema.clone()),
                 Some(ResponseFormat::Text) | None => None,
             },
             options: Value::Object(options),

@@ -140,10 +140,18 @@ impl<'a> ChatRequest<'a> {
             stop: p.stop.as_deref(),
             response_format: match &p.response_format {
                 Some(ResponseFormat::JsonObject) => Some(json!({"type": "json_object"})),
-                Some(ResponseFormat::JsonSchema { schema }) => Some(json!({
-                    "type": "json_schema",
-                    "json_schema": {"name": "response", "schema": schema},
-                })),
+                Some(ResponseFormat::JsonSchema {
+                    schema,
+                    name,
+                    strict,
+                }) => {
+                    let mut spec =
+                        json!({"name": name.as_deref().unwrap_or("response"), "schema": schema});
+                    if let Some(strict) = strict {
+                        spec["strict"] = json!(strict);
+                    }
+                    Some(json!({"type": "json_schema", "json_schema": spec}))
+                }
                 Some(ResponseFormat::Text) | None => None,
             },
             stream,

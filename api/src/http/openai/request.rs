@@ -136,12 +136,10 @@ enum ResponseFormat {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct JsonSchemaSpec {
-    #[allow(dead_code)]
     name: String,
     #[serde(default)]
     schema: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)]
     strict: Option<bool>,
     #[serde(default)]
     #[allow(dead_code)]
@@ -174,7 +172,11 @@ impl ChatCompletionRequest {
             ResponseFormat::Text => NativeFormat::Text,
             ResponseFormat::JsonObject => NativeFormat::JsonObject,
             ResponseFormat::JsonSchema { json_schema } => match json_schema.schema {
-                Some(schema) => NativeFormat::JsonSchema { schema },
+                Some(schema) => NativeFormat::JsonSchema {
+                    schema,
+                    name: Some(json_schema.name),
+                    strict: json_schema.strict,
+                },
                 None => NativeFormat::JsonObject,
             },
         });
