@@ -1,5 +1,6 @@
--- The seed's two tables, plus what durable execution needs: the request's result, timings,
--- attempts and the worker's lease on it, and one row per provider call (attempt history).
+-- Generation requests and their provider calls: the request's prompt, parameters, result,
+-- timings, attempts and the worker's lease on it, and one row per provider call (attempt
+-- history).
 
 -- apalis' queue schema (migrated right after ours) stores job metadata as hstore.
 CREATE EXTENSION IF NOT EXISTS hstore;

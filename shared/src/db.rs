@@ -118,7 +118,42 @@ static QUEUE_MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
         migrator
     });
 
+/// Migrations whose comments were reworded after release, what they do unchanged: their
+/// version and the checksum of the released text (SHA-384, hex). A database that applied the
+/// released text has the current checksum recorded instead, so that the migrator accepts it.
+const REWORDED: &[(i64, &str)] = &[(
+    20261125000001,
+    "68dcc3439b1edae22e0183791ed7704939989853df80b66310963fcdba883c607becbb76bf973f02d12bbfc3352ad110",
+)];
+
+/// Records the current checksum of each [`REWORDED`] migration applied from its released text.
+async fn accept_reworded(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(pool)
+            .await?;
+    if recorded.is_none() {
+        return Ok(());
+    }
+    for (version, released) in REWORDED {
+        let Some(current) = MIGRATOR.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $1
+             WHERE version = $2 AND checksum = decode($3, 'hex')",
+        )
+        .bind(current.checksum.as_ref())
+        .bind(version)
+        .bind(released)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
 async fn run_migrations(pool: &PgPool) -> Result<(), MigrateError> {
+    accept_reworded(pool).await?;
     // Ours first: the first one creates the hstore extension apalis' schema needs.
     MIGRATOR.run(pool).await?;
     apalis_postgres::PostgresStorage::setup(pool).await?;

@@ -30,6 +30,27 @@ async fn concurrent_and_repeated_migrations_succeed() {
     }
     // And again: nothing left to do, no error.
     db::migrate(&pools[0]).await.unwrap();
+    // A database that applied the first migration's released text (comments since reworded)
+    // still migrates, and then records the current text's checksum.
+    let current: Vec<u8> =
+        sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = 20261125000001")
+            .fetch_one(&pools[0])
+            .await
+            .unwrap();
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = decode('68dcc3439b1edae22e0183791ed7704939989853df80b66310963fcdba883c607becbb76bf973f02d12bbfc3352ad110', 'hex')
+         WHERE version = 20261125000001",
+    )
+    .execute(&pools[0])
+    .await
+    .unwrap();
+    db::migrate(&pools[0]).await.unwrap();
+    let after: Vec<u8> =
+        sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = 20261125000001")
+            .fetch_one(&pools[0])
+            .await
+            .unwrap();
+    assert_eq!(after, current);
     let ours: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
         .fetch_one(&pools[0])
         .await
