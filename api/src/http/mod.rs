@@ -5,6 +5,7 @@
 pub(crate) mod admin;
 pub(crate) mod anthropic;
 pub(crate) mod batch;
+pub(crate) mod door;
 pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod generate;

@@ -29,14 +29,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use uuid::Uuid;
 
+use super::door::{self, Outcome};
 use super::extract::JsonBody;
-use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
-use super::stream::{Subscribed, follow_events, submit_subscribed};
 use crate::auth::{ApiKeyUser, AuthUser};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
-use llm_shared::requests::NewRequest;
 
 use error::{AnthropicError, MessageErrors};
 use request::{Call, MessagesRequest};
@@ -98,8 +96,8 @@ fn require_version(headers: &HeaderMap) -> Result<(), AnthropicError> {
     }
 }
 
-/// Runs a translated call as a durable request: streamed through the relay, or waited for up
-/// to `OPENAI_COMPAT_WAIT_SECS` and answered from its row.
+/// Runs a translated call as a durable request ([`door::run`]), answered in Anthropic's
+/// format.
 async fn run(
     state: AppState,
     user: AuthUser,
@@ -107,41 +105,17 @@ async fn run(
     headers: &HeaderMap,
     call: Call,
 ) -> Result<Response, AnthropicError> {
-    let registry = state.models.current();
-    if registry.get(&call.model).is_none() {
+    if state.models.current().get(&call.model).is_none() {
         return Err(AnthropicError::model_not_found(&call.model));
     }
-    let key = idempotency_key(headers)?;
-    let mut new = NewRequest::validate(
-        call.body,
-        user.id,
-        key,
-        &registry,
-        state.limits.job_max_attempts,
-        state.cache.scope,
-    )
-    .map_err(ApiError::from)?;
-    new.trace_id = Some(trace.trace_id);
-    if call.stream {
-        let Subscribed {
-            id,
-            subscription,
-            rate,
-            slot,
-        } = submit_subscribed(&state, &user, new).await?;
-        let events = follow_events(state, id, user.id, subscription, 0, slot);
-        let mut response = with_request_id(sse(events, EventWriter::new(id, call.model)), id);
-        super::rate_limits::attach(&mut response, rate);
-        return Ok(response);
-    }
-    // The call waits for its generation: its wait slot is taken before anything is stored, so
-    // a user at USER_MAX_WAITS is refused with nothing queued.
-    let slot = super::quota::wait_slot(&state, &user)?;
-    let Admitted { submitted, rate } = accept(&state, &user, new).await?;
     let wait = state.limits.compat_wait;
-    let row = wait_until_final(&state, submitted.id, &user, wait, Some(slot)).await?;
-    let mut response = with_request_id(response::answer(&row, wait), submitted.id);
-    super::rate_limits::attach(&mut response, rate);
+    let run = door::run(state, &user, trace, headers, call.body, call.stream).await?;
+    let response = match run.outcome {
+        Outcome::Streamed(events) => sse(events, EventWriter::new(run.id, call.model)),
+        Outcome::Waited(row) => response::answer(&row, wait),
+    };
+    let mut response = with_request_id(response, run.id);
+    super::rate_limits::attach(&mut response, run.rate);
     Ok(response)
 }
 

@@ -27,14 +27,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use uuid::Uuid;
 
+use super::door::{self, Outcome};
 use super::extract::JsonBody;
-use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
-use super::stream::{Subscribed, follow_events, submit_subscribed};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
-use llm_shared::requests::NewRequest;
 
 use error::{CompletionErrors, OpenAiError};
 // The `__path_*` items are the handlers' OpenAPI descriptions (made by `utoipa::path`): they
@@ -126,8 +124,7 @@ pub async fn completions(
     run(state, user, trace, &headers, body.into_call()?).await
 }
 
-/// Runs a translated call as a durable request: streamed through the relay, or waited for up
-/// to `OPENAI_COMPAT_WAIT_SECS` and answered from its row.
+/// Runs a translated call as a durable request ([`door::run`]), answered in OpenAI's format.
 async fn run(
     state: AppState,
     user: AuthUser,
@@ -135,48 +132,22 @@ async fn run(
     headers: &HeaderMap,
     call: Call,
 ) -> Result<Response, OpenAiError> {
-    let registry = state.models.current();
-    if registry.get(&call.model).is_none() {
+    if state.models.current().get(&call.model).is_none() {
         return Err(OpenAiError::model_not_found(&call.model));
     }
-    let key = idempotency_key(headers)?;
-    let mut new = NewRequest::validate(
-        call.body,
-        user.id,
-        key,
-        &registry,
-        state.limits.job_max_attempts,
-        state.cache.scope,
-    )
-    .map_err(|e| OpenAiError::from_native(e.into(), call.endpoint))?;
-    new.trace_id = Some(trace.trace_id);
-    if call.stream {
-        let Subscribed {
-            id,
-            subscription,
-            rate,
-            slot,
-        } = submit_subscribed(&state, &user, new)
-            .await
-            .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
-        let events = follow_events(state, id, user.id, subscription, 0, slot);
-        let writer = ChunkWriter::new(id, call.model, call.endpoint, call.include_usage);
-        let mut response = with_request_id(sse(events, writer), id);
-        super::rate_limits::attach(&mut response, rate);
-        return Ok(response);
-    }
-    // The call waits for its generation: its wait slot is taken before anything is stored, so
-    // a user at USER_MAX_WAITS is refused with nothing queued.
-    let slot = super::quota::wait_slot(&state, &user)
-        .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
-    let Admitted { submitted, rate } = accept(&state, &user, new)
+    let (endpoint, wait) = (call.endpoint, state.limits.compat_wait);
+    let run = door::run(state, &user, trace, headers, call.body, call.stream)
         .await
-        .map_err(|e| OpenAiError::from_native(e, call.endpoint))?;
-    let wait = state.limits.compat_wait;
-    let row = wait_until_final(&state, submitted.id, &user, wait, Some(slot)).await?;
-    let response = response::answer(&row, call.endpoint, state.limits.compat_wait);
-    let mut response = with_request_id(response, submitted.id);
-    super::rate_limits::attach(&mut response, rate);
+        .map_err(|e| OpenAiError::from_native(e, endpoint))?;
+    let response = match run.outcome {
+        Outcome::Streamed(events) => {
+            let writer = ChunkWriter::new(run.id, call.model, endpoint, call.include_usage);
+            sse(events, writer)
+        }
+        Outcome::Waited(row) => response::answer(&row, endpoint, wait),
+    };
+    let mut response = with_request_id(response, run.id);
+    super::rate_limits::attach(&mut response, run.rate);
     Ok(response)
 }
 

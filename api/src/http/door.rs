@@ -1,0 +1,80 @@
+//! What the foreign-API doors (OpenAI's `/v1/chat/completions` and `/v1/completions`,
+//! Anthropic's `/v1/messages`) share: a translated call runs as an ordinary durable request,
+//! validated as the native submit is, then streamed through the relay or waited for up to
+//! `OPENAI_COMPAT_WAIT_SECS`. Each door renders the outcome, and its errors, in its own format.
+
+use axum::http::HeaderMap;
+use uuid::Uuid;
+
+use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
+use super::stream::{FollowStream, Subscribed, follow_events, submit_subscribed};
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::telemetry::TraceContext;
+use llm_shared::ratelimit::RateState;
+use llm_shared::requests::{GenerateBody, NewRequest, RequestView};
+
+/// How a door's call ran.
+pub(super) enum Outcome {
+    /// Streamed: the follower's events from the start, holding the user's stream slot.
+    Streamed(FollowStream),
+    /// Waited for: the request's row once final, or as it was when the wait ran out.
+    Waited(Box<RequestView>),
+}
+
+pub(super) struct Run {
+    /// The durable request's id.
+    pub id: Uuid,
+    pub outcome: Outcome,
+    /// The rate-limit state the submit counted, for the answer's headers.
+    pub rate: Option<RateState>,
+}
+
+/// Runs `body` for `user` as a durable request: streamed if `stream`, else waited for (the
+/// wait slot is taken before anything is stored, so a user at `USER_MAX_WAITS` is refused with
+/// nothing queued).
+pub(super) async fn run(
+    state: AppState,
+    user: &AuthUser,
+    trace: TraceContext,
+    headers: &HeaderMap,
+    body: GenerateBody,
+    stream: bool,
+) -> Result<Run, ApiError> {
+    let registry = state.models.current();
+    let key = idempotency_key(headers)?;
+    let mut new = NewRequest::validate(
+        body,
+        user.id,
+        key,
+        &registry,
+        state.limits.job_max_attempts,
+        state.cache.scope,
+    )
+    .map_err(ApiError::from)?;
+    new.trace_id = Some(trace.trace_id);
+    if stream {
+        let Subscribed {
+            id,
+            subscription,
+            rate,
+            slot,
+        } = submit_subscribed(&state, user, new).await?;
+        let events = follow_events(state, id, user.id, subscription, 0, slot);
+        return Ok(Run {
+            id,
+            outcome: Outcome::Streamed(events),
+            rate,
+        });
+    }
+    let slot = super::quota::wait_slot(&state, user)?;
+    let Admitted { submitted, rate } = accept(&state, user, new).await?;
+    let wait = state.limits.compat_wait;
+    let row = wait_until_final(&state, submitted.id, user, wait, Some(slot)).await?;
+    Ok(Run {
+        id: submitted.id,
+        outcome: Outcome::Waited(Box::new(row)),
+        rate,
+    })
+}
