@@ -4,8 +4,8 @@
 //! would do little else. Interactive jobs, and batch jobs coming back at the time promised to
 //! them, are still fetched (`apalis.get_jobs` reads the pause: `queue::pause_fetch`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use llm_shared::queue;
 use sqlx::PgPool;
@@ -21,8 +21,8 @@ const EXTEND_BY: Duration = Duration::from_millis(500);
 pub struct FetchPause {
     pool: PgPool,
     worker: String,
-    /// When the pause written last ends, in Unix ms.
-    until_ms: AtomicU64,
+    /// When the pause written last ends.
+    until: Mutex<Option<Instant>>,
 }
 
 impl FetchPause {
@@ -30,7 +30,7 @@ impl FetchPause {
         Self {
             pool,
             worker,
-            until_ms: AtomicU64::new(0),
+            until: Mutex::new(None),
         }
     }
 
@@ -38,30 +38,19 @@ impl FetchPause {
     /// long (at most [`MAX_PAUSE`]). A failed write only leaves the fetch unpaused.
     pub async fn batch_item_sent_back(&self, wait: Duration) {
         let pause = wait.min(MAX_PAUSE);
-        let until = unix_ms().saturating_add(millis(pause));
-        let current = self.until_ms.load(Ordering::Relaxed);
-        if until < current.saturating_add(millis(EXTEND_BY))
-            || self
-                .until_ms
-                .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        let until = Instant::now() + pause;
         {
-            return;
+            let Ok(mut current) = self.until.lock() else {
+                return;
+            };
+            if current.is_some_and(|current| until < current + EXTEND_BY) {
+                return;
+            }
+            *current = Some(until);
         }
         let below = i32::try_from(queue::returning(queue::BATCH_PRIORITY)).unwrap_or(1);
         if let Err(err) = queue::pause_fetch(&self.pool, &self.worker, below, pause).await {
             tracing::debug!(error = %err, "could not pause the fetch of new batch jobs");
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0)
 }
