@@ -680,3 +680,40 @@ async fn the_official_openai_python_sdk_works_unchanged() {
         "the completion, the stream and the limited user's first call"
     );
 }
+
+#[tokio::test]
+async fn a_cache_hit_is_answered_from_the_cache_before_its_row_is_written() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let body = json!({"model": "mock", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "a question asked twice"}]});
+    let (status, _, first) = post(&app, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    worker.stop().await;
+
+    // A hit's row is written with its usage count, in one statement: while `usage_daily` is
+    // locked, no hit's row can be written.
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE usage_daily IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let (status, headers, hit) =
+        tokio::time::timeout(LONG, post(&app, "/v1/chat/completions", body))
+            .await
+            .expect("a hit waits for no row");
+    assert_eq!(status, 200, "{hit}");
+    let answer = |b: &Value| b["choices"][0]["message"]["content"].clone();
+    assert_eq!(answer(&hit), answer(&first));
+    assert_eq!(hit["usage"], first["usage"]);
+    let id = request_id(&headers);
+    let stored = format!("SELECT COUNT(*) FROM generation_requests WHERE id = '{id}'");
+    assert_eq!(app.db.count(&stored).await, 0, "answered before its row");
+
+    lock.rollback().await.unwrap();
+    let (status, row) = app.poll(id, 0).await;
+    assert_eq!(status, 200, "{row}");
+    assert_eq!(
+        (row["cached"].clone(), row["result"].clone()),
+        (json!(true), answer(&first))
+    );
+}

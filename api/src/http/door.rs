@@ -6,7 +6,7 @@
 use axum::http::HeaderMap;
 use uuid::Uuid;
 
-use super::generate::{Admitted, accept, idempotency_key, wait_until_final};
+use super::generate::{Admitted, accept_answered, idempotency_key, wait_until_final};
 use super::stream::{FollowStream, Subscribed, follow_events, submit_subscribed};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -69,12 +69,21 @@ pub(super) async fn run(
         });
     }
     let slot = super::quota::wait_slot(&state, user)?;
-    let Admitted { submitted, rate } = accept(&state, user, new).await?;
-    let wait = state.limits.compat_wait;
-    let row = wait_until_final(&state, submitted.id, user, wait, Some(slot)).await?;
+    let Admitted {
+        submitted,
+        rate,
+        answered,
+    } = accept_answered(&state, user, new).await?;
+    let row = match answered {
+        Some(row) => row,
+        None => {
+            let wait = state.limits.compat_wait;
+            Box::new(wait_until_final(&state, submitted.id, user, wait, Some(slot)).await?)
+        }
+    };
     Ok(Run {
         id: submitted.id,
-        outcome: Outcome::Waited(Box::new(row)),
+        outcome: Outcome::Waited(row),
         rate,
     })
 }

@@ -52,7 +52,9 @@ pub async fn submit(
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
     let new = new_request(&state, &user, &headers, body, trace)?;
-    let Admitted { submitted, rate } = accept(&state, &user, new).await?;
+    let Admitted {
+        submitted, rate, ..
+    } = accept(&state, &user, new).await?;
     let poll_url = format!("/api/v1/generate/{}", submitted.id);
     // Answered from the cache: already complete, so 200 rather than "accepted for later".
     let code = if submitted.status == Status::Completed {
@@ -112,6 +114,9 @@ pub(super) struct Admitted {
     /// The rate-limit state it counted (`None` if the limiter was not consulted), for the
     /// answer's headers ([`super::rate_limits::attach`]).
     pub rate: Option<llm_shared::ratelimit::RateState>,
+    /// The request as answered from the cache's fast copy, when the caller asked for it
+    /// ([`accept_answered`]): its row may not be written yet.
+    pub answered: Option<Box<RequestView>>,
 }
 
 /// Looks a validated request up in the cache, counts it against the caller's rate limits (a
@@ -123,6 +128,26 @@ pub(super) async fn accept(
     state: &AppState,
     user: &AuthUser,
     new: NewRequest,
+) -> Result<Admitted, ApiError> {
+    accept_as(state, user, new, false).await
+}
+
+/// [`accept`], keeping the request as answered if it is a hit of the cache's fast copy: a
+/// caller that answers with the result (the foreign doors) needs no read of a row that the hit
+/// writer stores a few milliseconds later (`GET` waits for it; this does not).
+pub(super) async fn accept_answered(
+    state: &AppState,
+    user: &AuthUser,
+    new: NewRequest,
+) -> Result<Admitted, ApiError> {
+    accept_as(state, user, new, true).await
+}
+
+async fn accept_as(
+    state: &AppState,
+    user: &AuthUser,
+    new: NewRequest,
+    keep_answer: bool,
 ) -> Result<Admitted, ApiError> {
     let estimated = new.estimated_tokens;
     let (rate, how) = match state.submitter.fast_key(&new) {
@@ -157,7 +182,15 @@ pub(super) async fn accept(
         }
         return Err(refused);
     }
+    let answered = match &how {
+        requests::Insert::CacheHit(hit) if keep_answer => Some(Box::new(
+            RequestView::of_cache_hit(&new, hit, chrono::Utc::now()),
+        )),
+        _ => None,
+    };
     let submitted = state.submitter.store(new, how).await?;
+    // A reused Idempotency-Key answers with the earlier request instead.
+    let answered = answered.filter(|view| view.id == submitted.id);
     if let Some(rate) = rate
         && tokens > 0
         && submitted.cache_hit == Some(true)
@@ -174,7 +207,11 @@ pub(super) async fn accept(
     if !submitted.replayed {
         tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
     }
-    Ok(Admitted { submitted, rate })
+    Ok(Admitted {
+        submitted,
+        rate,
+        answered,
+    })
 }
 
 /// The `Idempotency-Key` header, if any.

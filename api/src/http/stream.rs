@@ -104,8 +104,9 @@ pub(super) async fn submit_subscribed(
         .subscribe(new.id)
         .await
         .map_err(|_| relay_unavailable())?;
-    let super::generate::Admitted { submitted, rate } =
-        super::generate::accept(state, user, new).await?;
+    let super::generate::Admitted {
+        submitted, rate, ..
+    } = super::generate::accept(state, user, new).await?;
     let subscription = if submitted.replayed {
         // An earlier request with the same Idempotency-Key: follow that one instead.
         drop(subscription);

@@ -10,6 +10,8 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use super::Status;
+use super::body::NewRequest;
+use crate::cache::CachedResponse;
 
 /// A request as its owner sees it.
 #[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
@@ -42,6 +44,43 @@ pub struct RequestView {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl RequestView {
+    /// The row of `new`, answered at `at` from the cache with `hit`, as the hit writer stores it
+    /// (`sql/insert_hits.sql`): for an answer that carries the result before the row is written.
+    pub fn of_cache_hit(new: &NewRequest, hit: &CachedResponse, at: DateTime<Utc>) -> Self {
+        Self {
+            id: new.id,
+            status: Status::Completed,
+            model: new.model.clone(),
+            prompt: new.prompt.clone(),
+            context: new.context.clone(),
+            parameters: new.parameters.clone(),
+            metadata: new.metadata.clone(),
+            result: Some(hit.response.clone()),
+            provider: hit.provider.clone(),
+            provider_model: hit.provider_model.clone(),
+            served_model: hit.served_model.clone(),
+            tokens_used: hit
+                .prompt_tokens
+                .zip(hit.completion_tokens)
+                .map(|(p, c)| p.saturating_add(c)),
+            prompt_tokens: hit.prompt_tokens,
+            completion_tokens: hit.completion_tokens,
+            finish_reason: hit.finish_reason.clone(),
+            cost_usd: Some(0.0),
+            cached: true,
+            error_code: None,
+            error_message: None,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            created_at: at,
+            started_at: None,
+            completed_at: Some(at),
+            updated_at: at,
+        }
+    }
 }
 
 /// One provider call, as shown with the request.
