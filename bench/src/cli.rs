@@ -39,6 +39,9 @@ pub struct Args {
     /// there is mostly queueing for them.
     #[arg(long, value_delimiter = ',', default_value = "10000,15000")]
     pub cache_rate: Vec<u64>,
+    /// Concurrencies at which the native and OpenAI doors are compared (hits and misses).
+    #[arg(long, value_delimiter = ',', default_value = "1,50")]
+    pub door_concurrency: Vec<usize>,
     /// Jobs per end-to-end run.
     #[arg(long, default_value_t = 5000)]
     pub e2e_jobs: usize,
@@ -77,6 +80,9 @@ pub struct Args {
     /// Run only the LLM-shaped phase.
     #[arg(long)]
     pub llm_only: bool,
+    /// Run only the doors' comparison.
+    #[arg(long, conflicts_with = "llm_only")]
+    pub doors_only: bool,
     /// The LLM-shaped phase at a size for trying it (a 1,000-item batch, 1,000 calls in flight,
     /// 1,000 open streams): a few minutes at most.
     #[arg(long)]

@@ -26,6 +26,15 @@ impl HitRequest {
             bytes: bytes.into(),
         }
     }
+
+    pub fn get(addr: std::net::SocketAddr, path: &str, token: &str) -> Self {
+        let bytes =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
+        Self {
+            addr,
+            bytes: bytes::Bytes::from(bytes),
+        }
+    }
 }
 
 /// One HTTP/1.1 keep-alive connection to the api, sending [`HitRequest`]s one at a time, as
@@ -39,6 +48,8 @@ pub struct HitClient {
     stream: tokio::net::TcpStream,
     /// What was read of the answer (kept across requests: no allocation per request).
     buffer: Vec<u8>,
+    /// Where the last answer's body starts in `buffer`.
+    body_at: usize,
 }
 
 impl HitClient {
@@ -49,6 +60,7 @@ impl HitClient {
             addr,
             stream,
             buffer: Vec::with_capacity(4096),
+            body_at: 0,
         })
     }
 
@@ -86,6 +98,15 @@ impl HitClient {
         }
     }
 
+    /// Sends `request` and reads the whole answer: its status and body.
+    pub async fn exchange(&mut self, request: &HitRequest) -> anyhow::Result<(u16, &[u8])> {
+        let status = self
+            .send(&request.bytes)
+            .await?
+            .context("an answer without a status")?;
+        Ok((status, &self.buffer[self.body_at..]))
+    }
+
     async fn send(&mut self, request: &[u8]) -> anyhow::Result<Option<u16>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.stream.write_all(request).await?;
@@ -103,6 +124,7 @@ impl HitClient {
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
                     .context("an answer without Content-Length")?;
+                self.body_at = head;
                 break (response.code, head + body);
             }
         };

@@ -14,6 +14,8 @@
 //! - an LLM-shaped phase: generations with real timing against a fake OpenAI with a request
 //!   limit, a large batch beside interactive users, calls in flight per worker and their memory,
 //!   and thousands of streams open on one api (`--llm-only`, `--quick`);
+//! - the native and OpenAI doors side by side, cache hits and misses at 1 and 50 clients
+//!   (`--doors-only`);
 //! - the machine it ran on (CPU model, cores, memory).
 #![allow(clippy::print_stdout)]
 
@@ -55,6 +57,17 @@ async fn main() -> anyhow::Result<()> {
         let result = result?;
         println!("\n== llm-bench, LLM-shaped phase  ({machine})");
         result.print();
+        report::save_json(&result, &args.output)?;
+        println!("\nJSON written to {}", args.output.display());
+        return Ok(());
+    }
+    if args.doors_only {
+        let result = phases::run_doors_only(&args, &bin_dir, &bench_db).await;
+        forget_redis_namespace(&args.redis_url, &bench_db.redis_prefix()).await;
+        bench_db.drop_it(&args.admin_database_url).await;
+        let result = result?;
+        println!("\n== llm-bench, the doors  ({machine})");
+        report::print_doors(&result);
         report::save_json(&result, &args.output)?;
         println!("\nJSON written to {}", args.output.display());
         return Ok(());

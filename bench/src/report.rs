@@ -5,7 +5,9 @@ use serde::Serialize;
 use crate::cpu::CpuPerRequest;
 use crate::load::{RateResult, SubmitResult};
 use crate::machine::Machine;
-use crate::phases::{CacheResult, DrainResult, EndToEndResult, MemoryResult, StreamingResult};
+use crate::phases::{
+    CacheResult, DoorResult, DrainResult, EndToEndResult, MemoryResult, StreamingResult,
+};
 use crate::stats::Latencies;
 
 #[derive(Debug, Serialize)]
@@ -24,6 +26,8 @@ pub struct Report {
     pub streaming: StreamingResult,
     pub cache_hits: Vec<CacheResult>,
     pub cache_hits_at_rate: Vec<RateResult>,
+    /// The native and OpenAI doors side by side (hits and misses).
+    pub doors: Vec<DoorResult>,
     /// Round trip of the rate limiter's check (what it adds to every submit).
     pub rate_limiter: Latencies,
     pub memory: MemoryResult,
@@ -98,6 +102,7 @@ impl Report {
         self.print_drain();
         self.print_unloaded();
         self.print_cache_hits();
+        print_doors(&self.doors);
         self.print_streaming();
         self.print_memory();
         if let Some(llm) = &self.llm {
@@ -248,5 +253,31 @@ impl Report {
                 name, r.idle_mb, r.peak_mb, r.slope_mb_per_min
             );
         }
+    }
+}
+
+/// The doors' table: each door's hits and misses at each concurrency.
+pub fn print_doors(doors: &[DoorResult]) {
+    println!(
+        "\nthe doors (native: submit, and for a miss its GET ?wait=; openai: one /v1/chat/completions call; mock at 0 ms, 1 worker)"
+    );
+    println!(
+        "{:>8} {:>6} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "door", "case", "concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms"
+    );
+    for d in doors {
+        let r = &d.result;
+        println!(
+            "{:>8} {:>6} {:>12} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2}   {}",
+            d.door,
+            d.case,
+            r.concurrency,
+            r.requests,
+            r.requests_per_sec,
+            r.latency.p50_ms,
+            r.latency.p95_ms,
+            r.latency.p99_ms,
+            cpu_per_request(r.cpu_per_request.as_ref())
+        );
     }
 }

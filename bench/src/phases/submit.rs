@@ -44,13 +44,15 @@ async fn measure_submit(
     measure_closed_loop(stack, concurrency, run_for, 202, move || submits.next()).await
 }
 
-/// Submits (`POST /api/v1/generate`), each with a prompt of its own, `{label} {run} {n}`: none
-/// answered from the cache or attached to another request in flight, this run's or an earlier
-/// one's.
+/// Submits, each with a prompt of its own, `{label} {run} {n}`: none answered from the cache or
+/// attached to another request in flight, this run's or an earlier one's. Native submits
+/// (`POST /api/v1/generate`, [`SubmitRequests::new`]) or OpenAI chat completions
+/// (`POST /v1/chat/completions`, [`SubmitRequests::chat`]).
 pub struct SubmitRequests {
     pub addr: std::net::SocketAddr,
     token: String,
     label: String,
+    chat: bool,
     sent: std::cell::Cell<usize>,
 }
 
@@ -60,16 +62,40 @@ impl SubmitRequests {
             addr: stack.api_addr()?,
             token: stack.token.to_owned(),
             label: format!("{label} {}", Uuid::now_v7().simple()),
+            chat: false,
             sent: std::cell::Cell::new(0),
+        })
+    }
+
+    pub fn chat(stack: &Stack<'_>, label: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            chat: true,
+            ..Self::new(stack, label)?
         })
     }
 
     pub fn next(&self) -> HitRequest {
         let n = self.sent.get();
         self.sent.set(n + 1);
-        let body = json!({ "prompt": format!("{} {n}", self.label) }).to_string();
-        HitRequest::post(self.addr, "/api/v1/generate", &self.token, body.as_bytes())
+        let prompt = format!("{} {n}", self.label);
+        if self.chat {
+            let body = chat_body(&prompt).to_string();
+            HitRequest::post(
+                self.addr,
+                "/v1/chat/completions",
+                &self.token,
+                body.as_bytes(),
+            )
+        } else {
+            let body = json!({ "prompt": prompt }).to_string();
+            HitRequest::post(self.addr, "/api/v1/generate", &self.token, body.as_bytes())
+        }
     }
+}
+
+/// An OpenAI chat completion asking `prompt` of the mock model.
+pub fn chat_body(prompt: &str) -> serde_json::Value {
+    json!({"model": "mock", "messages": [{"role": "user", "content": prompt}]})
 }
 
 /// The submits of [`measure_submit`] without HTTP: the request the api would build
