@@ -1,0 +1,738 @@
+//! OpenAI's Responses API (`/v1/responses`): each response is a durable request under OpenAI's
+//! names — answered as a Response object, queued in the background, streamed as numbered
+//! `response.*` events that a client resumes with `starting_after`, cancelled — and the
+//! official Python SDK works against it unchanged.
+
+use std::time::Duration;
+
+use llm_tests::fake_upstream::{self, FakeUpstream};
+use llm_tests::sse::{SseMessage, SseReader};
+use llm_tests::{TestApp, spawn_api_process_with, start_worker};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn create(app: &TestApp, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(app.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn request_id(response_id: &str) -> Uuid {
+    Uuid::try_parse(response_id.strip_prefix("resp_").unwrap()).unwrap()
+}
+
+/// The events of a Responses stream, up to its terminal event (included).
+async fn events(request: reqwest::RequestBuilder) -> (u16, Vec<SseMessage>) {
+    let mut reader = SseReader::open(request).await;
+    let mut out = Vec::new();
+    while let Some(message) = reader.next(LONG).await {
+        let end = matches!(
+            message.event.as_str(),
+            "response.completed" | "response.incomplete" | "response.failed"
+        );
+        out.push(message);
+        if end {
+            break;
+        }
+    }
+    (reader.status, out)
+}
+
+fn stream_get(app: &TestApp, id: &str, starting_after: Option<u64>) -> reqwest::RequestBuilder {
+    let mut url = app.url(&format!("/v1/responses/{id}?stream=true"));
+    if let Some(n) = starting_after {
+        url.push_str(&format!("&starting_after={n}"));
+    }
+    app.http.get(url).bearer_auth(app.token())
+}
+
+fn numbers(events: &[SseMessage]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.data["sequence_number"].as_u64().unwrap())
+        .collect()
+}
+
+/// What identifies an event across connections: its type, number and delta or text.
+fn identity(events: &[SseMessage]) -> Vec<(String, u64, Value)> {
+    events
+        .iter()
+        .map(|e| {
+            let content = e
+                .data
+                .get("delta")
+                .or_else(|| e.data.get("text"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (
+                e.event.clone(),
+                e.data["sequence_number"].as_u64().unwrap(),
+                content,
+            )
+        })
+        .collect()
+}
+
+fn deltas(events: &[SseMessage]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "response.output_text.delta")
+        .map(|e| e.data["delta"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_response_is_a_durable_request_answered_as_a_response_object() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let (status, headers, body) = create(
+        &app,
+        json!({"model": "mock", "instructions": "Be brief.", "max_output_tokens": 12,
+        "temperature": 0.5, "metadata": {"campaign": "tavern"},
+        "input": [
+            {"role": "user", "content": "Describe the tavern."},
+            {"type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": "Smoky.", "annotations": []}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "And its keeper?"}]},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    let id = body["id"].as_str().unwrap();
+    let request = request_id(id);
+    assert_eq!(headers["x-request-id"], request.to_string().as_str());
+    let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text.split_whitespace().count(), 12, "{body}");
+    assert_eq!(body["output"][0]["type"], "message");
+    assert_eq!(body["output"][0]["role"], "assistant");
+    assert_eq!(body["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(body["usage"]["output_tokens"], 12);
+    assert_eq!(body["instructions"], "Be brief.");
+    assert_eq!(body["metadata"], json!({"campaign": "tavern"}));
+    assert_eq!(body["max_output_tokens"], 12);
+    assert_eq!(body["temperature"], 0.5);
+    assert_eq!(body["background"], false);
+    assert_eq!(body["text"]["format"]["type"], "text");
+
+    // The same response, read back; and it is an ordinary request underneath.
+    let (status, again) = app.get_json(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["output"], body["output"]);
+    assert_eq!(again["metadata"], body["metadata"]);
+    let (_, row) = app.poll(request, 0).await;
+    assert_eq!(row["metadata"]["api"], "openai.responses");
+    assert_eq!(row["parameters"]["system"], "Be brief.");
+    assert_eq!(row["parameters"]["history"].as_array().unwrap().len(), 2);
+    assert_eq!(row["prompt"], "And its keeper?");
+
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_cut_at_max_output_tokens_is_an_incomplete_response() {
+    let openai = FakeUpstream::start("/v1").await;
+    let mut cut = fake_upstream::openai::success("It was a dark and", 5, 5);
+    if let fake_upstream::Reply::Json { body, .. } = &mut cut {
+        body["choices"][0]["finish_reason"] = json!("length");
+    }
+    openai.then(cut);
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
+    let (status, _, body) = create(
+        &app,
+        json!({"model": "gpt-4o", "input": "A tale", "max_output_tokens": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "incomplete", "{body}");
+    assert_eq!(body["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(body["output"][0]["status"], "incomplete");
+    assert_eq!(body["output"][0]["content"][0]["text"], "It was a dark and");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_background_response_is_queued_then_retrieved_and_a_json_schema_format_applies() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let schema = json!({"type": "object", "required": ["name", "level"],
+                        "properties": {"name": {"type": "string"}, "level": {"type": "integer"}}});
+    let (status, _, body) = create(
+        &app,
+        json!({"model": "mock", "input": "A hero", "background": true,
+               "mock": {"latency_ms": 500},
+               "text": {"format": {"type": "json_schema", "name": "hero", "schema": schema,
+                                   "strict": true}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["background"], true);
+    assert_eq!(body["output"], json!([]));
+    assert_eq!(body["text"]["format"]["name"], "hero");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + LONG;
+    let done = loop {
+        let (status, now) = app.get_json(&format!("/v1/responses/{id}")).await;
+        assert_eq!(status, 200, "{now}");
+        assert!(
+            ["queued", "in_progress", "completed"].contains(&now["status"].as_str().unwrap()),
+            "{now}"
+        );
+        if now["status"] == "completed" {
+            break now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hero: Value =
+        serde_json::from_str(done["output"][0]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert!(hero["name"].is_string() && hero["level"].is_i64(), "{hero}");
+    assert_eq!(done["text"]["format"]["strict"], true);
+    // Cancelling a finished response answers its final state.
+    let (status, cancelled) = app
+        .call(
+            Method::POST,
+            &format!("/v1/responses/{id}/cancel"),
+            &app.token(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "completed");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_response_sends_numbered_response_events_in_order() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let request = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(app.token())
+        .json(
+            &json!({"model": "mock", "input": "Tell a tale", "stream": true,
+                      "max_output_tokens": 10}),
+        );
+    let (status, events) = events(request).await;
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        &kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        &kinds[kinds.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert!(
+        kinds[4..kinds.len() - 4]
+            .iter()
+            .all(|k| *k == "response.output_text.delta")
+    );
+    let numbers = numbers(&events);
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    assert_eq!(numbers[..4], [0, 1, 2, 3]);
+    for e in &events {
+        assert_eq!(e.data["type"], e.event.as_str());
+    }
+    let done = &events[events.len() - 1].data["response"];
+    let text = done["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(deltas(&events), text);
+    assert_eq!(text.split_whitespace().count(), 10);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["usage"]["output_tokens"], 10);
+    let delta = &events[4].data;
+    assert_eq!(delta["item_id"], done["output"][0]["id"]);
+    assert_eq!(
+        (&delta["output_index"], &delta["content_index"]),
+        (&json!(0), &json!(0))
+    );
+    // A stream that was not a background response cannot be streamed again.
+    let (status, refused) = app
+        .get_json(&format!(
+            "/v1/responses/{}?stream=true",
+            done["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["param"], "stream");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_background_stream_resumes_after_any_sequence_number_with_the_same_events() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let request = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(app.token())
+        .json(
+            &json!({"model": "mock", "input": "A long tale", "stream": true,
+                      "background": true, "max_output_tokens": 30,
+                      "mock": {"token_delay_ms": 40}}),
+        );
+    // The first connection goes away after a few deltas, while the response runs on.
+    let mut reader = SseReader::open(request).await;
+    assert_eq!(reader.status, 200);
+    let mut first = Vec::new();
+    while first.len() < 8 {
+        first.push(reader.next(LONG).await.unwrap());
+    }
+    drop(reader);
+    let id = first[0].data["response"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(first[0].data["response"]["background"], true);
+    let seen = first.last().unwrap().data["sequence_number"]
+        .as_u64()
+        .unwrap();
+    // Resumed live: exactly the events after the last one seen.
+    let (status, rest) = events(stream_get(&app, &id, Some(seen))).await;
+    assert_eq!(status, 200);
+    assert_eq!(rest.last().unwrap().event, "response.completed");
+    let mut joined = identity(&first);
+    joined.extend(identity(&rest));
+    // The whole stream again, now from the relay's log of a finished response: the same
+    // events under the same numbers.
+    let (_, whole) = events(stream_get(&app, &id, None)).await;
+    assert_eq!(identity(&whole), joined);
+    let text = whole.last().unwrap().data["response"]["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(deltas(&whole), text);
+    assert_eq!(text.split_whitespace().count(), 30);
+    // From any number: the suffix after it.
+    for after in [0, 3, 4, 17, numbers(&whole)[whole.len() - 2]] {
+        let (_, tail) = events(stream_get(&app, &id, Some(after))).await;
+        let expected: Vec<_> = identity(&whole)
+            .into_iter()
+            .filter(|(_, n, _)| *n > after)
+            .collect();
+        assert_eq!(identity(&tail), expected, "starting_after={after}");
+    }
+    // After the last event: nothing more, and the stream ends.
+    let last = numbers(&whole).last().copied().unwrap();
+    let (status, none) = events(stream_get(&app, &id, Some(last))).await;
+    assert_eq!((status, none.len()), (200, 0));
+    worker.stop().await;
+}
+
+/// A retry after part of the output was relayed: the deltas carry only output that extends
+/// what was sent, the same on every connection; the `done` events carry the stored text.
+#[tokio::test]
+async fn a_restarted_generation_streams_only_what_extends_the_sent_output_on_every_connection() {
+    let openai = FakeUpstream::start("/v1").await;
+    openai
+        // Cut after "Hello ", then the retry says the same and more: seamless.
+        .then(fake_upstream::openai::stream(
+            &["Hello ", "wor"],
+            5,
+            2,
+            false,
+        ))
+        .then(fake_upstream::openai::stream(
+            &["Hello ", "world."],
+            5,
+            2,
+            true,
+        ))
+        // Cut after "Half ", then the retry says something else.
+        .then(fake_upstream::openai::stream(&["Half ", "a "], 5, 2, false))
+        .then(fake_upstream::openai::stream(
+            &["A whole answer."],
+            5,
+            3,
+            true,
+        ));
+    let flags = llm_tests::openai_flags(&openai);
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
+    let body = json!({"model": "gpt-4o", "stream": true, "background": true,
+                      "cache": {"no_cache": true}, "input": "Greet"});
+    for expected_deltas in ["Hello world.", "Half "] {
+        let request = app
+            .http
+            .post(app.url("/v1/responses"))
+            .bearer_auth(app.token())
+            .json(&body);
+        let (_, live) = events(request).await;
+        let last = live.last().unwrap();
+        assert_eq!(last.event, "response.completed", "{live:?}");
+        assert_eq!(deltas(&live), expected_deltas);
+        let stored = last.data["response"]["output"][0]["content"][0]["text"].clone();
+        let done = live
+            .iter()
+            .find(|e| e.event == "response.output_text.done")
+            .unwrap();
+        assert_eq!(done.data["text"], stored);
+        let id = last.data["response"]["id"].as_str().unwrap();
+        let (_, replayed) = events(stream_get(&app, id, None)).await;
+        assert_eq!(identity(&replayed), identity(&live));
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_background_response_is_cancelled_through_the_native_cancel() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let (_, _, body) = create(
+        &app,
+        json!({"model": "mock", "input": "Slowly", "background": true,
+               "mock": {"latency_ms": 20000}}),
+    )
+    .await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/responses/{id}/cancel");
+    let (status, cancelled) = app.call(Method::POST, &path, &app.token(), None).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["id"], id.as_str());
+    let (_, row) = app.poll(request_id(&id), 0).await;
+    assert_eq!(row["status"], "cancelled");
+    // Its stream ends with the cancellation.
+    let (_, streamed) = events(stream_get(&app, &id, None)).await;
+    let last = streamed.last().unwrap();
+    assert_eq!(last.event, "response.failed");
+    assert_eq!(last.data["response"]["status"], "cancelled");
+    // Cancelling again: the final state.
+    let (status, again) = app.call(Method::POST, &path, &app.token(), None).await;
+    assert_eq!((status, &again["status"]), (200, &json!("cancelled")));
+
+    // A response that was not created in the background cannot be cancelled.
+    let (_, _, plain) = create(&app, json!({"model": "mock", "input": "Now"})).await;
+    let (status, refused) = app
+        .call(
+            Method::POST,
+            &format!("/v1/responses/{}/cancel", plain["id"].as_str().unwrap()),
+            &app.token(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["type"], "invalid_request_error");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_response_ids_queries_and_bodies_are_refused_in_openai_shape() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let (_, _, mine) = create(
+        &app,
+        json!({"model": "mock", "input": "Mine", "background": true,
+               "mock": {"latency_ms": 20000}}),
+    )
+    .await;
+    let id = mine["id"].as_str().unwrap().to_owned();
+    let other = app.token_for(Uuid::now_v7());
+
+    // Someone else's response: not found, whatever the route.
+    for (method, path) in [
+        (Method::GET, format!("/v1/responses/{id}")),
+        (Method::GET, format!("/v1/responses/{id}?stream=true")),
+        (
+            Method::GET,
+            format!("/v1/responses/{id}?stream=true&starting_after=2"),
+        ),
+        (Method::POST, format!("/v1/responses/{id}/cancel")),
+    ] {
+        let (status, body) = app.call(method, &path, &other, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    let (_, row) = app.poll(request_id(&id), 0).await;
+    assert_ne!(
+        row["status"], "cancelled",
+        "another user's cancel changed nothing"
+    );
+
+    // Malformed ids: 400, never a 500; ids of other APIs' requests are not responses.
+    let chat = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(app.token())
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    let chat_id: Uuid = chat.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for bad in [
+        "resp_".to_owned(),
+        "resp_zz".to_owned(),
+        request_id(&id).to_string(),
+        format!("{id}0"),
+        format!("resp_{}", "f".repeat(4000)),
+        "resp_%00".to_owned(),
+        "..%2F..%2Fetc".to_owned(),
+    ] {
+        for (method, path) in [
+            (Method::GET, format!("/v1/responses/{bad}")),
+            (Method::POST, format!("/v1/responses/{bad}/cancel")),
+        ] {
+            let (status, body) = app.call(method, &path, &app.token(), None).await;
+            assert!(status == 400 || status == 404, "{path}: {status} {body}");
+        }
+    }
+    let (status, _) = app
+        .get_json(&format!("/v1/responses/resp_{}", chat_id.simple()))
+        .await;
+    assert_eq!(status, 404);
+
+    // starting_after: a sequence number, with stream=true only.
+    for query in [
+        "stream=true&starting_after=-1",
+        "stream=true&starting_after=abc",
+        "stream=true&starting_after=1e3",
+        "stream=true&starting_after=18446744073709551616",
+        "stream=true&starting_after=9223372036854775808",
+        "starting_after=3",
+        "stream=yes",
+        "stream=true&unknown=1",
+    ] {
+        let (status, body) = app.get_json(&format!("/v1/responses/{id}?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+
+    // Bodies.
+    let big_metadata: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let deep = (0..200).fold(json!("x"), |inner, _| json!([inner]));
+    let conversation = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(
+                |i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "hi"}),
+            )
+            .collect()
+    };
+    // More turns than a request may have (but a small body).
+    let turns = conversation(301);
+    for (body, param) in [
+        (
+            json!({"model": "mock", "input": "x", "background": true, "store": false}),
+            "background",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "metadata": big_metadata}),
+            "metadata",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "metadata": {"k".repeat(65): "v"}}),
+            "metadata",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "metadata": {"k": "v".repeat(513)}}),
+            "metadata",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "metadata": {"k": 1}}),
+            "metadata",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "tools": [{"type": "web_search"}]}),
+            "tools",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "previous_response_id": id}),
+            "previous_response_id",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "reasoning": {"effort": "high"}}),
+            "reasoning",
+        ),
+        (json!({"model": "mock", "input": "x", "n": 2}), "n"),
+        (
+            json!({"model": "mock", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            "input[0].content[0].type",
+        ),
+        (
+            json!({"model": "mock", "input": [{"type": "function_call_output", "call_id": "c", "output": "o"}]}),
+            "input[0].type",
+        ),
+        (
+            json!({"model": "mock", "input": [{"role": "tool", "content": "x"}]}),
+            "input[0].role",
+        ),
+        (
+            json!({"model": "mock", "input": [{"role": "assistant", "content": "x"}]}),
+            "input",
+        ),
+        (json!({"model": "mock", "input": turns}), "input"),
+        (
+            json!({"model": "mock", "input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}),
+            "text.format.schema",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "temperature": 5}),
+            "temperature",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "max_output_tokens": 0}),
+            "max_output_tokens",
+        ),
+        (
+            json!({"model": "mock", "input": "x", "stream_options": {"include_obfuscation": false}}),
+            "stream_options",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, _, answer) = create(&app, body).await;
+        assert_eq!(status, 400, "{param}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request_error");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // 10,000 messages: refused before any work (the body limit, or the turn limit above it).
+    let started = std::time::Instant::now();
+    let (status, _, answer) = create(
+        &app,
+        json!({"model": "mock", "input": conversation(10_001)}),
+    )
+    .await;
+    assert!(status == 413 || status == 400, "{status} {answer}");
+    assert!(answer["error"]["message"].is_string());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (status, _, answer) = create(&app, json!({"model": "mock", "input": [deep]})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].is_string());
+    let (status, _, _) = create(&app, json!({"model": "mock", "input": "x".repeat(4 << 20)})).await;
+    assert_eq!(status, 413);
+    let (status, _, answer) = create(&app, json!({"model": "nope", "input": "x"})).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &json!("model_not_found"))
+    );
+
+    // A response not stored cannot be read back, though its request is recorded.
+    let (status, headers, unstored) =
+        create(&app, json!({"model": "mock", "input": "x", "store": false})).await;
+    assert_eq!(status, 200, "{unstored}");
+    assert_eq!(unstored["store"], false);
+    let (status, _) = app
+        .get_json(&format!(
+            "/v1/responses/{}",
+            unstored["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 404);
+    let recorded: Uuid = headers["x-request-id"].to_str().unwrap().parse().unwrap();
+    let (status, _) = app.poll(recorded, 0).await;
+    assert_eq!(status, 200);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_response() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let body = json!({"model": "mock", "input": "Once", "background": true,
+                      "mock": {"latency_ms": 300}});
+    let send = |body: Value| {
+        app.http
+            .post(app.url("/v1/responses"))
+            .bearer_auth(app.token())
+            .header("Idempotency-Key", "responses-once")
+            .json(&body)
+            .send()
+    };
+    let first: Value = send(body.clone()).await.unwrap().json().await.unwrap();
+    let again = send(body.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    let changed = send(json!({"model": "mock", "input": "Twice", "background": true}))
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 409);
+    let changed: Value = changed.json().await.unwrap();
+    assert!(changed["error"]["message"].is_string(), "{changed}");
+    app.wait_final(request_id(first["id"].as_str().unwrap()), LONG)
+        .await;
+    let replayed: Value = send(body).await.unwrap().json().await.unwrap();
+    assert_eq!(replayed["id"], first["id"]);
+    assert_eq!(replayed["status"], "completed", "{replayed}");
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM generation_requests WHERE metadata->>'api' = 'openai.responses'")
+            .await,
+        1
+    );
+    worker.stop().await;
+}
+
+fn test_jwt() -> llm_api::jwt::JwtKeys {
+    llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
+}
+
+/// The official `openai` Python SDK, unchanged, against the real binaries: `responses.create`
+/// (plain, background, streamed, json_schema), `retrieve` (polled, and streamed from
+/// `starting_after`) and `cancel` (tests/python/openai_responses_check.py).
+#[tokio::test]
+async fn the_official_openai_sdk_uses_the_responses_api_unchanged() {
+    let python = llm_tests::openai_sdk_python().await;
+    let db = llm_tests::TestDb::new().await;
+    let (_api, base) = spawn_api_process_with(&db, &[]).await;
+    let _worker = start_worker(&db, &[]);
+    let output = tokio::process::Command::new(&python)
+        .arg(llm_tests::repo_root().join("tests/python/openai_responses_check.py"))
+        .env("OPENAI_BASE_URL", format!("{base}/v1"))
+        .env(
+            "OPENAI_API_KEY",
+            test_jwt().issue(Uuid::now_v7(), 600, None).unwrap(),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}"
+    );
+    for check in [
+        "create",
+        "background",
+        "stream",
+        "resume",
+        "cancel",
+        "json_schema",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == format!("ok {check}")),
+            "{check} missing:\n{stdout}"
+        );
+    }
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM generation_requests WHERE metadata->>'api' = 'openai.responses'"
+        )
+        .await,
+        6
+    );
+}
