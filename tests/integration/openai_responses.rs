@@ -172,14 +172,11 @@ async fn a_background_response_is_queued_then_retrieved_and_a_json_schema_format
     let (app, worker) = llm_tests::app_with_worker(&[]).await;
     let schema = json!({"type": "object", "required": ["name", "level"],
                         "properties": {"name": {"type": "string"}, "level": {"type": "integer"}}});
-    let (status, _, body) = create(
-        &app,
-        json!({"model": "mock", "input": "A hero", "background": true,
-               "mock": {"latency_ms": 500},
-               "text": {"format": {"type": "json_schema", "name": "hero", "schema": schema,
-                                   "strict": true}}}),
-    )
-    .await;
+    let body_of_hero = json!({"model": "mock", "input": "A hero", "background": true,
+                              "mock": {"latency_ms": 500},
+                              "text": {"format": {"type": "json_schema", "name": "hero",
+                                                  "schema": schema, "strict": true}}});
+    let (status, _, body) = create(&app, body_of_hero.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "queued");
     assert_eq!(body["background"], true);
@@ -204,6 +201,15 @@ async fn a_background_response_is_queued_then_retrieved_and_a_json_schema_format
         serde_json::from_str(done["output"][0]["content"][0]["text"].as_str().unwrap()).unwrap();
     assert!(hero["name"].is_string() && hero["level"].is_i64(), "{hero}");
     assert_eq!(done["text"]["format"]["strict"], true);
+    // The same call again is answered from the cache: completed at once.
+    let (status, _, hit) = create(&app, body_of_hero.clone()).await;
+    assert_eq!(status, 200, "{hit}");
+    assert_eq!(hit["status"], "completed", "{hit}");
+    assert_ne!(hit["id"], done["id"]);
+    assert_eq!(
+        hit["output"][0]["content"][0]["text"],
+        done["output"][0]["content"][0]["text"]
+    );
     // Cancelling a finished response answers its final state.
     let (status, cancelled) = app
         .call(
