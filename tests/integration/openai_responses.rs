@@ -348,6 +348,40 @@ async fn a_background_stream_resumes_after_any_sequence_number_with_the_same_eve
     worker.stop().await;
 }
 
+/// Once the relay's log of a finished response is gone (expired), its stream is rebuilt from
+/// the stored row: the opening events, the whole text as one delta numbered 4, then the
+/// terminal events; `starting_after` counts in that list.
+#[tokio::test]
+async fn a_stream_whose_relay_log_expired_is_rebuilt_from_the_stored_response() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let (_, _, body) = create(
+        &app,
+        json!({"model": "mock", "input": "Remember", "background": true,
+               "max_output_tokens": 8}),
+    )
+    .await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let row = app.wait_final(request_id(&id), LONG).await;
+    let client = redis::Client::open(llm_tests::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let relay = format!("{}relay:{}", app.db.redis_prefix(), request_id(&id));
+    let removed: i64 = redis::cmd("DEL")
+        .arg(format!("{relay}:log"))
+        .arg(format!("{relay}:seq"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2, "the background response relayed its tokens");
+    let (_, rebuilt) = events(stream_get(&app, &id, None)).await;
+    assert_eq!(numbers(&rebuilt), [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(rebuilt[4].event, "response.output_text.delta");
+    assert_eq!(rebuilt[4].data["delta"], row["result"]);
+    assert_eq!(rebuilt[8].event, "response.completed");
+    let (_, tail) = events(stream_get(&app, &id, Some(4))).await;
+    assert_eq!(identity(&tail), identity(&rebuilt[5..]));
+    worker.stop().await;
+}
+
 /// A retry after part of the output was relayed: the deltas carry only output that extends
 /// what was sent, the same on every connection; the `done` events carry the stored text.
 #[tokio::test]
