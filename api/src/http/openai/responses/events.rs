@@ -97,10 +97,11 @@ impl EventWriter {
         match event {
             None => {
                 // The process is stopping, or the follower lost the request: the stream ends
-                // without its terminal event (a background response resumes from the last
-                // number seen).
+                // without its terminal event. The `error` event carries the last number
+                // given out, not a new one: a background response resumed from it loses no
+                // event that would have had the next number.
                 self.finished = true;
-                let number = self.last.saturating_add(1);
+                let number = self.last;
                 self.push(
                     &mut out,
                     number,
