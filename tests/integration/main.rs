@@ -24,6 +24,7 @@ mod metrics;
 mod migrations;
 mod models;
 mod openai_compat;
+mod openai_responses;
 mod openapi;
 mod processes;
 mod prompts;

@@ -86,6 +86,15 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{model}", get(openai::show_model))
+        .route("/v1/responses", post(openai::responses::create))
+        .route(
+            "/v1/responses/{response_id}",
+            get(openai::responses::retrieve),
+        )
+        .route(
+            "/v1/responses/{response_id}/cancel",
+            post(openai::responses::cancel),
+        )
         // The Anthropic-compatible front door (`http::anthropic`).
         .route("/v1/messages", post(anthropic::messages))
         .route_layer(axum::middleware::from_fn_with_state(

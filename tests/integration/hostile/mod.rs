@@ -6,6 +6,7 @@
 mod anthropic;
 mod endpoints;
 mod fair_share;
+mod openai_responses;
 mod operations;
 mod owasp;
 mod quotas;

@@ -14,12 +14,14 @@
 //!
 //! This file holds the completion handlers and what they share; the request bodies and their
 //! translation are in `request`, the JSON answers in `response`, the SSE chunks in `stream`,
-//! the error shape in `error` and the `/v1/models` routes in `models`.
+//! the error shape in `error` and the `/v1/models` routes in `models`. The Responses API
+//! (`/v1/responses`) is in `responses`.
 
 mod error;
 mod models;
 mod request;
 mod response;
+pub mod responses;
 mod stream;
 
 use axum::extract::State;
