@@ -19,6 +19,7 @@ mod hostile;
 mod hub;
 mod in_flight;
 mod indexes;
+mod json_schema;
 mod layers;
 mod metrics;
 mod migrations;

@@ -3,6 +3,9 @@
 //! limit, or does not match the request's JSON Schema is a failed attempt too (retried, then
 //! the next model), never a success.
 //!
+//! The schema is compiled once per check (`llm_shared::json_schema`, the `jsonschema` crate),
+//! and a violation is reported with its place in the answer (`$.party[1].name: ...`).
+//!
 //! Checking a JSON answer is CPU work that grows with the answer's size times the schema's
 //! width, so the job loop does not do it itself: [`validate_off_runtime`] runs it on tokio's
 //! blocking threads within a time bound (`VALIDATION_TIMEOUT_MS`), and a check that takes
@@ -142,6 +145,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fine.text, "[1]");
+    }
+
+    #[test]
+    fn a_violation_deep_in_a_referenced_definition_names_its_place() {
+        let params = GenerationParams {
+            response_format: Some(ResponseFormat::JsonSchema {
+                schema: json!({
+                    "$defs": {"Member": {"type": "object", "required": ["name"],
+                        "properties": {"name": {"type": "string", "pattern": "^[A-Z]"},
+                                       "role": {"enum": ["tank", "healer"]}}}},
+                    "type": "object",
+                    "properties": {"party": {"type": "array", "items": {"$ref": "#/$defs/Member"}}}
+                }),
+                name: None,
+                strict: None,
+            }),
+            ..Default::default()
+        };
+        let fine = r#"{"party": [{"name": "Vex", "role": "tank"}]}"#;
+        assert!(validate_output(&output(fine, "stop"), &params).is_ok());
+        for (answer, place) in [
+            (
+                r#"{"party": [{"name": "Vex"}, {"name": "vex"}]}"#,
+                "$.party[1].name:",
+            ),
+            (
+                r#"{"party": [{"name": "Vex", "role": "bard"}]}"#,
+                "$.party[0].role:",
+            ),
+        ] {
+            let err = validate_output(&output(answer, "stop"), &params).unwrap_err();
+            assert_eq!(err.kind(), "invalid_output");
+            assert!(err.to_string().contains(place), "{err}");
+        }
     }
 
     #[test]

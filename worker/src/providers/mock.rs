@@ -139,7 +139,7 @@ impl MockProvider {
                 // schema demanding more gets an answer cut at the limit.
                 let limit = max_chars(words);
                 let mut budget = limit;
-                let value = instance_of(schema, &prose, &mut budget).to_string();
+                let value = instance_of(schema, schema, &prose, &mut budget, 0).to_string();
                 if budget == 0 || value.len() > limit {
                     finish_reason = "length";
                     value.chars().take(limit).collect()
@@ -170,16 +170,42 @@ pub(crate) fn max_chars(words: u32) -> usize {
 
 const MAX_CHARS_PER_TOKEN: usize = 64;
 
-/// A deterministic value that matches `schema` (the subset `validation` supports), built from
-/// the mock's words, spending at most `budget` characters (roughly: JSON punctuation aside).
-/// A schema that asks for more gets less than it asked for, and `budget` ends at 0.
-fn instance_of(schema: &serde_json::Value, words: &str, budget: &mut usize) -> serde_json::Value {
+/// References the mock follows within one another: a recursive schema (a tree) would
+/// otherwise nest without end.
+const MAX_REF_DEPTH: usize = 8;
+
+/// A deterministic value that matches `schema` (a part of `root`, whose local `$ref`s it
+/// follows, at most [`MAX_REF_DEPTH`] deep), built from the mock's words, spending at most
+/// `budget` characters (roughly: JSON punctuation aside). A schema that asks for more gets
+/// less than it asked for, and `budget` ends at 0.
+fn instance_of(
+    schema: &serde_json::Value,
+    root: &serde_json::Value,
+    words: &str,
+    budget: &mut usize,
+    depth: usize,
+) -> serde_json::Value {
     use serde_json::{Value, json};
     let spend = |budget: &mut usize, n: usize| *budget = budget.saturating_sub(n);
     let Some(map) = schema.as_object() else {
         spend(budget, 2);
         return json!({});
     };
+    if let Some(pointer) = map
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+    {
+        return match root.pointer(pointer) {
+            Some(target) if depth < MAX_REF_DEPTH => {
+                instance_of(target, root, words, budget, depth + 1)
+            }
+            _ => {
+                *budget = 0;
+                Value::Null
+            }
+        };
+    }
     if let Some(value) = map.get("const") {
         spend(budget, value.to_string().len());
         return value.clone();
@@ -198,7 +224,7 @@ fn instance_of(schema: &serde_json::Value, words: &str, budget: &mut usize) -> s
             .and_then(Value::as_array)
             .and_then(|e| e.first())
         {
-            return instance_of(first, words, budget);
+            return instance_of(first, root, words, budget, depth);
         }
     }
     let kind = match map.get("type") {
@@ -226,7 +252,7 @@ fn instance_of(schema: &serde_json::Value, words: &str, budget: &mut usize) -> s
                         break;
                     }
                     spend(budget, name.len() + 4);
-                    object.insert(name.clone(), instance_of(sub, words, budget));
+                    object.insert(name.clone(), instance_of(sub, root, words, budget, depth));
                 }
             }
             Value::Object(object)
@@ -239,7 +265,7 @@ fn instance_of(schema: &serde_json::Value, words: &str, budget: &mut usize) -> s
                 .max(1);
             let before = *budget;
             let item = match map.get("items") {
-                Some(sub) => instance_of(sub, words, budget),
+                Some(sub) => instance_of(sub, root, words, budget, depth),
                 None => scalar(budget, json!(words)),
             };
             // Every copy costs what the first did.
@@ -322,6 +348,42 @@ mod tests {
         assert_ne!(a.text, c.text);
         assert_eq!(a.text.split(' ').count(), 8);
         assert_eq!(a.completion_tokens, 8);
+    }
+
+    #[tokio::test]
+    async fn schema_shaped_output_follows_local_references() {
+        use llm_shared::generation::ResponseFormat;
+        let schema = serde_json::json!({
+            "$defs": {"Stats": {"type": "object", "required": ["strength"],
+                                "properties": {"strength": {"type": "integer", "minimum": 3}}},
+                      "Class": {"enum": ["bard", "rogue"]}},
+            "type": "object", "required": ["stats", "class", "party"],
+            "properties": {"stats": {"$ref": "#/$defs/Stats"},
+                           "class": {"$ref": "#/$defs/Class"},
+                           "party": {"type": "array", "items": {"$ref": "#/$defs/Stats"}}}});
+        let mut asking = input("a hero", 1, None);
+        asking.params.max_tokens = Some(64);
+        asking.params.response_format = Some(ResponseFormat::JsonSchema {
+            schema: schema.clone(),
+            name: None,
+            strict: None,
+        });
+        let out = MockProvider::default().generate(&asking).await.unwrap();
+        assert_eq!(out.finish_reason, "stop");
+        let value: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+        assert_eq!(
+            llm_shared::json_schema::schema_violation(&schema, &value),
+            None,
+            "{value}"
+        );
+        // A schema that refers to itself ends, cut.
+        asking.params.response_format = Some(ResponseFormat::JsonSchema {
+            schema: serde_json::json!({"type": "object", "properties": {"next": {"$ref": "#"}}}),
+            name: None,
+            strict: None,
+        });
+        let out = MockProvider::default().generate(&asking).await.unwrap();
+        assert_eq!(out.finish_reason, "length");
     }
 
     #[tokio::test]
