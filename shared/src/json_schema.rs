@@ -32,6 +32,11 @@ use serde_json::{Map, Value};
 
 use walk::{Holds, Walk, holds};
 
+// A check past its deadline unwinds ([`schema_violation_before`]): built to abort on a panic,
+// the process would stop instead.
+#[cfg(panic = "abort")]
+compile_error!("json_schema's deadline needs panic = \"unwind\"");
+
 /// Deepest nesting of subschemas accepted.
 pub const MAX_SCHEMA_DEPTH: usize = 32;
 /// Largest "smallest value" a schema may demand, counted in strings' characters and in
