@@ -23,6 +23,7 @@ mod layers;
 mod metrics;
 mod migrations;
 mod models;
+mod openai_batches;
 mod openai_compat;
 mod openapi;
 mod processes;
