@@ -59,14 +59,12 @@ pub fn check_jsonl(bytes: &[u8], max_line_bytes: usize) -> Result<&str, DomainEr
         }
     }
     for (index, line) in lines {
-        let value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-            .map_err(|e| {
-                DomainError::validation(
-                    "file",
-                    format!("line {} is not a JSON object: {e}", index + 1),
-                )
-            })?;
-        drop(value);
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).map_err(|e| {
+            DomainError::validation(
+                "file",
+                format!("line {} is not a JSON object: {e}", index + 1),
+            )
+        })?;
     }
     Ok(text)
 }
