@@ -37,6 +37,16 @@ pub struct NewBatch {
     pub items: Vec<NewRequest>,
     /// Trace id of the api request that submitted the batch: every item carries it.
     pub trace_id: Option<String>,
+    /// Set for a batch made through OpenAI's Batch API (`openai_batches`).
+    pub openai: Option<OpenAiInput>,
+}
+
+/// What a batch made from an uploaded file keeps beyond a native batch.
+#[derive(Debug, Clone)]
+pub struct OpenAiInput {
+    pub input_file_id: Uuid,
+    pub endpoint: String,
+    pub completion_window: String,
 }
 
 impl NewBatch {
@@ -65,44 +75,61 @@ impl NewBatch {
                 ));
             }
         };
-        let mut items = Vec::with_capacity(body.items.len());
-        let mut errors = Vec::new();
-        for (index, raw) in body.items.into_iter().enumerate() {
-            let parsed = serde_json::from_value::<GenerateBody>(raw)
-                .map_err(|e| DomainError::Validation {
-                    field: None,
-                    message: e.to_string(),
-                })
-                .and_then(|item| item.resolve_template(prompts, models))
-                .and_then(|item| {
-                    NewRequest::validate(item, user_id, None, models, max_attempts, cache_scope)
-                });
-            match parsed {
-                Ok(item) => items.push(item),
-                Err(DomainError::Validation { field, message }) => errors.push(ItemError {
-                    index,
-                    field,
-                    message,
-                }),
-                Err(DomainError::BadRequest(message)) => errors.push(ItemError {
-                    index,
-                    field: None,
-                    message,
-                }),
-                Err(other) => return Err(other),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(DomainError::InvalidItems(errors));
-        }
+        let bodies = body.items.into_iter().map(|raw| {
+            serde_json::from_value::<GenerateBody>(raw).map_err(|e| DomainError::Validation {
+                field: None,
+                message: e.to_string(),
+            })
+        });
+        let items = validate_items(bodies, user_id, models, prompts, max_attempts, cache_scope)?;
         Ok(Self {
             id: Uuid::now_v7(),
             user_id,
             metadata,
             items,
             trace_id: None,
+            openai: None,
         })
     }
+}
+
+/// Validates every body (as a single submit would be) and reports all bad ones at once, by
+/// their index in `bodies`; a body that could not be read is given as its error.
+pub fn validate_items(
+    bodies: impl Iterator<Item = Result<GenerateBody, DomainError>>,
+    user_id: Uuid,
+    models: &ModelRegistry,
+    prompts: &PromptLibrary,
+    max_attempts: u32,
+    cache_scope: CacheScope,
+) -> Result<Vec<NewRequest>, DomainError> {
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    for (index, body) in bodies.enumerate() {
+        let parsed = body
+            .and_then(|item| item.resolve_template(prompts, models))
+            .and_then(|item| {
+                NewRequest::validate(item, user_id, None, models, max_attempts, cache_scope)
+            });
+        match parsed {
+            Ok(item) => items.push(item),
+            Err(DomainError::Validation { field, message }) => errors.push(ItemError {
+                index,
+                field,
+                message,
+            }),
+            Err(DomainError::BadRequest(message)) => errors.push(ItemError {
+                index,
+                field: None,
+                message,
+            }),
+            Err(other) => return Err(other),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DomainError::InvalidItems(errors));
+    }
+    Ok(items)
 }
 
 /// The statement that stores a batch's requests and their jobs.
@@ -114,45 +141,59 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
     let pool = pool.clone();
     tokio::spawn(async move {
         let mut tx = pool.begin().await?;
-        sqlx::query("INSERT INTO generation_batches (id, user_id, item_count, metadata) VALUES ($1, $2, $3, $4)")
-            .bind(batch.id)
-            .bind(batch.user_id)
-            .bind(i32::try_from(batch.items.len()).unwrap_or(i32::MAX))
-            .bind(&batch.metadata)
-            .execute(&mut *tx)
-            .await?;
+        let openai = batch.openai.as_ref();
+        sqlx::query(
+            "INSERT INTO generation_batches
+                 (id, user_id, item_count, metadata, input_file_id, endpoint, completion_window)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(batch.id)
+        .bind(batch.user_id)
+        .bind(i32::try_from(batch.items.len()).unwrap_or(i32::MAX))
+        .bind(&batch.metadata)
+        .bind(openai.map(|o| o.input_file_id))
+        .bind(openai.map(|o| o.endpoint.as_str()))
+        .bind(openai.map(|o| o.completion_window.as_str()))
+        .execute(&mut *tx)
+        .await?;
         let items = &batch.items;
         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
         let jobs = items
             .iter()
             .map(|i| queue::JobRow::new(i.id, i.max_attempts, queue::BATCH_PRIORITY))
             .collect::<Result<Vec<_>, _>>()?;
-        let json = |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();
+        let json =
+            |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();
         sqlx::query(INSERT_ITEMS)
-        .bind(&ids)
-        .bind(items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>())
-        .bind(json(|i| &i.context))
-        .bind(items.iter().map(|i| i.model.clone()).collect::<Vec<_>>())
-        .bind(json(|i| &i.metadata))
-        .bind(json(|i| &i.parameters))
-        .bind(jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.max_attempts).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.cache_key.clone()).collect::<Vec<_>>())
-        .bind(
-            items
-                .iter()
-                .map(|i| serde_json::to_value(&i.cache_policy).unwrap_or(Value::Null))
-                .collect::<Vec<_>>(),
-        )
-        .bind(items.iter().map(|i| i.estimated_tokens).collect::<Vec<_>>())
-        .bind(batch.user_id)
-        .bind(batch.id)
-        .bind(&batch.trace_id)
-        .bind(jobs.iter().map(|j| j.job.clone()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
-        .bind(i32::try_from(queue::BATCH_PRIORITY).unwrap_or_default())
-        .execute(&mut *tx)
-        .await?;
+            .bind(&ids)
+            .bind(items.iter().map(|i| i.prompt.clone()).collect::<Vec<_>>())
+            .bind(json(|i| &i.context))
+            .bind(items.iter().map(|i| i.model.clone()).collect::<Vec<_>>())
+            .bind(json(|i| &i.metadata))
+            .bind(json(|i| &i.parameters))
+            .bind(jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>())
+            .bind(items.iter().map(|i| i.max_attempts).collect::<Vec<_>>())
+            .bind(
+                items
+                    .iter()
+                    .map(|i| i.cache_key.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                items
+                    .iter()
+                    .map(|i| serde_json::to_value(&i.cache_policy).unwrap_or(Value::Null))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(items.iter().map(|i| i.estimated_tokens).collect::<Vec<_>>())
+            .bind(batch.user_id)
+            .bind(batch.id)
+            .bind(&batch.trace_id)
+            .bind(jobs.iter().map(|j| j.job.clone()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+            .bind(i32::try_from(queue::BATCH_PRIORITY).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(ids)
     })

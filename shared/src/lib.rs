@@ -22,6 +22,8 @@ pub mod kv;
 pub mod metrics;
 pub mod models;
 pub mod notices;
+pub mod openai_batches;
+pub mod openai_files;
 pub mod prompts;
 pub mod queue;
 pub mod quota;

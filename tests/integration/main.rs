@@ -24,6 +24,7 @@ mod layers;
 mod metrics;
 mod migrations;
 mod models;
+mod openai_batches;
 mod openai_compat;
 mod openai_responses;
 mod openapi;

@@ -42,30 +42,8 @@ pub async fn submit(
     let mut batch =
         NewBatch::validate(body, user.id, &models, &state.prompts, max_attempts, scope)?;
     batch.trace_id = Some(trace.trace_id);
-    let items = u32::try_from(batch.items.len()).unwrap_or(u32::MAX);
-    let tokens: u64 = batch
-        .items
-        .iter()
-        .map(|item| u64::try_from(item.estimated_tokens).unwrap_or(0))
-        .sum();
-    // The queue first: refused there, nothing has been charged yet.
-    super::quota::admit_queued(&state, &user, items).await?;
-    let rate = super::rate_limits::enforce_batch(&state, &user, items, tokens).await?;
     let batch_id = batch.id;
-    let request_ids = match batches::create(&state.pool, batch).await {
-        Ok(ids) => ids,
-        Err(err) => {
-            // Nothing was stored: nothing stays charged.
-            if let Some(rate) = rate {
-                let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-                state
-                    .limiter
-                    .give_back(user.id, rate.window, items, tokens)
-                    .await;
-            }
-            return Err(err.into());
-        }
-    };
+    let (request_ids, rate) = store(&state, &user, batch).await?;
     tracing::info!(batch.id = %batch_id, user.id = %user.id, items = request_ids.len(), "batch accepted");
     let body = json!({
         "batch_id": batch_id,
@@ -100,4 +78,37 @@ pub async fn status(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("no such batch"))
+}
+
+/// Charges a validated batch to its user (its items against `USER_MAX_QUEUED` and the rate
+/// limits, all or nothing) and stores it: its request ids, and the rate-limit state to attach
+/// to the answer. Refused or failed, nothing is stored and nothing stays charged.
+pub(crate) async fn store(
+    state: &AppState,
+    user: &AuthUser,
+    batch: NewBatch,
+) -> Result<(Vec<Uuid>, Option<llm_shared::ratelimit::RateState>), ApiError> {
+    let items = u32::try_from(batch.items.len()).unwrap_or(u32::MAX);
+    let tokens: u64 = batch
+        .items
+        .iter()
+        .map(|item| u64::try_from(item.estimated_tokens).unwrap_or(0))
+        .sum();
+    // The queue first: refused there, nothing has been charged yet.
+    super::quota::admit_queued(state, user, items).await?;
+    let rate = super::rate_limits::enforce_batch(state, user, items, tokens).await?;
+    match batches::create(&state.pool, batch).await {
+        Ok(ids) => Ok((ids, rate)),
+        Err(err) => {
+            // Nothing was stored: nothing stays charged.
+            if let Some(rate) = rate {
+                let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
+                state
+                    .limiter
+                    .give_back(user.id, rate.window, items, tokens)
+                    .await;
+            }
+            Err(err.into())
+        }
+    }
 }

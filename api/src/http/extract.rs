@@ -46,7 +46,7 @@ fn nul_refused() -> ApiError {
 /// Whether JSON text contains the escape `\u0000` (a NUL character in a string or key); a
 /// raw NUL byte is invalid JSON and refused by the parser anyway. `\\u0000` (an escaped
 /// backslash, then `u0000`) is not one.
-fn has_nul_escape(json: &[u8]) -> bool {
+pub(crate) fn has_nul_escape(json: &[u8]) -> bool {
     json.windows(6).enumerate().any(|(at, w)| {
         w[0] == b'\\'
             && w[1] == b'u'

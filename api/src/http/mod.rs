@@ -27,6 +27,8 @@ use crate::state::AppState;
 
 /// A batch body may be this many times the size of a single request's.
 const BATCH_BODY_FACTOR: usize = 32;
+/// What a file upload's multipart framing (boundaries, the `purpose` field) may add to it.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
 /// The service's router: every route, with `docs` (the OpenAPI document and its UI, from
 /// the `openapi` module) merged under the same fallbacks and middleware.
@@ -95,6 +97,25 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
             "/v1/responses/{response_id}/cancel",
             post(openai::responses::cancel),
         )
+        .route(
+            "/v1/files",
+            post(openai::upload_file)
+                .layer(DefaultBodyLimit::max(
+                    llm_shared::openai_files::MAX_FILE_BYTES + MULTIPART_OVERHEAD,
+                ))
+                .get(openai::list_files),
+        )
+        .route(
+            "/v1/files/{file_id}",
+            get(openai::retrieve_file).delete(openai::delete_file),
+        )
+        .route("/v1/files/{file_id}/content", get(openai::file_content))
+        .route(
+            "/v1/batches",
+            post(openai::create_batch).get(openai::list_batches),
+        )
+        .route("/v1/batches/{batch_id}", get(openai::retrieve_batch))
+        .route("/v1/batches/{batch_id}/cancel", post(openai::cancel_batch))
         // The Anthropic-compatible front door (`http::anthropic`).
         .route("/v1/messages", post(anthropic::messages))
         .route_layer(axum::middleware::from_fn_with_state(

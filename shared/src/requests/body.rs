@@ -65,7 +65,13 @@ pub struct RenderedFrom {
 /// Metadata keys the service writes itself (the template a prompt came from, the hub event a
 /// request came from, the mock's controls): a client setting one is refused, so that no
 /// stored request claims an origin or a behaviour it was not given.
-pub const RESERVED_METADATA: [&str; 4] = ["template_id", "template_version", "event_id", "mock"];
+pub const RESERVED_METADATA: [&str; 5] = [
+    "template_id",
+    "template_version",
+    "event_id",
+    "mock",
+    "batch_custom_id",
+];
 
 impl GenerateBody {
     /// Renders the body's template, if it names one: the rendered text becomes the prompt, the

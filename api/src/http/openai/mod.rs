@@ -15,9 +15,13 @@
 //! This file holds the completion handlers and what they share; the request bodies and their
 //! translation are in `request`, the JSON answers in `response`, the SSE chunks in `stream`,
 //! the error shape in `error` and the `/v1/models` routes in `models`. The Responses API
-//! (`/v1/responses`) is in `responses`.
+//! (`/v1/responses`) is in `responses`; the Batch API (`/v1/files`, `/v1/batches`) in `files`,
+//! `batches` and `batch_output`.
 
+mod batch_output;
+mod batches;
 mod error;
+mod files;
 mod models;
 mod request;
 mod response;
@@ -39,6 +43,14 @@ use crate::telemetry::TraceContext;
 use error::{CompletionErrors, OpenAiError};
 // The `__path_*` items are the handlers' OpenAPI descriptions (made by `utoipa::path`): they
 // travel with the handlers so that `openapi.rs` can name them as `http::openai::list_models`.
+pub use batches::{
+    __path_cancel_batch, __path_create_batch, __path_list_batches, __path_retrieve_batch,
+    cancel_batch, create_batch, list_batches, retrieve_batch,
+};
+pub use files::{
+    __path_delete_file, __path_file_content, __path_list_files, __path_retrieve_file,
+    __path_upload_file, delete_file, file_content, list_files, retrieve_file, upload_file,
+};
 pub use models::{__path_list_models, __path_show_model, list_models, show_model};
 use request::{Call, ChatCompletionRequest, CompletionRequest};
 use response::CompletionObject;

@@ -33,7 +33,7 @@ pub(super) fn answer(row: &RequestView, endpoint: Endpoint, waited: Duration) ->
     }
 }
 
-fn completion(row: &RequestView, endpoint: Endpoint) -> CompletionObject {
+pub(super) fn completion(row: &RequestView, endpoint: Endpoint) -> CompletionObject {
     let text = row.result.clone().unwrap_or_default();
     let (message, text) = match endpoint {
         Endpoint::Chat => (
@@ -88,7 +88,7 @@ pub(super) fn finish_reason(reason: Option<&str>) -> &'static str {
 }
 
 /// A generation that failed after the service's own retries and fallbacks.
-fn generation_failed(row: &RequestView) -> OpenAiError {
+pub(super) fn generation_failed(row: &RequestView) -> OpenAiError {
     let code = row.error_code.clone().unwrap_or_else(|| "failed".into());
     let message = row
         .error_message

@@ -110,11 +110,21 @@ async fn background(
         return Ok((id, sse(events, writer), rate));
     }
     new.stream = true;
-    let Admitted { submitted, rate } = generate::accept(state, user, new).await.map_err(native)?;
+    let Admitted {
+        submitted,
+        rate,
+        answered,
+    } = generate::accept_answered(state, user, new)
+        .await
+        .map_err(native)?;
     let id = submitted.id;
     let object = if submitted.replayed || submitted.status.is_final() {
-        // A replay (its Idempotency-Key) or a cache hit: the row says where it is.
-        let row = generate::find(state, id, user.id).await.map_err(native)?;
+        // A replay (its Idempotency-Key) or a cache hit: the row says where it is (a hit's
+        // row may not be written yet, and needs not be read).
+        let row = match answered {
+            Some(row) => *row,
+            None => generate::find(state, id, user.id).await.map_err(native)?,
+        };
         let settings = Settings::of_row(&row).unwrap_or_else(|| settings.clone());
         object::from_row(&row, &settings)
     } else {
