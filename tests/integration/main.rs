@@ -31,5 +31,6 @@ mod providers;
 mod queue;
 mod ratelimits;
 mod streaming;
+mod tools;
 mod trace_context;
 mod usage;
