@@ -688,3 +688,39 @@ async fn the_anthropic_door_answers_tool_use_and_takes_tool_results() {
     );
     worker.stop().await;
 }
+
+/// The native stream relays a tool call as `tool_call` pieces (id and name first, then the
+/// arguments) and ends with `done` carrying the stored calls.
+#[tokio::test]
+async fn the_native_stream_relays_tool_call_pieces_and_done_carries_the_calls() {
+    let (app, worker) = llm_tests::app_with_worker(&[]).await;
+    let request = app
+        .http
+        .post(app.url("/api/v1/generate/stream"))
+        .bearer_auth(app.token())
+        .json(&json!({"model": "mock", "prompt": "Weather?", "parameters": {
+            "tools": [{"name": "get_weather"}], "tool_choice": {"type": "tool", "name": "get_weather"}}}));
+    let mut reader = SseReader::open(request).await;
+    let events = reader.until_terminal(LONG).await;
+    let pieces: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "tool_call")
+        .map(|e| &e.data)
+        .collect();
+    assert_eq!(
+        pieces,
+        [
+            &json!({"index": 0, "id": "call_mock_0", "name": "get_weather", "arguments": ""}),
+            &json!({"index": 0, "arguments": "{}"})
+        ],
+        "{events:?}"
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done.event, "done");
+    assert_eq!(done.data["finish_reason"], "tool_calls");
+    assert_eq!(
+        done.data["tool_calls"],
+        json!([{"id": "call_mock_0", "name": "get_weather", "arguments": "{}"}])
+    );
+    worker.stop().await;
+}

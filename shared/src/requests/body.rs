@@ -544,6 +544,16 @@ fn validate_history(params: &GenerationParams) -> Result<usize, DomainError> {
             {
                 Some("a tool call needs an id (1 to 256 bytes) and a valid tool name")
             }
+            // A result answers a call the assistant made earlier in the conversation.
+            TurnRole::Tool
+                if !history[..i].iter().any(|t| {
+                    t.calls()
+                        .iter()
+                        .any(|c| Some(c.id.as_str()) == turn.tool_call_id.as_deref())
+                }) =>
+            {
+                Some("a tool turn answers no earlier assistant tool call (tool_call_id unknown)")
+            }
             _ => None,
         };
         if let Some(problem) = problem {
