@@ -68,7 +68,7 @@ fn content(row: &RequestView) -> Vec<ContentBlock> {
     let text = row.result.clone().unwrap_or_default();
     let calls = row.tool_calls();
     let mut blocks = Vec::with_capacity(1 + calls.len());
-    if !(text.is_empty() && !calls.is_empty()) {
+    if !text.is_empty() || calls.is_empty() {
         blocks.push(ContentBlock::Text { text });
     }
     blocks.extend(calls.iter().map(|c| ContentBlock::ToolUse {

@@ -42,7 +42,7 @@ fn completion(row: &RequestView, endpoint: Endpoint) -> CompletionObject {
             let message = AssistantMessage {
                 role: "assistant".into(),
                 // OpenAI's answer of tool calls alone has no content.
-                content: (!(text.is_empty() && !calls.is_empty())).then_some(text),
+                content: (!text.is_empty() || calls.is_empty()).then_some(text),
                 refusal: None,
                 tool_calls: (!calls.is_empty())
                     .then(|| calls.iter().map(ToolCallObject::of).collect()),
