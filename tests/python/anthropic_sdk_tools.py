@@ -1,6 +1,6 @@
 """Tool use through the official `anthropic` Python SDK, unchanged, against the running service.
 
-Run by the integration test `tools::the_anthropic_sdk_does_a_tool_round_trip`, which starts the
+Run by the integration test `tools::sdk::the_anthropic_sdk_does_a_tool_round_trip`, which starts the
 real api and a worker whose Anthropic upstream is a fake speaking Anthropic's wire format, and
 passes:
   ANTHROPIC_BASE_URL  the service's base URL

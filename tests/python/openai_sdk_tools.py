@@ -1,6 +1,6 @@
 """Tool calling through the official `openai` Python SDK, unchanged, against the running service.
 
-Run by the integration test `tools::the_openai_sdk_does_a_tool_round_trip`, which starts the
+Run by the integration test `tools::sdk::the_openai_sdk_does_a_tool_round_trip`, which starts the
 real api and a worker whose OpenAI upstream is a fake speaking OpenAI's wire format, and passes:
   OPENAI_BASE_URL   the service's /v1 base URL
   OPENAI_API_KEY    a JWT of an ordinary user
