@@ -80,6 +80,9 @@ pub struct CachedResponse {
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
     pub finish_reason: Option<String>,
+    /// The tools the model called, if it called any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::generation::ToolCall>>,
 }
 
 /// The key of what determines the output: model, prompt, generation parameters (which hold the
@@ -339,6 +342,7 @@ pub fn metadata_of(hit: &CachedResponse, template_id: Option<&str>) -> Value {
         "prompt_tokens": hit.prompt_tokens,
         "completion_tokens": hit.completion_tokens,
         "finish_reason": hit.finish_reason,
+        "tool_calls": hit.tool_calls,
         "template_id": template_id,
     })
 }

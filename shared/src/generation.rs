@@ -1,7 +1,9 @@
 //! What a generation is made of, whichever process handles it: the parameters a client may
 //! set ([`GenerationParams`]), the mock provider's per-request controls ([`MockBehaviour`]),
 //! what a provider answered ([`GenerationOutput`]) and the token estimate used where a provider
-//! reports none and for rate limits at submit ([`estimate_tokens`]).
+//! reports none and for rate limits at submit ([`estimate_tokens`]). Tools are declared to the
+//! model ([`ToolDefinition`], [`ToolChoice`]) and its calls come back ([`ToolCall`]); the service
+//! never runs a tool: the client does, and sends the result in its next call's history.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,14 +28,145 @@ pub struct GenerationParams {
     /// Earlier turns of a conversation, oldest first; the prompt is the user's next turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<ChatTurn>>,
+    /// Tools the model may call (the client runs them; the service passes their calls back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<ToolDefinition>>,
+    /// Whether the model may (`auto`, the default), may not (`none`) or must (`required`, or
+    /// `tool` with a name) call a tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
 }
 
-/// One earlier turn of a conversation.
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDefinition {
+    /// 1 to 64 letters, digits, `_` or `-`, unique among the request's tools.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The JSON Schema of the arguments (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    /// Whether the provider is asked to follow the schema exactly (OpenAI's `strict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    /// This tool, by name.
+    Tool {
+        name: String,
+    },
+}
+
+/// A call of a tool by the model: `arguments` is the JSON text the model wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the first piece of call `index` carries its id and name,
+/// the following ones more of its arguments' text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// Streamed tool-call pieces put together, in the order of their indexes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolCallAssembler {
+    calls: Vec<(u32, ToolCall)>,
+}
+
+impl ToolCallAssembler {
+    pub fn push(&mut self, delta: &ToolCallDelta) {
+        let at = match self.calls.iter().position(|(i, _)| *i == delta.index) {
+            Some(at) => at,
+            None => {
+                self.calls.push((
+                    delta.index,
+                    ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    },
+                ));
+                self.calls.len() - 1
+            }
+        };
+        let call = &mut self.calls[at].1;
+        if let Some(id) = &delta.id {
+            call.id.clone_from(id);
+        }
+        if let Some(name) = &delta.name {
+            call.name.push_str(name);
+        }
+        call.arguments.push_str(&delta.arguments);
+    }
+
+    /// The calls, in index order; a call whose arguments never came has `{}` (no arguments).
+    pub fn finish(mut self) -> Vec<ToolCall> {
+        self.calls.sort_by_key(|(i, _)| *i);
+        self.calls
+            .into_iter()
+            .map(|(_, mut c)| {
+                if c.arguments.trim().is_empty() {
+                    c.arguments = "{}".into();
+                }
+                c
+            })
+            .collect()
+    }
+}
+
+/// One earlier turn of a conversation: a user's or an assistant's text, an assistant's tool
+/// calls, or a tool's result (`role: tool`, the `tool_call_id` it answers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatTurn {
     pub role: TurnRole,
+    #[serde(default)]
     pub content: String,
+    /// An assistant turn's tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A tool turn: the call it is the result of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatTurn {
+    /// A turn of text.
+    pub fn text(role: TurnRole, content: String) -> Self {
+        Self {
+            role,
+            content,
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+
+    /// The assistant's tool calls, if it made any.
+    pub fn calls(&self) -> &[ToolCall] {
+        self.tool_calls.as_deref().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -41,6 +174,7 @@ pub struct ChatTurn {
 pub enum TurnRole {
     User,
     Assistant,
+    Tool,
 }
 
 impl TurnRole {
@@ -48,6 +182,7 @@ impl TurnRole {
         match self {
             Self::User => "user",
             Self::Assistant => "assistant",
+            Self::Tool => "tool",
         }
     }
 }
@@ -77,6 +212,30 @@ impl GenerationParams {
             Some(ResponseFormat::Text) | None => None,
         }
     }
+
+    /// The request's tools (none when it declares none).
+    pub fn tools(&self) -> &[ToolDefinition] {
+        self.tools.as_deref().unwrap_or_default()
+    }
+
+    /// The tool the model must call, when the request names one or requires a call: the named
+    /// tool, or the first (`required`).
+    pub fn forced_tool(&self) -> Option<&ToolDefinition> {
+        match &self.tool_choice {
+            Some(ToolChoice::Tool { name }) => self.tools().iter().find(|t| &t.name == name),
+            Some(ToolChoice::Required) => self.tools().first(),
+            _ => None,
+        }
+    }
+
+    /// Whether the conversation ends with a tool's result (the prompt may then be empty: the
+    /// model answers the result).
+    pub fn ends_with_tool_result(&self) -> bool {
+        self.history
+            .as_ref()
+            .and_then(|h| h.last())
+            .is_some_and(|t| t.role == TurnRole::Tool)
+    }
 }
 
 /// What a provider answered.
@@ -85,9 +244,12 @@ pub struct GenerationOutput {
     pub text: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
-    /// `stop`, `length` (cut by the token limit), `content_filter`, or the provider's own.
+    /// `stop`, `length` (cut by the token limit), `content_filter`, `tool_calls`, or the
+    /// provider's own.
     pub finish_reason: String,
     pub upstream_model: String,
+    /// The tools the model called, in order (the text may then be empty).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Rough token count for providers that report none (about four characters a token).

@@ -33,6 +33,8 @@ const EMBEDDED: &str = include_str!("../../config/models.toml");
 pub enum Capability {
     Streaming,
     Json,
+    /// Tool (function) calling: the request's `tools` are passed to the model.
+    Tools,
 }
 
 /// One model, as the registry file declares it: `provider` alone (the built-in endpoint of

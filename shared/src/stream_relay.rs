@@ -55,6 +55,17 @@ pub enum RelayKind {
     Token { text: String },
     /// The output starts over (a retry or a fallback after some tokens were sent).
     Restart { reason: String },
+    /// A piece of a tool call: the first of call `index` carries its id and name, the next
+    /// ones more of its arguments' text.
+    ToolCall {
+        index: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default)]
+        arguments: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

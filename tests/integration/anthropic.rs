@@ -381,7 +381,7 @@ async fn errors_have_anthropic_shape_and_what_cannot_be_honoured_is_refused() {
             "stop_sequences",
         ),
         (
-            json!({"model": "mock", "max_tokens": 5, "messages": user, "tools": [{"name": "dice", "input_schema": {}}]}),
+            json!({"model": "mock", "max_tokens": 5, "messages": user, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
             400,
             "invalid_request_error",
             "tools",

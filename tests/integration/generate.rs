@@ -248,6 +248,7 @@ fn hit() -> CachedResponse {
         prompt_tokens: Some(3),
         completion_tokens: Some(4),
         finish_reason: Some("stop".into()),
+        tool_calls: None,
     }
 }
 

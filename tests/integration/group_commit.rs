@@ -29,6 +29,7 @@ fn output(n: u32) -> GenerationOutput {
         completion_tokens: 5,
         finish_reason: "stop".into(),
         upstream_model: "mock-upstream".into(),
+        tool_calls: Vec::new(),
     }
 }
 

@@ -34,5 +34,6 @@ mod providers;
 mod queue;
 mod ratelimits;
 mod streaming;
+mod tools;
 mod trace_context;
 mod usage;

@@ -404,10 +404,10 @@ async fn errors_have_openai_shape_and_unsupported_parameters_are_refused() {
             Some("model"),
         ),
         (
-            json!({"model": "mock", "messages": user("x"), "tools": [{"type": "function"}]}),
+            json!({"model": "mock", "messages": user("x"), "functions": [{"name": "roll"}]}),
             400,
             "unsupported_parameter",
-            Some("tools"),
+            Some("functions"),
         ),
         (
             json!({"model": "mock", "messages": user("x"), "n": 2}),

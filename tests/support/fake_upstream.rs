@@ -394,6 +394,64 @@ pub mod openai {
         }
     }
 
+    /// An answer of tool calls (`(id, name, arguments)`), no content.
+    pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Reply {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, arguments)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}))
+            .collect();
+        Reply::Json {
+            status: 200,
+            body: json!({
+                "id": "chatcmpl-123", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": calls}, "logprobs": null, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}
+            }),
+            headers: vec![],
+        }
+    }
+
+    /// Tool calls streamed as OpenAI streams them: per call, a first `delta.tool_calls` piece
+    /// with index, id, type, name and empty arguments, then the arguments in `pieces` fragments.
+    pub fn tool_call_stream(calls: &[(&str, &str, &[&str])]) -> Reply {
+        let chunk = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-123", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06",
+                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+            )
+        };
+        let mut out = vec![chunk(
+            json!({"role": "assistant", "content": null}),
+            Value::Null,
+        )];
+        for (index, (id, name, pieces)) in calls.iter().enumerate() {
+            out.push(chunk(
+                json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+            for piece in *pieces {
+                out.push(chunk(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
+            }
+        }
+        out.push(chunk(json!({}), json!("tool_calls")));
+        out.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-123", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-2024-08-06", "choices": [],
+                   "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}})
+        ));
+        out.push("data: [DONE]\n\n".into());
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: out,
+            gap: Duration::from_millis(5),
+            cut: false,
+        }
+    }
+
     pub fn error(status: u16, message: &str, retry_after: Option<&str>) -> Reply {
         let kind = match status {
             429 => "rate_limit_exceeded",
@@ -459,6 +517,52 @@ pub mod anthropic {
         }
     }
 
+    /// An answer of some text and one `tool_use` block, `stop_reason: tool_use`.
+    pub fn tool_use(text: &str, id: &str, name: &str, input: Value) -> Reply {
+        Reply::Json {
+            status: 200,
+            body: json!({
+                "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+                "content": [{"type": "text", "text": text}, {"type": "tool_use", "id": id, "name": name, "input": input}],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 30, "output_tokens": 9}
+            }),
+            headers: vec![],
+        }
+    }
+
+    /// A `tool_use` block streamed as Anthropic streams it: its start (with an empty `input`),
+    /// `input_json_delta`s, its stop, then `stop_reason: tool_use`.
+    pub fn tool_use_stream(id: &str, name: &str, partial_json: &[&str]) -> Reply {
+        let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let mut out = vec![
+            event(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_01", "type": "message", "role": "assistant", "content": [], "model": "claude-sonnet-4-5-20250929", "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 30, "output_tokens": 1}}}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            ),
+            event("ping", json!({"type": "ping"})),
+        ];
+        out.extend(partial_json.iter().map(|p| {
+            event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}}))
+        }));
+        out.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        out.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}})));
+        out.push(event("message_stop", json!({"type": "message_stop"})));
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: out,
+            gap: Duration::from_millis(5),
+            cut: false,
+        }
+    }
+
     pub fn stream_error(pieces: &[&str]) -> Reply {
         let Reply::Stream { mut pieces, .. } = stream(pieces, 10, 0, false) else {
             unreachable!()
@@ -516,6 +620,34 @@ pub mod ollama {
             status: 200,
             body: line(text, true, prompt_eval, eval),
             headers: vec![],
+        }
+    }
+
+    /// A final message with tool calls (`(name, arguments object)`): Ollama says `stop`.
+    fn tool_line(calls: &[(&str, Value)]) -> Value {
+        let mut v = line("", true, 25, 8);
+        v["message"]["tool_calls"] = calls
+            .iter()
+            .map(|(name, arguments)| json!({"function": {"name": name, "arguments": arguments}}))
+            .collect();
+        v
+    }
+
+    pub fn tool_calls(calls: &[(&str, Value)]) -> Reply {
+        Reply::Json {
+            status: 200,
+            body: tool_line(calls),
+            headers: vec![],
+        }
+    }
+
+    /// Streamed: the calls come whole in the last line.
+    pub fn tool_call_stream(calls: &[(&str, Value)]) -> Reply {
+        Reply::Stream {
+            content_type: "application/x-ndjson",
+            pieces: vec![format!("{}\n", tool_line(calls))],
+            gap: Duration::from_millis(5),
+            cut: false,
         }
     }
 

@@ -201,6 +201,11 @@ impl Executor {
                     .push(format!("{}: unavailable ({reason})", model.id));
                 continue;
             }
+            if !walk.params.tools().is_empty() && !model.supports(Capability::Tools) {
+                // A fallback that cannot call tools would answer as if there were none.
+                walk.notes.push(format!("{}: no tool calling", model.id));
+                continue;
+            }
             let last = index + 1 == chain.len();
             if let Some(outcome) = self
                 .try_model(&mut walk, &registry, index, model, &clients, last)
@@ -598,8 +603,10 @@ impl<'a> RelaySink<'a> {
     }
 }
 
-impl DeltaSink for RelaySink<'_> {
-    async fn delta(&mut self, text: &str) {
+impl RelaySink<'_> {
+    /// Publishes a piece of the output, after the restart marker if an earlier attempt's
+    /// pieces were relayed.
+    async fn publish_piece(&mut self, kind: RelayKind) {
         if self.broken {
             return;
         }
@@ -609,10 +616,26 @@ impl DeltaSink for RelaySink<'_> {
             self.publish(RelayKind::Restart { reason }).await;
             self.dirty = false;
         }
-        self.publish(RelayKind::Token {
+        self.publish(kind).await;
+        self.dirty = true;
+    }
+}
+
+impl DeltaSink for RelaySink<'_> {
+    async fn delta(&mut self, text: &str) {
+        self.publish_piece(RelayKind::Token {
             text: text.to_owned(),
         })
         .await;
-        self.dirty = true;
+    }
+
+    async fn tool_call(&mut self, delta: &llm_shared::generation::ToolCallDelta) {
+        self.publish_piece(RelayKind::ToolCall {
+            index: delta.index,
+            id: delta.id.clone(),
+            name: delta.name.clone(),
+            arguments: delta.arguments.clone(),
+        })
+        .await;
     }
 }

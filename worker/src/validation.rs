@@ -31,6 +31,11 @@ pub async fn validate_off_runtime(
     params: &GenerationParams,
     limit: Duration,
 ) -> Result<GenerationOutput, ProviderError> {
+    // An answer of tool calls is the calls (their arguments are the client's to check), with
+    // whatever text came along them, possibly none.
+    if !output.tool_calls.is_empty() {
+        return Ok(output);
+    }
     if params.json_output().is_none() {
         let text = validate_output(&output, params)?;
         return Ok(GenerationOutput { text, ..output });
@@ -108,6 +113,33 @@ fn strip_code_fence(text: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn an_answer_of_tool_calls_without_text_is_not_empty() {
+        let calls = GenerationOutput {
+            text: String::new(),
+            tool_calls: vec![llm_shared::generation::ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: "{}".into(),
+            }],
+            ..output("", "tool_calls")
+        };
+        let checked = validate_off_runtime(
+            calls.clone(),
+            &GenerationParams::default(),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(checked.ok(), Some(calls));
+        let empty = validate_off_runtime(
+            output("", "stop"),
+            &GenerationParams::default(),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(empty.is_err());
+    }
+
     use super::*;
     use llm_shared::generation::ResponseFormat;
     use serde_json::json;
@@ -119,6 +151,7 @@ mod tests {
             completion_tokens: 1,
             finish_reason: finish.into(),
             upstream_model: "m".into(),
+            tool_calls: Vec::new(),
         }
     }
 

@@ -4,10 +4,12 @@
 //! most `USER_MAX_STREAMS` streams open on one api process.
 //!
 //! Events: `start` (request id, model), `token` (`id:` = relay seq, data `{"text"}`),
-//! `restart` (the output starts over: drop what you have), and exactly one terminal event,
-//! `done` (finish reason, usage, cached) or `error` (code, message; `cancelled` for a cancelled
-//! request). The terminal event is written from the request row, after the relay's log has been
-//! drained, and the tokens sent since the last `restart` always equal the stored result.
+//! `restart` (the output starts over: drop what you have), `tool_call` (a piece of a tool call:
+//! `{"index", "id", "name", "arguments"}`, id and name on a call's first piece, the arguments'
+//! text in pieces), and exactly one terminal event, `done` (finish reason, tool calls, usage,
+//! cached) or `error` (code, message; `cancelled` for a cancelled request). The terminal event
+//! is written from the request row, after the relay's log has been drained, and the tokens and
+//! tool calls sent since the last `restart` always equal the stored result.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -30,6 +32,7 @@ use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
+use llm_shared::generation::{ToolCallAssembler, ToolCallDelta};
 use llm_shared::quota::Slot;
 use llm_shared::ratelimit::RateState;
 use llm_shared::requests::{self, GenerateBody, NewRequest, RequestView, Status};
@@ -245,6 +248,11 @@ pub(super) enum FollowEvent {
         seq: u64,
         reason: String,
     },
+    /// A piece of a tool call (the first of each call carries its id and name).
+    ToolCall {
+        seq: u64,
+        delta: ToolCallDelta,
+    },
     Done {
         seq: u64,
         row: Box<RequestView>,
@@ -285,6 +293,7 @@ pub(super) fn follow_events(
         text: String::new(),
         // A client resuming after an event id has output we cannot see until the log is read.
         tokens: usize::from(last_seen > 0),
+        calls: Vec::new(),
         _active: active,
         _slot: slot,
     };
@@ -325,6 +334,8 @@ struct Follower {
     text: String,
     /// Token events in `text`.
     tokens: usize,
+    /// Tool-call pieces since the last `restart`, as the client has them.
+    calls: Vec<ToolCallDelta>,
     _active: crate::metrics::ActiveStream,
     _slot: Slot,
 }
@@ -451,7 +462,7 @@ impl Follower {
         let Ok(log) = self.state.relay.relay.log(self.id).await else {
             return;
         };
-        let (mut text, mut tokens) = (String::new(), 0);
+        let (mut text, mut tokens, mut calls) = (String::new(), 0, Vec::new());
         let last = log.last().map(|e| e.seq);
         for event in log {
             match &event.kind {
@@ -462,7 +473,9 @@ impl Follower {
                 RelayKind::Restart { .. } => {
                     text.clear();
                     tokens = 0;
+                    calls.clear();
                 }
+                RelayKind::ToolCall { .. } => calls.push(call_delta(&event.kind)),
             }
             if event.seq > self.last_seen {
                 self.last_seen = event.seq;
@@ -472,6 +485,7 @@ impl Follower {
         if last.is_some_and(|seq| seq >= self.last_seen) {
             self.text = text;
             self.tokens = tokens;
+            self.calls = calls;
         }
     }
 
@@ -491,7 +505,9 @@ impl Follower {
             RelayKind::Restart { .. } => {
                 self.text.clear();
                 self.tokens = 0;
+                self.calls.clear();
             }
+            RelayKind::ToolCall { .. } => self.calls.push(call_delta(&event.kind)),
         }
         self.last_seen = event.seq;
         self.out.push_back(relayed(event));
@@ -505,19 +521,37 @@ impl Follower {
         match row.status {
             Status::Completed => {
                 let result = row.result.clone().unwrap_or_default();
-                if self.text != result {
-                    if self.tokens > 0 {
+                let mut relayed = ToolCallAssembler::default();
+                self.calls.iter().for_each(|d| relayed.push(d));
+                let calls_differ = relayed.finish() != row.tool_calls();
+                if self.text != result || calls_differ {
+                    if self.tokens > 0 || !self.calls.is_empty() {
                         self.out.push_back(FollowEvent::Restart {
                             seq: next_id,
                             reason: "resync".into(),
                         });
                         next_id += 1;
                     }
-                    self.out.push_back(FollowEvent::Token {
-                        seq: next_id,
-                        text: result,
-                    });
-                    next_id += 1;
+                    if !result.is_empty() {
+                        self.out.push_back(FollowEvent::Token {
+                            seq: next_id,
+                            text: result,
+                        });
+                        next_id += 1;
+                    }
+                    // Each call whole, as one piece.
+                    for (index, call) in (0..).zip(row.tool_calls()) {
+                        self.out.push_back(FollowEvent::ToolCall {
+                            seq: next_id,
+                            delta: ToolCallDelta {
+                                index,
+                                id: Some(call.id.clone()),
+                                name: Some(call.name.clone()),
+                                arguments: call.arguments.clone(),
+                            },
+                        });
+                        next_id += 1;
+                    }
                 }
                 self.out.push_back(FollowEvent::Done {
                     seq: next_id,
@@ -559,6 +593,33 @@ fn relayed(event: RelayEvent) -> FollowEvent {
             seq: event.seq,
             reason,
         },
+        kind @ RelayKind::ToolCall { .. } => FollowEvent::ToolCall {
+            seq: event.seq,
+            delta: call_delta(&kind),
+        },
+    }
+}
+
+/// The tool-call piece a relayed event carries (empty for other events).
+fn call_delta(kind: &RelayKind) -> ToolCallDelta {
+    match kind {
+        RelayKind::ToolCall {
+            index,
+            id,
+            name,
+            arguments,
+        } => ToolCallDelta {
+            index: *index,
+            id: id.clone(),
+            name: name.clone(),
+            arguments: arguments.clone(),
+        },
+        RelayKind::Token { .. } | RelayKind::Restart { .. } => ToolCallDelta {
+            index: 0,
+            id: None,
+            name: None,
+            arguments: String::new(),
+        },
     }
 }
 
@@ -576,11 +637,13 @@ fn to_sse(event: &FollowEvent) -> Event {
         ),
         FollowEvent::Token { seq, text } => ("token", Some(seq), json!({"text": text})),
         FollowEvent::Restart { seq, reason } => ("restart", Some(seq), json!({"reason": reason})),
+        FollowEvent::ToolCall { seq, delta } => ("tool_call", Some(seq), json!(delta)),
         FollowEvent::Done { seq, row } => (
             "done",
             Some(seq),
             json!({
                 "finish_reason": row.finish_reason,
+                "tool_calls": row.tool_calls,
                 "usage": {
                     "prompt_tokens": row.prompt_tokens,
                     "completion_tokens": row.completion_tokens,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::cache::{self, CachePolicy, CacheScope};
 use crate::error::DomainError;
 use crate::generation::{
-    GenerationParams, MockBehaviour, ResponseFormat, TurnRole, estimate_tokens,
+    GenerationParams, MockBehaviour, ResponseFormat, ToolChoice, TurnRole, estimate_tokens,
 };
 use crate::json_schema;
 use crate::models::{Capability, ModelRegistry, ModelSpec, ProviderKind};
@@ -22,6 +22,10 @@ const DEFAULT_OUTPUT_ESTIMATE: u32 = 1024;
 pub const MAX_HISTORY_TURNS: usize = 256;
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Most tools a request may declare.
+pub const MAX_TOOLS: usize = 128;
+/// Longest tool call id (in a history's assistant or tool turn) accepted.
+pub const MAX_TOOL_CALL_ID_LEN: usize = 256;
 
 /// The body of `POST /api/v1/generate`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -180,10 +184,11 @@ impl NewRequest {
                 "template not rendered before validation",
             )));
         }
-        let prompt = validate_prompt(body.prompt)?;
-        let model = validate_model(body.model, models)?;
         let params = body.parameters.unwrap_or_default();
+        let prompt = validate_prompt(body.prompt, params.ends_with_tool_result())?;
+        let model = validate_model(body.model, models)?;
         validate_params(&params, model.max_output_tokens)?;
+        validate_tools(&params, model)?;
         let history_chars = validate_history(&params)?;
         if prompt.chars().count() + history_chars > MAX_PROMPT_CHARS {
             return Err(DomainError::validation(
@@ -264,8 +269,12 @@ impl NewRequest {
     }
 }
 
-/// The prompt, if given, not blank and not too long.
-fn validate_prompt(prompt: Option<String>) -> Result<String, DomainError> {
+/// The prompt, if given, not blank and not too long. After a tool's result (`after_tool`) the
+/// prompt may be left out: the model answers the result.
+fn validate_prompt(prompt: Option<String>, after_tool: bool) -> Result<String, DomainError> {
+    if after_tool && prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
+        return Ok(String::new());
+    }
     let Some(prompt) = prompt else {
         return Err(DomainError::validation(
             "prompt",
@@ -362,6 +371,68 @@ fn validate_json_output(params: &GenerationParams, model: &ModelSpec) -> Result<
     Ok(())
 }
 
+/// Tools: only for a model that can call them, at most [`MAX_TOOLS`], each with a valid unique
+/// name and a JSON Schema the service can check; a `tool_choice` names one of them.
+fn validate_tools(params: &GenerationParams, model: &ModelSpec) -> Result<(), DomainError> {
+    let tools = params.tools();
+    if !tools.is_empty() && !model.supports(Capability::Tools) {
+        return Err(DomainError::validation(
+            "parameters.tools",
+            format!("model `{}` does not support tool calling", model.id),
+        ));
+    }
+    if tools.len() > MAX_TOOLS {
+        return Err(DomainError::validation(
+            "parameters.tools",
+            format!("tools takes at most {MAX_TOOLS} tools"),
+        ));
+    }
+    for (i, tool) in tools.iter().enumerate() {
+        if !schema_name_is_valid(&tool.name) {
+            return Err(DomainError::validation(
+                "parameters.tools",
+                format!("tools[{i}].name: a tool name is 1 to 64 letters, digits, `_` or `-`"),
+            ));
+        }
+        if tools[..i].iter().any(|t| t.name == tool.name) {
+            return Err(DomainError::validation(
+                "parameters.tools",
+                format!("tools[{i}].name: `{}` is declared twice", tool.name),
+            ));
+        }
+        if let Some(schema) = &tool.parameters {
+            if !schema.is_object() {
+                return Err(DomainError::validation(
+                    "parameters.tools",
+                    format!("tools[{i}].parameters must be a JSON Schema object"),
+                ));
+            }
+            json_schema::check_schema(schema).map_err(|e| {
+                DomainError::validation(
+                    "parameters.tools",
+                    format!("tools[{i}].parameters: invalid JSON Schema: {e}"),
+                )
+            })?;
+        }
+    }
+    match &params.tool_choice {
+        Some(ToolChoice::Tool { name }) if !tools.iter().any(|t| &t.name == name) => {
+            Err(DomainError::validation(
+                "parameters.tool_choice",
+                format!(
+                    "tool_choice names `{}`, which is not among the tools",
+                    truncate(name, 64)
+                ),
+            ))
+        }
+        Some(ToolChoice::Required) if tools.is_empty() => Err(DomainError::validation(
+            "parameters.tool_choice",
+            "tool_choice `required` needs tools",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A schema name as OpenAI takes it: `^[a-zA-Z0-9_-]{1,64}$`.
 fn schema_name_is_valid(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -376,18 +447,32 @@ fn schema_name_is_valid(name: &str) -> bool {
 pub fn estimated_tokens(prompt: &str, params: &GenerationParams, model: &ModelSpec) -> u32 {
     estimate_tokens(prompt)
         .saturating_add(params.system.as_deref().map_or(0, estimate_tokens))
-        .saturating_add(
-            params
-                .history
+        .saturating_add(params.history.iter().flatten().fold(0, |n, t| {
+            t.calls()
                 .iter()
-                .flatten()
-                .fold(0, |n, t| n.saturating_add(estimate_tokens(&t.content))),
-        )
+                .fold(n.saturating_add(estimate_tokens(&t.content)), |n, c| {
+                    n.saturating_add(estimate_tokens(&c.arguments))
+                })
+        }))
+        .saturating_add(tools_tokens(params))
         .saturating_add(
             params
                 .max_tokens
                 .unwrap_or(DEFAULT_OUTPUT_ESTIMATE.min(model.max_output_tokens)),
         )
+}
+
+/// The tools' declarations as the model reads them (names, descriptions, schemas).
+fn tools_tokens(params: &GenerationParams) -> u32 {
+    params.tools().iter().fold(0, |n, t| {
+        n.saturating_add(estimate_tokens(&t.name))
+            .saturating_add(t.description.as_deref().map_or(0, estimate_tokens))
+            .saturating_add(
+                t.parameters
+                    .as_ref()
+                    .map_or(0, |p| estimate_tokens(&p.to_string())),
+            )
+    })
 }
 
 fn validate_params(params: &GenerationParams, max_output: u32) -> Result<(), DomainError> {
@@ -437,16 +522,63 @@ fn validate_history(params: &GenerationParams) -> Result<usize, DomainError> {
             format!("history takes at most {MAX_HISTORY_TURNS} turns"),
         ));
     }
-    if let Some(i) = history
-        .iter()
-        .position(|t| t.role == TurnRole::User && t.content.trim().is_empty())
-    {
-        return Err(DomainError::validation(
-            "parameters.history",
-            format!("history[{i}]: a user turn must not be empty"),
-        ));
+    for (i, turn) in history.iter().enumerate() {
+        let problem = match turn.role {
+            TurnRole::User if turn.content.trim().is_empty() => {
+                Some("a user turn must not be empty")
+            }
+            TurnRole::User | TurnRole::Tool if turn.tool_calls.is_some() => {
+                Some("only an assistant turn carries tool_calls")
+            }
+            TurnRole::User | TurnRole::Assistant if turn.tool_call_id.is_some() => {
+                Some("only a tool turn carries a tool_call_id")
+            }
+            TurnRole::Tool
+                if turn
+                    .tool_call_id
+                    .as_deref()
+                    .is_none_or(|id| id.is_empty() || id.len() > MAX_TOOL_CALL_ID_LEN) =>
+            {
+                Some("a tool turn needs the tool_call_id (1 to 256 bytes) it answers")
+            }
+            TurnRole::Assistant
+                if turn.calls().iter().any(|c| {
+                    c.id.is_empty()
+                        || c.id.len() > MAX_TOOL_CALL_ID_LEN
+                        || !schema_name_is_valid(&c.name)
+                }) =>
+            {
+                Some("a tool call needs an id (1 to 256 bytes) and a valid tool name")
+            }
+            // A result answers a call the assistant made earlier in the conversation.
+            TurnRole::Tool
+                if !history[..i].iter().any(|t| {
+                    t.calls()
+                        .iter()
+                        .any(|c| Some(c.id.as_str()) == turn.tool_call_id.as_deref())
+                }) =>
+            {
+                Some("a tool turn answers no earlier assistant tool call (tool_call_id unknown)")
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(DomainError::validation(
+                "parameters.history",
+                format!("history[{i}]: {problem}"),
+            ));
+        }
     }
-    Ok(history.iter().map(|t| t.content.chars().count()).sum())
+    Ok(history
+        .iter()
+        .map(|t| {
+            t.content.chars().count()
+                + t.calls()
+                    .iter()
+                    .map(|c| c.arguments.chars().count())
+                    .sum::<usize>()
+        })
+        .sum())
 }
 
 fn object_or_empty(value: Option<Value>, field: &'static str) -> Result<Value, DomainError> {

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::body::NewRequest;
 use super::submit::Insert;
 use crate::cache::{CachePolicy, CachedResponse};
+use crate::generation::ToolCall;
 use crate::queue;
 
 /// The columns of a request row that both insert statements (`sql/insert_many.sql`,
@@ -36,7 +37,12 @@ pub(super) struct RowColumns<'a> {
     prompt_tokens: Vec<Option<i32>>,
     completion_tokens: Vec<Option<i32>>,
     finish_reason: Vec<Option<&'a str>>,
+    tool_calls: ToolCallsColumn<'a>,
 }
+
+/// The tool calls of the cached answers rows come with: each statement binds them where it
+/// takes them (after its own columns).
+pub(super) type ToolCallsColumn<'a> = Vec<Option<sqlx::types::Json<&'a Vec<ToolCall>>>>;
 
 impl<'a> RowColumns<'a> {
     /// A row: the request, its job's id, and the cached answer it comes with, if any.
@@ -71,9 +77,15 @@ impl<'a> RowColumns<'a> {
             .push(hit.and_then(|h| h.completion_tokens));
         self.finish_reason
             .push(hit.and_then(|h| h.finish_reason.as_deref()));
+        self.tool_calls.push(
+            hit.and_then(|h| h.tool_calls.as_ref())
+                .map(sqlx::types::Json),
+        );
     }
 
-    pub(super) fn add_to(self, args: &mut PgArguments) -> Result<(), sqlx::Error> {
+    /// Binds `$1` to `$21`; answers the tool calls, for the statement to bind where it takes
+    /// them.
+    pub(super) fn add_to(self, args: &mut PgArguments) -> Result<ToolCallsColumn<'a>, sqlx::Error> {
         add(args, self.id)?;
         add(args, self.prompt)?;
         add(args, self.context)?;
@@ -94,7 +106,8 @@ impl<'a> RowColumns<'a> {
         add(args, self.served_model)?;
         add(args, self.prompt_tokens)?;
         add(args, self.completion_tokens)?;
-        add(args, self.finish_reason)
+        add(args, self.finish_reason)?;
+        Ok(self.tool_calls)
     }
 }
 
@@ -107,7 +120,7 @@ where
 }
 
 /// [`super::insert_many`]'s rows, one array per column: the row's own (`$1` to `$21`), then what
-/// decides how it is stored and its job's (`$22` to `$26`).
+/// decides how it is stored and its job's (`$22` to `$26`), then the hit's tool calls (`$27`).
 #[derive(Default)]
 pub(super) struct InsertColumns<'a> {
     row: RowColumns<'a>,
@@ -137,11 +150,12 @@ impl<'a> InsertColumns<'a> {
     }
 
     pub(super) fn add_to(self, args: &mut PgArguments) -> Result<(), sqlx::Error> {
-        self.row.add_to(args)?;
+        let tool_calls = self.row.add_to(args)?;
         add(args, self.idempotency_key)?;
         add(args, self.lookup_key)?;
         add(args, self.job)?;
         add(args, self.job_max_attempts)?;
-        add(args, self.priority)
+        add(args, self.priority)?;
+        add(args, tool_calls)
     }
 }

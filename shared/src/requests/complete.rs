@@ -40,6 +40,8 @@ pub struct SuccessRow {
     prompt_tokens: i32,
     completion_tokens: i32,
     finish_reason: String,
+    /// The tools the model called (NULL: none).
+    tool_calls: Option<Value>,
     latency_ms: i32,
     served_model: String,
     cost_usd: f64,
@@ -63,6 +65,9 @@ impl SuccessRow {
             prompt_tokens: to_i32(output.prompt_tokens),
             completion_tokens: to_i32(output.completion_tokens),
             finish_reason: output.finish_reason.clone(),
+            tool_calls: (!output.tool_calls.is_empty())
+                .then(|| serde_json::to_value(&output.tool_calls).ok())
+                .flatten(),
             latency_ms: millis(completion.latency),
             served_model: completion.served_model.to_owned(),
             cost_usd: completion.cost_usd,
@@ -118,6 +123,7 @@ pub async fn complete_many(
         .bind(column(rows, |r| r.store_key.as_deref()))
         .bind(column(rows, |r| r.cache_ttl_secs))
         .bind(column(rows, |r| &r.cache_metadata))
+        .bind(column(rows, |r| r.tool_calls.as_ref()))
         .fetch_all(pool)
         .await?;
     let mut answers = vec![false; rows.len()];
@@ -173,6 +179,8 @@ impl Success<'_> {
             prompt_tokens: Some(to_i32(self.output.prompt_tokens)),
             completion_tokens: Some(to_i32(self.output.completion_tokens)),
             finish_reason: Some(self.output.finish_reason.clone()),
+            tool_calls: (!self.output.tool_calls.is_empty())
+                .then(|| self.output.tool_calls.clone()),
         }
     }
 }

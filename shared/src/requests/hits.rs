@@ -212,7 +212,8 @@ async fn insert_hits(
         }
     }
     let mut args = PgArguments::default();
-    columns.add_to(&mut args)?;
+    let tool_calls = columns.add_to(&mut args)?;
+    add(&mut args, tool_calls)?;
     add(&mut args, users)?;
     add(&mut args, models)?;
     add(&mut args, counts)?;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::Status;
 use super::body::NewRequest;
 use crate::cache::CachedResponse;
+use crate::generation::ToolCall;
 
 /// A request as its owner sees it.
 #[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
@@ -32,6 +33,9 @@ pub struct RequestView {
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
     pub finish_reason: Option<String>,
+    /// The tools the model called (`finish_reason` `tool_calls`), in order.
+    #[schema(value_type = Option<Vec<crate::generation::ToolCall>>)]
+    pub tool_calls: Option<sqlx::types::Json<Vec<ToolCall>>>,
     /// Estimated cost in USD (registry prices; 0 for cache hits).
     pub cost_usd: Option<f64>,
     /// Answered from the response cache, without a provider call.
@@ -69,6 +73,7 @@ impl RequestView {
             prompt_tokens: hit.prompt_tokens,
             completion_tokens: hit.completion_tokens,
             finish_reason: hit.finish_reason.clone(),
+            tool_calls: hit.tool_calls.clone().map(sqlx::types::Json),
             cost_usd: Some(0.0),
             cached: true,
             error_code: None,
@@ -80,6 +85,11 @@ impl RequestView {
             completed_at: Some(at),
             updated_at: at,
         }
+    }
+
+    /// The tools the model called (none when it called none).
+    pub fn tool_calls(&self) -> &[ToolCall] {
+        self.tool_calls.as_ref().map_or(&[], |c| c.0.as_slice())
     }
 }
 
@@ -110,7 +120,7 @@ pub async fn find_for_user(
     sqlx::query_as(
         "SELECT id, status, model, prompt, context, parameters, metadata, result, provider,
                 provider_model, served_model, tokens_used, prompt_tokens, completion_tokens,
-                finish_reason, cost_usd, cached, error_code, error_message, attempts, max_attempts,
+                finish_reason, tool_calls, cost_usd, cached, error_code, error_message, attempts, max_attempts,
                 created_at, started_at, completed_at, updated_at
          FROM generation_requests WHERE id = $1 AND user_id = $2",
     )

@@ -8,11 +8,12 @@
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use super::wire;
 use super::{
-    ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, StreamEvent,
-    normalise_finish_reason,
+    ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, StreamEvent, ToolCall,
+    ToolCallDelta, ToolChoice, normalise_finish_reason,
 };
 use llm_shared::models::UpstreamSettings;
 
@@ -67,7 +68,7 @@ impl AnthropicProvider {
 struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
-    messages: Vec<wire::ChatMessage<'a>>,
+    messages: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,7 +77,88 @@ struct MessagesRequest<'a> {
     top_p: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_sequences: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
     stream: bool,
+}
+
+/// The conversation as Anthropic's messages: an assistant's tool calls are `tool_use` blocks
+/// (their arguments parsed into `input`); tools' results are `tool_result` blocks of the user's
+/// next message, with the prompt, if any, as its text block (roles alternate).
+fn messages(input: &GenerationInput) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    // The `tool_result` blocks waiting for the user's message they belong to.
+    let mut results: Vec<Value> = Vec::new();
+    for m in wire::conversation(input) {
+        match m.role {
+            "tool" => results.push(json!({
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id.unwrap_or_default(),
+                "content": m.content,
+            })),
+            "user" if !results.is_empty() => {
+                results.push(json!({"type": "text", "text": m.content}));
+                out.push(json!({"role": "user", "content": std::mem::take(&mut results)}));
+            }
+            role => {
+                if !results.is_empty() {
+                    out.push(json!({"role": "user", "content": std::mem::take(&mut results)}));
+                }
+                if m.calls.is_empty() {
+                    out.push(json!({"role": role, "content": m.content}));
+                    continue;
+                }
+                let mut blocks = Vec::with_capacity(1 + m.calls.len());
+                if !m.content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": m.content}));
+                }
+                for call in m.calls {
+                    let input = serde_json::from_str::<Value>(&call.arguments)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    blocks.push(json!({
+                        "type": "tool_use", "id": call.id, "name": call.name, "input": input,
+                    }));
+                }
+                out.push(json!({"role": role, "content": blocks}));
+            }
+        }
+    }
+    if !results.is_empty() {
+        out.push(json!({"role": "user", "content": results}));
+    }
+    out
+}
+
+fn wire_tools(input: &GenerationInput) -> Option<Vec<Value>> {
+    let tools = input.params.tools();
+    (!tools.is_empty()).then(|| {
+        tools
+            .iter()
+            .map(|t| {
+                let mut tool = json!({
+                    "name": t.name,
+                    "input_schema": t.parameters.clone().unwrap_or_else(|| json!({"type": "object"})),
+                });
+                if let Some(description) = &t.description {
+                    tool["description"] = json!(description);
+                }
+                tool
+            })
+            .collect()
+    })
+}
+
+fn wire_tool_choice(choice: Option<&ToolChoice>) -> Option<Value> {
+    Some(match choice? {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Tool { name } => json!({"type": "tool", "name": name}),
+    })
 }
 
 impl<'a> MessagesRequest<'a> {
@@ -91,11 +173,13 @@ impl<'a> MessagesRequest<'a> {
         Self {
             model: &input.upstream_model,
             max_tokens: p.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-            messages: wire::conversation(input),
+            messages: messages(input),
             system,
             temperature: p.temperature.map(|t| t.min(1.0)),
             top_p: p.top_p,
             stop_sequences: p.stop.as_deref(),
+            tools: wire_tools(input),
+            tool_choice: wire_tool_choice(p.tool_choice.as_ref()),
             stream,
         }
     }
@@ -117,6 +201,12 @@ struct ContentBlock {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,14 +217,21 @@ struct Usage {
     output_tokens: Option<u32>,
 }
 
-/// The streaming events we act on; others (`ping`, `content_block_start/stop`) are skipped.
+/// The streaming events we act on; others (`ping`, `content_block_stop`) are skipped.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Event {
     MessageStart {
         message: StartMessage,
     },
+    ContentBlockStart {
+        #[serde(default)]
+        index: u32,
+        content_block: ContentBlock,
+    },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u32,
         delta: BlockDelta,
     },
     MessageDelta {
@@ -160,6 +257,9 @@ struct StartMessage {
 struct BlockDelta {
     #[serde(default)]
     text: Option<String>,
+    /// A piece of a `tool_use` block's input (`input_json_delta`).
+    #[serde(default)]
+    partial_json: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +313,19 @@ impl MessagesResponse {
             .filter(|b| b.kind == "text")
             .filter_map(|b| b.text.as_deref())
             .collect();
+        let tool_calls: Vec<ToolCall> = response
+            .content
+            .iter()
+            .filter(|b| b.kind == "tool_use")
+            .map(|b| ToolCall {
+                id: b.id.clone().unwrap_or_default(),
+                name: b.name.clone().unwrap_or_default(),
+                arguments: b
+                    .input
+                    .as_ref()
+                    .map_or_else(|| "{}".into(), Value::to_string),
+            })
+            .collect();
         Ok(GenerationOutput {
             prompt_tokens: response
                 .usage
@@ -229,6 +342,7 @@ impl MessagesResponse {
                 .model
                 .unwrap_or_else(|| input.upstream_model.clone()),
             text,
+            tool_calls,
         })
     }
 }
@@ -247,11 +361,18 @@ impl Provider for AnthropicProvider {
     async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
         let response = wire::send_keyed(self.request(input, true)?, self.api_key.as_ref()).await?;
         let events = wire::sse_events(response.bytes_stream());
-        // State: input tokens (from message_start), output tokens and stop reason (message_delta).
+        // State: input tokens (from message_start), output tokens and stop reason (message_delta),
+        // the content blocks that are tool calls (block index → call index).
         let stream = events
             .scan(
-                (None::<u32>, None::<u32>, None::<String>, false),
-                |(input_tokens, output_tokens, stop, done), event| {
+                (
+                    None::<u32>,
+                    None::<u32>,
+                    None::<String>,
+                    false,
+                    Vec::<u32>::new(),
+                ),
+                |(input_tokens, output_tokens, stop, done, tool_blocks), event| {
                     if *done {
                         return futures::future::ready(None);
                     }
@@ -267,10 +388,39 @@ impl Provider for AnthropicProvider {
                             *input_tokens = message.usage.input_tokens;
                             None
                         }
-                        Ok(Event::ContentBlockDelta { delta }) => delta
-                            .text
-                            .filter(|t| !t.is_empty())
-                            .map(|t| Ok(StreamEvent::Delta(t))),
+                        Ok(Event::ContentBlockStart {
+                            index,
+                            content_block,
+                        }) if content_block.kind == "tool_use" => {
+                            let call = u32::try_from(tool_blocks.len()).unwrap_or(u32::MAX);
+                            tool_blocks.push(index);
+                            // The block's `input` is `{}` here; its text comes as deltas.
+                            Some(Ok(StreamEvent::ToolCall(ToolCallDelta {
+                                index: call,
+                                id: content_block.id,
+                                name: content_block.name,
+                                arguments: String::new(),
+                            })))
+                        }
+                        Ok(Event::ContentBlockDelta { index, delta }) => {
+                            match (
+                                delta.partial_json,
+                                tool_blocks.iter().position(|b| *b == index),
+                            ) {
+                                (Some(json), Some(call)) => {
+                                    Some(Ok(StreamEvent::ToolCall(ToolCallDelta {
+                                        index: u32::try_from(call).unwrap_or(u32::MAX),
+                                        id: None,
+                                        name: None,
+                                        arguments: json,
+                                    })))
+                                }
+                                _ => delta
+                                    .text
+                                    .filter(|t| !t.is_empty())
+                                    .map(|t| Ok(StreamEvent::Delta(t))),
+                            }
+                        }
                         Ok(Event::MessageDelta { delta, usage }) => {
                             if delta.stop_reason.is_some() {
                                 *stop = delta.stop_reason;
@@ -301,7 +451,7 @@ impl Provider for AnthropicProvider {
                             *done = true;
                             Some(Err(stream_error(error)))
                         }
-                        Ok(Event::Other) => None,
+                        Ok(Event::ContentBlockStart { .. } | Event::Other) => None,
                     };
                     futures::future::ready(Some(futures::stream::iter(out)))
                 },

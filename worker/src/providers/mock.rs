@@ -1,6 +1,10 @@
 //! The built-in `mock` provider: deterministic text derived from the prompt, with latency and
 //! failures controllable per request, so the service runs, is tested and is benchmarked with
 //! no API key and no network. It goes through the same trait and worker path as real providers.
+//!
+//! Tools: when a request requires a call (`tool_choice` `required`, or a named tool), the mock
+//! answers one call of that tool (the first one for `required`) with the arguments `{}`, the id
+//! `call_mock_0` and no text; otherwise it answers text as usual.
 
 use std::time::Duration;
 
@@ -8,7 +12,7 @@ use futures::StreamExt;
 
 use super::{
     ChunkStream, GenerationInput, GenerationOutput, MAX_MOCK_LATENCY_MS, MockFailure, Provider,
-    ProviderError, StreamEvent, estimate_tokens,
+    ProviderError, StreamEvent, ToolCall, ToolCallDelta, estimate_tokens,
 };
 
 const DEFAULT_COMPLETION_WORDS: u32 = 24;
@@ -42,7 +46,25 @@ impl Provider for MockProvider {
     async fn stream(&self, input: &GenerationInput) -> Result<ChunkStream, ProviderError> {
         let output = self.answer(input).await?;
         let mut events: Vec<Result<StreamEvent, ProviderError>> = Vec::new();
+        for (index, call) in (0..).zip(&output.tool_calls) {
+            // As the providers stream a call: its id and name, then its arguments.
+            events.push(Ok(StreamEvent::ToolCall(ToolCallDelta {
+                index,
+                id: Some(call.id.clone()),
+                name: Some(call.name.clone()),
+                arguments: String::new(),
+            })));
+            events.push(Ok(StreamEvent::ToolCall(ToolCallDelta {
+                index,
+                id: None,
+                name: None,
+                arguments: call.arguments.clone(),
+            })));
+        }
         for (i, word) in output.text.split(' ').enumerate() {
+            if output.text.is_empty() {
+                break;
+            }
             let piece = if i == 0 {
                 word.to_owned()
             } else {
@@ -128,6 +150,23 @@ impl MockProvider {
                 .map(|t| format!("{}: {}\n", t.role, t.content))
                 .collect(),
         };
+        let prompt_tokens = conversation
+            .iter()
+            .fold(0u32, |n, t| n.saturating_add(estimate_tokens(t.content)));
+        if let Some(tool) = input.params.forced_tool() {
+            return Ok(GenerationOutput {
+                prompt_tokens,
+                completion_tokens: 1,
+                finish_reason: "tool_calls".into(),
+                upstream_model: input.upstream_model.clone(),
+                text: String::new(),
+                tool_calls: vec![ToolCall {
+                    id: "call_mock_0".into(),
+                    name: tool.name.clone(),
+                    arguments: "{}".into(),
+                }],
+            });
+        }
         let prose = deterministic_text(&seed, words);
         let mut finish_reason = "stop";
         let text = match input.params.json_output() {
@@ -151,13 +190,12 @@ impl MockProvider {
             None => prose,
         };
         Ok(GenerationOutput {
-            prompt_tokens: conversation
-                .iter()
-                .fold(0, |n, t| n.saturating_add(estimate_tokens(t.content))),
+            prompt_tokens,
             completion_tokens: words,
             finish_reason: finish_reason.into(),
             upstream_model: input.upstream_model.clone(),
             text,
+            tool_calls: Vec::new(),
         })
     }
 }

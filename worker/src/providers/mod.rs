@@ -26,7 +26,7 @@ pub use openai::OpenAiProvider;
 // The generation's own types, named here for the provider files that use them all.
 pub(crate) use llm_shared::generation::{
     GenerationOutput, GenerationParams, MAX_MOCK_LATENCY_MS, MockBehaviour, MockFailure,
-    ResponseFormat, estimate_tokens,
+    ResponseFormat, ToolCall, ToolCallAssembler, ToolCallDelta, ToolChoice, estimate_tokens,
 };
 use llm_shared::models::{Endpoint, EndpointKind, ModelRegistry, ProviderKind};
 
@@ -47,6 +47,8 @@ pub struct GenerationInput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     Delta(String),
+    /// A piece of a tool call (the first of each call carries its id and name).
+    ToolCall(ToolCallDelta),
     /// The end marker, with usage when the provider reports it.
     Finished {
         finish_reason: String,
@@ -254,6 +256,11 @@ impl Provider for ProviderClient {
 /// Where the pieces of a streamed answer go as they arrive (besides being collected).
 pub trait DeltaSink: Send {
     fn delta(&mut self, text: &str) -> impl Future<Output = ()> + Send;
+
+    /// A piece of a tool call; dropped unless the sink relays them.
+    fn tool_call(&mut self, _delta: &ToolCallDelta) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Collecting only.
@@ -283,6 +290,7 @@ pub async fn collect_stream_into(
     idle: Duration,
 ) -> Result<GenerationOutput, ProviderError> {
     let mut text = String::new();
+    let mut calls = ToolCallAssembler::default();
     let mut limit = first_event;
     loop {
         let next = tokio::time::timeout(limit, stream.next())
@@ -294,17 +302,23 @@ pub async fn collect_stream_into(
                 sink.delta(&delta).await;
                 text.push_str(&delta);
             }
+            Some(Ok(StreamEvent::ToolCall(delta))) => {
+                sink.tool_call(&delta).await;
+                calls.push(&delta);
+            }
             Some(Ok(StreamEvent::Finished {
                 finish_reason,
                 prompt_tokens,
                 completion_tokens,
             })) => {
+                let tool_calls = calls.finish();
                 return Ok(GenerationOutput {
                     prompt_tokens: prompt_tokens.unwrap_or_else(|| estimate_tokens(prompt)),
                     completion_tokens: completion_tokens.unwrap_or_else(|| estimate_tokens(&text)),
-                    finish_reason,
+                    finish_reason: tool_finish(finish_reason, &tool_calls),
                     upstream_model: upstream_model.to_owned(),
                     text,
+                    tool_calls,
                 });
             }
             Some(Err(err)) => return Err(err),
@@ -316,10 +330,21 @@ pub async fn collect_stream_into(
 /// The finish reasons of the providers, in our words.
 pub fn normalise_finish_reason(reason: &str) -> String {
     match reason {
+        "tool_calls" | "tool_use" | "function_call" => "tool_calls".into(),
         "stop" | "end_turn" | "stop_sequence" => "stop".into(),
         "length" | "max_tokens" => "length".into(),
         "content_filter" | "refusal" => "content_filter".into(),
         other => other.into(),
+    }
+}
+
+/// `tool_calls` when the model called tools and otherwise stopped as usual (Ollama says `stop`
+/// then), else the reason as given.
+pub fn tool_finish(reason: String, calls: &[ToolCall]) -> String {
+    if !calls.is_empty() && reason == "stop" {
+        "tool_calls".into()
+    } else {
+        reason
     }
 }
 

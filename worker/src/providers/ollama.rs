@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::wire;
 use super::{
     ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, ResponseFormat,
-    StreamEvent, estimate_tokens, normalise_finish_reason,
+    StreamEvent, ToolCall, ToolCallDelta, estimate_tokens, normalise_finish_reason, tool_finish,
 };
 use llm_shared::models::UpstreamSettings;
 
@@ -59,13 +59,65 @@ struct ChatRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
     options: Value,
+}
+
+/// A tool call of an assistant message, as Ollama writes it: the arguments as an object (the
+/// model's text parsed; text that is not JSON travels as a string).
+fn wire_call(call: &ToolCall) -> Value {
+    let arguments = serde_json::from_str::<Value>(&call.arguments)
+        .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+    json!({"function": {"name": call.name, "arguments": arguments}})
+}
+
+/// The request's tools, in the OpenAI shape Ollama takes. Ollama has no `tool_choice`: `none`
+/// sends no tools, `required` and a named tool send only the tool(s) the model may call.
+fn wire_tools(input: &GenerationInput) -> Option<Vec<Value>> {
+    let tools = match (&input.params.tool_choice, input.params.forced_tool()) {
+        (Some(super::ToolChoice::None), _) => return None,
+        (Some(super::ToolChoice::Tool { .. }), Some(tool)) => std::slice::from_ref(tool),
+        _ => input.params.tools(),
+    };
+    if tools.is_empty() {
+        return None;
+    }
+    Some(
+        tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name,
+                    "description": t.description.as_deref().unwrap_or_default(),
+                    "parameters": t.parameters.clone().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                }})
+            })
+            .collect(),
+    )
+}
+
+/// The tool calls of an answer's message, numbered in order (Ollama gives them no id).
+fn calls_of(message: &LineMessage) -> Vec<ToolCall> {
+    message
+        .tool_calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ToolCall {
+            id: format!("call_{i}"),
+            name: c.function.name.clone(),
+            arguments: match &c.function.arguments {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            },
+        })
+        .collect()
 }
 
 impl<'a> ChatRequest<'a> {
     fn new(input: &'a GenerationInput, stream: bool) -> Self {
         let p = &input.params;
-        let messages = wire::chat_messages(input);
+        let messages = wire::chat_messages(input, wire_call);
         let mut options = serde_json::Map::new();
         if let Some(t) = p.temperature {
             options.insert("temperature".into(), json!(t));
@@ -88,6 +140,7 @@ impl<'a> ChatRequest<'a> {
                 Some(ResponseFormat::JsonSchema { schema, .. }) => Some(schema.clone()),
                 Some(ResponseFormat::Text) | None => None,
             },
+            tools: wire_tools(input),
             options: Value::Object(options),
         }
     }
@@ -115,6 +168,20 @@ struct ChatLine {
 struct LineMessage {
     #[serde(default)]
     content: String,
+    #[serde(default)]
+    tool_calls: Vec<LineToolCall>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LineToolCall {
+    function: LineFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct LineFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Value,
 }
 
 impl Provider for OllamaProvider {
@@ -135,15 +202,20 @@ impl Provider for OllamaProvider {
         if !line.done {
             return Err(wire::malformed("answer without `done: true`"));
         }
+        let tool_calls = line.message.as_ref().map(calls_of).unwrap_or_default();
         let text = line.message.map(|m| m.content).unwrap_or_default();
         Ok(GenerationOutput {
             prompt_tokens: line
                 .prompt_eval_count
                 .unwrap_or_else(|| estimate_tokens(&input.prompt)),
             completion_tokens: line.eval_count.unwrap_or_else(|| estimate_tokens(&text)),
-            finish_reason: normalise_finish_reason(line.done_reason.as_deref().unwrap_or("stop")),
+            finish_reason: tool_finish(
+                normalise_finish_reason(line.done_reason.as_deref().unwrap_or("stop")),
+                &tool_calls,
+            ),
             upstream_model: line.model.unwrap_or_else(|| input.upstream_model.clone()),
             text,
+            tool_calls,
         })
     }
 
@@ -151,7 +223,7 @@ impl Provider for OllamaProvider {
         let response = wire::send_keyed(self.request(input, true)?, self.api_key.as_ref()).await?;
         let stream = wire::lines(response.bytes_stream())
             .filter(|line| futures::future::ready(!matches!(line, Ok(l) if l.trim().is_empty())))
-            .scan(false, |done, line| {
+            .scan((false, 0u32), |(done, calls), line| {
                 if *done {
                     return futures::future::ready(None);
                 }
@@ -176,6 +248,16 @@ impl Provider for OllamaProvider {
                     }
                     Ok(line) => {
                         let mut out = Vec::new();
+                        // Ollama sends each call whole, in one line's message.
+                        for call in line.message.as_ref().map(calls_of).unwrap_or_default() {
+                            out.push(Ok(StreamEvent::ToolCall(ToolCallDelta {
+                                index: *calls,
+                                id: Some(format!("call_{calls}")),
+                                name: Some(call.name),
+                                arguments: call.arguments,
+                            })));
+                            *calls += 1;
+                        }
                         if let Some(text) =
                             line.message.map(|m| m.content).filter(|t| !t.is_empty())
                         {

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use super::wire;
 use super::{
     ChunkStream, GenerationInput, GenerationOutput, Provider, ProviderError, ResponseFormat,
-    StreamEvent, estimate_tokens, normalise_finish_reason,
+    StreamEvent, ToolCall, ToolCallDelta, ToolChoice, estimate_tokens, normalise_finish_reason,
+    tool_finish,
 };
 use llm_shared::models::{EndpointKind, UpstreamSettings};
 
@@ -121,16 +122,61 @@ struct ChatRequest<'a> {
     stop: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<Value>,
+}
+
+/// A tool call of an assistant message, as OpenAI writes it.
+fn wire_call(call: &ToolCall) -> Value {
+    json!({
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    })
+}
+
+/// The request's tools as `tools` entries of type `function`.
+fn wire_tools(input: &GenerationInput) -> Option<Vec<Value>> {
+    let tools = input.params.tools();
+    (!tools.is_empty()).then(|| {
+        tools
+            .iter()
+            .map(|t| {
+                let mut function = json!({"name": t.name});
+                if let Some(description) = &t.description {
+                    function["description"] = json!(description);
+                }
+                if let Some(parameters) = &t.parameters {
+                    function["parameters"] = parameters.clone();
+                }
+                if let Some(strict) = t.strict {
+                    function["strict"] = json!(strict);
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect()
+    })
+}
+
+fn wire_tool_choice(choice: Option<&ToolChoice>) -> Option<Value> {
+    Some(match choice? {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
+    })
 }
 
 impl<'a> ChatRequest<'a> {
     /// `with_model`: false where the URL names the model (Azure's deployment).
     fn new(input: &'a GenerationInput, stream: bool, with_model: bool) -> Self {
         let p = &input.params;
-        let messages = wire::chat_messages(input);
+        let messages = wire::chat_messages(input, wire_call);
         Self {
             model: with_model.then_some(input.upstream_model.as_str()),
             messages,
@@ -154,6 +200,8 @@ impl<'a> ChatRequest<'a> {
                 }
                 Some(ResponseFormat::Text) | None => None,
             },
+            tools: wire_tools(input),
+            tool_choice: wire_tool_choice(p.tool_choice.as_ref()),
             stream,
             stream_options: stream.then(|| json!({"include_usage": true})),
         }
@@ -182,6 +230,39 @@ struct AssistantMessage {
     content: Option<String>,
     #[serde(default)]
     refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+/// A piece of a streamed tool call (`delta.tool_calls[]`).
+#[derive(Debug, Deserialize)]
+struct WireCallDelta {
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunctionDelta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WireFunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +293,8 @@ struct Delta {
     content: Option<String>,
     #[serde(default)]
     refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireCallDelta>,
 }
 
 impl ChatResponse {
@@ -230,14 +313,26 @@ impl ChatResponse {
             });
         }
         let text = choice.message.content.unwrap_or_default();
+        let tool_calls: Vec<ToolCall> = choice
+            .message
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments: c.function.arguments,
+            })
+            .collect();
         let (prompt_tokens, completion_tokens) = match response.usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens),
             None => (estimate_tokens(&input.prompt), estimate_tokens(&text)),
         };
         Ok(GenerationOutput {
-            finish_reason: normalise_finish_reason(
-                choice.finish_reason.as_deref().unwrap_or("stop"),
+            finish_reason: tool_finish(
+                normalise_finish_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
+                &tool_calls,
             ),
+            tool_calls,
             upstream_model: response
                 .model
                 .unwrap_or_else(|| input.upstream_model.clone()),
@@ -312,6 +407,15 @@ impl Provider for OpenAiProvider {
                                         choice.delta.content.filter(|t| !t.is_empty())
                                     {
                                         out.push(Ok(StreamEvent::Delta(text)));
+                                    }
+                                    for call in choice.delta.tool_calls {
+                                        let function = call.function.unwrap_or_default();
+                                        out.push(Ok(StreamEvent::ToolCall(ToolCallDelta {
+                                            index: call.index,
+                                            id: call.id,
+                                            name: function.name,
+                                            arguments: function.arguments.unwrap_or_default(),
+                                        })));
                                     }
                                     if choice.finish_reason.is_some() {
                                         *finish = choice.finish_reason;

@@ -10,45 +10,73 @@ use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 
 use super::ProviderError;
+use llm_shared::generation::ToolCall;
 use llm_shared::models::UpstreamSettings;
 
 /// Longest error body quoted in an error message.
 const MAX_QUOTED_BODY: usize = 300;
 
-/// A chat message of the OpenAI-style APIs (OpenAI, Ollama).
+/// A chat message of the OpenAI-style APIs (OpenAI, Ollama): text, an assistant's tool calls
+/// (`tool_calls`, in the provider's own shape), or a tool's result (`role: tool`).
 #[derive(Debug, serde::Serialize)]
 pub struct ChatMessage<'a> {
     pub role: &'static str,
     pub content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<&'a str>,
+    /// The assistant's tool calls, for the provider to write as `tool_calls`.
+    #[serde(skip)]
+    pub calls: &'a [ToolCall],
 }
 
-/// The request's optional system prompt, then its conversation (see [`conversation`]).
-pub fn chat_messages(input: &super::GenerationInput) -> Vec<ChatMessage<'_>> {
+impl<'a> ChatMessage<'a> {
+    fn new(role: &'static str, content: &'a str) -> Self {
+        Self {
+            role,
+            content,
+            tool_calls: None,
+            tool_call_id: None,
+            calls: &[],
+        }
+    }
+}
+
+/// The request's optional system prompt, then its conversation (see [`conversation`]), the
+/// assistant's tool calls written by `call` in the provider's shape.
+pub fn chat_messages<'a>(
+    input: &'a super::GenerationInput,
+    call: impl Fn(&ToolCall) -> serde_json::Value,
+) -> Vec<ChatMessage<'a>> {
     let mut messages = Vec::with_capacity(2 + history_len(input));
     if let Some(system) = &input.params.system {
-        messages.push(ChatMessage {
-            role: "system",
-            content: system,
-        });
+        messages.push(ChatMessage::new("system", system));
     }
-    messages.extend(conversation(input));
+    messages.extend(conversation(input).into_iter().map(|mut m| {
+        if !m.calls.is_empty() {
+            m.tool_calls = Some(m.calls.iter().map(&call).collect());
+        }
+        m
+    }));
     messages
 }
 
-/// The request's earlier turns (`history`), then its prompt as the user's message: the
-/// `messages` of every chat API, without the system prompt (which Anthropic takes apart).
+/// The request's earlier turns (`history`), then its prompt as the user's message (none when
+/// the prompt is empty after a tool's result): the `messages` of every chat API, without the
+/// system prompt (which Anthropic takes apart).
 pub fn conversation(input: &super::GenerationInput) -> Vec<ChatMessage<'_>> {
     let mut messages = Vec::with_capacity(1 + history_len(input));
     for turn in input.params.history.iter().flatten() {
         messages.push(ChatMessage {
-            role: turn.role.as_str(),
-            content: &turn.content,
+            calls: turn.calls(),
+            tool_call_id: turn.tool_call_id.as_deref(),
+            ..ChatMessage::new(turn.role.as_str(), &turn.content)
         });
     }
-    messages.push(ChatMessage {
-        role: "user",
-        content: &input.prompt,
-    });
+    if !(input.prompt.is_empty() && input.params.ends_with_tool_result()) {
+        messages.push(ChatMessage::new("user", &input.prompt));
+    }
     messages
 }
 

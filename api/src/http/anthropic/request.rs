@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 
 use super::error::AnthropicError;
 use llm_shared::cache::CachePolicy;
-use llm_shared::generation::{ChatTurn, GenerationParams, MockBehaviour, TurnRole};
+use llm_shared::generation::{
+    ChatTurn, GenerationParams, MockBehaviour, ToolCall, ToolChoice, ToolDefinition, TurnRole,
+};
 use llm_shared::requests::GenerateBody;
 
 /// The `api` metadata of the requests this door creates.
@@ -48,6 +50,14 @@ pub struct MessagesRequest {
     metadata: Option<Map<String, Value>>,
     #[serde(default)]
     stream: Option<bool>,
+    /// Client tools (`{"name", "description", "input_schema"}`); the client runs them.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    tools: Option<Vec<Value>>,
+    /// `{"type": "auto" | "any" | "none"}` or `{"type": "tool", "name"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    tool_choice: Option<Value>,
     #[serde(default)]
     mock: Option<MockBehaviour>,
     #[serde(default)]
@@ -89,6 +99,11 @@ impl MessagesRequest {
             Some(system) => Some(text_of(system, "system")?),
         };
         let (history, prompt) = split_messages(messages)?;
+        let tools = match self.tools {
+            Some(tools) => tools_of(tools)?,
+            None => Vec::new(),
+        };
+        let tool_choice = self.tool_choice.map(tool_choice_of).transpose()?;
         let params = GenerationParams {
             max_tokens: Some(max_tokens),
             temperature: self.temperature,
@@ -97,6 +112,8 @@ impl MessagesRequest {
             system,
             response_format: None,
             history: (!history.is_empty()).then_some(history),
+            tools: (!tools.is_empty()).then_some(tools),
+            tool_choice,
         };
         let mut metadata = Map::new();
         metadata.insert("api".into(), Value::from(API_NAME));
@@ -152,9 +169,7 @@ fn user_id(metadata: Option<Map<String, Value>>) -> Result<Option<String>, Anthr
 fn refuse_unsupported(other: &Map<String, Value>) -> Result<(), AnthropicError> {
     for (name, value) in other {
         let neutral = match name.as_str() {
-            "tools" | "mcp_servers" => value.as_array().is_some_and(Vec::is_empty),
-            // Without tools (refused) the model may only answer in text.
-            "tool_choice" => matches!(value["type"].as_str(), Some("auto" | "none")),
+            "mcp_servers" => value.as_array().is_some_and(Vec::is_empty),
             "thinking" => value["type"] == "disabled",
             // A routing preference: whichever tier, the answer is the same.
             "service_tier" => value.is_string(),
@@ -170,8 +185,148 @@ fn refuse_unsupported(other: &Map<String, Value>) -> Result<(), AnthropicError> 
     Ok(())
 }
 
+/// Client tools in the service's terms (`type` absent or `custom`; server tools are refused).
+fn tools_of(tools: Vec<Value>) -> Result<Vec<ToolDefinition>, AnthropicError> {
+    tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let Value::Object(mut tool) = tool else {
+                return Err(AnthropicError::invalid(format!(
+                    "tools.{i}: a tool must be an object"
+                )));
+            };
+            match tool.remove("type") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(kind)) if kind == "custom" => {}
+                Some(other) => {
+                    return Err(AnthropicError::invalid(format!(
+                        "tools.{i}.type: `{}` tools are not supported (client tools only)",
+                        clip(other.as_str().unwrap_or("?"))
+                    )));
+                }
+            }
+            tool.remove("cache_control");
+            let name = match tool.remove("name") {
+                Some(Value::String(name)) => name,
+                _ => {
+                    return Err(AnthropicError::invalid(format!(
+                        "tools.{i}.name: Field required"
+                    )));
+                }
+            };
+            let description = match tool.remove("description") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) => Some(d),
+                Some(_) => {
+                    return Err(AnthropicError::invalid(format!(
+                        "tools.{i}.description: must be a string"
+                    )));
+                }
+            };
+            let parameters = tool.remove("input_schema").ok_or_else(|| {
+                AnthropicError::invalid(format!("tools.{i}.input_schema: Field required"))
+            })?;
+            if let Some((key, _)) = tool.iter().find(|(_, v)| !v.is_null()) {
+                return Err(AnthropicError::invalid(format!(
+                    "tools.{i}.{}: Extra inputs are not permitted",
+                    clip(key)
+                )));
+            }
+            Ok(ToolDefinition {
+                name,
+                description,
+                parameters: Some(parameters),
+                strict: None,
+            })
+        })
+        .collect()
+}
+
+/// `{"type": "auto" | "any" | "none"}` or `{"type": "tool", "name"}`; parallel calls cannot be
+/// turned off (`disable_parallel_tool_use` only with `false`).
+fn tool_choice_of(choice: Value) -> Result<ToolChoice, AnthropicError> {
+    if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+        return Err(AnthropicError::invalid(
+            "tool_choice.disable_parallel_tool_use: is not supported by this service (it would be ignored); remove it",
+        ));
+    }
+    match (
+        choice.get("type").and_then(Value::as_str),
+        choice.get("name").and_then(Value::as_str),
+    ) {
+        (Some("auto"), _) => Ok(ToolChoice::Auto),
+        (Some("any"), _) => Ok(ToolChoice::Required),
+        (Some("none"), _) => Ok(ToolChoice::None),
+        (Some("tool"), Some(name)) => Ok(ToolChoice::Tool {
+            name: name.to_owned(),
+        }),
+        _ => Err(AnthropicError::invalid(
+            "tool_choice: must be {\"type\": \"auto\" | \"any\" | \"none\"} or {\"type\": \"tool\", \"name\": …}",
+        )),
+    }
+}
+
+/// The `tool_use` and `tool_result` blocks of a message's content taken out of it (the rest,
+/// text, stays): the calls and the results, in order.
+fn take_tool_blocks(
+    content: &mut Value,
+    at: &str,
+) -> Result<(Vec<ToolCall>, Vec<ChatTurn>), AnthropicError> {
+    let (mut calls, mut results) = (Vec::new(), Vec::new());
+    let Value::Array(blocks) = content else {
+        return Ok((calls, results));
+    };
+    let mut rest = Vec::with_capacity(blocks.len());
+    for (j, block) in std::mem::take(blocks).into_iter().enumerate() {
+        let field = |name: &str| block.get(name).filter(|v| !v.is_null());
+        match block.get("type").and_then(Value::as_str) {
+            Some("tool_use") => {
+                let (Some(id), Some(name)) = (
+                    field("id").and_then(Value::as_str),
+                    field("name").and_then(Value::as_str),
+                ) else {
+                    return Err(AnthropicError::invalid(format!(
+                        "{at}.{j}: a tool_use block needs its id and name"
+                    )));
+                };
+                calls.push(ToolCall {
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                    arguments: field("input").map_or_else(|| "{}".into(), Value::to_string),
+                });
+            }
+            Some("tool_result") => {
+                let Some(id) = field("tool_use_id").and_then(Value::as_str) else {
+                    return Err(AnthropicError::invalid(format!(
+                        "{at}.{j}.tool_use_id: Field required"
+                    )));
+                };
+                let text = match field("content") {
+                    None => String::new(),
+                    Some(content) => text_of(content.clone(), &format!("{at}.{j}.content"))?,
+                };
+                // The error flag travels in the text: the neutral turn has no field for it.
+                let text = if field("is_error") == Some(&Value::Bool(true)) {
+                    format!("Error: {text}")
+                } else {
+                    text
+                };
+                results.push(ChatTurn {
+                    tool_call_id: Some(id.to_owned()),
+                    ..ChatTurn::text(TurnRole::Tool, text)
+                });
+            }
+            _ => rest.push(block),
+        }
+    }
+    *blocks = rest;
+    Ok((calls, results))
+}
+
 /// The conversation: every message but the last → the history; the last, the user's → the
-/// prompt.
+/// prompt. A user message's `tool_result` blocks become tool turns before its text; when the
+/// last message holds only results, there is no prompt (the model answers them).
 fn split_messages(messages: Vec<Value>) -> Result<(Vec<ChatTurn>, String), AnthropicError> {
     let mut turns = Vec::with_capacity(messages.len());
     for (i, message) in messages.into_iter().enumerate() {
@@ -202,9 +357,18 @@ fn split_messages(messages: Vec<Value>) -> Result<(Vec<ChatTurn>, String), Anthr
                 )));
             }
         };
-        let content = match message.remove("content") {
-            Some(content) if !content.is_null() => {
-                text_of(content, &format!("messages.{i}.content"))?
+        let at = format!("messages.{i}.content");
+        let (calls, results, content) = match message.remove("content") {
+            Some(mut content) if !content.is_null() => {
+                let (calls, results) = take_tool_blocks(&mut content, &at)?;
+                let only_tools = content.as_array().is_some_and(Vec::is_empty)
+                    && !(calls.is_empty() && results.is_empty());
+                let text = if only_tools {
+                    String::new()
+                } else {
+                    text_of(content, &at)?
+                };
+                (calls, results, text)
             }
             _ => {
                 return Err(AnthropicError::invalid(format!(
@@ -218,19 +382,46 @@ fn split_messages(messages: Vec<Value>) -> Result<(Vec<ChatTurn>, String), Anthr
                 clip(key)
             )));
         }
-        turns.push(ChatTurn { role, content });
+        match role {
+            TurnRole::Assistant => {
+                if !results.is_empty() {
+                    return Err(AnthropicError::invalid(format!(
+                        "{at}: tool_result blocks belong in a user message"
+                    )));
+                }
+                turns.push(ChatTurn {
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                    ..ChatTurn::text(role, content)
+                });
+            }
+            _ => {
+                if !calls.is_empty() {
+                    return Err(AnthropicError::invalid(format!(
+                        "{at}: tool_use blocks belong in an assistant message"
+                    )));
+                }
+                let had_results = !results.is_empty();
+                turns.extend(results);
+                if !(had_results && content.is_empty()) {
+                    turns.push(ChatTurn::text(role, content));
+                }
+            }
+        }
     }
-    let Some(last) = turns.pop() else {
-        return Err(AnthropicError::invalid(
+    match turns.last().map(|t| t.role) {
+        None => Err(AnthropicError::invalid(
             "messages: at least one message is required",
-        ));
-    };
-    if last.role != TurnRole::User {
-        return Err(AnthropicError::invalid(
+        )),
+        // Tools' results last: the model answers them, no prompt of the user's.
+        Some(TurnRole::Tool) => Ok((turns, String::new())),
+        Some(TurnRole::User) => {
+            let prompt = turns.pop().map(|t| t.content).unwrap_or_default();
+            Ok((turns, prompt))
+        }
+        Some(TurnRole::Assistant) => Err(AnthropicError::invalid(
             "messages: the last message must be the user's (prefilling the assistant's answer is not supported)",
-        ));
+        )),
     }
-    Ok((turns, last.content))
 }
 
 /// The text of a `content` or `system` value: a string, or `text` blocks joined by newlines.

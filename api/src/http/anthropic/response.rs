@@ -8,6 +8,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::SHOULD_RETRY_HEADER;
@@ -54,14 +55,36 @@ fn message(row: &RequestView) -> MessageObject {
         kind: "message".into(),
         role: "assistant".into(),
         model: served_model(row),
-        content: vec![TextBlock {
-            kind: "text".into(),
-            text: row.result.clone().unwrap_or_default(),
-        }],
+        content: content(row),
         stop_reason: stop_reason(row.finish_reason.as_deref()).into(),
         stop_sequence: None,
         usage: usage(row),
     }
+}
+
+/// The text block (left out when the answer is tool calls alone), then a `tool_use` block per
+/// call.
+fn content(row: &RequestView) -> Vec<ContentBlock> {
+    let text = row.result.clone().unwrap_or_default();
+    let calls = row.tool_calls();
+    let mut blocks = Vec::with_capacity(1 + calls.len());
+    if !text.is_empty() || calls.is_empty() {
+        blocks.push(ContentBlock::Text { text });
+    }
+    blocks.extend(calls.iter().map(|c| ContentBlock::ToolUse {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        input: tool_input(&c.arguments),
+    }));
+    blocks
+}
+
+/// A call's arguments as Anthropic's `input` object (`{}` when the model wrote no object).
+pub(super) fn tool_input(arguments: &str) -> Value {
+    serde_json::from_str::<Value>(arguments)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| Value::Object(serde_json::Map::new()))
 }
 
 pub(super) fn usage(row: &RequestView) -> UsageObject {
@@ -78,6 +101,7 @@ pub(super) fn stop_reason(reason: Option<&str>) -> &'static str {
     match reason {
         Some("length") => "max_tokens",
         Some("content_filter") => "refusal",
+        Some("tool_calls") => "tool_use",
         _ => "end_turn",
     }
 }
@@ -134,9 +158,10 @@ pub struct MessageObject {
     pub role: String,
     /// The registry model that answered (the requested one, or a fallback).
     pub model: String,
-    /// Always one `text` block.
-    pub content: Vec<TextBlock>,
-    /// `end_turn`, `max_tokens` or `refusal`.
+    /// A `text` block, then a `tool_use` block per tool call (the text block is left out
+    /// when the answer is tool calls alone).
+    pub content: Vec<ContentBlock>,
+    /// `end_turn`, `max_tokens`, `refusal` or `tool_use`.
     pub stop_reason: String,
     /// Always null: a stop sequence is reported as `end_turn`.
     pub stop_sequence: Option<String>,
@@ -144,11 +169,18 @@ pub struct MessageObject {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TextBlock {
-    /// Always `text`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: String,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Text {
+        text: String,
+    },
+    /// A call of one of the request's tools: the client runs it and sends a `tool_result`.
+    ToolUse {
+        id: String,
+        name: String,
+        #[schema(value_type = Object)]
+        input: Value,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -1,7 +1,8 @@
 //! The streamed answer (`stream: true`): the relay follower's events turned into Anthropic's
 //! event sequence — `message_start`, `content_block_start`, `ping`, `content_block_delta`s
-//! (`text_delta`), `content_block_stop`, `message_delta` (stop reason, usage), `message_stop`
-//! — or ended by an `error` event in Anthropic's shape. Keep-alives are `ping` events.
+//! (`text_delta`), `content_block_stop`, then per tool call a `tool_use` block (its start,
+//! `input_json_delta`s, its stop), `message_delta` (stop reason, usage), `message_stop` — or
+//! ended by an `error` event in Anthropic's shape. Keep-alives are `ping` events.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 use super::error::{AnthropicErrorBody, AnthropicErrorDetail};
 use super::response::{failure_kind, message_id, stop_reason, usage};
 use crate::http::stream::{FollowEvent, FollowStream};
+use llm_shared::generation::ToolCallDelta;
 
 /// The follower's events, mapped by the writer as they come (no task or channel of its own:
 /// the follower is polled as the client reads).
@@ -54,6 +56,11 @@ pub(super) struct EventWriter {
     sent: String,
     /// The output since the last restart.
     current: String,
+    /// The tool-call pieces the client has, and those since the last restart.
+    sent_calls: Vec<ToolCallDelta>,
+    current_calls: Vec<ToolCallDelta>,
+    /// The content block open (0: the text; 1 + n: call n's `tool_use`), if one is.
+    open_block: Option<u32>,
     finished: bool,
 }
 
@@ -65,6 +72,9 @@ impl EventWriter {
             started: false,
             sent: String::new(),
             current: String::new(),
+            sent_calls: Vec::new(),
+            current_calls: Vec::new(),
+            open_block: None,
             finished: false,
         }
     }
@@ -85,12 +95,18 @@ impl EventWriter {
             }
             Some(FollowEvent::Restart { .. }) => {
                 self.current.clear();
+                self.current_calls.clear();
                 Vec::new()
+            }
+            Some(FollowEvent::ToolCall { delta, .. }) => {
+                self.current_calls.push(delta);
+                self.flush_calls()
             }
             Some(FollowEvent::Done { row, .. }) => {
                 let mut frames = self.start();
                 frames.extend(self.flush());
-                if self.sent != self.current {
+                frames.extend(self.flush_calls());
+                if self.sent != self.current || self.sent_calls != self.current_calls {
                     frames.extend(self.fail(
                         "api_error",
                         &format!(
@@ -101,10 +117,7 @@ impl EventWriter {
                     return frames;
                 }
                 let usage = usage(&row);
-                frames.push(frame(
-                    "content_block_stop",
-                    json!({"type": "content_block_stop", "index": 0}),
-                ));
+                frames.extend(self.close_block());
                 frames.push(frame(
                     "message_delta",
                     json!({
@@ -136,6 +149,7 @@ impl EventWriter {
             return Vec::new();
         }
         self.started = true;
+        self.open_block = Some(0);
         let message = json!({
             "id": message_id(self.id),
             "type": "message",
@@ -174,6 +188,57 @@ impl EventWriter {
             json!({"type": "content_block_delta", "index": 0,
                    "delta": {"type": "text_delta", "text": delta}}),
         ));
+        frames
+    }
+
+    /// Ends the open content block, if one is.
+    fn close_block(&mut self) -> Vec<Event> {
+        self.open_block
+            .take()
+            .map(|index| {
+                frame(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": index}),
+                )
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// Sends the tool-call pieces that extend the client's, if the current ones do: a call's
+    /// first piece opens its `tool_use` block (after closing the one before), its arguments
+    /// come as `input_json_delta`s.
+    fn flush_calls(&mut self) -> Vec<Event> {
+        if self.current_calls.len() <= self.sent_calls.len()
+            || !self.current_calls.starts_with(&self.sent_calls)
+        {
+            return Vec::new();
+        }
+        let new = self.current_calls[self.sent_calls.len()..].to_vec();
+        self.sent_calls.extend(new.iter().cloned());
+        let mut frames = self.start();
+        for piece in new {
+            let index = piece.index.saturating_add(1);
+            if self.open_block != Some(index) {
+                frames.extend(self.close_block());
+                self.open_block = Some(index);
+                frames.push(frame(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": index,
+                           "content_block": {"type": "tool_use",
+                               "id": piece.id.unwrap_or_default(),
+                               "name": piece.name.unwrap_or_default(), "input": {}}}),
+                ));
+            }
+            if !piece.arguments.is_empty() {
+                frames.push(frame(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "input_json_delta",
+                                     "partial_json": piece.arguments}}),
+                ));
+            }
+        }
         frames
     }
 

@@ -11,7 +11,8 @@ use super::Endpoint;
 use super::error::OpenAiError;
 use llm_shared::cache::CachePolicy;
 use llm_shared::generation::{
-    ChatTurn, GenerationParams, MockBehaviour, ResponseFormat as NativeFormat, TurnRole,
+    ChatTurn, GenerationParams, MockBehaviour, ResponseFormat as NativeFormat, ToolCall,
+    ToolChoice, ToolDefinition, TurnRole,
 };
 use llm_shared::requests::GenerateBody;
 
@@ -37,6 +38,13 @@ pub struct ChatCompletionRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     response_format: Option<ResponseFormat>,
+    /// Functions the model may call (`type: function`); the client runs them.
+    #[serde(default)]
+    tools: Option<Vec<ToolIn>>,
+    /// `auto`, `none`, `required`, or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    tool_choice: Option<Value>,
     #[serde(default)]
     user: Option<String>,
     #[serde(default)]
@@ -81,10 +89,53 @@ pub struct CompletionRequest {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct ToolIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    function: Option<FunctionIn>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct FunctionIn {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+/// A tool call of an assistant message (`{"id", "type": "function", "function": {"name",
+/// "arguments"}}`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct ToolCallIn {
+    id: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    function: FunctionCallIn,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct FunctionCallIn {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatMessageIn {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// An assistant message's tool calls.
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the call it is the result of.
+    #[serde(default)]
+    tool_call_id: Option<String>,
     /// Any other OpenAI parameter: refused unless it has its neutral value.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -180,6 +231,8 @@ impl ChatCompletionRequest {
                 None => NativeFormat::JsonObject,
             },
         });
+        let tools = self.tools.map(tools_of).transpose()?;
+        let tool_choice = self.tool_choice.map(tool_choice_of).transpose()?;
         let params = GenerationParams {
             max_tokens,
             temperature: self.temperature,
@@ -188,6 +241,8 @@ impl ChatCompletionRequest {
             system,
             response_format,
             history: (!history.is_empty()).then_some(history),
+            tools: tools.filter(|t| !t.is_empty()),
+            tool_choice,
         };
         let stream = self.stream.unwrap_or(false);
         let include_usage = include_usage(stream, self.stream_options)?;
@@ -310,10 +365,11 @@ fn refuse_unsupported(other: &Map<String, Value>, prefix: &str) -> Result<(), Op
             "n" | "best_of" => value.as_u64() == Some(1),
             "logprobs" | "echo" | "store" => value == &Value::Bool(false),
             "top_logprobs" => value.as_u64() == Some(0),
-            "tools" | "functions" => value.as_array().is_some_and(Vec::is_empty),
-            "tool_choice" | "function_call" => value == "none",
-            // Meaningless without tools, which are refused.
-            "parallel_tool_calls" => value.is_boolean(),
+            // The legacy functions: `tools` replaces them.
+            "functions" => value.as_array().is_some_and(Vec::is_empty),
+            "function_call" => value == "none",
+            // The model may always answer several calls at once.
+            "parallel_tool_calls" => value == &Value::Bool(true),
             "logit_bias" => value.as_object().is_some_and(Map::is_empty),
             _ => false,
         };
@@ -333,8 +389,59 @@ fn refuse_unsupported(other: &Map<String, Value>, prefix: &str) -> Result<(), Op
     Ok(())
 }
 
+/// `tools` entries of type `function`, in the service's terms.
+fn tools_of(tools: Vec<ToolIn>) -> Result<Vec<ToolDefinition>, OpenAiError> {
+    tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, tool)| match (tool.kind.as_str(), tool.function) {
+            ("function", Some(f)) => Ok(ToolDefinition {
+                name: f.name,
+                description: f.description,
+                parameters: f.parameters,
+                strict: f.strict,
+            }),
+            ("function", None) => Err(OpenAiError::invalid(
+                format!("tools[{i}]: a function tool needs its `function`"),
+                Some("tools"),
+            )),
+            (other, _) => Err(OpenAiError::invalid(
+                format!(
+                    "tools[{i}]: `{}` tools are not supported (function only)",
+                    other.chars().take(40).collect::<String>()
+                ),
+                Some("tools"),
+            )),
+        })
+        .collect()
+}
+
+/// `"auto"`, `"none"`, `"required"` or `{"type": "function", "function": {"name"}}`.
+fn tool_choice_of(choice: Value) -> Result<ToolChoice, OpenAiError> {
+    let named = |choice: &Value| {
+        (choice.get("type")? == "function")
+            .then(|| choice.get("function")?.get("name")?.as_str())
+            .flatten()
+            .map(str::to_owned)
+    };
+    match choice.as_str() {
+        Some("auto") => Ok(ToolChoice::Auto),
+        Some("none") => Ok(ToolChoice::None),
+        Some("required") => Ok(ToolChoice::Required),
+        _ => named(&choice)
+            .map(|name| ToolChoice::Tool { name })
+            .ok_or_else(|| {
+                OpenAiError::invalid(
+                    "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    Some("tool_choice"),
+                )
+            }),
+    }
+}
+
 /// Leading system (or developer) messages → the system prompt; the last message (the user's)
-/// → the prompt; the turns between → the history.
+/// → the prompt, or, after tools' results (`tool` messages), no prompt; the turns between →
+/// the history.
 fn split_messages(
     messages: Vec<ChatMessageIn>,
 ) -> Result<(Option<String>, Vec<ChatTurn>, String), OpenAiError> {
@@ -361,9 +468,12 @@ fn split_messages(
             }
             "user" => TurnRole::User,
             "assistant" => TurnRole::Assistant,
-            "tool" | "function" => {
+            "tool" => TurnRole::Tool,
+            "function" => {
                 return Err(OpenAiError::invalid(
-                    format!("messages[{i}]: tool messages are not supported (no tool calling)"),
+                    format!(
+                        "messages[{i}]: `function` messages are not supported (use tool_calls and `tool` messages)"
+                    ),
                     Some("messages"),
                 ));
             }
@@ -377,28 +487,83 @@ fn split_messages(
                 ));
             }
         };
-        let Some(content) = text else {
-            return Err(OpenAiError::invalid(
-                format!("messages[{i}]: content is required"),
-                Some("messages"),
-            ));
+        let tool_calls = match (role, message.tool_calls) {
+            (_, None) => None,
+            (TurnRole::Assistant, Some(calls)) => Some(calls_of(calls, i)?),
+            (_, Some(_)) => {
+                return Err(OpenAiError::invalid(
+                    format!("messages[{i}]: only an assistant message carries tool_calls"),
+                    Some("messages"),
+                ));
+            }
         };
-        turns.push(ChatTurn { role, content });
-    }
-    let Some(last) = turns.pop() else {
-        return Err(OpenAiError::invalid(
-            "messages must contain at least one user message",
-            Some("messages"),
-        ));
-    };
-    if last.role != TurnRole::User {
-        return Err(OpenAiError::invalid(
-            "the last message must be the user's",
-            Some("messages"),
-        ));
+        let tool_call_id = match (role, message.tool_call_id) {
+            (TurnRole::Tool, Some(id)) => Some(id),
+            (TurnRole::Tool, None) => {
+                return Err(OpenAiError::invalid(
+                    format!("messages[{i}]: a tool message needs its tool_call_id"),
+                    Some("messages"),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(OpenAiError::invalid(
+                    format!("messages[{i}]: only a tool message carries a tool_call_id"),
+                    Some("messages"),
+                ));
+            }
+            (_, None) => None,
+        };
+        let content = match text {
+            Some(content) => content,
+            // An assistant's message of tool calls has no content.
+            None if tool_calls.is_some() => String::new(),
+            None => {
+                return Err(OpenAiError::invalid(
+                    format!("messages[{i}]: content is required"),
+                    Some("messages"),
+                ));
+            }
+        };
+        turns.push(ChatTurn {
+            tool_calls,
+            tool_call_id,
+            ..ChatTurn::text(role, content)
+        });
     }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
-    Ok((system, turns, last.content))
+    match turns.last().map(|t| t.role) {
+        // After tools' results the model answers them: no prompt of the user's.
+        Some(TurnRole::Tool) => Ok((system, turns, String::new())),
+        Some(TurnRole::User) => {
+            let prompt = turns.pop().map(|t| t.content).unwrap_or_default();
+            Ok((system, turns, prompt))
+        }
+        Some(TurnRole::Assistant) => Err(OpenAiError::invalid(
+            "the last message must be the user's or a tool's",
+            Some("messages"),
+        )),
+        None => Err(OpenAiError::invalid(
+            "messages must contain at least one user message",
+            Some("messages"),
+        )),
+    }
+}
+
+fn calls_of(calls: Vec<ToolCallIn>, index: usize) -> Result<Vec<ToolCall>, OpenAiError> {
+    calls
+        .into_iter()
+        .map(|c| match c.kind.as_deref() {
+            None | Some("function") => Ok(ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments: c.function.arguments,
+            }),
+            Some(_) => Err(OpenAiError::invalid(
+                format!("messages[{index}]: only function tool calls are supported"),
+                Some("messages"),
+            )),
+        })
+        .collect()
 }
 
 fn content_text(content: Content, index: usize) -> Result<String, OpenAiError> {

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::error::{OpenAiError, OpenAiErrorBody, OpenAiErrorDetail};
 use super::{Endpoint, SHOULD_RETRY_HEADER};
+use llm_shared::generation::ToolCall;
 use llm_shared::requests::{RequestView, Status};
 
 /// The answer to a call whose wait has ended, from the state of its row.
@@ -36,14 +37,18 @@ pub(super) fn answer(row: &RequestView, endpoint: Endpoint, waited: Duration) ->
 pub(super) fn completion(row: &RequestView, endpoint: Endpoint) -> CompletionObject {
     let text = row.result.clone().unwrap_or_default();
     let (message, text) = match endpoint {
-        Endpoint::Chat => (
-            Some(AssistantMessage {
+        Endpoint::Chat => {
+            let calls = row.tool_calls();
+            let message = AssistantMessage {
                 role: "assistant".into(),
-                content: text,
+                // OpenAI's answer of tool calls alone has no content.
+                content: (!text.is_empty() || calls.is_empty()).then_some(text),
                 refusal: None,
-            }),
-            None,
-        ),
+                tool_calls: (!calls.is_empty())
+                    .then(|| calls.iter().map(ToolCallObject::of).collect()),
+            };
+            (Some(message), None)
+        }
         Endpoint::Text => (None, Some(text)),
     };
     CompletionObject {
@@ -83,6 +88,7 @@ pub(super) fn finish_reason(reason: Option<&str>) -> &'static str {
     match reason {
         Some("length") => "length",
         Some("content_filter") => "content_filter",
+        Some("tool_calls") => "tool_calls",
         _ => "stop",
     }
 }
@@ -160,15 +166,49 @@ pub struct CompletionChoice {
     pub text: Option<String>,
     /// Always null: log probabilities are not offered.
     pub logprobs: Option<Value>,
-    /// `stop`, `length` or `content_filter`.
+    /// `stop`, `length`, `content_filter` or `tool_calls`.
     pub finish_reason: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// Null when the answer is tool calls alone.
+    pub content: Option<String>,
     pub refusal: Option<String>,
+    /// The functions the model called: the client runs them and sends their results back as
+    /// `tool` messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallObject>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ToolCallObject {
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCallObject,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FunctionCallObject {
+    pub name: String,
+    /// The arguments as the JSON text the model wrote.
+    pub arguments: String,
+}
+
+impl ToolCallObject {
+    fn of(call: &ToolCall) -> Self {
+        Self {
+            id: call.id.clone(),
+            kind: "function".into(),
+            function: FunctionCallObject {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -1,6 +1,6 @@
 //! The streamed answer (`stream: true`): the relay follower's events turned into OpenAI's SSE
-//! chunks (`chat.completion.chunk` or `text_completion`), ending with `data: [DONE]`, or with
-//! an error chunk in OpenAI's shape.
+//! chunks (`chat.completion.chunk` or `text_completion`; tool calls as `delta.tool_calls`
+//! pieces by index), ending with `data: [DONE]`, or with an error chunk in OpenAI's shape.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use super::Endpoint;
 use super::error::{OpenAiErrorBody, OpenAiErrorDetail};
 use super::response::{finish_reason, usage};
 use crate::http::stream::{FollowEvent, FollowStream};
+use llm_shared::generation::ToolCallDelta;
 
 /// The follower's events, mapped by the writer as they come (no task or channel of its own:
 /// the follower is polled as the client reads).
@@ -52,6 +53,9 @@ pub(super) struct ChunkWriter {
     sent: String,
     /// The output since the last restart.
     current: String,
+    /// The tool-call pieces the client has, and those since the last restart.
+    sent_calls: Vec<ToolCallDelta>,
+    current_calls: Vec<ToolCallDelta>,
     finished: bool,
 }
 
@@ -65,6 +69,8 @@ impl ChunkWriter {
             include_usage,
             sent: String::new(),
             current: String::new(),
+            sent_calls: Vec::new(),
+            current_calls: Vec::new(),
             finished: false,
         }
     }
@@ -88,11 +94,17 @@ impl ChunkWriter {
             }
             Some(FollowEvent::Restart { .. }) => {
                 self.current.clear();
+                self.current_calls.clear();
                 Vec::new()
+            }
+            Some(FollowEvent::ToolCall { delta, .. }) => {
+                self.current_calls.push(delta);
+                self.flush_calls()
             }
             Some(FollowEvent::Done { row, .. }) => {
                 let mut frames = self.flush();
-                if self.sent != self.current {
+                frames.extend(self.flush_calls());
+                if self.sent != self.current || self.sent_calls != self.current_calls {
                     frames.extend(self.fail(
                         "generation_restarted",
                         &format!(
@@ -127,6 +139,36 @@ impl ChunkWriter {
             Endpoint::Chat => self.chunk(json!({"content": delta}), None),
             Endpoint::Text => self.chunk(Value::from(delta), None),
         }]
+    }
+
+    /// Sends the tool-call pieces that extend the client's, if the current ones do: a call's
+    /// first piece with its id, type and name, the next ones with more of its arguments.
+    fn flush_calls(&mut self) -> Vec<Event> {
+        if self.endpoint != Endpoint::Chat
+            || self.current_calls.len() <= self.sent_calls.len()
+            || !self.current_calls.starts_with(&self.sent_calls)
+        {
+            return Vec::new();
+        }
+        let new = self.current_calls[self.sent_calls.len()..].to_vec();
+        self.sent_calls.extend(new.iter().cloned());
+        new.iter()
+            .map(|piece| {
+                let call = match (&piece.id, &piece.name) {
+                    (None, None) => json!({
+                        "index": piece.index,
+                        "function": {"arguments": piece.arguments},
+                    }),
+                    (id, name) => json!({
+                        "index": piece.index,
+                        "id": id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": piece.arguments},
+                    }),
+                };
+                self.chunk(json!({"tool_calls": [call]}), None)
+            })
+            .collect()
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Event {

@@ -13,14 +13,16 @@
 --   $11 latency_ms int[]    $12 served_model text[]   $13 cost_usd float8[]
 --   $14 store_key text[]    the cache key to store the result under (NULL: not stored)
 --   $15 ttl_secs float8[]   $16 metadata jsonb[]      the cache entry's
+--   $17 tool_calls jsonb[]  the tools the model called (NULL: none)
 WITH v AS (
     SELECT * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[],
                          $7::text[], $8::int[], $9::int[], $10::text[], $11::int[],
                          $12::text[], $13::float8[], $14::text[], $15::float8[],
-                         $16::jsonb[])
+                         $16::jsonb[], $17::jsonb[])
         WITH ORDINALITY AS v(id, run, attempt, result, provider, provider_model,
                              prompt_tokens, completion_tokens, finish_reason, latency_ms,
-                             served_model, cost_usd, store_key, ttl_secs, metadata, ord)
+                             served_model, cost_usd, store_key, ttl_secs, metadata, tool_calls,
+                             ord)
 ), locked AS (
     -- in id order, as every batched statement on this table (LOCK_ORDER in claim_many.sql)
     SELECT r.id
@@ -37,8 +39,8 @@ WITH v AS (
         provider_model = v.provider_model, prompt_tokens = v.prompt_tokens,
         completion_tokens = v.completion_tokens,
         tokens_used = v.prompt_tokens + v.completion_tokens,
-        finish_reason = v.finish_reason, served_model = v.served_model,
-        cost_usd = v.cost_usd, error_code = NULL, error_message = NULL,
+        finish_reason = v.finish_reason, tool_calls = v.tool_calls,
+        served_model = v.served_model, cost_usd = v.cost_usd, error_code = NULL, error_message = NULL,
         completed_at = NOW(), updated_at = NOW(), claimed_by = NULL, lease_expires_at = NULL
     FROM v JOIN locked ON locked.id = v.id
     WHERE r.id = v.id AND CASE r.status WHEN 'running' THEN true ELSE false END
@@ -51,7 +53,8 @@ WITH v AS (
         provider_model = v.provider_model, prompt_tokens = v.prompt_tokens,
         completion_tokens = v.completion_tokens,
         tokens_used = v.prompt_tokens + v.completion_tokens,
-        finish_reason = v.finish_reason, served_model = v.served_model, cost_usd = 0,
+        finish_reason = v.finish_reason, tool_calls = v.tool_calls,
+        served_model = v.served_model, cost_usd = 0,
         cached = true, completed_at = NOW(), updated_at = NOW()
     FROM done v
     WHERE f.coalesced_into = v.id AND CASE f.status WHEN 'pending' THEN true ELSE false END

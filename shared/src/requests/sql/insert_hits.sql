@@ -14,24 +14,26 @@
 --   $15..$21 the cached answer: result text[], provider text[], provider_model text[],
 --       served_model text[], prompt_tokens int4[], completion_tokens int4[],
 --       finish_reason text[]
+--   $22 tool_calls jsonb[]      the cached tool calls (NULL: none)
 -- and the usage counters to add to, one element per user and model:
---   $22 user_id uuid[]          $23 model text[]            $24 hits int8[]
+--   $23 user_id uuid[]          $24 model text[]            $25 hits int8[]
 WITH stored AS (
     INSERT INTO generation_requests
         (id, prompt, context, model, user_id, metadata, parameters, job_id,
         max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id, result,
         provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason,
-        tokens_used, status, cached, cost_usd, completed_at)
+        tool_calls, tokens_used, status, cached, cost_usd, completed_at)
     SELECT *, prompt_tokens + completion_tokens, 'completed', true, 0, NOW()
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::uuid[],
         $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::bool[], $11::text[], $12::jsonb[],
         $13::int4[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
-        $19::int4[], $20::int4[], $21::text[])
+        $19::int4[], $20::int4[], $21::text[], $22::jsonb[])
     AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
         max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id, result,
-        provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason)
+        provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason,
+        tool_calls)
 ), hit_counts AS (
-    SELECT * FROM unnest($22::uuid[], $23::text[], $24::int8[]) AS c(user_id, model, n)
+    SELECT * FROM unnest($23::uuid[], $24::text[], $25::int8[]) AS c(user_id, model, n)
 )
 -- The hits' usage (no provider tokens, no cost), one counter row per user and model (an upsert
 -- may touch a row only once per statement), in key order, so that two statements never

@@ -18,6 +18,7 @@
 --   $23 lookup_key text[]       the cache key to look up in the table (NULL: no lookup)
 --   $24 job bytea[]             the job's arguments, as apalis' JSON codec decodes them
 --   $25 job_max_attempts int4[] $26 priority int4[]
+--   $27 tool_calls jsonb[]      the tool calls a fast-copy cache hit comes with (NULL otherwise)
 --
 -- The job row is the one apalis-postgres' own sink writes (`queries/task/sink.sql`): job type
 -- `queue::QUEUE` (spelt out below; a unit test checks they agree), status `Pending`, no
@@ -27,11 +28,11 @@ WITH input AS (
         $6::jsonb[], $7::jsonb[], $8::text[], $9::int4[], $10::bool[], $11::text[], $12::jsonb[],
         $13::int4[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
         $19::int4[], $20::int4[], $21::text[], $22::text[], $23::text[], $24::bytea[],
-        $25::int4[], $26::int4[]) WITH ORDINALITY
+        $25::int4[], $26::int4[], $27::jsonb[]) WITH ORDINALITY
     AS v(id, prompt, context, model, user_id, metadata, parameters, job_id,
         max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id, result,
         provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason,
-        idempotency_key, lookup_key, job, job_max_attempts, priority, ord)
+        idempotency_key, lookup_key, job, job_max_attempts, priority, tool_calls, ord)
 ), answered AS (
     -- the answer a request comes with (a fast-copy hit), or the cache table's
     SELECT v.id, v.prompt, v.context, v.model, v.user_id, v.metadata, v.parameters,
@@ -43,7 +44,9 @@ WITH input AS (
            COALESCE(v.served_model, c.served_model) AS served_model,
            COALESCE(v.prompt_tokens, c.prompt_tokens) AS prompt_tokens,
            COALESCE(v.completion_tokens, c.completion_tokens) AS completion_tokens,
-           COALESCE(v.finish_reason, c.finish_reason) AS finish_reason
+           COALESCE(v.finish_reason, c.finish_reason) AS finish_reason,
+           -- the calls go with the result they came with (a hit's, or the entry's)
+           CASE WHEN v.result IS NOT NULL THEN v.tool_calls ELSE c.tool_calls END AS tool_calls
     FROM input v LEFT JOIN LATERAL (
         -- The live table entry of the key `lookup_key`: the columns of a `CachedResponse`,
         -- read from the row's `metadata` as `cache::metadata_of` writes it. No row when the
@@ -57,7 +60,8 @@ WITH input AS (
             metadata->>'provider_model' AS provider_model, metadata->>'served_model' AS served_model,
             (metadata->>'prompt_tokens')::int AS prompt_tokens,
             (metadata->>'completion_tokens')::int AS completion_tokens,
-            metadata->>'finish_reason' AS finish_reason
+            metadata->>'finish_reason' AS finish_reason,
+            NULLIF(metadata->'tool_calls', 'null'::jsonb) AS tool_calls
         FROM response_cache
         WHERE cache_key = lookup_key AND (expires_at IS NULL OR expires_at > NOW())
         LIMIT 1
@@ -68,7 +72,7 @@ INSERT INTO generation_requests
      idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
      coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
      completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
-     trace_id)
+     trace_id, tool_calls)
 SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
        idempotency_key, stream, cache_key, cache_policy, estimated_tokens,
        CASE WHEN result IS NOT NULL THEN 'completed' ELSE 'pending' END,
@@ -85,7 +89,7 @@ SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_at
        result, provider, provider_model, served_model, prompt_tokens,
        completion_tokens, prompt_tokens + completion_tokens, finish_reason,
        result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
-       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id
+       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id, tool_calls
 -- in the callers' order: of two rows with one Idempotency-Key, the first is stored
 FROM answered a ORDER BY ord
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING

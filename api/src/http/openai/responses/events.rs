@@ -110,6 +110,8 @@ impl EventWriter {
                            "message": format!("the stream was interrupted; the response carries on: GET /v1/responses/{}", object::response_id(self.id))}),
                 );
             }
+            // Tools are refused at create: no call of one is ever relayed here.
+            Some(FollowEvent::ToolCall { .. }) => {}
             Some(FollowEvent::Start { status, .. }) => {
                 let created = self.object(match status {
                     Status::Pending => "queued",

@@ -113,6 +113,7 @@ impl CreateResponseRequest {
             system,
             response_format,
             history: (!history.is_empty()).then_some(history),
+            ..GenerationParams::default()
         };
         let settings = Settings {
             background,
@@ -321,10 +322,7 @@ fn split_input(
                 }
                 system.push(text);
             }
-            Some(role) => turns.push(ChatTurn {
-                role,
-                content: text,
-            }),
+            Some(role) => turns.push(ChatTurn::text(role, text)),
         }
     }
     let Some(last) = turns.pop() else {
