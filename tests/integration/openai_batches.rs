@@ -341,6 +341,7 @@ async fn hostile_files_are_refused_naming_what_is_wrong_and_nothing_is_created()
     // Files whose lines a batch cannot run: each refused at creation, naming the lines.
     let mut tools = chat("t");
     tools["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    tools["tool_choice"] = json!({"type": "function", "function": {"name": "g"}});
     let mut streamed = chat("s");
     streamed["stream"] = json!(true);
     let mut unknown_model = chat("m");
@@ -348,7 +349,7 @@ async fn hostile_files_are_refused_naming_what_is_wrong_and_nothing_is_created()
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec![line("a", chat("1")), line("a", chat("2"))], "line 2: custom_id `a` is also line 1's"),
         (vec![line("a", chat("1")), line("b", unknown_model)], "line 2: body: the model `no-such-model`"),
-        (vec![line("a", tools)], "line 1: body: `tools`"),
+        (vec![line("a", tools)], "line 1: tool_choice names `g`"),
         (vec![line("a", streamed)], "line 1: body: stream"),
         (
             vec![json!({"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": chat("x")}).to_string()],

@@ -3,7 +3,7 @@
 -- file). At most $4.
 SELECT id, status, model, prompt, context, parameters, metadata, result, provider,
        provider_model, served_model, tokens_used, prompt_tokens, completion_tokens,
-       finish_reason, cost_usd, cached, error_code, error_message, attempts, max_attempts,
+       finish_reason, tool_calls, cost_usd, cached, error_code, error_message, attempts, max_attempts,
        created_at, started_at, completed_at, updated_at,
        batch_index, metadata->>'batch_custom_id' AS custom_id
 FROM generation_requests
