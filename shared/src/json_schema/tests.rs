@@ -1,3 +1,6 @@
+//! The JSON Schema checks against what providers emit and what hostile tenants send: references,
+//! patterns, recursion, sizes and deadlines.
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};

@@ -41,11 +41,6 @@ use llm_shared::requests::GenerateBody;
 const CHAT_ENDPOINT: &str = "/v1/chat/completions";
 /// Bad lines named in one refusal (all are checked).
 const LINES_NAMED: usize = 10;
-/// OpenAI's bounds on metadata: keys, key length, value length.
-const METADATA_KEYS: usize = 16;
-const METADATA_KEY_CHARS: usize = 64;
-const METADATA_VALUE_CHARS: usize = 512;
-
 /// The error answers of the Files and Batch routes, for the OpenAPI document.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
@@ -266,7 +261,7 @@ pub async fn create_batch(
             Some("completion_window"),
         ));
     }
-    let metadata = check_metadata(body.metadata)?;
+    let metadata = super::metadata::checked(body.metadata.map(Value::Object))?;
     let file_id = match FileRef::parse(&body.input_file_id) {
         Some(FileRef::Uploaded(id)) => id,
         _ => return Err(no_such_file(&body.input_file_id)),
@@ -334,26 +329,6 @@ pub async fn create_batch(
     let mut response = Json(BatchObject::new(&summary)).into_response();
     crate::http::rate_limits::attach(&mut response, rate);
     Ok(response)
-}
-
-/// OpenAI's metadata: at most 16 string values, keys ≤ 64 and values ≤ 512 characters.
-fn check_metadata(metadata: Option<Map<String, Value>>) -> Result<Map<String, Value>, OpenAiError> {
-    let metadata = metadata.unwrap_or_default();
-    let bad = metadata.len() > METADATA_KEYS
-        || metadata.iter().any(|(k, v)| {
-            k.chars().count() > METADATA_KEY_CHARS
-                || v.as_str()
-                    .is_none_or(|v| v.chars().count() > METADATA_VALUE_CHARS)
-        });
-    if bad {
-        return Err(OpenAiError::invalid(
-            format!(
-                "metadata holds at most {METADATA_KEYS} string values, keys of at most {METADATA_KEY_CHARS} and values of at most {METADATA_VALUE_CHARS} characters"
-            ),
-            Some("metadata"),
-        ));
-    }
-    Ok(metadata)
 }
 
 /// The file's lines as chat bodies: their custom ids, their line numbers (1-based, in the

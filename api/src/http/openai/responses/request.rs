@@ -17,11 +17,6 @@ use llm_shared::generation::{
 };
 use llm_shared::requests::GenerateBody;
 
-/// OpenAI's metadata limits: pairs, key length, value length (characters).
-const METADATA_MAX_PAIRS: usize = 16;
-const METADATA_MAX_KEY: usize = 64;
-const METADATA_MAX_VALUE: usize = 512;
-
 /// The body of `POST /v1/responses`: the parameters the service honours, our two extensions
 /// (`mock`, `cache`), and everything else (refused unless neutral).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -102,7 +97,7 @@ impl CreateResponseRequest {
                 Some("stream_options"),
             ));
         }
-        let metadata = validate_metadata(self.metadata)?;
+        let metadata = super::super::metadata::checked(self.metadata)?;
         let (text, response_format) = text_format(self.text)?;
         let (system, history, prompt) = split_input(self.input, self.instructions.as_deref())?;
         let params = GenerationParams {
@@ -178,51 +173,6 @@ fn refuse_unsupported(other: &Map<String, Value>) -> Result<(), OpenAiError> {
         }
     }
     Ok(())
-}
-
-/// OpenAI's rules for `metadata`: an object of at most 16 string pairs, keys up to 64 and
-/// values up to 512 characters.
-fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, OpenAiError> {
-    let map = match metadata {
-        None | Some(Value::Null) => return Ok(Map::new()),
-        Some(Value::Object(map)) => map,
-        Some(_) => {
-            return Err(OpenAiError::invalid(
-                "metadata must be an object of string keys and string values",
-                Some("metadata"),
-            ));
-        }
-    };
-    if map.len() > METADATA_MAX_PAIRS {
-        return Err(OpenAiError::invalid(
-            format!("metadata has at most {METADATA_MAX_PAIRS} pairs"),
-            Some("metadata"),
-        ));
-    }
-    for (key, value) in &map {
-        if key.chars().count() > METADATA_MAX_KEY {
-            return Err(OpenAiError::invalid(
-                format!("metadata keys are at most {METADATA_MAX_KEY} characters"),
-                Some("metadata"),
-            ));
-        }
-        match value.as_str() {
-            Some(v) if v.chars().count() <= METADATA_MAX_VALUE => {}
-            Some(_) => {
-                return Err(OpenAiError::invalid(
-                    format!("metadata values are at most {METADATA_MAX_VALUE} characters"),
-                    Some("metadata"),
-                ));
-            }
-            None => {
-                return Err(OpenAiError::invalid(
-                    "metadata values must be strings",
-                    Some("metadata"),
-                ));
-            }
-        }
-    }
-    Ok(map)
 }
 
 /// `text.format` → the native response format (and the config to show back).
