@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::batch_output::has_file;
 use super::error::{OpenAiError, OpenAiErrorBody};
 use super::files::{FileRef, db_error, no_such_file};
+use super::list::{self, OpenAiList};
 use super::request::ChatCompletionRequest;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -130,16 +131,6 @@ pub struct RequestCounts {
     pub completed: i64,
     /// Failed or cancelled.
     pub failed: i64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchList {
-    /// `list`
-    pub object: String,
-    pub data: Vec<BatchObject>,
-    pub first_id: Option<String>,
-    pub last_id: Option<String>,
-    pub has_more: bool,
 }
 
 /// The query of `GET /v1/batches`.
@@ -480,7 +471,7 @@ pub async fn retrieve_batch(
     summary = "The caller's batches, newest first",
     params(BatchListQuery),
     responses(
-        (status = 200, description = "a page of batches", body = BatchList),
+        (status = 200, description = "a page of batches", body = OpenAiList<BatchObject>),
         BatchApiErrors,
     ),
     security(("bearer" = [])),
@@ -489,15 +480,9 @@ pub async fn list_batches(
     State(state): State<AppState>,
     user: Result<AuthUser, ApiError>,
     query: Result<QueryParams<BatchListQuery>, ApiError>,
-) -> Result<Json<BatchList>, OpenAiError> {
+) -> Result<Json<OpenAiList<BatchObject>>, OpenAiError> {
     let (user, QueryParams(query)) = (user?, query?);
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return Err(OpenAiError::invalid(
-            format!("limit must be between 1 and {MAX_LIST}"),
-            Some("limit"),
-        ));
-    }
+    let limit = list::limit(query.limit, 20, MAX_LIST)?;
     let after = match query.after.as_deref() {
         None => None,
         Some(id) => Some(
@@ -506,19 +491,15 @@ pub async fn list_batches(
         ),
     };
     // One more than asked for tells whether there are more.
-    let mut batches = openai_batches::list(&state.pool, user.id, after, limit + 1)
+    let batches = openai_batches::list(&state.pool, user.id, after, limit + 1)
         .await
         .map_err(db_error)?;
-    let has_more = batches.len() as i64 > limit;
-    batches.truncate(usize::try_from(limit).unwrap_or(0));
-    let data: Vec<BatchObject> = batches.iter().map(BatchObject::new).collect();
-    Ok(Json(BatchList {
-        object: "list".into(),
-        first_id: data.first().map(|b| b.id.clone()),
-        last_id: data.last().map(|b| b.id.clone()),
-        data,
-        has_more,
-    }))
+    Ok(Json(OpenAiList::page(
+        batches,
+        limit,
+        BatchObject::new,
+        |b| b.id.as_str(),
+    )))
 }
 
 #[utoipa::path(

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::batch_output;
 use super::error::OpenAiError;
+use super::list::{self, OpenAiList};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::http::extract::{QueryParams, has_nul_escape};
@@ -96,16 +97,6 @@ impl FileObject {
             status_details: None,
         }
     }
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct FileList {
-    /// `list`
-    pub object: String,
-    pub data: Vec<FileObject>,
-    pub first_id: Option<String>,
-    pub last_id: Option<String>,
-    pub has_more: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -246,7 +237,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> OpenAiError {
     summary = "The caller's uploaded files, newest first",
     params(FileListQuery),
     responses(
-        (status = 200, description = "a page of files", body = FileList),
+        (status = 200, description = "a page of files", body = OpenAiList<FileObject>),
         super::batches::BatchApiErrors,
     ),
     security(("bearer" = [])),
@@ -255,15 +246,9 @@ pub async fn list_files(
     State(state): State<AppState>,
     user: Result<AuthUser, ApiError>,
     query: Result<QueryParams<FileListQuery>, ApiError>,
-) -> Result<Json<FileList>, OpenAiError> {
+) -> Result<Json<OpenAiList<FileObject>>, OpenAiError> {
     let (user, QueryParams(query)) = (user?, query?);
-    let limit = query.limit.unwrap_or(MAX_LIST);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return Err(OpenAiError::invalid(
-            format!("limit must be between 1 and {MAX_LIST}"),
-            Some("limit"),
-        ));
-    }
+    let limit = list::limit(query.limit, MAX_LIST, MAX_LIST)?;
     let ascending = match query.order.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,
@@ -286,7 +271,7 @@ pub async fn list_files(
             }
         },
     };
-    let mut files = openai_files::list(
+    let files = openai_files::list(
         &state.pool,
         user.id,
         query.purpose.as_deref(),
@@ -296,16 +281,12 @@ pub async fn list_files(
     )
     .await
     .map_err(db_error)?;
-    let has_more = files.len() as i64 > limit;
-    files.truncate(usize::try_from(limit).unwrap_or(0));
-    let data: Vec<FileObject> = files.iter().map(FileObject::uploaded).collect();
-    Ok(Json(FileList {
-        object: "list".into(),
-        first_id: data.first().map(|f| f.id.clone()),
-        last_id: data.last().map(|f| f.id.clone()),
-        data,
-        has_more,
-    }))
+    Ok(Json(OpenAiList::page(
+        files,
+        limit,
+        FileObject::uploaded,
+        |f| f.id.as_str(),
+    )))
 }
 
 pub(super) fn db_error(e: sqlx::Error) -> OpenAiError {

@@ -22,6 +22,7 @@ mod batch_output;
 mod batches;
 mod error;
 mod files;
+mod list;
 mod metadata;
 mod models;
 mod request;
