@@ -463,7 +463,7 @@ async fn errors_have_anthropic_shape_and_what_cannot_be_honoured_is_refused() {
 #[tokio::test]
 async fn a_rate_limited_message_is_429_with_retry_after_and_anthropics_error() {
     let app = llm_tests::spawn_app().await;
-    limit_to_one_request_per_minute(&app.url(""), app.user).await;
+    llm_tests::limit_to_one_request_per_minute(&app.url(""), app.user).await;
     let body = json!({"model": "mock", "max_tokens": 4,
                       "messages": [{"role": "user", "content": "x"}]});
     let response = app
@@ -575,7 +575,9 @@ async fn a_message_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[("OPENAI_COMPAT_WAIT_SECS", "1")]).await;
     let _worker = spawn_worker_process(&db, &[]);
-    let token = test_jwt().issue(Uuid::now_v7(), 600, None).unwrap();
+    let token = llm_tests::test_jwt()
+        .issue(Uuid::now_v7(), 600, None)
+        .unwrap();
     let http = reqwest::Client::new();
     let call = || {
         http.post(format!("{base}/v1/messages"))
@@ -669,25 +671,6 @@ async fn models_are_listed_in_anthropic_format_to_anthropic_clients() {
     assert_eq!(list["object"], "list");
 }
 
-fn test_jwt() -> llm_api::jwt::JwtKeys {
-    llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
-}
-
-/// An admin override: `user` may send one request per minute.
-async fn limit_to_one_request_per_minute(base: &str, user: Uuid) {
-    let admin = test_jwt()
-        .issue(Uuid::now_v7(), 600, Some("admin"))
-        .unwrap();
-    let set = reqwest::Client::new()
-        .put(format!("{base}/api/v1/admin/rate_limits/{user}"))
-        .bearer_auth(&admin)
-        .json(&json!({"requests_per_minute": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200);
-}
-
 /// The official `anthropic` Python SDK, unchanged, against the real binaries: a message, a
 /// streamed message (its helper and `stream=True`), a 429 as its `RateLimitError` and an
 /// invalid request as its `BadRequestError` (tests/python/anthropic_sdk_check.py).
@@ -697,9 +680,9 @@ async fn the_official_anthropic_python_sdk_works_unchanged() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[]).await;
     let _worker = start_worker(&db, &[]);
-    let jwt = test_jwt();
+    let jwt = llm_tests::test_jwt();
     let (user, limited) = (Uuid::now_v7(), Uuid::now_v7());
-    limit_to_one_request_per_minute(&base, limited).await;
+    llm_tests::limit_to_one_request_per_minute(&base, limited).await;
     let output = tokio::process::Command::new(&python)
         .arg(llm_tests::repo_root().join("tests/python/anthropic_sdk_check.py"))
         .env("ANTHROPIC_BASE_URL", &base)

@@ -526,7 +526,7 @@ async fn errors_have_openai_shape_and_unsupported_parameters_are_refused() {
 #[tokio::test]
 async fn a_rate_limited_call_is_429_with_retry_after_and_the_openai_error() {
     let app = llm_tests::spawn_app().await;
-    limit_to_one_request_per_minute(&app.url(""), app.user).await;
+    llm_tests::limit_to_one_request_per_minute(&app.url(""), app.user).await;
     let body = json!({"model": "mock", "messages": [{"role": "user", "content": "x"}]});
     let response = app
         .http
@@ -586,7 +586,9 @@ async fn a_call_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[("OPENAI_COMPAT_WAIT_SECS", "1")]).await;
     let _worker = spawn_worker_process(&db, &[]);
-    let token = test_jwt().issue(Uuid::now_v7(), 600, None).unwrap();
+    let token = llm_tests::test_jwt()
+        .issue(Uuid::now_v7(), 600, None)
+        .unwrap();
     let http = reqwest::Client::new();
     let call = || {
         http.post(format!("{base}/v1/chat/completions"))
@@ -621,25 +623,6 @@ async fn a_call_that_outlasts_its_wait_answers_504_with_the_id_to_poll() {
     );
 }
 
-fn test_jwt() -> llm_api::jwt::JwtKeys {
-    llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
-}
-
-/// An admin override: `user` may send one request per minute.
-async fn limit_to_one_request_per_minute(base: &str, user: Uuid) {
-    let admin = test_jwt()
-        .issue(Uuid::now_v7(), 600, Some("admin"))
-        .unwrap();
-    let set = reqwest::Client::new()
-        .put(format!("{base}/api/v1/admin/rate_limits/{user}"))
-        .bearer_auth(&admin)
-        .json(&json!({"requests_per_minute": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), 200);
-}
-
 /// The official `openai` Python SDK, unchanged, against the real binaries: a completion, a
 /// streamed completion, a 429 as its `RateLimitError` and an invalid request as its
 /// `BadRequestError` (tests/python/openai_sdk_check.py).
@@ -649,9 +632,9 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[]).await;
     let _worker = start_worker(&db, &[]);
-    let jwt = test_jwt();
+    let jwt = llm_tests::test_jwt();
     let (user, limited) = (Uuid::now_v7(), Uuid::now_v7());
-    limit_to_one_request_per_minute(&base, limited).await;
+    llm_tests::limit_to_one_request_per_minute(&base, limited).await;
     let output = tokio::process::Command::new(&python)
         .arg(llm_tests::repo_root().join("tests/python/openai_sdk_check.py"))
         .env("OPENAI_BASE_URL", format!("{base}/v1"))

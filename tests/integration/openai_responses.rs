@@ -477,10 +477,6 @@ async fn a_slow_background_response_is_cancelled_through_the_native_cancel() {
     worker.stop().await;
 }
 
-fn test_jwt() -> llm_api::jwt::JwtKeys {
-    llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
-}
-
 /// The official `openai` Python SDK, unchanged, against the real binaries: `responses.create`
 /// (plain, background, streamed, json_schema), `retrieve` (polled, and streamed from
 /// `starting_after`) and `cancel` (tests/python/openai_responses_check.py).
@@ -495,7 +491,9 @@ async fn the_official_openai_sdk_uses_the_responses_api_unchanged() {
         .env("OPENAI_BASE_URL", format!("{base}/v1"))
         .env(
             "OPENAI_API_KEY",
-            test_jwt().issue(Uuid::now_v7(), 600, None).unwrap(),
+            llm_tests::test_jwt()
+                .issue(Uuid::now_v7(), 600, None)
+                .unwrap(),
         )
         .output()
         .await

@@ -701,3 +701,24 @@ pub async fn generic_plan(conn: &mut sqlx::PgConnection, sql: &str) -> String {
         .unwrap();
     plan.join("\n")
 }
+
+/// The keys the tests' apis verify tokens with (`TEST_SECRET`), for processes spawned without a
+/// [`TestApp`].
+pub fn test_jwt() -> JwtKeys {
+    JwtKeys::new(&SecretString::from(TEST_SECRET))
+}
+
+/// An admin override on the api at `base`: `user` may send one request per minute.
+pub async fn limit_to_one_request_per_minute(base: &str, user: Uuid) {
+    let admin = test_jwt()
+        .issue(Uuid::now_v7(), 600, Some("admin"))
+        .unwrap();
+    let set = reqwest::Client::new()
+        .put(format!("{base}/api/v1/admin/rate_limits/{user}"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"requests_per_minute": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+}
