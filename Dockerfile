@@ -1,11 +1,15 @@
 # syntax=docker/dockerfile:1
 # Dockerfile — multi-stage build of llm-api and llm-worker (one image, both binaries).
 #   docker build -t llm-service .
-#   docker run --rm -e SECRET_KEY=... -e DATABASE_URL=... -e REDIS_URL=... llm-service          # api
-#   docker run --rm -e ... llm-service llm-worker                                                 # worker
+#   podman run --rm -p 8100:8000 -e SECRET_KEY=... -e DATABASE_URL=... -e REDIS_URL=... llm-service
+# The default command (scripts/container-entrypoint.sh) is the whole service in one container:
+# it applies the migrations, then runs `llm-worker` and `llm-api serve` (on :8000, the worker's
+# /metrics on :9100), passes SIGTERM/SIGINT to both, and exits non-zero when either one ends by
+# itself. Give it `--stop-timeout 40` so that in-flight jobs drain (SHUTDOWN_GRACE_SECS, 30 s).
+# Either half alone, as compose.yaml runs them (scalable workers): `llm-api serve`, `llm-worker`.
 # SECRET_KEY (32+ bytes) is required: the api has no default signing key.
-# No HEALTHCHECK in the image: the worker shares it and has no HTTP port; compose.yaml checks
-# the api with curl (installed below) on /health/ready.
+# No HEALTHCHECK in the image: worker-only containers share it and have no api; compose.yaml
+# checks the api with curl (installed below) on /health/ready.
 
 # ---- builder ---------------------------------------------------------------------------------
 # sqlx 0.9 needs rustc >= 1.94; this matches the toolchain the project is developed with.
@@ -48,12 +52,14 @@ COPY --from=builder /usr/local/bin/llm-api /usr/local/bin/llm-worker /usr/local/
 COPY migrations /app/migrations
 COPY prompts /app/prompts
 COPY config /app/config
+COPY --chmod=0755 scripts/container-entrypoint.sh /usr/local/bin/
 WORKDIR /app
 USER app
-ENV API_LISTEN=0.0.0.0:8100
+ENV API_LISTEN=0.0.0.0:8000
+ENV WORKER_METRICS_LISTEN=0.0.0.0:9100
 # The api's allocator (mimalloc) keeps off transparent huge pages even on a host whose THP mode
 # is "always": huge pages would double an idle api's memory.
 ENV MIMALLOC_ALLOW_THP=0
-EXPOSE 8100
+EXPOSE 8000 9100
 STOPSIGNAL SIGTERM
-CMD ["llm-api", "serve"]
+CMD ["container-entrypoint.sh"]

@@ -10,7 +10,9 @@
 //! middleware (`llm_api::metrics`), the worker's execution (provider calls, retries, fallbacks)
 //! and job loop (outcomes, tokens, cost, end-to-end latency), the admission control (budget
 //! waits, throttles, effective limits), the submit handlers (cache), the
-//! rate-limit answers (rejections) and the streams (active streams).
+//! rate-limit answers (rejections) and the streams (active streams). The process's own
+//! system metrics (CPU, memory, file descriptors, threads, network, its tokio runtime) are
+//! read at each scrape by [`system::SystemMetrics`].
 //!
 //! **Invariant:** label values are bounded: route templates (never raw paths), status codes,
 //! registry model ids, provider names and fixed outcome / error-kind words. Never a user id, a
@@ -23,6 +25,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use sqlx::PgPool;
+
+pub mod system;
 
 /// Content type of the Prometheus text format, as `/metrics` answers it.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -291,6 +295,7 @@ impl Metrics {
             Box::new(self.budget_unchecked.clone()),
             Box::new(self.budget_throttles.clone()),
             Box::new(self.budget_limit.clone()),
+            Box::new(system::SystemMetrics::new()),
         ];
         for collector in collectors {
             if let Err(err) = self.registry.register(collector) {

@@ -356,17 +356,7 @@ async fn the_worker_binary_serves_metrics_on_its_port() {
     let listen = format!("127.0.0.1:{}", free_port());
     let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
     let url = format!("http://{listen}/metrics");
-    let mut text = None;
-    for _ in 0..100 {
-        if let Ok(r) = app.http.get(&url).send().await
-            && r.status() == 200
-        {
-            text = Some(r.text().await.unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let text = text.expect("the worker process answers /metrics");
+    let text = scrape_process(&app.http, &url).await;
     let id = app
         .submit_ok(json!({"prompt": "metrics: by a process"}))
         .await;
@@ -390,20 +380,31 @@ async fn the_worker_binary_serves_metrics_on_its_port() {
 }
 
 /// Every metric the Grafana dashboard queries is one `shared::metrics` defines, the dashboard
-/// covers throughput, latency, errors, tokens, cost, cache hit rate and queue depth, and the
-/// scrape config points at the ports compose gives the api and the workers.
+/// covers throughput, latency, errors, tokens, cost, cache hit rate, queue depth and each
+/// process's CPU, memory, file descriptors, threads and runtime tasks, and the scrape config
+/// points at the ports compose gives the api and the workers.
 #[test]
 fn metrics_dashboard_and_scrape_config_match_the_code() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
-    let code = read("shared/src/metrics.rs");
+    let code = read("shared/src/metrics.rs") + &read("shared/src/metrics/system.rs");
     let dashboard: Value =
         serde_json::from_str(&read("monitoring/grafana/dashboards/llm-service.json")).unwrap();
     let mut used = std::collections::BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            for (at, _) in expr.match_indices("llm_") {
+            let names = expr
+                .match_indices("llm_")
+                .chain(expr.match_indices("process_"))
+                // `process_` inside a longer name (none today) is not a name of its own.
+                .filter(|(at, _)| {
+                    !expr[..*at]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            for (at, _) in names {
                 let name: String = expr[at..]
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -432,6 +433,12 @@ fn metrics_dashboard_and_scrape_config_match_the_code() {
         "llm_cost_usd_total",
         "llm_cache_lookups_total",
         "llm_queue_depth",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "llm_runtime_alive_tasks",
     ] {
         assert!(
             used.contains(needed),
@@ -513,4 +520,147 @@ async fn worker_metrics_count_tokens_and_cost_of_a_priced_model() {
     );
     assert!(!text.contains("sk-test"), "no key in the metrics");
     worker.stop().await;
+}
+
+/// The system metrics of one scrape: present and plausible for a live process.
+fn assert_system_metrics(process: &str, text: &str, started_after: f64) {
+    let get = |name: &str| {
+        value(text, name, &[]).unwrap_or_else(|| panic!("{process}: {name} missing in\n{text}"))
+    };
+    let rss = get("process_resident_memory_bytes");
+    assert!(rss > 1_048_576.0, "{process}: resident memory {rss}");
+    assert!(
+        get("process_virtual_memory_bytes") >= rss,
+        "{process}: virtual memory below resident"
+    );
+    let fds = get("process_open_fds");
+    assert!(fds > 0.0, "{process}: open fds {fds}");
+    assert!(
+        get("process_max_fds") >= fds,
+        "{process}: limit below open fds"
+    );
+    assert!(get("process_threads") >= 1.0, "{process}: threads");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = get("process_start_time_seconds");
+    // `btime` is whole seconds: a start time may read up to a second early.
+    assert!(
+        start >= started_after - 2.0 && start <= now + 1.0,
+        "{process}: started at {start}, the test started it after {started_after} (now {now})"
+    );
+    assert!(get("process_cpu_seconds_total") >= 0.0);
+    assert!(
+        get("process_network_receive_bytes_total") > 0.0,
+        "{process}: the scrape itself came over the network"
+    );
+    assert!(get("process_network_transmit_bytes_total") > 0.0);
+    assert!(
+        get("llm_runtime_workers") >= 1.0,
+        "{process}: runtime workers"
+    );
+    assert!(
+        get("llm_runtime_alive_tasks") >= 1.0,
+        "{process}: alive tasks"
+    );
+    assert!(get("llm_runtime_global_queue_depth") >= 0.0);
+    for (family, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_network_receive_bytes_total", "counter"),
+        ("llm_runtime_alive_tasks", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} {kind}\n")),
+            "{process}: {family} is a {kind}"
+        );
+    }
+    assert!(
+        !text.contains(llm_tests::TEST_SECRET) && !text.contains("postgres://"),
+        "{process}: no secret or connection string in the metrics"
+    );
+}
+
+/// A scrape of `url`, retried while the process is starting.
+async fn scrape_process(http: &reqwest::Client, url: &str) -> String {
+    for _ in 0..100 {
+        if let Ok(r) = http.get(url).send().await
+            && r.status() == 200
+        {
+            return r.text().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never answered");
+}
+
+#[tokio::test]
+async fn the_api_and_worker_processes_report_their_cpu_memory_fds_threads_and_runtime() {
+    let app = spawn_app().await; // its database; the scrapes are of the two processes below
+    let started_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (_api, base) = llm_tests::spawn_api_process(&app.db).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
+    let http = reqwest::Client::new();
+    let api_url = format!("{base}/metrics");
+    let worker_url = format!("http://{listen}/metrics");
+
+    let api_before = scrape_process(&http, &api_url).await;
+    let worker_before = scrape_process(&http, &worker_url).await;
+    assert_system_metrics("api", &api_before, started_after);
+    assert_system_metrics("worker", &worker_before, started_after);
+    // The worker's runtime has one thread unless WORKER_THREADS says more.
+    assert_eq!(value(&worker_before, "llm_runtime_workers", &[]), Some(1.0));
+
+    // Work for both: submits to the api process, run by the worker process.
+    let token = app.token();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let accepted: Value = http
+            .post(format!("{base}/api/v1/generate"))
+            .bearer_auth(&token)
+            .json(&json!({"prompt": format!("system metrics {i}"), "model": "mock"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(
+            accepted["request_id"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .unwrap(),
+        );
+    }
+    for id in ids {
+        assert_eq!(
+            app.wait_final(id, Duration::from_secs(30)).await["status"],
+            "completed"
+        );
+    }
+    let cpu = |text: &str| value(text, "process_cpu_seconds_total", &[]).unwrap();
+    let received = |text: &str| value(text, "process_network_receive_bytes_total", &[]).unwrap();
+    for (process, url, before) in [
+        ("api", &api_url, &api_before),
+        ("worker", &worker_url, &worker_before),
+    ] {
+        let after = scrape_process(&http, url).await;
+        assert_system_metrics(process, &after, started_after);
+        assert!(
+            cpu(&after) > cpu(before),
+            "{process}: CPU seconds {} after the work, {} before",
+            cpu(&after),
+            cpu(before)
+        );
+        assert!(
+            received(&after) > received(before),
+            "{process}: bytes received"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The real binaries as processes: end to end, a worker killed with SIGKILL mid-flight, a
-//! request that keeps killing its workers, and a graceful SIGTERM drain.
+//! request that keeps killing its workers, a graceful SIGTERM drain, and the container's entry
+//! point running both.
 
 use std::time::{Duration, Instant};
 
@@ -448,4 +449,215 @@ async fn the_api_pins_one_runtime_thread_to_each_cpu_unless_told_not_to() {
         !threads.is_empty() && threads.iter().all(|c| *c == ours),
         "one runtime thread for {ours}: not pinned: {threads:?}"
     );
+}
+
+/// The image's default command (`scripts/container-entrypoint.sh`) as a process: POSIX `sh`
+/// with the debug binaries on its PATH, configured as the container would be (environment
+/// only), the api on a free port. Children left behind by a failed test are killed on drop.
+struct Container {
+    script: tokio::process::Child,
+    base: String,
+}
+
+impl Container {
+    async fn start(app: &TestApp) -> Self {
+        let port = llm_tests::free_port();
+        let bin_dir = binary("llm-api").parent().unwrap().to_owned();
+        let script = tokio::process::Command::new("sh")
+            .arg(llm_tests::repo_root().join("scripts/container-entrypoint.sh"))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+            .env("DATABASE_URL", &app.db.url)
+            .env("REDIS_URL", llm_tests::redis_url())
+            .env("REDIS_KEY_PREFIX", app.db.redis_prefix())
+            .env("SECRET_KEY", TEST_SECRET)
+            .env("PROMPTS_DIR", llm_tests::prompts_dir())
+            .env("LOG_LEVEL", "warn")
+            .env("API_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WORKER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("MOCK_PROVIDER", "true")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run sh");
+        let container = Self {
+            script,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = http.get(format!("{}/health", container.base)).send().await
+                && r.status().is_success()
+            {
+                return container;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the container's api did not become healthy");
+    }
+
+    /// The script's children by program name (`llm-api`, `llm-worker`): their pids.
+    fn child(&self, name: &str) -> Vec<i32> {
+        let Some(script) = self.script.id() else {
+            return Vec::new();
+        };
+        processes_of(script)
+            .into_iter()
+            .filter(|(_, comm)| comm == name)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        for pid in self
+            .child("llm-api")
+            .into_iter()
+            .chain(self.child("llm-worker"))
+        {
+            let _ = llm_tests::kill_pid(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The live children of `parent` with their command names (`/proc/<pid>/stat`).
+fn processes_of(parent: u32) -> Vec<(i32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // State (field 3) and parent (field 4); a zombie has ended already.
+        if fields.get(1) == Some(&parent.to_string().as_str()) && fields.first() != Some(&"Z") {
+            children.push((pid, comm));
+        }
+    }
+    children
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test]
+async fn the_container_entrypoint_serves_and_works_then_stops_both_on_sigterm() {
+    let app = spawn_app().await; // its database; no worker but the container's
+    let mut container = Container::start(&app).await;
+    let api = container.child("llm-api");
+    let worker = container.child("llm-worker");
+    assert_eq!((api.len(), worker.len()), (1, 1), "one api and one worker");
+
+    // Served by the container's api, run by the container's worker.
+    let http = reqwest::Client::new();
+    let (status, accepted) = submit_to(
+        &http,
+        &container.base,
+        &app.token(),
+        &json!({"prompt": "one container, both halves", "model": "mock"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let poll_url = format!(
+        "{}{}?wait=20",
+        container.base,
+        accepted["poll_url"].as_str().unwrap()
+    );
+    let done: Value = http
+        .get(poll_url)
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let succeeded = app
+        .db
+        .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'succeeded'")
+        .await;
+    assert_eq!(succeeded, 1);
+
+    signal(&container.script, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(40), container.script.wait())
+        .await
+        .expect("the container stops within the worker's grace period")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    for pid in api.into_iter().chain(worker) {
+        assert!(!alive(pid), "process {pid} outlived its container");
+    }
+}
+
+#[tokio::test]
+async fn the_container_entrypoint_stops_the_api_and_fails_when_the_worker_dies() {
+    let app = spawn_app().await;
+    let mut container = Container::start(&app).await;
+    let api = container.child("llm-api");
+    let worker = container.child("llm-worker");
+    assert_eq!((api.len(), worker.len()), (1, 1));
+
+    assert!(llm_tests::kill_pid(worker[0], libc::SIGKILL));
+    let status = tokio::time::timeout(Duration::from_secs(30), container.script.wait())
+        .await
+        .expect("the container exits once its worker is gone")
+        .unwrap();
+    assert!(
+        !status.success(),
+        "a container that no longer works must not look finished: {status:?}"
+    );
+    assert!(!alive(api[0]), "the api was stopped with its worker gone");
+}
+
+/// The image's default command is the entry point above, copied in and listening on the
+/// design's port; compose runs the api and the workers as separate services all the same.
+#[test]
+fn the_image_runs_api_and_worker_together_and_compose_runs_each_alone() {
+    let read = |path: &str| std::fs::read_to_string(llm_tests::repo_root().join(path)).unwrap();
+    let dockerfile = read("Dockerfile");
+    let runtime = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .unwrap();
+    for line in [
+        "COPY --chmod=0755 scripts/container-entrypoint.sh /usr/local/bin/",
+        "ENV API_LISTEN=0.0.0.0:8000",
+        "EXPOSE 8000 9100",
+    ] {
+        assert!(
+            runtime.lines().any(|l| l == line),
+            "the runtime stage has `{line}`"
+        );
+    }
+    let cmd: Vec<&str> = runtime.lines().filter(|l| l.starts_with("CMD ")).collect();
+    assert_eq!(cmd, ["CMD [\"container-entrypoint.sh\"]"]);
+    let ignored = read(".dockerignore");
+    assert!(
+        !ignored
+            .lines()
+            .any(|l| l.trim_end_matches('/') == "scripts"),
+        "the build context keeps scripts/"
+    );
+    let script = read("scripts/container-entrypoint.sh");
+    assert!(
+        script.starts_with("#!/bin/sh\n"),
+        "POSIX sh: the image has no bash"
+    );
+
+    let compose = read("compose.yaml");
+    assert!(compose.contains("    command: [\"llm-api\", \"serve\"]"));
+    assert!(compose.contains("    command: [\"llm-worker\"]"));
+    assert!(compose.contains("      API_LISTEN: 0.0.0.0:8100"));
 }

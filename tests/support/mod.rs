@@ -666,8 +666,13 @@ fn process_stdout() -> Stdio {
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, sig: i32) {
     let pid = child.id().expect("child still running") as i32;
-    let rc = unsafe_kill(pid, sig);
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    assert!(kill_pid(pid, sig), "kill({pid}, {sig}) failed");
+}
+
+/// Sends a signal to a process by id (e.g. a grandchild, started by a child); false if the
+/// process is gone.
+pub fn kill_pid(pid: i32, sig: i32) -> bool {
+    unsafe_kill(pid, sig) == 0
 }
 
 #[allow(unsafe_code)]
