@@ -10,6 +10,7 @@
 
 pub mod chaos;
 pub mod fake_upstream;
+pub mod otlp;
 pub mod prom;
 pub mod servers;
 pub mod sse;
