@@ -63,13 +63,14 @@ struct OnRuntime {
 }
 
 impl HttpClient for OnRuntime {
-    fn send_bytes<'life0, 'async_trait>(
-        &'life0 self,
+    // The trait is declared with `async_trait`; this is its expansion, written out.
+    fn send_bytes<'a, 'b>(
+        &'a self,
         request: Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'async_trait>>
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'b>>
     where
-        'life0: 'async_trait,
-        Self: 'async_trait,
+        'a: 'b,
+        Self: 'b,
     {
         let client = self.client.clone();
         let task = self
