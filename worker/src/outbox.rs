@@ -1,8 +1,10 @@
 //! The message hub (HTTP, `MESSAGE_HUB_URL`): delivery of the outbox.
 //!
 //! Events are written to `outbox_events` in the transaction of the state change they report;
-//! every worker runs a delivery loop that POSTs them to `{MESSAGE_HUB_URL}/events` in a JSON envelope
-//! (`id`, `type`, `time`, `source`, `data`). Delivery is at least once (a worker that dies
+//! every worker runs a delivery loop that POSTs them to `{MESSAGE_HUB_URL}/events` as CloudEvents
+//! 1.0 in structured mode ([`Envelope`], `Content-Type: application/cloudevents+json`; the
+//! fields the hub read before, `id`, `type`, `time`, `source` and `data`, keep their names and
+//! values). Delivery is at least once (a worker that dies
 //! mid-delivery leaves the event undelivered, and it is sent again; receivers drop duplicates by
 //! `id`), in order per request (an event waits while an earlier one of its request is
 //! undelivered), with exponential backoff while the hub fails, so a hub down for an hour loses
@@ -58,16 +60,24 @@ pub struct HubClient {
     token: Option<SecretString>,
 }
 
-/// What the hub receives for one event.
+/// What the hub receives for one event: a CloudEvents 1.0 envelope, structured mode.
 #[derive(Serialize)]
 struct Envelope<'a> {
+    specversion: &'static str,
     id: Uuid,
     #[serde(rename = "type")]
     kind: &'a str,
     time: DateTime<Utc>,
     source: &'static str,
+    /// The request the event is about, when it is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<Uuid>,
+    datacontenttype: &'static str,
     data: &'a Value,
 }
+
+/// The media type of a CloudEvent in structured mode, JSON format.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 impl HubClient {
     pub fn new(base_url: &reqwest::Url, token: Option<SecretString>) -> Self {
@@ -86,13 +96,21 @@ impl HubClient {
 
     async fn post(&self, event: &Pending) -> Result<(), String> {
         let envelope = Envelope {
+            specversion: "1.0",
             id: event.id,
             kind: &event.kind,
             time: event.created_at,
             source: SOURCE,
+            subject: event.request_id,
+            datacontenttype: "application/json",
             data: &event.payload,
         };
-        let mut request = self.http.post(self.url.clone()).json(&envelope);
+        let body = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, CLOUDEVENTS_JSON)
+            .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
         }
