@@ -8,7 +8,10 @@
 
 mod otlp;
 
-pub use otlp::{current_trace_headers, current_traceparent, set_remote_parent, trace_id_of};
+pub use otlp::{
+    current_trace_headers, current_traceparent, set_remote_parent, set_remote_trace, trace_id_of,
+    traceparent_of,
+};
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;

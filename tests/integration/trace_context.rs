@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use llm_tests::fake_upstream::{FakeUpstream, openai};
+use llm_tests::fake_upstream::{FakeUpstream, Reply, openai};
 use llm_tests::otlp::{Collector, ReceivedSpan};
 use llm_tests::{
     TestDb, signal, spawn_api_process_with, spawn_app, spawn_worker_process,
@@ -102,9 +102,14 @@ async fn tracing_stores_the_trace_id_with_every_item_of_a_batch() {
 
 /// The environment of an api and a worker exporting to `collector` (in batches every 200 ms),
 /// with the OpenAI endpoint at `openai`.
-fn exporting<'a>(collector: &'a Collector, openai: &'a FakeUpstream) -> [(&'a str, &'a str); 4] {
+fn exporting<'a>(
+    collector: &'a Collector,
+    openai: &'a FakeUpstream,
+    hub: &'a FakeUpstream,
+) -> [(&'a str, &'a str); 5] {
     [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("MESSAGE_HUB_URL", hub.base_url.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ("OPENAI_BASE_URL", openai.base_url.as_str()),
         ("OPENAI_API_KEY", "sk-test-0123456789"),
@@ -116,8 +121,14 @@ async fn one_exported_trace_runs_from_the_client_through_the_job_to_the_provider
     let collector = Collector::start().await;
     let upstream = FakeUpstream::start("/v1").await;
     upstream.always(openai::success("a tale of two dwarves", 12, 34));
+    let hub = FakeUpstream::start("").await;
+    hub.always(Reply::Json {
+        status: 200,
+        body: json!({}),
+        headers: vec![],
+    });
     let db = TestDb::new().await;
-    let env = exporting(&collector, &upstream);
+    let env = exporting(&collector, &upstream, &hub);
     let (_api, base) = spawn_api_process_with(&db, &env).await;
     let _worker = spawn_worker_process(&db, &env);
     let token = test_jwt().issue(uuid::Uuid::now_v7(), 600, None).unwrap();
@@ -213,6 +224,24 @@ async fn one_exported_trace_runs_from_the_client_through_the_job_to_the_provider
         sent[0].headers["traceparent"],
         format!("00-{TRACE_ID}-{}-01", call.span_id).as_str()
     );
+
+    // Its hub events go on in its trace: a producer span, whose context the hub receives in
+    // the header and in the CloudEvent (distributed tracing extension).
+    let delivery = collector
+        .wait_for("hub delivery", within, |s| {
+            in_trace(s) && s.name == "send generation.completed"
+        })
+        .await;
+    assert_eq!(delivery.kind, 4, "a producer span");
+    let expected = format!("00-{TRACE_ID}-{}-01", delivery.span_id);
+    let events = hub.received();
+    let completed = events
+        .iter()
+        .find(|e| e.body["type"] == "generation.completed")
+        .expect("the hub received the completion");
+    assert_eq!(completed.headers["traceparent"], expected.as_str());
+    assert_eq!(completed.body["traceparent"], expected);
+    assert_eq!(completed.body["subject"], id);
 
     // Without a trace context, the exported trace is a new one and the answer names it.
     let fresh = http

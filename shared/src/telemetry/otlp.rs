@@ -119,3 +119,61 @@ pub fn current_traceparent() -> Option<String> {
         .into_iter()
         .find_map(|(name, value)| (name == "traceparent").then_some(value))
 }
+
+/// Puts `span` in the trace `trace_id` (32 hex digits) under a remote parent whose id is
+/// derived from `about` (work done later for a request, whose own spans have ended: its hub
+/// events). False when `trace_id` is not a trace id.
+pub fn set_remote_trace(span: &tracing::Span, trace_id: &str, about: uuid::Uuid) -> bool {
+    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceId, TraceState};
+    let Ok(trace_id) = TraceId::from_hex(trace_id) else {
+        return false;
+    };
+    let parent = SpanContext::new(
+        trace_id,
+        derived_span_id(about),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    parent.is_valid()
+        && span
+            .set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+            .is_ok()
+}
+
+/// The `traceparent` naming the trace `trace_id` and a parent derived from `about`, for a
+/// receiver that joins its logs to ours by trace id when no span of ours is exported.
+pub fn traceparent_of(trace_id: &str, about: uuid::Uuid) -> Option<String> {
+    let valid = trace_id.len() == 32
+        && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
+        && trace_id.bytes().any(|b| b != b'0');
+    valid.then(|| format!("00-{trace_id}-{}-01", derived_span_id(about)))
+}
+
+/// A span id from `about`'s low 64 bits (never zero, as W3C requires).
+fn derived_span_id(about: uuid::Uuid) -> opentelemetry::trace::SpanId {
+    let low = (about.as_u128() as u64).max(1);
+    opentelemetry::trace::SpanId::from_bytes(low.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_id_gives_a_traceparent_under_a_parent_derived_from_the_request() {
+        let request = uuid::Uuid::now_v7();
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let header = traceparent_of(trace, request).unwrap();
+        let low = format!("{:016x}", request.as_u128() as u64);
+        assert_eq!(header, format!("00-{trace}-{low}-01"));
+        assert_eq!(traceparent_of(trace, request), Some(header), "stable");
+        for bad in ["", "00000000000000000000000000000000", "4bf92f35", "zz"] {
+            assert_eq!(traceparent_of(bad, request), None, "{bad}");
+        }
+        assert_eq!(
+            derived_span_id(uuid::Uuid::nil()).to_string(),
+            "0000000000000001"
+        );
+    }
+}
