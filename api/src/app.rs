@@ -11,6 +11,7 @@ use llm_shared::metrics::Metrics;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
 use llm_shared::notices::FinalNotices;
 use llm_shared::prompts::PromptLibrary;
+use llm_shared::registry_reloads;
 use llm_shared::requests::{HIT_ROWS_ON_STOP, Submitter};
 use llm_shared::stream_relay::RelayListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ impl App {
             .await
             .context("connecting to PostgreSQL")?;
         db::migrate(&pool).await?;
+        // Read before the file: a reload announced after this is followed (`registry_reloads`).
+        let registry_version = registry_reloads::current_version(&pool).await?;
         let models = ModelRegistry::load(&config.common)?;
         let prompts = PromptLibrary::load(&config.common.prompts_dir)?;
         tracing::info!(templates = prompts.list().count(), dir = %config.common.prompts_dir.display(), "prompt templates loaded");
@@ -60,6 +63,13 @@ impl App {
             .context("parsing REDIS_URL")?;
         let limiter = config.common.rate_limiter().context("parsing REDIS_URL")?;
         let submitter = Submitter::new(pool.clone(), Some(cache.clone()));
+        // Reloads announced by any api (this one included) are followed here too.
+        let models = LiveRegistry::new(models, config.common.clone());
+        tokio::spawn(registry_reloads::follow(
+            models.clone(),
+            pool.clone(),
+            registry_version,
+        ));
         let state: AppState = AppServices {
             pool,
             redis,
@@ -71,7 +81,7 @@ impl App {
                 config.common.jwt_issuer.clone(),
                 config.common.jwt_audience.clone(),
             ),
-            models: LiveRegistry::new(models, config.common.clone()),
+            models,
             prompts: Arc::new(prompts),
             notices,
             // Half the pool: submits and plain reads keep the other half.

@@ -91,20 +91,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn migrate(common: CommonConfig) -> anyhow::Result<()> {
-    telemetry::init(&common);
+    let telemetry = telemetry::init(&common, "llm-api");
     let pool = db::connect(&common)
         .await
         .context("connecting to PostgreSQL")?;
     db::migrate(&pool).await?;
     tracing::info!("migrations applied");
+    telemetry.shutdown().await;
     Ok(())
 }
 
 async fn serve(config: ApiConfig) -> anyhow::Result<()> {
-    telemetry::init(&config.common);
-    App::build(&config).await?.run(shutdown_signal()).await?;
+    let telemetry = telemetry::init(&config.common, "llm-api");
+    let served = async { App::build(&config).await?.run(shutdown_signal()).await }.await;
     tracing::info!("api stopped");
-    Ok(())
+    telemetry.shutdown().await;
+    served
 }
 
 async fn shutdown_signal() {

@@ -69,29 +69,52 @@ pub async fn trace_requests(
 ) -> axum::response::Response {
     use tracing::Instrument;
 
-    let context = request
+    let incoming = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::from_traceparent)
-        .unwrap_or_else(TraceContext::generate);
+        .filter(|header| TraceContext::from_traceparent(header).is_some())
+        .map(str::to_owned);
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or(crate::metrics::UNMATCHED_ROUTE, |p| p.as_str())
         .to_owned();
+    let method = crate::metrics::method_label(request.method());
+    // The `otel.*` and `http.*` fields name the exported span as OpenTelemetry's HTTP server
+    // conventions do; `trace_id` is the log's.
     let span = tracing::info_span!(
         "request",
-        method = crate::metrics::method_label(request.method()),
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        method,
         route = %route,
-        trace_id = %context.trace_id,
+        trace_id = tracing::field::Empty,
         request.id = tracing::field::Empty,
     );
+    if let Some(header) = &incoming {
+        llm_shared::telemetry::set_remote_parent(&span, header);
+    }
+    // Exported spans have their trace id (the incoming one, else a new one): the logs, the
+    // stored request and `x-trace-id` use it; without export, the incoming one or a new one.
+    let context = match llm_shared::telemetry::trace_id_of(&span) {
+        Some(trace_id) => TraceContext { trace_id },
+        None => incoming
+            .as_deref()
+            .and_then(TraceContext::from_traceparent)
+            .unwrap_or_else(TraceContext::generate),
+    };
+    span.record("trace_id", context.trace_id.as_str());
     let header = axum::http::HeaderValue::from_str(&context.trace_id).ok();
     request.extensions_mut().insert(context);
     let mut response = async move {
         let response = next.run(request).await;
-        tracing::debug!(status = response.status().as_u16(), "answered");
+        let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", i64::from(status));
+        tracing::debug!(status, "answered");
         response
     }
     .instrument(span)

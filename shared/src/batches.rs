@@ -160,7 +160,14 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
         let jobs = items
             .iter()
-            .map(|i| queue::JobRow::new(i.id, i.max_attempts, queue::BATCH_PRIORITY))
+            .map(|i| {
+                queue::JobRow::new(
+                    i.id,
+                    i.max_attempts,
+                    queue::BATCH_PRIORITY,
+                    i.traceparent.as_deref(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let json =
             |f: fn(&NewRequest) -> &Value| items.iter().map(f).cloned().collect::<Vec<Value>>();

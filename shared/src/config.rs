@@ -73,6 +73,15 @@ pub struct CommonConfig {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// OpenTelemetry collector (OTLP over HTTP, protobuf; plain `http://`, e.g. a local agent):
+    /// set, the process sends its spans to `<endpoint>/v1/traces`. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans (default: the binary's name).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+
     /// Model used when a request names none. Unset: the first model of a configured provider
     /// in the registry, else (with `MOCK_PROVIDER`) the first mock model.
     #[arg(long, env = "DEFAULT_MODEL")]

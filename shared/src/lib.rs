@@ -28,6 +28,7 @@ pub mod prompts;
 pub mod queue;
 pub mod quota;
 pub mod ratelimit;
+pub mod registry_reloads;
 pub mod requests;
 pub mod stream_relay;
 pub mod telemetry;

@@ -434,11 +434,8 @@ fn pick_default(models: &[ModelSpec], endpoints: &[Endpoint]) -> String {
         .unwrap_or_default()
 }
 
-/// Channel on which a reload is announced to every process (workers re-read their registry).
-pub const RELOAD_CHANNEL: &str = "models_reload";
-
 /// The registry in use, replaceable while the process runs (an admin reload, or the
-/// `model.updated` event). Readers take a snapshot; a reload never blocks them for long.
+/// `model.updated` event, followed by every process: `registry_reloads`). Readers take a snapshot; a reload never blocks them for long.
 #[derive(Debug, Clone)]
 pub struct LiveRegistry {
     current: std::sync::Arc<std::sync::RwLock<std::sync::Arc<ModelRegistry>>>,

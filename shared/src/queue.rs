@@ -41,6 +41,10 @@ const QUEUE_EXTRA_ATTEMPTS: i32 = 10;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerationJob {
     pub request_id: Uuid,
+    /// The W3C `traceparent` of the submit, when spans are exported (jobs pushed by the
+    /// service itself, e.g. rescued ones, have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 pub fn job_id_for(request_id: Uuid) -> Ulid {
@@ -88,18 +92,27 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    pub fn new(request_id: Uuid, max_attempts: i32, priority: usize) -> Result<Self, sqlx::Error> {
+    pub fn new(
+        request_id: Uuid,
+        max_attempts: i32,
+        priority: usize,
+        traceparent: Option<&str>,
+    ) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: job_id_for(request_id).to_string(),
-            job: job_args(request_id)?,
+            job: job_args(request_id, traceparent)?,
             max_attempts: max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS),
             priority: i32::try_from(priority).unwrap_or(i32::MAX),
         })
     }
 }
 
-fn job_args(request_id: Uuid) -> Result<Vec<u8>, sqlx::Error> {
-    serde_json::to_vec(&GenerationJob { request_id }).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+fn job_args(request_id: Uuid, traceparent: Option<&str>) -> Result<Vec<u8>, sqlx::Error> {
+    let job = GenerationJob {
+        request_id,
+        traceparent: traceparent.map(str::to_owned),
+    };
+    serde_json::to_vec(&job).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// Pushes the jobs of many requests in one statement.
@@ -113,7 +126,7 @@ pub async fn push_generations(
         let budget = usize::try_from(max_attempts.saturating_add(QUEUE_EXTRA_ATTEMPTS))
             .unwrap_or(usize::MAX);
         tasks.push(
-            TaskBuilder::new(job_args(request_id)?)
+            TaskBuilder::new(job_args(request_id, None)?)
                 .task_id(TaskId::from(job_id_for(request_id)))
                 .max_attempts(budget)
                 .priority(priority)

@@ -203,8 +203,9 @@ async fn one_completing_statement_answers_each_row_and_writes_exact_usage_cache_
     .unwrap();
     assert_eq!(shared, "answer 2");
 
-    // Events: two per completed request, `completed` before `usage.updated`.
-    assert_eq!(db.count("SELECT COUNT(*) FROM outbox_events").await, 40);
+    // Events: two per completed request (the follower's too), `completed` before
+    // `usage.updated`.
+    assert_eq!(db.count("SELECT COUNT(*) FROM outbox_events").await, 42);
     assert_eq!(
         db.count(
             "SELECT COUNT(*) FROM outbox_events c JOIN outbox_events u
@@ -212,7 +213,7 @@ async fn one_completing_statement_answers_each_row_and_writes_exact_usage_cache_
              WHERE c.type = 'generation.completed' AND c.seq < u.seq"
         )
         .await,
-        20
+        21
     );
     // Attempts: each held row's succeeded, the lost one's still running.
     assert_eq!(
@@ -238,7 +239,7 @@ async fn one_completing_statement_answers_each_row_and_writes_exact_usage_cache_
             .await,
         21
     );
-    assert_eq!(db.count("SELECT COUNT(*) FROM outbox_events").await, 40);
+    assert_eq!(db.count("SELECT COUNT(*) FROM outbox_events").await, 42);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The message hub: events written with each state change reach the hub at least once, in
 //! order per request, even when the hub is down for a while or a worker dies mid-delivery; a
-//! delivered event is deleted.
+//! delivered event is deleted. Events go out, and come in, as CloudEvents 1.0.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use llm_tests::{TestApp, signal, spawn_app, spawn_worker_process};
 use serde_json::{Value, json};
 
@@ -18,6 +18,8 @@ struct FakeHub {
     delay_ms: Arc<AtomicUsize>,
     started: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Value>>>,
+    /// The `Content-Type` of each event received.
+    content_types: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeHub {
@@ -26,7 +28,7 @@ impl FakeHub {
         let state = hub.clone();
         let app = axum::Router::new().route(
             "/events",
-            axum::routing::post(move |Json(event): Json<Value>| {
+            axum::routing::post(move |headers: HeaderMap, Json(event): Json<Value>| {
                 let hub = state.clone();
                 async move {
                     hub.started.fetch_add(1, Ordering::SeqCst);
@@ -36,6 +38,11 @@ impl FakeHub {
                         return StatusCode::SERVICE_UNAVAILABLE;
                     }
                     hub.received.lock().unwrap().push(event);
+                    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+                    hub.content_types
+                        .lock()
+                        .unwrap()
+                        .push(content_type.unwrap_or_default().to_owned());
                     StatusCode::ACCEPTED
                 }
             }),
@@ -132,10 +139,30 @@ async fn a_hub_that_is_down_then_up_receives_every_event_in_order() {
         unique.len(),
         "no duplicates without a crash"
     );
+    // CloudEvents 1.0, structured mode: the envelope's attributes, the request as subject.
+    let by_id: std::collections::HashMap<String, String> = seqs
+        .iter()
+        .map(|(request, _, id)| (id.clone(), request.clone()))
+        .collect();
     for event in &received {
+        assert_eq!(event["specversion"], "1.0");
         assert_eq!(event["source"], "llm-service");
+        assert_eq!(event["datacontenttype"], "application/json");
         assert!(event["time"].is_string());
+        assert!(event["data"].is_object());
+        let id = event["id"].as_str().unwrap();
+        assert_eq!(event["subject"].as_str(), Some(by_id[id].as_str()));
+        if event["type"] != "usage.updated" {
+            assert_eq!(event["data"]["request_id"], event["subject"], "{event}");
+        }
     }
+    assert!(
+        hub.content_types
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == "application/cloudevents+json")
+    );
     let kinds = |t: &str| received.iter().filter(|e| e["type"] == t).count();
     assert_eq!(
         (
@@ -321,4 +348,75 @@ async fn subscribed_events_have_their_effect_once() {
     assert_eq!((status, body["ignored"].clone()), (202, json!(true)));
     let _ = std::fs::remove_file(path);
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn cloud_events_from_the_hub_are_applied_and_other_versions_or_media_refused() {
+    let app = spawn_app().await;
+    let service = app
+        .jwt
+        .issue(uuid::Uuid::now_v7(), 600, Some("service"))
+        .unwrap();
+    let post = |event: Value, content_type: &'static str| {
+        app.http
+            .post(app.url("/api/v1/events"))
+            .bearer_auth(&service)
+            .header("content-type", content_type)
+            .body(event.to_string())
+            .send()
+    };
+    let event = |extra: Value| {
+        let mut e = json!({"specversion": "1.0", "id": uuid::Uuid::now_v7(), "source": "//hub",
+                           "type": "generation.requested", "subject": "quest",
+                           "time": "2026-12-08T02:00:00Z", "datacontenttype": "application/json",
+                           "data": {"user_id": app.user, "prompt": "a CloudEvent from the hub"}});
+        e.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        e
+    };
+
+    // Another CloudEvents version, or data that is not JSON: refused, nothing recorded.
+    for (bad, field) in [
+        (json!({"specversion": "0.3"}), "specversion"),
+        (json!({"datacontenttype": "text/plain"}), "datacontenttype"),
+        (
+            json!({"datacontenttype": "application/xml"}),
+            "datacontenttype",
+        ),
+    ] {
+        let r = post(event(bad), "application/cloudevents+json")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    // A batch of CloudEvents (a JSON array) is not an event.
+    let r = post(
+        json!([event(json!({}))]),
+        "application/cloudevents-batch+json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM inbox_events").await, 0);
+
+    // A structured CloudEvent is applied once, under either media type.
+    let accepted = event(json!({}));
+    let r = post(accepted.clone(), "application/cloudevents+json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let created: Value = r.json().await.unwrap();
+    assert!(created["request_id"].is_string(), "{created}");
+    let r = post(accepted, "application/json").await.unwrap();
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_requests")
+            .await,
+        1
+    );
 }

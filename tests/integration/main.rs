@@ -17,6 +17,7 @@ mod group_commit;
 mod health;
 mod hostile;
 mod hub;
+mod hub_events;
 mod in_flight;
 mod indexes;
 mod json_schema;

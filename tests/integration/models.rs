@@ -207,3 +207,129 @@ async fn an_admin_reloads_the_registry_without_a_restart() {
     let _ = std::fs::remove_file(path);
     worker.stop().await;
 }
+
+/// A registry file of its own for a test, and the flags that point a process at it.
+fn own_registry_file() -> (std::path::PathBuf, Vec<String>) {
+    let path = std::env::temp_dir().join(format!("models-{}.toml", Uuid::now_v7()));
+    std::fs::write(&path, include_str!("../../config/models.toml")).unwrap();
+    let flags = vec!["--models-file".to_owned(), path.display().to_string()];
+    (path, flags)
+}
+
+/// Asks `addr` (an api) for `model` until it answers `status`, for up to 10 s.
+async fn until_model_is(
+    app: &llm_tests::TestApp,
+    addr: std::net::SocketAddr,
+    model: &str,
+    status: u16,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = app
+            .http
+            .get(format!("http://{addr}/api/v1/models/{model}"))
+            .bearer_auth(app.token())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if got == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} still answers {got} for {model}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn model_updated_posted_to_one_api_reaches_every_api_and_the_worker() {
+    let (path, flags) = own_registry_file();
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
+    let other = app.replica(&flag_refs).await;
+    until_model_is(&app, other, "mock-large", 200).await;
+
+    let edited = include_str!("../../config/models.toml")
+        .replace("id = \"mock-large\"", "id = \"mock-xxl\"");
+    std::fs::write(&path, edited).unwrap();
+    let service = app.jwt.issue(Uuid::now_v7(), 600, Some("service")).unwrap();
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/events",
+            &service,
+            Some(
+                json!({"specversion": "1.0", "id": Uuid::now_v7(), "source": "hub",
+                        "type": "model.updated", "data": {}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The api that received it, the other replica, and the worker all use the new registry.
+    until_model_is(&app, app.addr, "mock-xxl", 200).await;
+    until_model_is(&app, other, "mock-xxl", 200).await;
+    until_model_is(&app, other, "mock-large", 404).await;
+    let submitted = app
+        .http
+        .post(format!("http://{other}/api/v1/generate"))
+        .bearer_auth(app.token())
+        .json(&json!({"prompt": "on the updated registry", "model": "mock-xxl"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 202);
+    let id: Uuid = submitted.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["served_model"], "mock-xxl");
+    assert_eq!(
+        app.db
+            .count("SELECT version FROM model_registry_version")
+            .await,
+        1
+    );
+    let _ = std::fs::remove_file(path);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_announced_while_a_replica_was_not_listening_is_applied_when_it_listens_again() {
+    let (path, flags) = own_registry_file();
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = llm_tests::spawn_app_with_providers(&flags).await;
+    let other = app.replica(&flag_refs).await;
+    until_model_is(&app, other, "mock-large", 200).await;
+
+    // The registry moves on while no one hears of it: the file changes and the version is
+    // raised without a notice (as if it came while the listeners were between connections).
+    let edited = include_str!("../../config/models.toml")
+        .replace("id = \"mock-large\"", "id = \"mock-xxl\"");
+    std::fs::write(&path, edited).unwrap();
+    sqlx::query("UPDATE model_registry_version SET version = version + 1")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_model_is(&app, other, "mock-large", 200).await;
+
+    // Their connections drop; once they listen again, they read the version and reload.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND query ILIKE 'LISTEN%models_reload%'",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    until_model_is(&app, other, "mock-xxl", 200).await;
+    until_model_is(&app, app.addr, "mock-xxl", 200).await;
+    let _ = std::fs::remove_file(path);
+}

@@ -267,6 +267,17 @@ async fn a_cancelled_batch_runs_none_of_its_lines_and_lists_them_in_its_error_fi
     let (status, second) = app.call(reqwest::Method::POST, &cancel, &token, None).await;
     assert_eq!(status, 200);
     assert_eq!(second["cancelled_at"], first["cancelled_at"]);
+    // The hub hears of each line's cancellation once.
+    assert_eq!(
+        app.db
+            .count(
+                "SELECT COUNT(DISTINCT request_id) FROM outbox_events
+                 WHERE type = 'generation.cancelled' AND payload->>'error_code' = 'cancelled'"
+            )
+            .await,
+        3
+    );
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM outbox_events").await, 3);
     assert!(first["output_file_id"].is_null());
     let (status, errors) = text(
         &app,

@@ -10,6 +10,7 @@
 
 pub mod chaos;
 pub mod fake_upstream;
+pub mod otlp;
 pub mod prom;
 pub mod servers;
 pub mod sse;
@@ -157,6 +158,18 @@ pub async fn spawn_app_with_providers(flags: &[String]) -> TestApp {
 
 async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp {
     let db = TestDb::new().await;
+    let addr = serve_api(&db, &redis, registry_flags).await;
+    TestApp {
+        addr,
+        db,
+        jwt: JwtKeys::new(&SecretString::from(TEST_SECRET)),
+        user: Uuid::now_v7(),
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Builds the api on `db` (and its Redis namespace) and serves it on a random local port.
+async fn serve_api(db: &TestDb, redis: &str, registry_flags: &[&str]) -> std::net::SocketAddr {
     let prefix = db.redis_prefix();
     let prompts = prompts_dir();
     let mut args = vec![
@@ -166,7 +179,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
         "--database-url",
         &db.url,
         "--redis-url",
-        &redis,
+        redis,
         "--redis-key-prefix",
         &prefix,
         "--secret-key",
@@ -204,13 +217,7 @@ async fn spawn_app_configured(redis: String, registry_flags: &[&str]) -> TestApp
     let app = App::build(&config).await.unwrap();
     let addr = app.addr();
     tokio::spawn(app.run(std::future::pending()));
-    TestApp {
-        addr,
-        db,
-        jwt: JwtKeys::new(&SecretString::from(TEST_SECRET)),
-        user: Uuid::now_v7(),
-        http: reqwest::Client::new(),
-    }
+    addr
 }
 
 #[derive(Parser)]
@@ -221,6 +228,12 @@ struct ApiArgs {
 }
 
 impl TestApp {
+    /// Another api replica on this app's database and Redis namespace, built with
+    /// `registry_flags` as the first one was: its address.
+    pub async fn replica(&self, registry_flags: &[&str]) -> std::net::SocketAddr {
+        serve_api(&self.db, &redis_url(), registry_flags).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
@@ -442,6 +443,7 @@ impl Executor {
         let client = route.client;
         let limit = self.timeout_for(route);
         let (first_token, idle) = self.stream_limits(route);
+        let span = crate::gen_ai::call_span(client.name(), input);
         let call = async {
             match relay {
                 Some(sink) if model.supports(Capability::Streaming) => {
@@ -460,13 +462,14 @@ impl Executor {
                 _ => client.generate(input).await,
             }
         };
-        let result = match tokio::time::timeout(limit, call).await {
+        let result = match tokio::time::timeout(limit, call.instrument(span.clone())).await {
             Ok(Ok(output)) => {
                 validate_off_runtime(output, &input.params, self.validation_timeout).await
             }
             Ok(Err(err)) => Err(err),
             Err(_) => Err(ProviderError::Timeout(limit)),
         };
+        crate::gen_ai::record_outcome(&span, &result);
         let latency = started.elapsed();
         let outcome = match &result {
             Ok(_) => "success",

@@ -58,7 +58,9 @@ pub async fn handle_generation(
     state: Data<Arc<WorkerState>>,
 ) -> Result<(), BoxDynError> {
     let state: Arc<WorkerState> = Arc::clone(&state);
-    let run = tokio::spawn(async move { process(&state, job.request_id).await });
+    let run = tokio::spawn(async move {
+        continue_trace(&state, job.request_id, job.traceparent.as_deref()).await
+    });
     match run.await {
         Ok(done) => done.map_err(Into::into),
         Err(stopped) => Err(stopped.into()),
@@ -67,14 +69,28 @@ pub async fn handle_generation(
 
 /// Runs one delivery of a request's job to its end.
 pub async fn process(state: &WorkerState, request_id: Uuid) -> Result<(), sqlx::Error> {
+    continue_trace(state, request_id, None).await
+}
+
+/// [`process`], its span the child of the submit's span `traceparent` names (when spans are
+/// exported).
+async fn continue_trace(
+    state: &WorkerState,
+    request_id: Uuid,
+    traceparent: Option<&str>,
+) -> Result<(), sqlx::Error> {
     // One span per delivery of the job, from the claim on. Once claimed, it carries the run and
     // the trace id of the api request that submitted it: the worker's logs join the api's.
     let span = tracing::info_span!(
         "job",
+        otel.kind = "consumer",
         request.id = %request_id,
         attempt = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
+    if let Some(traceparent) = traceparent {
+        llm_shared::telemetry::set_remote_parent(&span, traceparent);
+    }
     async move {
         let claimed = match claim_waiting_for_lease(state, request_id).await? {
             Some(claimed) => claimed,

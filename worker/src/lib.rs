@@ -9,6 +9,7 @@ pub mod circuit;
 pub mod config;
 pub mod execution;
 pub mod fetch_pause;
+mod gen_ai;
 pub mod job;
 pub mod outbox;
 mod persist;

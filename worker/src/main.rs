@@ -37,16 +37,20 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(config: WorkerConfig) -> anyhow::Result<()> {
-    telemetry::init(&config.common);
-    let pool = db::connect(&config.common)
-        .await
-        .context("connecting to PostgreSQL")?;
-    db::migrate(&pool).await?;
-    llm_worker::run(config, pool, shutdown_signal())
-        .await
-        .map_err(|e| anyhow::anyhow!("worker stopped with an error: {e}"))?;
+    let telemetry = telemetry::init(&config.common, "llm-worker");
+    let ran = async {
+        let pool = db::connect(&config.common)
+            .await
+            .context("connecting to PostgreSQL")?;
+        db::migrate(&pool).await?;
+        llm_worker::run(config, pool, shutdown_signal())
+            .await
+            .map_err(|e| anyhow::anyhow!("worker stopped with an error: {e}"))
+    }
+    .await;
     tracing::info!("worker stopped");
-    Ok(())
+    telemetry.shutdown().await;
+    ran
 }
 
 /// Resolves on SIGTERM or Ctrl-C: the worker then stops fetching and drains in-flight jobs.

@@ -1,8 +1,10 @@
 //! The message hub (HTTP, `MESSAGE_HUB_URL`): delivery of the outbox.
 //!
 //! Events are written to `outbox_events` in the transaction of the state change they report;
-//! every worker runs a delivery loop that POSTs them to `{MESSAGE_HUB_URL}/events` in a JSON envelope
-//! (`id`, `type`, `time`, `source`, `data`). Delivery is at least once (a worker that dies
+//! every worker runs a delivery loop that POSTs them to `{MESSAGE_HUB_URL}/events` as CloudEvents
+//! 1.0 in structured mode ([`Envelope`], `Content-Type: application/cloudevents+json`; the
+//! fields the hub read before, `id`, `type`, `time`, `source` and `data`, keep their names and
+//! values). Delivery is at least once (a worker that dies
 //! mid-delivery leaves the event undelivered, and it is sent again; receivers drop duplicates by
 //! `id`), in order per request (an event waits while an earlier one of its request is
 //! undelivered), with exponential backoff while the hub fails, so a hub down for an hour loses
@@ -40,6 +42,8 @@ struct Pending {
     seq: i64,
     id: Uuid,
     request_id: Option<Uuid>,
+    /// The trace of the api request that submitted the event's request.
+    trace_id: Option<String>,
     #[sqlx(rename = "type")]
     kind: String,
     payload: Value,
@@ -58,16 +62,28 @@ pub struct HubClient {
     token: Option<SecretString>,
 }
 
-/// What the hub receives for one event.
+/// What the hub receives for one event: a CloudEvents 1.0 envelope, structured mode.
 #[derive(Serialize)]
 struct Envelope<'a> {
+    specversion: &'static str,
     id: Uuid,
     #[serde(rename = "type")]
     kind: &'a str,
     time: DateTime<Utc>,
     source: &'static str,
+    /// The request the event is about, when it is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<Uuid>,
+    datacontenttype: &'static str,
+    /// CloudEvents' distributed tracing extension: the trace of the event's request, as the
+    /// `traceparent` header also carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
     data: &'a Value,
 }
+
+/// The media type of a CloudEvent in structured mode, JSON format.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 impl HubClient {
     pub fn new(base_url: &reqwest::Url, token: Option<SecretString>) -> Self {
@@ -85,16 +101,54 @@ impl HubClient {
     }
 
     async fn post(&self, event: &Pending) -> Result<(), String> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "hub delivery",
+            otel.name = %format_args!("send {}", event.kind),
+            otel.kind = "producer",
+            messaging.operation.type = "send",
+            cloudevents.event_id = %event.id,
+            cloudevents.event_type = %event.kind,
+        );
+        // The event goes on in its request's trace: under the span exported for this delivery,
+        // else (no export) under the stored trace id, so the hub's logs join ours.
+        let traceparent = match (&event.trace_id, event.request_id) {
+            (Some(trace_id), Some(request)) => {
+                if llm_shared::telemetry::set_remote_trace(&span, trace_id, request) {
+                    span.in_scope(llm_shared::telemetry::current_traceparent)
+                } else {
+                    None
+                }
+                .or_else(|| llm_shared::telemetry::traceparent_of(trace_id, request))
+            }
+            _ => None,
+        };
+        self.send(event, traceparent).instrument(span).await
+    }
+
+    async fn send(&self, event: &Pending, traceparent: Option<String>) -> Result<(), String> {
         let envelope = Envelope {
+            specversion: "1.0",
             id: event.id,
             kind: &event.kind,
             time: event.created_at,
             source: SOURCE,
+            subject: event.request_id,
+            datacontenttype: "application/json",
+            traceparent: traceparent.clone(),
             data: &event.payload,
         };
-        let mut request = self.http.post(self.url.clone()).json(&envelope);
+        let body = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, CLOUDEVENTS_JSON)
+            .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
+        }
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
         }
         match request.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
@@ -139,7 +193,8 @@ pub async fn deliver_due(
 ) -> Result<Round, sqlx::Error> {
     let window: Vec<Pending> = sqlx::query_as(
         "SELECT seq, id, request_id, type, payload, created_at, attempts,
-                next_attempt_at <= NOW() AS due
+                next_attempt_at <= NOW() AS due,
+                (SELECT r.trace_id FROM generation_requests r WHERE r.id = request_id) AS trace_id
          FROM outbox_events
          WHERE delivered_at IS NULL AND seq > $1
          ORDER BY seq LIMIT $2",
@@ -437,6 +492,7 @@ mod tests {
             seq: 1,
             id: Uuid::now_v7(),
             request_id: None,
+            trace_id: None,
             kind: "generation.completed".into(),
             payload: serde_json::json!({}),
             created_at: Utc::now(),

@@ -41,8 +41,14 @@ pub async fn run(
     shutdown: impl Future<Output = std::io::Result<()>> + Send + 'static,
 ) -> Result<(), BoxDynError> {
     let name = config.name.clone().unwrap_or_else(unique_worker_name);
+    // Read before the file: a reload announced after this is followed (`registry_reloads`).
+    let registry_version = llm_shared::registry_reloads::current_version(&pool).await?;
     let models = LiveRegistry::new(ModelRegistry::load(&config.common)?, config.common.clone());
-    let reloads = tokio::spawn(follow_registry_reloads(models.clone(), pool.clone()));
+    let reloads = tokio::spawn(llm_shared::registry_reloads::follow(
+        models.clone(),
+        pool.clone(),
+        registry_version,
+    ));
     let relay = config.common.relay()?;
     let cache = config.common.response_cache()?;
     let limiter = config.common.rate_limiter()?;
@@ -226,30 +232,6 @@ async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
         if let Err(err) = cache::purge_expired(&state.pool).await {
             tracing::warn!(error = %err, "could not purge expired cache entries");
         }
-    }
-}
-
-/// Re-reads the model registry whenever an api announces a reload (`models_reload`).
-async fn follow_registry_reloads(models: LiveRegistry, pool: PgPool) {
-    loop {
-        if let Ok(mut listener) = sqlx::postgres::PgListener::connect_with(&pool).await
-            && listener
-                .listen(llm_shared::models::RELOAD_CHANNEL)
-                .await
-                .is_ok()
-        {
-            while listener.recv().await.is_ok() {
-                match models.reload() {
-                    Ok(fresh) => {
-                        tracing::info!(models = fresh.all().len(), "model registry reloaded")
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "model registry not reloaded; keeping the one in use")
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -1,8 +1,9 @@
-//! `POST /api/v1/events`: where the message hub delivers events to this service. Callers need a
-//! service identity (a token with the `service` role; admins too).
+//! `POST /api/v1/events`: where the message hub delivers events to this service, as CloudEvents
+//! 1.0 in structured mode ([`Envelope`]; the envelope without its CloudEvents attributes is
+//! accepted too). Callers need a service identity (a token with the `service` role; admins too).
 //!
 //! - `generation.requested` creates a request like a submit, for `data.user_id`;
-//! - `model.updated` reloads the model registry (workers follow);
+//! - `model.updated` reloads the model registry (every api and worker follows);
 //! - `cache.invalidate` deletes cache entries matching `data` (model, template_id, key_prefix).
 //!
 //! Each event id has an effect once: it is recorded in `inbox_events` in the transaction that
@@ -25,9 +26,14 @@ use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use llm_shared::cache::{InvalidateError, InvalidateFilter};
-use llm_shared::models;
+use llm_shared::registry_reloads;
 use llm_shared::requests::{self, GenerateBody, NewRequest};
 
+/// An event from the hub: a CloudEvents 1.0 envelope in structured mode (`Content-Type:
+/// application/cloudevents+json`, or `application/json`), or the same without the CloudEvents
+/// attributes (`specversion` and the rest are optional, as before CloudEvents; `time`,
+/// `subject` and extensions are not read). The `id` is a UUID (the inbox's key); `data` is a
+/// JSON object.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub id: Uuid,
@@ -38,6 +44,38 @@ pub struct Envelope {
     pub data: Map<String, Value>,
     #[serde(default)]
     pub source: Option<String>,
+    /// `"1.0"` when present: an envelope of another CloudEvents version is refused.
+    #[serde(default)]
+    pub specversion: Option<String>,
+    /// The media type of `data`, when given: JSON (`application/json` or `…+json`).
+    #[serde(default)]
+    pub datacontenttype: Option<String>,
+}
+
+impl Envelope {
+    /// Refuses CloudEvents attributes this receiver cannot honour, before anything is recorded.
+    fn check(&self) -> Result<(), ApiError> {
+        if let Some(version) = self.specversion.as_deref()
+            && version != "1.0"
+        {
+            return Err(ApiError::validation(
+                "specversion",
+                "only CloudEvents specversion \"1.0\" is accepted",
+            ));
+        }
+        if let Some(media) = self.datacontenttype.as_deref() {
+            let essence = media.split(';').next().unwrap_or("").trim();
+            let json = essence.eq_ignore_ascii_case("application/json")
+                || essence.to_ascii_lowercase().ends_with("+json");
+            if !json {
+                return Err(ApiError::validation(
+                    "datacontenttype",
+                    "data must be JSON (application/json)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[utoipa::path(
@@ -64,6 +102,7 @@ pub async fn receive(
             "events are accepted from service identities only",
         ));
     }
+    event.check()?;
     match event.kind.as_str() {
         "generation.requested" => generation_requested(&state, event, trace).await,
         "cache.invalidate" => cache_invalidate(&state, &event).await,
@@ -134,7 +173,7 @@ async fn cache_invalidate(
 }
 
 /// Reloads the registry (idempotent) while the transaction recording the id is open, and tells
-/// the workers by a notification sent when it commits: a registry that fails to load records
+/// every other api and worker by the version announced when it commits (`registry_reloads`): a registry that fails to load records
 /// nothing, so the hub's retry (once the file is fixed) reloads it.
 async fn model_updated(
     state: &AppState,
@@ -148,10 +187,7 @@ async fn model_updated(
         .models
         .reload()
         .map_err(|e| ApiError::validation("data", format!("the registry was not reloaded: {e}")))?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(models::RELOAD_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+    registry_reloads::announce(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(event.id = %event.id, models = fresh.all().len(), "model.updated: registry reloaded");
     Ok((

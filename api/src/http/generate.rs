@@ -143,7 +143,32 @@ pub(super) async fn accept_answered(
     accept_as(state, user, new, true).await
 }
 
+/// [`admit`] in a `submit` span, whose trace context the request's job carries on to the
+/// worker (when spans are exported).
 async fn accept_as(
+    state: &AppState,
+    user: &AuthUser,
+    mut new: NewRequest,
+    keep_answer: bool,
+) -> Result<Admitted, ApiError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "submit",
+        gen_ai.request.model = %new.model,
+        request.id = tracing::field::Empty,
+    );
+    new.traceparent = span.in_scope(llm_shared::telemetry::current_traceparent);
+    let admitted = admit(state, user, new, keep_answer)
+        .instrument(span.clone())
+        .await?;
+    span.record("request.id", tracing::field::display(admitted.submitted.id));
+    crate::telemetry::record_request_id(admitted.submitted.id);
+    Ok(admitted)
+}
+
+/// Counts the request against the limits and the quota, and stores it (or answers it from
+/// the cache's fast copy).
+async fn admit(
     state: &AppState,
     user: &AuthUser,
     new: NewRequest,
@@ -203,7 +228,6 @@ async fn accept_as(
     if let Some(hit) = submitted.cache_hit {
         state.metrics.cache_lookup(hit);
     }
-    crate::telemetry::record_request_id(submitted.id);
     if !submitted.replayed {
         tracing::info!(request.id = %submitted.id, user.id = %user.id, "generation accepted");
     }

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use llm_shared::models::{self, EndpointKind, ModelRegistry, ModelSpec, Requirements};
+use llm_shared::registry_reloads;
 use llm_shared::requests::{self, CallStats};
 
 const HEALTH_WINDOW: Duration = Duration::from_secs(300);
@@ -202,11 +203,9 @@ pub async fn reload(
     let fresh = state.models.reload().map_err(|e| {
         ApiError::validation("registry", format!("the registry was not reloaded: {e}"))
     })?;
-    // The workers reload theirs when told.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(models::RELOAD_CHANNEL)
-        .execute(&state.pool)
-        .await?;
+    // Every other api and worker reloads theirs when told.
+    let mut conn = state.pool.acquire().await?;
+    registry_reloads::announce(&mut conn).await?;
     tracing::info!(admin.id = %user.id, models = fresh.all().len(), "model registry reloaded");
     Ok(Json(
         json!({"reloaded": true, "models": fresh.all().len(), "default_model": fresh.default_model()}),

@@ -166,6 +166,9 @@ pub struct NewRequest {
     /// Trace id of the api request that submitted it (W3C trace-context form, 32 hex digits):
     /// the worker's job span carries it too.
     pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the span that submitted it, when spans are exported: carried by
+    /// its job (not stored with the row), so the worker's job span continues that trace.
+    pub traceparent: Option<String>,
 }
 
 impl NewRequest {
@@ -265,6 +268,7 @@ impl NewRequest {
             cache_policy,
             estimated_tokens: i32::try_from(estimated_tokens).unwrap_or(i32::MAX),
             trace_id: None,
+            traceparent: None,
         })
     }
 }

@@ -138,7 +138,12 @@ impl<'a> InsertColumns<'a> {
             Insert::CachedOrQueued => (None, new.cache_key.as_deref()),
             Insert::CacheHit(hit) => (Some(hit), None),
         };
-        let job = queue::JobRow::new(new.id, new.max_attempts, queue::INTERACTIVE_PRIORITY)?;
+        let job = queue::JobRow::new(
+            new.id,
+            new.max_attempts,
+            queue::INTERACTIVE_PRIORITY,
+            new.traceparent.as_deref(),
+        )?;
         // The request's job id (a column of its row) is its job row's id.
         self.row.push(new, job.id, hit);
         self.idempotency_key.push(new.idempotency_key.as_deref());

@@ -147,23 +147,18 @@ pub enum Cancelled {
 
 /// Cancels a pending or running request of `user_id`. A pending one never runs (its claim will
 /// find it final); a running one's worker is told through the completion notice and stops.
+/// The hub hears of it by `generation.cancelled`, queued by the same statement.
 /// `user_id` is the owner, or `None` for an admin (any owner).
 pub async fn cancel(
     pool: &PgPool,
     id: Uuid,
     user_id: Option<Uuid>,
 ) -> Result<Cancelled, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE generation_requests
-         SET status = 'cancelled', completed_at = NOW(), updated_at = NOW(), error_code = 'cancelled',
-             error_message = 'the request was cancelled', claimed_by = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND status IN ('pending', 'running')
-         RETURNING user_id",
-    )
-    .bind(id)
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await?;
+    let updated: Option<Uuid> = sqlx::query_scalar(include_str!("sql/cancel.sql"))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?;
     let owner: Option<Uuid> = match user_id {
         Some(user) => Some(user),
         None => {

@@ -243,6 +243,12 @@ pub async fn send_keyed(
 ) -> Result<reqwest::Response, ProviderError> {
     use secrecy::ExposeSecret;
     let secret = key.map(ExposeSecret::expose_secret);
+    // The call's span goes on upstream (W3C trace context), when spans are exported.
+    let request = llm_shared::telemetry::current_trace_headers()
+        .into_iter()
+        .fold(request, |request, (name, value)| {
+            request.header(name, value)
+        });
     // The answer's body is redacted before it is shortened; the rest of the error (a transport
     // error's text) after.
     send_redacting(request, secret)

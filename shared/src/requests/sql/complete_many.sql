@@ -1,8 +1,8 @@
 -- Completes a batch of claimed requests and records their successful attempts, in one
 -- statement. Each row is guarded by its own claim (running, held by this worker, same run); for
 -- those still held it also completes the identical requests that waited for them (as cache
--- hits), adds their usage, queues their outbox events and stores their results in the cache
--- table. Answers the ordinal (from 1) of each row still held.
+-- hits), adds their usage, queues the hub's events of both (`hub_completion_events`) and
+-- stores their results in the cache table. Answers the ordinal (from 1) of each row still held.
 --
 -- Parameters:
 --   $1 worker text
@@ -58,7 +58,8 @@ WITH v AS (
         cached = true, completed_at = NOW(), updated_at = NOW()
     FROM done v
     WHERE f.coalesced_into = v.id AND CASE f.status WHEN 'pending' THEN true ELSE false END
-    RETURNING f.user_id, f.model, v.id AS leader
+    RETURNING f.id, f.user_id, f.model, v.provider, v.prompt_tokens, v.completion_tokens,
+              v.ord, v.id AS leader
 ), usage AS (
     -- one row per key: a statement may not update a row twice. The shard (0-15) is one per
     -- statement (an uncorrelated subquery, evaluated once), so a batch updates one counter row
@@ -85,25 +86,21 @@ WITH v AS (
         completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
         cost_usd = u.cost_usd + EXCLUDED.cost_usd
 ), events AS (
-    -- for the message hub, in this transaction: a completion is never lost; per
-    -- request, `generation.completed` before `usage.updated`
+    -- for the message hub, in this transaction: a completion is never lost. Per request,
+    -- `generation.completed` before `usage.updated`; each follower's events (a cache hit's,
+    -- under the model its usage is counted for) after its leader's.
     INSERT INTO outbox_events (id, request_id, type, payload)
-    SELECT gen_random_uuid(), id, kind, payload FROM (
-        SELECT v.ord, v.id, 'generation.completed' AS kind, 1 AS nth,
-               jsonb_build_object('request_id', v.id, 'user_id', v.user_id,
-                   'model', v.served_model, 'provider', v.provider,
-                   'prompt_tokens', v.prompt_tokens,
-                   'completion_tokens', v.completion_tokens,
-                   'cost_usd', v.cost_usd) AS payload
-        FROM done v
-        UNION ALL
-        SELECT v.ord, v.id, 'usage.updated', 2,
-               jsonb_build_object('user_id', v.user_id, 'model', v.served_model,
-                   'day', (NOW() AT TIME ZONE 'UTC')::date, 'requests', 1,
-                   'prompt_tokens', v.prompt_tokens,
-                   'completion_tokens', v.completion_tokens, 'cost_usd', v.cost_usd)
-        FROM done v
-    ) e ORDER BY ord, nth
+    SELECT gen_random_uuid(), c.id, e.type, e.payload
+    FROM (SELECT v.ord, 0 AS follower, v.id, v.user_id, v.served_model AS model, v.provider,
+                 v.prompt_tokens, v.completion_tokens, v.cost_usd, false AS cached
+          FROM done v
+          UNION ALL
+          SELECT f.ord, 1, f.id, f.user_id, f.model, f.provider, f.prompt_tokens,
+                 f.completion_tokens, 0, true
+          FROM followers f) c
+    CROSS JOIN LATERAL hub_completion_events(c.id, c.user_id, c.model, c.provider,
+        c.prompt_tokens, c.completion_tokens, c.cost_usd, c.cached) e
+    ORDER BY c.ord, c.follower, c.id, e.nth
 ), stored AS (
     -- one entry per key (a statement may not update a row twice): the later result
     INSERT INTO response_cache (cache_key, response, prompt, model, expires_at, metadata)

@@ -1,5 +1,5 @@
--- Stores cache hits answered before their rows were written (`hits.rs`) and counts them in
--- `usage_daily`, in one statement: the rows as they are, completed, and their usage counted
+-- Stores cache hits answered before their rows were written (`hits.rs`), counts them in
+-- `usage_daily` and queues their hub events (`hub_completion_events`), in one statement: the rows as they are, completed, and their usage counted
 -- beforehand. A hit answered early has no Idempotency-Key (nothing to conflict with), no job
 -- and nothing to look up, so none of `insert_many.sql`'s decisions are made here. Without them
 -- (no cache lookup, no in-flight lookup, no ON CONFLICT, no RETURNING rows joined back to the
@@ -32,6 +32,15 @@ WITH stored AS (
         max_attempts, stream, cache_key, cache_policy, estimated_tokens, trace_id, result,
         provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason,
         tool_calls)
+    RETURNING id, user_id, model, provider, prompt_tokens, completion_tokens
+), events AS (
+    -- per request, `generation.completed` before `usage.updated`
+    INSERT INTO outbox_events (id, request_id, type, payload)
+    SELECT gen_random_uuid(), s.id, e.type, e.payload
+    FROM stored s
+    CROSS JOIN LATERAL hub_completion_events(s.id, s.user_id, s.model, s.provider,
+        s.prompt_tokens, s.completion_tokens, 0, true) e
+    ORDER BY s.id, e.nth
 ), hit_counts AS (
     SELECT * FROM unnest($23::uuid[], $24::text[], $25::int8[]) AS c(user_id, model, n)
 )

@@ -2,7 +2,9 @@
 -- its `Insert` says: completed from the cache (the answer it comes with, or the cache table's
 -- live entry), pending as the follower of an identical request in flight, or pending with its
 -- apalis job, placed by fair share within its class (its `run_at`, see `queue.rs`). Cache
--- hits are counted in `usage_daily`. A row whose Idempotency-Key its user used before is not stored (ON CONFLICT DO NOTHING): the caller reads the earlier one.
+-- hits are counted in `usage_daily`, and their hub events queued (`hub_completion_events`).
+-- A row whose Idempotency-Key its user used before is not stored (ON CONFLICT DO NOTHING): the
+-- caller reads the earlier one.
 -- Answers (id, cached) of each row stored.
 --
 -- Parameters, one array per column, one element per request (see `columns.rs`):
@@ -93,7 +95,16 @@ SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_at
 -- in the callers' order: of two rows with one Idempotency-Key, the first is stored
 FROM answered a ORDER BY ord
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, coalesced_into, user_id, model, cached
+RETURNING id, coalesced_into, user_id, model, cached, provider, prompt_tokens, completion_tokens
+), events AS (
+    -- the cache hits' hub events, per request `generation.completed` before `usage.updated`
+    INSERT INTO outbox_events (id, request_id, type, payload)
+    SELECT gen_random_uuid(), i.id, e.type, e.payload
+    FROM inserted i
+    CROSS JOIN LATERAL hub_completion_events(i.id, i.user_id, i.model, i.provider,
+        i.prompt_tokens, i.completion_tokens, 0, true) e
+    WHERE i.cached
+    ORDER BY i.id, e.nth
 ), usage AS (
     -- the cache hits' usage (no provider tokens, no cost), one counter row per user and model:
     -- an upsert may touch a row only once per statement, and rows in key order, so that two

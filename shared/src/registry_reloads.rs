@@ -1,0 +1,122 @@
+//! Registry reloads followed by every process. An api that reloads its registry (an admin's
+//! reload, a `model.updated` event from the hub) moves the registry's version on in
+//! PostgreSQL (`model_registry_version`) and announces it on [`CHANNEL`] in the same
+//! transaction ([`announce`]); every api and worker listens ([`follow`]) and re-reads its
+//! registry file. PostgreSQL keeps the version, so a process that was between connections when
+//! a notice came reads it when it listens again and reloads if it moved: a missed notice never
+//! leaves a registry behind.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+use crate::models::LiveRegistry;
+
+/// The channel a reload is announced on, with the registry's new version as its payload.
+pub const CHANNEL: &str = "models_reload";
+
+/// Moves the registry's version on and announces it, in the caller's transaction: the
+/// listeners hear of it once that commits. Returns the new version.
+pub async fn announce(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    let version: i64 = sqlx::query_scalar(
+        "UPDATE model_registry_version SET version = version + 1, updated_at = NOW()
+         RETURNING version",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(version.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(version)
+}
+
+/// The registry's version as PostgreSQL has it.
+pub async fn current_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM model_registry_version")
+        .fetch_one(pool)
+        .await
+}
+
+/// Whether a notice with `payload` asks this process to reload, having applied `seen`. An
+/// empty or unreadable payload (a release that announced without a version) always does.
+fn newer(payload: &str, seen: Option<i64>) -> Option<i64> {
+    match (payload.parse::<i64>(), seen) {
+        (Ok(version), Some(seen)) if version <= seen => None,
+        (Ok(version), _) => Some(version),
+        (Err(_), _) => seen.map_or(Some(0), Some),
+    }
+}
+
+/// Re-reads `models` whenever a reload is announced, for as long as the process runs. On each
+/// (re)connection it listens first, then reads the version, and reloads if it is not the one
+/// last applied. `loaded` is the version read before `models` was first loaded
+/// ([`current_version`]): a reload announced after it is applied, even one announced before
+/// this listens.
+pub async fn follow(models: LiveRegistry, pool: PgPool, loaded: i64) {
+    let mut seen = Some(loaded);
+    loop {
+        if let Err(err) = follow_one_connection(&models, &pool, &mut seen).await {
+            tracing::warn!(error = %err, "registry reload listener lost its connection; listening again");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One connection's worth of [`follow`]: returns when the connection is lost.
+async fn follow_one_connection(
+    models: &LiveRegistry,
+    pool: &PgPool,
+    seen: &mut Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    let version = current_version(pool).await?;
+    if *seen != Some(version) {
+        reload(models, version, seen);
+    }
+    // `try_recv`, not `recv`: `recv` reconnects by itself and drops what came meanwhile
+    // without a word; here a lost connection is seen, and the version read again.
+    while let Some(notice) = listener.try_recv().await? {
+        if let Some(version) = newer(notice.payload(), *seen) {
+            reload(models, version, seen);
+        }
+    }
+    Ok(())
+}
+
+fn reload(models: &LiveRegistry, version: i64, seen: &mut Option<i64>) {
+    match models.reload() {
+        Ok(fresh) => {
+            *seen = Some(version);
+            tracing::info!(
+                models = fresh.all().len(),
+                version,
+                "model registry reloaded"
+            );
+        }
+        Err(err) => {
+            // `seen` stays: the next notice or reconnection tries again.
+            tracing::warn!(error = %err, version, "model registry not reloaded; keeping the one in use");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newer;
+
+    #[test]
+    fn a_notice_reloads_only_a_version_not_applied_yet() {
+        assert_eq!(newer("3", Some(2)), Some(3));
+        assert_eq!(newer("2", Some(2)), None);
+        assert_eq!(newer("1", Some(2)), None);
+        assert_eq!(newer("1", None), Some(1));
+        // an announcement without a version (an older release's) always reloads
+        assert_eq!(newer("", Some(2)), Some(2));
+        assert_eq!(newer("", None), Some(0));
+    }
+}
