@@ -1,6 +1,6 @@
-//! The response cache: identical requests (same model, prompt, system prompt and generation
-//! parameters) are answered from an earlier result. Redis (`{prefix}cache:{key}`) answers
-//! fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
+//! The response cache: identical requests (same model, prompt, system prompt, generation
+//! parameters and context) are answered from an earlier result. Redis (`{prefix}cache:{key}`)
+//! answers fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
 //! outage. The worker writes the table in the statement that completes the request, then
 //! Redis; the api reads Redis, and on a miss the statement that stores the request reads the
 //! table (`requests/sql/insert_many.sql`) — no extra round trip.

@@ -244,3 +244,40 @@ async fn every_users_usage_is_for_admins_only_and_its_range_and_page_are_bounded
     .await;
     assert_eq!(status, 200, "92 days are allowed");
 }
+
+#[tokio::test]
+async fn a_page_of_every_users_usage_reads_its_rows_in_order_through_an_index() {
+    let app = llm_tests::spawn_app().await;
+    // 2,000 users on 60 days: 120,000 rows, a page of them wanted.
+    sqlx::query(
+        "INSERT INTO usage_daily (user_id, day, model, requests)
+         SELECT md5(u::text)::uuid, DATE '2026-01-01' + d, 'mock', 1
+         FROM generate_series(1, 2000) u, generate_series(0, 59) d",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE usage_daily")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let sql = include_str!("../../shared/src/usage/sql/all_users.sql");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"
+    )))
+    .bind(chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap())
+    .bind(chrono::NaiveDate::from_ymd_opt(2026, 3, 31).unwrap())
+    .bind(chrono::NaiveDate::from_ymd_opt(2026, 1, 30))
+    .bind(Uuid::nil())
+    .bind("")
+    .bind(101_i64)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("usage_daily_by_day_idx"), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Sort"),
+        "{plan}"
+    );
+}

@@ -42,7 +42,10 @@ pub struct GenerateBody {
     pub params: Option<Map<String, Value>>,
     #[serde(default)]
     pub model: Option<String>,
+    /// A JSON object about the request (at most 16 KiB, 8 levels): every provider gets it as a
+    /// `Context:` block at the end of the system prompt; templates read it as `context`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub context: Option<Value>,
     #[serde(default)]
     pub parameters: Option<GenerationParams>,
