@@ -188,3 +188,39 @@ async fn default_model_may_be_an_alias_and_both_binaries_start_with_it() {
     );
     assert!(worker.try_wait().unwrap().is_none());
 }
+
+#[test]
+fn a_templates_default_model_may_be_an_alias() {
+    let dir = std::env::temp_dir().join(format!("prompts-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("tavern.j2"),
+        "{#-\n[template]\ndescription = \"t\"\ndefault_model = \"dm\"\noutput = \"text\"\nversion = 1\n-#}\nName a tavern.",
+    )
+    .unwrap();
+    let library = llm_shared::prompts::PromptLibrary::load(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let models = ModelRegistry::from_toml(
+        "test.toml",
+        &with_alias(r#""dm" = "mock-large""#),
+        &common_config(&[]),
+    )
+    .unwrap();
+    let body: llm_shared::requests::GenerateBody =
+        serde_json::from_value(json!({"template_id": "tavern"})).unwrap();
+    let body = body.resolve_template(&library, &models).unwrap();
+    let request = llm_shared::requests::NewRequest::validate(
+        body,
+        Uuid::now_v7(),
+        None,
+        &models,
+        3,
+        llm_shared::cache::CacheScope::User,
+    )
+    .unwrap();
+    assert_eq!(
+        request.model, "mock-large",
+        "not the default model, and not the alias"
+    );
+    assert_ne!(models.default_model(), "mock-large");
+}
