@@ -24,17 +24,25 @@ pub enum GroupBy {
     Model,
 }
 
+/// What a row of usage counts: requests, cache hits among them, tokens and cost.
+#[derive(Debug, Clone, Default, Serialize, FromRow)]
+pub struct UsageCounts {
+    pub requests: i64,
+    pub cached_requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+}
+
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct UsageRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<NaiveDate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    pub requests: i64,
-    pub cached_requests: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cost_usd: f64,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub counts: UsageCounts,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,11 +110,13 @@ pub async fn report(
     let totals = UsageRow {
         day: None,
         model: None,
-        requests: rows.iter().map(|r| r.requests).sum(),
-        cached_requests: rows.iter().map(|r| r.cached_requests).sum(),
-        prompt_tokens: rows.iter().map(|r| r.prompt_tokens).sum(),
-        completion_tokens: rows.iter().map(|r| r.completion_tokens).sum(),
-        cost_usd: rows.iter().map(|r| r.cost_usd).sum(),
+        counts: UsageCounts {
+            requests: rows.iter().map(|r| r.counts.requests).sum(),
+            cached_requests: rows.iter().map(|r| r.counts.cached_requests).sum(),
+            prompt_tokens: rows.iter().map(|r| r.counts.prompt_tokens).sum(),
+            completion_tokens: rows.iter().map(|r| r.counts.completion_tokens).sum(),
+            cost_usd: rows.iter().map(|r| r.counts.cost_usd).sum(),
+        },
     };
     Ok(UsageReport {
         user_id,
@@ -124,11 +134,9 @@ pub struct UserUsageRow {
     pub day: NaiveDate,
     pub user_id: Uuid,
     pub model: String,
-    pub requests: i64,
-    pub cached_requests: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cost_usd: f64,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub counts: UsageCounts,
 }
 
 /// A page of every user's usage; `next_cursor` continues it (absent on the last page).

@@ -150,38 +150,16 @@ async fn default_model_may_be_an_alias_and_both_binaries_start_with_it() {
     let mut worker = spawn_worker_process(&app.db, &env);
     let token = app.jwt.issue(Uuid::now_v7(), 600, None).unwrap();
     let http = reqwest::Client::new();
-    let list: Value = http
-        .get(format!("{base}/api/v1/models"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let call = |request: reqwest::RequestBuilder| async {
+        let response = request.bearer_auth(&token).send().await.unwrap();
+        response.json::<Value>().await.unwrap()
+    };
+    let list = call(http.get(format!("{base}/api/v1/models"))).await;
     assert_eq!(list["default_model"], "gpt-4o", "{list}");
-    let accepted: Value = http
-        .post(format!("{base}/api/v1/generate"))
-        .bearer_auth(&token)
-        .json(&json!({"prompt": "A halfling's name", "model": "mock"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let done: Value = http
-        .get(format!(
-            "{base}{}?wait=20",
-            accepted["poll_url"].as_str().unwrap()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"prompt": "A halfling's name", "model": "mock"});
+    let accepted = call(http.post(format!("{base}/api/v1/generate")).json(&body)).await;
+    let poll = format!("{base}{}?wait=20", accepted["poll_url"].as_str().unwrap());
+    let done = call(http.get(poll)).await;
     assert_eq!(
         done["status"], "completed",
         "the worker runs with it: {done}"

@@ -24,15 +24,7 @@ async fn the_context_reaches_every_provider_as_a_block_after_the_system_prompt()
     let anthropic = FakeUpstream::start("").await;
     anthropic.always(fake_upstream::anthropic::success("Vex the bard.", 30, 4));
     let mut flags = llm_tests::openai_flags(&openai);
-    flags.extend(
-        [
-            "--anthropic-base-url",
-            &anthropic.base_url,
-            "--anthropic-api-key",
-            "sk-ant-test-0123456789",
-        ]
-        .map(str::to_owned),
-    );
+    flags.extend(llm_tests::anthropic_flags(&anthropic));
     let (app, worker) = app_with_worker(&flags).await;
     let context = json!({"class": "bard", "party": {"level": 3, "size": 4}});
     let block = "Context:\n{\"class\":\"bard\",\"party\":{\"level\":3,\"size\":4}}";
