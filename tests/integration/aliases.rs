@@ -136,6 +136,25 @@ fn an_alias_shadowing_a_model_or_naming_no_model_stops_the_registry_loading() {
             .to_string();
         assert!(error.contains(expected), "{line}: {error}");
     }
+    // Without the mock provider an alias of a mock model is gone with it: no name reaches it.
+    let off = common_config(&["--mock-provider=false"]);
+    let models =
+        ModelRegistry::from_toml("test.toml", &with_alias(r#""dm" = "mock""#), &off).unwrap();
+    assert!(models.get("dm").is_none() && models.get("mock").is_none());
+    assert!(
+        models
+            .all()
+            .iter()
+            .all(|m| !m.aliases.contains(&"dm".to_owned()))
+    );
+    let error = ModelRegistry::from_toml(
+        "test.toml",
+        &with_alias(r#""dm" = "mock""#),
+        &common_config(&["--mock-provider=false", "--default-model", "dm"]),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(error.is_some_and(|e| e.contains("`dm` is not in the model registry")));
 }
 
 #[tokio::test]
