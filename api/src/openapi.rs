@@ -47,6 +47,7 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         http::batch::status,
         http::usage::mine,
         http::usage::of_user,
+        http::usage::all_users,
         http::rate_limits::mine,
         http::rate_limits::set_override,
         http::rate_limits::clear_override,

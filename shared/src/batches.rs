@@ -23,7 +23,12 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    pub items: Vec<Value>,
+    /// The requests, each a `POST /api/v1/generate` body.
+    #[serde(default)]
+    pub items: Option<Vec<Value>>,
+    /// Another name for `items` (give one of the two).
+    #[serde(default)]
+    pub requests: Option<Vec<Value>>,
     #[serde(default)]
     pub metadata: Option<Value>,
 }
@@ -59,7 +64,22 @@ impl NewBatch {
         max_attempts: u32,
         cache_scope: CacheScope,
     ) -> Result<Self, DomainError> {
-        if body.items.is_empty() || body.items.len() > MAX_BATCH_ITEMS {
+        let items = match (body.items, body.requests) {
+            (Some(items), None) | (None, Some(items)) => items,
+            (Some(_), Some(_)) => {
+                return Err(DomainError::validation(
+                    "requests",
+                    "give items or requests (the same list), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(DomainError::validation(
+                    "items",
+                    "items (or requests) is required: the list of generate bodies",
+                ));
+            }
+        };
+        if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
             return Err(DomainError::validation(
                 "items",
                 format!("a batch holds 1 to {MAX_BATCH_ITEMS} items"),
@@ -75,7 +95,7 @@ impl NewBatch {
                 ));
             }
         };
-        let bodies = body.items.into_iter().map(|raw| {
+        let bodies = items.into_iter().map(|raw| {
             serde_json::from_value::<GenerateBody>(raw).map_err(|e| DomainError::Validation {
                 field: None,
                 message: e.to_string(),

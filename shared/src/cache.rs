@@ -1,6 +1,6 @@
-//! The response cache: identical requests (same model, prompt, system prompt and generation
-//! parameters) are answered from an earlier result. Redis (`{prefix}cache:{key}`) answers
-//! fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
+//! The response cache: identical requests (same model, prompt, system prompt, generation
+//! parameters and context) are answered from an earlier result. Redis (`{prefix}cache:{key}`)
+//! answers fast; the `response_cache` table is the durable copy, so hits survive a Redis flush or
 //! outage. The worker writes the table in the statement that completes the request, then
 //! Redis; the api reads Redis, and on a miss the statement that stores the request reads the
 //! table (`requests/sql/insert_many.sql`) — no extra round trip.
@@ -86,19 +86,34 @@ pub struct CachedResponse {
 }
 
 /// The key of what determines the output: model, prompt, generation parameters (which hold the
-/// system prompt and the response format), and the mock's controls. Nothing volatile.
-pub fn cache_key(model: &str, prompt: &str, parameters: &Value, mock: Option<&Value>) -> String {
+/// system prompt and the response format), the context (it joins the system prompt), and the
+/// mock's controls. Nothing volatile. An empty context is left out of the hashed text, so a
+/// request without one keeps the key it had before contexts reached the model (entries
+/// cached then still answer it).
+pub fn cache_key(
+    model: &str,
+    prompt: &str,
+    parameters: &Value,
+    context: &Value,
+    mock: Option<&Value>,
+) -> String {
     // The fields in sorted order, as a JSON object with these keys writes them (serde_json
     // maps keep their keys sorted, so equal parameters serialise equally); written from the
     // borrowed values, not from a copy of the prompt in a `Value` (every submit computes this).
     #[derive(Serialize)]
     struct Canonical<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        context: Option<&'a Value>,
         mock: Option<&'a Value>,
         model: &'a str,
         parameters: &'a Value,
         prompt: &'a str,
     }
     let canonical = Canonical {
+        context: context
+            .as_object()
+            .is_some_and(|c| !c.is_empty())
+            .then_some(context),
         mock,
         model,
         parameters,
@@ -355,30 +370,44 @@ mod tests {
     fn keys_depend_on_what_determines_the_output_only() {
         let params = json!({"temperature": 0.2, "max_tokens": 10});
         let reordered = json!({"max_tokens": 10, "temperature": 0.2});
-        let a = cache_key("mock", "hello", &params, None);
-        assert_eq!(a, cache_key("mock", "hello", &reordered, None));
+        let none = json!({});
+        let a = cache_key("mock", "hello", &params, &none, None);
+        assert_eq!(a, cache_key("mock", "hello", &reordered, &none, None));
         assert!(a.starts_with("v1:") && a.len() == 3 + 64);
-        assert_ne!(a, cache_key("mock", "hello!", &params, None));
-        assert_ne!(a, cache_key("gpt-4o", "hello", &params, None));
+        assert_ne!(a, cache_key("mock", "hello!", &params, &none, None));
+        assert_ne!(a, cache_key("gpt-4o", "hello", &params, &none, None));
         assert_ne!(
             a,
             cache_key(
                 "mock",
                 "hello",
                 &json!({"temperature": 0.3, "max_tokens": 10}),
+                &none,
                 None
             )
         );
         assert_ne!(
             a,
-            cache_key("mock", "hello", &params, Some(&json!({"latency_ms": 5})))
+            cache_key(
+                "mock",
+                "hello",
+                &params,
+                &none,
+                Some(&json!({"latency_ms": 5}))
+            )
+        );
+        let wizard = json!({"class": "wizard"});
+        assert_ne!(a, cache_key("mock", "hello", &params, &wizard, None));
+        assert_ne!(
+            cache_key("mock", "hello", &params, &wizard, None),
+            cache_key("mock", "hello", &params, &json!({"class": "rogue"}), None)
         );
     }
 
     #[test]
     fn user_scoped_keys_differ_per_user_and_keep_the_content_key_as_prefix() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let content = cache_key("mock", "hello", &json!({}), None);
+        let content = cache_key("mock", "hello", &json!({}), &json!({}), None);
         let for_a = CacheScope::User.key_for(content.clone(), a);
         assert_eq!(for_a, format!("{content}:{a}"));
         assert_ne!(for_a, CacheScope::User.key_for(content.clone(), b));
@@ -387,12 +416,13 @@ mod tests {
     }
 
     /// Keys stay what they were (stored entries stay reachable): the SHA-256 of the canonical
-    /// JSON, keys sorted, compact, as `serde_json::Value` writes it.
+    /// JSON, keys sorted, compact, as `serde_json::Value` writes it; a request without a
+    /// context keeps the key it had before contexts were part of it.
     #[test]
     fn keys_are_stable_across_releases() {
         let params = json!({"temperature": 0.2, "max_tokens": 10});
         assert_eq!(
-            cache_key("mock", "hello \"dé\"", &params, None),
+            cache_key("mock", "hello \"dé\"", &params, &json!({}), None),
             "v1:50b624d0ba6daf7e7a6bde27c5f21e99eb90ef5e22555ae59dd055d023d9fc0b"
         );
         // The same digest as the canonical `Value` itself, for escapes, nesting and the mock.
@@ -401,24 +431,30 @@ mod tests {
                 "mock",
                 "tab\t, newline\n, nul \u{0}, emoji 🐉",
                 json!({}),
+                json!({}),
                 None,
             ),
             (
                 "gpt-4o",
                 "a",
                 json!({"system": "be \\ brief", "stop": ["\"x\""], "response_format": {"type": "json_schema", "schema": {"b": 1, "a": [null, true]}}}),
+                json!({}),
                 Some(json!({"latency_ms": 5, "fail": "transient"})),
             ),
+            ("mock", "b", json!({}), json!({"party": {"size": 4}}), None),
         ];
-        for (model, prompt, parameters, mock) in cases {
-            let canonical =
+        for (model, prompt, parameters, context, mock) in cases {
+            let mut canonical =
                 json!({"model": model, "prompt": prompt, "parameters": parameters, "mock": mock});
+            if context != json!({}) {
+                canonical["context"] = context.clone();
+            }
             let hex: String = Sha256::digest(canonical.to_string().as_bytes())
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
             assert_eq!(
-                cache_key(model, prompt, &parameters, mock.as_ref()),
+                cache_key(model, prompt, &parameters, &context, mock.as_ref()),
                 format!("v1:{hex}")
             );
         }

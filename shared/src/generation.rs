@@ -238,6 +238,53 @@ impl GenerationParams {
     }
 }
 
+/// Longest `context` accepted, in bytes of its JSON: it is sent with every call.
+pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
+/// Deepest nesting of `context` accepted (the object itself is depth 1).
+pub const MAX_CONTEXT_DEPTH: usize = 8;
+
+/// The block of the system prompt a request's `context` (a JSON object) becomes: `Context:`
+/// on a line of its own, then the object as canonical JSON (keys sorted, no spaces). An empty
+/// or absent context adds nothing, so such a request reads as it did before contexts counted.
+pub fn context_block(context: &Value) -> Option<String> {
+    match context {
+        Value::Object(map) if !map.is_empty() => Some(format!("Context:\n{context}")),
+        _ => None,
+    }
+}
+
+/// How deeply `value` nests (a scalar is 0, `{}` or `[]` is 1); stops counting past `limit`,
+/// so a hostile value costs no more than `limit` levels of walking per branch.
+pub fn nesting_depth(value: &Value, limit: usize) -> usize {
+    let children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Object(map) => Box::new(map.values()),
+        Value::Array(items) => Box::new(items.iter()),
+        _ => return 0,
+    };
+    if limit == 0 {
+        return 1;
+    }
+    1 + children
+        .map(|v| nesting_depth(v, limit - 1))
+        .max()
+        .unwrap_or(0)
+}
+
+impl GenerationParams {
+    /// The parameters as every provider is called with them: the request's context block
+    /// appended to its system prompt (after a blank line), or the system prompt when it has
+    /// none. Applied where a worker reads a claimed request, so each provider gets it the same.
+    pub fn with_context(mut self, context: &Value) -> Self {
+        if let Some(block) = context_block(context) {
+            self.system = Some(match self.system.take() {
+                Some(system) if !system.is_empty() => format!("{system}\n\n{block}"),
+                _ => block,
+            });
+        }
+        self
+    }
+}
+
 /// What a provider answered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationOutput {

@@ -84,6 +84,8 @@ pub struct ModelSpec {
     /// LiveRegistry tried, in order, when this one keeps failing.
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// Other names a request may give this model by (the registry's `[aliases]`).
+    pub aliases: Vec<String>,
 }
 
 impl ModelSpec {
@@ -130,6 +132,9 @@ struct RegistryFile {
     providers: ProvidersFile,
     #[serde(default)]
     endpoints: BTreeMap<String, EndpointFile>,
+    /// Other names of models: `"gpt-4" = "gpt-4o"`.
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
     models: Vec<ModelFile>,
 }
 
@@ -222,20 +227,44 @@ impl ModelRegistry {
                 )));
             }
         }
-        let (models, mocks_off) = if config.mock_provider {
+        for (alias, target) in &file.aliases {
+            if seen.contains(alias.as_str()) {
+                return Err(invalid(format!(
+                    "alias `{alias}` is also the id of a model"
+                )));
+            }
+            if !seen.contains(target.as_str()) {
+                return Err(invalid(format!(
+                    "alias `{alias}` names unknown model `{target}`"
+                )));
+            }
+            if alias.is_empty() || alias.len() > 50 {
+                return Err(invalid(format!(
+                    "alias `{alias}` must be 1 to 50 characters"
+                )));
+            }
+        }
+        let (mut models, mocks_off) = if config.mock_provider {
             (models, Vec::new())
         } else {
             without_mocks(models)
         };
+        // An alias of a mock model left out goes with it.
+        for (alias, target) in file.aliases {
+            if let Some(model) = models.iter_mut().find(|m| m.id == target) {
+                model.aliases.push(alias);
+            }
+        }
         let default_model = match &config.default_model {
-            Some(id) if !id.is_empty() => {
-                if mocks_off.contains(id) {
-                    return Err(RegistryError::MockDefault(id.clone()));
+            Some(name) if !name.is_empty() => {
+                let id = resolve_alias(&models, name);
+                if mocks_off.iter().any(|m| m == id) {
+                    return Err(RegistryError::MockDefault(name.clone()));
                 }
-                if !models.iter().any(|m| &m.id == id) {
-                    return Err(RegistryError::UnknownDefault(id.clone()));
+                if !models.iter().any(|m| m.id == id) {
+                    return Err(RegistryError::UnknownDefault(name.clone()));
                 }
-                id.clone()
+                id.to_owned()
             }
             _ => pick_default(&models, &endpoints),
         };
@@ -249,8 +278,15 @@ impl ModelRegistry {
         })
     }
 
-    pub fn get(&self, id: &str) -> Option<&ModelSpec> {
-        self.models.iter().find(|m| m.id == id)
+    /// The model a request names: by its id, or by one of its aliases. Every name that
+    /// comes in (a body's `model`, a template's default, `DEFAULT_MODEL`) goes through here,
+    /// and what is stored is the model's id, so usage, cache and limits are per real model.
+    pub fn get(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.id == name).or_else(|| {
+            self.models
+                .iter()
+                .find(|m| m.aliases.iter().any(|a| a == name))
+        })
     }
 
     pub fn all(&self) -> &[ModelSpec] {
@@ -390,7 +426,16 @@ fn model_spec(file: ModelFile, endpoints: &[Endpoint]) -> Result<ModelSpec, Stri
         output_price: file.output_price,
         capabilities: file.capabilities,
         fallback: file.fallback,
+        aliases: Vec::new(),
     })
+}
+
+/// The id of the model `name` is an alias of, or `name` itself.
+fn resolve_alias<'a>(models: &'a [ModelSpec], name: &'a str) -> &'a str {
+    models
+        .iter()
+        .find(|m| m.aliases.iter().any(|a| a == name))
+        .map_or(name, |m| m.id.as_str())
 }
 
 /// Why none of the model's endpoints is usable (mock models always are).

@@ -11,6 +11,10 @@
 //! Rendering is sandboxed (no file, environment or network access: only the templates loaded
 //! here) and strict: a variable the template uses but nobody declared or gave is an error that
 //! names it. A broken template stops start-up with its file and line.
+//!
+//! Besides its parameters a template sees `context`, the request's context object (`{}` when
+//! it has none; test a key with `{% if context.x is defined %}`). No parameter may be called
+//! `context`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -172,6 +176,14 @@ impl PromptLibrary {
             let name = relative.to_string_lossy().replace('\\', "/");
             if let Some(front) = front_matter(&name, &source)? {
                 let id = name.trim_end_matches(".j2").replace('/', ".");
+                if front.params.contains_key(CONTEXT_VARIABLE) {
+                    return Err(TemplateError::FrontMatter {
+                        file: name.clone(),
+                        message: format!(
+                            "`{CONTEXT_VARIABLE}` is the request's context, not a parameter"
+                        ),
+                    });
+                }
                 if let Some(schema) = &front.output_schema {
                     crate::json_schema::check_schema(schema).map_err(|message| {
                         TemplateError::FrontMatter {
@@ -209,12 +221,19 @@ impl PromptLibrary {
         self.templates.get(id)
     }
 
-    /// Checks the parameters against the template's declarations and renders it.
-    pub fn render(&self, id: &str, params: &Map<String, Value>) -> Result<Rendered, RenderError> {
+    /// Checks the parameters against the template's declarations and renders it, with the
+    /// request's `context` (an object, `{}` for none) as the variable `context`.
+    pub fn render(
+        &self,
+        id: &str,
+        params: &Map<String, Value>,
+        request_context: &Value,
+    ) -> Result<Rendered, RenderError> {
         let info = self
             .get(id)
             .ok_or_else(|| RenderError::UnknownTemplate(id.to_owned()))?;
-        let context = bind_params(info, params)?;
+        let mut context = bind_params(info, params)?;
+        context.insert(CONTEXT_VARIABLE.to_owned(), request_context.clone());
         let template = self
             .env
             .get_template(&info.file)
@@ -232,6 +251,9 @@ impl PromptLibrary {
         })
     }
 }
+
+/// The variable a template reads the request's context from.
+const CONTEXT_VARIABLE: &str = "context";
 
 /// Every declared parameter gets a value (given, its default, or null), so templates can test
 /// optional ones; unknown, missing required and mistyped parameters are refused, all at once.
@@ -351,6 +373,7 @@ mod tests {
             .render(
                 "a.hello",
                 serde_json::json!({"name": "Vex"}).as_object().unwrap(),
+                &serde_json::json!({}),
             )
             .unwrap();
         assert_eq!(ok.prompt, "Hi Vex L1");
@@ -361,6 +384,7 @@ mod tests {
                 serde_json::json!({"level": "x", "colour": 1})
                     .as_object()
                     .unwrap(),
+                &serde_json::json!({}),
             )
             .unwrap_err();
         let msg = err.to_string();
@@ -373,7 +397,10 @@ mod tests {
 
         let typo = format!("{HEADER}-#}}\nHello {{{{ nmae }}}}");
         let lib = library(&[("b.j2", &typo)]).unwrap();
-        let err = lib.render("b", &Map::new()).unwrap_err().to_string();
+        let err = lib
+            .render("b", &Map::new(), &serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("b.j2") && err.contains("line"), "{err}");
     }
 
@@ -396,6 +423,30 @@ mod tests {
     fn templates_cannot_reach_files() {
         let sneaky = format!("{HEADER}-#}}\n{{% include \"/etc/passwd\" %}}");
         let lib = library(&[("e.j2", &sneaky)]).unwrap();
-        assert!(lib.render("e", &Map::new()).is_err());
+        assert!(
+            lib.render("e", &Map::new(), &serde_json::json!({}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_template_reads_the_requests_context_and_no_parameter_takes_its_name() {
+        let t = format!(
+            "{HEADER}-#}}\nA {{{{ context.class }}}} of level {{{{ context.party.level }}}}{{% if context.setting is defined %}} in {{{{ context.setting }}}}{{% endif %}}."
+        );
+        let lib = library(&[("f.j2", &t)]).unwrap();
+        let context = serde_json::json!({"class": "bard", "party": {"level": 3}});
+        let rendered = lib.render("f", &Map::new(), &context).unwrap();
+        assert_eq!(rendered.prompt, "A bard of level 3.");
+        // Strict as for parameters: a key the context lacks is named, not rendered empty.
+        let err = lib
+            .render("f", &Map::new(), &serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("f.j2") && err.contains("undefined"), "{err}");
+
+        let shadowing = format!("{HEADER}[params.context]\ntype = \"object\"\n-#}}\nx");
+        let err = library(&[("g.j2", &shadowing)]).unwrap_err().to_string();
+        assert!(err.contains("g.j2") && err.contains("`context`"), "{err}");
     }
 }

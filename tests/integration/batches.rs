@@ -163,3 +163,50 @@ async fn one_invalid_item_rejects_the_batch_naming_every_bad_item() {
         .unwrap();
     assert_eq!(other.status(), 404);
 }
+
+#[tokio::test]
+async fn requests_is_another_name_for_items_and_exactly_one_of_them_is_given() {
+    let app = spawn_app().await;
+    let (status, accepted) = submit_batch(
+        &app,
+        json!({"requests": [{"prompt": "a goblin's name"}, {"prompt": "a dwarf's name"}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["request_ids"].as_array().unwrap().len(), 2);
+
+    let both = json!({"items": [{"prompt": "x"}], "requests": [{"prompt": "y"}]});
+    let (status, body) = submit_batch(&app, both).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not both"),
+        "{body}"
+    );
+    let (status, body) = submit_batch(&app, json!({"metadata": {"campaign": "x"}})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests"),
+        "{body}"
+    );
+    // The synonym is held to the same bounds and per-item checks as `items`.
+    let too_many: Vec<Value> = (0..1001).map(|_| json!({"prompt": "x"})).collect();
+    let (status, _) = submit_batch(&app, json!({"requests": too_many})).await;
+    assert_eq!(status, 422);
+    let (status, body) =
+        submit_batch(&app, json!({"requests": [{"prompt": "x"}, {"prompt": ""}]})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["items"][0]["index"], 1);
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_batches")
+            .await,
+        1
+    );
+}

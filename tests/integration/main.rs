@@ -4,12 +4,14 @@
 
 mod admin;
 mod admission;
+mod aliases;
 mod anthropic;
 mod auth;
 mod bad_input;
 mod batches;
 mod cache;
 mod chaos;
+mod context;
 mod endpoints;
 mod fairness;
 mod generate;

@@ -30,7 +30,7 @@ fn every_shipped_template_renders_its_example_as_snapshotted() {
             .example
             .clone()
             .unwrap_or_else(|| panic!("{} has no example", template.id));
-        let rendered = library.render(&template.id, &example).unwrap();
+        let rendered = library.render(&template.id, &example, &json!({})).unwrap();
         assert!(
             rendered.prompt.contains("Dungeons & Dragons"),
             "{}: the common preamble is included",

@@ -457,6 +457,19 @@ pub fn openai_flags(openai: &fake_upstream::FakeUpstream) -> Vec<String> {
     .collect()
 }
 
+/// The flags that point the service at a fake Anthropic upstream (with a test key).
+pub fn anthropic_flags(anthropic: &fake_upstream::FakeUpstream) -> Vec<String> {
+    [
+        "--anthropic-base-url",
+        &anthropic.base_url,
+        "--anthropic-api-key",
+        "sk-ant-test-0123456789",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A free local port (bound, then released: good enough for a test's own listener).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

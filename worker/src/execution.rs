@@ -180,7 +180,9 @@ impl Executor {
             pool,
             claimed,
             worker,
-            params: serde_json::from_value(claimed.parameters.clone()).unwrap_or_default(),
+            params: serde_json::from_value::<GenerationParams>(claimed.parameters.clone())
+                .unwrap_or_default()
+                .with_context(&claimed.context),
             mock: claimed
                 .metadata
                 .get("mock")

@@ -51,6 +51,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .route("/api/v1/generate/{request_id}/stream", get(stream::attach))
         .route("/api/v1/usage", get(usage::mine))
         .route("/api/v1/usage/{user_id}", get(usage::of_user))
+        .route("/api/v1/admin/usage", get(usage::all_users))
         .route("/api/v1/rate_limits", get(rate_limits::mine))
         .route("/api/v1/prompts", get(prompts::list))
         .route("/api/v1/prompts/validate", post(prompts::validate))

@@ -13,6 +13,7 @@ use crate::error::doc;
 use crate::state::AppState;
 use llm_shared::generation::estimate_tokens;
 use llm_shared::prompts::{RenderError, TemplateInfo};
+use llm_shared::requests;
 
 #[utoipa::path(
     get,
@@ -61,6 +62,10 @@ pub struct RenderBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: Map<String, Value>,
+    /// The request context the template sees as `context` (as a generate body's).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
 }
 
 #[utoipa::path(
@@ -82,9 +87,10 @@ pub async fn render(
     Path(template_id): Path<String>,
     JsonBody(body): JsonBody<RenderBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let context = requests::validate_context(body.context)?;
     let rendered = state
         .prompts
-        .render(&template_id, &body.params)
+        .render(&template_id, &body.params, &context)
         .map_err(|e| match e {
             RenderError::UnknownTemplate(_) => ApiError::NotFound("no such template"),
             other => ApiError::validation("params", other.to_string()),
@@ -111,6 +117,10 @@ pub struct ValidateBody {
     /// Output the caller will ask for, counted against the context window.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// The request context the template sees as `context`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
 }
 
 /// Checks a template's parameters (or a raw prompt) and whether the result fits the model's
@@ -134,8 +144,9 @@ pub async fn validate(
 ) -> Result<Json<Value>, ApiError> {
     let registry = state.models.current();
     let mut errors = Vec::new();
+    let context = requests::validate_context(body.context)?;
     let (prompt, template_model) = match (&body.template_id, &body.prompt) {
-        (Some(id), None) => match state.prompts.render(id, &body.params) {
+        (Some(id), None) => match state.prompts.render(id, &body.params, &context) {
             Ok(rendered) => (Some(rendered.prompt), rendered.default_model),
             Err(err) => {
                 errors.push(err.to_string());

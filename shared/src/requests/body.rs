@@ -8,7 +8,8 @@ use uuid::Uuid;
 use crate::cache::{self, CachePolicy, CacheScope};
 use crate::error::DomainError;
 use crate::generation::{
-    GenerationParams, MockBehaviour, ResponseFormat, ToolChoice, TurnRole, estimate_tokens,
+    GenerationParams, MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH, MockBehaviour, ResponseFormat,
+    ToolChoice, TurnRole, context_block, estimate_tokens, nesting_depth,
 };
 use crate::json_schema;
 use crate::models::{Capability, ModelRegistry, ModelSpec, ProviderKind};
@@ -41,7 +42,10 @@ pub struct GenerateBody {
     pub params: Option<Map<String, Value>>,
     #[serde(default)]
     pub model: Option<String>,
+    /// A JSON object about the request (at most 16 KiB, 8 levels): every provider gets it as a
+    /// `Context:` block at the end of the system prompt; templates read it as `context`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub context: Option<Value>,
     #[serde(default)]
     pub parameters: Option<GenerationParams>,
@@ -102,14 +106,17 @@ impl GenerateBody {
             ));
         }
         let params = self.params.take().unwrap_or_default();
-        let rendered = library.render(&template_id, &params).map_err(|e| match e {
-            RenderError::UnknownTemplate(_) => {
-                DomainError::validation("template_id", e.to_string())
-            }
-            RenderError::Params(_) | RenderError::Render(_) => {
-                DomainError::validation("params", e.to_string())
-            }
-        })?;
+        let context = validate_context(self.context.take())?;
+        let rendered = library
+            .render(&template_id, &params, &context)
+            .map_err(|e| match e {
+                RenderError::UnknownTemplate(_) => {
+                    DomainError::validation("template_id", e.to_string())
+                }
+                RenderError::Params(_) | RenderError::Render(_) => {
+                    DomainError::validation("params", e.to_string())
+                }
+            })?;
         self.rendered = Some(RenderedFrom {
             template_id: rendered.template_id.clone(),
             version: Value::from(rendered.version),
@@ -139,6 +146,7 @@ impl GenerateBody {
             }
         }
         self.prompt = Some(rendered.prompt);
+        self.context = Some(context);
         Ok(self)
     }
 }
@@ -200,7 +208,7 @@ impl NewRequest {
             ));
         }
         validate_json_output(&params, model)?;
-        let context = object_or_empty(body.context, "context")?;
+        let context = validate_context(body.context)?;
         let mut metadata = match object_or_empty(body.metadata, "metadata")? {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -247,10 +255,20 @@ impl NewRequest {
                 format!("ttl_secs must be between 1 and {}", cache::MAX_TTL_SECS),
             ));
         }
-        let estimated_tokens = estimated_tokens(&prompt, &params, model);
+        let estimated_tokens = estimated_tokens(&prompt, &params, model).saturating_add(
+            context_block(&context)
+                .as_deref()
+                .map_or(0, estimate_tokens),
+        );
         let parameters = serde_json::to_value(params).map_err(DomainError::internal)?;
         let cache_key = (!(cache_policy.no_cache && cache_policy.no_store)).then(|| {
-            let content = cache::cache_key(&model.id, &prompt, &parameters, metadata.get("mock"));
+            let content = cache::cache_key(
+                &model.id,
+                &prompt,
+                &parameters,
+                &context,
+                metadata.get("mock"),
+            );
             cache_scope.key_for(content, user_id)
         });
         Ok(Self {
@@ -583,6 +601,25 @@ fn validate_history(params: &GenerationParams) -> Result<usize, DomainError> {
                     .sum::<usize>()
         })
         .sum())
+}
+
+/// The request's context: a JSON object (absent: empty) of at most [`MAX_CONTEXT_BYTES`] as
+/// JSON and [`MAX_CONTEXT_DEPTH`] levels; the worker adds it to the system prompt.
+pub fn validate_context(context: Option<Value>) -> Result<Value, DomainError> {
+    let context = object_or_empty(context, "context")?;
+    if nesting_depth(&context, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH {
+        return Err(DomainError::validation(
+            "context",
+            format!("context nests deeper than {MAX_CONTEXT_DEPTH} levels"),
+        ));
+    }
+    if context.to_string().len() > MAX_CONTEXT_BYTES {
+        return Err(DomainError::validation(
+            "context",
+            format!("context is longer than {MAX_CONTEXT_BYTES} bytes as JSON"),
+        ));
+    }
+    Ok(context)
 }
 
 fn object_or_empty(value: Option<Value>, field: &'static str) -> Result<Value, DomainError> {

@@ -26,6 +26,9 @@ pub struct ClaimedRequest {
     pub prompt: String,
     pub model: String,
     pub parameters: Value,
+    /// The request's context: joins the system prompt of every call
+    /// ([`crate::generation::GenerationParams::with_context`]).
+    pub context: Value,
     pub metadata: Value,
     pub fallback_index: i32,
     pub stream: bool,

@@ -45,7 +45,7 @@ use sqlx::Postgres;
 
 pub use body::{
     GenerateBody, MAX_HISTORY_TURNS, MAX_IDEMPOTENCY_KEY_LEN, MAX_PROMPT_CHARS, NewRequest,
-    RESERVED_METADATA, RenderedFrom, estimated_tokens,
+    RESERVED_METADATA, RenderedFrom, estimated_tokens, validate_context,
 };
 pub use claim::{Claim, ClaimedRequest, claim, claim_each, claim_many, renew_leases};
 pub use complete::{Success, SuccessRow, complete, complete_each, complete_many};

@@ -47,7 +47,14 @@ pub async fn list_models(
         });
     }
     user?;
-    let data = usable.into_iter().map(ModelObject::new).collect();
+    // Each model, then an object per alias, so a client that looks for the name it uses finds it.
+    let data = usable
+        .into_iter()
+        .flat_map(|m| {
+            std::iter::once(ModelObject::new(m))
+                .chain(m.aliases.iter().map(|alias| ModelObject::alias(m, alias)))
+        })
+        .collect();
     Ok(Json(ModelList {
         object: "list".into(),
         data,
@@ -84,6 +91,7 @@ pub async fn show_model(
     }
     user?;
     match found {
+        Some(m) if m.id != model => Ok(Json(ModelObject::alias(m, &model)).into_response()),
         Some(m) => Ok(Json(ModelObject::new(m)).into_response()),
         None => Err(OpenAiError::model_not_found(&model)),
     }
@@ -108,6 +116,9 @@ pub struct ModelObject {
     pub owned_by: String,
     /// The registry endpoints its calls go to (empty for mock models).
     pub endpoints: Vec<String>,
+    /// Set when `id` is an alias: the model it names (requests are stored under that one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias_of: Option<String>,
 }
 
 impl ModelObject {
@@ -118,6 +129,16 @@ impl ModelObject {
             created: 0,
             owned_by: model.provider.as_str().to_owned(),
             endpoints: model.endpoints.clone(),
+            alias_of: None,
+        }
+    }
+
+    /// The object of `alias`, another name of `model`.
+    fn alias(model: &ModelSpec, alias: &str) -> Self {
+        Self {
+            id: alias.to_owned(),
+            alias_of: Some(model.id.clone()),
+            ..Self::new(model)
         }
     }
 }

@@ -30,7 +30,7 @@ WITH locked AS (
       AND CASE r.status WHEN 'pending' THEN true
                         WHEN 'running' THEN r.lease_expires_at < NOW()
                         ELSE false END
-    RETURNING r.id, r.attempts, r.max_attempts, r.prompt, r.model, r.parameters,
+    RETURNING r.id, r.attempts, r.max_attempts, r.prompt, r.model, r.parameters, r.context,
               r.metadata, r.fallback_index, r.stream, r.cache_key, r.cache_policy,
               r.user_id, r.estimated_tokens, r.created_at, r.trace_id, r.replays, r.batch_id
 ), opened AS (
