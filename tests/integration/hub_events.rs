@@ -1,6 +1,7 @@
 //! Every way a request ends reaches the hub: a worker's completion, the followers completed
 //! with it, cache hits stored at submit (early or in the submit statement) and cancellations
 //! (the owner's, an admin's) each queue their events with the row, so the hub's usage is ours.
+//! Cache hits stored at submit publish their usage per user and model, one event per statement.
 
 use std::time::Duration;
 
@@ -11,10 +12,10 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Each request's queued event types, in the order they will be delivered.
-async fn events_by_request(app: &TestApp) -> Vec<(Uuid, Vec<String>)> {
+async fn events_by_request(app: &TestApp) -> Vec<(Option<Uuid>, Vec<String>)> {
     sqlx::query_as(
         "SELECT request_id, array_agg(type ORDER BY seq) FROM outbox_events
-         GROUP BY request_id ORDER BY request_id",
+         GROUP BY request_id ORDER BY request_id NULLS LAST",
     )
     .fetch_all(&app.db.pool)
     .await
@@ -92,22 +93,35 @@ async fn followers_and_cache_hits_publish_completion_and_usage_so_the_hubs_usage
         assert_eq!(app.poll(*id, 0).await.0, 200);
     }
 
-    // Every request that ended, worker or not, has its two events, in order.
+    // Every request that ended, worker or not, has its `generation.completed`; a request run
+    // by a provider and each follower has its `usage.updated` after it, and the hits stored at
+    // submit have theirs per user and model, one per statement (no subject).
     let events = events_by_request(&app).await;
     let mut ended: Vec<Uuid> = [vec![leader], followers.clone(), hits.clone()].concat();
     ended.sort();
+    let (per_request, unattached): (Vec<_>, Vec<_>) =
+        events.into_iter().partition(|(id, _)| id.is_some());
     assert_eq!(
-        events.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        per_request
+            .iter()
+            .map(|(id, _)| id.unwrap())
+            .collect::<Vec<_>>(),
         ended,
-        "{events:?}"
+        "{per_request:?}"
     );
-    for (id, kinds) in &events {
-        assert_eq!(
-            kinds,
-            &["generation.completed", "usage.updated"],
-            "request {id}"
-        );
+    for (id, kinds) in &per_request {
+        let expected: &[&str] = if hits.contains(&id.unwrap()) {
+            &["generation.completed"]
+        } else {
+            &["generation.completed", "usage.updated"]
+        };
+        assert_eq!(kinds, expected, "request {id:?}");
     }
+    assert_eq!(
+        unattached,
+        vec![(None, vec!["usage.updated".to_owned(); 2])],
+        "one usage event per hit-storing statement"
+    );
     let cached: Vec<Uuid> = sqlx::query_scalar(
         "SELECT request_id FROM outbox_events
          WHERE type = 'generation.completed' AND (payload->>'cached')::bool

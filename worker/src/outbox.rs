@@ -4,9 +4,9 @@
 //! every worker runs a delivery loop that POSTs them to `{MESSAGE_HUB_URL}/events` as CloudEvents
 //! 1.0 in structured mode ([`Envelope`], `Content-Type: application/cloudevents+json`; the
 //! fields the hub read before, `id`, `type`, `time`, `source` and `data`, keep their names and
-//! values). Delivery is at least once (a worker that dies
-//! mid-delivery leaves the event undelivered, and it is sent again; receivers drop duplicates by
-//! `id`), in order per request (an event waits while an earlier one of its request is
+//! values; `subject` is the request's id). Delivery is at least once (a worker that dies
+//! mid-delivery leaves the event undelivered, and it is sent again; receivers drop duplicates
+//! by `id`), in order per request (an event waits while an earlier one of its request is
 //! undelivered), with exponential backoff while the hub fails, so a hub down for an hour loses
 //! nothing.
 //!

@@ -173,8 +173,9 @@ async fn cache_invalidate(
 }
 
 /// Reloads the registry (idempotent) while the transaction recording the id is open, and tells
-/// every other api and worker by the version announced when it commits (`registry_reloads`): a registry that fails to load records
-/// nothing, so the hub's retry (once the file is fixed) reloads it.
+/// every other api and worker by the version announced when it commits (`registry_reloads`):
+/// a registry that fails to load records nothing, so the hub's retry (once the file is fixed)
+/// reloads it.
 async fn model_updated(
     state: &AppState,
     event: &Envelope,

@@ -1,7 +1,7 @@
 -- Completes a batch of claimed requests and records their successful attempts, in one
 -- statement. Each row is guarded by its own claim (running, held by this worker, same run); for
 -- those still held it also completes the identical requests that waited for them (as cache
--- hits), adds their usage, queues the hub's events of both (`hub_completion_events`) and
+-- hits), adds their usage, queues the hub's events of both (`hub_*_payload`) and
 -- stores their results in the cache table. Answers the ordinal (from 1) of each row still held.
 --
 -- Parameters:
@@ -87,8 +87,8 @@ WITH v AS (
         cost_usd = u.cost_usd + EXCLUDED.cost_usd
 ), events AS (
     -- for the message hub, in this transaction: a completion is never lost. Per request,
-    -- `generation.completed` before `usage.updated`; each follower's events (a cache hit's,
-    -- under the model its usage is counted for) after its leader's.
+    -- `generation.completed` before `usage.updated`; each follower's (a cache hit's, under the
+    -- model its usage is counted for) after its leader's.
     INSERT INTO outbox_events (id, request_id, type, payload)
     SELECT gen_random_uuid(), c.id, e.type, e.payload
     FROM (SELECT v.ord, 0 AS follower, v.id, v.user_id, v.served_model AS model, v.provider,
@@ -98,8 +98,14 @@ WITH v AS (
           SELECT f.ord, 1, f.id, f.user_id, f.model, f.provider, f.prompt_tokens,
                  f.completion_tokens, 0, true
           FROM followers f) c
-    CROSS JOIN LATERAL hub_completion_events(c.id, c.user_id, c.model, c.provider,
-        c.prompt_tokens, c.completion_tokens, c.cost_usd, c.cached) e
+    CROSS JOIN LATERAL (VALUES
+        (1, 'generation.completed', hub_completed_payload(c.id, c.user_id, c.model,
+            c.provider, c.prompt_tokens, c.completion_tokens, c.cost_usd, c.cached)),
+        (2, 'usage.updated', CASE WHEN c.cached
+            THEN hub_usage_payload(c.user_id, c.model, 1, 1, 0, 0, 0)
+            ELSE hub_usage_payload(c.user_id, c.model, 1, 0, c.prompt_tokens,
+                c.completion_tokens, c.cost_usd) END)
+    ) e(nth, type, payload)
     ORDER BY c.ord, c.follower, c.id, e.nth
 ), stored AS (
     -- one entry per key (a statement may not update a row twice): the later result

@@ -1,5 +1,5 @@
 -- Stores cache hits answered before their rows were written (`hits.rs`), counts them in
--- `usage_daily` and queues their hub events (`hub_completion_events`), in one statement: the rows as they are, completed, and their usage counted
+-- `usage_daily` and queues their hub events (`hub_*_payload`), in one statement: the rows as they are, completed, and their usage counted
 -- beforehand. A hit answered early has no Idempotency-Key (nothing to conflict with), no job
 -- and nothing to look up, so none of `insert_many.sql`'s decisions are made here. Without them
 -- (no cache lookup, no in-flight lookup, no ON CONFLICT, no RETURNING rows joined back to the
@@ -33,16 +33,21 @@ WITH stored AS (
         provider, provider_model, served_model, prompt_tokens, completion_tokens, finish_reason,
         tool_calls)
     RETURNING id, user_id, model, provider, prompt_tokens, completion_tokens
-), events AS (
-    -- per request, `generation.completed` before `usage.updated`
-    INSERT INTO outbox_events (id, request_id, type, payload)
-    SELECT gen_random_uuid(), s.id, e.type, e.payload
-    FROM stored s
-    CROSS JOIN LATERAL hub_completion_events(s.id, s.user_id, s.model, s.provider,
-        s.prompt_tokens, s.completion_tokens, 0, true) e
-    ORDER BY s.id, e.nth
 ), hit_counts AS (
     SELECT * FROM unnest($23::uuid[], $24::text[], $25::int8[]) AS c(user_id, model, n)
+), events AS (
+    -- for the hub: each hit's `generation.completed`, then one `usage.updated` per user and
+    -- model for the hits stored here (one event per hit doubled the statement's cost)
+    INSERT INTO outbox_events (id, request_id, type, payload)
+    SELECT gen_random_uuid(), request_id, type, payload FROM (
+        SELECT 1 AS nth, s.id AS request_id, 'generation.completed' AS type,
+               hub_completed_payload(s.id, s.user_id, s.model, s.provider, s.prompt_tokens,
+                   s.completion_tokens, 0, true) AS payload
+        FROM stored s
+        UNION ALL
+        SELECT 2, NULL, 'usage.updated', hub_usage_payload(c.user_id, c.model, c.n, c.n, 0, 0, 0)
+        FROM hit_counts c
+    ) e ORDER BY nth
 )
 -- The hits' usage (no provider tokens, no cost), one counter row per user and model (an upsert
 -- may touch a row only once per statement), in key order, so that two statements never

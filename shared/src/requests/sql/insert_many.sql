@@ -2,7 +2,7 @@
 -- its `Insert` says: completed from the cache (the answer it comes with, or the cache table's
 -- live entry), pending as the follower of an identical request in flight, or pending with its
 -- apalis job, placed by fair share within its class (its `run_at`, see `queue.rs`). Cache
--- hits are counted in `usage_daily`, and their hub events queued (`hub_completion_events`).
+-- hits are counted in `usage_daily`, and their hub events queued (`hub_*_payload`).
 -- A row whose Idempotency-Key its user used before is not stored (ON CONFLICT DO NOTHING): the
 -- caller reads the earlier one.
 -- Answers (id, cached) of each row stored.
@@ -96,15 +96,21 @@ SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_at
 FROM answered a ORDER BY ord
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, coalesced_into, user_id, model, cached, provider, prompt_tokens, completion_tokens
+), hits AS (
+    SELECT user_id, model, COUNT(*) AS n FROM inserted WHERE cached GROUP BY user_id, model
 ), events AS (
-    -- the cache hits' hub events, per request `generation.completed` before `usage.updated`
+    -- for the hub: each cache hit's `generation.completed`, then one `usage.updated` per user
+    -- and model for the hits stored here (as `insert_hits.sql`)
     INSERT INTO outbox_events (id, request_id, type, payload)
-    SELECT gen_random_uuid(), i.id, e.type, e.payload
-    FROM inserted i
-    CROSS JOIN LATERAL hub_completion_events(i.id, i.user_id, i.model, i.provider,
-        i.prompt_tokens, i.completion_tokens, 0, true) e
-    WHERE i.cached
-    ORDER BY i.id, e.nth
+    SELECT gen_random_uuid(), request_id, type, payload FROM (
+        SELECT 1 AS nth, i.id AS request_id, 'generation.completed' AS type,
+               hub_completed_payload(i.id, i.user_id, i.model, i.provider, i.prompt_tokens,
+                   i.completion_tokens, 0, true) AS payload
+        FROM inserted i WHERE i.cached
+        UNION ALL
+        SELECT 2, NULL, 'usage.updated', hub_usage_payload(h.user_id, h.model, h.n, h.n, 0, 0, 0)
+        FROM hits h
+    ) e ORDER BY nth
 ), usage AS (
     -- the cache hits' usage (no provider tokens, no cost), one counter row per user and model:
     -- an upsert may touch a row only once per statement, and rows in key order, so that two
@@ -113,7 +119,7 @@ RETURNING id, coalesced_into, user_id, model, cached, provider, prompt_tokens, c
     -- counter row (and wait for each other's commit) only one time in 16.
     INSERT INTO usage_daily AS u (user_id, day, model, shard, requests, cached_requests)
     SELECT user_id, (NOW() AT TIME ZONE 'UTC')::date, model, (SELECT floor(random() * 16)::int), n, n
-    FROM (SELECT user_id, model, COUNT(*) AS n FROM inserted WHERE cached GROUP BY user_id, model) hits
+    FROM hits
     ORDER BY user_id, model
     ON CONFLICT (user_id, day, model, shard) DO UPDATE
     SET requests = u.requests + EXCLUDED.requests,
