@@ -8,6 +8,7 @@ mod anthropic;
 mod auth;
 mod bad_input;
 mod batches;
+mod browser;
 mod cache;
 mod chaos;
 mod endpoints;

@@ -1,6 +1,6 @@
 //! Streaming over SSE: `POST /api/v1/generate/stream` (submit, then follow) and
 //! `GET /api/v1/generate/{request_id}/stream` (attach at any time, resuming after
-//! `Last-Event-ID`), plus `DELETE /api/v1/generate/{request_id}` (cancel). A user holds at
+//! `Last-Event-ID`; from a browser with a stream token, `stream_token`), plus `DELETE /api/v1/generate/{request_id}` (cancel). A user holds at
 //! most `USER_MAX_STREAMS` streams open on one api process.
 //!
 //! Events: `start` (request id, model), `token` (`id:` = relay seq, data `{"text"}`),
@@ -22,10 +22,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, QueryParams};
 use super::generate::{new_request, parse_request_id};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -129,38 +130,47 @@ pub(super) async fn submit_subscribed(
     })
 }
 
+/// The query of `GET …/stream`: the ways a browser's `EventSource` can say what a header
+/// would (it sends no headers of its own but `Last-Event-ID` on a reconnection).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AttachQuery {
+    /// A stream token of this request (`POST …/stream-token`) instead of `Authorization`.
+    pub access_token: Option<String>,
+    /// Resume after this event id, as `Last-Event-ID` does (the header wins when both are
+    /// sent): a new `EventSource` resuming where another one stopped.
+    pub last_event_id: Option<String>,
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/generate/{request_id}/stream",
     tag = "generate",
     summary = "Attach to a request's stream",
-    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id"), AttachQuery),
     responses(
         (status = 200, description = "SSE events after Last-Event-ID", body = String, content_type = "text/event-stream"),
         doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::RateLimited, doc::Unavailable,
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("stream_token" = [])),
 )]
 pub async fn attach(
     State(state): State<AppState>,
-    user: AuthUser,
     Path(request_id): Path<String>,
+    QueryParams(query): QueryParams<AttachQuery>,
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
     let id = parse_request_id(&request_id)?;
+    let user =
+        super::stream_token::stream_caller(&state, &headers, query.access_token.as_deref(), id)?;
     crate::telemetry::record_request_id(id);
     let last_seen = match headers.get("last-event-id") {
-        None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            // Event ids are a Redis counter (a signed 64-bit integer): anything above it is
-            // no id of this stream.
-            .filter(|&seen| i64::try_from(seen).is_ok())
-            .ok_or_else(|| {
-                ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
-            })?,
+        Some(v) => last_event_id(v.to_str().ok())?,
+        None => match query.last_event_id.as_deref() {
+            Some(v) => last_event_id(Some(v))?,
+            None => 0,
+        },
     };
     super::generate::find(&state, id, user.id).await?;
     let slot = super::quota::stream_slot(&state, &user)?;
@@ -170,6 +180,17 @@ pub async fn attach(
         .await
         .map_err(|_| relay_unavailable())?;
     Ok(follow(state, id, user.id, subscription, last_seen, slot))
+}
+
+/// The event id a client resumes after.
+fn last_event_id(raw: Option<&str>) -> Result<u64, ApiError> {
+    raw.and_then(|v| v.trim().parse::<u64>().ok())
+        // Event ids are a Redis counter (a signed 64-bit integer): anything above it is
+        // no id of this stream.
+        .filter(|&seen| i64::try_from(seen).is_ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
+        })
 }
 
 #[utoipa::path(
