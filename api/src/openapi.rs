@@ -43,6 +43,8 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         http::stream::submit_stream,
         http::stream::attach,
         http::stream_token::issue,
+        http::ws::attach,
+        http::ws::submit,
         http::stream::cancel,
         http::batch::submit,
         http::batch::status,

@@ -38,3 +38,4 @@ mod streaming;
 mod tools;
 mod trace_context;
 mod usage;
+mod websocket;

@@ -18,6 +18,7 @@ pub(crate) mod rate_limits;
 pub(crate) mod stream;
 pub(crate) mod stream_token;
 pub(crate) mod usage;
+pub(crate) mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -44,6 +45,7 @@ pub fn router(
     let api = Router::new()
         .route("/api/v1/generate", post(generate::submit))
         .route("/api/v1/generate/stream", post(stream::submit_stream))
+        .route("/api/v1/generate/ws", get(ws::submit))
         .route(
             "/api/v1/generate/batch",
             post(batch::submit).layer(DefaultBodyLimit::max(
@@ -60,6 +62,7 @@ pub fn router(
             "/api/v1/generate/{request_id}/stream-token",
             post(stream_token::issue),
         )
+        .route("/api/v1/generate/{request_id}/ws", get(ws::attach))
         .route("/api/v1/usage", get(usage::mine))
         .route("/api/v1/usage/{user_id}", get(usage::of_user))
         .route("/api/v1/rate_limits", get(rate_limits::mine))

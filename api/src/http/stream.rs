@@ -78,7 +78,8 @@ pub async fn submit_stream(
         rate,
         slot,
     } = submit_subscribed(&state, &user, new).await?;
-    let mut response = follow(state, id, user.id, subscription, 0, slot).into_response();
+    let mut response =
+        sse(follow_events(state, id, user.id, subscription, 0, slot)).into_response();
     super::rate_limits::attach(&mut response, rate);
     Ok(response)
 }
@@ -161,9 +162,23 @@ pub async fn attach(
     QueryParams(query): QueryParams<AttachQuery>,
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
-    let id = parse_request_id(&request_id)?;
+    Ok(sse(
+        follow_attached(&state, &request_id, &query, &headers).await?
+    ))
+}
+
+/// The follower of an existing request for its caller (bearer token, or the URL's stream
+/// token), resuming after `Last-Event-ID` or the query's `last_event_id`: the SSE stream and the
+/// WebSocket (`ws`) both attach through here.
+pub(super) async fn follow_attached(
+    state: &AppState,
+    request_id: &str,
+    query: &AttachQuery,
+    headers: &HeaderMap,
+) -> Result<FollowStream, ApiError> {
+    let id = parse_request_id(request_id)?;
     let user =
-        super::stream_token::stream_caller(&state, &headers, query.access_token.as_deref(), id)?;
+        super::stream_token::stream_caller(state, headers, query.access_token.as_deref(), id)?;
     crate::telemetry::record_request_id(id);
     let last_seen = match headers.get("last-event-id") {
         Some(v) => last_event_id(v.to_str().ok())?,
@@ -172,14 +187,21 @@ pub async fn attach(
             None => 0,
         },
     };
-    super::generate::find(&state, id, user.id).await?;
-    let slot = super::quota::stream_slot(&state, &user)?;
+    super::generate::find(state, id, user.id).await?;
+    let slot = super::quota::stream_slot(state, &user)?;
     let subscription = state
         .relay
         .subscribe(id)
         .await
         .map_err(|_| relay_unavailable())?;
-    Ok(follow(state, id, user.id, subscription, last_seen, slot))
+    Ok(follow_events(
+        state.clone(),
+        id,
+        user.id,
+        subscription,
+        last_seen,
+        slot,
+    ))
 }
 
 /// The event id a client resumes after.
@@ -235,15 +257,7 @@ fn relay_unavailable() -> ApiError {
 
 /// The SSE response: the body is the follower itself, polled as the client reads; it ends
 /// with the terminal event, or when the client goes away (the generation itself carries on).
-fn follow(
-    state: AppState,
-    id: Uuid,
-    user: Uuid,
-    subscription: RelaySubscription,
-    last_seen: u64,
-    slot: Slot,
-) -> EventStream {
-    let events = follow_events(state, id, user, subscription, last_seen, slot);
+fn sse(events: FollowStream) -> EventStream {
     let body = events.map(|e| Ok::<_, Infallible>(to_sse(&e))).boxed();
     Sse::new(body).keep_alive(
         KeepAlive::new()
@@ -646,7 +660,18 @@ fn call_delta(kind: &RelayKind) -> ToolCallDelta {
 
 /// The native SSE event of a follower's event.
 fn to_sse(event: &FollowEvent) -> Event {
-    let (name, seq, data) = match event {
+    let (name, seq, data) = event_parts(event);
+    let event = Event::default().event(name).data(data.to_string());
+    match seq {
+        Some(seq) => event.id(seq.to_string()),
+        None => event,
+    }
+}
+
+/// An event's name, id (its relay seq; none for `start`) and data, as SSE and the WebSocket
+/// send them.
+pub(super) fn event_parts(event: &FollowEvent) -> (&'static str, Option<u64>, serde_json::Value) {
+    match event {
         FollowEvent::Start {
             request_id,
             model,
@@ -656,12 +681,12 @@ fn to_sse(event: &FollowEvent) -> Event {
             None,
             json!({"request_id": request_id, "model": model, "status": status}),
         ),
-        FollowEvent::Token { seq, text } => ("token", Some(seq), json!({"text": text})),
-        FollowEvent::Restart { seq, reason } => ("restart", Some(seq), json!({"reason": reason})),
-        FollowEvent::ToolCall { seq, delta } => ("tool_call", Some(seq), json!(delta)),
+        FollowEvent::Token { seq, text } => ("token", Some(*seq), json!({"text": text})),
+        FollowEvent::Restart { seq, reason } => ("restart", Some(*seq), json!({"reason": reason})),
+        FollowEvent::ToolCall { seq, delta } => ("tool_call", Some(*seq), json!(delta)),
         FollowEvent::Done { seq, row } => (
             "done",
-            Some(seq),
+            Some(*seq),
             json!({
                 "finish_reason": row.finish_reason,
                 "tool_calls": row.tool_calls,
@@ -677,13 +702,8 @@ fn to_sse(event: &FollowEvent) -> Event {
         ),
         FollowEvent::Failed { seq, code, message } => (
             "error",
-            Some(seq),
+            Some(*seq),
             json!({"code": code, "message": message}),
         ),
-    };
-    let event = Event::default().event(name).data(data.to_string());
-    match seq {
-        Some(seq) => event.id(seq.to_string()),
-        None => event,
     }
 }
