@@ -71,29 +71,16 @@ async fn read_all(socket: &mut Socket) -> (Vec<SseMessage>, Vec<Value>, Option<C
     }
 }
 
-async fn submit_streamed(app: &TestApp, body: Value) -> Uuid {
-    let (status, accepted) = app
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/generate?stream=true",
-            &app.token(),
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, 202, "{accepted}");
-    accepted["request_id"].as_str().unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn a_websocket_carries_the_sse_events_and_resumes_after_an_event_id() {
     let app = spawn_app().await;
     let worker = start_worker(&app.db, &[]);
-    let id = submit_streamed(
-        &app,
-        json!({"prompt": "A paladin's oath", "parameters": {"max_tokens": 10},
+    let id = app
+        .submit_streamed(
+            json!({"prompt": "A paladin's oath", "parameters": {"max_tokens": 10},
                "mock": {"token_delay_ms": 20}}),
-    )
-    .await;
+        )
+        .await;
     let mut socket = connect(
         &app,
         &format!("/api/v1/generate/{id}/ws"),
@@ -225,8 +212,8 @@ async fn refused_submit(app: &TestApp, first: Message) -> (Option<Value>, Option
 #[tokio::test]
 async fn websockets_refuse_strangers_bad_first_messages_and_oversize_ones() {
     let app = spawn_app().await;
-    let id = submit_streamed(&app, json!({"prompt": "Mine"})).await;
-    let other = submit_streamed(&app, json!({"prompt": "Also mine"})).await;
+    let id = app.submit_streamed(json!({"prompt": "Mine"})).await;
+    let other = app.submit_streamed(json!({"prompt": "Also mine"})).await;
 
     // Another user's request is not found, before any upgrade.
     let intruder = app.token_for(Uuid::now_v7());
@@ -336,4 +323,30 @@ async fn websockets_refuse_strangers_bad_first_messages_and_oversize_ones() {
     assert_eq!(others[0]["error"]["code"], "bad_request", "{others:?}");
     assert_eq!(close, Some(CloseCode::Policy));
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn a_websocket_holds_one_of_the_users_streams_until_it_closes() {
+    let app = llm_tests::spawn_app_with_providers(&["--user-max-streams".into(), "1".into()]).await;
+    // No worker: the request stays pending and its socket stays open.
+    let id = app.submit_streamed(json!({"prompt": "Pending"})).await;
+    let path = format!("/api/v1/generate/{id}/ws");
+    let mut first = connect(&app, &path, Some(&app.token())).await.unwrap();
+    let start = tokio::time::timeout(LONG, first.next()).await.unwrap();
+    assert!(matches!(start, Some(Ok(Message::Text(_)))), "{start:?}");
+    let (status, body) = connect(&app, &path, Some(&app.token())).await.unwrap_err();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(&app, &path, Some(&app.token())).await {
+            Ok(_) => break,
+            Err((429, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(refused) => panic!("the closed socket's place is free again: {refused:?}"),
+        }
+    }
 }

@@ -295,6 +295,14 @@ impl TestApp {
         json["request_id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Submits with the relay on (`?stream=true`, so the request's stream can follow its
+    /// tokens) and returns the request id, asserting the 202.
+    pub async fn submit_streamed(&self, body: Value) -> Uuid {
+        let (status, json) = self.post_json("/api/v1/generate?stream=true", &body).await;
+        assert_eq!(status, 202, "{json}");
+        json["request_id"].as_str().unwrap().parse().unwrap()
+    }
+
     pub async fn poll(&self, id: Uuid, wait_secs: u64) -> (u16, Value) {
         let response = self
             .http

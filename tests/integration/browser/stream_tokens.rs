@@ -12,21 +12,6 @@ use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A request stored with its relay on (`?stream=true`), so its tokens can be followed.
-async fn submit_streamed(app: &TestApp, body: Value) -> Uuid {
-    let response = app
-        .http
-        .post(app.url("/api/v1/generate?stream=true"))
-        .bearer_auth(app.token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["request_id"].as_str().unwrap().parse().unwrap()
-}
-
 async fn stream_token(app: &TestApp, id: Uuid, bearer: &str) -> (u16, Value) {
     app.call(
         reqwest::Method::POST,
@@ -48,12 +33,12 @@ async fn get_anonymous(app: &TestApp, path: &str) -> (u16, Value) {
 async fn a_stream_token_opens_its_requests_stream_from_the_url_token_by_token() {
     let app = spawn_app().await;
     let worker = start_worker(&app.db, &[]);
-    let id = submit_streamed(
-        &app,
-        json!({"prompt": "A gnome's clockwork familiar", "parameters": {"max_tokens": 12},
+    let id = app
+        .submit_streamed(
+            json!({"prompt": "A gnome's clockwork familiar", "parameters": {"max_tokens": 12},
                "mock": {"token_delay_ms": 20}}),
-    )
-    .await;
+        )
+        .await;
     let response = app
         .http
         .post(app.url(&format!("/api/v1/generate/{id}/stream-token")))
@@ -114,8 +99,8 @@ async fn a_stream_token_opens_its_requests_stream_from_the_url_token_by_token() 
 #[tokio::test]
 async fn a_stream_token_is_its_owners_for_one_request_and_no_bearer_token() {
     let app = spawn_app().await;
-    let mine = submit_streamed(&app, json!({"prompt": "Mine"})).await;
-    let also_mine = submit_streamed(&app, json!({"prompt": "Also mine"})).await;
+    let mine = app.submit_streamed(json!({"prompt": "Mine"})).await;
+    let also_mine = app.submit_streamed(json!({"prompt": "Also mine"})).await;
 
     // Another user cannot get a token for my request: not found, as on every id route.
     let intruder = app.token_for(Uuid::now_v7());
