@@ -1,7 +1,8 @@
-// Drives the demo page (/demo) in headless Chromium: loads the templates, submits a prompt on
-// the mock provider, waits for streamed text, reconnects mid-stream (a new EventSource with a
-// new stream token, resuming after the last event id), waits for `done`, and asserts that the
-// page shows exactly the stored result, without a console error or a CSP violation.
+// Drives the demo page (/demo) in headless Chromium: loads the templates, then over each
+// transport (EventSource, WebSocket) submits a prompt on the mock provider, waits for streamed
+// text, reconnects mid-stream (a new stream token, resuming after the last event id), waits for
+// `done`, and asserts that the page shows exactly the stored result; no console error, failed
+// request or CSP violation on the way.
 //
 // Environment: BASE_URL (the api), TOKEN (a user's JWT), CHROMIUM (default /usr/bin/chromium),
 // SCREENSHOT (a PNG path; none unless set). Prints one JSON line of what it measured.
@@ -36,7 +37,7 @@ try {
   page.on("pageerror", (err) => problems.push("page error: " + err.message));
   page.on("requestfailed", (request) => {
     // A stream closed by the page on purpose (Reconnect, done) is no failure.
-    if (!request.url().includes("/stream?")) {
+    if (!request.url().includes("/stream?") && !request.url().includes("/ws")) {
       problems.push("request failed: " + request.url().replace(/access_token=[^&]*/, "access_token=…"));
     }
   });
@@ -56,55 +57,62 @@ try {
   await page.check("#mode-prompt");
 
   // A slow mock (50 ms a token), so that the stream can be interrupted.
-  await page.fill("#prompt", "Name a tiefling warlock and her patron.");
   await page.click("summary");
   await page.fill(
     "#extra",
     JSON.stringify({ model: "mock", parameters: { max_tokens: 40 }, mock: { token_delay_ms: 50 } }),
   );
-  const submitted = Date.now();
-  await page.click("#submit");
-  await page.waitForFunction(() => document.getElementById("output").textContent.length > 0, null, {
-    timeout: 20_000,
-  });
-  const firstText = Date.now();
-  const partial = await page.textContent("#output");
-  check(!(await page.textContent("#status")).startsWith("done"), "still streaming when interrupted");
+  // One generation over each transport: a reconnection mid-stream, then `done`, and the page
+  // showing exactly the stored result.
+  async function generate(transport) {
+    await page.check(transport === "ws" ? "#transport-ws" : "#transport-sse");
+    // A prompt of its own: the same one again would be answered from the cache at once.
+    await page.fill("#prompt", `Name a tiefling warlock and her patron (${transport}).`);
+    const before = Number(await page.textContent("#connections"));
+    const submitted = Date.now();
+    await page.click("#submit");
+    await page.waitForFunction(() => document.getElementById("output").textContent.length > 0, null, {
+      timeout: 20_000,
+    });
+    const firstText = Date.now();
+    const partial = await page.textContent("#output");
+    check(!(await page.textContent("#status")).startsWith("done"), `${transport}: still streaming when interrupted`);
 
-  // Reconnect: the page closes its EventSource and opens another after the last event id.
-  await page.click("#reconnect");
-  await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("done"), null, {
-    timeout: 30_000,
-  });
-  const done = Date.now();
-  const shown = await page.textContent("#output");
-  const requestId = await page.textContent("#request-id");
-  const connections = Number(await page.textContent("#connections"));
-  check(connections >= 2, `two connections at least, got ${connections}`);
-  check(shown.startsWith(partial), "the text before the reconnection is kept");
+    // Reconnect: the page closes its stream and opens another after the last event id.
+    await page.click("#reconnect");
+    await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("done"), null, {
+      timeout: 30_000,
+    });
+    const done = Date.now();
+    const shown = await page.textContent("#output");
+    const requestId = await page.textContent("#request-id");
+    const connections = Number(await page.textContent("#connections")) - before;
+    check(connections >= 2, `${transport}: two connections at least, got ${connections}`);
+    check(shown.startsWith(partial), `${transport}: the text before the reconnection is kept`);
 
-  const poll = await fetch(`${base}/api/v1/generate/${requestId}`, {
-    headers: { Authorization: "Bearer " + token },
-  });
-  const row = await poll.json();
-  check(row.status === "completed", "the request completed: " + JSON.stringify(row));
-  check(shown === row.result, `the page shows the stored result:\n page: ${shown}\n  row: ${row.result}`);
-  check(problems.length === 0, problems.join("\n"));
+    const poll = await fetch(`${base}/api/v1/generate/${requestId}`, {
+      headers: { Authorization: "Bearer " + token },
+    });
+    const row = await poll.json();
+    check(row.status === "completed", `${transport}: the request completed: ` + JSON.stringify(row));
+    check(shown === row.result, `${transport}: the page shows the stored result:\n page: ${shown}\n  row: ${row.result}`);
+    return {
+      connections,
+      chars: shown.length,
+      first_text_ms: firstText - submitted,
+      done_ms: done - submitted,
+    };
+  }
 
+  const pageLoad = Date.now() - started;
+  const sse = await generate("sse");
   if (process.env.SCREENSHOT) {
     await page.screenshot({ path: process.env.SCREENSHOT });
   }
-  console.log(
-    JSON.stringify({
-      ok: true,
-      templates,
-      connections,
-      chars: shown.length,
-      page_load_ms: submitted - started,
-      first_text_ms: firstText - submitted,
-      done_ms: done - submitted,
-    }),
-  );
+  const ws = await generate("ws");
+  check(problems.length === 0, problems.join("\n"));
+
+  console.log(JSON.stringify({ ok: true, templates, page_load_ms: pageLoad, sse, ws }));
 } finally {
   await browser.close();
 }

@@ -1,6 +1,7 @@
 // The demo page's script: submit with the pasted token, then follow the request's tokens
 // through an EventSource opened with a stream token (an EventSource cannot send
-// Authorization). Everything shown is set as text, never as HTML.
+// Authorization), or submit and follow over a WebSocket. Everything shown is set as text,
+// never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -102,6 +103,10 @@ function switchMode() {
   $("prompt-section").hidden = template;
 }
 
+function useWebSocket() {
+  return $("transport-ws").checked;
+}
+
 async function submit() {
   clearError();
   closeStream();
@@ -109,11 +114,21 @@ async function submit() {
   state.lastEventId = null;
   state.finished = false;
   $("output").textContent = "";
+  $("request-id").textContent = "—";
   $("last-event-id").textContent = "—";
   try {
+    const request = body();
     show("submitting");
+    if (useWebSocket()) {
+      // Submitted over the socket: the token goes in its first message.
+      const socket = openSocket("/api/v1/generate/ws");
+      socket.addEventListener("open", () => {
+        socket.send(JSON.stringify({ token: token(), request }));
+      });
+      return;
+    }
     // ?stream=true: the worker relays the tokens, so the stream shows them one by one.
-    const accepted = await call("POST", "/api/v1/generate?stream=true", body());
+    const accepted = await call("POST", "/api/v1/generate?stream=true", request);
     state.requestId = accepted.request_id;
     $("request-id").textContent = state.requestId;
     await openStream();
@@ -123,8 +138,31 @@ async function submit() {
   }
 }
 
-// A fresh stream token, and an EventSource resuming after the last event seen (the query's
-// last_event_id: a new EventSource sends no Last-Event-ID of its own).
+// One event of the stream, from either transport.
+function onEvent(name, id, data) {
+  if (id !== null && id !== undefined && id !== "") {
+    state.lastEventId = String(id);
+    $("last-event-id").textContent = state.lastEventId;
+  }
+  if (name === "start") {
+    state.requestId = data.request_id;
+    $("request-id").textContent = state.requestId;
+    show("streaming (" + data.model + ")");
+  } else if (name === "token") {
+    $("output").textContent += data.text;
+  } else if (name === "restart") {
+    // The output starts over (a retry or a fallback): what was shown is dropped.
+    $("output").textContent = "";
+  } else if (name === "done") {
+    finish("done (" + data.finish_reason + ")");
+  } else if (name === "error") {
+    finish("failed");
+    fail(data.code + ": " + data.message);
+  }
+}
+
+// A fresh stream token, and the request's stream resumed after the last event seen (the
+// query's last_event_id: a new EventSource or WebSocket sends no Last-Event-ID of its own).
 async function openStream() {
   closeStream();
   const grant = await call("POST", `/api/v1/generate/${state.requestId}/stream-token`);
@@ -132,46 +170,21 @@ async function openStream() {
   if (state.lastEventId !== null) {
     url += "&last_event_id=" + encodeURIComponent(state.lastEventId);
   }
+  if (useWebSocket()) {
+    openSocket(url.replace("/stream?", "/ws?"));
+    return;
+  }
   const source = new EventSource(url);
   state.source = source;
-  state.connections += 1;
-  $("connections").textContent = String(state.connections);
-  $("reconnect").disabled = false;
-  $("stop").disabled = false;
-  show("connecting");
-
-  const seen = (event) => {
-    if (event.lastEventId) {
-      state.lastEventId = event.lastEventId;
-      $("last-event-id").textContent = event.lastEventId;
-    }
-  };
+  connected();
   source.addEventListener("open", () => show("streaming"));
-  source.addEventListener("start", (event) => {
-    const start = JSON.parse(event.data);
-    show("streaming (" + start.model + ")");
-  });
-  source.addEventListener("token", (event) => {
-    seen(event);
-    $("output").textContent += JSON.parse(event.data).text;
-  });
-  source.addEventListener("restart", (event) => {
-    // The output starts over (a retry or a fallback): what was shown is dropped.
-    seen(event);
-    $("output").textContent = "";
-  });
-  source.addEventListener("done", (event) => {
-    seen(event);
-    const done = JSON.parse(event.data);
-    finish("done (" + done.finish_reason + ")");
-  });
+  for (const name of ["start", "token", "restart", "done"]) {
+    source.addEventListener(name, (event) => onEvent(name, event.lastEventId, JSON.parse(event.data)));
+  }
   source.addEventListener("error", (event) => {
     if (event.data !== undefined) {
       // The stream's own terminal event: the request failed or was cancelled.
-      seen(event);
-      const error = JSON.parse(event.data);
-      finish("failed");
-      fail(error.code + ": " + error.message);
+      onEvent("error", event.lastEventId, JSON.parse(event.data));
       return;
     }
     if (source.readyState === EventSource.CLOSED && !state.finished) {
@@ -183,6 +196,38 @@ async function openStream() {
       show("reconnecting");
     }
   });
+}
+
+// A WebSocket on this server: messages {"event", "id", "data"}, or the one error body.
+function openSocket(path) {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const socket = new WebSocket(scheme + location.host + path);
+  state.source = socket;
+  connected();
+  socket.addEventListener("open", () => show("streaming"));
+  socket.addEventListener("message", (message) => {
+    const value = JSON.parse(message.data);
+    if (value.error) {
+      finish("failed");
+      fail(value.error.code + ": " + value.error.message);
+    } else {
+      onEvent(value.event, value.id, value.data);
+    }
+  });
+  socket.addEventListener("close", () => {
+    if (state.source === socket && !state.finished) {
+      show("disconnected: Reconnect resumes");
+    }
+  });
+  return socket;
+}
+
+function connected() {
+  state.connections += 1;
+  $("connections").textContent = String(state.connections);
+  $("reconnect").disabled = false;
+  $("stop").disabled = false;
+  show("connecting");
 }
 
 function finish(status) {

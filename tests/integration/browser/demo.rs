@@ -1,5 +1,5 @@
 //! The demo page: built into the binary with a strict Content-Security-Policy, and driven in
-//! headless Chromium (`tests/browser/demo-check.mjs`, as `scripts/browser-check.sh` does)
+//! headless Chromium over EventSource and WebSocket (`tests/browser/demo-check.mjs`, as `scripts/browser-check.sh` does)
 //! against the real binaries with the mock provider.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ async fn the_demo_page_is_built_in_and_may_load_nothing_from_elsewhere() {
     for (path, content_type, needle) in [
         ("/demo", "text/html", "/demo/demo.js"),
         ("/demo/demo.js", "text/javascript", "new EventSource(url)"),
+        ("/demo/demo.js", "text/javascript", "new WebSocket("),
         ("/demo/demo.css", "text/css", "#output"),
         ("/demo/icon.svg", "image/svg+xml", "<svg"),
     ] {
@@ -119,6 +120,9 @@ async fn the_demo_page_streams_a_generation_in_headless_chromium() {
     );
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(report["ok"], true, "{report}");
-    assert!(report["connections"].as_u64().unwrap() >= 2, "{report}");
-    assert!(report["chars"].as_u64().unwrap() > 0, "{report}");
+    for transport in ["sse", "ws"] {
+        let run = &report[transport];
+        assert!(run["connections"].as_u64().unwrap() >= 2, "{report}");
+        assert!(run["chars"].as_u64().unwrap() > 0, "{report}");
+    }
 }
