@@ -23,6 +23,8 @@ use crate::state::{ApiLimits, AppServices, AppState, Quotas};
 /// The api, built and bound, ready to serve.
 pub struct App {
     state: AppState,
+    /// `CORS_ALLOWED_ORIGINS` as a layer; none when no origin is configured.
+    cors: Option<tower_http::cors::CorsLayer>,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -33,6 +35,7 @@ impl App {
     /// `API_LISTEN`. Refuses to build when the configuration is unsafe (e.g. no `SECRET_KEY`).
     pub async fn build(config: &ApiConfig) -> anyhow::Result<Self> {
         let secret = config.jwt_secret()?;
+        let cors = crate::cors::layer(&crate::cors::allowed_origins(&config.cors_allowed_origins)?);
         let pool = db::connect(&config.common)
             .await
             .context("connecting to PostgreSQL")?;
@@ -93,6 +96,7 @@ impl App {
                 max_wait: Duration::from_secs(config.max_wait_secs),
                 job_max_attempts: config.common.job_max_attempts,
                 compat_wait: Duration::from_secs(config.openai_compat_wait_secs),
+                stream_token_ttl: Duration::from_secs(config.stream_token_ttl_secs.into()),
             },
             quotas: Quotas {
                 queued: llm_shared::quota::QueuedQuota {
@@ -111,6 +115,7 @@ impl App {
         let addr = listener.local_addr().unwrap_or(config.listen);
         Ok(Self {
             state,
+            cors,
             listener,
             addr,
         })
@@ -136,7 +141,8 @@ impl App {
         tracing::info!(listen = %self.addr, "api listening");
         let stop = self.state.shutdown.clone();
         let submitter = self.state.submitter.clone();
-        let app = crate::http::router(self.state, crate::openapi::routes());
+        let pages = crate::openapi::routes().merge(crate::demo::routes());
+        let app = crate::http::router(self.state, pages, self.cors);
         // Streams and long polls end as the stop begins, so the drain waits only for short
         // requests.
         crate::server::serve(self.listener, app, shutdown, move || stop.cancel()).await;

@@ -6,7 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderName, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -41,8 +41,14 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
+        Self::from_headers(&parts.headers, state)
+    }
+}
+
+impl AuthUser {
+    /// The caller named by the bearer token of `Authorization` in `headers`.
+    pub fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let value = headers
             .get(header::AUTHORIZATION)
             .ok_or(ApiError::Unauthorized(
                 "missing Authorization header (expected: Bearer <token>)",

@@ -51,6 +51,18 @@ pub struct ApiConfig {
     /// while another idles.
     #[arg(long, env = "API_PIN_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin_threads: bool,
+
+    /// Origins whose web pages may call the api from a browser (CORS), comma-separated and
+    /// exact (`https://app.example`, `http://localhost:5173`). Empty: no CORS headers at all.
+    /// A wildcard is refused ([`crate::cors`]).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
+    pub cors_allowed_origins: String,
+
+    /// How long a stream token (`POST /api/v1/generate/{id}/stream-token`) stays valid, in
+    /// seconds: it sits in a URL, so it lives minutes, not hours.
+    #[arg(long, env = "STREAM_TOKEN_TTL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(10..=3600))]
+    pub stream_token_ttl_secs: u32,
 }
 
 impl ApiConfig {

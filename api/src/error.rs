@@ -132,28 +132,36 @@ pub struct ErrorDetail {
     pub items: Option<Vec<ItemError>>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if let Self::Internal(source) = &self {
+impl ApiError {
+    /// The error's one JSON body (an internal error's is logged here, never shown): the
+    /// answer's body, or a WebSocket's last message.
+    pub fn body(&self) -> ErrorBody {
+        if let Self::Internal(source) = self {
             tracing::error!(error = %source, "request failed with an internal error");
         }
-        let field = match &self {
+        let field = match self {
             Self::Validation { field, .. } => *field,
             _ => None,
         };
-        let items = match &self {
+        let items = match self {
             Self::InvalidItems(items) => Some(items.clone()),
             _ => None,
         };
-        let body = ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
                 field,
                 items,
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.body();
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response

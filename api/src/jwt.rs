@@ -4,6 +4,11 @@
 //! The algorithm is pinned (a token claiming any other `alg` is refused), `exp` is required
 //! and checked, and `sub` must be the user's UUID: it becomes `user_id` on every request.
 //!
+//! Stream tokens ([`StreamClaims`]) are signed with the same key for one purpose: reading one
+//! request's stream from a URL (a browser's `EventSource` cannot send `Authorization`). Their
+//! audience is [`JwtKeys::stream_audience`], never the one bearer tokens carry, so neither kind
+//! of token is ever accepted as the other.
+//!
 //! A client sends the same token with every request, so a verified token's claims are kept
 //! (bounded, [`VERIFIED_CAPACITY`]): the same bytes again need only their expiry checked, not
 //! their signature and JSON (~7 µs less of the api's CPU per cache hit, `llm-bench`'s cache
@@ -46,12 +51,30 @@ pub struct Claims {
     pub aud: Option<serde_json::Value>,
 }
 
+/// The claims of a stream token: `sub` may read the stream of request `rid` until `exp`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamClaims {
+    pub sub: Uuid,
+    /// The one request whose stream the token opens.
+    pub rid: Uuid,
+    pub exp: i64,
+    pub iat: i64,
+    /// Always [`JwtKeys::stream_audience`].
+    pub aud: String,
+}
+
+/// A stream token's audience when `JWT_AUDIENCE` is unset (bearer tokens then carry none, and
+/// one naming any audience is refused as a bearer token).
+const STREAM_AUDIENCE: &str = "llm-service#stream";
+
 /// Verifies (and, for local tooling, issues) tokens.
 #[derive(Clone)]
 pub struct JwtKeys {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// Stream tokens: their own audience required, no leeway (they live minutes).
+    stream_validation: Validation,
     /// The `iss` and `aud` this service pins (and puts in the tokens it issues).
     issuer: Option<String>,
     audience: Option<String>,
@@ -76,6 +99,7 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(bytes),
             encoding: EncodingKey::from_secret(bytes),
             validation,
+            stream_validation: stream_validation(STREAM_AUDIENCE),
             issuer: None,
             audience: None,
             verified: Arc::default(),
@@ -96,6 +120,7 @@ impl JwtKeys {
             required.push("aud");
         }
         self.validation.set_required_spec_claims(&required);
+        self.stream_validation = stream_validation(&stream_audience(audience.as_deref()));
         self.issuer = issuer;
         self.audience = audience;
         self
@@ -163,7 +188,67 @@ impl JwtKeys {
     }
 }
 
+impl JwtKeys {
+    /// The audience of this service's stream tokens: `JWT_AUDIENCE` with `#stream` appended
+    /// when it is set, so it is never the audience bearer tokens are verified for.
+    pub fn stream_audience(&self) -> String {
+        stream_audience(self.audience.as_deref())
+    }
+
+    /// A stream token: `user` may read request `request`'s stream for `ttl_secs`. Returns it
+    /// with its expiry (Unix seconds).
+    pub fn issue_stream(
+        &self,
+        user: Uuid,
+        request: Uuid,
+        ttl_secs: i64,
+    ) -> Result<(String, i64), jsonwebtoken::errors::Error> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = StreamClaims {
+            sub: user,
+            rid: request,
+            exp: now + ttl_secs,
+            iat: now,
+            aud: self.stream_audience(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, claims.exp))
+    }
+
+    /// The user a stream token lets read `request`'s stream: refused if it is not a stream
+    /// token of this service (a bearer token included), has expired, or names another request.
+    pub fn verify_stream(&self, token: &str, request: Uuid) -> Result<Uuid, ApiError> {
+        let claims =
+            jsonwebtoken::decode::<StreamClaims>(token, &self.decoding, &self.stream_validation)
+                .map(|data| data.claims)
+                .map_err(|err| match err.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => EXPIRED_STREAM,
+                    _ => ApiError::Unauthorized("the stream token is invalid"),
+                })?;
+        if claims.rid != request {
+            return Err(ApiError::Unauthorized(
+                "the stream token is for another request",
+            ));
+        }
+        Ok(claims.sub)
+    }
+}
+
+fn stream_audience(audience: Option<&str>) -> String {
+    audience.map_or_else(|| STREAM_AUDIENCE.to_owned(), |aud| format!("{aud}#stream"))
+}
+
+fn stream_validation(audience: &str) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    validation.set_audience(&[audience]);
+    validation.leeway = 0;
+    validation
+}
+
 const EXPIRED: ApiError = ApiError::Unauthorized("the token has expired");
+const EXPIRED_STREAM: ApiError =
+    ApiError::Unauthorized("the stream token has expired; ask for a new one");
 
 /// `jsonwebtoken`'s own test: expired once `exp` is more than the leeway in the past.
 fn expired(exp: i64, now: i64) -> bool {
@@ -236,6 +321,32 @@ mod tests {
         }
         let kept = keys.verified.lock().unwrap().len();
         assert!((1..=VERIFIED_CAPACITY).contains(&kept), "{kept} kept");
+    }
+
+    /// A stream token opens only its request's stream and is no bearer token; a bearer token
+    /// is no stream token, whether or not an audience is pinned.
+    #[test]
+    fn stream_tokens_and_bearer_tokens_are_never_taken_for_each_other() {
+        for keys in [
+            keys(),
+            keys().pinned(Some("auth".into()), Some("llm-service".into())),
+        ] {
+            let (user, request) = (Uuid::now_v7(), Uuid::now_v7());
+            let (stream, _) = keys.issue_stream(user, request, 60).unwrap();
+            assert_eq!(keys.verify_stream(&stream, request).unwrap(), user);
+            assert!(keys.verify_stream(&stream, Uuid::now_v7()).is_err());
+            assert!(keys.verify(&stream).is_err());
+            let bearer = keys.issue(user, 60, None).unwrap();
+            assert!(keys.verify(&bearer).is_ok());
+            assert!(keys.verify_stream(&bearer, request).is_err());
+            let (expired, _) = keys.issue_stream(user, request, -1).unwrap();
+            assert!(matches!(
+                keys.verify_stream(&expired, request),
+                Err(ApiError::Unauthorized(
+                    "the stream token has expired; ask for a new one"
+                ))
+            ));
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cors;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod jwt;

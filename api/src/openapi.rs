@@ -42,6 +42,9 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         http::generate::poll,
         http::stream::submit_stream,
         http::stream::attach,
+        http::stream_token::issue,
+        http::ws::attach,
+        http::ws::submit,
         http::stream::cancel,
         http::batch::submit,
         http::batch::status,
@@ -92,8 +95,8 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
 )]
 pub struct ApiDoc;
 
-/// The `bearer` security scheme the paths refer to: an HS256 JWT, `sub` = the user's UUID; and
-/// `api_key`, the same token in `x-api-key`.
+/// The `bearer` security scheme the paths refer to: an HS256 JWT, `sub` = the user's UUID;
+/// `api_key`, the same token in `x-api-key`; and `stream_token`, a stream's token in its URL.
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -118,6 +121,15 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-api-key",
                 "the same JWT as the bearer scheme, in Anthropic's header",
+            ))),
+        );
+        // A stream token in the URL, for a browser's EventSource (`…/stream` only).
+        components.add_security_scheme(
+            "stream_token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "access_token",
+                "a stream token of POST /api/v1/generate/{request_id}/stream-token: that \
+                 request's stream only, for minutes; never a bearer JWT",
             ))),
         );
     }

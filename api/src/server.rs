@@ -55,7 +55,10 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         // A clone of the router is a reference count: its route table is built once.
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(TokioIo::new(tcp), service);
+        // With upgrades: a WebSocket (`http::ws`) takes the connection over once answered.
+        let connection = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
         let closing = closing.clone();
         connections.spawn(async move {
             let mut connection = pin!(connection);

@@ -74,6 +74,8 @@ pub struct ApiLimits {
     pub job_max_attempts: u32,
     /// How long a `/v1/...` call waits for its generation (`OPENAI_COMPAT_WAIT_SECS`).
     pub compat_wait: Duration,
+    /// How long a stream token is valid (`STREAM_TOKEN_TTL_SECS`).
+    pub stream_token_ttl: Duration,
 }
 
 /// Per-user quotas ([`llm_shared::quota`]): `USER_MAX_QUEUED`, `USER_MAX_STREAMS`,

@@ -308,6 +308,14 @@ impl TestApp {
         json["request_id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Submits with the relay on (`?stream=true`, so the request's stream can follow its
+    /// tokens) and returns the request id, asserting the 202.
+    pub async fn submit_streamed(&self, body: Value) -> Uuid {
+        let (status, json) = self.post_json("/api/v1/generate?stream=true", &body).await;
+        assert_eq!(status, 202, "{json}");
+        json["request_id"].as_str().unwrap().parse().unwrap()
+    }
+
     pub async fn poll(&self, id: Uuid, wait_secs: u64) -> (u16, Value) {
         let response = self
             .http
@@ -651,6 +659,22 @@ pub async fn spawn_api_process_with(db: &TestDb, env: &[(&str, &str)]) -> (Child
 
 /// [`spawn_api_process_with`] on a given port (e.g. to restart an api where clients expect it).
 pub async fn spawn_api_process_on(db: &TestDb, port: u16, env: &[(&str, &str)]) -> (Child, String) {
+    let child = api_process_command(db, port, env, process_stdout())
+        .spawn()
+        .expect("spawn llm-api");
+    (child, api_healthy(port).await)
+}
+
+/// A real `llm-api` process whose standard output (its logs) the test reads.
+pub async fn spawn_api_process_logged(db: &TestDb, env: &[(&str, &str)]) -> (Child, String) {
+    let port = free_port();
+    let child = api_process_command(db, port, env, Stdio::piped())
+        .spawn()
+        .expect("spawn llm-api");
+    (child, api_healthy(port).await)
+}
+
+fn api_process_command(db: &TestDb, port: u16, env: &[(&str, &str)], stdout: Stdio) -> Command {
     let mut cmd = Command::new(binary("llm-api"));
     cmd.arg("serve")
         .env_clear()
@@ -663,17 +687,21 @@ pub async fn spawn_api_process_on(db: &TestDb, port: u16, env: &[(&str, &str)]) 
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .env("MOCK_PROVIDER", "true")
         .envs(env.iter().copied())
-        .stdout(process_stdout())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    let child = cmd.spawn().expect("spawn llm-api");
+    cmd
+}
+
+/// The base URL of the api on `port` once it answers `/health`.
+async fn api_healthy(port: u16) -> String {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     for _ in 0..100 {
         if let Ok(r) = client.get(format!("{base}/health")).send().await
             && r.status().is_success()
         {
-            return (child, base);
+            return base;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -35,7 +35,7 @@ pub struct Accepted {
     path = "/api/v1/generate",
     tag = "generate",
     summary = "Submit a generation (durable job)",
-    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key (same user, same body) returns the first request"), SubmitQuery),
     request_body = llm_shared::requests::GenerateBody,
     responses(
         (status = 202, description = "stored and queued", body = Accepted),
@@ -49,9 +49,11 @@ pub async fn submit(
     user: AuthUser,
     trace: TraceContext,
     headers: HeaderMap,
+    QueryParams(query): QueryParams<SubmitQuery>,
     JsonBody(body): JsonBody<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let new = new_request(&state, &user, &headers, body, trace)?;
+    let mut new = new_request(&state, &user, &headers, body, trace)?;
+    new.stream = query.stream;
     let Admitted {
         submitted, rate, ..
     } = accept(&state, &user, new).await?;
@@ -253,6 +255,17 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 
 pub(super) fn parse_request_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest("request_id must be a UUID".into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubmitQuery {
+    /// Relay the tokens as they are generated, so that `GET …/stream` (e.g. a browser's
+    /// `EventSource` with a stream token) follows them one by one rather than getting the
+    /// whole text at the end.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -16,7 +16,9 @@ pub(crate) mod prompts;
 pub(crate) mod quota;
 pub(crate) mod rate_limits;
 pub(crate) mod stream;
+pub(crate) mod stream_token;
 pub(crate) mod usage;
+pub(crate) mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,13 +32,20 @@ const BATCH_BODY_FACTOR: usize = 32;
 /// What a file upload's multipart framing (boundaries, the `purpose` field) may add to it.
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
-/// The service's router: every route, with `docs` (the OpenAPI document and its UI, from
-/// the `openapi` module) merged under the same fallbacks and middleware.
-pub fn router(state: AppState, docs: Router<AppState>) -> Router {
+/// The service's router: every route, with `pages` (the OpenAPI document and its UI, from
+/// the `openapi` module; the demo page, `demo`) merged under the same fallbacks and
+/// middleware, and `cors` (from `CORS_ALLOWED_ORIGINS`) answering preflights inside the
+/// metrics and trace layers, so they are counted and traced like any answer.
+pub fn router(
+    state: AppState,
+    pages: Router<AppState>,
+    cors: Option<tower_http::cors::CorsLayer>,
+) -> Router {
     let max_body = state.limits.max_body_bytes;
     let api = Router::new()
         .route("/api/v1/generate", post(generate::submit))
         .route("/api/v1/generate/stream", post(stream::submit_stream))
+        .route("/api/v1/generate/ws", get(ws::submit))
         .route(
             "/api/v1/generate/batch",
             post(batch::submit).layer(DefaultBodyLimit::max(
@@ -49,6 +58,11 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
             get(generate::poll).delete(stream::cancel),
         )
         .route("/api/v1/generate/{request_id}/stream", get(stream::attach))
+        .route(
+            "/api/v1/generate/{request_id}/stream-token",
+            post(stream_token::issue),
+        )
+        .route("/api/v1/generate/{request_id}/ws", get(ws::attach))
         .route("/api/v1/usage", get(usage::mine))
         .route("/api/v1/usage/{user_id}", get(usage::of_user))
         .route("/api/v1/admin/usage", get(usage::all_users))
@@ -123,15 +137,19 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
             state.clone(),
             rate_limits::headers,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(api)
-        .merge(docs)
+        .merge(pages)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(max_body));
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    router
         // Layers run after routing (so both see the route template), outermost last.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

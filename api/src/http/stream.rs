@@ -1,6 +1,6 @@
 //! Streaming over SSE: `POST /api/v1/generate/stream` (submit, then follow) and
 //! `GET /api/v1/generate/{request_id}/stream` (attach at any time, resuming after
-//! `Last-Event-ID`), plus `DELETE /api/v1/generate/{request_id}` (cancel). A user holds at
+//! `Last-Event-ID`; from a browser with a stream token, `stream_token`), plus `DELETE /api/v1/generate/{request_id}` (cancel). A user holds at
 //! most `USER_MAX_STREAMS` streams open on one api process.
 //!
 //! Events: `start` (request id, model), `token` (`id:` = relay seq, data `{"text"}`),
@@ -22,10 +22,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, QueryParams};
 use super::generate::{new_request, parse_request_id};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -77,7 +78,8 @@ pub async fn submit_stream(
         rate,
         slot,
     } = submit_subscribed(&state, &user, new).await?;
-    let mut response = follow(state, id, user.id, subscription, 0, slot).into_response();
+    let mut response =
+        sse(follow_events(state, id, user.id, subscription, 0, slot)).into_response();
     super::rate_limits::attach(&mut response, rate);
     Ok(response)
 }
@@ -129,47 +131,88 @@ pub(super) async fn submit_subscribed(
     })
 }
 
+/// The query of `GET …/stream`: the ways a browser's `EventSource` can say what a header
+/// would (it sends no headers of its own but `Last-Event-ID` on a reconnection).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AttachQuery {
+    /// A stream token of this request (`POST …/stream-token`) instead of `Authorization`.
+    pub access_token: Option<String>,
+    /// Resume after this event id, as `Last-Event-ID` does (the header wins when both are
+    /// sent): a new `EventSource` resuming where another one stopped.
+    pub last_event_id: Option<String>,
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/generate/{request_id}/stream",
     tag = "generate",
     summary = "Attach to a request's stream",
-    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")),
+    params(("request_id" = uuid::Uuid, Path, description = "the request's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id"), AttachQuery),
     responses(
         (status = 200, description = "SSE events after Last-Event-ID", body = String, content_type = "text/event-stream"),
         doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::RateLimited, doc::Unavailable,
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("stream_token" = [])),
 )]
 pub async fn attach(
     State(state): State<AppState>,
-    user: AuthUser,
     Path(request_id): Path<String>,
+    QueryParams(query): QueryParams<AttachQuery>,
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
-    let id = parse_request_id(&request_id)?;
+    Ok(sse(
+        follow_attached(&state, &request_id, &query, &headers).await?
+    ))
+}
+
+/// The follower of an existing request for its caller (bearer token, or the URL's stream
+/// token), resuming after `Last-Event-ID` or the query's `last_event_id`: the SSE stream and the
+/// WebSocket (`ws`) both attach through here.
+pub(super) async fn follow_attached(
+    state: &AppState,
+    request_id: &str,
+    query: &AttachQuery,
+    headers: &HeaderMap,
+) -> Result<FollowStream, ApiError> {
+    let id = parse_request_id(request_id)?;
+    let user =
+        super::stream_token::stream_caller(state, headers, query.access_token.as_deref(), id)?;
     crate::telemetry::record_request_id(id);
     let last_seen = match headers.get("last-event-id") {
-        None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            // Event ids are a Redis counter (a signed 64-bit integer): anything above it is
-            // no id of this stream.
-            .filter(|&seen| i64::try_from(seen).is_ok())
-            .ok_or_else(|| {
-                ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
-            })?,
+        Some(v) => last_event_id(v.to_str().ok())?,
+        None => match query.last_event_id.as_deref() {
+            Some(v) => last_event_id(Some(v))?,
+            None => 0,
+        },
     };
-    super::generate::find(&state, id, user.id).await?;
-    let slot = super::quota::stream_slot(&state, &user)?;
+    super::generate::find(state, id, user.id).await?;
+    let slot = super::quota::stream_slot(state, &user)?;
     let subscription = state
         .relay
         .subscribe(id)
         .await
         .map_err(|_| relay_unavailable())?;
-    Ok(follow(state, id, user.id, subscription, last_seen, slot))
+    Ok(follow_events(
+        state.clone(),
+        id,
+        user.id,
+        subscription,
+        last_seen,
+        slot,
+    ))
+}
+
+/// The event id a client resumes after.
+fn last_event_id(raw: Option<&str>) -> Result<u64, ApiError> {
+    raw.and_then(|v| v.trim().parse::<u64>().ok())
+        // Event ids are a Redis counter (a signed 64-bit integer): anything above it is
+        // no id of this stream.
+        .filter(|&seen| i64::try_from(seen).is_ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("Last-Event-ID must be an event id of this stream".into())
+        })
 }
 
 #[utoipa::path(
@@ -214,15 +257,7 @@ fn relay_unavailable() -> ApiError {
 
 /// The SSE response: the body is the follower itself, polled as the client reads; it ends
 /// with the terminal event, or when the client goes away (the generation itself carries on).
-fn follow(
-    state: AppState,
-    id: Uuid,
-    user: Uuid,
-    subscription: RelaySubscription,
-    last_seen: u64,
-    slot: Slot,
-) -> EventStream {
-    let events = follow_events(state, id, user, subscription, last_seen, slot);
+fn sse(events: FollowStream) -> EventStream {
     let body = events.map(|e| Ok::<_, Infallible>(to_sse(&e))).boxed();
     Sse::new(body).keep_alive(
         KeepAlive::new()
@@ -625,7 +660,18 @@ fn call_delta(kind: &RelayKind) -> ToolCallDelta {
 
 /// The native SSE event of a follower's event.
 fn to_sse(event: &FollowEvent) -> Event {
-    let (name, seq, data) = match event {
+    let (name, seq, data) = event_parts(event);
+    let event = Event::default().event(name).data(data.to_string());
+    match seq {
+        Some(seq) => event.id(seq.to_string()),
+        None => event,
+    }
+}
+
+/// An event's name, id (its relay seq; none for `start`) and data, as SSE and the WebSocket
+/// send them.
+pub(super) fn event_parts(event: &FollowEvent) -> (&'static str, Option<u64>, serde_json::Value) {
+    match event {
         FollowEvent::Start {
             request_id,
             model,
@@ -635,12 +681,12 @@ fn to_sse(event: &FollowEvent) -> Event {
             None,
             json!({"request_id": request_id, "model": model, "status": status}),
         ),
-        FollowEvent::Token { seq, text } => ("token", Some(seq), json!({"text": text})),
-        FollowEvent::Restart { seq, reason } => ("restart", Some(seq), json!({"reason": reason})),
-        FollowEvent::ToolCall { seq, delta } => ("tool_call", Some(seq), json!(delta)),
+        FollowEvent::Token { seq, text } => ("token", Some(*seq), json!({"text": text})),
+        FollowEvent::Restart { seq, reason } => ("restart", Some(*seq), json!({"reason": reason})),
+        FollowEvent::ToolCall { seq, delta } => ("tool_call", Some(*seq), json!(delta)),
         FollowEvent::Done { seq, row } => (
             "done",
-            Some(seq),
+            Some(*seq),
             json!({
                 "finish_reason": row.finish_reason,
                 "tool_calls": row.tool_calls,
@@ -656,13 +702,8 @@ fn to_sse(event: &FollowEvent) -> Event {
         ),
         FollowEvent::Failed { seq, code, message } => (
             "error",
-            Some(seq),
+            Some(*seq),
             json!({"code": code, "message": message}),
         ),
-    };
-    let event = Event::default().event(name).data(data.to_string());
-    match seq {
-        Some(seq) => event.id(seq.to_string()),
-        None => event,
     }
 }
