@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # scripts/browser-check.sh — the demo page (/demo) checked in headless Chromium.
 #
-# Installs Chromium if it is missing (Debian's `chromium`, as root), and playwright-core at the
-# version pinned in tests/browser/package-lock.json; makes sure PostgreSQL and Redis are up
+# Installs Chromium and playwright-core when missing (scripts/browser-deps.sh); makes sure PostgreSQL and Redis are up
 # (scripts/services.sh); builds the debug binaries; runs llm-worker and llm-api with the mock
 # provider against a database of its own; then drives the page (tests/browser/demo-check.mjs):
 # submit, streamed text, a reconnection mid-stream, the stored result on the page.
@@ -22,15 +21,7 @@ esac
 die() { echo "browser-check.sh: $*" >&2; exit 1; }
 
 export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
-if [ ! -x "$CHROMIUM" ]; then
-  [ "$(id -u)" = 0 ] || die "Chromium is missing: apt-get install chromium (or set CHROMIUM)"
-  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
-fi
-command -v npm >/dev/null || die "node and npm are needed (apt-get install nodejs npm)"
-if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; then
-  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
-    cp package-lock.json node_modules/.installed-lock.json)
-fi
+scripts/browser-deps.sh
 
 admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export REDIS_URL=${TEST_REDIS_URL:-${REDIS_URL:-redis://127.0.0.1:6379}}

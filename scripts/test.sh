@@ -13,6 +13,8 @@ export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 DATABASE_URL=$TEST_DATABASE_URL REDIS_URL=$TEST_REDIS_URL scripts/services.sh
+# Chromium and playwright-core for the demo page's test (browser::demo).
+scripts/browser-deps.sh
 cargo build --workspace --bins
 
 # Leftovers of interrupted runs; best effort.

@@ -85,7 +85,7 @@ fn chromium() -> PathBuf {
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
     assert!(
         Path::new(&path).exists(),
-        "{} is missing: scripts/browser-check.sh installs it (apt-get install chromium)",
+        "{} is missing: scripts/browser-deps.sh installs it (apt-get install chromium)",
         path.display()
     );
     path
