@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::json;
+use sqlx::PgPool;
 
 use super::submit::{SubmitRequests, chat_body};
 use crate::client::{HitClient, HitRequest};
 use crate::cpu::CpuMeter;
+use crate::database::wait_settled;
 use crate::load::{SubmitResult, measure_closed_loop, on_generator_thread};
 use crate::stack::{Stack, stop};
 
@@ -28,8 +30,10 @@ pub struct DoorResult {
     pub result: SubmitResult,
 }
 
-/// Hits, then misses, through both doors at each `--door-concurrency`.
-pub async fn measure(stack: &Stack<'_>) -> anyhow::Result<Vec<DoorResult>> {
+/// Hits, then misses, through both doors at each `--door-concurrency`. Each row starts once the
+/// rows before it are settled (their jobs acknowledged, their hub events delivered), so that no
+/// row pays for another's backlog (a hit row leaves one `generation.completed` per hit).
+pub async fn measure(stack: &Stack<'_>, pool: &PgPool) -> anyhow::Result<Vec<DoorResult>> {
     let (args, token, addr) = (stack.args, stack.token, stack.api_addr()?);
     let run_for = Duration::from_secs(args.submit_secs);
     let mut worker = stack.worker("bench-doors", &[])?;
@@ -52,6 +56,7 @@ pub async fn measure(stack: &Stack<'_>) -> anyhow::Result<Vec<DoorResult>> {
     let mut results = Vec::new();
     for &concurrency in &args.door_concurrency {
         for (door, hit) in &hits {
+            wait_settled(pool).await?;
             let hit = hit.clone();
             let result = measure_closed_loop(stack, concurrency, run_for, 200, move || hit.clone());
             results.push(DoorResult {
@@ -62,11 +67,13 @@ pub async fn measure(stack: &Stack<'_>) -> anyhow::Result<Vec<DoorResult>> {
         }
     }
     for &concurrency in &args.door_concurrency {
+        wait_settled(pool).await?;
         results.push(DoorResult {
             door: "native",
             case: "miss",
             result: native_misses(stack, concurrency, run_for).await?,
         });
+        wait_settled(pool).await?;
         let calls = SubmitRequests::chat(stack, "door miss")?;
         let result = measure_closed_loop(stack, concurrency, run_for, 200, move || calls.next());
         results.push(DoorResult {

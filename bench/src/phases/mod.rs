@@ -57,7 +57,7 @@ pub async fn run(
     reset_tables(pool).await?;
     let (cache_hits, cache_hits_at_rate) = cache::measure(&stack).await?;
     reset_tables(pool).await?;
-    let doors = doors::measure(&stack).await?;
+    let doors = doors::measure(&stack, pool).await?;
     // The drain is timed over the whole table: no row of an earlier phase may be left in it.
     reset_tables(pool).await?;
     let rate_limiter = rate_limiter::measure(&args.redis_url, pool).await?;
@@ -111,7 +111,7 @@ pub async fn run_doors_only(
     bench_db: &BenchDb,
 ) -> anyhow::Result<Vec<DoorResult>> {
     let mut own = OwnStack::start(args, bench_db, bin_dir).await?;
-    let result = doors::measure(&own.stack(args, bin_dir)).await;
+    let result = doors::measure(&own.stack(args, bin_dir), &bench_db.pool).await;
     stop(&mut own.api).await;
     result
 }
