@@ -82,7 +82,7 @@ pub async fn trace_requests(
         .to_owned();
     let method = crate::metrics::method_label(request.method());
     // The `otel.*` and `http.*` fields name the exported span as OpenTelemetry's HTTP server
-    // conventions do; `trace_id` is the log's.
+    // conventions do, and are the log's method, route and status too.
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
@@ -90,8 +90,6 @@ pub async fn trace_requests(
         http.request.method = method,
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
-        method,
-        route = %route,
         trace_id = tracing::field::Empty,
         request.id = tracing::field::Empty,
     );

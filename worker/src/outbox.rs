@@ -114,12 +114,10 @@ impl HubClient {
         // else (no export) under the stored trace id, so the hub's logs join ours.
         let traceparent = match (&event.trace_id, event.request_id) {
             (Some(trace_id), Some(request)) => {
-                if llm_shared::telemetry::set_remote_trace(&span, trace_id, request) {
-                    span.in_scope(llm_shared::telemetry::current_traceparent)
-                } else {
-                    None
-                }
-                .or_else(|| llm_shared::telemetry::traceparent_of(trace_id, request))
+                llm_shared::telemetry::set_remote_trace(&span, trace_id, request)
+                    .then(|| span.in_scope(llm_shared::telemetry::current_traceparent))
+                    .flatten()
+                    .or_else(|| llm_shared::telemetry::traceparent_of(trace_id, request))
             }
             _ => None,
         };
