@@ -242,7 +242,10 @@ async fn give_up_answer(
 }
 
 /// Runs the request, unless it is cancelled meanwhile (then `None`: the provider call is
-/// dropped mid-flight).
+/// dropped mid-flight). A notice (or every subscriber's re-check after the listener lost its
+/// connection) makes it read the request's status; a read that fails leaves the call running:
+/// dropping it would throw away an answer that may be paid for already, and a cancel the read
+/// missed still stands (the completion's guard refuses a cancelled request).
 async fn execute_unless_cancelled(
     state: &WorkerState,
     claimed: &ClaimedRequest,
@@ -257,13 +260,17 @@ async fn execute_unless_cancelled(
         tokio::select! {
             outcome = &mut execution => return outcome.map(Some),
             _ = &mut notified => {
-                let status: Option<requests::Status> =
+                let status: Result<Option<requests::Status>, sqlx::Error> =
                     sqlx::query_scalar("SELECT status FROM generation_requests WHERE id = $1")
                         .bind(claimed.id)
                         .fetch_optional(&state.pool)
-                        .await?;
-                if status == Some(requests::Status::Cancelled) {
-                    return Ok(None);
+                        .await;
+                match status {
+                    Ok(Some(requests::Status::Cancelled)) => return Ok(None),
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(request.id = %claimed.id, error = %err, "could not read whether the request was cancelled; its call goes on");
+                    }
                 }
             }
         }
