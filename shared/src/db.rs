@@ -21,11 +21,34 @@ pub async fn connect(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
 }
 
 pub async fn connect_url(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
+    pool_options()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
+}
+
+/// How long a connection may sit idle in a pool and still be handed out without a ping.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
+/// Options shared by every pool: a connection idle for [`TRUSTED_IDLE`] or longer is pinged
+/// before it is handed out (and replaced if the ping fails), one used just now is not. sqlx
+/// pings before every acquire by default: a round trip before each statement, five of them in
+/// the life of a request submitted and answered at one client (`tcpdump` on the loopback
+/// while `/v1/chat/completions` misses run one at a time). A connection that broke within the
+/// last second fails its statement instead, which every caller already handles as it handles
+/// a connection that breaks mid-statement.
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < TRUSTED_IDLE {
+                    return Ok(true);
+                }
+                Ok(sqlx::Connection::ping(conn).await.is_ok())
+            })
+        })
 }
 
 /// A small pool beside `pool` (same database and credentials) for a group-commit writer
@@ -40,11 +63,17 @@ pub fn queue_pool(pool: &PgPool, connections: u32) -> PgPool {
     pool_with(pool, connections, &QUEUE_SETTINGS)
 }
 
+/// A group-commit writer's pool ([`writer_pool`]) for the claims of a worker's jobs: as
+/// [`CLAIM_SETTINGS`] says, their commits do not wait for the disk.
+pub fn claim_pool(pool: &PgPool, connections: u32) -> PgPool {
+    pool_with(pool, connections, &CLAIM_SETTINGS)
+}
+
 fn pool_with(pool: &PgPool, connections: u32, settings: &[(&str, &str)]) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options(settings.iter().copied());
-    PgPoolOptions::new()
+    pool_options()
         .max_connections(connections)
         .acquire_timeout(pool.options().get_acquire_timeout())
         .connect_lazy_with(options)
@@ -57,7 +86,25 @@ fn pool_with(pool: &PgPool, connections: u32, settings: &[(&str, &str)]) -> PgPo
 ///   every one of them (2,496 entries and 157 pages for one job in a 10,000-job drain: 111 µs
 ///   of PostgreSQL time per job). A plain index scan marks the entries of dead rows as it
 ///   meets them, so the next scans skip them without visiting the heap.
-pub const QUEUE_SETTINGS: [(&str, &str); 1] = [("enable_bitmapscan", "off")];
+/// - `synchronous_commit = off` ([`ASYNC_COMMIT`]): a fetch or an acknowledgement lost with the
+///   server only runs a job again.
+pub const QUEUE_SETTINGS: [(&str, &str); 2] = [("enable_bitmapscan", "off"), ASYNC_COMMIT];
+
+/// Commits that return before their WAL reaches the disk (it follows within
+/// `wal_writer_delay`, or with the next commit that waits). For the statements whose loss in a
+/// server crash only means a job runs again: apalis' fetches and acknowledgements, and the
+/// claims. Each waited for a flush on the path of every request (0.4–0.5 ms each here:
+/// `tcpdump -i lo` of `/v1/chat/completions` misses at one client): the fetch's before the
+/// claim, the claim's before the provider call. A submit, a result, a cancel and a provider's
+/// failure still commit durably, and each flush carries every claim before it. A claim lost in
+/// a crash leaves its request as it was: the job runs again, and a result of the lost claim is
+/// refused by the completion's guard; a request failed by its claim (its attempts used up by
+/// lost workers) is failed again by the next delivery.
+pub const ASYNC_COMMIT: (&str, &str) = ("synchronous_commit", "off");
+
+/// [`WRITER_SETTINGS`] and [`ASYNC_COMMIT`]: the claims' writer (see [`claim_pool`]).
+pub const CLAIM_SETTINGS: [(&str, &str); 3] =
+    [WRITER_SETTINGS[0], WRITER_SETTINGS[1], ASYNC_COMMIT];
 
 /// The settings of a group-commit writer's connections. A writer runs a few statements
 /// thousands of times a second, each finding every row it reads by key (see `requests`'

@@ -193,8 +193,16 @@ pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx
 
 /// How long after a notification the worker looks again, in case the notification arrived
 /// while a fetch that started before the job's commit was in flight (that fetch finds nothing
-/// and the notification is spent).
+/// and the notification is spent) and the polls owed to it ([`OWED_POLLS`]) came too early.
 const RECHECK_AFTER: Duration = Duration::from_millis(15);
+
+/// Polls of the backend that follow a notification at once. apalis' backend fetches when it is
+/// polled with nothing fetched or in flight; a notification taken while a fetch is in flight
+/// (one that started before the job's commit, and finds nothing) left the job to the recheck,
+/// 15 ms later. The first owed poll comes as that fetch ends, the second starts the fetch that
+/// finds the job. With no fetch in flight they cost nothing: apalis fetches again after each
+/// job it hands out anyway.
+const OWED_POLLS: u8 = 2;
 
 /// Gives a job of its own to every waiting request whose identical "leader" ended without
 /// answering it (failed, cancelled, or finished just before it attached). Returns how many.
@@ -227,6 +235,8 @@ pub struct WakeStrategy {
     tick: Pin<Box<tokio::time::Sleep>>,
     period: Duration,
     recheck: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Polls still owed to the last notification ([`OWED_POLLS`]).
+    owed: u8,
 }
 
 impl WakeStrategy {
@@ -237,6 +247,7 @@ impl WakeStrategy {
             tick: Box::pin(tokio::time::sleep(period)),
             period,
             recheck: None,
+            owed: 0,
         }
     }
 }
@@ -250,6 +261,10 @@ impl Clone for WakeStrategy {
 impl PollStrategy for WakeStrategy {
     fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
         let mut woken = false;
+        if self.owed > 0 {
+            self.owed -= 1;
+            cx.waker().wake_by_ref();
+        }
         if let Some(recheck) = self.recheck.as_mut()
             && recheck.as_mut().poll(cx).is_ready()
         {
@@ -260,6 +275,7 @@ impl PollStrategy for WakeStrategy {
             match Pin::new(&mut self.notifications).poll_next(cx) {
                 Poll::Ready(Some(_)) => {
                     woken = true;
+                    self.owed = OWED_POLLS;
                     if self.recheck.is_none() {
                         let mut recheck = Box::pin(tokio::time::sleep(RECHECK_AFTER));
                         let _ = recheck.as_mut().poll(cx);

@@ -32,6 +32,7 @@ mod openai_batches;
 mod openai_compat;
 mod openai_responses;
 mod openapi;
+mod pools;
 mod processes;
 mod prompts;
 mod providers;

@@ -177,3 +177,72 @@ async fn a_statement_queueing_many_jobs_is_announced_once() {
     let another = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
     assert!(another.is_err(), "a second notification: {another:?}");
 }
+
+/// A notification may come while the worker's fetch is in flight: one that started before the
+/// job's commit and finds nothing. The wake strategy then owes the backend the next two polls
+/// (the one as that fetch ends, and the one that fetches again), so the job is fetched at once
+/// instead of at the recheck. Each owed poll wakes the task during the poll itself.
+#[tokio::test]
+async fn a_notification_wakes_the_two_polls_that_follow_it() {
+    use apalis::prelude::{PollSnapshot, PollStrategy};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let test = llm_tests::TestDb::new().await;
+    let mut strategy =
+        llm_shared::queue::WakeStrategy::new(test.pool.clone(), Duration::from_secs(3600));
+    let wakes = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let snapshot = PollSnapshot::default();
+    let payload = json!({"job_type": llm_shared::queue::QUEUE, "id": llm_shared::queue::job_id_for(uuid::Uuid::now_v7()).to_string(),
+                         "run_at": "2026-01-01T00:00:00Z"});
+    // Notified again until the listener, started by the first poll, hears one.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notification heard"
+        );
+        sqlx::query("SELECT pg_notify('apalis::job::insert', $1)")
+            .bind(payload.to_string())
+            .execute(&test.pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if strategy.poll_drive(&mut cx, &snapshot) == Poll::Ready(Some(())) {
+            break;
+        }
+    }
+    // No await from here on: nothing but the polls themselves can wake the task.
+    let heard = wakes.0.load(Ordering::SeqCst);
+    let _ = strategy.poll_drive(&mut cx, &snapshot);
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        heard + 1,
+        "the first poll after it"
+    );
+    let _ = strategy.poll_drive(&mut cx, &snapshot);
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        heard + 2,
+        "the second poll after it"
+    );
+    let _ = strategy.poll_drive(&mut cx, &snapshot);
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        heard + 2,
+        "a third poll is not owed"
+    );
+}

@@ -82,11 +82,12 @@ impl WorkerState {
         let metrics = Arc::new(Metrics::new());
         // A batch holds at most every job of the process.
         let batch = config.concurrency.max(1);
-        // The claims' and completions' writers, each with a connection of its own.
-        let writers = llm_shared::db::writer_pool(&pool, (2 * BATCH_WRITERS) as u32);
+        // The claims' and completions' writers, each with a connection of its own (the claims'
+        // commit without waiting for the disk: `db::CLAIM_SETTINGS`).
+        let writers = llm_shared::db::writer_pool(&pool, BATCH_WRITERS as u32);
         let claims = {
             let (pool, name, lease) = (
-                writers.clone(),
+                llm_shared::db::claim_pool(&pool, BATCH_WRITERS as u32),
                 Arc::<str>::from(name.as_str()),
                 config.lease(),
             );

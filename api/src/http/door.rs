@@ -6,7 +6,7 @@
 use axum::http::HeaderMap;
 use uuid::Uuid;
 
-use super::generate::{Admitted, accept_answered, idempotency_key, wait_until_final};
+use super::generate::{Admitted, accept_answered, idempotency_key, wait_subscribed};
 use super::stream::{FollowStream, Subscribed, follow_events, submit_subscribed};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -69,6 +69,8 @@ pub(super) async fn run(
         });
     }
     let slot = super::quota::wait_slot(&state, user)?;
+    // Before the row exists, so that its completion cannot come unseen.
+    let (new_id, subscription) = (new.id, state.notices.subscribe(new.id));
     let Admitted {
         submitted,
         rate,
@@ -78,7 +80,26 @@ pub(super) async fn run(
         Some(row) => row,
         None => {
             let wait = state.limits.compat_wait;
-            Box::new(wait_until_final(&state, submitted.id, user, wait, Some(slot)).await?)
+            // Stored as submitted and unfinished: nothing to read before its notice. Otherwise
+            // (an earlier request's Idempotency-Key, a cache-table hit) read it first.
+            let subscription = if submitted.id == new_id {
+                subscription
+            } else {
+                state.notices.subscribe(submitted.id)
+            };
+            let queued = submitted.id == new_id && !submitted.status.is_final();
+            Box::new(
+                wait_subscribed(
+                    &state,
+                    submitted.id,
+                    user,
+                    wait,
+                    Some(slot),
+                    subscription,
+                    queued,
+                )
+                .await?,
+            )
         }
     };
     Ok(Run {

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::error::doc;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
+use llm_shared::notices::Subscription;
 use llm_shared::quota::Slot;
 use llm_shared::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
 
@@ -351,18 +352,37 @@ pub(super) async fn wait_until_final(
     id: Uuid,
     user: &AuthUser,
     wait: Duration,
+    held: Option<Slot>,
+) -> Result<RequestView, ApiError> {
+    let subscription = state.notices.subscribe(id);
+    wait_subscribed(state, id, user, wait, held, subscription, false).await
+}
+
+/// [`wait_until_final`] on a subscription taken before the request was stored. `queued`: the
+/// caller just stored it unfinished, so no read is needed until a notice comes (one statement
+/// fewer per call at the doors); a notice that came before the wait began is seen by the
+/// subscription's count.
+pub(super) async fn wait_subscribed(
+    state: &AppState,
+    id: Uuid,
+    user: &AuthUser,
+    wait: Duration,
     mut held: Option<Slot>,
+    subscription: Subscription,
+    mut queued: bool,
 ) -> Result<RequestView, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let subscription = state.notices.subscribe(id);
     let user_id = user.id;
     loop {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let request = find(state, id, user_id).await?;
-        if request.status.is_final() {
-            return Ok(request);
+        let unread = std::mem::take(&mut queued) && !subscription.noticed();
+        if !unread {
+            let request = find(state, id, user_id).await?;
+            if request.status.is_final() {
+                return Ok(request);
+            }
         }
         if held.is_none() {
             held = Some(super::quota::wait_slot(state, user)?);
