@@ -2,7 +2,9 @@
 //! event sequence — `message_start`, `content_block_start`, `ping`, `content_block_delta`s
 //! (`text_delta`), `content_block_stop`, then per tool call a `tool_use` block (its start,
 //! `input_json_delta`s, its stop), `message_delta` (stop reason, usage), `message_stop` — or
-//! ended by an `error` event in Anthropic's shape. Keep-alives are `ping` events.
+//! ended by an `error` event in Anthropic's shape. Blocks are numbered in the order they open,
+//! and a closed block gets nothing more: text that follows a tool call opens a text block of
+//! its own. Keep-alives are `ping` events.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -59,9 +61,21 @@ pub(super) struct EventWriter {
     /// The tool-call pieces the client has, and those since the last restart.
     sent_calls: Vec<ToolCallDelta>,
     current_calls: Vec<ToolCallDelta>,
-    /// The content block open (0: the text; 1 + n: call n's `tool_use`), if one is.
-    open_block: Option<u32>,
+    /// The content block open, if one is.
+    open_block: Option<Block>,
+    /// Blocks opened so far: the next one's index.
+    blocks: u32,
+    /// The block index of each tool call opened (by the call's index).
+    call_blocks: Vec<(u32, u32)>,
     finished: bool,
+}
+
+/// An open content block: its index, and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    index: u32,
+    /// `None`: text; `Some(n)`: tool call n's `tool_use`.
+    call: Option<u32>,
 }
 
 impl EventWriter {
@@ -75,6 +89,8 @@ impl EventWriter {
             sent_calls: Vec::new(),
             current_calls: Vec::new(),
             open_block: None,
+            blocks: 0,
+            call_blocks: Vec::new(),
             finished: false,
         }
     }
@@ -149,7 +165,6 @@ impl EventWriter {
             return Vec::new();
         }
         self.started = true;
-        self.open_block = Some(0);
         let message = json!({
             "id": message_id(self.id),
             "type": "message",
@@ -161,18 +176,36 @@ impl EventWriter {
             // Known once the generation ends: `message_delta` carries them.
             "usage": {"input_tokens": 0, "output_tokens": 0},
         });
-        vec![
-            frame(
-                "message_start",
-                json!({"type": "message_start", "message": message}),
-            ),
-            frame(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0,
-                       "content_block": {"type": "text", "text": ""}}),
-            ),
-            ping(),
-        ]
+        let mut frames = vec![frame(
+            "message_start",
+            json!({"type": "message_start", "message": message}),
+        )];
+        frames.extend(self.open_text());
+        frames.push(ping());
+        frames
+    }
+
+    /// Opens a text block after the one open (closed first), unless a text block is open.
+    fn open_text(&mut self) -> Vec<Event> {
+        if matches!(self.open_block, Some(Block { call: None, .. })) {
+            return Vec::new();
+        }
+        let mut frames = self.close_block();
+        let index = self.open(None);
+        frames.push(frame(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "text", "text": ""}}),
+        ));
+        frames
+    }
+
+    /// Numbers a new block and makes it the open one.
+    fn open(&mut self, call: Option<u32>) -> u32 {
+        let index = self.blocks;
+        self.blocks = self.blocks.saturating_add(1);
+        self.open_block = Some(Block { index, call });
+        index
     }
 
     /// Sends what extends the client's text, if the current output does.
@@ -183,9 +216,11 @@ impl EventWriter {
         let delta = self.current[self.sent.len()..].to_owned();
         self.sent.push_str(&delta);
         let mut frames = self.start();
+        frames.extend(self.open_text());
+        let index = self.open_block.map_or(0, |block| block.index);
         frames.push(frame(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
+            json!({"type": "content_block_delta", "index": index,
                    "delta": {"type": "text_delta", "text": delta}}),
         ));
         frames
@@ -195,10 +230,10 @@ impl EventWriter {
     fn close_block(&mut self) -> Vec<Event> {
         self.open_block
             .take()
-            .map(|index| {
+            .map(|block| {
                 frame(
                     "content_block_stop",
-                    json!({"type": "content_block_stop", "index": index}),
+                    json!({"type": "content_block_stop", "index": block.index}),
                 )
             })
             .into_iter()
@@ -207,7 +242,9 @@ impl EventWriter {
 
     /// Sends the tool-call pieces that extend the client's, if the current ones do: a call's
     /// first piece opens its `tool_use` block (after closing the one before), its arguments
-    /// come as `input_json_delta`s.
+    /// come as `input_json_delta`s. A piece of a call whose block was closed already (its
+    /// pieces interleaved with another's) is dropped: Anthropic's blocks do not reopen, and
+    /// the stored result has the whole call.
     fn flush_calls(&mut self) -> Vec<Event> {
         if self.current_calls.len() <= self.sent_calls.len()
             || !self.current_calls.starts_with(&self.sent_calls)
@@ -218,18 +255,32 @@ impl EventWriter {
         self.sent_calls.extend(new.iter().cloned());
         let mut frames = self.start();
         for piece in new {
-            let index = piece.index.saturating_add(1);
-            if self.open_block != Some(index) {
-                frames.extend(self.close_block());
-                self.open_block = Some(index);
-                frames.push(frame(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": index,
+            let index = match self.open_block {
+                Some(Block {
+                    index,
+                    call: Some(call),
+                }) if call == piece.index => index,
+                _ if self
+                    .call_blocks
+                    .iter()
+                    .any(|(call, _)| *call == piece.index) =>
+                {
+                    continue;
+                }
+                _ => {
+                    frames.extend(self.close_block());
+                    let index = self.open(Some(piece.index));
+                    self.call_blocks.push((piece.index, index));
+                    frames.push(frame(
+                        "content_block_start",
+                        json!({"type": "content_block_start", "index": index,
                            "content_block": {"type": "tool_use",
                                "id": piece.id.unwrap_or_default(),
                                "name": piece.name.unwrap_or_default(), "input": {}}}),
-                ));
-            }
+                    ));
+                    index
+                }
+            };
             if !piece.arguments.is_empty() {
                 frames.push(frame(
                     "content_block_delta",
@@ -286,5 +337,82 @@ mod tests {
         }));
         assert_eq!(names(&mut writer, token("Another")), 0);
         assert_eq!(writer.sent, "Half ");
+    }
+
+    /// The frames as a client reads them: (event, data) in order.
+    async fn wire(frames: Vec<Event>) -> Vec<(String, Value)> {
+        let stream = futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>));
+        let body = axum::body::to_bytes(Sse::new(stream).into_response().into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.split("\n\n")
+            .filter(|frame| !frame.is_empty())
+            .map(|frame| {
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let data = field("data: ");
+                (field("event: "), serde_json::from_str(&data).unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn text_after_a_tool_call_opens_a_block_of_its_own_and_closed_blocks_get_nothing() {
+        let mut writer = EventWriter::new(Uuid::nil(), "mock".into());
+        let mut frames = writer.on(Some(FollowEvent::Token {
+            seq: 1,
+            text: "Let me look. ".into(),
+        }));
+        let call = |arguments: &str, first: bool| FollowEvent::ToolCall {
+            seq: 2,
+            delta: ToolCallDelta {
+                index: 0,
+                id: first.then(|| "call_1".to_owned()),
+                name: first.then(|| "lookup".to_owned()),
+                arguments: arguments.into(),
+            },
+        };
+        frames.extend(writer.on(Some(call("{\"q\":", true))));
+        frames.extend(writer.on(Some(call("\"x\"}", false))));
+        frames.extend(writer.on(Some(FollowEvent::Token {
+            seq: 3,
+            text: "Done.".into(),
+        })));
+        let events = wire(frames).await;
+        let mut open: Option<u64> = None;
+        let mut opened = Vec::new();
+        for (event, data) in &events {
+            let index = data["index"].as_u64();
+            match event.as_str() {
+                "content_block_start" => {
+                    assert_eq!(open, None, "a block opened over an open one: {events:?}");
+                    open = index;
+                    opened.push((index, data["content_block"]["type"].clone()));
+                }
+                "content_block_delta" => {
+                    assert_eq!(index, open, "a delta outside the open block: {events:?}")
+                }
+                "content_block_stop" => {
+                    assert_eq!(index, open, "{events:?}");
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            opened,
+            vec![
+                (Some(0), json!("text")),
+                (Some(1), json!("tool_use")),
+                (Some(2), json!("text")),
+            ]
+        );
+        assert_eq!(open, Some(2));
     }
 }
