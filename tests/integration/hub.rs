@@ -420,3 +420,65 @@ async fn cloud_events_from_the_hub_are_applied_and_other_versions_or_media_refus
         1
     );
 }
+
+/// While the hub is down every event waits out its backoff. A pass over such a backlog sends
+/// nothing, and the delivery does not read it again until the first backoff ends (at most a
+/// few seconds): meanwhile its rounds read only the events written since. It used to read the
+/// whole backlog every half second for as long as the hub was down.
+#[tokio::test]
+async fn a_backlog_waiting_out_its_backoff_is_not_read_again_until_it_is_due() {
+    let test = llm_tests::TestDb::new().await;
+    let write = |events: i32| {
+        sqlx::query(
+            "INSERT INTO outbox_events (id, request_id, type, payload, attempts, next_attempt_at)
+             SELECT gen_random_uuid(), gen_random_uuid(), 'generation.completed', '{}', 5,
+                    NOW() + INTERVAL '1 hour'
+             FROM generate_series(1, $1)",
+        )
+        .bind(events)
+        .execute(&test.pool)
+    };
+    write(1000).await.unwrap();
+    let down = reqwest::Url::parse("http://127.0.0.1:9").unwrap();
+    let hub = llm_worker::outbox::HubClient::new(&down, None);
+    let mut scan = llm_worker::outbox::Scan::default();
+
+    // The first pass reads the backlog to its end, and sends nothing.
+    let mut read = 0;
+    loop {
+        let done = llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
+            .await
+            .unwrap();
+        assert_eq!(done.delivered, 0);
+        read += done.read;
+        if !done.more {
+            break;
+        }
+    }
+    assert_eq!(read, 1000);
+    // The next rounds read only what was written since.
+    assert_eq!(
+        llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
+            .await
+            .unwrap()
+            .read,
+        0,
+        "the backlog was read again"
+    );
+    write(3).await.unwrap();
+    assert_eq!(
+        llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
+            .await
+            .unwrap()
+            .read,
+        3
+    );
+    assert_eq!(
+        llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
+            .await
+            .unwrap()
+            .read,
+        0,
+        "the backlog was read again"
+    );
+}
