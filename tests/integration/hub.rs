@@ -442,13 +442,17 @@ async fn a_backlog_waiting_out_its_backoff_is_not_read_again_until_it_is_due() {
     let down = reqwest::Url::parse("http://127.0.0.1:9").unwrap();
     let hub = llm_worker::outbox::HubClient::new(&down, None);
     let mut scan = llm_worker::outbox::Scan::default();
+    let pool = &test.pool;
+    let round = async |scan: &mut llm_worker::outbox::Scan| {
+        llm_worker::outbox::deliver_due(pool, &hub, scan, 20)
+            .await
+            .unwrap()
+    };
 
     // The first pass reads the backlog to its end, and sends nothing.
     let mut read = 0;
     loop {
-        let done = llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
-            .await
-            .unwrap();
+        let done = round(&mut scan).await;
         assert_eq!(done.delivered, 0);
         read += done.read;
         if !done.more {
@@ -457,28 +461,8 @@ async fn a_backlog_waiting_out_its_backoff_is_not_read_again_until_it_is_due() {
     }
     assert_eq!(read, 1000);
     // The next rounds read only what was written since.
-    assert_eq!(
-        llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
-            .await
-            .unwrap()
-            .read,
-        0,
-        "the backlog was read again"
-    );
+    assert_eq!(round(&mut scan).await.read, 0, "the backlog was read again");
     write(3).await.unwrap();
-    assert_eq!(
-        llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
-            .await
-            .unwrap()
-            .read,
-        3
-    );
-    assert_eq!(
-        llm_worker::outbox::deliver_due(&test.pool, &hub, &mut scan, 20)
-            .await
-            .unwrap()
-            .read,
-        0,
-        "the backlog was read again"
-    );
+    assert_eq!(round(&mut scan).await.read, 3);
+    assert_eq!(round(&mut scan).await.read, 0, "the backlog was read again");
 }

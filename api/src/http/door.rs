@@ -82,12 +82,13 @@ pub(super) async fn run(
             let wait = state.limits.compat_wait;
             // Stored as submitted and unfinished: nothing to read before its notice. Otherwise
             // (an earlier request's Idempotency-Key, a cache-table hit) read it first.
-            let subscription = if submitted.id == new_id {
+            let fresh = submitted.id == new_id;
+            let subscription = if fresh {
                 subscription
             } else {
                 state.notices.subscribe(submitted.id)
             };
-            let queued = submitted.id == new_id && !submitted.status.is_final();
+            let queued = fresh && !submitted.status.is_final();
             Box::new(
                 wait_subscribed(
                     &state,

@@ -65,8 +65,8 @@ pub(super) struct EventWriter {
     open_block: Option<Block>,
     /// Blocks opened so far: the next one's index.
     blocks: u32,
-    /// The block index of each tool call opened (by the call's index).
-    call_blocks: Vec<(u32, u32)>,
+    /// The tool calls whose block was opened (by the call's index).
+    opened_calls: Vec<u32>,
     finished: bool,
 }
 
@@ -90,7 +90,7 @@ impl EventWriter {
             current_calls: Vec::new(),
             open_block: None,
             blocks: 0,
-            call_blocks: Vec::new(),
+            opened_calls: Vec::new(),
             finished: false,
         }
     }
@@ -260,17 +260,13 @@ impl EventWriter {
                     index,
                     call: Some(call),
                 }) if call == piece.index => index,
-                _ if self
-                    .call_blocks
-                    .iter()
-                    .any(|(call, _)| *call == piece.index) =>
-                {
+                _ if self.opened_calls.contains(&piece.index) => {
                     continue;
                 }
                 _ => {
                     frames.extend(self.close_block());
                     let index = self.open(Some(piece.index));
-                    self.call_blocks.push((piece.index, index));
+                    self.opened_calls.push(piece.index);
                     frames.push(frame(
                         "content_block_start",
                         json!({"type": "content_block_start", "index": index,
