@@ -164,8 +164,9 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
         let openai = batch.openai.as_ref();
         sqlx::query(
             "INSERT INTO generation_batches
-                 (id, user_id, item_count, metadata, input_file_id, endpoint, completion_window)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 (id, user_id, item_count, metadata, input_file_id, endpoint, completion_window,
+                  expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NOW() + make_interval(secs => $8))",
         )
         .bind(batch.id)
         .bind(batch.user_id)
@@ -174,6 +175,11 @@ pub async fn create(pool: &PgPool, batch: NewBatch) -> Result<Vec<Uuid>, DomainE
         .bind(openai.map(|o| o.input_file_id))
         .bind(openai.map(|o| o.endpoint.as_str()))
         .bind(openai.map(|o| o.completion_window.as_str()))
+        .bind(
+            openai
+                .and_then(|o| crate::openai_batches::completion_window(&o.completion_window))
+                .map(|window| window.as_secs_f64()),
+        )
         .execute(&mut *tx)
         .await?;
         let items = &batch.items;

@@ -2,7 +2,10 @@
 //! lines are its requests, each with its own job at batch priority), made from an uploaded
 //! file (`openai_files`), with the columns OpenAI's batch object shows beyond ours. Its status
 //! and counts are read from its requests, its output and error files are its finished requests
-//! read back a page at a time ([`lines`]): nothing is stored twice.
+//! read back a page at a time ([`lines`]): nothing is stored twice. A batch still unfinished
+//! when its completion window ends expires ([`expire_due`]).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -19,6 +22,14 @@ pub const MAX_CUSTOM_ID_CHARS: usize = 512;
 /// Most batches one listing returns.
 pub const MAX_LIST: i64 = 100;
 
+/// The completion windows a batch may ask for (OpenAI offers `24h`), and how long each lasts.
+pub fn completion_window(text: &str) -> Option<Duration> {
+    (text == "24h").then_some(SHORTEST_WINDOW)
+}
+
+/// The shortest of the [`completion_window`]s.
+const SHORTEST_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// An OpenAI batch with its requests counted by status.
 #[derive(Debug, Clone, FromRow)]
 pub struct BatchSummary {
@@ -30,6 +41,10 @@ pub struct BatchSummary {
     pub endpoint: Option<String>,
     pub completion_window: Option<String>,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// When its completion window ends.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the end of its window expired its unfinished requests.
+    pub expired_at: Option<DateTime<Utc>>,
     pub unfinished: i64,
     pub completed: i64,
     pub failed: i64,
@@ -45,6 +60,7 @@ pub enum BatchStatus {
     Completed,
     Cancelling,
     Cancelled,
+    Expired,
 }
 
 impl BatchStatus {
@@ -54,19 +70,23 @@ impl BatchStatus {
             Self::Completed => "completed",
             Self::Cancelling => "cancelling",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 }
 
 impl BatchSummary {
     /// A batch is validated as it is created (an invalid file creates nothing), so it starts
-    /// in progress; it is final once every request is.
+    /// in progress; it is final once every request is. A cancel ends it as cancelled, the end
+    /// of its window with requests unfinished as expired.
     pub fn status(&self) -> BatchStatus {
-        match (self.cancelled_at.is_some(), self.unfinished > 0) {
-            (true, true) => BatchStatus::Cancelling,
-            (true, false) => BatchStatus::Cancelled,
-            (false, true) => BatchStatus::InProgress,
-            (false, false) => BatchStatus::Completed,
+        let unfinished = self.unfinished > 0;
+        match (self.cancelled_at, self.expired_at) {
+            (Some(_), _) if unfinished => BatchStatus::Cancelling,
+            (Some(_), _) => BatchStatus::Cancelled,
+            (None, Some(_)) => BatchStatus::Expired,
+            (None, None) if unfinished => BatchStatus::InProgress,
+            (None, None) => BatchStatus::Completed,
         }
     }
 
@@ -122,6 +142,24 @@ pub async fn cancel(pool: &PgPool, id: Uuid, user_id: Uuid) -> Result<u64, sqlx:
         .execute(pool)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// The `error_code` of a request its batch's window expired (`sql/expire.sql` writes it).
+pub const EXPIRED_CODE: &str = "batch_expired";
+
+/// Batches expired per statement of [`expire_due`].
+pub const EXPIRE_PER_STATEMENT: i64 = 100;
+
+/// Expires the batches whose completion window has ended with requests unfinished, up to
+/// [`EXPIRE_PER_STATEMENT`] of them: those requests end cancelled (`batch_expired`), the
+/// batch `expired`. Returns how many requests it expired. Idempotent; any worker may run it at
+/// any time.
+pub async fn expire_due(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(include_str!("openai_batches/sql/expire.sql"))
+        .bind(SHORTEST_WINDOW.as_secs_f64())
+        .bind(EXPIRE_PER_STATEMENT)
+        .fetch_one(pool)
+        .await
 }
 
 /// One finished request of a batch, as its output or error file shows it.

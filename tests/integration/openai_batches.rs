@@ -78,7 +78,7 @@ async fn until_final(app: &TestApp, id: &str) -> Value {
     loop {
         let (status, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
         assert_eq!(status, 200, "{batch}");
-        if ["completed", "cancelled"].contains(&batch["status"].as_str().unwrap()) {
+        if ["completed", "cancelled", "expired"].contains(&batch["status"].as_str().unwrap()) {
             return batch;
         }
         assert!(
@@ -242,6 +242,161 @@ async fn a_batch_file_runs_as_durable_requests_and_its_output_and_error_files_fo
     assert_eq!(status, 404);
     let (status, _) = app.get_json(&format!("/v1/batches/{id}")).await;
     assert_eq!(status, 200);
+}
+
+/// The id of a batch object (`batch_<hex>`) as the UUID it names.
+fn batch_uuid(batch: &Value) -> Uuid {
+    let id = batch["id"].as_str().unwrap();
+    Uuid::try_parse(id.strip_prefix("batch_").unwrap()).unwrap()
+}
+
+/// A batch's completion window ends (24 h after it was made; here moved into the past): the
+/// requests it still has pending or running end cancelled, listed in its error file as OpenAI's
+/// `batch_expired`, and the batch is `expired`; what finished in time stays in its output file.
+/// A batch that finished within its window stays completed; an expired one cannot be cancelled.
+#[tokio::test]
+async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_what_finished() {
+    let app = spawn_app().await;
+    let token = app.token();
+    let content: Vec<String> = (0..3)
+        .map(|i| line(&format!("e{i}"), chat(&format!("expiring {i}"))))
+        .collect();
+    let (_, file) = upload(&app, &token, "batch", content.join("\n").as_bytes()).await;
+    let (status, expiring) = create(&app, &token, file["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{expiring}");
+    assert_eq!(
+        expiring["expires_at"].as_i64().unwrap() - expiring["created_at"].as_i64().unwrap(),
+        24 * 3600
+    );
+    assert!(expiring["expired_at"].is_null());
+    let expiring_id = expiring["id"].as_str().unwrap();
+    let (_, file) = upload(
+        &app,
+        &token,
+        "batch",
+        line("t0", chat("in time")).as_bytes(),
+    )
+    .await;
+    let (status, in_time) = create(&app, &token, file["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{in_time}");
+    let batches = [batch_uuid(&expiring), batch_uuid(&in_time)];
+    // Two lines are held by a worker alive elsewhere (a lease an hour long): still running
+    // when the window ends.
+    sqlx::query(
+        "UPDATE generation_requests
+         SET status = 'running', attempts = 1, claimed_by = 'elsewhere',
+             lease_expires_at = NOW() + INTERVAL '1 hour'
+         WHERE batch_id = $1 AND batch_index > 0",
+    )
+    .bind(batches[0])
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    // The rescuer, which expires batches, runs every lease.
+    let _worker = start_worker(&app.db, &["--lease-secs", "3"]);
+    let done = until_final(&app, in_time["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM generation_requests
+             WHERE batch_id = '{}' AND status = 'completed'",
+            batches[0]
+        ))
+        .await
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the free line never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both batches were made 25 hours ago: both windows have ended.
+    sqlx::query(
+        "WITH moved AS (
+             UPDATE generation_batches
+             SET created_at = created_at - INTERVAL '25 hours',
+                 expires_at = expires_at - INTERVAL '25 hours'
+             WHERE id = ANY($1) RETURNING id)
+         UPDATE generation_requests SET created_at = created_at - INTERVAL '25 hours'
+         WHERE batch_id IN (SELECT id FROM moved)",
+    )
+    .bind(&batches[..])
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    let expired = until_final(&app, expiring_id).await;
+    assert_eq!(expired["status"], "expired", "{expired}");
+    assert!(expired["expired_at"].as_i64().is_some(), "{expired}");
+    assert!(expired["completed_at"].is_null() && expired["cancelled_at"].is_null());
+    assert_eq!(
+        expired["request_counts"],
+        json!({"total": 3, "completed": 1, "failed": 2})
+    );
+    let output = format!(
+        "/v1/files/{}/content",
+        expired["output_file_id"].as_str().unwrap()
+    );
+    let (status, output) = text(&app, &token, &output).await;
+    assert_eq!(status, 200);
+    let output = jsonl(&output);
+    assert_eq!(output.len(), 1);
+    assert_eq!(
+        (
+            &output[0]["custom_id"],
+            &output[0]["response"]["status_code"]
+        ),
+        (&json!("e0"), &json!(200))
+    );
+    let errors = format!(
+        "/v1/files/{}/content",
+        expired["error_file_id"].as_str().unwrap()
+    );
+    let (status, errors) = text(&app, &token, &errors).await;
+    assert_eq!(status, 200);
+    let errors = jsonl(&errors);
+    let ids: Vec<&str> = errors
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    assert!(
+        errors
+            .iter()
+            .all(|l| l["response"].is_null() && l["error"]["code"] == "batch_expired"),
+        "{errors:?}"
+    );
+    // The hub hears of each expired line's end once.
+    assert_eq!(
+        app.db
+            .count(&format!(
+                "SELECT COUNT(DISTINCT e.request_id) FROM outbox_events e
+                 JOIN generation_requests r ON r.id = e.request_id
+                 WHERE e.type = 'generation.cancelled' AND r.batch_id = '{}'",
+                batches[0]
+            ))
+            .await,
+        2
+    );
+
+    let (status, kept) = app
+        .get_json(&format!("/v1/batches/{}", in_time["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(kept["status"], "completed", "{kept}");
+    assert!(kept["expired_at"].is_null());
+    let (status, refused) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/batches/{expiring_id}/cancel"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    let (_, again) = app.get_json(&format!("/v1/batches/{expiring_id}")).await;
+    assert_eq!(again["status"], "expired");
 }
 
 #[tokio::test]

@@ -206,6 +206,8 @@ async fn renew_leases(state: Arc<WorkerState>, stop: CancellationToken) {
     }
 }
 
+/// Every lease, the upkeep no single request drives: stranded jobs, orphaned followers, expired
+/// cache entries, OpenAI batches past their completion window.
 async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
     let mut every = tokio::time::interval(state.lease);
     loop {
@@ -231,6 +233,14 @@ async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
         }
         if let Err(err) = cache::purge_expired(&state.pool).await {
             tracing::warn!(error = %err, "could not purge expired cache entries");
+        }
+        match llm_shared::openai_batches::expire_due(&state.pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                requests = n,
+                "expired the unfinished requests of batches whose completion window ended"
+            ),
+            Err(err) => tracing::warn!(error = %err, "could not expire batches past their window"),
         }
     }
 }

@@ -4,7 +4,8 @@
 //!   `body` exactly the chat door's `chat.completion`;
 //! - errors: a failed request as its HTTP error (`response.status_code` and OpenAI's error
 //!   body, as the chat door answers it), a cancelled one as `"response": null, "error":
-//!   {"code": "batch_cancelled", "message"}`.
+//!   {"code": "batch_cancelled", "message"}`, one its batch's window expired as
+//!   `{"code": "batch_expired", ...}`.
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -81,15 +82,26 @@ fn line(row: &BatchLine) -> Value {
                 "error": null,
             })
         }
-        _ => json!({
-            "id": id,
-            "custom_id": custom_id,
-            "response": null,
-            "error": {
-                "code": "batch_cancelled",
-                "message": "the batch was cancelled before this request ran",
-            },
-        }),
+        _ => {
+            let (code, message) =
+                if request.error_code.as_deref() == Some(openai_batches::EXPIRED_CODE) {
+                    (
+                        openai_batches::EXPIRED_CODE,
+                        "This request could not be executed before the completion window expired.",
+                    )
+                } else {
+                    (
+                        "batch_cancelled",
+                        "the batch was cancelled before this request ran",
+                    )
+                };
+            json!({
+                "id": id,
+                "custom_id": custom_id,
+                "response": null,
+                "error": {"code": code, "message": message},
+            })
+        }
     }
 }
 

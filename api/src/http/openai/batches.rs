@@ -108,7 +108,8 @@ pub struct BatchObject {
     pub errors: Option<Value>,
     pub input_file_id: String,
     pub completion_window: String,
-    /// `in_progress`, `cancelling`, `cancelled` or `completed`.
+    /// `in_progress`, `cancelling`, `cancelled`, `completed`, or `expired` (its window ended
+    /// with requests unfinished).
     pub status: String,
     pub output_file_id: Option<String>,
     pub error_file_id: Option<String>,
@@ -188,13 +189,16 @@ impl BatchObject {
             error_file_id: file(BatchFile::Errors),
             created_at: batch.created_at.timestamp(),
             in_progress_at: at(batch.created_at),
-            expires_at: at(batch.created_at + chrono::Duration::hours(24)),
+            expires_at: batch.expires_at.and_then(at),
             finalizing_at: finished.and_then(at),
             completed_at: finished
                 .filter(|_| status == BatchStatus::Completed)
                 .and_then(at),
             failed_at: None,
-            expired_at: None,
+            expired_at: batch
+                .expired_at
+                .filter(|_| status == BatchStatus::Expired)
+                .and_then(at),
             cancelling_at: batch.cancelled_at.and_then(at),
             cancelled_at: finished
                 .filter(|_| status == BatchStatus::Cancelled)
@@ -246,7 +250,7 @@ pub async fn create_batch(
             Some("endpoint"),
         ));
     }
-    if body.completion_window != "24h" {
+    if openai_batches::completion_window(&body.completion_window).is_none() {
         return Err(OpenAiError::invalid(
             "completion_window must be 24h",
             Some("completion_window"),
@@ -525,12 +529,17 @@ pub async fn cancel_batch(
         .await
         .map_err(db_error)?
         .ok_or_else(|| no_such_batch(&id))?;
-    if batch.status() == BatchStatus::Completed {
+    let ended = match batch.status() {
+        BatchStatus::Completed => Some("completed"),
+        BatchStatus::Expired => Some("expired"),
+        _ => None,
+    };
+    if let Some(ended) = ended {
         return Err(OpenAiError::Custom {
             status: StatusCode::CONFLICT,
             kind: "invalid_request_error",
             code: None,
-            message: "the batch is completed and cannot be cancelled".into(),
+            message: format!("the batch has {ended} and cannot be cancelled"),
             param: None,
         });
     }

@@ -2,7 +2,8 @@
 -- else newest first after the batch $3; at most $4. Each count reads the batch's own requests
 -- through generation_requests_batch_idx.
 SELECT b.id, b.created_at, b.metadata, b.item_count, b.input_file_id, b.endpoint,
-       b.completion_window, b.cancelled_at, c.unfinished, c.completed, c.failed, c.cancelled,
+       b.completion_window, b.cancelled_at, b.expires_at, b.expired_at, c.unfinished,
+       c.completed, c.failed, c.cancelled,
        c.finished_at
 FROM generation_batches b
 CROSS JOIN LATERAL (
