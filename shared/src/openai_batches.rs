@@ -147,19 +147,31 @@ pub async fn cancel(pool: &PgPool, id: Uuid, user_id: Uuid) -> Result<u64, sqlx:
 /// The `error_code` of a request its batch's window expired (`sql/expire.sql` writes it).
 pub const EXPIRED_CODE: &str = "batch_expired";
 
-/// Batches expired per statement of [`expire_due`].
-pub const EXPIRE_PER_STATEMENT: i64 = 100;
+/// Batches expired per statement of [`expire_due`]: at most 10,000 requests (a batch holds
+/// up to [`crate::batches::MAX_BATCH_ITEMS`]), so that no statement holds the rows of a whole backlog.
+pub const EXPIRE_PER_STATEMENT: i64 = 10;
+/// Statements per call of [`expire_due`]: what is left waits for the next call.
+const EXPIRE_STATEMENTS: usize = 10;
 
 /// Expires the batches whose completion window has ended with requests unfinished, up to
-/// [`EXPIRE_PER_STATEMENT`] of them: those requests end cancelled (`batch_expired`), the
-/// batch `expired`. Returns how many requests it expired. Idempotent; any worker may run it at
-/// any time.
+/// [`EXPIRE_PER_STATEMENT`] × [`EXPIRE_STATEMENTS`] of them: those requests end cancelled
+/// (`batch_expired`), the batch `expired`. Returns how many requests it expired. Idempotent;
+/// any worker may run it at any time.
 pub async fn expire_due(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(include_str!("openai_batches/sql/expire.sql"))
-        .bind(SHORTEST_WINDOW.as_secs_f64())
-        .bind(EXPIRE_PER_STATEMENT)
-        .fetch_one(pool)
-        .await
+    let mut requests = 0;
+    for _ in 0..EXPIRE_STATEMENTS {
+        let (batches, expired): (i64, i64) =
+            sqlx::query_as(include_str!("openai_batches/sql/expire.sql"))
+                .bind(SHORTEST_WINDOW.as_secs_f64())
+                .bind(EXPIRE_PER_STATEMENT)
+                .fetch_one(pool)
+                .await?;
+        requests += expired;
+        if batches < EXPIRE_PER_STATEMENT {
+            break;
+        }
+    }
+    Ok(requests)
 }
 
 /// One finished request of a batch, as its output or error file shows it.

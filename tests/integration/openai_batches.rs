@@ -399,6 +399,49 @@ async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_wha
     assert_eq!(again["status"], "expired");
 }
 
+/// Many batches whose windows ended at once are expired a bounded number per statement, and
+/// all of them in one pass of the rescuer.
+#[tokio::test]
+async fn batches_expiring_together_are_expired_in_bounded_statements_within_one_pass() {
+    let app = spawn_app().await;
+    let token = app.token();
+    let count = llm_shared::openai_batches::EXPIRE_PER_STATEMENT + 2;
+    for i in 0..count {
+        let content = [
+            line("a", chat(&format!("many {i} a"))),
+            line("b", chat(&format!("many {i} b"))),
+        ];
+        let (_, file) = upload(&app, &token, "batch", content.join("\n").as_bytes()).await;
+        let (status, batch) = create(&app, &token, file["id"].as_str().unwrap()).await;
+        assert_eq!(status, 200, "{batch}");
+    }
+    sqlx::raw_sql(
+        "UPDATE generation_batches SET created_at = created_at - INTERVAL '25 hours',
+                                       expires_at = expires_at - INTERVAL '25 hours';
+         UPDATE generation_requests SET created_at = created_at - INTERVAL '25 hours';",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let expired = llm_shared::openai_batches::expire_due(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(expired, count * 2);
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_batches WHERE expired_at IS NOT NULL")
+            .await,
+        count
+    );
+    // Nothing is left to expire, and nothing is expired twice.
+    assert_eq!(
+        llm_shared::openai_batches::expire_due(&app.db.pool)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 #[tokio::test]
 async fn a_cancelled_batch_runs_none_of_its_lines_and_lists_them_in_its_error_file() {
     let app = spawn_app().await;

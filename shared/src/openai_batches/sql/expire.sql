@@ -5,7 +5,8 @@
 -- that finished in time are left as they are; so is a batch with none left to expire.
 -- $1 is the shortest completion window in seconds: a batch's requests are as old as the
 -- batch, so only requests unfinished for longer can belong to one whose window has ended (read
--- through generation_requests_unfinished_by_age_idx). Answers the requests expired.
+-- through generation_requests_unfinished_by_age_idx). Answers the batches and the requests
+-- expired.
 WITH overdue AS MATERIALIZED (
     -- read first, and alone: the batches are then found by id (a plan that read the batches
     -- whose window ended would read every batch ever made, and each one's requests)
@@ -39,4 +40,4 @@ WITH overdue AS MATERIALIZED (
            hub_cancelled_payload(id, user_id, model, error_message)
     FROM expired
 )
-SELECT COUNT(*) FROM expired
+SELECT COUNT(DISTINCT batch_id) AS batches, COUNT(*) AS requests FROM expired
