@@ -148,7 +148,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid, user_id: Uuid) -> Result<u64, sqlx:
 pub const EXPIRED_CODE: &str = "batch_expired";
 
 /// Batches expired per statement of [`expire_due`]: at most 10,000 requests (a batch holds
-/// up to [`crate::batches::MAX_BATCH_ITEMS`]), so that no statement holds the rows of a whole backlog.
+/// up to [`crate::batches::MAX_BATCH_ITEMS`]), so that no statement locks a whole backlog.
 pub const EXPIRE_PER_STATEMENT: i64 = 10;
 /// Statements per call of [`expire_due`]: what is left waits for the next call.
 const EXPIRE_STATEMENTS: usize = 10;

@@ -21,14 +21,22 @@ WITH overdue AS MATERIALIZED (
     ORDER BY b.expires_at
     LIMIT $2
     FOR UPDATE OF b SKIP LOCKED
+), locked AS (
+    -- in id order, as every batched statement on this table (LOCK_ORDER in claim_many.sql)
+    SELECT r.id
+    FROM generation_requests r
+    WHERE r.batch_id IN (SELECT id FROM due) AND r.status IN ('pending', 'running')
+    ORDER BY r.id
+    FOR UPDATE OF r
 ), expired AS (
-    UPDATE generation_requests
+    UPDATE generation_requests r
     SET status = 'cancelled', completed_at = NOW(), updated_at = NOW(),
         error_code = 'batch_expired',
         error_message = 'the batch''s completion window ended before this request finished',
         claimed_by = NULL, lease_expires_at = NULL
-    WHERE batch_id IN (SELECT id FROM due) AND status IN ('pending', 'running')
-    RETURNING id, user_id, model, error_message, batch_id
+    FROM locked
+    WHERE r.id = locked.id AND r.status IN ('pending', 'running')
+    RETURNING r.id, r.user_id, r.model, r.error_message, r.batch_id
 ), marked AS (
     UPDATE generation_batches
     SET expired_at = NOW()
