@@ -41,7 +41,7 @@ pub struct BatchSummary {
     pub endpoint: Option<String>,
     pub completion_window: Option<String>,
     pub cancelled_at: Option<DateTime<Utc>>,
-    /// When its completion window ends.
+    /// When its completion window ends, if stored (see [`BatchSummary::expires_at`]).
     pub expires_at: Option<DateTime<Utc>>,
     /// When the end of its window expired its unfinished requests.
     pub expired_at: Option<DateTime<Utc>>,
@@ -88,6 +88,15 @@ impl BatchSummary {
             (None, None) if unfinished => BatchStatus::InProgress,
             (None, None) => BatchStatus::Completed,
         }
+    }
+
+    /// When its completion window ends: as stored, or, for a batch stored without it, its
+    /// window after its creation (as the expiry reads it).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at.or_else(|| {
+            let window = completion_window(self.completion_window.as_deref()?)?;
+            Some(self.created_at + chrono::Duration::from_std(window).ok()?)
+        })
     }
 
     pub fn is_final(&self) -> bool {

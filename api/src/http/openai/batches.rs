@@ -189,7 +189,7 @@ impl BatchObject {
             error_file_id: file(BatchFile::Errors),
             created_at: batch.created_at.timestamp(),
             in_progress_at: at(batch.created_at),
-            expires_at: batch.expires_at.and_then(at),
+            expires_at: batch.expires_at().and_then(at),
             finalizing_at: finished.and_then(at),
             completed_at: finished
                 .filter(|_| status == BatchStatus::Completed)

@@ -5,8 +5,8 @@
 -- that finished in time are left as they are; so is a batch with none left to expire.
 -- $1 is the shortest completion window in seconds: a batch's requests are as old as the
 -- batch, so only requests unfinished for longer can belong to one whose window has ended (read
--- through generation_requests_unfinished_by_age_idx). Answers the batches and the requests
--- expired.
+-- through generation_requests_unfinished_by_age_idx); an OpenAI batch stored without
+-- `expires_at` has that window. Answers the batches and the requests expired.
 WITH overdue AS MATERIALIZED (
     -- read first, and alone: the batches are then found by id (a plan that read the batches
     -- whose window ended would read every batch ever made, and each one's requests)
@@ -17,8 +17,11 @@ WITH overdue AS MATERIALIZED (
 ), due AS (
     SELECT b.id
     FROM overdue JOIN generation_batches b ON b.id = overdue.id
-    WHERE b.expires_at <= NOW()
-    ORDER BY b.expires_at
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(b.expires_at, b.created_at + make_interval(secs => $1)) AS at
+    ) expiry
+    WHERE b.endpoint IS NOT NULL AND expiry.at <= NOW()
+    ORDER BY expiry.at
     LIMIT $2
     FOR UPDATE OF b SKIP LOCKED
 ), locked AS (
