@@ -691,37 +691,73 @@ async fn the_official_openai_python_sdk_runs_a_batch_unchanged() {
     let db = llm_tests::TestDb::new().await;
     let (_api, base) = spawn_api_process_with(&db, &[]).await;
     let _worker = start_worker(&db, &[]);
-    let output = tokio::process::Command::new(&python)
-        .arg(llm_tests::repo_root().join("tests/python/openai_batch_check.py"))
-        .env("OPENAI_BASE_URL", format!("{base}/v1"))
-        .env(
-            "OPENAI_API_KEY",
-            llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
-                .issue(Uuid::now_v7(), 600, None)
-                .unwrap(),
-        )
-        .output()
-        .await
+    let key = llm_api::jwt::JwtKeys::new(&secrecy::SecretString::from(llm_tests::TEST_SECRET))
+        .issue(Uuid::now_v7(), 600, None)
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}"
+    let run = |expired: Option<&str>| {
+        let mut command = tokio::process::Command::new(&python);
+        command
+            .arg(llm_tests::repo_root().join("tests/python/openai_batch_check.py"))
+            .env("OPENAI_BASE_URL", format!("{base}/v1"))
+            .env("OPENAI_API_KEY", &key);
+        if let Some(id) = expired {
+            command.env("EXPIRED_BATCH", id);
+        }
+        async move {
+            let output = command.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success(),
+                "SDK checks failed:\n{stdout}\n{stderr}"
+            );
+            stdout
+        }
+    };
+    let stdout = run(None).await;
+    // The last batch's window ends while its line runs: the SDK reads it expired.
+    let expiring = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("expiring "))
+        .expect("the script names the batch to expire")
+        .to_owned();
+    sqlx::query(
+        "WITH moved AS (
+             UPDATE generation_batches
+             SET created_at = created_at - INTERVAL '25 hours',
+                 expires_at = expires_at - INTERVAL '25 hours'
+             WHERE id = $1 RETURNING id)
+         UPDATE generation_requests SET created_at = created_at - INTERVAL '25 hours'
+         WHERE batch_id IN (SELECT id FROM moved)",
+    )
+    .bind(batch_uuid(&json!({ "id": expiring })))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        llm_shared::openai_batches::expire_due(&db.pool)
+            .await
+            .unwrap(),
+        1
     );
-    for check in [
-        "upload",
-        "create",
-        "completed",
-        "output",
-        "errors",
-        "list",
-        "cancel",
-        "not_found",
+    let expired = run(Some(&expiring)).await;
+    for (check, out) in [
+        ("upload", &stdout),
+        ("create", &stdout),
+        ("completed", &stdout),
+        ("output", &stdout),
+        ("errors", &stdout),
+        ("list", &stdout),
+        ("cancel", &stdout),
+        ("not_found", &stdout),
+        ("expires_at", &stdout),
+        ("expired", &expired),
+        ("expired_errors", &expired),
+        ("expired_cancel", &expired),
     ] {
         assert!(
-            stdout.lines().any(|l| l == format!("ok {check}")),
-            "{check} missing:\n{stdout}"
+            out.lines().any(|l| l == format!("ok {check}")),
+            "{check} missing:\n{out}"
         );
     }
 }

@@ -4,7 +4,10 @@ Run by the integration test `openai_batches::the_official_openai_python_sdk_runs
 which starts the real api and a worker and passes:
   OPENAI_BASE_URL   the service's /v1 base URL
   OPENAI_API_KEY    a JWT of an ordinary user (sent as the bearer key, as the SDK does)
-Prints `ok <check>` for each check that passed; exits non-zero at the first that fails.
+  EXPIRED_BATCH     (second run) a batch the test has moved past its completion window
+Prints `ok <check>` for each check that passed; exits non-zero at the first that fails. The
+first run ends by making a batch whose one line is still running and prints `expiring <id>`;
+the test moves it past its window, expires it, and runs the script again with EXPIRED_BATCH.
 """
 
 import io
@@ -35,6 +38,23 @@ def line(custom_id, content, **extra):
 
 
 client = OpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
+
+expired_id = os.environ.get("EXPIRED_BATCH")
+if expired_id:
+    expired = client.batches.retrieve(expired_id)
+    check(
+        "expired",
+        expired.status == "expired" and expired.expired_at is not None and expired.request_counts.failed == 1,
+        expired,
+    )
+    errors = [json.loads(l) for l in client.files.content(expired.error_file_id).text.splitlines()]
+    check("expired_errors", [e["error"]["code"] for e in errors] == ["batch_expired"], errors)
+    try:
+        client.batches.cancel(expired_id)
+        check("expired_cancel", False, "an expired batch was cancelled")
+    except openai.ConflictError:
+        check("expired_cancel", True)
+    sys.exit(0)
 
 lines = [line(f"quest-{i}", f"Name quest {i}.") for i in range(4)]
 lines.append(line("doomed", "This one fails.", mock={"fail": "permanent"}))
@@ -92,3 +112,10 @@ try:
     check("not_found", False, "an unknown batch was found")
 except openai.NotFoundError:
     check("not_found", True)
+
+late_file = client.files.create(
+    file=("late.jsonl", jsonl([line("late", "too late", mock={"latency_ms": 30000})])), purpose="batch"
+)
+late = client.batches.create(input_file_id=late_file.id, endpoint="/v1/chat/completions", completion_window="24h")
+check("expires_at", late.expires_at == late.created_at + 24 * 3600, late)
+print(f"expiring {late.id}", flush=True)
