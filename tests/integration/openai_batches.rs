@@ -367,13 +367,14 @@ async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_wha
             .all(|l| l["response"].is_null() && l["error"]["code"] == "batch_expired"),
         "{errors:?}"
     );
-    // The hub hears of each expired line's end once.
+    // The hub hears of each expired line's end once, and why.
     assert_eq!(
         app.db
             .count(&format!(
                 "SELECT COUNT(DISTINCT e.request_id) FROM outbox_events e
                  JOIN generation_requests r ON r.id = e.request_id
-                 WHERE e.type = 'generation.cancelled' AND r.batch_id = '{}'",
+                 WHERE e.type = 'generation.cancelled' AND r.batch_id = '{}'
+                   AND e.payload->>'error_code' = 'batch_expired'",
                 batches[0]
             ))
             .await,

@@ -39,16 +39,18 @@ WITH overdue AS MATERIALIZED (
         claimed_by = NULL, lease_expires_at = NULL
     FROM locked
     WHERE r.id = locked.id AND r.status IN ('pending', 'running')
-    RETURNING r.id, r.user_id, r.model, r.error_message, r.batch_id
+    RETURNING r.id, r.user_id, r.model, r.error_code, r.error_message, r.batch_id
 ), marked AS (
     UPDATE generation_batches
     SET expired_at = NOW()
     WHERE id IN (SELECT batch_id FROM expired)
 ), events AS (
-    -- each request's `generation.cancelled` for the hub, in this statement's transaction
+    -- each request's `generation.cancelled` for the hub, in this statement's transaction,
+    -- with the request's own error code
     INSERT INTO outbox_events (id, request_id, type, payload)
     SELECT gen_random_uuid(), id, 'generation.cancelled',
            hub_cancelled_payload(id, user_id, model, error_message)
+               || jsonb_build_object('error_code', error_code)
     FROM expired
 )
 SELECT COUNT(DISTINCT batch_id) AS batches, COUNT(*) AS requests FROM expired
