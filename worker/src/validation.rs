@@ -1,7 +1,9 @@
 //! Response validation: an answer counts as a success only if it is usable. Empty output is a
 //! failed attempt; when JSON was asked for, output that does not parse, was cut by the token
 //! limit, or does not match the request's JSON Schema is a failed attempt too (retried, then
-//! the next model), never a success.
+//! the next model), never a success; so is an answer that ignores the request's tool choice
+//! (no call when one is required, another tool than the one named, a call when none is
+//! allowed): OpenAI and Anthropic follow `tool_choice` themselves, Ollama takes none.
 //!
 //! The schema is compiled once per check (`llm_shared::json_schema`, the `jsonschema` crate),
 //! and a violation is reported with its place in the answer (`$.party[1].name: ...`).
@@ -14,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use llm_shared::generation::{GenerationOutput, GenerationParams};
+use llm_shared::generation::{GenerationOutput, GenerationParams, ToolChoice};
 use llm_shared::json_schema::schema_violation_before;
 use serde_json::Value;
 
@@ -31,6 +33,9 @@ pub async fn validate_off_runtime(
     params: &GenerationParams,
     limit: Duration,
 ) -> Result<GenerationOutput, ProviderError> {
+    if let Some(unmet) = unmet_tool_choice(&output, params) {
+        return Err(ProviderError::InvalidOutput { message: unmet });
+    }
     // An answer of tool calls is the calls (their arguments are the client's to check), with
     // whatever text came along them, possibly none.
     if !output.tool_calls.is_empty() {
@@ -52,6 +57,29 @@ pub async fn validate_off_runtime(
             message: format!("the answer could not be validated: {panicked}"),
         }),
         Err(_) => Err(ProviderError::ValidationTimeout(limit)),
+    }
+}
+
+/// How an answer ignores the request's `tool_choice`, if it does.
+fn unmet_tool_choice(output: &GenerationOutput, params: &GenerationParams) -> Option<String> {
+    let calls = &output.tool_calls;
+    match params.tool_choice.as_ref()? {
+        ToolChoice::Required if calls.is_empty() => {
+            Some("the request requires a tool call and the answer makes none".into())
+        }
+        ToolChoice::Tool { name } if calls.is_empty() || calls.iter().any(|c| &c.name != name) => {
+            Some(format!(
+                "the request requires a call of `{name}` and the answer makes {}",
+                match calls.iter().find(|c| &c.name != name) {
+                    Some(other) => format!("a call of `{}`", other.name),
+                    None => "none".into(),
+                }
+            ))
+        }
+        ToolChoice::None if !calls.is_empty() => {
+            Some("the request allows no tool call and the answer makes one".into())
+        }
+        _ => None,
     }
 }
 
@@ -143,6 +171,53 @@ mod tests {
     use super::*;
     use llm_shared::generation::ResponseFormat;
     use serde_json::json;
+
+    /// An answer that ignores the request's tool choice is a failed attempt; one that follows
+    /// it, or a request without a choice, passes.
+    #[tokio::test]
+    async fn an_answer_that_ignores_the_tool_choice_is_a_failed_attempt() {
+        let call = |name: &str| GenerationOutput {
+            tool_calls: vec![llm_shared::generation::ToolCall {
+                id: "call_0".into(),
+                name: name.into(),
+                arguments: "{}".into(),
+            }],
+            ..output("", "tool_calls")
+        };
+        let text = output("It is sunny.", "stop");
+        let named = |name: &str| ToolChoice::Tool { name: name.into() };
+        let cases = [
+            (Some(ToolChoice::Required), text.clone(), false),
+            (Some(ToolChoice::Required), call("get_weather"), true),
+            (Some(named("get_weather")), text.clone(), false),
+            (Some(named("get_weather")), call("get_time"), false),
+            (Some(named("get_weather")), call("get_weather"), true),
+            (Some(ToolChoice::None), call("get_weather"), false),
+            (Some(ToolChoice::None), text.clone(), true),
+            (Some(ToolChoice::Auto), text.clone(), true),
+            (Some(ToolChoice::Auto), call("get_weather"), true),
+            (None, text, true),
+        ];
+        for (choice, answer, passes) in cases {
+            let params = GenerationParams {
+                tool_choice: choice.clone(),
+                ..Default::default()
+            };
+            let checked =
+                validate_off_runtime(answer.clone(), &params, Duration::from_secs(1)).await;
+            assert_eq!(
+                checked.is_ok(),
+                passes,
+                "{choice:?} answered by {answer:?}: {checked:?}"
+            );
+            if let Err(err) = checked {
+                assert!(
+                    matches!(err, ProviderError::InvalidOutput { .. }),
+                    "{err:?}"
+                );
+            }
+        }
+    }
 
     fn output(text: &str, finish: &str) -> GenerationOutput {
         GenerationOutput {

@@ -394,3 +394,38 @@ async fn the_native_stream_relays_tool_call_pieces_and_done_carries_the_calls() 
     );
     worker.stop().await;
 }
+
+/// Ollama takes no `tool_choice`: when a request requires a call and the model answers text,
+/// the answer is a failed attempt (`invalid_output`) and the request runs again, instead of
+/// completing without the call it required.
+#[tokio::test]
+async fn an_ollama_answer_without_the_required_call_is_a_failed_attempt() {
+    use llm_tests::fake_upstream::{FakeUpstream, ollama};
+    let fake = FakeUpstream::start("").await;
+    fake.then(ollama::success("It is sunny.", 5, 3));
+    fake.then(ollama::tool_calls(&[(
+        "get_weather",
+        json!({"city": "Paris"}),
+    )]));
+    let flags = vec!["--ollama-url".to_owned(), fake.base_url.clone()];
+    let (app, worker) = llm_tests::app_with_worker(&flags).await;
+    let tools = json!({"tools": [{"name": "get_weather", "parameters": {"type": "object"}}],
+                       "tool_choice": {"type": "required"}});
+    let id = app
+        .submit_ok(json!({"model": "llama3.1", "prompt": "Weather in Paris?", "parameters": tools}))
+        .await;
+    let done = app.wait_final(id, LONG).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["tool_calls"][0]["name"], "get_weather", "{done}");
+    assert_eq!(fake.received().len(), 2);
+    assert_eq!(
+        app.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM generation_attempts
+                 WHERE request_id = '{id}' AND error_kind = 'invalid_output'"
+            ))
+            .await,
+        1
+    );
+    worker.stop().await;
+}
