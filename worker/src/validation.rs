@@ -67,15 +67,17 @@ fn unmet_tool_choice(output: &GenerationOutput, params: &GenerationParams) -> Op
         ToolChoice::Required if calls.is_empty() => {
             Some("the request requires a tool call and the answer makes none".into())
         }
-        ToolChoice::Tool { name } if calls.is_empty() || calls.iter().any(|c| &c.name != name) => {
-            Some(format!(
-                "the request requires a call of `{name}` and the answer makes {}",
-                match calls.iter().find(|c| &c.name != name) {
-                    Some(other) => format!("a call of `{}`", other.name),
-                    None => "none".into(),
-                }
-            ))
-        }
+        ToolChoice::Tool { name } => match calls.iter().find(|c| &c.name != name) {
+            // The model's name for it, cut: it is the model's text, not a declared tool's.
+            Some(other) => Some(format!(
+                "the request requires a call of `{name}` and the answer calls `{}`",
+                other.name.chars().take(64).collect::<String>()
+            )),
+            None if calls.is_empty() => Some(format!(
+                "the request requires a call of `{name}` and the answer makes none"
+            )),
+            None => None,
+        },
         ToolChoice::None if !calls.is_empty() => {
             Some("the request allows no tool call and the answer makes one".into())
         }
