@@ -244,10 +244,35 @@ async fn a_batch_file_runs_as_durable_requests_and_its_output_and_error_files_fo
     assert_eq!(status, 200);
 }
 
-/// The id of a batch object (`batch_<hex>`) as the UUID it names.
-fn batch_uuid(batch: &Value) -> Uuid {
-    let id = batch["id"].as_str().unwrap();
+/// A batch id (`batch_<hex>`) as the UUID it names.
+fn batch_uuid(id: &str) -> Uuid {
     Uuid::try_parse(id.strip_prefix("batch_").unwrap()).unwrap()
+}
+
+/// Moves the batches `ids` and their requests 25 hours into the past: their 24-hour windows
+/// have ended.
+async fn made_a_day_ago(pool: &sqlx::PgPool, ids: &[Uuid]) {
+    sqlx::query(
+        "WITH moved AS (
+             UPDATE generation_batches
+             SET created_at = created_at - INTERVAL '25 hours',
+                 expires_at = expires_at - INTERVAL '25 hours'
+             WHERE id = ANY($1) RETURNING id)
+         UPDATE generation_requests SET created_at = created_at - INTERVAL '25 hours'
+         WHERE batch_id IN (SELECT id FROM moved)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The lines of the batch's file named by `which` (`output_file_id`, `error_file_id`).
+async fn file_lines(app: &TestApp, token: &str, batch: &Value, which: &str) -> Vec<Value> {
+    let path = format!("/v1/files/{}/content", batch[which].as_str().unwrap());
+    let (status, content) = text(app, token, &path).await;
+    assert_eq!(status, 200, "{content}");
+    jsonl(&content)
 }
 
 /// A batch's completion window ends (24 h after it was made; here moved into the past): the
@@ -279,7 +304,10 @@ async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_wha
     .await;
     let (status, in_time) = create(&app, &token, file["id"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{in_time}");
-    let batches = [batch_uuid(&expiring), batch_uuid(&in_time)];
+    let batches = [
+        batch_uuid(expiring_id),
+        batch_uuid(in_time["id"].as_str().unwrap()),
+    ];
     // Two lines are held by a worker alive elsewhere (a lease an hour long): still running
     // when the window ends.
     sqlx::query(
@@ -311,20 +339,7 @@ async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_wha
         assert!(Instant::now() < deadline, "the free line never ran");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Both batches were made 25 hours ago: both windows have ended.
-    sqlx::query(
-        "WITH moved AS (
-             UPDATE generation_batches
-             SET created_at = created_at - INTERVAL '25 hours',
-                 expires_at = expires_at - INTERVAL '25 hours'
-             WHERE id = ANY($1) RETURNING id)
-         UPDATE generation_requests SET created_at = created_at - INTERVAL '25 hours'
-         WHERE batch_id IN (SELECT id FROM moved)",
-    )
-    .bind(&batches[..])
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    made_a_day_ago(&app.db.pool, &batches).await;
 
     let expired = until_final(&app, expiring_id).await;
     assert_eq!(expired["status"], "expired", "{expired}");
@@ -334,13 +349,7 @@ async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_wha
         expired["request_counts"],
         json!({"total": 3, "completed": 1, "failed": 2})
     );
-    let output = format!(
-        "/v1/files/{}/content",
-        expired["output_file_id"].as_str().unwrap()
-    );
-    let (status, output) = text(&app, &token, &output).await;
-    assert_eq!(status, 200);
-    let output = jsonl(&output);
+    let output = file_lines(&app, &token, &expired, "output_file_id").await;
     assert_eq!(output.len(), 1);
     assert_eq!(
         (
@@ -349,13 +358,7 @@ async fn a_batch_whose_window_ends_expires_its_unfinished_requests_and_keeps_wha
         ),
         (&json!("e0"), &json!(200))
     );
-    let errors = format!(
-        "/v1/files/{}/content",
-        expired["error_file_id"].as_str().unwrap()
-    );
-    let (status, errors) = text(&app, &token, &errors).await;
-    assert_eq!(status, 200);
-    let errors = jsonl(&errors);
+    let errors = file_lines(&app, &token, &expired, "error_file_id").await;
     let ids: Vec<&str> = errors
         .iter()
         .map(|l| l["custom_id"].as_str().unwrap())
@@ -482,17 +485,7 @@ async fn a_cancelled_batch_runs_none_of_its_lines_and_lists_them_in_its_error_fi
     );
     assert_eq!(app.db.count("SELECT COUNT(*) FROM outbox_events").await, 3);
     assert!(first["output_file_id"].is_null());
-    let (status, errors) = text(
-        &app,
-        &token,
-        &format!(
-            "/v1/files/{}/content",
-            first["error_file_id"].as_str().unwrap()
-        ),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let errors = jsonl(&errors);
+    let errors = file_lines(&app, &token, &first, "error_file_id").await;
     assert_eq!(errors.len(), 3);
     assert!(
         errors
@@ -722,19 +715,7 @@ async fn the_official_openai_python_sdk_runs_a_batch_unchanged() {
         .find_map(|l| l.strip_prefix("expiring "))
         .expect("the script names the batch to expire")
         .to_owned();
-    sqlx::query(
-        "WITH moved AS (
-             UPDATE generation_batches
-             SET created_at = created_at - INTERVAL '25 hours',
-                 expires_at = expires_at - INTERVAL '25 hours'
-             WHERE id = $1 RETURNING id)
-         UPDATE generation_requests SET created_at = created_at - INTERVAL '25 hours'
-         WHERE batch_id IN (SELECT id FROM moved)",
-    )
-    .bind(batch_uuid(&json!({ "id": expiring })))
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    made_a_day_ago(&db.pool, &[batch_uuid(&expiring)]).await;
     assert_eq!(
         llm_shared::openai_batches::expire_due(&db.pool)
             .await
