@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use llm_shared::db;
+use llm_shared::listener::Listener;
 use llm_shared::metrics::Metrics;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
-use llm_shared::notices::FinalNotices;
+use llm_shared::notices::{self, FinalNotices};
 use llm_shared::prompts::PromptLibrary;
 use llm_shared::registry_reloads;
 use llm_shared::requests::{HIT_ROWS_ON_STOP, Submitter};
@@ -56,7 +57,6 @@ impl App {
         );
         let redis = config.common.redis_client().context("parsing REDIS_URL")?;
         let notices = FinalNotices::default();
-        tokio::spawn(notices.clone().listen(pool.clone()));
         tokio::spawn(notices.clone().sweep(pool.clone()));
         let relay = RelayListener::new(config.common.relay().context("parsing REDIS_URL")?);
         tokio::spawn(relay.clone().run());
@@ -68,11 +68,12 @@ impl App {
         let submitter = Submitter::new(pool.clone(), Some(cache.clone()));
         // Reloads announced by any api (this one included) are followed here too.
         let models = LiveRegistry::new(models, config.common.clone());
-        tokio::spawn(registry_reloads::follow(
-            models.clone(),
-            pool.clone(),
-            registry_version,
-        ));
+        let reloads = registry_reloads::follower(models.clone(), pool.clone(), registry_version);
+        let completions = notices.clone();
+        let listener = Listener::default()
+            .on(notices::CHANNEL, move |heard| completions.heard(heard))
+            .on(registry_reloads::CHANNEL, reloads);
+        tokio::spawn(listener.run(pool.clone()));
         let state: AppState = AppServices {
             pool,
             redis,

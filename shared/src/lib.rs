@@ -19,6 +19,7 @@ pub mod generation;
 pub mod group_commit;
 pub mod json_schema;
 pub mod kv;
+pub mod listener;
 pub mod metrics;
 pub mod models;
 pub mod notices;

@@ -1,8 +1,9 @@
 //! Completion notices for long-polling clients (`GET /api/v1/generate/{id}?wait=N`).
 //!
 //! A trigger on `generation_requests` sends `NOTIFY generation_finished, '<id>'` whenever a
-//! request reaches a final state, whichever process put it there. Each api process keeps one
-//! `LISTEN` connection and wakes the waiters of that id; nothing busy-polls the database.
+//! request reaches a final state, whichever process put it there. Each process hears it on its
+//! one `LISTEN` connection ([`crate::listener`]) and wakes the waiters of that id
+//! ([`FinalNotices::heard`]); nothing busy-polls the database.
 //!
 //! A notice is also counted, so that a subscriber busy elsewhere when it came (a stream sending
 //! tokens) still sees it once it looks ([`Subscription::noticed`]). A notice that never came
@@ -15,9 +16,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+use crate::listener::Heard;
 
 pub const CHANNEL: &str = "generation_finished";
 
@@ -159,34 +161,17 @@ impl FinalNotices {
         }
     }
 
-    /// Listens for completion notices until the process ends. Reconnects on its own.
-    pub async fn listen(self, pool: PgPool) {
-        loop {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => {
-                    if let Err(err) = listener.listen(CHANNEL).await {
-                        tracing::warn!(error = %err, "could not LISTEN for completions");
-                    } else {
-                        self.wake_all();
-                        loop {
-                            match listener.recv().await {
-                                Ok(notice) => {
-                                    if let Ok(id) = notice.payload().parse::<Uuid>() {
-                                        self.wake(id);
-                                    }
-                                }
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "completion listener lost its connection");
-                                    break;
-                                }
-                            }
-                        }
-                    }
+    /// Takes what the process's listener heard on [`CHANNEL`] ([`crate::listener`]): a
+    /// notice wakes its request's waiters; listening again after a lost connection wakes every
+    /// waiter, to re-check what may have been missed.
+    pub fn heard(&self, heard: &Heard) {
+        match heard {
+            Heard::Notice(payload) => {
+                if let Ok(id) = payload.parse::<Uuid>() {
+                    self.wake(id);
                 }
-                Err(err) => tracing::warn!(error = %err, "completion listener cannot connect"),
             }
-            self.wake_all();
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            Heard::Listening => self.wake_all(),
         }
     }
 }

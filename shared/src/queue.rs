@@ -21,16 +21,19 @@
 //! rescheduled or rescued job moves to its class's returning priority.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis::prelude::{PollSnapshot, PollStrategy, TaskBuilder, TaskId};
-use apalis_postgres::Pubsub;
-use futures::Stream;
+use futures::task::AtomicWaker;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use ulid::Ulid;
 use uuid::Uuid;
+
+use crate::listener::Heard;
 
 /// The apalis queue (its `job_type`) of generation jobs.
 pub const QUEUE: &str = "llm::generation";
@@ -225,25 +228,73 @@ pub async fn rescue_orphaned_followers(pool: &PgPool) -> Result<u64, sqlx::Error
     Ok(orphans.len() as u64)
 }
 
-/// When a worker looks for jobs: on every insert notification (LISTEN/NOTIFY, ~ms), once more
-/// shortly after it, and on a fixed tick for what no notification announces (rescheduled and
-/// rescued jobs, notifications missed while the listener reconnects). The tick re-arms itself
-/// every time it fires (the built-in interval strategy does not, and loses wake-ups).
+/// apalis' channel announcing new jobs (its trigger's, and ours:
+/// `migrations/queue/20261206100001_one_wake_up_per_insert.sql`).
+pub const CHANNEL: &str = "apalis::job::insert";
+
+/// New jobs of [`QUEUE`] announced on [`CHANNEL`], as the process's listener hears them
+/// ([`crate::listener`]): what wakes the worker's [`WakeStrategy`]. Cloning shares them.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeups(Arc<Announced>);
+
+#[derive(Debug, Default)]
+struct Announced {
+    /// Announcements heard (and reconnections, after which one may have been missed).
+    heard: AtomicU64,
+    /// The task of the strategy that waits for them.
+    waker: AtomicWaker,
+}
+
+/// The part of apalis' payload a worker reads.
+#[derive(Deserialize)]
+struct Announcement {
+    job_type: String,
+}
+
+impl Wakeups {
+    /// The handler of [`CHANNEL`] for the process's listener: a job of [`QUEUE`] announced, or
+    /// the listener listening again (an announcement may have been missed meanwhile), wakes the
+    /// strategy.
+    pub fn handler(&self) -> impl Fn(&Heard) + Send + Sync + 'static {
+        let announced = self.0.clone();
+        move |heard: &Heard| {
+            let wake = match heard {
+                Heard::Notice(payload) => serde_json::from_str::<Announcement>(payload)
+                    .is_ok_and(|announcement| announcement.job_type == QUEUE),
+                Heard::Listening => true,
+            };
+            if wake {
+                announced.heard.fetch_add(1, Ordering::SeqCst);
+                announced.waker.wake();
+            }
+        }
+    }
+
+    fn heard(&self) -> u64 {
+        self.0.heard.load(Ordering::SeqCst)
+    }
+}
+
+/// When a worker looks for jobs: on every announcement of a new job ([`Wakeups`], ~ms), once
+/// more shortly after it, and on a fixed tick for what no announcement covers (rescheduled and
+/// rescued jobs). The tick re-arms itself every time it fires (the built-in interval strategy
+/// does not, and loses wake-ups).
 pub struct WakeStrategy {
-    pool: PgPool,
-    notifications: Pubsub,
+    wakeups: Wakeups,
+    /// The count of announcements already taken.
+    seen: u64,
     tick: Pin<Box<tokio::time::Sleep>>,
     period: Duration,
     recheck: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Polls still owed to the last notification ([`OWED_POLLS`]).
+    /// Polls still owed to the last announcement ([`OWED_POLLS`]).
     owed: u8,
 }
 
 impl WakeStrategy {
-    pub fn new(pool: PgPool, period: Duration) -> Self {
+    pub fn new(wakeups: Wakeups, period: Duration) -> Self {
         Self {
-            notifications: Pubsub::new(pool.clone(), QUEUE.to_owned()),
-            pool,
+            seen: wakeups.heard(),
+            wakeups,
             tick: Box::pin(tokio::time::sleep(period)),
             period,
             recheck: None,
@@ -254,7 +305,7 @@ impl WakeStrategy {
 
 impl Clone for WakeStrategy {
     fn clone(&self) -> Self {
-        Self::new(self.pool.clone(), self.period)
+        Self::new(self.wakeups.clone(), self.period)
     }
 }
 
@@ -271,25 +322,17 @@ impl PollStrategy for WakeStrategy {
             self.recheck = None;
             woken = true;
         }
-        loop {
-            match Pin::new(&mut self.notifications).poll_next(cx) {
-                Poll::Ready(Some(_)) => {
-                    woken = true;
-                    self.owed = OWED_POLLS;
-                    if self.recheck.is_none() {
-                        let mut recheck = Box::pin(tokio::time::sleep(RECHECK_AFTER));
-                        let _ = recheck.as_mut().poll(cx);
-                        self.recheck = Some(recheck);
-                    }
-                }
-                // The listener gave up (connection lost): listen again from the next tick on.
-                Poll::Ready(None) => {
-                    if self.tick.as_mut().poll(cx).is_ready() {
-                        self.notifications = Pubsub::new(self.pool.clone(), QUEUE.to_owned());
-                    }
-                    break;
-                }
-                Poll::Pending => break,
+        // Registered before the count is read: an announcement after the read wakes the task.
+        self.wakeups.0.waker.register(cx.waker());
+        let heard = self.wakeups.heard();
+        if heard != self.seen {
+            self.seen = heard;
+            woken = true;
+            self.owed = OWED_POLLS;
+            if self.recheck.is_none() {
+                let mut recheck = Box::pin(tokio::time::sleep(RECHECK_AFTER));
+                let _ = recheck.as_mut().poll(cx);
+                self.recheck = Some(recheck);
             }
         }
         if self.tick.as_mut().poll(cx).is_ready() {

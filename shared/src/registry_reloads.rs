@@ -1,7 +1,7 @@
 //! Registry reloads followed by every process. An api that reloads its registry (an admin's
 //! reload, a `model.updated` event from the hub) moves the registry's version on in
 //! PostgreSQL (`model_registry_version`) and announces it on [`CHANNEL`] in the same
-//! transaction ([`announce`]); every api and worker listens ([`follow`]) and re-reads its
+//! transaction ([`announce`]); every api and worker listens ([`follower`]) and re-reads its
 //! registry file. PostgreSQL keeps the version, so a process that was between connections when
 //! a notice came reads it when it listens again and reloads if it moved: a missed notice never
 //! leaves a registry behind.
@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
 
+use crate::listener::Heard;
 use crate::models::LiveRegistry;
 
 /// The channel a reload is announced on, with the registry's new version as its payload.
@@ -52,41 +53,59 @@ fn newer(payload: &str, seen: i64) -> Option<i64> {
     }
 }
 
-/// Re-reads `models` whenever a reload is announced, for as long as the process runs. On each
-/// (re)connection it listens first, then reads the version, and reloads if it is not the one
-/// last applied. `loaded` is the version read before `models` was first loaded
-/// ([`current_version`]): a reload announced after it is applied, even one announced before
-/// this listens.
-pub async fn follow(models: LiveRegistry, pool: PgPool, loaded: i64) {
-    let mut seen = loaded;
-    loop {
-        if let Err(err) = follow_one_connection(&models, &pool, &mut seen).await {
-            tracing::warn!(error = %err, "registry reload listener lost its connection; listening again");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+/// The handler of [`CHANNEL`] for the process's listener ([`crate::listener`]): re-reads
+/// `models` whenever a reload is announced, for as long as the process runs. Each time the
+/// listener listens (again) the version is read, and `models` reloaded if it is not the one last
+/// applied. `loaded` is the version read before `models` was first loaded ([`current_version`]):
+/// a reload announced after it is applied, even one announced before the listener listens.
+/// Must be called inside a tokio runtime: the reloads run on a task of their own.
+pub fn follower(
+    models: LiveRegistry,
+    pool: PgPool,
+    loaded: i64,
+) -> impl Fn(&Heard) + Send + Sync + 'static {
+    let (heard, hearing) = mpsc::unbounded_channel();
+    tokio::spawn(follow(models, pool, loaded, hearing));
+    move |what: &Heard| {
+        let _ = heard.send(what.clone());
     }
 }
 
-/// One connection's worth of [`follow`]: returns when the connection is lost.
-async fn follow_one_connection(
-    models: &LiveRegistry,
-    pool: &PgPool,
-    seen: &mut i64,
-) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    let version = current_version(pool).await?;
-    if *seen != version {
-        reload(models, version, seen);
-    }
-    // `try_recv`, not `recv`: `recv` reconnects by itself and drops what came meanwhile
-    // without a word; here a lost connection is seen, and the version read again.
-    while let Some(notice) = listener.try_recv().await? {
-        if let Some(version) = newer(notice.payload(), *seen) {
-            reload(models, version, seen);
+async fn follow(
+    models: LiveRegistry,
+    pool: PgPool,
+    loaded: i64,
+    mut hearing: mpsc::UnboundedReceiver<Heard>,
+) {
+    let mut seen = loaded;
+    while let Some(heard) = hearing.recv().await {
+        match heard {
+            Heard::Notice(payload) => {
+                if let Some(version) = newer(&payload, seen) {
+                    reload(&models, version, &mut seen);
+                }
+            }
+            Heard::Listening => catch_up(&models, &pool, &mut seen).await,
         }
     }
-    Ok(())
+}
+
+/// Reads the version and reloads if it moved; a failed read is tried again every second.
+async fn catch_up(models: &LiveRegistry, pool: &PgPool, seen: &mut i64) {
+    loop {
+        match current_version(pool).await {
+            Ok(version) => {
+                if *seen != version {
+                    reload(models, version, seen);
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the registry's version; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 fn reload(models: &LiveRegistry, version: i64, seen: &mut i64) {

@@ -38,6 +38,48 @@ async fn submit_to(http: &reqwest::Client, base: &str, token: &str, body: &Value
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// Each process follows every channel it listens to (completion notices, registry reloads, a
+/// worker's new jobs) on one connection: PostgreSQL 15 wakes every listening backend of the
+/// database on each `NOTIFY`, whatever its channel. An api and a worker, a request run through
+/// them and waited for, and two listening connections in all.
+#[tokio::test]
+async fn each_process_listens_on_one_connection() {
+    let db = llm_tests::TestDb::new().await;
+    let (_api, base) = spawn_api_process(&db).await;
+    let _worker = spawn_worker_process(&db, &[]);
+    let token = llm_tests::test_jwt()
+        .issue(Uuid::now_v7(), 600, None)
+        .unwrap();
+    let http = reqwest::Client::new();
+    let (status, accepted) = submit_to(
+        &http,
+        &base,
+        &token,
+        &json!({"prompt": "heard through one connection"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["request_id"].as_str().unwrap();
+    let done: Value = http
+        .get(format!("{base}/api/v1/generate/{id}?wait=20"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let listening: Vec<String> = sqlx::query_scalar(
+        "SELECT query FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
+    )
+    .bind(&db.name)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(listening.len(), 2, "{listening:?}");
+}
+
 #[tokio::test]
 async fn the_binaries_serve_a_request_end_to_end() {
     let app = spawn_app().await; // only for its database

@@ -200,15 +200,19 @@ async fn a_notification_wakes_the_two_polls_that_follow_it() {
     }
 
     let test = llm_tests::TestDb::new().await;
-    let mut strategy =
-        llm_shared::queue::WakeStrategy::new(test.pool.clone(), Duration::from_secs(3600));
+    let wakeups = llm_shared::queue::Wakeups::default();
+    let listener = llm_shared::listener::Listener::default()
+        .on(llm_shared::queue::CHANNEL, wakeups.handler())
+        .run(test.pool.clone());
+    let listener = tokio::spawn(listener);
+    let mut strategy = llm_shared::queue::WakeStrategy::new(wakeups, Duration::from_secs(3600));
     let wakes = Arc::new(Count(AtomicUsize::new(0)));
     let waker = Waker::from(wakes.clone());
     let mut cx = Context::from_waker(&waker);
     let snapshot = PollSnapshot::default();
     let payload = json!({"job_type": llm_shared::queue::QUEUE, "id": llm_shared::queue::job_id_for(uuid::Uuid::now_v7()).to_string(),
                          "run_at": "2026-01-01T00:00:00Z"});
-    // Notified again until the listener, started by the first poll, hears one.
+    // Notified again until the listener, connecting meanwhile, hears one.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         assert!(
@@ -245,4 +249,5 @@ async fn a_notification_wakes_the_two_polls_that_follow_it() {
         heard + 2,
         "a third poll is not owed"
     );
+    listener.abort();
 }

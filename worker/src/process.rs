@@ -1,6 +1,7 @@
 //! The worker process: the apalis monitor (restarted on backend errors under a new name), and
-//! the background tasks every worker runs: lease renewal, the rescuer of stranded requests,
-//! queue-job retention, the outbox delivery, registry reloads and the `/metrics` endpoint.
+//! the background tasks every worker runs: its one `LISTEN` connection (completion notices,
+//! registry reloads, new jobs), lease renewal, the rescuer of stranded requests, queue-job
+//! retention, the outbox delivery and the `/metrics` endpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,9 @@ use crate::state::{QUEUE_CONNECTIONS, WorkerState};
 
 use crate::config::WorkerConfig;
 use llm_shared::cache::{self};
+use llm_shared::listener::Listener;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
+use llm_shared::notices;
 use llm_shared::queue::{self, GenerationJob, WakeStrategy};
 use llm_shared::requests::{self};
 
@@ -44,11 +47,8 @@ pub async fn run(
     // Read before the file: a reload announced after this is followed (`registry_reloads`).
     let registry_version = llm_shared::registry_reloads::current_version(&pool).await?;
     let models = LiveRegistry::new(ModelRegistry::load(&config.common)?, config.common.clone());
-    let reloads = tokio::spawn(llm_shared::registry_reloads::follow(
-        models.clone(),
-        pool.clone(),
-        registry_version,
-    ));
+    let reloads =
+        llm_shared::registry_reloads::follower(models.clone(), pool.clone(), registry_version);
     let relay = config.common.relay()?;
     let cache = config.common.response_cache()?;
     let limiter = config.common.rate_limiter()?;
@@ -61,7 +61,14 @@ pub async fn run(
         Some(cache),
         Some(limiter),
     ));
-    let listener = tokio::spawn(state.notices.clone().listen(pool.clone()));
+    // One LISTEN connection for the completion notices, registry reloads and new jobs.
+    let wakeups = queue::Wakeups::default();
+    let completions = state.notices.clone();
+    let listener = Listener::default()
+        .on(notices::CHANNEL, move |heard| completions.heard(heard))
+        .on(llm_shared::registry_reloads::CHANNEL, reloads)
+        .on(queue::CHANNEL, wakeups.handler());
+    let listener = tokio::spawn(listener.run(pool.clone()));
     let background = CancellationToken::new();
     let renewer = tokio::spawn(renew_leases(state.clone(), background.clone()));
     let rescuer = tokio::spawn(rescue_stranded(state.clone(), background.clone()));
@@ -111,7 +118,7 @@ pub async fn run(
             // A restarted worker must not reuse its name: jobs locked under it would stay locked.
             let worker_name = if restarts == 0 { name.clone() } else { format!("{name}-r{restarts}") };
             let storage = PostgresStorage::<GenerationJob>::new(&queue_pool).with_config(queue_config.clone());
-            let backend = PollWith::new(storage, WakeStrategy::new(pool.clone(), poll));
+            let backend = PollWith::new(storage, WakeStrategy::new(wakeups.clone(), poll));
             WorkerBuilder::new(worker_name)
                 .backend(backend)
                 .data(state.clone())
@@ -134,7 +141,6 @@ pub async fn run(
         let _ = server.await;
     }
     listener.abort();
-    reloads.abort();
     result.map_err(Into::into)
 }
 

@@ -65,9 +65,9 @@ pub(crate) const QUEUE_CONNECTIONS: u32 = 4;
 
 impl WorkerState {
     /// The state of a worker; `relay` carries streamed requests' tokens. Completion notices
-    /// reach `notices` only once [`FinalNotices::listen`] runs (as `process::run` does). Starts
-    /// the writer tasks of its claim and completion batches (so it must be called inside a
-    /// tokio runtime); they end when the state is dropped.
+    /// reach `notices` only once the process's listener hands them to [`FinalNotices::heard`]
+    /// (as `process::run` does). Starts the writer tasks of its claim and completion batches
+    /// (so it must be called inside a tokio runtime); they end when the state is dropped.
     pub fn new(
         pool: PgPool,
         name: String,
