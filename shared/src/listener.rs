@@ -34,15 +34,6 @@ pub struct Listener {
     handlers: Vec<(&'static str, Handler)>,
 }
 
-impl std::fmt::Debug for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let channels: Vec<&str> = self.handlers.iter().map(|(channel, _)| *channel).collect();
-        f.debug_struct("Listener")
-            .field("channels", &channels)
-            .finish()
-    }
-}
-
 impl Listener {
     /// Adds `handler` for `channel`. Handlers run on the listener's task, one notification at
     /// a time: they must not block (hand slow work to a task of their own).

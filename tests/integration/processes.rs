@@ -38,6 +38,21 @@ async fn submit_to(http: &reqwest::Client, base: &str, token: &str, body: &Value
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// Submits `body` to an api process (a `202`) and waits for the request to end: its row.
+async fn run_to_end(http: &reqwest::Client, base: &str, token: &str, body: &Value) -> Value {
+    let (status, accepted) = submit_to(http, base, token, body).await;
+    assert_eq!(status, 202, "{accepted}");
+    let poll_url = format!("{base}{}?wait=20", accepted["poll_url"].as_str().unwrap());
+    http.get(poll_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Each process follows every channel it listens to (completion notices, registry reloads, a
 /// worker's new jobs) on one connection: PostgreSQL 15 wakes every listening backend of the
 /// database on each `NOTIFY`, whatever its channel. An api and a worker, a request run through
@@ -51,24 +66,13 @@ async fn each_process_listens_on_one_connection() {
         .issue(Uuid::now_v7(), 600, None)
         .unwrap();
     let http = reqwest::Client::new();
-    let (status, accepted) = submit_to(
+    let done = run_to_end(
         &http,
         &base,
         &token,
         &json!({"prompt": "heard through one connection"}),
     )
     .await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["request_id"].as_str().unwrap();
-    let done: Value = http
-        .get(format!("{base}/api/v1/generate/{id}?wait=20"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(done["status"], "completed", "{done}");
     let listening: Vec<String> = sqlx::query_scalar(
         "SELECT query FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
@@ -104,23 +108,13 @@ async fn the_binaries_serve_a_request_end_to_end() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     let http = reqwest::Client::new();
-    let (_, accepted) = submit_to(
+    let done = run_to_end(
         &http,
         &base,
         &token,
         &json!({"prompt": "A tiefling warlock's pact"}),
     )
     .await;
-    let poll_url = format!("{base}{}?wait=20", accepted["poll_url"].as_str().unwrap());
-    let done: Value = http
-        .get(poll_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(done["status"], "completed", "{done}");
     assert!(!done["result"].as_str().unwrap().is_empty());
 
@@ -603,28 +597,13 @@ async fn the_container_entrypoint_serves_and_works_then_stops_both_on_sigterm() 
 
     // Served by the container's api, run by the container's worker.
     let http = reqwest::Client::new();
-    let (status, accepted) = submit_to(
+    let done = run_to_end(
         &http,
         &container.base,
         &app.token(),
         &json!({"prompt": "one container, both halves", "model": "mock"}),
     )
     .await;
-    assert_eq!(status, 202, "{accepted}");
-    let poll_url = format!(
-        "{}{}?wait=20",
-        container.base,
-        accepted["poll_url"].as_str().unwrap()
-    );
-    let done: Value = http
-        .get(poll_url)
-        .bearer_auth(app.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(done["status"], "completed", "{done}");
     let succeeded = app
         .db
