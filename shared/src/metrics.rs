@@ -93,6 +93,9 @@ pub struct Metrics {
     pub gauge_reads: IntCounter,
     /// When the database gauges were last read (`None`: never); held while one is read.
     gauges_read_at: tokio::sync::Mutex<Option<Instant>>,
+    /// `llm_worker_queue_fetches_total`: fetches of jobs this worker sent to the database
+    /// (`queue::QueueBackend`: only when a job may be waiting).
+    pub queue_fetches: IntCounter,
     /// `llm_worker_batch_size{statement}`: calls a group-committed statement (`claim`,
     /// `complete`) wrote at once.
     pub batch_size: HistogramVec,
@@ -231,6 +234,11 @@ impl Metrics {
             )
             .unwrap_or_else(|_| unreachable_metric()),
             gauges_read_at: tokio::sync::Mutex::new(None),
+            queue_fetches: IntCounter::new(
+                "llm_worker_queue_fetches_total",
+                "Fetches of jobs from the queue this worker sent to the database (only when a job was announced, the poll period ended, or the last fetch came back full).",
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
             batch_size: HistogramVec::new(
                 HistogramOpts::new(
                     "llm_worker_batch_size",
@@ -290,6 +298,7 @@ impl Metrics {
             Box::new(self.outbox_backlog.clone()),
             Box::new(self.outbox_dead_letters.clone()),
             Box::new(self.gauge_reads.clone()),
+            Box::new(self.queue_fetches.clone()),
             Box::new(self.batch_size.clone()),
             Box::new(self.budget_waits.clone()),
             Box::new(self.budget_unchecked.clone()),

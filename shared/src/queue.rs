@@ -35,6 +35,9 @@ use uuid::Uuid;
 
 use crate::listener::Heard;
 
+mod backend;
+pub use backend::QueueBackend;
+
 /// The apalis queue (its `job_type`) of generation jobs.
 pub const QUEUE: &str = "llm::generation";
 /// apalis' own attempt budget: above ours, so our guard (which records why) always acts first;
@@ -194,19 +197,6 @@ pub async fn rescue_stranded(pool: &PgPool, grace: Duration) -> Result<u64, sqlx
     Ok(rescued.rows_affected())
 }
 
-/// How long after a notification the worker looks again, in case the notification arrived
-/// while a fetch that started before the job's commit was in flight (that fetch finds nothing
-/// and the notification is spent) and the polls owed to it ([`OWED_POLLS`]) came too early.
-const RECHECK_AFTER: Duration = Duration::from_millis(15);
-
-/// Polls of the backend that follow a notification at once. apalis' backend fetches when it is
-/// polled with nothing fetched or in flight; a notification taken while a fetch is in flight
-/// (one that started before the job's commit, and finds nothing) left the job to the recheck,
-/// 15 ms later. The first owed poll comes as that fetch ends, the second starts the fetch that
-/// finds the job. With no fetch in flight they cost nothing: apalis fetches again after each
-/// job it hands out anyway.
-const OWED_POLLS: u8 = 2;
-
 /// Gives a job of its own to every waiting request whose identical "leader" ended without
 /// answering it (failed, cancelled, or finished just before it attached). Returns how many.
 pub async fn rescue_orphaned_followers(pool: &PgPool) -> Result<u64, sqlx::Error> {
@@ -233,16 +223,25 @@ pub async fn rescue_orphaned_followers(pool: &PgPool) -> Result<u64, sqlx::Error
 pub const CHANNEL: &str = "apalis::job::insert";
 
 /// New jobs of [`QUEUE`] announced on [`CHANNEL`], as the process's listener hears them
-/// ([`crate::listener`]): what wakes the worker's [`WakeStrategy`]. Cloning shares them.
+/// ([`crate::listener`]), and the other reasons to look for jobs ([`WakeStrategy`]'s tick):
+/// what wakes the worker and lets its [`QueueBackend`] fetch. Cloning shares them.
 #[derive(Debug, Clone, Default)]
 pub struct Wakeups(Arc<Announced>);
 
 #[derive(Debug, Default)]
 struct Announced {
-    /// Announcements heard (and reconnections, after which one may have been missed).
+    /// Announcements heard (and reconnections, after which one may have been missed, and
+    /// ticks of the poll period).
     heard: AtomicU64,
     /// The task of the strategy that waits for them.
     waker: AtomicWaker,
+}
+
+impl Announced {
+    fn announce(&self) {
+        self.heard.fetch_add(1, Ordering::SeqCst);
+        self.waker.wake();
+    }
 }
 
 /// The part of apalis' payload a worker reads.
@@ -264,10 +263,14 @@ impl Wakeups {
                 Heard::Listening => true,
             };
             if wake {
-                announced.heard.fetch_add(1, Ordering::SeqCst);
-                announced.waker.wake();
+                announced.announce();
             }
         }
+    }
+
+    /// A job may be waiting: the next fetch goes to the database.
+    fn announce(&self) {
+        self.0.announce();
     }
 
     fn heard(&self) -> u64 {
@@ -275,19 +278,17 @@ impl Wakeups {
     }
 }
 
-/// When a worker looks for jobs: on every announcement of a new job ([`Wakeups`], ~ms), once
-/// more shortly after it, and on a fixed tick for what no announcement covers (rescheduled and
-/// rescued jobs). The tick re-arms itself every time it fires (the built-in interval strategy
-/// does not, and loses wake-ups).
+/// When a worker looks for jobs: on every announcement of a new job ([`Wakeups`], ~ms), and
+/// on a fixed tick for what no announcement covers (rescheduled and rescued jobs, a batch's jobs
+/// after a fetch pause), which counts as an announcement so that the fetch goes to the
+/// database. The tick re-arms itself every time it fires (the built-in interval strategy does
+/// not, and loses wake-ups).
 pub struct WakeStrategy {
     wakeups: Wakeups,
     /// The count of announcements already taken.
     seen: u64,
     tick: Pin<Box<tokio::time::Sleep>>,
     period: Duration,
-    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Polls still owed to the last announcement ([`OWED_POLLS`]).
-    owed: u8,
 }
 
 impl WakeStrategy {
@@ -297,8 +298,6 @@ impl WakeStrategy {
             wakeups,
             tick: Box::pin(tokio::time::sleep(period)),
             period,
-            recheck: None,
-            owed: 0,
         }
     }
 }
@@ -311,38 +310,18 @@ impl Clone for WakeStrategy {
 
 impl PollStrategy for WakeStrategy {
     fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
-        let mut woken = false;
-        if self.owed > 0 {
-            self.owed -= 1;
-            cx.waker().wake_by_ref();
-        }
-        if let Some(recheck) = self.recheck.as_mut()
-            && recheck.as_mut().poll(cx).is_ready()
-        {
-            self.recheck = None;
-            woken = true;
+        if self.tick.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + self.period;
+            self.tick.as_mut().reset(next);
+            // Poll the re-armed timer once so that it registers this task's waker.
+            let _ = self.tick.as_mut().poll(cx);
+            self.wakeups.announce();
         }
         // Registered before the count is read: an announcement after the read wakes the task.
         self.wakeups.0.waker.register(cx.waker());
         let heard = self.wakeups.heard();
         if heard != self.seen {
             self.seen = heard;
-            woken = true;
-            self.owed = OWED_POLLS;
-            if self.recheck.is_none() {
-                let mut recheck = Box::pin(tokio::time::sleep(RECHECK_AFTER));
-                let _ = recheck.as_mut().poll(cx);
-                self.recheck = Some(recheck);
-            }
-        }
-        if self.tick.as_mut().poll(cx).is_ready() {
-            let next = tokio::time::Instant::now() + self.period;
-            self.tick.as_mut().reset(next);
-            // Poll the re-armed timer once so that it registers this task's waker.
-            let _ = self.tick.as_mut().poll(cx);
-            woken = true;
-        }
-        if woken {
             Poll::Ready(Some(()))
         } else {
             Poll::Pending

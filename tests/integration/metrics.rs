@@ -379,6 +379,38 @@ async fn the_worker_binary_serves_metrics_on_its_port() {
     );
 }
 
+/// A worker sends a fetch to the database only when a job may be waiting: once per job
+/// announced, once per tick of its poll period (200 ms in tests), and again after a fetch that
+/// came back full. apalis' own backend also fetched after every job it handed out and on every
+/// wake-up: about three fetches per job when requests come one at a time.
+#[tokio::test]
+async fn a_worker_fetches_from_the_queue_only_when_a_job_was_announced() {
+    let app = spawn_app().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
+    let url = format!("http://{listen}/metrics");
+    let fetches = |text: &str| value(text, "llm_worker_queue_fetches_total", &[]).unwrap();
+    let warm = app.submit_ok(json!({"prompt": "fetched: first"})).await;
+    let done: Value = app.wait_final(warm, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let before = fetches(&scrape_process(&app.http, &url).await);
+    let started = std::time::Instant::now();
+    let jobs = 30;
+    for n in 0..jobs {
+        let id = app
+            .submit_ok(json!({"prompt": format!("fetched: one at a time {n}")}))
+            .await;
+        let done: Value = app.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    let ticks = started.elapsed().as_millis() / 200 + 1;
+    let fetched = fetches(&scrape_process(&app.http, &url).await) - before;
+    assert!(
+        fetched <= (jobs + ticks) as f64,
+        "{fetched} fetches for {jobs} jobs and {ticks} ticks"
+    );
+}
+
 /// Every metric the Grafana dashboard queries is one `shared::metrics` defines, the dashboard
 /// covers throughput, latency, errors, tokens, cost, cache hit rate, queue depth and each
 /// process's CPU, memory, file descriptors, threads and runtime tasks, and the scrape config

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Monitor, PollWith, WorkerBuilder, WorkerBuilderExt};
-use apalis_postgres::{Config as QueueConfig, PostgresStorage};
+use apalis_postgres::Config as QueueConfig;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ use llm_shared::cache::{self};
 use llm_shared::listener::Listener;
 use llm_shared::models::{LiveRegistry, ModelRegistry};
 use llm_shared::notices;
-use llm_shared::queue::{self, GenerationJob, WakeStrategy};
+use llm_shared::queue::{self, GenerationJob, QueueBackend, WakeStrategy};
 use llm_shared::requests::{self};
 
 /// Name that no other process (and no earlier run of this one) uses.
@@ -113,11 +113,12 @@ pub async fn run(
     tracing::info!(worker = %name, concurrency, "worker starting");
 
     let queue_pool = llm_shared::db::queue_pool(&pool, QUEUE_CONNECTIONS);
+    let fetches = state.metrics.queue_fetches.clone();
     let monitor = Monitor::new()
         .register(move |restarts| {
             // A restarted worker must not reuse its name: jobs locked under it would stay locked.
             let worker_name = if restarts == 0 { name.clone() } else { format!("{name}-r{restarts}") };
-            let storage = PostgresStorage::<GenerationJob>::new(&queue_pool).with_config(queue_config.clone());
+            let storage = QueueBackend::<GenerationJob>::new(&queue_pool, queue_config.clone(), wakeups.clone(), fetches.clone());
             let backend = PollWith::new(storage, WakeStrategy::new(wakeups.clone(), poll));
             WorkerBuilder::new(worker_name)
                 .backend(backend)
