@@ -20,23 +20,18 @@
 //! (rescheduled, rescued, replayed) sort after them within the same priority, which is why a
 //! rescheduled or rescued job moves to its class's returning priority.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apalis::prelude::{PollSnapshot, PollStrategy, TaskBuilder, TaskId};
-use futures::task::AtomicWaker;
+use apalis::prelude::{TaskBuilder, TaskId};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use ulid::Ulid;
 use uuid::Uuid;
 
-use crate::listener::Heard;
-
 mod backend;
+mod wakeups;
 pub use backend::QueueBackend;
+pub use wakeups::{CHANNEL, WakeStrategy, Wakeups};
 
 /// The apalis queue (its `job_type`) of generation jobs.
 pub const QUEUE: &str = "llm::generation";
@@ -216,117 +211,6 @@ pub async fn rescue_orphaned_followers(pool: &PgPool) -> Result<u64, sqlx::Error
     }
     tx.commit().await?;
     Ok(orphans.len() as u64)
-}
-
-/// apalis' channel announcing new jobs (its trigger's, and ours:
-/// `migrations/queue/20261206100001_one_wake_up_per_insert.sql`).
-pub const CHANNEL: &str = "apalis::job::insert";
-
-/// New jobs of [`QUEUE`] announced on [`CHANNEL`], as the process's listener hears them
-/// ([`crate::listener`]), and the other reasons to look for jobs ([`WakeStrategy`]'s tick):
-/// what wakes the worker and lets its [`QueueBackend`] fetch. Cloning shares them.
-#[derive(Debug, Clone, Default)]
-pub struct Wakeups(Arc<Announced>);
-
-#[derive(Debug, Default)]
-struct Announced {
-    /// Announcements heard (and reconnections, after which one may have been missed, and
-    /// ticks of the poll period).
-    heard: AtomicU64,
-    /// The task of the strategy that waits for them.
-    waker: AtomicWaker,
-}
-
-impl Announced {
-    fn announce(&self) {
-        self.heard.fetch_add(1, Ordering::SeqCst);
-        self.waker.wake();
-    }
-}
-
-/// The part of apalis' payload a worker reads.
-#[derive(Deserialize)]
-struct Announcement {
-    job_type: String,
-}
-
-impl Wakeups {
-    /// The handler of [`CHANNEL`] for the process's listener: a job of [`QUEUE`] announced, or
-    /// the listener listening again (an announcement may have been missed meanwhile), wakes the
-    /// strategy.
-    pub fn handler(&self) -> impl Fn(&Heard) + Send + Sync + 'static {
-        let announced = self.0.clone();
-        move |heard: &Heard| {
-            let wake = match heard {
-                Heard::Notice(payload) => serde_json::from_str::<Announcement>(payload)
-                    .is_ok_and(|announcement| announcement.job_type == QUEUE),
-                Heard::Listening => true,
-            };
-            if wake {
-                announced.announce();
-            }
-        }
-    }
-
-    /// A job may be waiting: the next fetch goes to the database.
-    fn announce(&self) {
-        self.0.announce();
-    }
-
-    fn heard(&self) -> u64 {
-        self.0.heard.load(Ordering::SeqCst)
-    }
-}
-
-/// When a worker looks for jobs: on every announcement of a new job ([`Wakeups`], ~ms), and
-/// on a fixed tick for what no announcement covers (rescheduled and rescued jobs, a batch's jobs
-/// after a fetch pause), which counts as an announcement so that the fetch goes to the
-/// database. The tick re-arms itself every time it fires (the built-in interval strategy does
-/// not, and loses wake-ups).
-pub struct WakeStrategy {
-    wakeups: Wakeups,
-    /// The count of announcements already taken.
-    seen: u64,
-    tick: Pin<Box<tokio::time::Sleep>>,
-    period: Duration,
-}
-
-impl WakeStrategy {
-    pub fn new(wakeups: Wakeups, period: Duration) -> Self {
-        Self {
-            seen: wakeups.heard(),
-            wakeups,
-            tick: Box::pin(tokio::time::sleep(period)),
-            period,
-        }
-    }
-}
-
-impl Clone for WakeStrategy {
-    fn clone(&self) -> Self {
-        Self::new(self.wakeups.clone(), self.period)
-    }
-}
-
-impl PollStrategy for WakeStrategy {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
-        if self.tick.as_mut().poll(cx).is_ready() {
-            let next = tokio::time::Instant::now() + self.period;
-            self.tick.as_mut().reset(next);
-            // Poll the re-armed timer once so that it registers this task's waker.
-            let _ = self.tick.as_mut().poll(cx);
-            self.wakeups.announce();
-        }
-        // Registered before the count is read: an announcement after the read wakes the task.
-        self.wakeups.0.waker.register(cx.waker());
-        let heard = self.wakeups.heard();
-        if heard != self.seen {
-            self.seen = heard;
-            Poll::Ready(Some(()))
-        } else {
-            Poll::Pending
-        }
-    }
 }
 
 #[cfg(test)]

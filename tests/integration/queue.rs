@@ -178,25 +178,106 @@ async fn a_statement_queueing_many_jobs_is_announced_once() {
     assert!(another.is_err(), "a second notification: {another:?}");
 }
 
+/// A waker that counts its wake-ups, for driving a poll strategy by hand.
+#[derive(Default)]
+struct Count(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A run handed back to the queue for a provider's `Retry-After` (longer than the registry's
+/// `reschedule_after_secs`, 5) runs again when it comes due, though nothing announces it and
+/// the worker's fallback tick is minutes away.
+#[tokio::test]
+async fn a_run_put_back_for_a_retry_after_runs_again_when_due_without_waiting_for_the_tick() {
+    use llm_tests::fake_upstream::{FakeUpstream, openai};
+    let upstream = FakeUpstream::start("/v1").await;
+    upstream.then(openai::error(429, "Slow down", Some("6")));
+    upstream.always(openai::success("Again, in time.", 3, 4));
+    let flags = llm_tests::openai_flags(&upstream);
+    let app = llm_tests::spawn_app_with_providers(&flags).await;
+    let _worker = llm_tests::spawn_worker_process(
+        &app.db,
+        &[
+            ("OPENAI_API_KEY", flags[3].as_str()),
+            ("OPENAI_BASE_URL", upstream.base_url.as_str()),
+            ("WORKER_POLL_MS", "600000"),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let id = app
+        .submit_ok(json!({"prompt": "Retry me later", "model": "gpt-4o-mini"}))
+        .await;
+    let done: serde_json::Value = app.wait_final(id, WAIT).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(upstream.received().len(), 2);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(6)..Duration::from_secs(12)).contains(&took),
+        "ran again after {took:?}"
+    );
+}
+
+/// A job this worker put back (a rescheduled run, batch jobs held back by a fetch pause) is
+/// announced to no one: the worker looks for it when it comes due, not at its next tick (an
+/// hour here), and at each due time once.
+#[tokio::test]
+async fn a_job_put_back_wakes_the_worker_when_it_comes_due() {
+    use apalis::prelude::{PollSnapshot, PollStrategy};
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Poll, Waker};
+
+    let wakeups = llm_shared::queue::Wakeups::default();
+    let mut strategy =
+        llm_shared::queue::WakeStrategy::new(wakeups.clone(), Duration::from_secs(3600));
+    let wakes = std::sync::Arc::new(Count::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let snapshot = PollSnapshot::default();
+    assert_eq!(strategy.poll_drive(&mut cx, &snapshot), Poll::Pending);
+    let started = tokio::time::Instant::now();
+    wakeups.due_in(Duration::from_millis(600));
+    wakeups.due_in(Duration::from_millis(300));
+    for due in [300, 600] {
+        // Woken (by the due time, or by its being recorded) until a poll reports it.
+        loop {
+            let woken = wakes.0.load(Ordering::SeqCst);
+            if strategy.poll_drive(&mut cx, &snapshot) == Poll::Ready(Some(())) {
+                break;
+            }
+            let waited = tokio::time::Instant::now();
+            while wakes.0.load(Ordering::SeqCst) == woken {
+                assert!(
+                    waited.elapsed() < WAIT,
+                    "not woken for the job due in {due} ms"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(due),
+            "announced at {:?}, before the job due in {due} ms",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(strategy.poll_drive(&mut cx, &snapshot), Poll::Pending);
+}
+
 /// A job's announcement wakes the worker's task once: the strategy reports it on the poll
 /// after it, and the poll after that has nothing new (the fetch itself decides whether to go to
 /// the database: `queue::backend`).
 #[tokio::test]
 async fn a_notification_wakes_the_worker_once() {
     use apalis::prelude::{PollSnapshot, PollStrategy};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Poll, Waker};
 
     let test = llm_tests::TestDb::new().await;
     let wakeups = llm_shared::queue::Wakeups::default();
@@ -205,7 +286,7 @@ async fn a_notification_wakes_the_worker_once() {
         .run(test.pool.clone());
     let listener = tokio::spawn(listener);
     let mut strategy = llm_shared::queue::WakeStrategy::new(wakeups, Duration::from_secs(3600));
-    let wakes = Arc::new(Count(AtomicUsize::new(0)));
+    let wakes = std::sync::Arc::new(Count::default());
     let waker = Waker::from(wakes.clone());
     let mut cx = Context::from_waker(&waker);
     let snapshot = PollSnapshot::default();

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use llm_shared::queue;
+use llm_shared::queue::{self, Wakeups};
 use sqlx::PgPool;
 
 /// The longest pause: a batch for another endpoint, which may have budget, waits this long at
@@ -21,15 +21,18 @@ const EXTEND_BY: Duration = Duration::from_millis(500);
 pub struct FetchPause {
     pool: PgPool,
     worker: String,
+    /// Told when a pause ends, so that the held-back jobs are fetched then.
+    wakeups: Wakeups,
     /// When the pause written last ends.
     until: Mutex<Option<Instant>>,
 }
 
 impl FetchPause {
-    pub fn new(pool: PgPool, worker: String) -> Self {
+    pub fn new(pool: PgPool, worker: String, wakeups: Wakeups) -> Self {
         Self {
             pool,
             worker,
+            wakeups,
             until: Mutex::new(None),
         }
     }
@@ -49,8 +52,11 @@ impl FetchPause {
             *current = Some(until);
         }
         let below = i32::try_from(queue::returning(queue::BATCH_PRIORITY)).unwrap_or(1);
-        if let Err(err) = queue::pause_fetch(&self.pool, &self.worker, below, pause).await {
-            tracing::debug!(error = %err, "could not pause the fetch of new batch jobs");
+        match queue::pause_fetch(&self.pool, &self.worker, below, pause).await {
+            Ok(()) => self.wakeups.due_in(pause),
+            Err(err) => {
+                tracing::debug!(error = %err, "could not pause the fetch of new batch jobs")
+            }
         }
     }
 }

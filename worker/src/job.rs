@@ -195,7 +195,7 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
                 // Before the release: the sooner the pause, the fewer items fetched for nothing.
                 state.fetch_pause.batch_item_sent_back(*delay).await;
             }
-            persist::retrying(request_id, "reschedule", state.result_retry, || {
+            let held = persist::retrying(request_id, "reschedule", state.result_retry, || {
                 requests::release_for_retry(
                     &state.pool,
                     &claimed,
@@ -206,7 +206,12 @@ async fn run_claimed(state: &WorkerState, claimed: ClaimedRequest) -> Result<(),
                     message,
                 )
             })
-            .await?
+            .await?;
+            if held {
+                // Announced to no one: this worker looks for it when it comes due.
+                state.wakeups.due_in(*delay);
+            }
+            held
         }
     };
     if !held {

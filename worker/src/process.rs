@@ -62,7 +62,7 @@ pub async fn run(
         Some(limiter),
     ));
     // One LISTEN connection for the completion notices, registry reloads and new jobs.
-    let wakeups = queue::Wakeups::default();
+    let wakeups = state.wakeups.clone();
     let completions = state.notices.clone();
     let listener = Listener::default()
         .on(notices::CHANNEL, move |heard| completions.heard(heard))

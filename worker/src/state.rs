@@ -26,6 +26,7 @@ use llm_shared::group_commit::Batcher;
 use llm_shared::metrics::Metrics;
 use llm_shared::models::LiveRegistry;
 use llm_shared::notices::FinalNotices;
+use llm_shared::queue::Wakeups;
 use llm_shared::ratelimit::RateLimiter;
 use llm_shared::requests::{self, Claim, ClaimedRequest, StillHeld, SuccessRow};
 use llm_shared::stream_relay::StreamRelay;
@@ -51,6 +52,9 @@ pub struct WorkerState {
     pub(crate) running: Mutex<HashSet<Uuid>>,
     /// This worker's pause of new batch jobs while their calls wait for budget.
     pub fetch_pause: FetchPause,
+    /// What makes this worker look for jobs (the process's listener hears the announcements;
+    /// jobs this worker puts back tell when they come due).
+    pub wakeups: Wakeups,
     /// The claims of this process's jobs, group-committed.
     claims: Batcher<Uuid, Result<Claim, sqlx::Error>>,
     /// The completing writes of this process's jobs, group-committed.
@@ -113,8 +117,10 @@ impl WorkerState {
             &config.common.redis_key_prefix,
             metrics.clone(),
         );
+        let wakeups = Wakeups::default();
         Self {
-            fetch_pause: FetchPause::new(pool.clone(), name.clone()),
+            fetch_pause: FetchPause::new(pool.clone(), name.clone(), wakeups.clone()),
+            wakeups,
             pool,
             name,
             lease: config.lease(),
