@@ -126,6 +126,20 @@ async fn the_binaries_serve_a_request_end_to_end() {
     assert_eq!(ready.status(), 200);
 }
 
+/// Submits `n` requests taking `latency_ms` each and waits until the worker `name` runs all of
+/// them.
+async fn run_slow_on(app: &TestApp, name: &str, n: i64, latency_ms: u64) {
+    for i in 0..n {
+        app.submit_ok(json!({"prompt": format!("{name} {i}"), "mock": {"latency_ms": latency_ms}}))
+            .await;
+    }
+    let running = format!(
+        "SELECT COUNT(*) FROM generation_requests WHERE claimed_by = '{name}' AND status = 'running'"
+    );
+    let what = format!("{name} to run {n} requests");
+    wait_for(app, &what, &running, n, Duration::from_secs(20)).await;
+}
+
 /// Bound stated for recovery after a SIGKILL: lease (3 s) and dead-worker detection
 /// (3 missed 1 s heartbeats) plus the jobs themselves; 60 s leaves ample margin on 2 cores.
 const RECOVERY_BOUND: Duration = Duration::from_secs(60);
@@ -214,6 +228,52 @@ async fn a_worker_killed_mid_flight_loses_no_job_and_none_runs_twice() {
     );
 }
 
+/// The jobs of a worker that died are put back by another worker's heartbeat, which no
+/// notification announces: that worker fetches them at once, not at its fallback poll (ten
+/// minutes away here).
+#[tokio::test]
+async fn the_jobs_of_a_dead_worker_run_as_soon_as_a_heartbeat_puts_them_back() {
+    let app = spawn_app().await;
+    let mut victim = spawn_worker_process(&app.db, &[("WORKER_NAME", "victim")]);
+    run_slow_on(&app, "victim", 3, 3000).await;
+    signal(&victim, libc::SIGKILL);
+    assert!(!victim.wait().await.unwrap().success());
+    let _survivor = spawn_worker_process(
+        &app.db,
+        &[("WORKER_NAME", "survivor"), ("WORKER_POLL_MS", "600000")],
+    );
+    wait_for(
+        &app,
+        "the orphaned requests to complete",
+        "SELECT COUNT(*) FROM generation_requests WHERE status = 'completed'",
+        3,
+        RECOVERY_BOUND,
+    )
+    .await;
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM generation_attempts WHERE outcome = 'succeeded' AND worker = 'survivor'")
+            .await,
+        3
+    );
+}
+
+/// A request whose job ended without it (here: marked done by hand) is re-queued by a worker's
+/// rescuer, which no notification announces: that worker fetches it at once, not at its
+/// fallback poll (ten minutes away here).
+#[tokio::test]
+async fn a_stranded_request_runs_as_soon_as_a_worker_rescues_it() {
+    let app = spawn_app().await;
+    let id = app.submit_ok(json!({"prompt": "stranded"})).await;
+    sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = NOW()")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let _worker = spawn_worker_process(&app.db, &[("WORKER_POLL_MS", "600000")]);
+    let done = app.wait_final(id, RECOVERY_BOUND).await;
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
 #[tokio::test]
 async fn a_request_that_keeps_killing_its_worker_ends_failed() {
     let app = spawn_app().await;
@@ -269,18 +329,7 @@ async fn sigterm_drains_in_flight_jobs_then_exits_cleanly() {
         &app.db,
         &[("WORKER_NAME", "drainer"), ("SHUTDOWN_GRACE_SECS", "20")],
     );
-    for i in 0..4 {
-        app.submit_ok(json!({"prompt": format!("drain {i}"), "mock": {"latency_ms": 2000}}))
-            .await;
-    }
-    wait_for(
-        &app,
-        "four running jobs",
-        "SELECT COUNT(*) FROM generation_requests WHERE claimed_by = 'drainer' AND status = 'running'",
-        4,
-        Duration::from_secs(20),
-    )
-    .await;
+    run_slow_on(&app, "drainer", 4, 2000).await;
     signal(&worker, libc::SIGTERM);
     // Submitted while the worker drains: it must not start it.
     let late = app.submit_ok(json!({"prompt": "after shutdown"})).await;

@@ -43,9 +43,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 15)]
     pub lease_secs: u64,
 
-    /// Fallback poll interval in milliseconds, for jobs nothing announced to this worker (runs
-    /// another worker put back, jobs of dead workers put back, rescued jobs); a worker's own
-    /// put-back runs wake it when they come due.
+    /// Fallback poll interval in milliseconds, for jobs nothing announced to this worker (jobs
+    /// another worker put back or rescued); what a worker puts back itself (a rescheduled run,
+    /// a rescued job, a dead worker's job) wakes it when it comes due.
     #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
     pub poll_ms: u64,
 

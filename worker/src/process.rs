@@ -224,10 +224,14 @@ async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
         }
         match queue::rescue_stranded(&state.pool, state.lease).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                jobs = n,
-                "re-queued jobs of unfinished requests that nothing would run"
-            ),
+            Ok(n) => {
+                tracing::warn!(
+                    jobs = n,
+                    "re-queued jobs of unfinished requests that nothing would run"
+                );
+                // Put back without an announcement: this worker looks for them now.
+                state.wakeups.due_in(Duration::ZERO);
+            }
             Err(err) => tracing::warn!(error = %err, "could not look for stranded requests"),
         }
         match queue::rescue_orphaned_followers(&state.pool).await {

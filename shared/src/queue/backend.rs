@@ -196,8 +196,12 @@ impl Persistence for QueuePersistence {
         let dead_for = self.config.orphaned_duration().as_secs();
         let mut tx = self.pool.begin().await?;
         queries::keep_alive(&mut *tx, queue, worker).await?;
-        queries::reenqueue_orphaned(&mut *tx, queue, dead_for).await?;
+        let orphaned = queries::reenqueue_orphaned(&mut *tx, queue, dead_for).await?;
         tx.commit().await?;
+        if orphaned > 0 {
+            // The jobs of dead workers, put back without an announcement.
+            self.gate.wakeups.announce();
+        }
         Ok(())
     }
 

@@ -76,8 +76,8 @@ impl Wakeups {
         self.0.announce();
     }
 
-    /// Jobs this process put back (a rescheduled run, batch jobs held back by a fetch pause)
-    /// can be fetched in `delay`: the worker looks then, not at its next tick.
+    /// Jobs this process put back (a rescheduled run, batch jobs held back by a fetch pause, a
+    /// rescued job) can be fetched in `delay`: the worker looks then, not at its next tick.
     pub fn due_in(&self, delay: Duration) {
         if let Ok(mut due) = self.0.due.lock() {
             due.insert(Instant::now() + delay);
@@ -109,9 +109,9 @@ impl Wakeups {
 }
 
 /// When a worker looks for jobs: on every announcement of a new job ([`Wakeups`], ~ms), when a
-/// job it put back comes due, and on a fixed tick for what neither covers (jobs of dead workers
-/// put back, rescued jobs, jobs put back by another worker), each of which counts as an
-/// announcement. The tick re-arms itself every time it fires (the built-in interval strategy
+/// job it put back comes due (a rescheduled run, a fetch pause's end, a rescued job, a dead
+/// worker's job its heartbeat put back), and on a fixed tick for what none of these covers
+/// (jobs another worker put back), each of which counts as an announcement. The tick re-arms itself every time it fires (the built-in interval strategy
 /// does not, and loses wake-ups).
 pub struct WakeStrategy {
     wakeups: Wakeups,
