@@ -6,13 +6,14 @@
 //! each job it hands out, on each wake-up, each fetch a transaction of three round trips
 //! (`BEGIN`, `get_jobs`, `COMMIT`). At one request at a time that was three fetches per job,
 //! two of them empty. Here a fetch goes to the database only when a job was announced since the
-//! last one began ([`Wakeups`], which also counts the poll period's ticks and the listener's
-//! reconnections), or when the last one came back full; and `get_jobs` runs alone, one
-//! statement being its own transaction. A job announced while a fetch was in flight, which that
-//! fetch may have missed, is fetched as soon as it ends.
+//! last one began ([`Wakeups`], which also counts the poll period's ticks, the listener's
+//! reconnections and the jobs this worker put back coming due), or when the last one came back
+//! full; and `get_jobs` runs alone, one statement being its own transaction. A job announced
+//! while a fetch was in flight, which that fetch may have missed, is fetched as soon as it ends.
 //!
 //! The rest is apalis-postgres' persistence as it is: registration, heartbeats (which put the
-//! jobs of dead workers back), acknowledgements, and abandoned jobs put back on shutdown.
+//! jobs of dead workers back, and announce them), acknowledgements, and abandoned jobs put back
+//! on shutdown.
 
 use std::marker::PhantomData;
 use std::sync::Arc;

@@ -111,8 +111,8 @@ impl Wakeups {
 /// When a worker looks for jobs: on every announcement of a new job ([`Wakeups`], ~ms), when a
 /// job it put back comes due (a rescheduled run, a fetch pause's end, a rescued job, a dead
 /// worker's job its heartbeat put back), and on a fixed tick for what none of these covers
-/// (jobs another worker put back), each of which counts as an announcement. The tick re-arms itself every time it fires (the built-in interval strategy
-/// does not, and loses wake-ups).
+/// (jobs another worker put back), each of which counts as an announcement. The tick re-arms
+/// itself every time it fires (the built-in interval strategy does not, and loses wake-ups).
 pub struct WakeStrategy {
     wakeups: Wakeups,
     /// The count of announcements already taken.
