@@ -350,12 +350,17 @@ async fn worker_metrics_count_outcomes_calls_retries_fallbacks_tokens_and_circui
     worker.stop().await;
 }
 
+/// A worker process on the app's database, with its `/metrics` URL (on a free port).
+fn worker_process_with_metrics(app: &TestApp) -> (tokio::process::Child, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
+    (worker, format!("http://{listen}/metrics"))
+}
+
 #[tokio::test]
 async fn the_worker_binary_serves_metrics_on_its_port() {
     let app = spawn_app().await;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
-    let url = format!("http://{listen}/metrics");
+    let (_worker, url) = worker_process_with_metrics(&app);
     let text = scrape_process(&app.http, &url).await;
     let id = app
         .submit_ok(json!({"prompt": "metrics: by a process"}))
@@ -386,9 +391,7 @@ async fn the_worker_binary_serves_metrics_on_its_port() {
 #[tokio::test]
 async fn a_worker_fetches_from_the_queue_only_when_a_job_was_announced() {
     let app = spawn_app().await;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_METRICS_LISTEN", &listen)]);
-    let url = format!("http://{listen}/metrics");
+    let (_worker, url) = worker_process_with_metrics(&app);
     let fetches = |text: &str| value(text, "llm_worker_queue_fetches_total", &[]).unwrap();
     let warm = app.submit_ok(json!({"prompt": "fetched: first"})).await;
     let done: Value = app.wait_final(warm, Duration::from_secs(20)).await;

@@ -230,7 +230,7 @@ async fn rescue_stranded(state: Arc<WorkerState>, stop: CancellationToken) {
                     "re-queued jobs of unfinished requests that nothing would run"
                 );
                 // Put back without an announcement: this worker looks for them now.
-                state.wakeups.due_in(Duration::ZERO);
+                state.wakeups.announce();
             }
             Err(err) => tracing::warn!(error = %err, "could not look for stranded requests"),
         }

@@ -71,8 +71,9 @@ impl Wakeups {
         }
     }
 
-    /// A job may be waiting: the next fetch goes to the database.
-    pub(super) fn announce(&self) {
+    /// A job may be waiting (one this process put back just now, which nothing else
+    /// announces): the next fetch goes to the database.
+    pub fn announce(&self) {
         self.0.announce();
     }
 
