@@ -28,6 +28,7 @@ use sqlx::{PgConnection, PgPool};
 use ulid::Ulid;
 use uuid::Uuid;
 
+mod acks;
 mod backend;
 mod wakeups;
 pub use backend::QueueBackend;

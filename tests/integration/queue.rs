@@ -317,3 +317,69 @@ async fn a_notification_wakes_the_worker_once() {
     assert_eq!(strategy.poll_drive(&mut cx, &snapshot), Poll::Pending);
     assert_eq!(wakes.0.load(Ordering::SeqCst), woken, "no wake-up owed");
 }
+
+/// Jobs that finish one after another are acknowledged together, once the first has waited
+/// `WORKER_ACK_DELAY_MS` (four seconds here): their requests are answered meanwhile, their jobs
+/// left locked by the worker that ran them, and then all marked done by one write.
+#[tokio::test]
+async fn finished_jobs_are_acknowledged_together_after_the_delay() {
+    let app = llm_tests::spawn_app().await;
+    let _worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_ACK_DELAY_MS", "4000")]);
+    let started = std::time::Instant::now();
+    for n in 0..3 {
+        let id = app
+            .submit_ok(json!({"prompt": format!("ack me later {n}")}))
+            .await;
+        let done: serde_json::Value = app.wait_final(id, WAIT).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    if started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            app.db
+                .count("SELECT COUNT(*) FROM apalis.jobs WHERE status = 'Done'")
+                .await,
+            0,
+            "acknowledged before the delay"
+        );
+    }
+    app.wait_acknowledged(WAIT).await;
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(DISTINCT done_at) FROM apalis.jobs")
+            .await,
+        1,
+        "one write for the three"
+    );
+}
+
+/// A worker told to stop writes the acknowledgements still waiting before it exits, however
+/// long they had left to wait.
+#[tokio::test]
+async fn a_stopping_worker_writes_the_acknowledgements_still_waiting() {
+    let app = llm_tests::spawn_app().await;
+    let mut worker = llm_tests::spawn_worker_process(&app.db, &[("WORKER_ACK_DELAY_MS", "600000")]);
+    let id = app
+        .submit_ok(json!({"prompt": "ack me on the way out"}))
+        .await;
+    let done: serde_json::Value = app.wait_final(id, WAIT).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM apalis.jobs WHERE status = 'Done'")
+            .await,
+        0,
+        "acknowledged before the delay"
+    );
+    llm_tests::signal(&worker, libc::SIGTERM);
+    let status = tokio::time::timeout(WAIT, worker.wait())
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM apalis.jobs WHERE status = 'Done'")
+            .await,
+        1
+    );
+}

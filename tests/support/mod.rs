@@ -358,6 +358,13 @@ impl TestApp {
             let done = self.wait_final(*id, within).await;
             assert_eq!(done["status"], "completed", "{done}");
         }
+        self.wait_acknowledged(within).await;
+        ids
+    }
+
+    /// Waits (bounded by `within`) until apalis acknowledged every job (`queue::acks` writes them
+    /// `WORKER_ACK_DELAY_MS` after the first finished).
+    pub async fn wait_acknowledged(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         while self
             .db
@@ -371,7 +378,6 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ids
     }
 }
 

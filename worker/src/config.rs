@@ -49,6 +49,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
     pub poll_ms: u64,
 
+    /// Milliseconds a finished job's acknowledgement waits to be written together with those of
+    /// the jobs that finish meanwhile (`queue::acks`); its request's outcome is committed already.
+    #[arg(long, env = "WORKER_ACK_DELAY_MS", default_value_t = 50)]
+    pub ack_delay_ms: u64,
+
     /// Upper bound on one provider call, in seconds.
     #[arg(long, env = "PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
     pub provider_timeout_secs: u64,

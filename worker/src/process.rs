@@ -110,6 +110,7 @@ pub async fn run(
         .lock_tasks(false);
     let concurrency = config.concurrency.max(1);
     let poll = Duration::from_millis(config.poll_ms.max(50));
+    let ack_delay = Duration::from_millis(config.ack_delay_ms);
     tracing::info!(worker = %name, concurrency, "worker starting");
 
     let queue_pool = llm_shared::db::queue_pool(&pool, QUEUE_CONNECTIONS);
@@ -118,7 +119,7 @@ pub async fn run(
         .register(move |restarts| {
             // A restarted worker must not reuse its name: jobs locked under it would stay locked.
             let worker_name = if restarts == 0 { name.clone() } else { format!("{name}-r{restarts}") };
-            let storage = QueueBackend::<GenerationJob>::new(&queue_pool, queue_config.clone(), wakeups.clone(), fetches.clone());
+            let storage = QueueBackend::<GenerationJob>::new(&queue_pool, queue_config.clone(), wakeups.clone(), fetches.clone(), ack_delay);
             let backend = PollWith::new(storage, WakeStrategy::new(wakeups.clone(), poll));
             WorkerBuilder::new(worker_name)
                 .backend(backend)

@@ -11,14 +11,17 @@
 //! full; and `get_jobs` runs alone, one statement being its own transaction. A job announced
 //! while a fetch was in flight, which that fetch may have missed, is fetched as soon as it ends.
 //!
+//! Acknowledgements are written together, a moment after the first of them ([`super::acks`]),
+//! and all that remain when the worker stops.
+//!
 //! The rest is apalis-postgres' persistence as it is: registration, heartbeats (which put the
-//! jobs of dead workers back, and announce them), acknowledgements, and abandoned jobs put back
-//! on shutdown.
+//! jobs of dead workers back, and announce them), and abandoned jobs put back on shutdown.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::finalize::Durable;
@@ -33,6 +36,7 @@ use sqlx::PgPool;
 use ulid::Ulid;
 
 use super::Wakeups;
+use super::acks::Acks;
 
 /// The storage a worker is registered with in `apalis.workers`, as apalis-postgres names its own.
 const STORAGE_NAME: &str = "PgStorage";
@@ -41,22 +45,33 @@ const STORAGE_NAME: &str = "PgStorage";
 pub struct QueueBackend<Args> {
     persistence: Persisted<QueuePersistence>,
     codec: JsonCodec,
+    /// Once apalis' persistence has closed: the last write of the acknowledgements.
+    closing: Option<futures::future::BoxFuture<'static, Result<(), Error>>>,
     _marker: PhantomData<Args>,
 }
 
 impl<Args> QueueBackend<Args> {
     /// The queue `config.queue` on `pool` (apalis' connections: `db::queue_pool`), fetched when
     /// `wakeups` says a job may be waiting; each fetch sent to the database counts in `fetches`.
-    pub fn new(pool: &PgPool, config: Config, wakeups: Wakeups, fetches: IntCounter) -> Self {
+    /// Acknowledgements wait `ack_delay` to be written together.
+    pub fn new(
+        pool: &PgPool,
+        config: Config,
+        wakeups: Wakeups,
+        fetches: IntCounter,
+        ack_delay: Duration,
+    ) -> Self {
         let persistence = QueuePersistence {
             pool: pool.clone(),
             config,
             gate: Arc::new(FetchGate::new(wakeups)),
             fetches,
+            acks: Arc::new(Acks::new(ack_delay)),
         };
         Self {
             persistence: Persisted::new(persistence),
             codec: JsonCodec::default(),
+            closing: None,
             _marker: PhantomData,
         }
     }
@@ -88,7 +103,24 @@ impl<Args> Backend for QueueBackend<Args> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
-        self.persistence.poll_close(cx, worker)
+        if self.closing.is_none() {
+            // apalis hands its last acknowledgements over as it closes.
+            if let Err(err) = std::task::ready!(self.persistence.poll_close(cx, worker)) {
+                return Poll::Ready(Err(err));
+            }
+            let (acks, pool) = (
+                Arc::clone(&self.persistence.acks),
+                self.persistence.pool.clone(),
+            );
+            self.closing = Some(Box::pin(async move { acks.write(&pool).await }));
+        }
+        let written = match self.closing.as_mut() {
+            Some(last) => std::task::ready!(last.as_mut().poll(cx)),
+            None => Ok(()),
+        };
+        // Written (or failed): a later close writes what is queued by then.
+        self.closing = None;
+        Poll::Ready(written)
     }
 }
 
@@ -166,6 +198,7 @@ struct QueuePersistence {
     config: Config,
     gate: Arc<FetchGate>,
     fetches: IntCounter,
+    acks: Arc<Acks>,
 }
 
 impl Persistence for QueuePersistence {
@@ -243,46 +276,29 @@ impl Persistence for QueuePersistence {
         Ok(count)
     }
 
-    /// Acknowledgements (and locks, when the worker asks for them) in one statement each; both
-    /// only when there are both.
+    /// Acknowledgements queued to be written together ([`super::acks`]); locks (when the worker
+    /// asks for them) written at once.
     async fn handle_events(
         &mut self,
         events: Vec<TaskEvent<Value>>,
         worker: &WorkerContext,
     ) -> Result<(), Error> {
-        let acks: Vec<&queries::ResultPayload> = events
-            .iter()
-            .filter_map(|event| match event {
-                TaskEvent::Complete(result) => Some(result),
-                _ => None,
-            })
-            .collect();
+        let mut acks = Vec::new();
+        let mut locks = Vec::new();
+        for event in events {
+            match event {
+                TaskEvent::Complete(result) => acks.push(result),
+                TaskEvent::Lock { task_id } => locks.push(task_id.to_string()),
+                _ => {}
+            }
+        }
         let acked: std::collections::HashSet<String> =
             acks.iter().map(|ack| ack.task_id().to_string()).collect();
-        let locks: Vec<String> = events
-            .iter()
-            .filter_map(|event| match event {
-                TaskEvent::Lock { task_id } => Some(task_id.to_string()),
-                _ => None,
-            })
-            .filter(|id| !acked.contains(id))
-            .collect();
-        match (acks.is_empty(), locks.is_empty()) {
-            (true, true) => {}
-            (false, true) => {
-                let mut conn = self.pool.acquire().await?;
-                queries::handle_results(&mut *conn, &acks, worker.name()).await?;
-            }
-            (true, false) => {
-                let mut conn = self.pool.acquire().await?;
-                queries::lock_tasks(&mut *conn, &locks, worker.name()).await?;
-            }
-            (false, false) => {
-                let mut tx = self.pool.begin().await?;
-                queries::handle_results(&mut *tx, &acks, worker.name()).await?;
-                queries::lock_tasks(&mut *tx, &locks, worker.name()).await?;
-                tx.commit().await?;
-            }
+        locks.retain(|id| !acked.contains(id));
+        self.acks.queue(&self.pool, worker.name(), acks);
+        if !locks.is_empty() {
+            let mut conn = self.pool.acquire().await?;
+            queries::lock_tasks(&mut *conn, &locks, worker.name()).await?;
         }
         Ok(())
     }
