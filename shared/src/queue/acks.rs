@@ -19,6 +19,9 @@ use apalis_postgres::Error;
 use apalis_postgres::queries::{self, ResultPayload};
 use sqlx::PgPool;
 
+/// The longest wait between two tries of a write the database refused (an outage).
+const RETRY_AT_MOST: Duration = Duration::from_secs(5);
+
 /// Acknowledgements not written yet, each with the worker whose lock it releases.
 #[derive(Debug)]
 pub(super) struct Acks {
@@ -53,14 +56,17 @@ impl Acks {
         }
     }
 
-    /// Writes what is queued after the delay, again after each failure until it is written.
+    /// Writes what is queued after the delay, again after each failure (waiting twice as long
+    /// each time, up to [`RETRY_AT_MOST`]) until it is written.
     async fn write_later(&self, pool: &PgPool) {
+        let mut wait = self.delay;
         loop {
-            tokio::time::sleep(self.delay).await;
+            tokio::time::sleep(wait).await;
             match self.write(pool).await {
                 Ok(()) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not acknowledge finished jobs; trying again");
+                    wait = (wait * 2).clamp(Duration::from_millis(100), RETRY_AT_MOST);
                 }
             }
         }
