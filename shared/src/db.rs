@@ -63,10 +63,23 @@ pub fn queue_pool(pool: &PgPool, connections: u32) -> PgPool {
     pool_with(pool, connections, &QUEUE_SETTINGS)
 }
 
-/// A group-commit writer's pool ([`writer_pool`]) for the claims of a worker's jobs: as
-/// [`CLAIM_SETTINGS`] says, their commits do not wait for the disk.
-pub fn claim_pool(pool: &PgPool, connections: u32) -> PgPool {
-    pool_with(pool, connections, &CLAIM_SETTINGS)
+/// A group-commit writer's pool ([`writer_pool`]) whose commits do not wait for the disk
+/// ([`ASYNC_WRITER_SETTINGS`]): a worker's claims, and the submits of calls answered only once
+/// final.
+pub fn async_writer_pool(pool: &PgPool, connections: u32) -> PgPool {
+    pool_with(pool, connections, &ASYNC_WRITER_SETTINGS)
+}
+
+/// Makes every commit made before it durable, those that did not wait for the disk included
+/// ([`ASYNC_COMMIT`]): for a caller about to name a request stored by such a commit. A
+/// transactional WAL record forces this transaction's commit to flush, and a flush covers
+/// everything written before it; a transaction that writes no WAL (an id taken with
+/// `txid_current()`, a `NOTIFY`) commits without flushing.
+pub async fn make_durable(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_logical_emit_message(true, 'llm-service', 'durable')")
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 fn pool_with(pool: &PgPool, connections: u32, settings: &[(&str, &str)]) -> PgPool {
@@ -92,8 +105,9 @@ pub const QUEUE_SETTINGS: [(&str, &str); 2] = [("enable_bitmapscan", "off"), ASY
 
 /// Commits that return before their WAL reaches the disk (it follows within
 /// `wal_writer_delay`, or with the next commit that waits). For the statements whose loss in a
-/// server crash only means a job runs again: apalis' fetches and acknowledgements, and the
-/// claims. Each waited for a flush on the path of every request (0.4–0.5 ms each here:
+/// server crash only means a job runs again, or a call whose caller was told nothing is
+/// forgotten: apalis' fetches and acknowledgements, the claims, and the submits of calls
+/// answered only once final (the doors' waited calls; see `requests::Durability`). Each waited for a flush on the path of every request (0.4–0.5 ms each here:
 /// `tcpdump -i lo` of `/v1/chat/completions` misses at one client): the fetch's before the
 /// claim, the claim's before the provider call. A submit, a result, a cancel and a provider's
 /// failure still commit durably, and each flush carries every claim before it. A claim lost in
@@ -102,8 +116,8 @@ pub const QUEUE_SETTINGS: [(&str, &str); 2] = [("enable_bitmapscan", "off"), ASY
 /// lost workers) is failed again by the next delivery.
 pub const ASYNC_COMMIT: (&str, &str) = ("synchronous_commit", "off");
 
-/// [`WRITER_SETTINGS`] and [`ASYNC_COMMIT`]: the claims' writer (see [`claim_pool`]).
-pub const CLAIM_SETTINGS: [(&str, &str); 3] =
+/// [`WRITER_SETTINGS`] and [`ASYNC_COMMIT`] (see [`async_writer_pool`]).
+pub const ASYNC_WRITER_SETTINGS: [(&str, &str); 3] =
     [WRITER_SETTINGS[0], WRITER_SETTINGS[1], ASYNC_COMMIT];
 
 /// The settings of a group-commit writer's connections. A writer runs a few statements

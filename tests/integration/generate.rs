@@ -7,7 +7,7 @@ use futures::future::join_all;
 use llm_shared::cache::{CacheScope, CachedResponse};
 use llm_shared::error::DomainError;
 use llm_shared::generation::GenerationParams;
-use llm_shared::requests::{self, GenerateBody, Insert, NewRequest};
+use llm_shared::requests::{self, Durability, GenerateBody, Insert, NewRequest};
 use llm_tests::{registry, spawn_app, start_worker, worker_config, worker_models};
 use llm_worker::WorkerState;
 use llm_worker::job;
@@ -249,6 +249,44 @@ fn hit() -> CachedResponse {
         completion_tokens: Some(4),
         finish_reason: Some("stop".into()),
         tool_calls: None,
+    }
+}
+
+/// A submit whose caller answers only with the request's outcome commits without waiting for
+/// the disk, and says so (its caller makes it durable before naming it unfinished); any other
+/// submit waits. Both store the request with its job.
+#[tokio::test]
+async fn a_submit_answered_with_its_outcome_commits_without_waiting_for_the_disk() {
+    let app = spawn_app().await;
+    let submitter = requests::Submitter::new(app.db.pool.clone(), None);
+    let awaited = submitter
+        .store(
+            new_request(app.user, "awaited"),
+            Insert::Queued,
+            Durability::WithOutcome,
+        )
+        .await
+        .unwrap();
+    let named = submitter
+        .store(
+            new_request(app.user, "named at once"),
+            Insert::Queued,
+            Durability::AtSubmit,
+        )
+        .await
+        .unwrap();
+    assert!(!awaited.durable, "the awaited submit waited for the disk");
+    assert!(named.durable, "the submit answered at once did not wait");
+    for id in [awaited.id, named.id] {
+        let jobs: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM generation_requests r JOIN apalis.jobs j ON j.id = r.job_id
+             WHERE r.id = $1 AND r.status = 'pending'",
+        )
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(jobs, 1, "{id} is not stored with its job");
     }
 }
 

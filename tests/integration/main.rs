@@ -13,6 +13,7 @@ mod browser;
 mod cache;
 mod chaos;
 mod context;
+mod durability;
 mod endpoints;
 mod fairness;
 mod generate;

@@ -75,11 +75,32 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// The server's settings (`-c` options).
+    settings: &'static str,
 }
 
+/// A cluster for outages: nothing it writes is flushed (a stop loses nothing, a crash may).
+const QUICK: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+/// A cluster that keeps what a production one keeps through a crash: every flush asked for is
+/// made. Its WAL writer flushes what the commits that did not wait left behind only every 10 s
+/// (production: 200 ms), so a crash right after such a commit loses it unless the service
+/// flushed it itself.
+const DURABLE: &str = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on \
+                       -c wal_writer_delay=10s";
+
 impl PrivatePostgres {
-    /// Creates and starts the cluster (a second or two).
+    /// Creates and starts the cluster (a second or two), flushing nothing.
     pub async fn start() -> Self {
+        Self::start_with(QUICK).await
+    }
+
+    /// [`PrivatePostgres::start`] for a cluster that flushes as a production one does, its WAL
+    /// writer aside ([`DURABLE`]): for [`PrivatePostgres::crash`].
+    pub async fn start_durable() -> Self {
+        Self::start_with(DURABLE).await
+    }
+
+    async fn start_with(settings: &'static str) -> Self {
         let bin = postgres_bin_dir();
         let dir = std::env::temp_dir().join(format!("llm-chaos-pg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -87,6 +108,7 @@ impl PrivatePostgres {
             port: free_port(),
             dir,
             bin,
+            settings,
         };
         if running_as_root() {
             let status = std::process::Command::new("chown")
@@ -129,10 +151,11 @@ impl PrivatePostgres {
     /// Starts the server and waits until it accepts connections.
     pub async fn up(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 {} -c max_connections=300 \
+             -c shared_buffers=32MB",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         self.pg_ctl(
             &["start", "-w", "-t", "60", "-o", &options, "-l"],
@@ -144,6 +167,13 @@ impl PrivatePostgres {
     /// Fast shutdown: every session is terminated, in-flight transactions roll back.
     pub async fn down(&self) {
         self.pg_ctl(&["stop", "-w", "-t", "60", "-m", "fast"], None)
+            .await;
+    }
+
+    /// A crash: every process quits at once, writing nothing; what only its memory held (WAL
+    /// not yet written) is lost, and the next [`PrivatePostgres::up`] recovers from the WAL.
+    pub async fn crash(&self) {
+        self.pg_ctl(&["stop", "-w", "-t", "60", "-m", "immediate"], None)
             .await;
     }
 

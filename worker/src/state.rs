@@ -87,11 +87,11 @@ impl WorkerState {
         // A batch holds at most every job of the process.
         let batch = config.concurrency.max(1);
         // The claims' and completions' writers, each with a connection of its own (the claims'
-        // commit without waiting for the disk: `db::CLAIM_SETTINGS`).
+        // commit without waiting for the disk: `db::ASYNC_WRITER_SETTINGS`).
         let writers = llm_shared::db::writer_pool(&pool, BATCH_WRITERS as u32);
         let claims = {
             let (pool, name, lease) = (
-                llm_shared::db::claim_pool(&pool, BATCH_WRITERS as u32),
+                llm_shared::db::async_writer_pool(&pool, BATCH_WRITERS as u32),
                 Arc::<str>::from(name.as_str()),
                 config.lease(),
             );

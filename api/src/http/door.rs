@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::ratelimit::RateState;
-use llm_shared::requests::{GenerateBody, NewRequest, RequestView};
+use llm_shared::requests::{Durability, GenerateBody, NewRequest, RequestView};
 
 /// How a door's call ran.
 pub(super) enum Outcome {
@@ -33,7 +33,8 @@ pub(super) struct Run {
 
 /// Runs `body` for `user` as a durable request: streamed if `stream`, else waited for (the
 /// wait slot is taken before anything is stored, so a user at `USER_MAX_WAITS` is refused with
-/// nothing queued).
+/// nothing queued). A waited-for call is stored [`Durability::WithOutcome`]: its caller hears
+/// of it only with its outcome, or once its row is on disk.
 pub(super) async fn run(
     state: AppState,
     user: &AuthUser,
@@ -75,7 +76,7 @@ pub(super) async fn run(
         submitted,
         rate,
         answered,
-    } = accept_answered(&state, user, new).await?;
+    } = accept_answered(&state, user, new, Durability::WithOutcome).await?;
     let row = match answered {
         Some(row) => row,
         None => {
@@ -89,18 +90,23 @@ pub(super) async fn run(
                 state.notices.subscribe(submitted.id)
             };
             let queued = fresh && !submitted.status.is_final();
-            Box::new(
-                wait_subscribed(
-                    &state,
-                    submitted.id,
-                    user,
-                    wait,
-                    Some(slot),
-                    subscription,
-                    queued,
-                )
-                .await?,
+            let row = wait_subscribed(
+                &state,
+                submitted.id,
+                user,
+                wait,
+                Some(slot),
+                subscription,
+                queued,
             )
+            .await?;
+            // Named unfinished (the wait ran out): on disk first. A final row's outcome was
+            // committed waiting for the disk, which carried the submit's commit before it (a
+            // cache hit's row, as with every hit, may reach the disk after its answer).
+            if !row.status.is_final() && !submitted.durable {
+                llm_shared::db::make_durable(&state.pool).await?;
+            }
+            Box::new(row)
         }
     };
     Ok(Run {

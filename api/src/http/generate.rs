@@ -18,7 +18,9 @@ use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::notices::Subscription;
 use llm_shared::quota::Slot;
-use llm_shared::requests::{self, AttemptView, GenerateBody, NewRequest, RequestView, Status};
+use llm_shared::requests::{
+    self, AttemptView, Durability, GenerateBody, NewRequest, RequestView, Status,
+};
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
@@ -132,18 +134,21 @@ pub(super) async fn accept(
     user: &AuthUser,
     new: NewRequest,
 ) -> Result<Admitted, ApiError> {
-    accept_as(state, user, new, false).await
+    accept_as(state, user, new, false, Durability::AtSubmit).await
 }
 
 /// [`accept`], keeping the request as answered if it is a hit of the cache's fast copy: a
 /// caller that answers with the result (the foreign doors) needs no read of a row that the hit
 /// writer stores a few milliseconds later (`GET` waits for it; this does not).
+/// `durability`: when the stored request's commit reaches the disk (a caller that names it only
+/// once final needs not wait for it).
 pub(super) async fn accept_answered(
     state: &AppState,
     user: &AuthUser,
     new: NewRequest,
+    durability: Durability,
 ) -> Result<Admitted, ApiError> {
-    accept_as(state, user, new, true).await
+    accept_as(state, user, new, true, durability).await
 }
 
 /// [`admit`] in a `submit` span, whose trace context the request's job carries on to the
@@ -153,6 +158,7 @@ async fn accept_as(
     user: &AuthUser,
     mut new: NewRequest,
     keep_answer: bool,
+    durability: Durability,
 ) -> Result<Admitted, ApiError> {
     use tracing::Instrument;
     let span = tracing::info_span!(
@@ -161,7 +167,7 @@ async fn accept_as(
         request.id = tracing::field::Empty,
     );
     new.traceparent = span.in_scope(llm_shared::telemetry::current_traceparent);
-    let admitted = admit(state, user, new, keep_answer)
+    let admitted = admit(state, user, new, keep_answer, durability)
         .instrument(span.clone())
         .await?;
     span.record("request.id", tracing::field::display(admitted.submitted.id));
@@ -176,6 +182,7 @@ async fn admit(
     user: &AuthUser,
     new: NewRequest,
     keep_answer: bool,
+    durability: Durability,
 ) -> Result<Admitted, ApiError> {
     let estimated = new.estimated_tokens;
     let (rate, how) = match state.submitter.fast_key(&new) {
@@ -216,7 +223,7 @@ async fn admit(
         )),
         _ => None,
     };
-    let submitted = state.submitter.store(new, how).await?;
+    let submitted = state.submitter.store(new, how, durability).await?;
     // A reused Idempotency-Key answers with the earlier request instead.
     let answered = answered.filter(|view| view.id == submitted.id);
     if let Some(rate) = rate

@@ -58,7 +58,7 @@ pub use reads::{
     AttemptView, CallStats, RECENT_CALL_STATS, RequestView, attempts_of, find_for_user,
     recent_call_stats,
 };
-pub use submit::{Insert, Submitted, Submitter, insert_many, insert_with_job};
+pub use submit::{Durability, Insert, Submitted, Submitter, insert_many, insert_with_job};
 
 /// Where a request stands, as its `status` column says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,7 +5,8 @@
 -- hits are counted in `usage_daily`, and their hub events queued (`hub_*_payload`).
 -- A row whose Idempotency-Key its user used before is not stored (ON CONFLICT DO NOTHING): the
 -- caller reads the earlier one.
--- Answers (id, cached) of each row stored.
+-- Answers (id, cached, durable) of each row stored; `durable`: whether its commit waits for the
+-- disk (the connection's `synchronous_commit`, see `db::ASYNC_WRITER_SETTINGS`).
 --
 -- Parameters, one array per column, one element per request (see `columns.rs`):
 --   $1 id uuid[]                $2 prompt text[]            $3 context jsonb[]
@@ -163,4 +164,4 @@ RETURNING id, coalesced_into, user_id, model, cached, provider, prompt_tokens, c
     JOIN demand d USING (user_id, class)
     JOIN shares s USING (user_id, class)
 )
-SELECT id, cached FROM inserted
+SELECT id, cached, current_setting('synchronous_commit') <> 'off' AS durable FROM inserted

@@ -23,7 +23,7 @@ use crate::http::stream::{Subscribed, follow_events, submit_subscribed};
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::ratelimit::RateState;
-use llm_shared::requests::{self, NewRequest, RequestView};
+use llm_shared::requests::{self, Durability, NewRequest, RequestView};
 
 #[utoipa::path(
     post,
@@ -114,7 +114,7 @@ async fn background(
         submitted,
         rate,
         answered,
-    } = generate::accept_answered(state, user, new)
+    } = generate::accept_answered(state, user, new, Durability::AtSubmit)
         .await
         .map_err(native)?;
     let id = submitted.id;
