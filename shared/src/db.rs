@@ -107,10 +107,12 @@ pub const QUEUE_SETTINGS: [(&str, &str); 2] = [("enable_bitmapscan", "off"), ASY
 /// `wal_writer_delay`, or with the next commit that waits). For the statements whose loss in a
 /// server crash only means a job runs again, or a call whose caller was told nothing is
 /// forgotten: apalis' fetches and acknowledgements, the claims, and the submits of calls
-/// answered only once final (the doors' waited calls; see `requests::Durability`). Each waited for a flush on the path of every request (0.4–0.5 ms each here:
+/// answered only once final (the doors' waited calls; see `requests::Durability`). Each waited
+/// for a flush on the path of every request (0.4–0.5 ms each here:
 /// `tcpdump -i lo` of `/v1/chat/completions` misses at one client): the fetch's before the
-/// claim, the claim's before the provider call. A submit, a result, a cancel and a provider's
-/// failure still commit durably, and each flush carries every claim before it. A claim lost in
+/// claim, the claim's before the provider call. A submit named before its outcome, a result, a
+/// cancel and a provider's failure still commit durably, and each flush carries every commit
+/// before it. A claim lost in
 /// a crash leaves its request as it was: the job runs again, and a result of the lost claim is
 /// refused by the completion's guard; a request failed by its claim (its attempts used up by
 /// lost workers) is failed again by the next delivery.
