@@ -259,34 +259,27 @@ fn hit() -> CachedResponse {
 async fn a_submit_answered_with_its_outcome_commits_without_waiting_for_the_disk() {
     let app = spawn_app().await;
     let submitter = requests::Submitter::new(app.db.pool.clone(), None);
-    let awaited = submitter
-        .store(
-            new_request(app.user, "awaited"),
-            Insert::Queued,
-            Durability::WithOutcome,
-        )
-        .await
-        .unwrap();
-    let named = submitter
-        .store(
-            new_request(app.user, "named at once"),
-            Insert::Queued,
-            Durability::AtSubmit,
-        )
-        .await
-        .unwrap();
-    assert!(!awaited.durable, "the awaited submit waited for the disk");
-    assert!(named.durable, "the submit answered at once did not wait");
-    for id in [awaited.id, named.id] {
+    for (durability, prompt, waits) in [
+        (Durability::WithOutcome, "awaited", false),
+        (Durability::AtSubmit, "named at once", true),
+    ] {
+        let submitted = submitter
+            .store(new_request(app.user, prompt), Insert::Queued, durability)
+            .await
+            .unwrap();
+        assert_eq!(submitted.durable, waits, "{durability:?}");
         let jobs: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM generation_requests r JOIN apalis.jobs j ON j.id = r.job_id
              WHERE r.id = $1 AND r.status = 'pending'",
         )
-        .bind(id)
+        .bind(submitted.id)
         .fetch_one(&app.db.pool)
         .await
         .unwrap();
-        assert_eq!(jobs, 1, "{id} is not stored with its job");
+        assert_eq!(
+            jobs, 1,
+            "the {durability:?} submit is not stored with its job"
+        );
     }
 }
 
