@@ -67,6 +67,9 @@ pub struct Metrics {
     pub cost: prometheus::CounterVec,
     /// `llm_cache_lookups_total{result}`: `hit` or `miss`.
     pub cache_lookups: IntCounterVec,
+    /// `llm_waits_answered_total{from}`: waits for a request's end answered from its
+    /// completion notice's outcome (`notice`) or by reading its row (`read`).
+    pub waits_answered: IntCounterVec,
     /// `llm_rate_limit_rejections_total{limit}`: `requests` or `tokens`.
     pub rate_limit_rejections: IntCounterVec,
     /// `llm_provider_retries_total{provider, model}`: a call retried on the same model (in
@@ -176,6 +179,11 @@ impl Metrics {
                 "llm_cache_lookups_total",
                 "Response cache lookups at submit: hit or miss.",
                 &["result"],
+            ),
+            waits_answered: counter(
+                "llm_waits_answered_total",
+                "Waits for a request's end answered from its notice's outcome or by a read.",
+                &["from"],
             ),
             rate_limit_rejections: counter(
                 "llm_rate_limit_rejections_total",
@@ -288,6 +296,7 @@ impl Metrics {
             Box::new(self.tokens.clone()),
             Box::new(self.cost.clone()),
             Box::new(self.cache_lookups.clone()),
+            Box::new(self.waits_answered.clone()),
             Box::new(self.rate_limit_rejections.clone()),
             Box::new(self.retries.clone()),
             Box::new(self.fallbacks.clone()),
@@ -324,6 +333,12 @@ impl Metrics {
     pub fn cache_lookup(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache_lookups.with_label_values(&[result]).inc();
+    }
+
+    /// A wait for a request's end answered, `from_notice` its notice's outcome or else a read.
+    pub fn wait_answered(&self, from_notice: bool) {
+        let from = if from_notice { "notice" } else { "read" };
+        self.waits_answered.with_label_values(&[from]).inc();
     }
 
     /// One provider call and how it went (`success` or the error kind).

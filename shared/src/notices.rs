@@ -1,9 +1,11 @@
 //! Completion notices for long-polling clients (`GET /api/v1/generate/{id}?wait=N`).
 //!
 //! A trigger on `generation_requests` sends `NOTIFY generation_finished, '<id>'` whenever a
-//! request reaches a final state, whichever process put it there. Each process hears it on its
-//! one `LISTEN` connection ([`crate::listener`]) and wakes the waiters of that id
-//! ([`FinalNotices::heard`]); nothing busy-polls the database.
+//! request reaches a final state, whichever process put it there; for a request stored with
+//! [`crate::requests::Notice::Outcome`], `'<id> <outcome>'` (when it fits in a notice), so
+//! that its waiter need not read the row. Each process hears it on its one `LISTEN`
+//! connection ([`crate::listener`]) and wakes the waiters of that id ([`FinalNotices::heard`]);
+//! nothing busy-polls the database.
 //!
 //! A notice is also counted, so that a subscriber busy elsewhere when it came (a stream sending
 //! tokens) still sees it once it looks ([`Subscription::noticed`]). A notice that never came
@@ -40,6 +42,9 @@ struct Waiters {
     notify: Notify,
     /// Notices received for the request (or re-checks asked for after a reconnection).
     notices: AtomicU64,
+    /// The outcome the last notice carried (`None`: it carried only the id, or none came),
+    /// unparsed: only a waiter that uses it pays for reading it.
+    outcome: Mutex<Option<Arc<str>>>,
 }
 
 /// A registration for one request's completion; dropping it unregisters.
@@ -64,6 +69,12 @@ impl Subscription {
         let notices = self.waiters.notices.load(Ordering::Acquire);
         self.seen.swap(notices, Ordering::AcqRel) != notices
     }
+
+    /// The outcome the request's last notice carried, if it carried one
+    /// ([`crate::requests::Notice`]; read by `requests::RequestView::of_notice`).
+    pub fn outcome(&self) -> Option<Arc<str>> {
+        self.waiters.outcome.lock().ok()?.clone()
+    }
 }
 
 impl Drop for Subscription {
@@ -78,7 +89,12 @@ impl Drop for Subscription {
 }
 
 impl Waiters {
-    fn wake(&self) {
+    /// A notice came (or a re-check is due), with the outcome it carried, if any: set before
+    /// the waiters are woken, so that each finds it.
+    fn wake(&self, outcome: Option<&str>) {
+        if let Ok(mut last) = self.outcome.lock() {
+            *last = outcome.map(Arc::from);
+        }
         self.notices.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
     }
@@ -106,14 +122,14 @@ impl FinalNotices {
         }
     }
 
-    fn wake(&self, id: Uuid) {
+    fn wake(&self, id: Uuid, outcome: Option<&str>) {
         let notify = self
             .waiters
             .lock()
             .ok()
             .and_then(|map| map.get(&id).and_then(Weak::upgrade));
         if let Some(notify) = notify {
-            notify.wake();
+            notify.wake(outcome);
         }
     }
 
@@ -125,7 +141,7 @@ impl FinalNotices {
             .map(|map| map.values().filter_map(Weak::upgrade).collect())
             .unwrap_or_default();
         for notify in all {
-            notify.wake();
+            notify.wake(None);
         }
     }
 
@@ -153,7 +169,7 @@ impl FinalNotices {
             match ended {
                 Ok(ended) => {
                     for id in ended {
-                        self.wake(id);
+                        self.wake(id, None);
                     }
                 }
                 Err(err) => tracing::debug!(error = %err, "completion sweep: read failed"),
@@ -167,11 +183,59 @@ impl FinalNotices {
     pub fn heard(&self, heard: &Heard) {
         match heard {
             Heard::Notice(payload) => {
-                if let Ok(id) = payload.parse::<Uuid>() {
-                    self.wake(id);
+                let (id, outcome) = match payload.split_once(' ') {
+                    Some((id, outcome)) => (id, Some(outcome)),
+                    None => (payload.as_str(), None),
+                };
+                if let Ok(id) = id.parse::<Uuid>() {
+                    self.wake(id, outcome);
                 }
             }
             Heard::Listening => self.wake_all(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTCOME: &str = r#"{"status": "completed", "result": "hi"}"#;
+
+    #[test]
+    fn a_notice_with_an_outcome_wakes_its_waiters_with_it() {
+        let notices = FinalNotices::default();
+        let id = Uuid::now_v7();
+        let subscription = notices.subscribe(id);
+        notices.heard(&Heard::Notice(format!("{id} {OUTCOME}")));
+        assert!(subscription.noticed());
+        assert_eq!(subscription.outcome().as_deref(), Some(OUTCOME));
+    }
+
+    #[test]
+    fn a_notice_of_the_id_alone_leaves_no_outcome() {
+        let notices = FinalNotices::default();
+        let id = Uuid::now_v7();
+        let subscription = notices.subscribe(id);
+        notices.heard(&Heard::Notice(format!("{id} {OUTCOME}")));
+        // a later notice that carries only the id: what it announced must be read
+        notices.heard(&Heard::Notice(id.to_string()));
+        assert!(subscription.noticed());
+        assert!(subscription.outcome().is_none());
+        // listening again: notices may have been missed, the last outcome is not trusted
+        notices.heard(&Heard::Notice(format!("{id} {OUTCOME}")));
+        notices.heard(&Heard::Listening);
+        assert!(subscription.outcome().is_none());
+    }
+
+    #[test]
+    fn a_notice_of_another_request_or_unreadable_wakes_nobody() {
+        let notices = FinalNotices::default();
+        let subscription = notices.subscribe(Uuid::now_v7());
+        notices.heard(&Heard::Notice(format!("{} {OUTCOME}", Uuid::now_v7())));
+        notices.heard(&Heard::Notice("not-an-id {}".into()));
+        notices.heard(&Heard::Notice(String::new()));
+        assert!(!subscription.noticed());
+        assert!(subscription.outcome().is_none());
     }
 }

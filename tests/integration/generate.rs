@@ -334,7 +334,9 @@ async fn one_statement_stores_a_mixed_batch_each_row_with_its_own_answer() {
         (&from_table, &Insert::CachedOrQueued),
         (&expired, &Insert::CachedOrQueued),
     ];
-    let answers = requests::insert_many(&mut conn, &rows).await.unwrap();
+    let answers = requests::insert_many(&mut conn, &rows, requests::Notice::Id)
+        .await
+        .unwrap();
     assert_eq!(answers.len(), rows.len());
     let ok = |i: usize| answers[i].as_ref().unwrap();
     assert!(!ok(0).replayed && ok(0).id == queued.id);

@@ -29,6 +29,7 @@ mod layers;
 mod metrics;
 mod migrations;
 mod models;
+mod notices;
 mod openai_batches;
 mod openai_compat;
 mod openai_responses;

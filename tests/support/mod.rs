@@ -316,6 +316,12 @@ impl TestApp {
         json["request_id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The api's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub async fn poll(&self, id: Uuid, wait_secs: u64) -> (u16, Value) {
         let response = self
             .http

@@ -6,14 +6,14 @@
 use axum::http::HeaderMap;
 use uuid::Uuid;
 
-use super::generate::{Admitted, accept_answered, idempotency_key, wait_subscribed};
+use super::generate::{Admitted, Awaited, accept_answered, idempotency_key, wait_subscribed};
 use super::stream::{FollowStream, Subscribed, follow_events, submit_subscribed};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::TraceContext;
 use llm_shared::ratelimit::RateState;
-use llm_shared::requests::{Durability, GenerateBody, NewRequest, RequestView};
+use llm_shared::requests::{Durability, GenerateBody, NewRequest, RequestInput, RequestView};
 
 /// How a door's call ran.
 pub(super) enum Outcome {
@@ -34,7 +34,8 @@ pub(super) struct Run {
 /// Runs `body` for `user` as a durable request: streamed if `stream`, else waited for (the
 /// wait slot is taken before anything is stored, so a user at `USER_MAX_WAITS` is refused with
 /// nothing queued). A waited-for call is stored [`Durability::WithOutcome`]: its caller hears
-/// of it only with its outcome, or once its row is on disk.
+/// of it only with its outcome, or once its row is on disk; its completion notice carries that
+/// outcome, which is answered with the input held here, without reading the row back.
 pub(super) async fn run(
     state: AppState,
     user: &AuthUser,
@@ -72,6 +73,7 @@ pub(super) async fn run(
     let slot = super::quota::wait_slot(&state, user)?;
     // Before the row exists, so that its completion cannot come unseen.
     let (new_id, subscription) = (new.id, state.notices.subscribe(new.id));
+    let input = RequestInput::of(&new);
     let Admitted {
         submitted,
         rate,
@@ -83,23 +85,22 @@ pub(super) async fn run(
             let wait = state.limits.compat_wait;
             // Stored as submitted and unfinished: nothing to read before its notice. Otherwise
             // (an earlier request's Idempotency-Key, a cache-table hit) read it first.
-            let fresh = submitted.id == new_id;
-            let subscription = if fresh {
-                subscription
+            let awaited = if submitted.id == new_id {
+                Awaited {
+                    id: new_id,
+                    subscription,
+                    queued: !submitted.status.is_final(),
+                    input: Some(input),
+                }
             } else {
-                state.notices.subscribe(submitted.id)
+                Awaited {
+                    id: submitted.id,
+                    subscription: state.notices.subscribe(submitted.id),
+                    queued: false,
+                    input: None,
+                }
             };
-            let queued = fresh && !submitted.status.is_final();
-            let row = wait_subscribed(
-                &state,
-                submitted.id,
-                user,
-                wait,
-                Some(slot),
-                subscription,
-                queued,
-            )
-            .await?;
+            let row = wait_subscribed(&state, user, wait, Some(slot), awaited).await?;
             // Named unfinished (the wait ran out): on disk first. A final row's outcome was
             // committed waiting for the disk, which carried the submit's commit before it (a
             // cache hit's row, as with every hit, may reach the disk after its answer).

@@ -19,7 +19,7 @@ use crate::telemetry::TraceContext;
 use llm_shared::notices::Subscription;
 use llm_shared::quota::Slot;
 use llm_shared::requests::{
-    self, AttemptView, Durability, GenerateBody, NewRequest, RequestView, Status,
+    self, AttemptView, Durability, GenerateBody, NewRequest, RequestInput, RequestView, Status,
 };
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -361,24 +361,61 @@ pub(super) async fn wait_until_final(
     wait: Duration,
     held: Option<Slot>,
 ) -> Result<RequestView, ApiError> {
-    let subscription = state.notices.subscribe(id);
-    wait_subscribed(state, id, user, wait, held, subscription, false).await
+    let awaited = Awaited {
+        id,
+        subscription: state.notices.subscribe(id),
+        queued: false,
+        input: None,
+    };
+    wait_subscribed(state, user, wait, held, awaited).await
 }
 
-/// [`wait_until_final`] on a subscription taken before the request was stored. `queued`: the
-/// caller just stored it unfinished, so no read is needed until a notice comes (one statement
-/// fewer per call at the doors); a notice that came before the wait began is seen by the
-/// subscription's count.
+/// A request waited for, subscribed to its completion notice before it was stored or read.
+pub(super) struct Awaited {
+    pub id: Uuid,
+    pub subscription: Subscription,
+    /// Stored unfinished just now: nothing to read before its notice.
+    pub queued: bool,
+    /// The request's input, held by the caller that stored it with
+    /// [`requests::Notice::Outcome`]: a notice carrying its outcome answers without a read.
+    pub input: Option<RequestInput>,
+}
+
+/// Request `id`'s row as its last notice told it, if final and told whole (`input` is then
+/// taken: a notice is sent only once a request is final, so one that does not read as final
+/// is not expected, and is answered by a read).
+fn noticed_final(
+    id: Uuid,
+    subscription: &Subscription,
+    input: &mut Option<RequestInput>,
+) -> Option<RequestView> {
+    input.as_ref()?;
+    let outcome = subscription.outcome()?;
+    match RequestView::of_notice(id, input.take()?, &outcome) {
+        Ok(view) if view.status.is_final() => Some(view),
+        Ok(_) => None,
+        Err(err) => {
+            tracing::warn!(error = %err, request.id = %id, "a notice's outcome did not read");
+            None
+        }
+    }
+}
+
+/// [`wait_until_final`] for a request `awaited` subscribed to already.
 pub(super) async fn wait_subscribed(
     state: &AppState,
-    id: Uuid,
     user: &AuthUser,
     wait: Duration,
     mut held: Option<Slot>,
-    subscription: Subscription,
-    mut queued: bool,
+    awaited: Awaited,
 ) -> Result<RequestView, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
+    let Awaited {
+        id,
+        subscription,
+        mut queued,
+        mut input,
+    } = awaited;
     let user_id = user.id;
     loop {
         let notified = subscription.notify().notified();
@@ -386,8 +423,13 @@ pub(super) async fn wait_subscribed(
         notified.as_mut().enable();
         let unread = std::mem::take(&mut queued) && !subscription.noticed();
         if !unread {
+            if let Some(request) = noticed_final(id, &subscription, &mut input) {
+                state.metrics.wait_answered(true);
+                return Ok(request);
+            }
             let request = find(state, id, user_id).await?;
             if request.status.is_final() {
+                state.metrics.wait_answered(false);
                 return Ok(request);
             }
         }

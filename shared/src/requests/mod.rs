@@ -55,10 +55,10 @@ pub use finish::{
 };
 pub use hits::HIT_ROWS_ON_STOP;
 pub use reads::{
-    AttemptView, CallStats, RECENT_CALL_STATS, RequestView, attempts_of, find_for_user,
-    recent_call_stats,
+    AttemptView, CallStats, RECENT_CALL_STATS, RequestInput, RequestView, attempts_of,
+    find_for_user, recent_call_stats,
 };
-pub use submit::{Durability, Insert, Submitted, Submitter, insert_many, insert_with_job};
+pub use submit::{Durability, Insert, Notice, Submitted, Submitter, insert_many, insert_with_job};
 
 /// Where a request stands, as its `status` column says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

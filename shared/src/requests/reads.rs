@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
@@ -14,15 +14,21 @@ use super::body::NewRequest;
 use crate::cache::CachedResponse;
 use crate::generation::ToolCall;
 
-/// A request as its owner sees it.
-#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+/// A request as its owner sees it. Deserialized only from a notice's outcome
+/// ([`RequestView::of_notice`]), which leaves out the id and the caller's input.
+#[derive(Debug, Clone, Serialize, Deserialize, FromRow, utoipa::ToSchema)]
 pub struct RequestView {
+    #[serde(default, skip_deserializing)]
     pub id: Uuid,
     pub status: Status,
     pub model: String,
+    #[serde(default, skip_deserializing)]
     pub prompt: String,
+    #[serde(default, skip_deserializing)]
     pub context: Value,
+    #[serde(default, skip_deserializing)]
     pub parameters: Value,
+    #[serde(default, skip_deserializing)]
     pub metadata: Value,
     pub result: Option<String>,
     pub provider: Option<String>,
@@ -90,6 +96,46 @@ impl RequestView {
     /// The tools the model called (none when it called none).
     pub fn tool_calls(&self) -> &[ToolCall] {
         self.tool_calls.as_ref().map_or(&[], |c| c.0.as_slice())
+    }
+}
+
+/// A request's input as its caller stored it: what its notice's outcome leaves out.
+#[derive(Debug, Clone)]
+pub struct RequestInput {
+    pub prompt: String,
+    pub context: Value,
+    pub parameters: Value,
+    pub metadata: Value,
+}
+
+impl RequestInput {
+    pub fn of(new: &NewRequest) -> Self {
+        Self {
+            prompt: new.prompt.clone(),
+            context: new.context.clone(),
+            parameters: new.parameters.clone(),
+            metadata: new.metadata.clone(),
+        }
+    }
+}
+
+impl RequestView {
+    /// The row of request `id` from its caller's `input` and the `outcome` its notice carried
+    /// (JSON: the row but its id and input, see [`super::Notice::Outcome`]).
+    pub fn of_notice(
+        id: Uuid,
+        input: RequestInput,
+        outcome: &str,
+    ) -> Result<Self, serde_json::Error> {
+        let view: Self = serde_json::from_str(outcome)?;
+        Ok(Self {
+            id,
+            prompt: input.prompt,
+            context: input.context,
+            parameters: input.parameters,
+            metadata: input.metadata,
+            ..view
+        })
     }
 }
 

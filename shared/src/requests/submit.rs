@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::Status;
 use super::batch::{answer_each, only};
 use super::body::NewRequest;
-use super::columns::InsertColumns;
+use super::columns::{InsertColumns, add};
 use super::hits::HitRecords;
 use crate::cache::{CachedResponse, ResponseCache};
 use crate::error::DomainError;
@@ -81,16 +81,16 @@ impl Submitter {
         let quick = crate::db::async_writer_pool(&pool, SUBMIT_WRITERS as u32);
         Self {
             cache,
-            batches: Self::writers(durable),
-            awaited: Self::writers(quick),
+            batches: Self::writers(durable, Notice::Id),
+            awaited: Self::writers(quick, Notice::Outcome),
             hits,
         }
     }
 
-    fn writers(pool: PgPool) -> SubmitBatcher {
+    fn writers(pool: PgPool, notice: Notice) -> SubmitBatcher {
         Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
             let pool = pool.clone();
-            async move { store_batch(&pool, batch).await }
+            async move { store_batch(&pool, batch, notice).await }
         })
     }
 
@@ -195,10 +195,11 @@ impl Submitter {
 async fn store_batch(
     pool: &PgPool,
     batch: Vec<(NewRequest, Insert)>,
+    notice: Notice,
 ) -> Vec<Result<Submitted, DomainError>> {
     let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
-    let stored = store(pool, &rows).await;
-    answer_stored(pool, &rows, stored).await
+    let stored = store(pool, &rows, notice).await;
+    answer_stored(pool, &rows, stored, notice).await
 }
 
 /// Each row's answer after the batch's statement (see `answer_each`): a failed batch is stored
@@ -207,9 +208,10 @@ async fn answer_stored(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
     stored: Result<Vec<Result<Submitted, DomainError>>, sqlx::Error>,
+    notice: Notice,
 ) -> Vec<Result<Submitted, DomainError>> {
     answer_each(rows, stored, |row| async move {
-        only(store(pool, std::slice::from_ref(row)).await?)?
+        only(store(pool, std::slice::from_ref(row), notice).await?)?
     })
     .await
 }
@@ -217,9 +219,21 @@ async fn answer_stored(
 async fn store(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
+    notice: Notice,
 ) -> Result<Vec<Result<Submitted, DomainError>>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    insert_many(&mut conn, rows).await
+    insert_many(&mut conn, rows, notice).await
+}
+
+/// What a stored request's completion notice carries (`notices`), to whoever waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Its id: a waiter reads the row.
+    Id,
+    /// Its id and its outcome ([`super::RequestView::of_notice`]), when they fit in a notice:
+    /// for a caller that holds the request's input and waits only for its outcome
+    /// ([`Durability::WithOutcome`]), which then reads nothing.
+    Outcome,
 }
 
 /// How a new request is stored.
@@ -241,7 +255,7 @@ pub async fn insert_with_job(
     conn: &mut PgConnection,
     new: &NewRequest,
 ) -> Result<Submitted, DomainError> {
-    only(insert_many(conn, &[(new, &Insert::Queued)]).await?)?
+    only(insert_many(conn, &[(new, &Insert::Queued)], Notice::Id).await?)?
 }
 
 /// [`insert_many`]'s statement.
@@ -249,12 +263,14 @@ pub(super) const INSERT_MANY: &str = include_str!("sql/insert_many.sql");
 
 /// Inserts the rows as each one's [`Insert`] says, with what goes with them, in one statement
 /// (atomic, one round trip): each row's job (unless it follows an identical request in flight),
-/// or a cache hit's usage. Answers each row in order: a row whose `Idempotency-Key` this user
-/// used before answers with the earlier request (same body) or a conflict. `Err` is a failure
-/// of the whole statement (nothing was stored).
+/// or a cache hit's usage; `notice`: what the rows' completion notices carry. Answers each row
+/// in order: a row whose `Idempotency-Key` this user used before answers with the earlier
+/// request (same body) or a conflict. `Err` is a failure of the whole statement (nothing was
+/// stored).
 pub async fn insert_many(
     conn: &mut PgConnection,
     rows: &[(&NewRequest, &Insert)],
+    notice: Notice,
 ) -> Result<Vec<Result<Submitted, DomainError>>, sqlx::Error> {
     let mut columns = InsertColumns::default();
     for &(new, how) in rows {
@@ -262,6 +278,7 @@ pub async fn insert_many(
     }
     let mut args = PgArguments::default();
     columns.add_to(&mut args)?;
+    add(&mut args, notice == Notice::Outcome)?;
     let stored: Vec<(Uuid, bool, bool)> = sqlx::query_as_with(INSERT_MANY, args)
         .fetch_all(&mut *conn)
         .await?;

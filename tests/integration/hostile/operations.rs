@@ -265,18 +265,7 @@ async fn an_event_the_hub_keeps_refusing_becomes_a_dead_letter_that_no_longer_bl
     wait_until(
         "the dead letters gauge",
         Duration::from_secs(10),
-        async || {
-            let text = app
-                .http
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            value(&text, "llm_outbox_dead_letters", &[]) == Some(1.0)
-        },
+        async || value(&app.metrics_text().await, "llm_outbox_dead_letters", &[]) == Some(1.0),
     )
     .await;
 

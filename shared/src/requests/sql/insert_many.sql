@@ -22,6 +22,8 @@
 --   $24 job bytea[]             the job's arguments, as apalis' JSON codec decodes them
 --   $25 job_max_attempts int4[] $26 priority int4[]
 --   $27 tool_calls jsonb[]      the tool calls a fast-copy cache hit comes with (NULL otherwise)
+--   $28 outcome_in_notice bool  whether the rows' completion notices carry their outcomes
+--       (migration 20261210000001)
 --
 -- The job row is the one apalis-postgres' own sink writes (`queries/task/sink.sql`): job type
 -- `queue::QUEUE` (spelt out below; a unit test checks they agree), status `Pending`, no
@@ -75,7 +77,7 @@ INSERT INTO generation_requests
      idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
      coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
      completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
-     trace_id, tool_calls)
+     trace_id, tool_calls, outcome_in_notice)
 SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
        idempotency_key, stream, cache_key, cache_policy, estimated_tokens,
        CASE WHEN result IS NOT NULL THEN 'completed' ELSE 'pending' END,
@@ -92,7 +94,7 @@ SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_at
        result, provider, provider_model, served_model, prompt_tokens,
        completion_tokens, prompt_tokens + completion_tokens, finish_reason,
        result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
-       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id, tool_calls
+       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id, tool_calls, $28::bool
 -- in the callers' order: of two rows with one Idempotency-Key, the first is stored
 FROM answered a ORDER BY ord
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
