@@ -1,10 +1,11 @@
 -- A caller that waits for a request's outcome and holds its input (a `/v1` call without a
--- stream) is answered from the request's completion notice: the notice of a row stored with
--- `outcome_in_notice` carries its outcome after its id (`<id> <json>`), so the caller does
--- not read the row back (`notices::FinalNotices`, `requests::RequestView::of_notice`). The
+-- stream, which sent it; a long poll, which read it) is answered from the request's
+-- completion notice: the notice of a row stored with `outcome_in_notice` (a submit's; not a
+-- batch's items) carries its outcome after its id (`<id> <json>`), so the caller does
+-- not read the row again (`notices::FinalNotices`, `requests::RequestView::of_notice`). The
 -- JSON holds every column a request's owner sees (`requests::RequestView`) but the caller's
--- own input (`prompt`, `context`, `parameters`, `metadata`). A notice payload must be shorter than
--- 8,000 bytes: a longer outcome is announced by its id alone, and read.
+-- own input (`prompt`, `context`, `parameters`, `metadata`). A notice payload must be
+-- shorter than 8,000 bytes: a longer outcome is announced by its id alone, and read.
 --
 -- While the previous release runs: its listeners take only a bare id, so a request stored
 -- with the flag (only by this release) wakes its waiters there through the sweep of awaited

@@ -1,6 +1,7 @@
-//! Completion notices: a request stored for a caller that waits for its outcome
-//! (`requests::Notice::Outcome`) is announced with that outcome, and the caller answers from
-//! the notice instead of reading the row back; an outcome too long for a notice is read.
+//! Completion notices: a request stored with `requests::Notice::Outcome` (every submit) is
+//! announced with its outcome, and whoever waits for it holding its input (a door's call, a
+//! long poll after its first read) answers from the notice instead of reading the row again;
+//! an outcome too long for a notice is read.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use llm_shared::requests::{
     self, GenerateBody, Insert, NewRequest, Notice, RequestInput, RequestView,
 };
 use llm_tests::prom::value;
-use llm_tests::{TestApp, registry, spawn_app};
+use llm_tests::{TestApp, registry, spawn_app, start_worker};
 use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
@@ -174,5 +175,27 @@ async fn an_outcome_too_long_for_a_notice_is_read_from_the_row() {
     assert_eq!(content.split(' ').count(), 2000);
     assert_eq!(waits_answered(&app, "read").await, Some(1.0));
     assert_eq!(waits_answered(&app, "notice").await, None);
+    worker.stop().await;
+}
+
+/// A native long poll that found its request unfinished answers from the notice: its first
+/// read gave it the input, the notice the outcome.
+#[tokio::test]
+async fn a_long_poll_is_answered_from_the_notice_after_its_first_read() {
+    let app = spawn_app().await;
+    let id = app
+        .submit_ok(json!({"prompt": "Name a wizard.", "model": "mock"}))
+        .await;
+    let ((status, polled), worker) = tokio::join!(app.poll(id, 30), async {
+        // no worker until the poll waits: it finds the request pending first
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        start_worker(&app.db, &[])
+    });
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["status"], "completed");
+    let (_, read) = app.poll(id, 0).await;
+    assert_eq!(polled, read, "the notice tells the row as it is read");
+    assert_eq!(waits_answered(&app, "notice").await, Some(1.0));
+    assert_eq!(waits_answered(&app, "read").await, None);
     worker.stop().await;
 }

@@ -376,8 +376,9 @@ pub(super) struct Awaited {
     pub subscription: Subscription,
     /// Stored unfinished just now: nothing to read before its notice.
     pub queued: bool,
-    /// The request's input, held by the caller that stored it with
-    /// [`requests::Notice::Outcome`]: a notice carrying its outcome answers without a read.
+    /// The request's input, if the caller holds it (it sent it; else the first read, which
+    /// found the request unfinished, gives it): a notice carrying the request's outcome
+    /// ([`requests::Notice::Outcome`]) then answers without a read.
     pub input: Option<RequestInput>,
 }
 
@@ -431,6 +432,9 @@ pub(super) async fn wait_subscribed(
             if request.status.is_final() {
                 state.metrics.wait_answered(false);
                 return Ok(request);
+            }
+            if input.is_none() {
+                input = Some(RequestInput::of_view(request));
             }
         }
         if held.is_none() {

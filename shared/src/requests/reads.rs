@@ -109,12 +109,23 @@ pub struct RequestInput {
 }
 
 impl RequestInput {
+    /// The input of a request about to be stored.
     pub fn of(new: &NewRequest) -> Self {
         Self {
             prompt: new.prompt.clone(),
             context: new.context.clone(),
             parameters: new.parameters.clone(),
             metadata: new.metadata.clone(),
+        }
+    }
+
+    /// The input of a request read back (taken from its row, which is consumed).
+    pub fn of_view(view: RequestView) -> Self {
+        Self {
+            prompt: view.prompt,
+            context: view.context,
+            parameters: view.parameters,
+            metadata: view.metadata,
         }
     }
 }

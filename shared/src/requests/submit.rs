@@ -81,16 +81,16 @@ impl Submitter {
         let quick = crate::db::async_writer_pool(&pool, SUBMIT_WRITERS as u32);
         Self {
             cache,
-            batches: Self::writers(durable, Notice::Id),
-            awaited: Self::writers(quick, Notice::Outcome),
+            batches: Self::writers(durable),
+            awaited: Self::writers(quick),
             hits,
         }
     }
 
-    fn writers(pool: PgPool, notice: Notice) -> SubmitBatcher {
+    fn writers(pool: PgPool) -> SubmitBatcher {
         Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
             let pool = pool.clone();
-            async move { store_batch(&pool, batch, notice).await }
+            async move { store_batch(&pool, batch).await }
         })
     }
 
@@ -195,11 +195,10 @@ impl Submitter {
 async fn store_batch(
     pool: &PgPool,
     batch: Vec<(NewRequest, Insert)>,
-    notice: Notice,
 ) -> Vec<Result<Submitted, DomainError>> {
     let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
-    let stored = store(pool, &rows, notice).await;
-    answer_stored(pool, &rows, stored, notice).await
+    let stored = store(pool, &rows).await;
+    answer_stored(pool, &rows, stored).await
 }
 
 /// Each row's answer after the batch's statement (see `answer_each`): a failed batch is stored
@@ -208,10 +207,9 @@ async fn answer_stored(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
     stored: Result<Vec<Result<Submitted, DomainError>>, sqlx::Error>,
-    notice: Notice,
 ) -> Vec<Result<Submitted, DomainError>> {
     answer_each(rows, stored, |row| async move {
-        only(store(pool, std::slice::from_ref(row), notice).await?)?
+        only(store(pool, std::slice::from_ref(row)).await?)?
     })
     .await
 }
@@ -219,20 +217,21 @@ async fn answer_stored(
 async fn store(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
-    notice: Notice,
 ) -> Result<Vec<Result<Submitted, DomainError>>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    insert_many(&mut conn, rows, notice).await
+    insert_many(&mut conn, rows, Notice::Outcome).await
 }
 
 /// What a stored request's completion notice carries (`notices`), to whoever waits for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
-    /// Its id: a waiter reads the row.
+    /// Its id: a waiter reads the row. For requests written with others in a transaction of
+    /// their own (`insert_with_job`), and no one's in particular.
     Id,
     /// Its id and its outcome ([`super::RequestView::of_notice`]), when they fit in a notice:
-    /// for a caller that holds the request's input and waits only for its outcome
-    /// ([`Durability::WithOutcome`]), which then reads nothing.
+    /// a waiter that holds the request's input (a door's call, which sent it; a `GET ?wait=`,
+    /// which read it) answers without reading the row again. Every request the
+    /// [`Submitter`] stores; not a batch's items, which are followed through their batch.
     Outcome,
 }
 

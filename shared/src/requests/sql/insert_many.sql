@@ -94,7 +94,9 @@ SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_at
        result, provider, provider_model, served_model, prompt_tokens,
        completion_tokens, prompt_tokens + completion_tokens, finish_reason,
        result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
-       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id, tool_calls, $28::bool
+       CASE WHEN result IS NOT NULL THEN NOW() END, trace_id, tool_calls,
+       -- a hit is stored final: it has no notice to carry anything (as `insert_hits.sql`)
+       $28::bool AND result IS NULL
 -- in the callers' order: of two rows with one Idempotency-Key, the first is stored
 FROM answered a ORDER BY ord
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
