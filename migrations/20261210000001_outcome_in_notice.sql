@@ -16,7 +16,8 @@ CREATE OR REPLACE FUNCTION notify_generation_finished() RETURNS TRIGGER AS $$
 DECLARE
     payload TEXT;
 BEGIN
-    IF NEW.outcome_in_notice THEN
+    -- a result that alone fills a notice is not copied into one only to be dropped
+    IF NEW.outcome_in_notice AND COALESCE(octet_length(NEW.result), 0) < 8000 THEN
         payload := NEW.id::text || ' ' || jsonb_build_object(
             'status', NEW.status, 'model', NEW.model, 'result', NEW.result,
             'provider', NEW.provider, 'provider_model', NEW.provider_model,
