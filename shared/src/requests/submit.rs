@@ -225,8 +225,8 @@ async fn store(
 /// What a stored request's completion notice carries (`notices`), to whoever waits for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
-    /// Its id: a waiter reads the row. For requests written with others in a transaction of
-    /// their own (`insert_with_job`), and no one's in particular.
+    /// Its id: a waiter reads the row. For a request stored inside its caller's own
+    /// transaction (`insert_with_job`: the hub's inbox), which no caller is waiting on.
     Id,
     /// Its id and its outcome ([`super::RequestView::of_notice`]), when they fit in a notice:
     /// a waiter that holds the request's input (a door's call, which sent it; a `GET ?wait=`,
