@@ -68,7 +68,8 @@ pub struct Metrics {
     /// `llm_cache_lookups_total{result}`: `hit` or `miss`.
     pub cache_lookups: IntCounterVec,
     /// `llm_waits_answered_total{from}`: waits for a request's end answered from its
-    /// completion notice's outcome (`notice`) or by reading its row (`read`).
+    /// completion notice alone (`notice`: its outcome, and a long poll's attempt history) or
+    /// with a read (`read`).
     pub waits_answered: IntCounterVec,
     /// `llm_rate_limit_rejections_total{limit}`: `requests` or `tokens`.
     pub rate_limit_rejections: IntCounterVec,
@@ -182,7 +183,7 @@ impl Metrics {
             ),
             waits_answered: counter(
                 "llm_waits_answered_total",
-                "Waits for a request's end answered from its notice's outcome or by a read.",
+                "Waits for a request's end answered from its notice alone or with a read.",
                 &["from"],
             ),
             rate_limit_rejections: counter(
@@ -335,7 +336,7 @@ impl Metrics {
         self.cache_lookups.with_label_values(&[result]).inc();
     }
 
-    /// A wait for a request's end answered, `from_notice` its notice's outcome or else a read.
+    /// A wait for a request's end answered, `from_notice` its notice alone or else with a read.
     pub fn wait_answered(&self, from_notice: bool) {
         let from = if from_notice { "notice" } else { "read" };
         self.waits_answered.with_label_values(&[from]).inc();

@@ -25,6 +25,20 @@ const OVERRIDES_MAX_USERS: usize = 10_000;
 /// reading before counting takes two. The window's number is formatted once, as an integer:
 /// Lua's own number formatting (`%.14g`) of it, twice, and the string-to-number conversions
 /// would be a tenth of Redis' time per cache hit.
+/// Adds `ARGV[i]` to counter `KEYS[i]` while its window is kept: a correction after the check
+/// (tokens given back, usage reconciled). In one script, as the check, so that a window
+/// expiring between the test and the addition is not brought back without its expiry (a key
+/// left for good), in one round trip.
+const ADJUST_SCRIPT: &str = r"
+for i, key in ipairs(KEYS) do
+    local n = tonumber(ARGV[i])
+    if n ~= 0 and redis.call('EXISTS', key) == 1 then
+        redis.call('INCRBY', key, n)
+    end
+end
+return 0
+";
+
 const CHECK_SCRIPT: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local window = math.floor(now / 60)
@@ -134,6 +148,7 @@ pub struct RateLimiter {
     defaults: RateLimits,
     fail_open: bool,
     script: Arc<redis::Script>,
+    adjust: Arc<redis::Script>,
     overrides: Arc<Mutex<OverrideCache>>,
 }
 
@@ -159,6 +174,7 @@ impl RateLimiter {
             defaults,
             fail_open,
             script: Arc::new(redis::Script::new(CHECK_SCRIPT)),
+            adjust: Arc::new(redis::Script::new(ADJUST_SCRIPT)),
             overrides: Arc::new(Mutex::new(OverrideCache::new(
                 OVERRIDES_TTL,
                 OVERRIDES_MAX_USERS,
@@ -251,23 +267,27 @@ impl RateLimiter {
     /// kept.
     pub async fn give_back(&self, user: Uuid, window: i64, requests: u32, tokens: u32) {
         let key = self.user_key(user);
+        self.adjust(&[
+            (format!("{key}:r:{window}"), -i64::from(requests)),
+            (format!("{key}:t:{window}"), -i64::from(tokens)),
+        ])
+        .await;
+    }
+
+    /// Adds each amount to its counter while the counter's window is kept ([`ADJUST_SCRIPT`]).
+    /// Best effort: a correction lost to a Redis outage only leaves a window's count off.
+    async fn adjust(&self, counters: &[(String, i64)]) {
+        let mut invocation = self.adjust.prepare_invoke();
+        for (key, n) in counters.iter().filter(|(_, n)| *n != 0) {
+            invocation.key(key).arg(n);
+        }
+        if counters.iter().all(|(_, n)| *n == 0) {
+            return;
+        }
         let mut conn = self.conn.clone();
-        for (key, n) in [
-            (format!("{key}:r:{window}"), requests),
-            (format!("{key}:t:{window}"), tokens),
-        ] {
-            if n == 0 {
-                continue;
-            }
-            let exists: Result<bool, _> =
-                redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
-            if exists.unwrap_or(false) {
-                let _: Result<i64, _> = redis::cmd("DECRBY")
-                    .arg(&key)
-                    .arg(n)
-                    .query_async(&mut conn)
-                    .await;
-            }
+        let adjusted: Result<i64, _> = invocation.invoke_async(&mut conn).await;
+        if let Err(err) = adjusted {
+            tracing::debug!(error = %err, "a rate-limit correction was not applied");
         }
     }
 
@@ -386,18 +406,7 @@ impl RateLimiter {
     /// Corrects the tokens counted for a request once its actual usage is known (only while
     /// its window is still kept).
     pub async fn reconcile(&self, user: Uuid, window: i64, delta: i64) {
-        if delta == 0 {
-            return;
-        }
         let key = format!("{}:t:{window}", self.user_key(user));
-        let mut conn = self.conn.clone();
-        let exists: Result<bool, _> = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await;
-        if exists.unwrap_or(false) {
-            let _: Result<i64, _> = redis::cmd("INCRBY")
-                .arg(&key)
-                .arg(delta)
-                .query_async(&mut conn)
-                .await;
-        }
+        self.adjust(&[(key, delta)]).await;
     }
 }

@@ -1,14 +1,15 @@
 //! Completion notices: a request stored with `requests::Notice::Outcome` (every submit) is
 //! announced with its outcome, and whoever waits for it holding its input (a door's call, a
 //! long poll after its first read) answers from the notice instead of reading the row again;
-//! an outcome too long for a notice is read.
+//! a submit answered `202` (`Notice::OutcomeAndAttempts`) is announced with its attempt
+//! history too, which its long poll answers with; what does not fit in a notice is read.
 
 use std::time::Duration;
 
 use llm_shared::cache::CacheScope;
 use llm_shared::notices;
 use llm_shared::requests::{
-    self, GenerateBody, Insert, NewRequest, Notice, RequestInput, RequestView,
+    self, AttemptView, GenerateBody, Insert, NewRequest, Notice, RequestInput, RequestView,
 };
 use llm_tests::prom::value;
 use llm_tests::{TestApp, registry, spawn_app, start_worker};
@@ -83,6 +84,80 @@ async fn a_request_stored_for_its_outcome_is_announced_with_it() {
             serde_json::to_value(&told).unwrap(),
             serde_json::to_value(&read).unwrap(),
             "the notice tells the row as it is read"
+        );
+    }
+}
+
+/// A request stored with `Notice::OutcomeAndAttempts` is announced with its attempt history as
+/// a read gives it, in order; a history that would not fit is left out (the outcome is still
+/// told), and a door's call (`Notice::Outcome`) carries none.
+#[tokio::test]
+async fn a_polled_request_is_announced_with_its_attempt_history() {
+    let app = spawn_app().await;
+    let mut listener = PgListener::connect_with(&app.db.pool).await.unwrap();
+    listener.listen(notices::CHANNEL).await.unwrap();
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    let long = "the upstream refused at length ".repeat(250);
+    for (prompt, notice, refusal, told) in [
+        ("polled", Notice::OutcomeAndAttempts, "slow down", true),
+        (
+            "too much history",
+            Notice::OutcomeAndAttempts,
+            long.as_str(),
+            false,
+        ),
+        ("a door's call", Notice::Outcome, "slow down", false),
+    ] {
+        let new = new_request(app.user, prompt);
+        requests::insert_many(&mut conn, &[(&new, &Insert::Queued)], notice)
+            .await
+            .unwrap();
+        // a refused call, then the one that answered
+        sqlx::query(
+            "INSERT INTO generation_attempts (request_id, attempt, run, worker, provider, model,
+                 finished_at, latency_ms, outcome, error_kind, http_status, error_message)
+             VALUES ($1, 1, 1, 'w1', 'openai', 'gpt-4o', NOW(), 12, 'failed', 'rate_limited',
+                     429, $2),
+                    ($1, 2, 1, 'w1', 'mock', 'mock-1', NOW(), 3, 'succeeded', NULL, NULL, NULL)",
+        )
+        .bind(new.id)
+        .bind(refusal)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE generation_requests
+             SET status = 'completed', result = 'short', provider = 'mock', attempts = 1,
+                 started_at = NOW(), completed_at = NOW(), updated_at = NOW()
+             WHERE id = $1",
+        )
+        .bind(new.id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+
+        let (id, outcome) = next_notice(&mut listener).await;
+        assert_eq!(id, new.id, "{prompt}");
+        let outcome = outcome.expect("the outcome is told");
+        let view = RequestView::of_notice(id, RequestInput::of(&new), &outcome).unwrap();
+        let read = requests::find_for_user(&app.db.pool, id, app.user)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&view).unwrap(),
+            serde_json::to_value(&read).unwrap(),
+            "{prompt}: the notice tells the row as it is read"
+        );
+        let history = AttemptView::history_of_notice(&outcome).unwrap();
+        assert_eq!(history.is_some(), told, "{prompt}");
+        let Some(history) = history else { continue };
+        let read = requests::attempts_of(&app.db.pool, id).await.unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(
+            serde_json::to_value(&history).unwrap(),
+            serde_json::to_value(&read).unwrap(),
+            "the notice tells the history as it is read"
         );
     }
 }
@@ -179,7 +254,7 @@ async fn an_outcome_too_long_for_a_notice_is_read_from_the_row() {
 }
 
 /// A native long poll that found its request unfinished answers from the notice: its first
-/// read gave it the input, the notice the outcome.
+/// read gave it the input, the notice the outcome and the attempt history.
 #[tokio::test]
 async fn a_long_poll_is_answered_from_the_notice_after_its_first_read() {
     let app = spawn_app().await;
@@ -193,6 +268,7 @@ async fn a_long_poll_is_answered_from_the_notice_after_its_first_read() {
     });
     assert_eq!(status, 200, "{polled}");
     assert_eq!(polled["status"], "completed");
+    assert_eq!(polled["attempt_history"][0]["outcome"], "succeeded");
     let (_, read) = app.poll(id, 0).await;
     assert_eq!(polled, read, "the notice tells the row as it is read");
     assert_eq!(waits_answered(&app, "notice").await, Some(1.0));

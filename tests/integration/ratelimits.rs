@@ -313,3 +313,64 @@ fn redis_connections_send_each_command_at_once() {
     let client = config.redis_client().unwrap();
     assert!(client.get_connection_info().tcp_settings().nodelay());
 }
+
+/// A correction after the check (tokens given back, usage reconciled) adjusts the counters of a
+/// window still kept, and leaves a window that is gone gone: a counter it created would have
+/// no expiry and stay in Redis for good.
+#[tokio::test]
+async fn corrections_adjust_a_kept_window_and_bring_no_expired_one_back() {
+    use llm_shared::ratelimit::{Decision, RateLimiter, RateLimits};
+    let db = llm_tests::TestDb::new().await;
+    let client = redis::Client::open(llm_tests::redis_url()).unwrap();
+    let prefix = format!("test:{}:", Uuid::now_v7());
+    let limits = RateLimits {
+        requests_per_minute: 100,
+        tokens_per_minute: 10_000,
+    };
+    let limiter = RateLimiter::new(client.clone(), &prefix, limits, false).unwrap();
+    let user = Uuid::now_v7();
+    away_from_a_minute_boundary().await;
+    let Decision::Allowed(state) = limiter.take(&db.pool, user, 1_000).await.unwrap() else {
+        panic!("the first request is allowed");
+    };
+    assert_eq!(state.tokens.remaining, 9_000);
+    limiter.reconcile(user, state.window, -400).await;
+    limiter.give_back(user, state.window, 1, 100).await;
+    let Decision::Allowed(now) = limiter.peek(&db.pool, user).await.unwrap() else {
+        panic!("a peek is allowed");
+    };
+    assert_eq!(
+        now.tokens.remaining, 9_500,
+        "1,000 counted, 400 reconciled, 100 given back"
+    );
+    assert_eq!(now.requests.remaining, 100, "the request given back");
+
+    let gone = state.window - 2;
+    limiter.reconcile(user, gone, 250).await;
+    limiter.give_back(user, gone, 1, 250).await;
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*:{gone}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} expires ({ttl})");
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}

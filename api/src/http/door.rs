@@ -91,6 +91,7 @@ pub(super) async fn run(
                     subscription,
                     queued: !submitted.status.is_final(),
                     input: Some(input),
+                    history: false,
                 }
             } else {
                 Awaited {
@@ -98,9 +99,12 @@ pub(super) async fn run(
                     subscription: state.notices.subscribe(submitted.id),
                     queued: false,
                     input: None,
+                    history: false,
                 }
             };
-            let row = wait_subscribed(&state, user, wait, Some(slot), awaited).await?;
+            let row = wait_subscribed(&state, user, wait, Some(slot), awaited)
+                .await?
+                .request;
             // Named unfinished (the wait ran out): on disk first. A final row's outcome was
             // committed waiting for the disk, which carried the submit's commit before it (a
             // cache hit's row, as with every hit, may reach the disk after its answer).

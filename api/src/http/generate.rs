@@ -326,12 +326,13 @@ pub async fn poll(
         }
     };
 
-    let request = if wait.is_zero() {
-        find(&state, id, user.id).await?
+    let (request, attempt_history) = if wait.is_zero() {
+        let request = find(&state, id, user.id).await?;
+        (request, requests::attempts_of(&state.pool, id).await?)
     } else {
-        wait_until_final(&state, id, &user, wait, None).await?
+        let seen = wait_until_final(&state, id, &user, wait, None).await?;
+        (seen.request, seen.history.unwrap_or_default())
     };
-    let attempt_history = requests::attempts_of(&state.pool, id).await?;
     Ok(Json(PollResponse {
         request,
         attempt_history,
@@ -347,8 +348,8 @@ pub(super) async fn find(state: &AppState, id: Uuid, user: Uuid) -> Result<Reque
 }
 
 /// Answers as soon as the request is final, or when `wait` is up, or at once when the process
-/// starts to stop. The subscription is taken before the row is read, so a completion between
-/// the read and the wait is not missed.
+/// starts to stop, with its attempt history. The subscription is taken before the row is read,
+/// so a completion between the read and the wait is not missed.
 ///
 /// Waiting holds one of the user's `USER_MAX_WAITS` slots on this process: `held` if the
 /// caller took it already (before submitting what it waits for), else one taken once the
@@ -360,12 +361,13 @@ pub(super) async fn wait_until_final(
     user: &AuthUser,
     wait: Duration,
     held: Option<Slot>,
-) -> Result<RequestView, ApiError> {
+) -> Result<Seen, ApiError> {
     let awaited = Awaited {
         id,
         subscription: state.notices.subscribe(id),
         queued: false,
         input: None,
+        history: true,
     };
     wait_subscribed(state, user, wait, held, awaited).await
 }
@@ -380,20 +382,33 @@ pub(super) struct Awaited {
     /// found the request unfinished, gives it): a notice carrying the request's outcome
     /// ([`requests::Notice::Outcome`]) then answers without a read.
     pub input: Option<RequestInput>,
+    /// Whether the answer shows the request's attempt history: from its notice if it carried
+    /// it ([`requests::Notice::OutcomeAndAttempts`]), else read.
+    pub history: bool,
 }
 
-/// Request `id`'s row as its last notice told it, if final and told whole (`input` is then
-/// taken: a notice is sent only once a request is final, so one that does not read as final
-/// is not expected, and is answered by a read).
+/// A waited request as last seen: final, or as it was when the wait ended.
+pub(super) struct Seen {
+    pub request: RequestView,
+    /// Its attempt history, if [`Awaited::history`] asked for it.
+    pub history: Option<Vec<AttemptView>>,
+}
+
+/// Request `id`'s row as its last notice told it, if final and told whole, with the attempt
+/// history the notice carried if any (`input` is then taken: a notice is sent only once a
+/// request is final, so one that does not read as final is not expected, and is answered by a
+/// read).
 fn noticed_final(
     id: Uuid,
     subscription: &Subscription,
     input: &mut Option<RequestInput>,
-) -> Option<RequestView> {
+) -> Option<(RequestView, Option<Vec<AttemptView>>)> {
     input.as_ref()?;
     let outcome = subscription.outcome()?;
-    match RequestView::of_notice(id, input.take()?, &outcome) {
-        Ok(view) if view.status.is_final() => Some(view),
+    let told = RequestView::of_notice(id, input.take()?, &outcome)
+        .and_then(|view| Ok((view, AttemptView::history_of_notice(&outcome)?)));
+    match told {
+        Ok((view, history)) if view.status.is_final() => Some((view, history)),
         Ok(_) => None,
         Err(err) => {
             tracing::warn!(error = %err, request.id = %id, "a notice's outcome did not read");
@@ -402,36 +417,54 @@ fn noticed_final(
     }
 }
 
-/// [`wait_until_final`] for a request `awaited` subscribed to already.
+/// [`wait_until_final`] for a request `awaited` subscribed to already. A final request is
+/// counted as answered from its notice (nothing read after it) or from a read.
 pub(super) async fn wait_subscribed(
     state: &AppState,
     user: &AuthUser,
     wait: Duration,
     mut held: Option<Slot>,
     awaited: Awaited,
-) -> Result<RequestView, ApiError> {
+) -> Result<Seen, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let Awaited {
         id,
         subscription,
         mut queued,
         mut input,
+        history,
     } = awaited;
     let user_id = user.id;
+    // The row as read, with its history if asked for.
+    let read = |request: RequestView| async move {
+        let history = if history {
+            Some(requests::attempts_of(&state.pool, id).await?)
+        } else {
+            None
+        };
+        Ok::<_, ApiError>(Seen { request, history })
+    };
     loop {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let unread = std::mem::take(&mut queued) && !subscription.noticed();
         if !unread {
-            if let Some(request) = noticed_final(id, &subscription, &mut input) {
-                state.metrics.wait_answered(true);
-                return Ok(request);
+            if let Some((request, told)) = noticed_final(id, &subscription, &mut input) {
+                let whole = told.is_some() || !history;
+                state.metrics.wait_answered(whole);
+                return match told {
+                    Some(told) => Ok(Seen {
+                        request,
+                        history: Some(told),
+                    }),
+                    None => read(request).await,
+                };
             }
             let request = find(state, id, user_id).await?;
             if request.status.is_final() {
                 state.metrics.wait_answered(false);
-                return Ok(request);
+                return read(request).await;
             }
             if input.is_none() {
                 input = Some(RequestInput::of_view(request));
@@ -442,8 +475,8 @@ pub(super) async fn wait_subscribed(
         }
         tokio::select! {
             _ = &mut notified => {}
-            () = tokio::time::sleep_until(deadline) => return find(state, id, user_id).await,
-            () = state.shutdown.cancelled() => return find(state, id, user_id).await,
+            () = tokio::time::sleep_until(deadline) => return read(find(state, id, user_id).await?).await,
+            () = state.shutdown.cancelled() => return read(find(state, id, user_id).await?).await,
         }
     }
 }

@@ -150,8 +150,9 @@ impl RequestView {
     }
 }
 
-/// One provider call, as shown with the request.
-#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+/// One provider call, as shown with the request. Deserialized only from a notice's outcome
+/// ([`AttemptView::history_of_notice`]).
+#[derive(Debug, Clone, Serialize, Deserialize, FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     /// Which claim (run) of the request made this call.
@@ -166,6 +167,19 @@ pub struct AttemptView {
     pub error_kind: Option<String>,
     pub http_status: Option<i32>,
     pub error_message: Option<String>,
+}
+
+impl AttemptView {
+    /// The attempt history a notice's `outcome` carried (a request stored with
+    /// [`super::Notice::OutcomeAndAttempts`], whose history fit), in order; `None` if it
+    /// carried none.
+    pub fn history_of_notice(outcome: &str) -> Result<Option<Vec<Self>>, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Told {
+            attempt_history: Option<Vec<AttemptView>>,
+        }
+        Ok(serde_json::from_str::<Told>(outcome)?.attempt_history)
+    }
 }
 
 /// The request if it exists and belongs to `user_id` (another user's request is "not found").

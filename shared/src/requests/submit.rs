@@ -55,9 +55,11 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct Submitter {
     cache: Option<ResponseCache>,
-    /// Submits stored [`Durability::AtSubmit`].
+    /// Submits stored [`Durability::AtSubmit`]: their callers are told of them at once, and may
+    /// poll them ([`Notice::OutcomeAndAttempts`]).
     batches: SubmitBatcher,
-    /// Submits stored [`Durability::WithOutcome`]: their commits do not wait for the disk.
+    /// Submits stored [`Durability::WithOutcome`]: their commits do not wait for the disk, and
+    /// their callers answer with the outcome alone ([`Notice::Outcome`]).
     awaited: SubmitBatcher,
     hits: HitRecords,
 }
@@ -81,16 +83,16 @@ impl Submitter {
         let quick = crate::db::async_writer_pool(&pool, SUBMIT_WRITERS as u32);
         Self {
             cache,
-            batches: Self::writers(durable),
-            awaited: Self::writers(quick),
+            batches: Self::writers(durable, Notice::OutcomeAndAttempts),
+            awaited: Self::writers(quick, Notice::Outcome),
             hits,
         }
     }
 
-    fn writers(pool: PgPool) -> SubmitBatcher {
+    fn writers(pool: PgPool, notice: Notice) -> SubmitBatcher {
         Batcher::new(SUBMIT_WRITERS, SUBMIT_BATCH, move |batch| {
             let pool = pool.clone();
-            async move { store_batch(&pool, batch).await }
+            async move { store_batch(&pool, batch, notice).await }
         })
     }
 
@@ -195,10 +197,11 @@ impl Submitter {
 async fn store_batch(
     pool: &PgPool,
     batch: Vec<(NewRequest, Insert)>,
+    notice: Notice,
 ) -> Vec<Result<Submitted, DomainError>> {
     let rows: Vec<(&NewRequest, &Insert)> = batch.iter().map(|(new, how)| (new, how)).collect();
-    let stored = store(pool, &rows).await;
-    answer_stored(pool, &rows, stored).await
+    let stored = store(pool, &rows, notice).await;
+    answer_stored(pool, &rows, stored, notice).await
 }
 
 /// Each row's answer after the batch's statement (see `answer_each`): a failed batch is stored
@@ -207,9 +210,10 @@ async fn answer_stored(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
     stored: Result<Vec<Result<Submitted, DomainError>>, sqlx::Error>,
+    notice: Notice,
 ) -> Vec<Result<Submitted, DomainError>> {
     answer_each(rows, stored, |row| async move {
-        only(store(pool, std::slice::from_ref(row)).await?)?
+        only(store(pool, std::slice::from_ref(row), notice).await?)?
     })
     .await
 }
@@ -217,9 +221,10 @@ async fn answer_stored(
 async fn store(
     pool: &PgPool,
     rows: &[(&NewRequest, &Insert)],
+    notice: Notice,
 ) -> Result<Vec<Result<Submitted, DomainError>>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    insert_many(&mut conn, rows, Notice::Outcome).await
+    insert_many(&mut conn, rows, notice).await
 }
 
 /// What a stored request's completion notice carries (`notices`), to whoever waits for it.
@@ -230,9 +235,13 @@ pub enum Notice {
     Id,
     /// Its id and its outcome ([`super::RequestView::of_notice`]), when they fit in a notice:
     /// a waiter that holds the request's input (a door's call, which sent it; a `GET ?wait=`,
-    /// which read it) answers without reading the row again. Every request the
-    /// [`Submitter`] stores; not a batch's items, which are followed through their batch.
+    /// which read it) answers without reading the row again. A door's call, whose answer
+    /// shows no attempt history. Not a batch's items, which are followed through their batch.
     Outcome,
+    /// [`Notice::Outcome`] and the request's attempt history
+    /// ([`super::AttemptView::history_of_notice`]), which a long poll answers with: a submit
+    /// answered `202`, whose caller polls it.
+    OutcomeAndAttempts,
 }
 
 /// How a new request is stored.
@@ -277,7 +286,8 @@ pub async fn insert_many(
     }
     let mut args = PgArguments::default();
     columns.add_to(&mut args)?;
-    add(&mut args, notice == Notice::Outcome)?;
+    add(&mut args, notice != Notice::Id)?;
+    add(&mut args, notice == Notice::OutcomeAndAttempts)?;
     let stored: Vec<(Uuid, bool, bool)> = sqlx::query_as_with(INSERT_MANY, args)
         .fetch_all(&mut *conn)
         .await?;

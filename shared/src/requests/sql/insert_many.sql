@@ -24,6 +24,7 @@
 --   $27 tool_calls jsonb[]      the tool calls a fast-copy cache hit comes with (NULL otherwise)
 --   $28 outcome_in_notice bool  whether the rows' completion notices carry their outcomes
 --       (migration 20261210000001)
+--   $29 attempts_in_notice bool  and their attempt histories (migration 20261211000001)
 --
 -- The job row is the one apalis-postgres' own sink writes (`queries/task/sink.sql`): job type
 -- `queue::QUEUE` (spelt out below; a unit test checks they agree), status `Pending`, no
@@ -77,7 +78,7 @@ INSERT INTO generation_requests
      idempotency_key, stream, cache_key, cache_policy, estimated_tokens, status,
      coalesced_into, result, provider, provider_model, served_model, prompt_tokens,
      completion_tokens, tokens_used, finish_reason, cached, cost_usd, completed_at,
-     trace_id, tool_calls, outcome_in_notice)
+     trace_id, tool_calls, outcome_in_notice, attempts_in_notice)
 SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_attempts,
        idempotency_key, stream, cache_key, cache_policy, estimated_tokens,
        CASE WHEN result IS NOT NULL THEN 'completed' ELSE 'pending' END,
@@ -96,7 +97,7 @@ SELECT id, prompt, context, model, user_id, metadata, parameters, job_id, max_at
        result IS NOT NULL, CASE WHEN result IS NOT NULL THEN 0 END,
        CASE WHEN result IS NOT NULL THEN NOW() END, trace_id, tool_calls,
        -- a hit is stored final: it has no notice to carry anything (as `insert_hits.sql`)
-       $28::bool AND result IS NULL
+       $28::bool AND result IS NULL, $29::bool AND result IS NULL
 -- in the callers' order: of two rows with one Idempotency-Key, the first is stored
 FROM answered a ORDER BY ord
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
