@@ -20,11 +20,6 @@ const OVERRIDES_TTL: Duration = Duration::from_secs(10);
 /// is a key, so the cache is bounded by this, not by the number of users.
 const OVERRIDES_MAX_USERS: usize = 10_000;
 
-/// The check, in one script (a script runs alone: no other command sees its steps). A `take`
-/// counts first and takes the counts back when over a limit: one command per counter where
-/// reading before counting takes two. The window's number is formatted once, as an integer:
-/// Lua's own number formatting (`%.14g`) of it, twice, and the string-to-number conversions
-/// would be a tenth of Redis' time per cache hit.
 /// Adds `ARGV[i]` to counter `KEYS[i]` while its window is kept: a correction after the check
 /// (tokens given back, usage reconciled). In one script, as the check, so that a window
 /// expiring between the test and the addition is not brought back without its expiry (a key
@@ -39,6 +34,11 @@ end
 return 0
 ";
 
+/// The check, in one script (a script runs alone: no other command sees its steps). A `take`
+/// counts first and takes the counts back when over a limit: one command per counter where
+/// reading before counting takes two. The window's number is formatted once, as an integer:
+/// Lua's own number formatting (`%.14g`) of it, twice, and the string-to-number conversions
+/// would be a tenth of Redis' time per cache hit.
 const CHECK_SCRIPT: &str = r"
 local now = tonumber(redis.call('TIME')[1])
 local window = math.floor(now / 60)
@@ -277,12 +277,12 @@ impl RateLimiter {
     /// Adds each amount to its counter while the counter's window is kept ([`ADJUST_SCRIPT`]).
     /// Best effort: a correction lost to a Redis outage only leaves a window's count off.
     async fn adjust(&self, counters: &[(String, i64)]) {
+        if counters.iter().all(|(_, n)| *n == 0) {
+            return;
+        }
         let mut invocation = self.adjust.prepare_invoke();
         for (key, n) in counters.iter().filter(|(_, n)| *n != 0) {
             invocation.key(key).arg(n);
-        }
-        if counters.iter().all(|(_, n)| *n == 0) {
-            return;
         }
         let mut conn = self.conn.clone();
         let adjusted: Result<i64, _> = invocation.invoke_async(&mut conn).await;

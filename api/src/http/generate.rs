@@ -395,18 +395,25 @@ pub(super) struct Seen {
 }
 
 /// Request `id`'s row as its last notice told it, if final and told whole, with the attempt
-/// history the notice carried if any (`input` is then taken: a notice is sent only once a
-/// request is final, so one that does not read as final is not expected, and is answered by a
-/// read).
+/// history the notice carried if `history` asks for it (`input` is then taken: a notice is
+/// sent only once a request is final, so one that does not read as final is not expected, and
+/// is answered by a read).
 fn noticed_final(
     id: Uuid,
     subscription: &Subscription,
     input: &mut Option<RequestInput>,
+    history: bool,
 ) -> Option<(RequestView, Option<Vec<AttemptView>>)> {
     input.as_ref()?;
     let outcome = subscription.outcome()?;
-    let told = RequestView::of_notice(id, input.take()?, &outcome)
-        .and_then(|view| Ok((view, AttemptView::history_of_notice(&outcome)?)));
+    let told = RequestView::of_notice(id, input.take()?, &outcome).and_then(|view| {
+        let attempts = if history {
+            AttemptView::history_of_notice(&outcome)?
+        } else {
+            None
+        };
+        Ok((view, attempts))
+    });
     match told {
         Ok((view, history)) if view.status.is_final() => Some((view, history)),
         Ok(_) => None,
@@ -450,7 +457,7 @@ pub(super) async fn wait_subscribed(
         notified.as_mut().enable();
         let unread = std::mem::take(&mut queued) && !subscription.noticed();
         if !unread {
-            if let Some((request, told)) = noticed_final(id, &subscription, &mut input) {
+            if let Some((request, told)) = noticed_final(id, &subscription, &mut input, history) {
                 let whole = told.is_some() || !history;
                 state.metrics.wait_answered(whole);
                 return match told {
