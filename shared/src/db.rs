@@ -64,8 +64,8 @@ pub fn queue_pool(pool: &PgPool, connections: u32) -> PgPool {
 }
 
 /// A group-commit writer's pool ([`writer_pool`]) whose commits do not wait for the disk
-/// ([`ASYNC_WRITER_SETTINGS`]): a worker's claims, and the submits of calls answered only once
-/// final.
+/// ([`ASYNC_WRITER_SETTINGS`]): a worker's claims, the submits of calls answered only once
+/// final, and a submit named at once that is stored alone (flushed after its commit).
 pub fn async_writer_pool(pool: &PgPool, connections: u32) -> PgPool {
     pool_with(pool, connections, &ASYNC_WRITER_SETTINGS)
 }
@@ -107,7 +107,8 @@ pub const QUEUE_SETTINGS: [(&str, &str); 2] = [("enable_bitmapscan", "off"), ASY
 /// `wal_writer_delay`, or with the next commit that waits). For the statements whose loss in a
 /// server crash only means a job runs again, or a call whose caller was told nothing is
 /// forgotten: apalis' fetches and acknowledgements, the claims, and the submits of calls
-/// answered only once final (the doors' waited calls; see `requests::Durability`). Each waited
+/// answered only once final (the doors' waited calls; see `requests::Durability`), or flushed
+/// before they are named (a submit answered `202` while no other is stored). Each waited
 /// for a flush on the path of every request (0.4–0.5 ms each here:
 /// `tcpdump -i lo` of `/v1/chat/completions` misses at one client): the fetch's before the
 /// claim, the claim's before the provider call. A submit named before its outcome, a result, a

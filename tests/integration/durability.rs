@@ -1,5 +1,6 @@
-//! What the service names survives a crash of PostgreSQL, including what it stored with
-//! commits that did not wait for the disk (`requests::Durability::WithOutcome`).
+//! What the service names survives a crash of PostgreSQL, though every submit commits without
+//! waiting for the disk (`requests::Durability`): a waited call's is carried by its outcome's
+//! commit or flushed before a `504`, and a `202`'s is flushed before its answer.
 
 use std::time::Duration;
 
@@ -74,4 +75,31 @@ async fn what_a_door_call_answered_names_survives_a_crash_of_postgres() {
         result.as_deref(),
         body["choices"][0]["message"]["content"].as_str()
     );
+}
+
+/// A submit answered `202` commits without waiting for the disk (so that its job is announced
+/// at once), and is flushed before its answer: a crash right after the `202` keeps the request
+/// and its job. Nothing else flushes it by chance: no worker runs, and the cluster's WAL writer
+/// flushes only every 10 s.
+#[tokio::test]
+async fn a_submit_answered_202_survives_a_crash_of_postgres() {
+    let pg = PrivatePostgres::start_durable().await;
+    let db = TestDb::on(&pg.admin_url()).await;
+    let (_api, base) = spawn_api_process_with(&db, &[]).await;
+    let token = llm_tests::test_jwt()
+        .issue(Uuid::now_v7(), 600, None)
+        .unwrap();
+    let accepted = reqwest::Client::new()
+        .post(format!("{base}/api/v1/generate"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "mock", "prompt": "named at once, run later"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let body: Value = accepted.json().await.unwrap();
+    let id: Uuid = body["request_id"].as_str().unwrap().parse().unwrap();
+    crash_and_recover(&pg).await;
+    let (status, _, jobs) = row(&db, id).await.expect("the 202's request was lost");
+    assert_eq!((status.as_str(), jobs), ("pending", 1));
 }
