@@ -480,10 +480,14 @@ pub(super) async fn wait_subscribed(
         if held.is_none() {
             held = Some(super::quota::wait_slot(state, user)?);
         }
-        tokio::select! {
-            _ = &mut notified => {}
-            () = tokio::time::sleep_until(deadline) => return read(find(state, id, user_id).await?).await,
-            () = state.shutdown.cancelled() => return read(find(state, id, user_id).await?).await,
+        // The wait ran out, or the process stops: answered as the request is now.
+        let ended = tokio::select! {
+            _ = &mut notified => false,
+            () = tokio::time::sleep_until(deadline) => true,
+            () = state.shutdown.cancelled() => true,
+        };
+        if ended {
+            return read(find(state, id, user_id).await?).await;
         }
     }
 }
