@@ -111,12 +111,12 @@ pub const QUEUE_SETTINGS: [(&str, &str); 2] = [("enable_bitmapscan", "off"), ASY
 /// before they are named (a submit answered `202` while no other is stored). Each waited
 /// for a flush on the path of every request (0.4–0.5 ms each here:
 /// `tcpdump -i lo` of `/v1/chat/completions` misses at one client): the fetch's before the
-/// claim, the claim's before the provider call. A submit named before its outcome, a result, a
-/// cancel and a provider's failure still commit durably, and each flush carries every commit
-/// before it. A claim lost in
-/// a crash leaves its request as it was: the job runs again, and a result of the lost claim is
-/// refused by the completion's guard; a request failed by its claim (its attempts used up by
-/// lost workers) is failed again by the next delivery.
+/// claim, the claim's before the provider call. Submits named before their outcome stored
+/// together, a result, a cancel and a provider's failure still commit durably, and each flush
+/// carries every commit before it. A claim lost in a crash leaves its request as it was: the
+/// job runs again, and a result of the lost claim is refused by the completion's guard; a
+/// request failed by its claim (its attempts used up by lost workers) is failed again by the
+/// next delivery.
 pub const ASYNC_COMMIT: (&str, &str) = ("synchronous_commit", "off");
 
 /// [`WRITER_SETTINGS`] and [`ASYNC_COMMIT`] (see [`async_writer_pool`]).
